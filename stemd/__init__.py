@@ -1,0 +1,65 @@
+"""stemd: a durable workflow engine for Python.
+
+Everything in the public contract is importable from here.
+"""
+
+from __future__ import annotations
+
+from stemd.app import App
+from stemd.authoring import Flow, FlowContext, Script, ScriptContext, StepContext, script, step
+from stemd.errors import (
+    ChildFailed,
+    ConfigError,
+    EventTimeout,
+    InvalidRunId,
+    LeaseLost,
+    PayloadError,
+    RunNotFound,
+    StemError,
+    StepFailed,
+    StepNotFound,
+    StoreError,
+    TransportError,
+    UnknownWorkflow,
+)
+from stemd.model import (
+    CancellationPolicy,
+    ErrorInfo,
+    Retry,
+    RunState,
+    RunStatus,
+    WorkflowResult,
+)
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "App",
+    "CancellationPolicy",
+    "ChildFailed",
+    "ConfigError",
+    "ErrorInfo",
+    "EventTimeout",
+    "Flow",
+    "FlowContext",
+    "InvalidRunId",
+    "LeaseLost",
+    "PayloadError",
+    "Retry",
+    "RunNotFound",
+    "RunState",
+    "RunStatus",
+    "Script",
+    "ScriptContext",
+    "StemError",
+    "StepContext",
+    "StepFailed",
+    "StepNotFound",
+    "StoreError",
+    "TransportError",
+    "UnknownWorkflow",
+    "WorkflowResult",
+    "__version__",
+    "script",
+    "step",
+)

@@ -1,0 +1,1 @@
+"""Actors: long-lived tasks owned by the supervisor."""

@@ -1,0 +1,147 @@
+"""The timer: wakes sleeping runs, times out event waits, runs retry backoffs, enforces
+cancellation policies and deletes runs past their retention.
+
+It holds the next wake-ups in a heap, fed by the store (at start and at each refill) and by
+this process's own commits (:meth:`Timer.schedule`), and sleeps exactly until the earliest
+one instead of polling on a fixed interval. Firing is a conditional transition in the
+store, so when several daemons hold the same wake-up, one acts and the rest do nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+from datetime import datetime, timedelta
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskStatus
+
+from stemd.engine.engine import Engine
+
+__all__ = ["Timer", "TimerStats"]
+
+log = structlog.get_logger("stemd.timer")
+
+
+class TimerStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What the timer holds and has done."""
+
+    scheduled: int
+    fired: int
+    last_lag: float
+    max_lag: float
+
+
+class Timer:
+    """The timer actor.
+
+    Args:
+        engine: the engine whose store holds the timers.
+        refill_interval: longest sleep before the store is asked again for wake-ups
+            (catches timers written by other processes).
+        horizon: how far ahead wake-ups are loaded into the heap.
+        batch: most wake-ups loaded per refill.
+    """
+
+    name = "timer"
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        refill_interval: float = 5.0,
+        horizon: float = 60.0,
+        batch: int = 10_000,
+    ) -> None:
+        self.engine = engine
+        self.refill_interval = refill_interval
+        self.horizon = horizon
+        self.batch = batch
+        self._heap: list[tuple[datetime, str]] = []
+        self._poke = anyio.Event()
+        self._fired = 0
+        self._last_lag = 0.0
+        self._max_lag = 0.0
+        engine.on_timer = self.schedule
+
+    def statistics(self) -> TimerStats:
+        return TimerStats(
+            scheduled=len(self._heap),
+            fired=self._fired,
+            last_lag=self._last_lag,
+            max_lag=self._max_lag,
+        )
+
+    def schedule(self, at: datetime, run_id: str) -> None:
+        """Hold a wake-up for ``run_id`` at ``at`` (duplicates are harmless)."""
+        earliest = self._heap[0][0] if self._heap else None
+        heapq.heappush(self._heap, (at, run_id))
+        if earliest is None or at < earliest:
+            self._poke.set()
+
+    async def refill(self) -> None:
+        """Load the wake-ups due within the horizon from the store."""
+        until = self.engine.clock.now() + timedelta(seconds=self.horizon)
+        held = set(self._heap)
+        for entry in await self.engine.store.due_timers(until, self.batch):
+            if entry not in held:
+                heapq.heappush(self._heap, entry)
+
+    async def fire_due(self) -> int:
+        """Fire every wake-up whose time has come; return how many were fired."""
+        fired = 0
+        clock = self.engine.clock
+        while self._heap and self._heap[0][0] <= clock.now():
+            at, run_id = heapq.heappop(self._heap)
+            try:
+                action = await self.engine.fire_timer(run_id)
+            except Exception as exc:
+                log.exception("timer firing failed", run_id=run_id, error=repr(exc))
+                heapq.heappush(self._heap, (at + timedelta(seconds=1), run_id))
+                raise
+            if action != "none":
+                lag = (clock.now() - at).total_seconds()
+                self._last_lag = lag
+                self._max_lag = max(self._max_lag, lag)
+                fired += 1
+        self._fired += fired
+        return fired
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await self.refill()
+        task_status.started()
+        clock = self.engine.clock
+        next_refill = clock.now() + timedelta(seconds=self.refill_interval)
+        while True:
+            await self.fire_due()
+            now = clock.now()
+            if now >= next_refill:
+                await self.refill()
+                next_refill = now + timedelta(seconds=self.refill_interval)
+                continue
+            wait = (next_refill - now).total_seconds()
+            if self._heap:
+                wait = min(wait, (self._heap[0][0] - now).total_seconds())
+            await self._sleep(max(0.0, wait))
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` of clock time, or until an earlier wake-up is scheduled."""
+        if self._poke.is_set():
+            self._poke = anyio.Event()
+            return
+        poke = self._poke
+        async with anyio.create_task_group() as tg:
+
+            async def on_time() -> None:
+                await self.engine.clock.sleep(seconds)
+                tg.cancel_scope.cancel()
+
+            async def on_poke() -> None:
+                await poke.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_time)
+            tg.start_soon(on_poke)
+        if poke.is_set():
+            self._poke = anyio.Event()

@@ -1,0 +1,71 @@
+"""The worker pool: N concurrent executors fed by the broker."""
+
+from __future__ import annotations
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskStatus
+
+from stemd.broker.base import Broker
+from stemd.engine.engine import Engine
+
+__all__ = ["WorkerPool", "WorkerStats"]
+
+log = structlog.get_logger("stemd.workers")
+
+
+class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters of a worker pool."""
+
+    concurrency: int
+    busy: int
+    slices: int
+    errors: int
+
+
+class WorkerPool:
+    """``concurrency`` tasks, each taking a delivery, advancing its run, then acking it."""
+
+    name = "workers"
+
+    def __init__(self, engine: Engine, broker: Broker, queue: str, concurrency: int) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.engine = engine
+        self.broker = broker
+        self.queue = queue
+        self.concurrency = concurrency
+        self._busy = 0
+        self._slices = 0
+        self._errors = 0
+
+    def statistics(self) -> WorkerStats:
+        return WorkerStats(
+            concurrency=self.concurrency, busy=self._busy, slices=self._slices, errors=self._errors
+        )
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.concurrency):
+                tg.start_soon(self._work)
+            task_status.started()
+
+    async def _work(self) -> None:
+        while True:
+            delivery = await self.broker.receive(self.queue)
+            self._busy += 1
+            try:
+                await self.engine.advance(delivery.run_id)
+                self._slices += 1
+            except Exception as exc:
+                # A store or broker failure: the run stays in the store and the sweeper
+                # or a redelivery picks it up again. Never let one run kill the worker.
+                self._errors += 1
+                log.exception("slice failed", run_id=delivery.run_id, error=repr(exc))
+                with anyio.CancelScope(shield=True):
+                    await delivery.nak(1.0)
+                continue
+            finally:
+                self._busy -= 1
+            await delivery.ack()

@@ -1,0 +1,333 @@
+"""The App: the library entry point that wires store, broker, engine and actors."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from stemd.actors.supervisor import RestartPolicy, Supervisor
+from stemd.actors.sweeper import Sweeper
+from stemd.actors.timer import Timer
+from stemd.actors.workers import WorkerPool
+from stemd.broker import broker_from_url
+from stemd.broker.base import Broker
+from stemd.clock import Clock, SystemClock
+from stemd.codec import Codec, codec_for, convert
+from stemd.engine.engine import Engine, Workflow, new_run_id, to_run_state
+from stemd.engine.execution import validate_topic
+from stemd.errors import RunNotFound, StemError
+from stemd.model import (
+    CancellationPolicy,
+    RunState,
+    RunStatus,
+    WorkflowResult,
+    seconds,
+    validate_run_id,
+)
+from stemd.store import store_from_url
+from stemd.store.base import Store
+
+__all__ = ["App"]
+
+T = TypeVar("T")
+
+
+def _registry(workflows: Iterable[Workflow]) -> dict[str, Workflow]:
+    out: dict[str, Workflow] = {}
+    for wf in workflows:
+        name = getattr(wf, "name", None)
+        if not isinstance(name, str) or getattr(wf, "kind", None) not in ("flow", "script"):
+            raise TypeError(f"not a workflow (Flow or @stemd.script): {wf!r}")
+        if name in out and out[name] is not wf:
+            raise ValueError(f"two workflows are named {name!r}")
+        out[name] = wf
+    return out
+
+
+def _status(value: RunStatus | str | None) -> RunStatus | None:
+    if value is None or isinstance(value, RunStatus):
+        return value
+    try:
+        return RunStatus(str(value).lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in RunStatus)
+        raise StemError(f"unknown status {value!r} (one of {choices})") from None
+
+
+class App:
+    """A stemd application: registers workflows, executes them (unless ``workers=False``),
+    and starts, emits to and inspects runs.
+
+    Use it as an async context manager::
+
+        async with stemd.App(store="sqlite:///./stemd.db", workflows=[flow]) as app:
+            run_id = await app.start_workflow("approvals.flow", params={...})
+
+    Args:
+        store: ``"memory://"``, ``"sqlite:///PATH"``, ``"nats://HOST:PORT"`` or a Store.
+        broker: ``None`` for the in-process broker, ``"nats://HOST:PORT"`` or a Broker.
+        workflows: the Flow and script objects this app knows.
+        workers: execute runs here; ``False`` makes a client only.
+        concurrency: runs executed at once.
+        queue: the queue this app's workers take runs from (and new runs go to).
+        clock: time source (tests pass a :class:`stemd.testing.ManualClock`).
+        codec: ``"json"`` or ``"msgpack"`` for stored values, or a Codec.
+        lease: seconds a worker owns a run between renewals.
+        sweep_interval: seconds between two sweeps for orphaned runnable runs.
+    """
+
+    def __init__(
+        self,
+        store: str | Store = "memory://",
+        broker: str | Broker | None = None,
+        workflows: Iterable[Workflow] = (),
+        workers: bool = True,
+        concurrency: int = 32,
+        queue: str = "workflow",
+        *,
+        clock: Clock | None = None,
+        codec: str | Codec = "json",
+        lease: float = 30.0,
+        sweep_interval: float | None = None,
+        restart_policy: RestartPolicy | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self._store_arg = store
+        self._broker_arg = broker
+        self.workflows = _registry(workflows)
+        self.workers = workers
+        self.concurrency = concurrency
+        self.queue = queue
+        self.clock: Clock = clock or SystemClock()
+        self.codec: Codec = codec_for(codec) if isinstance(codec, str) else codec
+        self.lease = lease
+        self.sweep_interval = sweep_interval if sweep_interval is not None else lease / 2
+        self.restart_policy = restart_policy
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_run_id()[:8]}"
+        self._engine: Engine | None = None
+        self._tg: TaskGroup | None = None
+        self.supervisor: Supervisor | None = None
+        self.timer: Timer | None = None
+        self.sweeper: Sweeper | None = None
+        self.pool: WorkerPool | None = None
+
+    def register(self, *workflows: Workflow) -> None:
+        """Add workflows (before the app is entered)."""
+        merged = _registry([*self.workflows.values(), *workflows])
+        self.workflows.clear()
+        self.workflows.update(merged)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (only while the app is open)."""
+        if self._engine is None:
+            raise StemError("the App is not open: use `async with App(...) as app`")
+        return self._engine
+
+    @property
+    def store(self) -> Store:
+        """The store (only while the app is open)."""
+        return self.engine.store
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> App:
+        store = (
+            store_from_url(self._store_arg) if isinstance(self._store_arg, str) else self._store_arg
+        )
+        await store.open()
+        broker: Broker | None
+        if self._broker_arg is None:
+            broker = broker_from_url(None) if self.workers else None
+        elif isinstance(self._broker_arg, str):
+            broker = broker_from_url(self._broker_arg)
+        else:
+            broker = self._broker_arg
+        try:
+            if broker is not None:
+                await broker.open()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+            raise
+        self._engine = Engine(
+            store=store,
+            broker=broker,
+            codec=self.codec,
+            clock=self.clock,
+            workflows=self.workflows,
+            owner=self.owner,
+            lease=self.lease,
+            default_queue=self.queue,
+            accept_unknown=not self.workers and not self.workflows,
+        )
+        if self.workers:
+            assert broker is not None
+            self.timer = Timer(self._engine)
+            self.sweeper = Sweeper(self._engine, broker, self.sweep_interval)
+            self.pool = WorkerPool(self._engine, broker, self.queue, self.concurrency)
+            self.supervisor = Supervisor(
+                [self.timer, self.sweeper, self.pool], self.restart_policy
+            )
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            try:
+                await self._tg.start(self.supervisor.run)
+            except BaseException as exc:
+                await self._close(type(exc), exc, exc.__traceback__)
+                raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._close(exc_type, exc, tb)
+
+    async def _close(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        engine, self._engine = self._engine, None
+        tg, self._tg = self._tg, None
+        suppress: bool | None = None
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                suppress = await tg.__aexit__(exc_type, exc, tb)
+        finally:
+            if engine is not None:
+                with anyio.move_on_after(10, shield=True):
+                    if engine.broker is not None:
+                        await engine.broker.close()
+                    await engine.store.close()
+        return suppress
+
+    async def serve_forever(self) -> None:
+        """Run the actors until cancelled."""
+        await anyio.sleep_forever()
+
+    # -- the API --------------------------------------------------------------------------
+
+    async def start_workflow(
+        self,
+        workflow: Any,
+        params: Any = None,
+        run_id: str | None = None,
+        policy: CancellationPolicy | None = None,
+        ttl: float | timedelta | None = None,
+        *,
+        queue: str | None = None,
+    ) -> str:
+        """Start a run; return its id. With a ``run_id`` that exists, start nothing.
+
+        Raises:
+            UnknownWorkflow: the workflow is not registered.
+            PayloadError: ``params`` do not encode.
+            InvalidRunId: ``run_id`` is not a valid run id.
+        """
+        if policy is not None and not isinstance(policy, CancellationPolicy):
+            raise StemError("policy must be a stemd.CancellationPolicy")
+        run_id, _ = await self.engine.start_run(
+            workflow, params, run_id=run_id, policy=policy, ttl=seconds(ttl, "ttl"), queue=queue
+        )
+        return run_id
+
+    async def get_run(self, run_id: str) -> RunState | None:
+        """The state of ``run_id``, or ``None`` if there is no such run."""
+        validate_run_id(run_id)
+        return await self.engine.state(run_id)
+
+    async def wait_for_completion(
+        self, run_id: str, timeout: float | timedelta | None = None, type: Any = None
+    ) -> WorkflowResult[Any]:
+        """Wait until the run completes, fails or is cancelled, or ``timeout`` passes.
+
+        Raises:
+            RunNotFound: there is no such run.
+        """
+        validate_run_id(run_id)
+        engine = self.engine
+        limit = seconds(timeout, "timeout")
+        poll = 0.01
+        rec = None
+        with anyio.move_on_after(limit):
+            while True:
+                ended = engine.events.ended(run_id)
+                rec = await engine.store.get_run(run_id)
+                if rec is None:
+                    raise RunNotFound(f"no run {run_id}")
+                if rec.status.is_terminal:
+                    break
+                # Runs finished by another process are seen by polling, with backoff.
+                with anyio.move_on_after(poll):
+                    await ended.wait()
+                poll = min(poll * 2, 0.5)
+        if rec is None:
+            rec = await engine.store.get_run(run_id)
+            if rec is None:
+                raise RunNotFound(f"no run {run_id}")
+        state = to_run_state(rec, await engine.store.get_checkpoints(run_id), self.codec)
+        value = None
+        if rec.status is RunStatus.COMPLETED and rec.result is not None:
+            if type is None:
+                value = state.result
+            else:
+                value = convert(state.result, type, what=f"result of run {run_id}")
+        return WorkflowResult(
+            run_id=run_id,
+            status=rec.status,
+            value=value,
+            error=rec.error,
+            state=state,
+            timed_out=not rec.status.is_terminal,
+        )
+
+    async def emit(self, topic: str, payload: Any = None) -> int:
+        """Deliver ``payload`` to every run waiting on ``topic`` now; return how many."""
+        return await self.engine.emit(topic, payload)
+
+    async def list_runs(
+        self,
+        workflow: str | None = None,
+        status: RunStatus | str | None = None,
+        limit: int = 100,
+    ) -> list[RunState]:
+        """Runs, newest first, optionally filtered by workflow and status."""
+        if not isinstance(limit, int) or limit < 1:
+            raise StemError("limit must be a positive integer")
+        records = await self.store.list_runs(workflow=workflow, status=_status(status), limit=limit)
+        return [await self._state(r) for r in records]
+
+    async def runs_waiting_on(self, topic: str) -> list[RunState]:
+        """Runs suspended waiting for an event on ``topic``."""
+        validate_topic(topic)
+        return [await self._state(r) for r in await self.store.runs_waiting_on(topic)]
+
+    async def cancel_run(self, run_id: str, reason: str = "cancelled") -> bool:
+        """Cancel a run (and its unfinished children); ``False`` if unknown or ended."""
+        return await self.engine.cancel(run_id, reason)
+
+    async def rewind_run(self, run_id: str, step: str) -> bool:
+        """Re-run ``run_id`` from ``step`` on: its checkpoints and later ones are deleted.
+
+        Raises:
+            StepNotFound: the run has no such step.
+        """
+        return await self.engine.rewind(run_id, step)
+
+    async def _state(self, rec: Any) -> RunState:
+        return to_run_state(rec, await self.store.get_checkpoints(rec.run_id), self.codec)
+
+

@@ -1,0 +1,22 @@
+"""Brokers: how run ids reach workers."""
+
+from __future__ import annotations
+
+from stemd.broker.base import Broker, Delivery
+from stemd.broker.local import LocalBroker
+from stemd.errors import ConfigError
+
+__all__ = ("Broker", "Delivery", "LocalBroker", "broker_from_url")
+
+
+def broker_from_url(url: str | None, **options: object) -> Broker:
+    """The broker named by ``url``: ``None`` for the in-process broker, or ``nats://HOST:PORT``."""
+    if url is None or url in ("local://", "local"):
+        return LocalBroker()
+    if isinstance(url, str) and url.startswith(("nats://", "tls://")):
+        try:
+            from stemd.broker.jetstream import JetStreamBroker
+        except ImportError as exc:
+            raise ConfigError(f"broker: JetStream broker unavailable: {exc}") from exc
+        return JetStreamBroker.from_url(url, **options)  # type: ignore[arg-type]
+    raise ConfigError(f"broker: unsupported URL {url!r} (leave it unset, or use nats://HOST:PORT)")

@@ -1,0 +1,45 @@
+"""The Broker protocol: how run ids reach workers."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["Broker", "Delivery"]
+
+
+class Delivery(Protocol):
+    """One run id handed to a worker. Acknowledge it only after the outcome is committed."""
+
+    run_id: str
+
+    async def ack(self) -> None:
+        """The run was advanced and its outcome committed: forget the delivery."""
+        ...
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Hand the run out again, after ``delay`` seconds."""
+        ...
+
+    async def in_progress(self) -> None:
+        """Still working on it: do not redeliver yet."""
+        ...
+
+
+class Broker(Protocol):
+    """A queue of run ids to advance. Enqueueing is idempotent per ``key``."""
+
+    async def open(self) -> None:
+        """Connect and create what is needed."""
+        ...
+
+    async def close(self) -> None:
+        """Release every resource."""
+        ...
+
+    async def enqueue(self, run_id: str, queue: str, *, key: str | None = None) -> None:
+        """Ask a worker of ``queue`` to advance ``run_id``."""
+        ...
+
+    async def receive(self, queue: str) -> Delivery:
+        """Wait for the next run id of ``queue``."""
+        ...

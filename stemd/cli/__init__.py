@@ -1,0 +1,1 @@
+"""The ``stemd`` command line."""

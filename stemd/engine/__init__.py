@@ -1,0 +1,1 @@
+"""The engine: advance one run one slice against a Store."""

@@ -1,0 +1,331 @@
+"""The engine: start, advance, resume, cancel and rewind runs against a Store and a Broker.
+
+It knows nothing of SQLite or NATS; the actors and the App drive it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import anyio
+import structlog
+
+from stemd.authoring.definitions import Flow, Script
+from stemd.broker.base import Broker
+from stemd.clock import Clock
+from stemd.codec import Codec
+from stemd.engine.events import RunEvents
+from stemd.engine.execution import Execution, Interrupt, validate_topic
+from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
+from stemd.model import CancellationPolicy, ErrorInfo, RunState, RunStatus, validate_run_id
+from stemd.store.base import (
+    Checkpoint,
+    Claim,
+    CommitResult,
+    Fail,
+    Outcome,
+    Release,
+    RunRecord,
+    Store,
+    base_step_name,
+    compute_timer_at,
+)
+
+__all__ = ["Engine", "Workflow", "new_run_id", "to_run_state"]
+
+Workflow = Flow | Script
+log = structlog.get_logger("stemd.engine")
+
+
+def new_run_id() -> str:
+    """A fresh random run id (time-ordered prefix, then randomness)."""
+    return secrets.token_hex(12)
+
+
+def to_run_state(rec: RunRecord, checkpoints: Iterable[Checkpoint], codec: Codec) -> RunState:
+    """The public view of a stored run: values decoded, internal checkpoints left out."""
+    return RunState(
+        run_id=rec.run_id,
+        workflow=rec.workflow,
+        status=rec.status,
+        params=codec.decode(rec.params),
+        result=codec.decode(rec.result) if rec.result is not None else None,
+        error=rec.error,
+        checkpoints={c.name: codec.decode(c.value) for c in checkpoints if "@" not in c.name},
+        wait_topic=rec.wait_topic,
+        resume_at=rec.resume_at,
+        parent_run_id=rec.parent_run_id,
+        policy=rec.policy,
+        created_at=rec.created_at,
+        updated_at=rec.updated_at,
+        cancel_reason=rec.cancel_reason,
+        lease_owner=rec.lease_owner,
+        lease_expires_at=rec.lease_expires_at,
+        attempts=rec.attempts,
+        queue=rec.queue,
+        wait_child=rec.wait_child,
+        suspended_at=rec.suspended_at,
+        finished_at=rec.finished_at,
+        ttl=rec.ttl,
+    )
+
+
+class Engine:
+    """Advances runs one slice at a time; every state change goes through the Store."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        broker: Broker | None,
+        codec: Codec,
+        clock: Clock,
+        workflows: dict[str, Workflow],
+        owner: str,
+        lease: float = 30.0,
+        default_queue: str = "workflow",
+        events: RunEvents | None = None,
+        accept_unknown: bool = False,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.codec = codec
+        self.clock = clock
+        self.workflows = workflows
+        self.owner = owner
+        self.lease = lease
+        self.default_queue = default_queue
+        self.events = events or RunEvents()
+        self.accept_unknown = accept_unknown
+        self.on_timer: Callable[[datetime, str], None] | None = None
+        self.timeout_value = codec.encode({"t": True})
+
+    # -- follow-ups of every state change -------------------------------------------------
+
+    async def _enqueue(self, run_id: str, queue: str) -> None:
+        if self.broker is not None:
+            await self.broker.enqueue(run_id, queue)
+
+    def _changed(self, rec: RunRecord) -> None:
+        if rec.timer_at is not None and self.on_timer is not None:
+            self.on_timer(rec.timer_at, rec.run_id)
+        self.events.publish(
+            rec.run_id,
+            rec.workflow,
+            rec.status,
+            raw_result=rec.result,
+            error=rec.error,
+            cancel_reason=rec.cancel_reason,
+        )
+
+    async def _wake(self, run_ids: Iterable[str]) -> None:
+        for run_id in run_ids:
+            rec = await self.store.get_run(run_id)
+            if rec is not None:
+                self._changed(rec)
+                await self._enqueue(run_id, rec.queue)
+
+    async def _after(self, result: CommitResult) -> None:
+        rec = result.record
+        self._changed(rec)
+        if rec.status is RunStatus.PENDING:
+            await self._enqueue(rec.run_id, rec.queue)
+        await self._wake(result.woken)
+
+    # -- starting -------------------------------------------------------------------------
+
+    def resolve(self, workflow: Any) -> tuple[str, Workflow | None]:
+        """The name and definition of ``workflow`` (a name or a Flow/Script)."""
+        if isinstance(workflow, (Flow, Script)):
+            return workflow.name, workflow
+        if not isinstance(workflow, str) or not workflow:
+            raise UnknownWorkflow(f"not a workflow: {workflow!r}")
+        definition = self.workflows.get(workflow)
+        if definition is None and not self.accept_unknown:
+            raise UnknownWorkflow(f"unknown workflow {workflow!r}")
+        return workflow, definition
+
+    async def start_run(
+        self,
+        workflow: Any,
+        params: Any = None,
+        *,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        policy: CancellationPolicy | None = None,
+        ttl: float | None = None,
+        queue: str | None = None,
+        encoded_params: bytes | None = None,
+    ) -> tuple[str, bool]:
+        """Create a run (idempotent on ``run_id``) and enqueue it; return (id, created)."""
+        name, definition = self.resolve(workflow)
+        run_id = new_run_id() if run_id is None else validate_run_id(run_id)
+        raw = encoded_params if encoded_params is not None else self.codec.encode(params)
+        if queue is None:
+            queue = getattr(definition, "queue", None) or self.default_queue
+        now = self.clock.now()
+        record = RunRecord(
+            run_id=run_id,
+            workflow=name,
+            status=RunStatus.PENDING,
+            params=raw,
+            created_at=now,
+            updated_at=now,
+            queue=queue,
+            parent_run_id=parent_run_id,
+            policy=policy,
+            ttl=ttl,
+        )
+        record.timer_at = compute_timer_at(record)
+        stored, created = await self.store.create_run(record)
+        if created:
+            self._changed(stored)
+            await self._enqueue(run_id, queue)
+        return run_id, created
+
+    # -- executing ------------------------------------------------------------------------
+
+    async def advance(self, run_id: str) -> RunRecord | None:
+        """Claim ``run_id`` and run it until it completes, suspends or fails.
+
+        Returns the committed record, or ``None`` when the run was not claimable or the
+        lease was lost (nothing is committed then).
+        """
+        claim = await self.store.claim(run_id, self.owner, self.clock.now(), self.lease)
+        if claim is None:
+            return None
+        rec = claim.record
+        self._changed(rec)
+        bound = log.bind(run_id=run_id, workflow=rec.workflow)
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._execute(claim)
+        except LeaseLost:
+            bound.warning("lease lost; abandoning the slice")
+            return None
+        finally:
+            if outcome is None:
+                # Cancelled (shutdown) or lease lost: give the run back if we still own it.
+                with anyio.move_on_after(5, shield=True):
+                    try:
+                        result = await self.store.commit(
+                            run_id, claim.token, Release(), self.clock.now()
+                        )
+                        await self._after(result)
+                    except LeaseLost:
+                        pass
+        try:
+            result = await self.store.commit(run_id, claim.token, outcome, self.clock.now())
+        except LeaseLost:
+            bound.warning("lease lost at commit; outcome discarded", outcome=outcome.kind)
+            return None
+        if isinstance(outcome, Fail):
+            bound.warning("run failed", error=outcome.error.message, step=outcome.error.step)
+        await self._after(result)
+        return result.record
+
+    async def _execute(self, claim: Claim) -> Outcome:
+        rec = claim.record
+        definition = self.workflows.get(rec.workflow)
+        if definition is None:
+            return Fail(
+                error=ErrorInfo(
+                    type="UnknownWorkflow", message=f"unknown workflow {rec.workflow!r}"
+                )
+            )
+        execution = Execution(self, claim)
+        outcome: Outcome | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_lease, claim, tg.cancel_scope)
+            try:
+                if isinstance(definition, Flow):
+                    outcome = await execution.run_flow(definition)
+                else:
+                    outcome = await execution.run_script(definition)
+            except Interrupt as interrupt:
+                outcome = interrupt.outcome
+            except PayloadError as exc:
+                outcome = Fail(error=ErrorInfo(type="PayloadError", message=str(exc)))
+            except LeaseLost:
+                outcome = None
+            tg.cancel_scope.cancel()
+        if outcome is None:
+            raise LeaseLost(f"run {rec.run_id}: lease lost")
+        return outcome
+
+    async def _keep_lease(self, claim: Claim, scope: anyio.CancelScope) -> None:
+        """Renew the lease while the slice runs; on loss, abort the slice (its writes
+        would be refused anyway)."""
+        interval = self.lease / 3
+        while True:
+            await self.clock.sleep(interval)
+            try:
+                await self.store.renew_lease(
+                    claim.record.run_id, claim.token, self.clock.now(), self.lease
+                )
+            except LeaseLost:
+                log.warning("lease lost while running", run_id=claim.record.run_id)
+                scope.cancel()
+                return
+
+    # -- external transitions -------------------------------------------------------------
+
+    async def emit(self, topic: str, payload: Any) -> int:
+        """Resume every run waiting on ``topic`` with ``payload``; return how many."""
+        validate_topic(topic)
+        value = self.codec.encode({"e": payload})
+        resumed = await self.store.deliver_event(topic, value, self.clock.now())
+        await self._wake(resumed)
+        return len(resumed)
+
+    async def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
+        """Cancel the run and, first, its unfinished children."""
+        validate_run_id(run_id)
+        for child in await self.store.list_runs(parent_run_id=run_id, limit=10_000):
+            if not child.status.is_terminal:
+                await self.cancel(child.run_id, f"parent cancelled: {reason}")
+        result = await self.store.cancel(run_id, reason, self.clock.now())
+        if result is None:
+            return False
+        await self._after(result)
+        return True
+
+    async def rewind(self, run_id: str, step: str) -> bool:
+        """Delete the checkpoints of ``step`` and later ones; resume the run at once."""
+        validate_run_id(run_id)
+        rec = await self.store.get_run(run_id)
+        if rec is None:
+            return False
+        definition = self.workflows.get(rec.workflow)
+        known = {base_step_name(c.name) for c in await self.store.get_checkpoints(run_id)}
+        if isinstance(definition, Flow) and definition.has_step(step):
+            known.add(step)
+        if step not in known:
+            raise StepNotFound(f"run {run_id} has no step {step!r}")
+        new = await self.store.rewind(run_id, step, self.clock.now())
+        if new is None:
+            return False
+        self._changed(new)
+        await self._enqueue(run_id, new.queue)
+        return True
+
+    async def fire_timer(self, run_id: str) -> str:
+        """Act on the due timer of ``run_id``; return what was done."""
+        fired = await self.store.fire_timer(run_id, self.clock.now(), self.timeout_value)
+        if fired.record is not None and fired.action != "none":
+            rec = fired.record
+            self._changed(rec)
+            if rec.status is RunStatus.PENDING:
+                await self._enqueue(run_id, rec.queue)
+        await self._wake(fired.woken)
+        return fired.action
+
+    async def state(self, run_id: str) -> RunState | None:
+        """The public state of ``run_id``, or ``None``."""
+        rec = await self.store.get_run(run_id)
+        if rec is None:
+            return None
+        return to_run_state(rec, await self.store.get_checkpoints(run_id), self.codec)

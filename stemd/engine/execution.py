@@ -1,0 +1,321 @@
+"""One execution slice of one run: replay its checkpoints, run user code until the run
+completes, suspends or fails, and return that outcome for the engine to commit."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from stemd.authoring.context import FlowContext, ScriptContext, StepContext
+from stemd.authoring.definitions import Flow, Script, StepInfo, step_info
+from stemd.codec import Codec, convert
+from stemd.errors import ChildFailed, EventTimeout, PayloadError, StemError
+from stemd.model import ErrorInfo, Retry, RunStatus
+from stemd.store.base import (
+    Checkpoint,
+    Claim,
+    Complete,
+    Fail,
+    Outcome,
+    RetryLater,
+    Suspend,
+)
+
+if TYPE_CHECKING:
+    from stemd.engine.engine import Engine
+
+__all__ = ["Execution", "Interrupt", "current_script", "validate_topic"]
+
+_NO_RETRY = Retry()
+_TOPIC = re.compile(r"[A-Za-z0-9_\-=/]+(\.[A-Za-z0-9_\-=/]+)*")
+
+
+def validate_topic(topic: object) -> str:
+    """Return ``topic`` if it is a valid event topic, else raise :class:`StemError`."""
+    if not isinstance(topic, str) or len(topic) > 256 or _TOPIC.fullmatch(topic) is None:
+        raise StemError(
+            f"invalid topic {topic!r}: use dot-separated tokens of letters, digits, '-', '_', "
+            "'/', '=' (at most 256 characters)"
+        )
+    return topic
+
+
+class Interrupt(BaseException):
+    """Ends an execution slice early with an outcome (a suspension, a retry, a failure).
+
+    A BaseException on purpose: user code's ``except Exception`` must not swallow it,
+    or a suspended run would carry on as if its wait had returned.
+    """
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.kind)
+        self.outcome = outcome
+
+
+# (execution, scope): scope "" is a script body; any other is the step being executed.
+_frame: ContextVar[tuple[Execution, str] | None] = ContextVar("stemd_frame", default=None)
+
+
+def current_script() -> Execution | None:
+    """The script execution whose body is running in this task, if any."""
+    frame = _frame.get()
+    if frame is None or frame[1] != "":
+        return None
+    return frame[0]
+
+
+def _error(exc: BaseException, step: str | None, attempts: int | None) -> ErrorInfo:
+    return ErrorInfo(type=type(exc).__name__, message=str(exc), step=step, attempts=attempts)
+
+
+def _child_id(parent: str, key: str) -> str:
+    digest = hashlib.blake2b(f"{parent}/{key}".encode(), digest_size=8).hexdigest()
+    return f"{parent[:100]}-{digest}"
+
+
+class Execution:
+    """The state of one run during one slice, shared by its contexts."""
+
+    def __init__(self, engine: Engine, claim: Claim) -> None:
+        self.engine = engine
+        self.codec: Codec = engine.codec
+        self.record = claim.record
+        self.run_id = claim.record.run_id
+        self.workflow_name = claim.record.workflow
+        self.token = claim.token
+        self.checkpoints: dict[str, bytes] = {c.name: c.value for c in claim.checkpoints}
+        self._counters: dict[str, int] = {}
+        self._step_counts: dict[str, int] = {}
+        self._step_index = 0
+        self._resume_taken = False
+        self._plain_params: Any = None
+        self._params_decoded = False
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return self.engine.clock.now()
+
+    def _key(self, scope: str, kind: str) -> str:
+        base = f"{scope}@{kind}"
+        n = self._counters.get(base, 0)
+        self._counters[base] = n + 1
+        return f"{base}#{n}"
+
+    def current_scope(self) -> str:
+        frame = _frame.get()
+        return frame[1] if frame is not None and frame[0] is self else ""
+
+    def plain_params(self) -> Any:
+        if not self._params_decoded:
+            self._plain_params = self.codec.decode(self.record.params)
+            self._params_decoded = True
+        return self._plain_params
+
+    async def _save(self, name: str, value: bytes) -> None:
+        await self.engine.store.save_checkpoint(
+            self.run_id, self.token, Checkpoint(name, value), self._now()
+        )
+        self.checkpoints[name] = value
+
+    def _attempt(self, name: str) -> int:
+        rec = self.record
+        return rec.step_failures + 1 if rec.attempt_step == name else 1
+
+    async def _call_step(
+        self, name: str, call: Callable[[int], Awaitable[Any]], retry: Retry | None
+    ) -> bytes:
+        """Run one attempt of a step and encode its value; turn an error into a retry
+        or a failure (raised as :class:`Interrupt`)."""
+        attempt = self._attempt(name)
+        try:
+            return self.codec.encode(await call(attempt))
+        except Interrupt:
+            raise
+        except Exception as exc:
+            policy = retry or _NO_RETRY
+            err = _error(exc, name, attempt)
+            if attempt < policy.max_attempts and not getattr(exc, "non_retryable", False):
+                at = self._now() + timedelta(seconds=policy.delay(attempt))
+                raise Interrupt(
+                    RetryLater(step=name, failures=attempt, resume_at=at, error=err)
+                ) from None
+            raise Interrupt(Fail(error=err)) from None
+
+    # -- flows ----------------------------------------------------------------------------
+
+    async def run_flow(self, flow: Flow) -> Outcome:
+        params = self.plain_params()
+        previous: Any = None
+        last = len(flow.steps) - 1
+        for st in flow.steps:
+            raw = self.checkpoints.get(st.name)
+            if raw is not None:
+                previous = self.codec.decode(raw)
+                continue
+
+            async def call(attempt: int, st: Any = st, previous: Any = previous) -> Any:
+                ctx = FlowContext(self, st.name, st.index, params, previous, attempt)
+                token = _frame.set((self, st.name))
+                try:
+                    return await st.fn(ctx)
+                finally:
+                    _frame.reset(token)
+
+            encoded = await self._call_step(st.name, call, st.retry)
+            if st.index == last:
+                return Complete(result=encoded, checkpoints=(Checkpoint(st.name, encoded),))
+            await self._save(st.name, encoded)
+            previous = self.codec.decode(encoded)
+        if last < 0:
+            return Complete(result=self.codec.encode(None))
+        return Complete(result=self.checkpoints[flow.steps[last].name])
+
+    # -- scripts --------------------------------------------------------------------------
+
+    async def run_script(self, script: Script) -> Outcome:
+        args: tuple[Any, ...] = ()
+        if script.takes_params:
+            try:
+                params = self.codec.decode(self.record.params, type=script.params_type)
+            except PayloadError as exc:
+                return Fail(error=_error(PayloadError(f"params of {script.name}: {exc}"), None, None))
+            args = (params,)
+        token = _frame.set((self, ""))
+        try:
+            value = await script.fn(ScriptContext(self), *args)
+        except Interrupt:
+            raise
+        except Exception as exc:
+            return Fail(error=_error(exc, None, None))
+        finally:
+            _frame.reset(token)
+        try:
+            return Complete(result=self.codec.encode(value))
+        except PayloadError as exc:
+            return Fail(error=_error(exc, None, None))
+
+    async def call_step(
+        self, name: str, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], retry: Retry | None
+    ) -> Any:
+        info = getattr(fn, "__stemd_step__", None)
+        if not isinstance(info, StepInfo) or info.name != name:
+            info = step_info(getattr(info, "fn", fn), name, None)
+        return await self.run_step(info, args, {}, retry)
+
+    async def run_step(
+        self, info: StepInfo, args: tuple[Any, ...], kwargs: dict[str, Any], retry: Retry | None
+    ) -> Any:
+        n = self._step_counts.get(info.name, 0)
+        self._step_counts[info.name] = n + 1
+        name = info.name if n == 0 else f"{info.name}#{n}"
+        index = self._step_index
+        self._step_index += 1
+        raw = self.checkpoints.get(name)
+        if raw is None:
+
+            async def call(attempt: int) -> Any:
+                kw = kwargs
+                if info.wants_context:
+                    ctx = StepContext(self.run_id, self.workflow_name, name, index, attempt)
+                    kw = {**kwargs, "context": ctx}
+                token = _frame.set((self, name))
+                try:
+                    return await info.fn(*args, **kw)
+                finally:
+                    _frame.reset(token)
+
+            raw = await self._call_step(name, call, retry or info.retry)
+            await self._save(name, raw)
+        try:
+            return self.codec.decode(raw, type=info.return_type)
+        except PayloadError as exc:
+            err = PayloadError(f"step {name} of {self.workflow_name}: {exc}")
+            raise Interrupt(Fail(error=_error(err, name, None))) from None
+
+    # -- suspensions ----------------------------------------------------------------------
+
+    async def sleep_for(self, scope: str, secs: float) -> None:
+        key = self._key(scope, "sleep")
+        await self._sleep(key, self._now() + timedelta(seconds=secs))
+
+    async def sleep_until(self, scope: str, when: datetime) -> None:
+        if not isinstance(when, datetime) or when.tzinfo is None:
+            raise StemError("sleep_until needs an aware datetime")
+        await self._sleep(self._key(scope, "sleep"), when)
+
+    async def _sleep(self, key: str, when: datetime) -> None:
+        raw = self.checkpoints.get(key)
+        now = self._now()
+        if raw is not None:
+            wake = self.codec.decode(raw, type=datetime)
+            if now >= wake:
+                return
+            raise Interrupt(Suspend(resume_at=wake))
+        if when <= now:
+            return
+        raise Interrupt(Suspend(checkpoints=(Checkpoint(key, self.codec.encode(when)),), resume_at=when))
+
+    async def wait_for_event(
+        self, scope: str, topic: str, timeout: float | None, type: Any
+    ) -> Any:
+        validate_topic(topic)
+        key = self._key(scope, "event")
+        raw = self.checkpoints.get(key)
+        if raw is not None:
+            envelope = self.codec.decode(raw)
+            if "t" in envelope:
+                raise EventTimeout(topic)
+            return convert(envelope.get("e"), type, what=f"event {topic!r} payload")
+        deadline = None if timeout is None else self._now() + timedelta(seconds=timeout)
+        raise Interrupt(Suspend(wait_topic=topic, wait_key=key, resume_at=deadline))
+
+    def take_resume_data(self, scope: str) -> Any:
+        key = self.record.resume_key
+        if self._resume_taken or key is None or not key.startswith(f"{scope}@event#"):
+            return None
+        raw = self.checkpoints.get(key)
+        if raw is None:
+            return None
+        self._resume_taken = True
+        return self.codec.decode(raw).get("e")
+
+    # -- children -------------------------------------------------------------------------
+
+    async def start_child(
+        self, scope: str, workflow: Any, params: Any, run_id: str | None
+    ) -> str:
+        key = self._key(scope, "child")
+        raw = self.checkpoints.get(key)
+        if raw is not None:
+            return self.codec.decode(raw, type=str)  # type: ignore[no-any-return]
+        child_id = run_id or _child_id(self.run_id, key)
+        await self.engine.start_run(workflow, params, run_id=child_id, parent_run_id=self.run_id)
+        await self._save(key, self.codec.encode(child_id))
+        return child_id
+
+    async def wait_child(self, scope: str, child_id: str, type: Any) -> Any:
+        key = self._key(scope, "join")
+        raw = self.checkpoints.get(key)
+        if raw is None:
+            child = await self.engine.store.get_run(child_id)
+            if child is None:
+                raise ChildFailed(child_id, "missing", "no such run")
+            if not child.status.is_terminal:
+                raise Interrupt(Suspend(wait_child=child_id, wait_key=key))
+            result = self.codec.decode(child.result) if child.result is not None else None
+            message = ""
+            if child.error is not None:
+                message = f"{child.error.type}: {child.error.message}"
+            elif child.cancel_reason is not None:
+                message = child.cancel_reason
+            raw = self.codec.encode({"s": child.status.value, "r": result, "m": message})
+            await self._save(key, raw)
+        envelope = self.codec.decode(raw)
+        if envelope["s"] != RunStatus.COMPLETED.value:
+            raise ChildFailed(child_id, envelope["s"], envelope["m"])
+        return convert(envelope["r"], type, what=f"result of child {child_id}")

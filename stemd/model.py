@@ -1,0 +1,182 @@
+"""The public data model: statuses, policies, run state and results."""
+
+from __future__ import annotations
+
+import enum
+import random
+import re
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from stemd.errors import InvalidRunId
+
+__all__ = [
+    "CancellationPolicy",
+    "ErrorInfo",
+    "Retry",
+    "RunState",
+    "RunStatus",
+    "WorkflowResult",
+    "seconds",
+    "validate_run_id",
+]
+
+T = TypeVar("T")
+
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def validate_run_id(run_id: object) -> str:
+    """Return ``run_id`` if it is a valid run id, else raise :class:`InvalidRunId`."""
+    if not isinstance(run_id, str) or _RUN_ID.fullmatch(run_id) is None:
+        raise InvalidRunId(
+            f"invalid run id {run_id!r}: use 1-128 ASCII letters, digits, '-' or '_'"
+        )
+    return run_id
+
+
+def seconds(value: float | timedelta | None, name: str) -> float | None:
+    """Normalise a duration given as seconds or a ``timedelta`` to float seconds."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be seconds or a timedelta, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative")
+    return float(value)
+
+
+class RunStatus(str, enum.Enum):
+    """The lifecycle state of a run."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the run has ended (completed, failed or cancelled)."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class CancellationPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Limits after which the timer cancels a run.
+
+    Args:
+        max_run_duration: seconds (or a timedelta) a run may live before it is cancelled
+            with reason ``"max_run_duration"``.
+        max_suspend_duration: seconds (or a timedelta) a run may stay suspended before it
+            is cancelled with reason ``"max_suspend_duration"``.
+    """
+
+    max_run_duration: float | None = None
+    max_suspend_duration: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_run_duration", "max_suspend_duration"):
+            msgspec.structs.force_setattr(self, name, seconds(getattr(self, name), name))
+
+
+class Retry(msgspec.Struct, frozen=True, kw_only=True):
+    """How a failing step is retried.
+
+    Args:
+        max_attempts: attempts in all, the first included; 1 means no retry.
+        backoff: seconds before the first retry; doubles each attempt.
+        max_backoff: the longest wait between two attempts.
+        jitter: spread each wait over [50 %, 100 %] of its value.
+    """
+
+    max_attempts: int = 1
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.backoff < 0 or self.max_backoff < 0:
+            raise ValueError("backoff and max_backoff must not be negative")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base: float = min(self.max_backoff, self.backoff * (2 ** max(0, attempt - 1)))
+        if self.jitter:
+            base *= random.uniform(0.5, 1.0)
+        return base
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The recorded cause of a failed run."""
+
+    type: str
+    message: str
+    step: str | None = None
+    attempts: int | None = None
+
+
+class RunState(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of one run as stored.
+
+    Values (``params``, ``result``, ``checkpoints``) are the stored values decoded to plain
+    Python (dicts, lists, strings...); pass ``type=`` where the API offers it for typed values.
+    """
+
+    run_id: str
+    workflow: str
+    status: RunStatus
+    params: Any = None
+    result: Any = None
+    error: ErrorInfo | None = None
+    checkpoints: dict[str, Any] = msgspec.field(default_factory=dict)
+    wait_topic: str | None = None
+    resume_at: datetime | None = None
+    parent_run_id: str | None = None
+    policy: CancellationPolicy | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    cancel_reason: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    attempts: int = 0
+    queue: str = "workflow"
+    wait_child: str | None = None
+    suspended_at: datetime | None = None
+    finished_at: datetime | None = None
+    ttl: float | None = None
+
+
+class WorkflowResult(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
+    """What ``wait_for_completion`` returns."""
+
+    run_id: str
+    status: RunStatus
+    value: T | None = None
+    error: ErrorInfo | None = None
+    state: RunState | None = None
+    timed_out: bool = False
+
+    @property
+    def is_completed(self) -> bool:
+        """Whether the run completed."""
+        return self.status is RunStatus.COMPLETED
+
+    @property
+    def is_failed(self) -> bool:
+        """Whether the run failed."""
+        return self.status is RunStatus.FAILED
+
+    @property
+    def is_cancelled(self) -> bool:
+        """Whether the run was cancelled."""
+        return self.status is RunStatus.CANCELLED

@@ -1,0 +1,32 @@
+"""Stores: where runs and checkpoints live."""
+
+from __future__ import annotations
+
+from stemd.errors import ConfigError
+from stemd.store.base import Store
+from stemd.store.memory import MemoryStore
+
+__all__ = ("MemoryStore", "Store", "store_from_url")
+
+
+def store_from_url(url: str, **options: object) -> Store:
+    """The store named by ``url``: ``memory://``, ``sqlite:///PATH`` or ``nats://HOST:PORT``."""
+    if not isinstance(url, str):
+        raise ConfigError(f"store: expected a URL string, got {type(url).__name__}")
+    if url == "memory://" or url == "memory":
+        return MemoryStore()
+    if url.startswith("sqlite://"):
+        try:
+            from stemd.store.sqlite import SqliteStore
+        except ImportError as exc:  # pragma: no cover - the module ships with stemd
+            raise ConfigError(f"store: SQLite store unavailable: {exc}") from exc
+        return SqliteStore.from_url(url, **options)  # type: ignore[arg-type]
+    if url.startswith(("nats://", "tls://")):
+        try:
+            from stemd.store.jetstream import JetStreamStore
+        except ImportError as exc:
+            raise ConfigError(f"store: JetStream KV store unavailable: {exc}") from exc
+        return JetStreamStore.from_url(url, **options)  # type: ignore[arg-type]
+    raise ConfigError(
+        f"store: unsupported URL {url!r} (use memory://, sqlite:///PATH or nats://HOST:PORT)"
+    )
