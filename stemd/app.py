@@ -173,9 +173,7 @@ class App:
             self.timer = Timer(self._engine)
             self.sweeper = Sweeper(self._engine, broker, self.sweep_interval)
             self.pool = WorkerPool(self._engine, broker, self.queue, self.concurrency)
-            self.supervisor = Supervisor(
-                [self.timer, self.sweeper, self.pool], self.restart_policy
-            )
+            self.supervisor = Supervisor([self.timer, self.sweeper, self.pool], self.restart_policy)
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
             try:
@@ -329,5 +327,3 @@ class App:
 
     async def _state(self, rec: Any) -> RunState:
         return to_run_state(rec, await self.store.get_checkpoints(rec.run_id), self.codec)
-
-

@@ -50,7 +50,7 @@ def seconds(value: float | timedelta | None, name: str) -> float | None:
     return float(value)
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """The lifecycle state of a run."""
 
     PENDING = "pending"

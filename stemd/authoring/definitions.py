@@ -95,7 +95,9 @@ class Flow:
 
     def step(
         self, name: str | None = None, *, retry: Retry | None = None
-    ) -> Callable[[Callable[[FlowContext], Awaitable[Any]]], Callable[[FlowContext], Awaitable[Any]]]:
+    ) -> Callable[
+        [Callable[[FlowContext], Awaitable[Any]]], Callable[[FlowContext], Awaitable[Any]]
+    ]:
         """Declare the next step; ``name`` defaults to the function's name."""
 
         def register(

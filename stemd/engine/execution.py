@@ -183,7 +183,9 @@ class Execution:
             try:
                 params = self.codec.decode(self.record.params, type=script.params_type)
             except PayloadError as exc:
-                return Fail(error=_error(PayloadError(f"params of {script.name}: {exc}"), None, None))
+                return Fail(
+                    error=_error(PayloadError(f"params of {script.name}: {exc}"), None, None)
+                )
             args = (params,)
         token = _frame.set((self, ""))
         try:
@@ -200,7 +202,11 @@ class Execution:
             return Fail(error=_error(exc, None, None))
 
     async def call_step(
-        self, name: str, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], retry: Retry | None
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        retry: Retry | None,
     ) -> Any:
         info = getattr(fn, "__stemd_step__", None)
         if not isinstance(info, StepInfo) or info.name != name:
@@ -258,11 +264,11 @@ class Execution:
             raise Interrupt(Suspend(resume_at=wake))
         if when <= now:
             return
-        raise Interrupt(Suspend(checkpoints=(Checkpoint(key, self.codec.encode(when)),), resume_at=when))
+        raise Interrupt(
+            Suspend(checkpoints=(Checkpoint(key, self.codec.encode(when)),), resume_at=when)
+        )
 
-    async def wait_for_event(
-        self, scope: str, topic: str, timeout: float | None, type: Any
-    ) -> Any:
+    async def wait_for_event(self, scope: str, topic: str, timeout: float | None, type: Any) -> Any:
         validate_topic(topic)
         key = self._key(scope, "event")
         raw = self.checkpoints.get(key)
@@ -286,9 +292,7 @@ class Execution:
 
     # -- children -------------------------------------------------------------------------
 
-    async def start_child(
-        self, scope: str, workflow: Any, params: Any, run_id: str | None
-    ) -> str:
+    async def start_child(self, scope: str, workflow: Any, params: Any, run_id: str | None) -> str:
         key = self._key(scope, "child")
         raw = self.checkpoints.get(key)
         if raw is not None:

@@ -208,9 +208,7 @@ class Store(Protocol):
         """The run's checkpoints in the order they were written."""
         ...
 
-    async def claim(
-        self, run_id: str, owner: str, now: datetime, lease: float
-    ) -> Claim | None:
+    async def claim(self, run_id: str, owner: str, now: datetime, lease: float) -> Claim | None:
         """Take the run for execution, or return ``None`` when it is not runnable.
 
         Runnable: PENDING or RUNNING, with no live lease, and no wake time in the future.

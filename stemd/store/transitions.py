@@ -206,9 +206,9 @@ def apply_fire(rec: RunRecord, now: datetime) -> tuple[FireAction, RunRecord | N
     if rec.status.is_terminal:
         return "deleted", None, None
     policy = rec.policy
-    if policy is not None and policy.max_run_duration is not None:
-        if rec.created_at + timedelta(seconds=policy.max_run_duration) <= now:
-            return "cancelled", apply_cancel(rec, "max_run_duration", now), "max_run_duration"
+    run_limit = policy.max_run_duration if policy is not None else None
+    if run_limit is not None and rec.created_at + timedelta(seconds=run_limit) <= now:
+        return "cancelled", apply_cancel(rec, "max_run_duration", now), "max_run_duration"
     if rec.status is RunStatus.SUSPENDED:
         suspend_deadline = None
         if policy is not None and policy.max_suspend_duration is not None and rec.suspended_at:
