@@ -81,6 +81,9 @@ class App:
         codec: ``"json"`` or ``"msgpack"`` for stored values, or a Codec.
         lease: seconds a worker owns a run between renewals.
         sweep_interval: seconds between two sweeps for orphaned runnable runs.
+        actors: more actors for the supervisor (each a callable taking the App and
+            returning an object with ``name`` and ``async run(*, task_status)``), started
+            after the built-in ones, also when ``workers=False``.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class App:
         sweep_interval: float | None = None,
         restart_policy: RestartPolicy | None = None,
         owner: str | None = None,
+        actors: Iterable[Any] = (),
     ) -> None:
         self._store_arg = store
         self._broker_arg = broker
@@ -117,6 +121,7 @@ class App:
         self.timer: Timer | None = None
         self.sweeper: Sweeper | None = None
         self.pool: WorkerPool | None = None
+        self._extra_actors: list[Any] = list(actors)
 
     def register(self, *workflows: Workflow) -> None:
         """Add workflows (before the app is entered)."""
@@ -168,12 +173,16 @@ class App:
             default_queue=self.queue,
             accept_unknown=not self.workers and not self.workflows,
         )
+        children: list[Any] = []
         if self.workers:
             assert broker is not None
             self.timer = Timer(self._engine)
             self.sweeper = Sweeper(self._engine, broker, self.sweep_interval)
             self.pool = WorkerPool(self._engine, broker, self.queue, self.concurrency)
-            self.supervisor = Supervisor([self.timer, self.sweeper, self.pool], self.restart_policy)
+            children += [self.timer, self.sweeper, self.pool]
+        children += [factory(self) for factory in self._extra_actors]
+        if children:
+            self.supervisor = Supervisor(children, self.restart_policy)
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
             try:

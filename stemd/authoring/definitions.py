@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["Flow", "FlowStep", "Script", "StepInfo", "script", "step", "step_info"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+FlowStepFn = Callable[["FlowContext"], Awaitable[Any]]
 _RESERVED = ("@", "#")
 
 
@@ -95,9 +96,7 @@ class Flow:
 
     def step(
         self, name: str | None = None, *, retry: Retry | None = None
-    ) -> Callable[
-        [Callable[[FlowContext], Awaitable[Any]]], Callable[[FlowContext], Awaitable[Any]]
-    ]:
+    ) -> Callable[[FlowStepFn], FlowStepFn]:
         """Declare the next step; ``name`` defaults to the function's name."""
 
         def register(
@@ -148,7 +147,7 @@ class Script:
             except Exception:
                 hints = {}
             self.params_type = hints.get(params[1].name, Any)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     async def __call__(self, ctx: ScriptContext, *args: Any) -> Any:
         return await self.fn(ctx, *args)

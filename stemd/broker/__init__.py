@@ -18,5 +18,5 @@ def broker_from_url(url: str | None, **options: object) -> Broker:
             from stemd.broker.jetstream import JetStreamBroker
         except ImportError as exc:
             raise ConfigError(f"broker: JetStream broker unavailable: {exc}") from exc
-        return JetStreamBroker.from_url(url, **options)  # type: ignore[arg-type]
+        return JetStreamBroker.from_url(url, **options)
     raise ConfigError(f"broker: unsupported URL {url!r} (leave it unset, or use nats://HOST:PORT)")

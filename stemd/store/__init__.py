@@ -20,13 +20,13 @@ def store_from_url(url: str, **options: object) -> Store:
             from stemd.store.sqlite import SqliteStore
         except ImportError as exc:  # pragma: no cover - the module ships with stemd
             raise ConfigError(f"store: SQLite store unavailable: {exc}") from exc
-        return SqliteStore.from_url(url, **options)  # type: ignore[arg-type]
+        return SqliteStore.from_url(url, **options)
     if url.startswith(("nats://", "tls://")):
         try:
             from stemd.store.jetstream import JetStreamStore
         except ImportError as exc:
             raise ConfigError(f"store: JetStream KV store unavailable: {exc}") from exc
-        return JetStreamStore.from_url(url, **options)  # type: ignore[arg-type]
+        return JetStreamStore.from_url(url, **options)
     raise ConfigError(
         f"store: unsupported URL {url!r} (use memory://, sqlite:///PATH or nats://HOST:PORT)"
     )
