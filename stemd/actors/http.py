@@ -1,0 +1,111 @@
+"""The metrics and health endpoint: ``GET /metrics`` (Prometheus text), ``GET /healthz``.
+
+A deliberately small HTTP/1.0 server on anyio: one request per connection, bounded in size
+and time, so that a misbehaving client can neither hold the daemon nor grow its memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import SocketStream, TaskStatus
+
+from stemd.errors import ConfigError
+from stemd.metrics import Registry
+
+__all__ = ["HttpEndpoint", "HttpStats", "parse_address"]
+
+log = structlog.get_logger("stemd.http")
+
+_MAX_REQUEST = 8192
+_READ_TIMEOUT = 5.0
+
+
+class HttpStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Requests served by the endpoint."""
+
+    requests: int
+    port: int | None
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` → (host, port); raise ConfigError naming the key otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"metrics_address: expected HOST:PORT, got {address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class HttpEndpoint:
+    """Serves the registry on ``address`` (port 0 picks a free port: see :attr:`port`)."""
+
+    name = "http"
+
+    def __init__(
+        self, registry: Registry, address: str, healthy: Callable[[], bool] | None = None
+    ) -> None:
+        self.registry = registry
+        self.host, self._port = parse_address(address)
+        self.healthy = healthy or (lambda: True)
+        self.port: int | None = None
+        self._requests = 0
+
+    def statistics(self) -> HttpStats:
+        return HttpStats(requests=self._requests, port=self.port)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self._port)
+        async with listener:
+            self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            log.info("metrics endpoint listening", host=self.host, port=self.port)
+            task_status.started()
+            await listener.serve(self._handle)
+
+    async def _handle(self, stream: SocketStream) -> None:
+        async with stream:
+            try:
+                with anyio.fail_after(_READ_TIMEOUT):
+                    request = await self._read_head(stream)
+                status, ctype, body = await self._respond(request)
+            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                return
+            except ValueError:
+                status, ctype, body = "400 Bad Request", "text/plain", b"bad request\n"
+            self._requests += 1
+            head = (
+                f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            try:
+                await stream.send(head + body)
+            except (anyio.BrokenResourceError, OSError):
+                return
+
+    async def _read_head(self, stream: SocketStream) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data and b"\n\n" not in data:
+            chunk = await stream.receive(4096)
+            data += chunk
+            if len(data) > _MAX_REQUEST:
+                raise ValueError("request too large")
+        return data
+
+    async def _respond(self, request: bytes) -> tuple[str, str, bytes]:
+        line = request.split(b"\n", 1)[0].decode("latin-1").strip()
+        parts = line.split()
+        if len(parts) < 2:
+            raise ValueError("bad request line")
+        method, path = parts[0], parts[1].split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"method not allowed\n"
+        if path == "/metrics":
+            text = await self.registry.render()
+            return "200 OK", "text/plain; version=0.0.4; charset=utf-8", text.encode()
+        if path in ("/healthz", "/health"):
+            if self.healthy():
+                return "200 OK", "text/plain", b"ok\n"
+            return "503 Service Unavailable", "text/plain", b"unhealthy\n"
+        return "404 Not Found", "text/plain", b"not found\n"

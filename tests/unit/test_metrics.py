@@ -1,0 +1,99 @@
+"""The Prometheus registry and the HTTP endpoint that serves it."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from stemd.actors.http import HttpEndpoint, parse_address
+from stemd.errors import ConfigError
+from stemd.metrics import Registry
+
+pytestmark = pytest.mark.anyio
+
+
+def test_counter_gauge_histogram_render_in_text_format() -> None:
+    """Metrics render with HELP/TYPE lines, labels and cumulative buckets."""
+    reg = Registry()
+    runs = reg.counter("stemd_runs_total", "Runs.", ["workflow"])
+    runs.inc(workflow="a")
+    runs.inc(2, workflow='q"uote')
+    depth = reg.gauge("stemd_queue_depth", "Depth.")
+    depth.set(7)
+    hist = reg.histogram("stemd_step_seconds", "Steps.", ["step"], buckets=[0.1, 1.0])
+    for v in (0.05, 0.5, 5.0):
+        hist.observe(v, step="s")
+
+    text = anyio.run(reg.render)
+    assert "# TYPE stemd_runs_total counter" in text
+    assert 'stemd_runs_total{workflow="a"} 1' in text
+    assert 'stemd_runs_total{workflow="q\\"uote"} 2' in text
+    assert "stemd_queue_depth 7" in text
+    assert 'stemd_step_seconds_bucket{step="s",le="0.1"} 1' in text
+    assert 'stemd_step_seconds_bucket{step="s",le="1"} 2' in text
+    assert 'stemd_step_seconds_bucket{step="s",le="+Inf"} 3' in text
+    assert 'stemd_step_seconds_count{step="s"} 3' in text
+    assert 'stemd_step_seconds_sum{step="s"} 5.55' in text
+
+
+def test_wrong_labels_and_conflicting_registration_raise() -> None:
+    """A metric used with other labels, or registered twice differently, is an error."""
+    reg = Registry()
+    c = reg.counter("c", "C.", ["a"])
+    with pytest.raises(ValueError):
+        c.inc(b="x")
+    assert reg.counter("c", "C.", ["a"]) is c
+    with pytest.raises(ValueError):
+        reg.gauge("c", "C.", ["a"])
+
+
+def test_parse_address() -> None:
+    """Addresses are HOST:PORT; anything else is a ConfigError naming the key."""
+    assert parse_address("127.0.0.1:9100") == ("127.0.0.1", 9100)
+    assert parse_address(":0") == ("127.0.0.1", 0)
+    with pytest.raises(ConfigError, match="metrics_address"):
+        parse_address("nope")
+
+
+async def _get(port: int, request: bytes) -> bytes:
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(request)
+        data = b""
+        try:
+            while True:
+                data += await stream.receive()
+        except anyio.EndOfStream:
+            pass
+    return data
+
+
+async def test_endpoint_serves_metrics_health_and_errors() -> None:
+    """GET /metrics returns the registry, /healthz reflects health, others are 404/405/400."""
+    reg = Registry()
+    reg.counter("stemd_scrapes_total", "Scrapes.").inc()
+    refreshed: list[int] = []
+    reg.collector(lambda: refreshed.append(1))
+    healthy = [True]
+    endpoint = HttpEndpoint(reg, "127.0.0.1:0", healthy=lambda: healthy[0])
+    async with anyio.create_task_group() as tg:
+        await tg.start(endpoint.run)
+        assert endpoint.port
+        metrics = await _get(endpoint.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert metrics.startswith(b"HTTP/1.0 200")
+        assert b"stemd_scrapes_total 1" in metrics
+        assert refreshed == [1]
+        assert (await _get(endpoint.port, b"GET /healthz HTTP/1.0\r\n\r\n")).startswith(
+            b"HTTP/1.0 200"
+        )
+        healthy[0] = False
+        assert b" 503 " in await _get(endpoint.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert b" 404 " in await _get(endpoint.port, b"GET /nope HTTP/1.0\r\n\r\n")
+        assert b" 405 " in await _get(endpoint.port, b"POST /metrics HTTP/1.0\r\n\r\n")
+        assert b" 400 " in await _get(endpoint.port, b"x" * 9000)
+        assert endpoint.statistics().requests == 6
+        tg.cancel_scope.cancel()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
