@@ -177,20 +177,21 @@ class MemoryStore:
         return resumed
 
     async def due_timers(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
+        # The heap holds every timer ever set; an entry is live only while it is still its
+        # run's timer. Pop in order, dropping dead entries and duplicates for good (a run's
+        # timer may come back to an earlier value), then put the live ones back.
         heap = self._timers
-        while heap:
-            at, run_id = heap[0]
+        out: list[tuple[datetime, str]] = []
+        seen: set[str] = set()
+        while heap and len(out) < limit and heap[0][0] <= until:
+            at, run_id = heapq.heappop(heap)
             rec = self._runs.get(run_id)
-            if rec is not None and rec.timer_at == at:
-                break
-            heapq.heappop(heap)
-        out = []
-        for at, run_id in heapq.nsmallest(limit * 2, heap):
-            if at > until or len(out) >= limit:
-                break
-            rec = self._runs.get(run_id)
-            if rec is not None and rec.timer_at == at:
-                out.append((at, run_id))
+            if rec is None or rec.timer_at != at or run_id in seen:
+                continue
+            seen.add(run_id)
+            out.append((at, run_id))
+        for entry in out:
+            heapq.heappush(heap, entry)
         return out
 
     async def fire_timer(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:

@@ -1,0 +1,30 @@
+"""Fixtures shared by every test: the anyio backend and the store under test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from stemd.store.base import Store
+from tests.stores import STORE_FACTORIES, StoreFactory
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """stemd runs on anyio's asyncio backend (nats-py and aiosqlite are asyncio libraries)."""
+    return "asyncio"
+
+
+@pytest.fixture(params=sorted(STORE_FACTORIES), ids=sorted(STORE_FACTORIES))
+def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
+    """The factory of one kind of store (``memory``, and whatever tests/stores.py lists)."""
+    return STORE_FACTORIES[request.param]
+
+
+@pytest.fixture
+async def store(store_factory: StoreFactory, tmp_path: Path) -> AsyncIterator[Store]:
+    """An opened store of the kind under test, closed after the test."""
+    async with store_factory(tmp_path) as opened:
+        yield opened
