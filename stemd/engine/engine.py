@@ -301,9 +301,12 @@ class Engine:
             return False
         definition = self.workflows.get(rec.workflow)
         known = {base_step_name(c.name) for c in await self.store.get_checkpoints(run_id)}
+        # A script body's own waits are recorded under the empty scope ("@sleep#0"): they
+        # belong to no step, so neither "" nor a name with '@' or '#' can be rewound to.
+        known.discard("")
         if isinstance(definition, Flow) and definition.has_step(step):
             known.add(step)
-        if step not in known:
+        if not isinstance(step, str) or step not in known:
             raise StepNotFound(f"run {run_id} has no step {step!r}")
         new = await self.store.rewind(run_id, step, self.clock.now())
         if new is None:

@@ -1,0 +1,57 @@
+"""Helpers for tests that drive an App: waiting on conditions with a deadline."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+
+import stemd
+from stemd.store.base import Store
+from stemd.testing import ManualClock
+
+__all__ = ["open_app", "wait_status", "wait_until"]
+
+DEADLINE = 5.0
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = DEADLINE, what: str = "condition"
+) -> None:
+    """Poll ``check`` until it holds; fail the test if ``timeout`` (real seconds) passes."""
+    try:
+        with anyio.fail_after(timeout):
+            while not await check():
+                await anyio.sleep(0.002)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+async def wait_status(
+    app: stemd.App, run_id: str, *statuses: stemd.RunStatus, timeout: float = DEADLINE
+) -> stemd.RunState:
+    """Wait until ``run_id`` is in one of ``statuses``; return its state."""
+    state: stemd.RunState | None = None
+
+    async def reached() -> bool:
+        nonlocal state
+        state = await app.get_run(run_id)
+        return state is not None and state.status in statuses
+
+    await wait_until(reached, timeout=timeout, what=f"run {run_id} to be {statuses}")
+    assert state is not None
+    return state
+
+
+@asynccontextmanager
+async def open_app(
+    *workflows: Any,
+    clock: ManualClock | None = None,
+    store: str | Store = "memory://",
+    **options: Any,
+) -> AsyncIterator[stemd.App]:
+    """An App on the memory store (or ``store``) with the given workflows."""
+    async with stemd.App(store=store, workflows=workflows, clock=clock, **options) as app:
+        yield app
