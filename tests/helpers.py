@@ -18,12 +18,16 @@ DEADLINE = 5.0
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = DEADLINE, what: str = "condition"
+    check: Callable[..., Awaitable[bool]],
+    *args: Any,
+    timeout: float = DEADLINE,
+    what: str = "condition",
 ) -> None:
-    """Poll ``check`` until it holds; fail the test if ``timeout`` (real seconds) passes."""
+    """Poll ``check(*args)`` until it holds; fail the test if ``timeout`` (real seconds)
+    passes. For state that lives in the store, where there is no event to await."""
     try:
         with anyio.fail_after(timeout):
-            while not await check():
+            while not await check(*args):  # noqa: ASYNC110 - the store offers no event
                 await anyio.sleep(0.002)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None

@@ -135,7 +135,10 @@ async def test_max_suspend_duration_counts_each_suspension_afresh() -> None:
         run_id = await app.start_workflow(flow, policy=policy)
         for n in range(1, 4):
             await wait_until(
-                lambda: _resume_at(app, run_id, START + timedelta(seconds=8 * n)),
+                _resume_at,
+                app,
+                run_id,
+                START + timedelta(seconds=8 * n),
                 what=f"nap {n}",
             )
             clock.advance(8)
@@ -210,7 +213,7 @@ async def test_ttl_applies_to_failed_and_cancelled_runs() -> None:
         assert await app.cancel_run(cancelled, reason="operator")
         clock.advance(10)
         for run_id in (failed, cancelled):
-            await wait_until(lambda: _gone(app, run_id), what=f"{run_id} to be deleted")
+            await wait_until(_gone, app, run_id, what=f"{run_id} to be deleted")
 
 
 def test_policy_and_ttl_reject_bad_durations() -> None:

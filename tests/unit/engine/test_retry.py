@@ -42,7 +42,7 @@ async def test_retry_waits_a_durable_backoff_between_attempts() -> None:
     async with open_app(flow, clock=clock) as app:
         run_id = await app.start_workflow(flow)
         for attempt, backoff in ((1, 2), (2, 4), (3, 5)):
-            await wait_until(lambda: _tried(attempts, attempt), what=f"attempt {attempt}")
+            await wait_until(_tried, attempts, attempt, what=f"attempt {attempt}")
             state = await wait_status(app, run_id, RunStatus.SUSPENDED)
             assert state.resume_at == clock.now() + timedelta(seconds=backoff)
             assert state.error is not None
@@ -76,7 +76,7 @@ async def test_run_fails_after_max_attempts() -> None:
     async with open_app(flow, clock=clock) as app:
         run_id = await app.start_workflow(flow)
         for attempt, backoff in ((1, 1), (2, 2)):
-            await wait_until(lambda: _tried(attempts, attempt), what=f"attempt {attempt}")
+            await wait_until(_tried, attempts, attempt, what=f"attempt {attempt}")
             await wait_status(app, run_id, RunStatus.SUSPENDED)
             clock.advance(backoff)
         result = await app.wait_for_completion(run_id, timeout=5)

@@ -223,7 +223,7 @@ async def test_step_context_key_is_stable_across_retries() -> None:
     async with open_app(pay, clock=clock) as app:
         run_id = await app.start_workflow(pay)
         for attempt, backoff in ((1, 1), (2, 2)):
-            await wait_until(lambda: _attempts(keys, attempt), what=f"attempt {attempt}")
+            await wait_until(_attempts, keys, attempt, what=f"attempt {attempt}")
             await wait_status(app, run_id, RunStatus.SUSPENDED)
             clock.advance(backoff)
         assert (await app.wait_for_completion(run_id, timeout=5)).value == "paid"

@@ -113,7 +113,7 @@ async def test_sleep_until_needs_an_aware_datetime() -> None:
 
     @flow.step("wait")
     async def wait(ctx: stemd.FlowContext) -> None:
-        await ctx.sleep_until(datetime(2030, 1, 2))  # noqa: DTZ001
+        await ctx.sleep_until(datetime(2030, 1, 2))
 
     async with open_app(flow, clock=ManualClock(START)) as app:
         result = await app.wait_for_completion(await app.start_workflow(flow), timeout=5)
