@@ -140,6 +140,10 @@ class Engine:
     def resolve(self, workflow: Any) -> tuple[str, Workflow | None]:
         """The name and definition of ``workflow`` (a name or a Flow/Script)."""
         if isinstance(workflow, (Flow, Script)):
+            # A definition this engine was not given would be written, then fail on the
+            # first worker that knows no such name: refuse it up front, like a bad name.
+            if workflow.name not in self.workflows and not self.accept_unknown:
+                raise UnknownWorkflow(f"workflow {workflow.name!r} is not registered")
             return workflow.name, workflow
         if not isinstance(workflow, str) or not workflow:
             raise UnknownWorkflow(f"not a workflow: {workflow!r}")
