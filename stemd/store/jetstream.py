@@ -1,0 +1,734 @@
+"""A store on JetStream KV: runs shared by every daemon connected to the same NATS.
+
+Layout of the bucket (a KV bucket, so ``nats kv`` tools can inspect it):
+
+- ``run.<run_id>`` — the run's document: its :class:`RunRecord`, its checkpoints in
+  order, and the index entries it owns. Every operation is a read-modify-write of this one
+  key, made atomic by a compare-and-set on the key's revision (``Nats-Expected-Last-
+  Subject-Sequence``): the revision is the fencing primitive, the run's token is checked
+  inside the document.
+- ``idx.<kind>.<...>.<run_id>.<nonce>`` — index entries, shaped like subjects so that
+  listings are subject filters: ``idx.live.<id>`` (PENDING or RUNNING: the sweeper's
+  query), ``idx.watch.<topic>.<id>`` (waiting on an event), ``idx.child.<child>.<id>``
+  (waiting on a child), ``idx.timer.<epoch_ms>.<id>`` (the run's next timer),
+  ``idx.parent.<parent>.<id>`` (children of a run).
+
+An entry is written *before* the document that refers to it and deleted (by stream
+sequence, so precisely that message) *after* the document stopped referring to it; the
+nonce makes every entry a fresh subject, so two racing writers never overwrite each
+other's entries. The document is the truth: readers check every entry against it, so an
+entry left behind by a crash is harmless, and it is removed once old (after a no-op
+compare-and-set on the document, which fences out any writer still about to refer to it).
+
+Values live inside the document; the document must fit in one message (the server's
+``max_payload``, 1 MiB by default), otherwise the write fails with :class:`PayloadError`.
+The bucket keeps one revision per key (history 1): the store never reads old revisions.
+
+URL: ``nats://HOST:PORT?bucket=stem_runs&replicas=1&storage=file&timeout=5``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+
+from stemd.errors import ConfigError, LeaseLost, PayloadError, StoreError
+from stemd.model import RunStatus
+from stemd.natsconn import (
+    EXPECTED_LAST_SUBJECT_SEQ,
+    NatsConnection,
+    WrongLastSequence,
+    open_connection,
+    split_url,
+)
+from stemd.store.base import (
+    Checkpoint,
+    Claim,
+    CommitResult,
+    Complete,
+    FireResult,
+    Outcome,
+    RunRecord,
+    Suspend,
+)
+from stemd.store.transitions import (
+    apply_cancel,
+    apply_claim,
+    apply_event,
+    apply_fire,
+    apply_outcome,
+    apply_rewind,
+    is_runnable,
+    rewind_cut,
+)
+
+__all__ = ["JetStreamStore"]
+
+log = structlog.get_logger("stemd.store.jetstream")
+
+_LIVE = (RunStatus.PENDING, RunStatus.RUNNING)
+_MAX_TRIES = 50
+_CHUNK = 1000
+# Entries not referred to by their run's document are removed only when older than this.
+_STALE_AFTER = timedelta(seconds=60)
+
+
+class _Entry(msgspec.Struct, frozen=True, array_like=True):
+    """An index entry owned by a document: its key and the stream sequence it got."""
+
+    key: str
+    seq: int
+
+
+class _Doc(msgspec.Struct, kw_only=True):
+    """What ``run.<run_id>`` holds."""
+
+    rec: RunRecord
+    cps: dict[str, bytes] = msgspec.field(default_factory=dict)
+    idx: dict[str, _Entry] = msgspec.field(default_factory=dict)
+    # Stream sequence of the run's creation: list_runs orders by it.
+    order: int = 0
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_Doc)
+
+
+def _ms(at: datetime) -> int:
+    return math.floor(at.timestamp() * 1000)
+
+
+def _wanted(rec: RunRecord) -> dict[str, str]:
+    """The index entries (kind → key without nonce) that ``rec`` must have."""
+    rid = rec.run_id
+    out: dict[str, str] = {}
+    if rec.status in _LIVE:
+        out["live"] = f"idx.live.{rid}"
+    if rec.status is RunStatus.SUSPENDED:
+        if rec.wait_topic is not None:
+            out["watch"] = f"idx.watch.{rec.wait_topic}.{rid}"
+        if rec.wait_child is not None:
+            out["child"] = f"idx.child.{rec.wait_child}.{rid}"
+    if rec.timer_at is not None:
+        out["timer"] = f"idx.timer.{_ms(rec.timer_at)}.{rid}"
+    if rec.parent_run_id is not None:
+        out["parent"] = f"idx.parent.{rec.parent_run_id}.{rid}"
+    return out
+
+
+def _base(key: str) -> str:
+    return key.rpartition(".")[0]
+
+
+def _parse_time(stamp: str) -> datetime | None:
+    """An RFC 3339 time with up to nanoseconds, as the server writes it."""
+    try:
+        head, dot, frac = stamp.rstrip("Z").partition(".")
+        text = head + (("." + frac[:6]) if dot else "") + "+00:00"
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _replace(doc: _Doc, rec: RunRecord, cps: dict[str, bytes] | None = None) -> _Doc:
+    return _Doc(rec=rec, cps=doc.cps if cps is None else cps, idx=doc.idx, order=doc.order)
+
+
+class JetStreamStore:
+    """A :class:`~stemd.store.base.Store` in a JetStream KV bucket.
+
+    Args:
+        url: the NATS server URL.
+        bucket: the KV bucket name (stream ``KV_<bucket>``).
+        replicas: stream replicas (1 or 3 in a cluster).
+        storage: ``"file"`` or ``"memory"``.
+        timeout: seconds to wait for any one NATS request.
+        max_bytes: the bucket's size limit (-1: none).
+        cache_size: documents remembered between this process's own writes (saves a read
+            before each compare-and-set; a stale entry only costs a retry).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        bucket: str = "stem_runs",
+        replicas: int = 1,
+        storage: str = "file",
+        timeout: float = 5.0,
+        max_bytes: int = -1,
+        cache_size: int = 4096,
+        name: str = "stemd-store",
+    ) -> None:
+        if not bucket or not all(c.isalnum() or c in "-_" for c in bucket):
+            raise ConfigError(f"store: invalid bucket name {bucket!r}")
+        if storage not in ("file", "memory"):
+            raise ConfigError(f"store: storage must be 'file' or 'memory', not {storage!r}")
+        if replicas < 1 or replicas > 5:
+            raise ConfigError(f"store: replicas must be 1-5, not {replicas}")
+        self.url = url
+        self.bucket = bucket
+        self.stream = f"KV_{bucket}"
+        self.replicas = replicas
+        self.storage = storage
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.name = name
+        self._pre = f"$KV.{bucket}."
+        self._conn: NatsConnection | None = None
+        self._cache: OrderedDict[str, tuple[int, _Doc]] = OrderedDict()
+        self._cache_size = cache_size
+        self._nonce_prefix = secrets.token_hex(3)
+        self._nonce = 0
+        self._max_doc = 1024 * 1024
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> JetStreamStore:
+        """A store for ``nats://HOST:PORT?bucket=...&replicas=...&storage=...&timeout=...``
+        (keyword options override the query)."""
+        server, query = split_url(url)
+        merged: dict[str, Any] = {**query, **options}
+        kwargs: dict[str, Any] = {}
+        try:
+            for key, value in merged.items():
+                if key in ("replicas", "max_bytes", "cache_size"):
+                    kwargs[key] = int(value)
+                elif key == "timeout":
+                    kwargs[key] = float(value)
+                elif key in ("bucket", "storage", "name"):
+                    kwargs[key] = str(value)
+                else:
+                    raise ConfigError(f"store: unknown option {key!r} in {url!r}")
+        except ValueError as exc:
+            raise ConfigError(f"store: bad option value in {url!r}: {exc}") from None
+        return cls(server, **kwargs)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def conn(self) -> NatsConnection:
+        if self._conn is None:
+            raise StoreError("the JetStream store is not open")
+        return self._conn
+
+    async def open(self) -> None:
+        """Connect and create (or update) the bucket's stream."""
+        if self._conn is not None:
+            return
+        conn = await open_connection(self.url, name=self.name, timeout=self.timeout)
+        try:
+            await conn.ensure_stream(self.stream_config())
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+            raise
+        self._conn = conn
+        self._max_doc = conn.max_payload - 1024
+
+    def stream_config(self) -> dict[str, Any]:
+        """The configuration of the bucket's stream."""
+        return {
+            "name": self.stream,
+            "subjects": [f"$KV.{self.bucket}.>"],
+            "retention": "limits",
+            "max_msgs_per_subject": 1,
+            "max_bytes": self.max_bytes,
+            "discard": "new",
+            "storage": self.storage,
+            "num_replicas": self.replicas,
+            "allow_direct": True,
+            "allow_rollup_hdrs": True,
+            "deny_delete": False,
+            "deny_purge": False,
+            "duplicate_window": 120_000_000_000,
+        }
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self._cache.clear()
+        if conn is not None:
+            await conn.close()
+
+    # -- documents ------------------------------------------------------------------------
+
+    def _cache_put(self, run_id: str, rev: int, doc: _Doc) -> None:
+        self._cache[run_id] = (rev, doc)
+        self._cache.move_to_end(run_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _decode(self, data: bytes, seq: int) -> _Doc:
+        try:
+            doc = _decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise StoreError(f"undecodable run document at sequence {seq}: {exc}") from None
+        if doc.order == 0:
+            doc.order = seq  # never rewritten since its creation
+        return doc
+
+    async def _read(self, run_id: str) -> tuple[int, _Doc] | None:
+        msg = await self.conn.direct_get(self.stream, f"{self._pre}run.{run_id}")
+        if msg is None:
+            self._cache.pop(run_id, None)
+            return None
+        doc = self._decode(msg.data, msg.seq)
+        self._cache_put(run_id, msg.seq, doc)
+        return msg.seq, doc
+
+    async def _read_many(self, run_ids: Iterable[str]) -> dict[str, tuple[int, _Doc]]:
+        subjects = [f"{self._pre}run.{rid}" for rid in dict.fromkeys(run_ids)]
+        out: dict[str, tuple[int, _Doc]] = {}
+        for i in range(0, len(subjects), _CHUNK):
+            msgs = await self.conn.direct_get_last_many(self.stream, subjects[i : i + _CHUNK])
+            for msg in msgs or ():
+                rid = msg.subject[len(self._pre) + 4 :]
+                out[rid] = (msg.seq, self._decode(msg.data, msg.seq))
+        return out
+
+    async def _keys(self, pattern: str) -> list[str]:
+        """Keys matching a subject filter (without the bucket prefix)."""
+        subjects = await self.conn.stream_subjects(self.stream, self._pre + pattern)
+        cut = len(self._pre)
+        return [s[cut:] for s in subjects]
+
+    def _next_nonce(self) -> str:
+        self._nonce += 1
+        return f"{self._nonce_prefix}{self._nonce:x}"
+
+    async def _put_entry(self, base: str) -> _Entry:
+        key = f"{base}.{self._next_nonce()}"
+        ack = await self.conn.js_publish(self._pre + key, b"")
+        return _Entry(key, ack.seq)
+
+    async def _write(self, run_id: str, rev: int, old: _Doc | None, new: _Doc) -> int:
+        """Compare-and-set ``new`` over revision ``rev`` (0: create), keeping its index
+        entries in step. Raises WrongLastSequence when someone else wrote first."""
+        old_idx = old.idx if old is not None else {}
+        idx: dict[str, _Entry] = {}
+        missing: list[tuple[str, str]] = []
+        for kind, base in _wanted(new.rec).items():
+            entry = old_idx.get(kind)
+            if entry is not None and _base(entry.key) == base:
+                idx[kind] = entry
+            else:
+                missing.append((kind, base))
+        added: list[_Entry] = []
+        try:
+            for kind, base in missing:
+                entry = await self._put_entry(base)
+                added.append(entry)
+                idx[kind] = entry
+            new.idx = idx
+            data = _encoder.encode(new)
+            if len(data) > self._max_doc:
+                raise PayloadError(
+                    f"run {run_id}: its record and checkpoints take {len(data)} bytes, more "
+                    f"than a NATS message may hold ({self._max_doc}); keep step values small"
+                )
+            ack = await self.conn.js_publish(
+                f"{self._pre}run.{run_id}",
+                data,
+                headers={EXPECTED_LAST_SUBJECT_SEQ: str(rev)},
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for entry in added:
+                    await self._forget(entry)
+            raise
+        for kind, entry in old_idx.items():
+            if idx.get(kind) != entry:
+                await self._forget(entry)
+        return ack.seq
+
+    async def _forget(self, entry: _Entry) -> None:
+        """Delete an index entry without waiting (a lost deletion leaves a stale entry,
+        which readers ignore and clean up)."""
+        try:
+            await self.conn.delete_msg_nowait(self.stream, entry.seq)
+        except Exception as exc:
+            log.debug("index entry not deleted", key=entry.key, error=repr(exc))
+
+    async def _mutate(
+        self, run_id: str, fn: Callable[[_Doc], _Doc | None]
+    ) -> tuple[_Doc | None, _Doc | None]:
+        """Apply ``fn`` to the run's document atomically; return (old, new).
+
+        ``fn`` returns the new document, or ``None`` to change nothing; it may raise
+        (LeaseLost...). A decision taken on a cached document is only trusted when the
+        compare-and-set proves the cache current: a refusal is checked again on a fresh read.
+        """
+        cached = self._cache.get(run_id)
+        fresh = cached is None
+        for _ in range(_MAX_TRIES):
+            if cached is None:
+                cached = await self._read(run_id)
+                fresh = True
+                if cached is None:
+                    return None, None
+            rev, doc = cached
+            try:
+                new = fn(doc)
+            except LeaseLost:
+                if not fresh:
+                    cached = None
+                    continue
+                raise
+            if new is None:
+                if not fresh:
+                    cached = None
+                    continue
+                return doc, None
+            try:
+                new_rev = await self._write(run_id, rev, doc, new)
+            except WrongLastSequence:
+                self._cache.pop(run_id, None)
+                cached = None
+                continue
+            self._cache_put(run_id, new_rev, new)
+            return doc, new
+        raise StoreError(f"run {run_id}: gave up after {_MAX_TRIES} conflicting writes")
+
+    async def _delete(self, run_id: str, rev: int, doc: _Doc) -> bool:
+        """Delete the document at revision ``rev`` and its entries; ``False`` if it changed."""
+        if not await self.conn.delete_msg(self.stream, rev):
+            self._cache.pop(run_id, None)
+            return False
+        self._cache.pop(run_id, None)
+        for entry in doc.idx.values():
+            await self._forget(entry)
+        return True
+
+    # -- stale entries --------------------------------------------------------------------
+
+    async def _clean(self, key: str, run_id: str) -> None:
+        """Remove an entry its run's document does not refer to, once it is old enough."""
+        msg = await self.conn.direct_get(self.stream, self._pre + key)
+        if msg is None:
+            return
+        stamp = _parse_time(msg.time)
+        if stamp is None or datetime.now(UTC) - stamp < _STALE_AFTER:
+            return
+        current = await self._read(run_id)
+        if current is not None:
+            rev, doc = current
+            if any(e.key == key for e in doc.idx.values()):
+                return
+            # A no-op compare-and-set: a writer that put this entry and has not yet
+            # written its document will now fail and retry with a new entry.
+            try:
+                await self._write(run_id, rev, doc, copy.copy(doc))
+            except WrongLastSequence:
+                return
+            self._cache.pop(run_id, None)
+        log.info("removing a stale index entry", key=key)
+        await self.conn.delete_msg(self.stream, msg.seq)
+
+    async def _indexed(self, pattern: str, kind: str) -> list[tuple[str, int, _Doc]]:
+        """The runs listed under ``pattern`` whose document still owns that entry, as
+        (run id, revision, document); stale entries are cleaned up on the way."""
+        by_run: dict[str, list[str]] = {}
+        for key in await self._keys(pattern):
+            by_run.setdefault(_base(key).rpartition(".")[2], []).append(key)
+        docs = await self._read_many(by_run)
+        out: list[tuple[str, int, _Doc]] = []
+        for run_id, keys in by_run.items():
+            found = docs.get(run_id)
+            entry = found[1].idx.get(kind) if found is not None else None
+            for key in keys:
+                if found is not None and entry is not None and entry.key == key:
+                    out.append((run_id, found[0], found[1]))
+                else:
+                    await self._clean(key, run_id)
+        return out
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
+        run_id = record.run_id
+        for _ in range(_MAX_TRIES):
+            existing = await self._read(run_id)
+            if existing is not None:
+                return copy.copy(existing[1].rec), False
+            doc = _Doc(rec=copy.copy(record))
+            try:
+                rev = await self._write(run_id, 0, None, doc)
+            except WrongLastSequence:
+                continue
+            doc.order = rev
+            self._cache_put(run_id, rev, doc)
+            return copy.copy(doc.rec), True
+        raise StoreError(f"run {run_id}: could not be created")
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        found = await self._read(run_id)
+        return copy.copy(found[1].rec) if found is not None else None
+
+    async def get_checkpoints(self, run_id: str) -> list[Checkpoint]:
+        found = await self._read(run_id)
+        if found is None:
+            return []
+        return [Checkpoint(n, v) for n, v in found[1].cps.items()]
+
+    async def claim(self, run_id: str, owner: str, now: datetime, lease: float) -> Claim | None:
+        def fn(doc: _Doc) -> _Doc | None:
+            if not is_runnable(doc.rec, now):
+                return None
+            return _replace(doc, apply_claim(doc.rec, owner, now, lease))
+
+        _, new = await self._mutate(run_id, fn)
+        if new is None:
+            return None
+        return Claim(
+            token=new.rec.token,
+            record=copy.copy(new.rec),
+            checkpoints=[Checkpoint(n, v) for n, v in new.cps.items()],
+        )
+
+    @staticmethod
+    def _owned(doc: _Doc, run_id: str, token: int) -> RunRecord:
+        rec = doc.rec
+        if rec.token != token or rec.status is not RunStatus.RUNNING:
+            raise LeaseLost(f"run {run_id} is no longer owned by this worker")
+        return rec
+
+    async def renew_lease(self, run_id: str, token: int, now: datetime, lease: float) -> None:
+        def fn(doc: _Doc) -> _Doc:
+            rec = self._owned(doc, run_id, token)
+            expires = now + timedelta(seconds=lease)
+            return _replace(
+                doc, msgspec.structs.replace(rec, lease_expires_at=expires, updated_at=now)
+            )
+
+        old, _ = await self._mutate(run_id, fn)
+        if old is None:
+            raise LeaseLost(f"run {run_id} is no longer owned by this worker")
+
+    async def save_checkpoint(
+        self, run_id: str, token: int, checkpoint: Checkpoint, now: datetime
+    ) -> None:
+        def fn(doc: _Doc) -> _Doc:
+            rec = self._owned(doc, run_id, token)
+            cps = dict(doc.cps)
+            cps[checkpoint.name] = checkpoint.value
+            return _replace(doc, msgspec.structs.replace(rec, updated_at=now), cps)
+
+        old, _ = await self._mutate(run_id, fn)
+        if old is None:
+            raise LeaseLost(f"run {run_id} is no longer owned by this worker")
+
+    async def _child_ended(self, child_id: str) -> bool:
+        child = await self._read(child_id)
+        return child is None or child[1].rec.status.is_terminal
+
+    async def commit(
+        self, run_id: str, token: int, outcome: Outcome, now: datetime
+    ) -> CommitResult:
+        wait_child = outcome.wait_child if isinstance(outcome, Suspend) else None
+        child_ended = False
+        if wait_child is not None:
+            child_ended = await self._child_ended(wait_child)
+
+        def fn(doc: _Doc) -> _Doc:
+            rec = self._owned(doc, run_id, token)
+            cps = doc.cps
+            if isinstance(outcome, (Complete, Suspend)) and outcome.checkpoints:
+                cps = dict(cps)
+                for cp in outcome.checkpoints:
+                    cps[cp.name] = cp.value
+            return _replace(doc, apply_outcome(rec, outcome, now, child_ended=child_ended), cps)
+
+        old, new = await self._mutate(run_id, fn)
+        if old is None or new is None:
+            raise LeaseLost(f"run {run_id} is no longer owned by this worker")
+        rec = new.rec
+        if rec.status.is_terminal:
+            return CommitResult(record=copy.copy(rec), woken=await self._wake_parents(run_id, now))
+        # The child may have ended between our look at it and our write; its own commit
+        # then found no waiter, so wake ourselves.
+        if (
+            wait_child is not None
+            and rec.status is RunStatus.SUSPENDED
+            and await self._child_ended(wait_child)
+        ):
+            woken = await self._wake_if_waiting(run_id, wait_child, now)
+            if woken is not None:
+                rec = woken
+        return CommitResult(record=copy.copy(rec))
+
+    async def _wake_if_waiting(self, run_id: str, child_id: str, now: datetime) -> RunRecord | None:
+        def fn(doc: _Doc) -> _Doc | None:
+            rec = doc.rec
+            if rec.status is not RunStatus.SUSPENDED or rec.wait_child != child_id:
+                return None
+            return _replace(doc, apply_event(rec, now))
+
+        _, new = await self._mutate(run_id, fn)
+        return new.rec if new is not None else None
+
+    async def _wake_parents(self, child_id: str, now: datetime) -> tuple[str, ...]:
+        parents = await self._indexed(f"idx.child.{child_id}.*.*", "child")
+        woken = []
+        for parent_id in sorted(p for p, _, _ in parents):
+            if await self._wake_if_waiting(parent_id, child_id, now) is not None:
+                woken.append(parent_id)
+        return tuple(woken)
+
+    async def deliver_event(
+        self, topic: str, value: bytes, now: datetime, limit: int = 1000
+    ) -> list[str]:
+        waiting = await self._indexed(f"idx.watch.{topic}.*.*", "watch")
+        waiting.sort(key=lambda w: (w[2].rec.suspended_at or now, w[2].order))
+        resumed: list[str] = []
+        for run_id, _, _ in waiting:
+            if len(resumed) >= limit:
+                break
+
+            def fn(doc: _Doc) -> _Doc | None:
+                rec = doc.rec
+                if rec.status is not RunStatus.SUSPENDED or rec.wait_topic != topic:
+                    return None
+                cps = doc.cps
+                if rec.wait_key is not None:
+                    cps = {**cps, rec.wait_key: value}
+                return _replace(doc, apply_event(rec, now), cps)
+
+            _, new = await self._mutate(run_id, fn)
+            if new is not None:
+                resumed.append(run_id)
+        return resumed
+
+    async def due_timers(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
+        until_ms = _ms(until)
+        candidates: list[tuple[int, str, str]] = []
+        for key in await self._keys("idx.timer.*.*.*"):
+            _, _, ms, run_id, _ = key.split(".")
+            if int(ms) <= until_ms:
+                candidates.append((int(ms), run_id, key))
+        candidates.sort()
+        out: dict[str, datetime] = {}
+        # Read in slices: stale entries (timers that moved) must not crowd out due ones.
+        for i in range(0, len(candidates), max(limit, 64)):
+            chunk = candidates[i : i + max(limit, 64)]
+            docs = await self._read_many(rid for _, rid, _ in chunk)
+            for _, run_id, key in chunk:
+                found = docs.get(run_id)
+                entry = found[1].idx.get("timer") if found is not None else None
+                if found is None or entry is None or entry.key != key:
+                    await self._clean(key, run_id)
+                    continue
+                at = found[1].rec.timer_at
+                if at is not None and at <= until and run_id not in out:
+                    out[run_id] = at
+            if len(out) >= limit:
+                break
+        return sorted((at, rid) for rid, at in out.items())[:limit]
+
+    async def fire_timer(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:
+        for _ in range(_MAX_TRIES):
+            found = self._cache.get(run_id) or await self._read(run_id)
+            if found is None:
+                return FireResult(action="none")
+            rev, doc = found
+            action, new_rec, _ = apply_fire(doc.rec, now)
+            if action == "none":
+                fresh = await self._read(run_id)
+                if fresh is not None and fresh[0] != rev:
+                    continue
+                return FireResult(action="none", record=copy.copy(doc.rec))
+            if action == "deleted" or new_rec is None:
+                if await self._delete(run_id, rev, doc):
+                    return FireResult(action="deleted")
+                continue
+            cps = doc.cps
+            if action == "woken" and new_rec.resume_key is not None:
+                cps = {**cps, new_rec.resume_key: timeout_value}
+            new = _replace(doc, new_rec, cps)
+            try:
+                new_rev = await self._write(run_id, rev, doc, new)
+            except WrongLastSequence:
+                self._cache.pop(run_id, None)
+                continue
+            self._cache_put(run_id, new_rev, new)
+            woken = await self._wake_parents(run_id, now) if action == "cancelled" else ()
+            return FireResult(action=action, record=copy.copy(new_rec), woken=woken)
+        raise StoreError(f"run {run_id}: gave up after {_MAX_TRIES} conflicting writes")
+
+    async def cancel(self, run_id: str, reason: str, now: datetime) -> CommitResult | None:
+        def fn(doc: _Doc) -> _Doc | None:
+            if doc.rec.status.is_terminal:
+                return None
+            return _replace(doc, apply_cancel(doc.rec, reason, now))
+
+        _, new = await self._mutate(run_id, fn)
+        if new is None:
+            return None
+        return CommitResult(record=copy.copy(new.rec), woken=await self._wake_parents(run_id, now))
+
+    async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
+        def fn(doc: _Doc) -> _Doc:
+            cps = dict(doc.cps)
+            for name in rewind_cut(list(cps), step):
+                del cps[name]
+            return _replace(doc, apply_rewind(doc.rec, now), cps)
+
+        _, new = await self._mutate(run_id, fn)
+        return copy.copy(new.rec) if new is not None else None
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: RunStatus | None = None,
+        parent_run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        if parent_run_id is not None:
+            found = await self._indexed(f"idx.parent.{parent_run_id}.*.*", "parent")
+            docs = [(doc.order, doc) for _, _, doc in found]
+        else:
+            keys = await self._keys("run.*")
+            read = await self._read_many(k[4:] for k in keys)
+            docs = [(doc.order, doc) for _, doc in read.values()]
+        docs.sort(key=lambda d: d[0], reverse=True)
+        out: list[RunRecord] = []
+        for _, doc in docs:
+            rec = doc.rec
+            if workflow is not None and rec.workflow != workflow:
+                continue
+            if status is not None and rec.status is not status:
+                continue
+            if parent_run_id is not None and rec.parent_run_id != parent_run_id:
+                continue
+            out.append(rec)
+            if len(out) >= limit:
+                break
+        return out
+
+    async def runs_waiting_on(self, topic: str, limit: int = 1000) -> list[RunRecord]:
+        waiting = await self._indexed(f"idx.watch.{topic}.*.*", "watch")
+        out = [
+            doc.rec
+            for _, _, doc in waiting
+            if doc.rec.status is RunStatus.SUSPENDED and doc.rec.wait_topic == topic
+        ]
+        out.sort(key=lambda r: (r.suspended_at or r.updated_at, r.run_id))
+        return out[:limit]
+
+    async def runnable(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        live = await self._indexed("idx.live.*.*", "live")
+        out = []
+        for run_id, _, doc in live:
+            if is_runnable(doc.rec, now):
+                out.append((run_id, doc.rec.queue))
+                if len(out) >= limit:
+                    break
+        return out
