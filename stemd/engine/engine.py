@@ -281,7 +281,17 @@ class Engine:
         """Resume every run waiting on ``topic`` with ``payload``; return how many."""
         validate_topic(topic)
         value = self.codec.encode({"e": payload})
-        resumed = await self.store.deliver_event(topic, value, self.clock.now())
+        now = self.clock.now()
+        # A store resumes at most `batch` waiters per call: take batches until the topic
+        # has no waiter left, and only then enqueue, so that no run resumed by this emit
+        # can run and wait on the topic again before the last batch (a second delivery).
+        batch = 1000
+        resumed: list[str] = []
+        while True:
+            found = await self.store.deliver_event(topic, value, now, limit=batch)
+            resumed += found
+            if len(found) < batch:
+                break
         await self._wake(resumed)
         return len(resumed)
 
