@@ -182,6 +182,7 @@ class Subscription:
         receive: MemoryObjectReceiveStream[NatsMsg],
         send: MemoryObjectSendStream[NatsMsg],
     ) -> None:
+        self.subject: str = sub.subject
         self._sub = sub
         self._receive = receive
         self._send = send
@@ -536,6 +537,8 @@ async def open_connection(
         log.warning("nats connection trouble", url=server, error=f"{type(exc).__name__}: {exc}")
 
     async def disconnected_cb() -> None:
+        if conn is not None and conn._closed:
+            return
         log.info("nats disconnected", url=server)
         if conn is not None:
             conn._event("disconnected")

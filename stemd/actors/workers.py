@@ -1,4 +1,9 @@
-"""The worker pool: N concurrent executors fed by the broker."""
+"""The worker pool: N concurrent executors fed by the broker.
+
+A delivery acknowledged late is handed to someone else (JetStream's ``ack_wait``): a
+delivery with a ``heartbeat`` attribute (seconds) gets ``in_progress()`` that often while
+its run is being advanced, from one ticker task for the whole pool.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import msgspec
 import structlog
 from anyio.abc import TaskStatus
 
-from stemd.broker.base import Broker
+from stemd.broker.base import Broker, Delivery
 from stemd.engine.engine import Engine
 
 __all__ = ["WorkerPool", "WorkerStats"]
@@ -37,6 +42,7 @@ class WorkerPool:
         self.queue = queue
         self.concurrency = concurrency
         self._busy = 0
+        self._in_flight: dict[int, tuple[Delivery, float]] = {}
         self._slices = 0
         self._errors = 0
 
@@ -47,14 +53,32 @@ class WorkerPool:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeats)
             for _ in range(self.concurrency):
                 tg.start_soon(self._work)
             task_status.started()
+
+    async def _heartbeats(self) -> None:
+        """Tell the broker about slices running longer than their delivery's heartbeat."""
+        while True:
+            beats = [getattr(d, "heartbeat", None) or 0.0 for d, _ in self._in_flight.values()]
+            tick = min((b for b in beats if b > 0), default=2.0) / 2
+            await anyio.sleep(tick)
+            now = anyio.current_time()
+            for key, (delivery, last) in list(self._in_flight.items()):
+                beat = getattr(delivery, "heartbeat", None)
+                if beat and now - last >= beat and key in self._in_flight:
+                    self._in_flight[key] = (delivery, now)
+                    try:
+                        await delivery.in_progress()
+                    except Exception as exc:
+                        log.warning("in_progress failed", run_id=delivery.run_id, error=repr(exc))
 
     async def _work(self) -> None:
         while True:
             delivery = await self.broker.receive(self.queue)
             self._busy += 1
+            self._in_flight[id(delivery)] = (delivery, anyio.current_time())
             try:
                 await self.engine.advance(delivery.run_id)
                 self._slices += 1
@@ -68,4 +92,5 @@ class WorkerPool:
                 continue
             finally:
                 self._busy -= 1
+                self._in_flight.pop(id(delivery), None)
             await delivery.ack()

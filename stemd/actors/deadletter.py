@@ -1,0 +1,128 @@
+"""The dead-letter actor: moves tasks delivered too often out of the work queue.
+
+JetStream stops delivering a message after the consumer's ``max_deliver`` and announces it
+with a MAX_DELIVERIES advisory, but leaves the message in the stream. The broker captures
+those advisories into a work-queue stream (they are plain NATS messages, lost if nobody
+listens); this actor takes each one, copies the task into the dead-letter stream with
+headers saying where it came from, deletes it from the work queue and, when given the
+engine, cancels the run with reason ``dead-lettered`` so that the sweeper does not hand
+the poison task out again. Several daemons share the advisory consumer: each advisory
+is handled once, and every step is idempotent anyway.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskStatus
+
+from stemd.broker.pull import JsMsg, PullConsumer
+from stemd.errors import StemError
+
+if TYPE_CHECKING:
+    from stemd.broker.jetstream import JetStreamBroker
+    from stemd.engine.engine import Engine
+
+__all__ = ["DeadLetterStats", "DeadLetters"]
+
+log = structlog.get_logger("stemd.deadletter")
+
+
+class _Advisory(msgspec.Struct, frozen=True):
+    stream: str = ""
+    consumer: str = ""
+    stream_seq: int = 0
+    deliveries: int = 0
+
+
+_advisory = msgspec.json.Decoder(_Advisory)
+
+
+class DeadLetterStats(msgspec.Struct, frozen=True, kw_only=True):
+    """What the actor has done."""
+
+    dead_lettered: int
+    cancelled: int
+
+
+class DeadLetters:
+    """Handles MAX_DELIVERIES advisories of a :class:`JetStreamBroker`."""
+
+    name = "deadletters"
+
+    def __init__(self, broker: JetStreamBroker, engine: Engine | None = None) -> None:
+        self.broker = broker
+        self.engine = engine
+        self._dead = 0
+        self._cancelled = 0
+
+    def statistics(self) -> DeadLetterStats:
+        return DeadLetterStats(dead_lettered=self._dead, cancelled=self._cancelled)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        broker = self.broker
+        config = {
+            "durable_name": "deadletters",
+            "ack_policy": "explicit",
+            "ack_wait": 30 * 1_000_000_000,
+            "deliver_policy": "all",
+        }
+        consumer = PullConsumer(broker.conn, broker.advisory_stream, config, expires=5.0)
+        await consumer.ensure()
+        task_status.started()
+        try:
+            while True:
+                msg = await consumer.next()
+                try:
+                    await self.handle(msg)
+                except StemError as exc:
+                    log.warning("dead letter not handled; will retry", error=str(exc))
+                    await msg.nak(1.0)
+                    continue
+                await msg.ack()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await consumer.close()
+
+    async def handle(self, msg: JsMsg) -> None:
+        """Move the task named by one advisory to the dead-letter stream."""
+        try:
+            advisory = _advisory.decode(msg.data)
+        except msgspec.DecodeError:
+            log.warning("undecodable advisory dropped", data=msg.data[:200])
+            return
+        broker = self.broker
+        if advisory.stream != broker.stream or advisory.stream_seq <= 0:
+            return
+        conn = broker.conn
+        task = await conn.direct_get_seq(broker.stream, advisory.stream_seq)
+        if task is None:
+            return  # acked or already moved
+        _, _, rest = task.subject.partition(f"{broker.prefix}.task.")
+        queue, _, run_id = rest.rpartition(".")
+        await conn.js_publish(
+            f"{broker.prefix}.dlq.{queue}.{run_id}",
+            task.data,
+            headers={
+                "Nats-Msg-Id": f"dlq:{broker.stream}:{advisory.stream_seq}",
+                "Stem-Subject": task.subject,
+                "Stem-Stream-Seq": str(advisory.stream_seq),
+                "Stem-Deliveries": str(advisory.deliveries),
+                "Stem-Consumer": advisory.consumer,
+            },
+        )
+        await conn.delete_msg(broker.stream, advisory.stream_seq)
+        self._dead += 1
+        log.warning(
+            "task dead-lettered",
+            run_id=run_id,
+            queue=queue,
+            deliveries=advisory.deliveries,
+        )
+        if self.engine is not None and run_id:
+            reason = f"dead-lettered after {advisory.deliveries} deliveries"
+            if await self.engine.cancel(run_id, reason):
+                self._cancelled += 1
