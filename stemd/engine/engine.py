@@ -105,9 +105,11 @@ class Engine:
 
     # -- follow-ups of every state change -------------------------------------------------
 
-    async def _enqueue(self, run_id: str, queue: str) -> None:
+    async def _enqueue(self, run_id: str, queue: str, token: int) -> None:
         if self.broker is not None:
-            await self.broker.enqueue(run_id, queue)
+            # The key names this very transition (a token is spent by each one), so a
+            # broker may drop a repeated enqueue of it (JetStream: Nats-Msg-Id).
+            await self.broker.enqueue(run_id, queue, key=f"{run_id}:{token}")
 
     def _changed(self, rec: RunRecord) -> None:
         if rec.timer_at is not None and self.on_timer is not None:
@@ -126,13 +128,13 @@ class Engine:
             rec = await self.store.get_run(run_id)
             if rec is not None:
                 self._changed(rec)
-                await self._enqueue(run_id, rec.queue)
+                await self._enqueue(run_id, rec.queue, rec.token)
 
     async def _after(self, result: CommitResult) -> None:
         rec = result.record
         self._changed(rec)
         if rec.status is RunStatus.PENDING:
-            await self._enqueue(rec.run_id, rec.queue)
+            await self._enqueue(rec.run_id, rec.queue, rec.token)
         await self._wake(result.woken)
 
     # -- starting -------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class Engine:
         stored, created = await self.store.create_run(record)
         if created:
             self._changed(stored)
-            await self._enqueue(run_id, queue)
+            await self._enqueue(run_id, queue, stored.token)
         return run_id, created
 
     # -- executing ------------------------------------------------------------------------
@@ -326,7 +328,7 @@ class Engine:
         if new is None:
             return False
         self._changed(new)
-        await self._enqueue(run_id, new.queue)
+        await self._enqueue(run_id, new.queue, new.token)
         return True
 
     async def fire_timer(self, run_id: str) -> str:
@@ -336,7 +338,7 @@ class Engine:
             rec = fired.record
             self._changed(rec)
             if rec.status is RunStatus.PENDING:
-                await self._enqueue(run_id, rec.queue)
+                await self._enqueue(run_id, rec.queue, rec.token)
         await self._wake(fired.woken)
         return fired.action
 
