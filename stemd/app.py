@@ -84,6 +84,10 @@ class App:
         actors: more actors for the supervisor (each a callable taking the App and
             returning an object with ``name`` and ``async run(*, task_status)``), started
             after the built-in ones, also when ``workers=False``.
+        nats: ``"nats://HOST:PORT"`` to serve the wire protocol there: the
+            ``<prefix>.api.*`` responder, durable submission on ``<prefix>.submit.>``
+            and run events on ``<prefix>.events.run.<run_id>``.
+        prefix: the subject prefix of the wire protocol.
     """
 
     def __init__(
@@ -102,6 +106,8 @@ class App:
         restart_policy: RestartPolicy | None = None,
         owner: str | None = None,
         actors: Iterable[Any] = (),
+        nats: str | None = None,
+        prefix: str = "stem",
     ) -> None:
         self._store_arg = store
         self._broker_arg = broker
@@ -122,6 +128,9 @@ class App:
         self.sweeper: Sweeper | None = None
         self.pool: WorkerPool | None = None
         self._extra_actors: list[Any] = list(actors)
+        self.nats = nats
+        self.prefix = prefix
+        self._nats_conn: Any = None
 
     def register(self, *workflows: Workflow) -> None:
         """Add workflows (before the app is entered)."""
@@ -180,6 +189,17 @@ class App:
             self.sweeper = Sweeper(self._engine, broker, self.sweep_interval)
             self.pool = WorkerPool(self._engine, broker, self.queue, self.concurrency)
             children += [self.timer, self.sweeper, self.pool]
+            # Actors a broker needs (JetStream: the dead-letter handler).
+            children += getattr(broker, "actors", lambda engine: [])(self._engine)
+        if self.nats is not None:
+            from stemd.actors.surface import open_nats_surface
+
+            try:
+                self._nats_conn, surface = await open_nats_surface(self, self.nats, self.prefix)
+            except BaseException as exc:
+                await self._close(type(exc), exc, exc.__traceback__)
+                raise
+            children += surface
         children += [factory(self) for factory in self._extra_actors]
         if children:
             self.supervisor = Supervisor(children, self.restart_policy)
@@ -214,6 +234,10 @@ class App:
                 tg.cancel_scope.cancel()
                 suppress = await tg.__aexit__(exc_type, exc, tb)
         finally:
+            conn, self._nats_conn = self._nats_conn, None
+            if conn is not None:
+                with anyio.move_on_after(10, shield=True):
+                    await conn.close()
             if engine is not None:
                 with anyio.move_on_after(10, shield=True):
                     if engine.broker is not None:

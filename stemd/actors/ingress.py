@@ -1,0 +1,164 @@
+"""Ingress: durable submission of runs through JetStream.
+
+A client publishes to ``<prefix>.submit.<workflow>`` with the params as the JSON body and
+the wanted run id in the ``Nats-Msg-Id`` header. The message is stored in the work-queue
+stream ``STEM_SUBMIT`` whether or not a daemon is up; a daemon's ingress takes it, starts
+the run (idempotent on the run id, so a duplicate publish never makes a second run, even
+after the stream's duplicate window) and acknowledges it once the run is created.
+
+A message that can never become a run (unknown workflow, invalid run id, params that are
+not JSON) is logged and terminated; a failure of the store is retried.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskStatus
+
+from stemd import wire
+from stemd.broker.pull import JsMsg, PullConsumer
+from stemd.engine.engine import Engine
+from stemd.errors import InvalidRunId, PayloadError, StemError, StoreError, TransportError
+from stemd.natsconn import MSG_ID, NatsConnection
+
+__all__ = ["Ingress", "IngressStats", "submit_stream_config"]
+
+log = structlog.get_logger("stemd.ingress")
+
+_NS = 1_000_000_000
+
+
+def submit_stream_config(
+    prefix: str = wire.DEFAULT_PREFIX,
+    *,
+    stream: str = "STEM_SUBMIT",
+    replicas: int = 1,
+    storage: str = "file",
+    duplicate_window: float = 3600.0,
+) -> dict[str, Any]:
+    """The configuration of the submission stream."""
+    return {
+        "name": stream,
+        "subjects": [f"{prefix}.submit.>"],
+        "retention": "workqueue",
+        "storage": storage,
+        "num_replicas": replicas,
+        "duplicate_window": int(duplicate_window * _NS),
+    }
+
+
+class IngressStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Submissions handled so far."""
+
+    started: int
+    duplicates: int
+    rejected: int
+
+
+class Ingress:
+    """The ``<prefix>.submit.>`` consumer actor.
+
+    Args:
+        engine: starts the runs.
+        conn: the NATS connection.
+        prefix: the subject prefix.
+        stream: the submission stream's name.
+        concurrency: submissions handled at once.
+    """
+
+    name = "ingress"
+
+    def __init__(
+        self,
+        engine: Engine,
+        conn: NatsConnection,
+        *,
+        prefix: str = wire.DEFAULT_PREFIX,
+        stream: str = "STEM_SUBMIT",
+        replicas: int = 1,
+        storage: str = "file",
+        concurrency: int = 16,
+        ack_wait: float = 30.0,
+    ) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.prefix = prefix
+        self.stream = stream
+        self.replicas = replicas
+        self.storage = storage
+        self.concurrency = concurrency
+        self.ack_wait = ack_wait
+        self._started = 0
+        self._duplicates = 0
+        self._rejected = 0
+
+    def statistics(self) -> IngressStats:
+        return IngressStats(
+            started=self._started, duplicates=self._duplicates, rejected=self._rejected
+        )
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await self.conn.ensure_stream(
+            submit_stream_config(
+                self.prefix, stream=self.stream, replicas=self.replicas, storage=self.storage
+            )
+        )
+        consumer = PullConsumer(
+            self.conn,
+            self.stream,
+            {
+                "durable_name": "ingress",
+                "filter_subject": f"{self.prefix}.submit.>",
+                "ack_policy": "explicit",
+                "ack_wait": int(self.ack_wait * _NS),
+                "deliver_policy": "all",
+                "max_ack_pending": 10_000,
+            },
+        )
+        await consumer.ensure()
+        task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(self.concurrency):
+                    tg.start_soon(self._work, consumer)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await consumer.close()
+
+    async def _work(self, consumer: PullConsumer) -> None:
+        while True:
+            msg = await consumer.next()
+            try:
+                await self.handle(msg)
+            except (StoreError, TransportError) as exc:
+                log.warning("submission not handled; will retry", error=str(exc))
+                await msg.nak(1.0)
+
+    async def handle(self, msg: JsMsg) -> None:
+        """Start the run one submission asks for, then acknowledge it."""
+        workflow = msg.subject[len(self.prefix) + 8 :]
+        run_id = msg.header(MSG_ID) or f"submit-{msg.stream_seq}"
+        try:
+            params = msgspec.json.decode(msg.data) if msg.data.strip() else None
+        except msgspec.DecodeError as exc:
+            return await self._reject(msg, workflow, run_id, f"params are not JSON: {exc}")
+        try:
+            _, created = await self.engine.start_run(workflow, params, run_id=run_id)
+        except (StoreError, TransportError):
+            raise
+        except (InvalidRunId, PayloadError, StemError) as exc:
+            return await self._reject(msg, workflow, run_id, str(exc))
+        if created:
+            self._started += 1
+        else:
+            self._duplicates += 1
+        await msg.ack()
+
+    async def _reject(self, msg: JsMsg, workflow: str, run_id: str, why: str) -> None:
+        self._rejected += 1
+        log.warning("submission rejected", workflow=workflow, run_id=run_id, reason=why)
+        await msg.term()
