@@ -13,14 +13,24 @@ from stemd.model import Retry
 if TYPE_CHECKING:
     from stemd.authoring.context import FlowContext, ScriptContext
 
-__all__ = ["Flow", "FlowStep", "Script", "StepInfo", "script", "step", "step_info"]
+__all__ = [
+    "Flow",
+    "FlowStep",
+    "Script",
+    "StepInfo",
+    "check_name",
+    "script",
+    "step",
+    "step_info",
+]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 FlowStepFn = Callable[["FlowContext"], Awaitable[Any]]
 _RESERVED = ("@", "#")
 
 
-def _check_name(kind: str, name: object) -> str:
+def check_name(kind: str, name: object) -> str:
+    """Return ``name`` if it is a valid workflow or step name, else raise ValueError."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{kind} name must be a non-empty string")
     if any(ch in name for ch in _RESERVED):
@@ -89,7 +99,7 @@ class Flow:
     kind = "flow"
 
     def __init__(self, name: str, *, queue: str | None = None) -> None:
-        self.name = _check_name("workflow", name)
+        self.name = check_name("workflow", name)
         self.queue = queue
         self.steps: list[FlowStep] = []
         self._by_name: dict[str, FlowStep] = {}
@@ -104,7 +114,7 @@ class Flow:
         ) -> Callable[[FlowContext], Awaitable[Any]]:
             if not inspect.iscoroutinefunction(fn):
                 raise TypeError(f"flow step {fn!r} must be an async function")
-            step_name = _check_name("step", name or fn.__name__)
+            step_name = check_name("step", name or fn.__name__)
             if step_name in self._by_name:
                 raise ValueError(f"flow {self.name!r} already has a step {step_name!r}")
             entry = FlowStep(step_name, len(self.steps), fn, retry)
@@ -132,7 +142,7 @@ class Script:
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"script {fn!r} must be an async function")
-        self.name = _check_name("workflow", name)
+        self.name = check_name("workflow", name)
         self.fn = fn
         self.queue = queue
         params = list(inspect.signature(fn).parameters.values())
@@ -188,7 +198,7 @@ def step(
     def decorate(func: F) -> F:
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"step {func!r} must be an async function")
-        info = StepInfo(func, _check_name("step", name or func.__name__), retry)
+        info = StepInfo(func, check_name("step", name or func.__name__), retry)
 
         @functools.wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -300,14 +300,17 @@ class Engine:
     async def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
         """Cancel the run and, first, its unfinished children."""
         validate_run_id(run_id)
-        for child in await self.store.list_runs(parent_run_id=run_id, limit=10_000):
-            if not child.status.is_terminal:
-                await self.cancel(child.run_id, f"parent cancelled: {reason}")
+        await self._cancel_children(run_id, reason)
         result = await self.store.cancel(run_id, reason, self.clock.now())
         if result is None:
             return False
         await self._after(result)
         return True
+
+    async def _cancel_children(self, run_id: str, reason: str) -> None:
+        for child in await self.store.list_runs(parent_run_id=run_id, limit=10_000):
+            if not child.status.is_terminal:
+                await self.cancel(child.run_id, f"parent cancelled: {reason}")
 
     async def rewind(self, run_id: str, step: str) -> bool:
         """Delete the checkpoints of ``step`` and later ones; resume the run at once."""
@@ -339,6 +342,9 @@ class Engine:
             self._changed(rec)
             if rec.status is RunStatus.PENDING:
                 await self._enqueue(run_id, rec.queue, rec.token)
+            if fired.action == "cancelled":
+                # As for an explicit cancel: the run's unfinished children go with it.
+                await self._cancel_children(run_id, rec.cancel_reason or "cancelled")
         await self._wake(fired.woken)
         return fired.action
 

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from stemd.authoring.context import FlowContext, ScriptContext, StepContext
-from stemd.authoring.definitions import Flow, Script, StepInfo, step_info
+from stemd.authoring.definitions import Flow, Script, StepInfo, check_name, step_info
 from stemd.codec import Codec, convert
 from stemd.errors import ChildFailed, EventTimeout, PayloadError, StemError
 from stemd.model import ErrorInfo, Retry, RunStatus
@@ -54,6 +54,26 @@ class Interrupt(BaseException):
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome.kind)
         self.outcome = outcome
+
+
+def _user_error(group: BaseExceptionGroup[BaseException]) -> Exception:
+    """Sort out what a task group inside user code raised.
+
+    A suspension raised in a child task reaches the engine wrapped in a group: re-raise
+    the :class:`Interrupt` itself when nothing else went wrong. Otherwise return the
+    group's errors (an ExceptionGroup without the interrupts) to be handled as the step's
+    failure; anything else (a BaseException of the user's own) is re-raised as it is.
+    """
+    interrupts, errors = group.split(Interrupt)
+    if errors is None:
+        leaf: BaseException | None = interrupts
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        assert isinstance(leaf, Interrupt)
+        raise leaf from None
+    if isinstance(errors, Exception):
+        return errors
+    raise group
 
 
 # (execution, scope): scope "" is a script body; any other is the step being executed.
@@ -136,15 +156,16 @@ class Execution:
             return self.codec.encode(await call(attempt))
         except Interrupt:
             raise
-        except Exception as exc:
-            policy = retry or _NO_RETRY
-            err = _error(exc, name, attempt)
-            if attempt < policy.max_attempts and not getattr(exc, "non_retryable", False):
-                at = self._now() + timedelta(seconds=policy.delay(attempt))
-                raise Interrupt(
-                    RetryLater(step=name, failures=attempt, resume_at=at, error=err)
-                ) from None
-            raise Interrupt(Fail(error=err)) from None
+        except BaseExceptionGroup as group:
+            exc: Exception = _user_error(group)
+        except Exception as caught:
+            exc = caught
+        policy = retry or _NO_RETRY
+        err = _error(exc, name, attempt)
+        if attempt < policy.max_attempts and not getattr(exc, "non_retryable", False):
+            at = self._now() + timedelta(seconds=policy.delay(attempt))
+            raise Interrupt(RetryLater(step=name, failures=attempt, resume_at=at, error=err))
+        raise Interrupt(Fail(error=err))
 
     # -- flows ----------------------------------------------------------------------------
 
@@ -192,6 +213,8 @@ class Execution:
             value = await script.fn(ScriptContext(self), *args)
         except Interrupt:
             raise
+        except BaseExceptionGroup as group:
+            return Fail(error=_error(_user_error(group), None, None))
         except Exception as exc:
             return Fail(error=_error(exc, None, None))
         finally:
@@ -208,6 +231,9 @@ class Execution:
         args: tuple[Any, ...],
         retry: Retry | None,
     ) -> Any:
+        # '#' and '@' are how occurrences and internal checkpoints are named: a user name
+        # with them could collide with another checkpoint or be hidden from RunState.
+        check_name("step", name)
         info = getattr(fn, "__stemd_step__", None)
         if not isinstance(info, StepInfo) or info.name != name:
             info = step_info(getattr(info, "fn", fn), name, None)

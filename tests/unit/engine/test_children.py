@@ -260,3 +260,30 @@ async def test_cancel_parent_cancels_unfinished_children() -> None:
     assert parent_result.state is not None
     assert parent_result.state.cancel_reason == "operator"
     assert child_result.is_cancelled
+
+
+async def test_parent_cancelled_by_its_policy_cancels_its_children() -> None:
+    """A parent cancelled by its CancellationPolicy takes its unfinished children with it,
+    as an explicit cancel_run does."""
+    calls = Counter[str]()
+    child = _child_flow("pc-child.flow", calls)
+    parent = stemd.Flow("pc-parent.flow")
+
+    @parent.step("spawn")
+    async def spawn(ctx: stemd.FlowContext) -> Any:
+        return await ctx.wait_child(await ctx.start_child(child, {"order": "x"}))
+
+    clock = ManualClock()
+    policy = stemd.CancellationPolicy(max_run_duration=60)
+    async with open_app(parent, child, clock=clock) as app:
+        parent_id = await app.start_workflow(parent, policy=policy)
+        await wait_until(_all_waiting, app, "pc-child.flow.go", 1, what="the child")
+        await wait_status(app, parent_id, RunStatus.SUSPENDED)
+        (kid,) = await _children(app, "pc-child.flow")
+        clock.advance(60)
+        parent_result = await app.wait_for_completion(parent_id, timeout=5)
+        child_result = await app.wait_for_completion(kid.run_id, timeout=5)
+    assert parent_result.is_cancelled
+    assert child_result.is_cancelled
+    assert child_result.state is not None
+    assert child_result.state.cancel_reason == "parent cancelled: max_run_duration"

@@ -411,3 +411,25 @@ async def test_script_requires_an_async_function_with_a_context() -> None:
         @stemd.step(name="bad#name")
         async def bad() -> None:
             return None
+
+
+@pytest.mark.parametrize("name", ["poll#1", "a@b", ""])
+async def test_ctx_step_refuses_reserved_names(name: str) -> None:
+    """ctx.step refuses names with '#' or '@' (used for occurrences and internal
+    checkpoints) or empty: the run fails instead of colliding or hiding a checkpoint."""
+
+    async def one() -> int:
+        return 1
+
+    @stemd.script(f"reserved-{len(name)}.script")
+    async def body(ctx: stemd.ScriptContext) -> int:
+        await ctx.step("poll", one)
+        return await ctx.step(name, one)
+
+    async with open_app(body) as app:
+        result = await app.wait_for_completion(await app.start_workflow(body), timeout=5)
+    assert result.is_failed
+    assert result.error is not None
+    assert result.error.type == "ValueError"
+    assert result.state is not None
+    assert result.state.checkpoints == {"poll": 1}

@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -411,3 +412,65 @@ async def test_script_body_can_sleep_and_wait() -> None:
         result = await app.wait_for_completion(run_id, timeout=5)
     assert result.value == "zed"
     assert body_entries["body"] == 3
+
+
+async def test_suspension_inside_a_task_group_of_the_step() -> None:
+    """A wait called from a task the step started (in its own task group) suspends the
+    run like any other wait; the app keeps running."""
+    entries = Counter[str]()
+    flow = stemd.Flow("taskgroup.flow")
+
+    @flow.step("parallel")
+    async def parallel(ctx: stemd.FlowContext) -> list[Any]:
+        entries["parallel"] += 1
+        got: list[Any] = []
+
+        async def wait_for(topic: str) -> None:
+            got.append(await ctx.wait_for_event(topic))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ctx.sleep, 5)
+            tg.start_soon(wait_for, "taskgroup.go")
+        return got
+
+    @stemd.script("taskgroup.script")
+    async def body(ctx: stemd.ScriptContext) -> str:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ctx.sleep, 5)
+        return "slept"
+
+    clock = ManualClock(START)
+    async with open_app(flow, body, clock=clock) as app:
+        run_id = await app.start_workflow(flow)
+        script_id = await app.start_workflow(body)
+        await wait_status(app, run_id, RunStatus.SUSPENDED)
+        await wait_status(app, script_id, RunStatus.SUSPENDED)
+        clock.advance(5)
+        assert (await app.wait_for_completion(script_id, timeout=5)).value == "slept"
+        await wait_until(_waiting, app, "taskgroup.go", run_id, what="the event wait")
+        assert await app.emit("taskgroup.go", "go") == 1
+        result = await app.wait_for_completion(run_id, timeout=5)
+    assert result.value == ["go"]
+    assert entries["parallel"] >= 3
+
+
+async def test_error_beside_a_suspension_in_a_task_group_fails_the_step() -> None:
+    """When one task of a step's task group fails while another suspends, the step has
+    failed: the error is recorded, not lost to the suspension."""
+    flow = stemd.Flow("taskgroup-error.flow")
+
+    @flow.step("parallel")
+    async def parallel(ctx: stemd.FlowContext) -> None:
+        async def boom() -> None:
+            raise KeyError("lost")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ctx.wait_for_event, "taskgroup-error.never")
+            tg.start_soon(boom)
+
+    async with open_app(flow) as app:
+        result = await app.wait_for_completion(await app.start_workflow(flow), timeout=5)
+    assert result.is_failed
+    assert result.error is not None
+    assert result.error.type == "ExceptionGroup"
+    assert result.error.step == "parallel"
