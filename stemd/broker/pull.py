@@ -24,7 +24,7 @@ import msgspec
 import structlog
 
 from stemd.errors import TransportError
-from stemd.natsconn import JetStreamApiError, NatsConnection, NatsMsg, Subscription
+from stemd.natsconn import NatsConnection, NatsMsg, Subscription
 
 __all__ = ["JsMsg", "PullConsumer", "PullStats"]
 
@@ -207,7 +207,8 @@ class PullConsumer:
                 if need > 0:
                     try:
                         await self._request(need)
-                    except JetStreamApiError as exc:
+                    except TransportError as exc:
+                        # NATS away or the consumer gone: wait, then make sure it exists.
                         log.warning("consumer unavailable", consumer=self.name, error=str(exc))
                         self._ensured = False
                         await anyio.sleep(0.5)

@@ -33,18 +33,19 @@ import copy
 import math
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
 import structlog
 
-from stemd.errors import ConfigError, LeaseLost, PayloadError, StoreError
+from stemd.errors import ConfigError, LeaseLost, PayloadError, StoreError, TransportError
 from stemd.model import RunStatus
 from stemd.natsconn import (
     EXPECTED_LAST_SUBJECT_SEQ,
+    JetStreamApiError,
     NatsConnection,
     WrongLastSequence,
     open_connection,
@@ -75,6 +76,8 @@ __all__ = ["JetStreamStore"]
 
 log = structlog.get_logger("stemd.store.jetstream")
 
+T = TypeVar("T")
+
 _LIVE = (RunStatus.PENDING, RunStatus.RUNNING)
 _MAX_TRIES = 50
 _CHUNK = 1000
@@ -97,6 +100,8 @@ class _Doc(msgspec.Struct, kw_only=True):
     idx: dict[str, _Entry] = msgspec.field(default_factory=dict)
     # Stream sequence of the run's creation: list_runs orders by it.
     order: int = 0
+    # Unique per write: tells whether a write whose acknowledgement was lost happened.
+    w: str = ""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -140,7 +145,15 @@ def _parse_time(stamp: str) -> datetime | None:
 
 
 def _replace(doc: _Doc, rec: RunRecord, cps: dict[str, bytes] | None = None) -> _Doc:
-    return _Doc(rec=rec, cps=doc.cps if cps is None else cps, idx=doc.idx, order=doc.order)
+    return _Doc(rec=rec, cps=doc.cps if cps is None else cps, idx=doc.idx, order=doc.order, w=doc.w)
+
+
+def _transient(exc: TransportError) -> bool:
+    """Whether retrying may help: a lost connection or reply, or JetStream not ready;
+    not a definite refusal by the stream."""
+    if isinstance(exc, JetStreamApiError):
+        return exc.code == 503
+    return True
 
 
 class JetStreamStore:
@@ -152,6 +165,8 @@ class JetStreamStore:
         replicas: stream replicas (1 or 3 in a cluster).
         storage: ``"file"`` or ``"memory"``.
         timeout: seconds to wait for any one NATS request.
+        retry_for: seconds an operation keeps retrying while NATS is unreachable (a
+            server restart, a leader election) before it fails with TransportError.
         max_bytes: the bucket's size limit (-1: none).
         cache_size: documents remembered between this process's own writes (saves a read
             before each compare-and-set; a stale entry only costs a retry).
@@ -165,6 +180,7 @@ class JetStreamStore:
         replicas: int = 1,
         storage: str = "file",
         timeout: float = 5.0,
+        retry_for: float = 15.0,
         max_bytes: int = -1,
         cache_size: int = 4096,
         name: str = "stemd-store",
@@ -181,6 +197,7 @@ class JetStreamStore:
         self.replicas = replicas
         self.storage = storage
         self.timeout = timeout
+        self.retry_for = retry_for
         self.max_bytes = max_bytes
         self.name = name
         self._pre = f"$KV.{bucket}."
@@ -202,7 +219,7 @@ class JetStreamStore:
             for key, value in merged.items():
                 if key in ("replicas", "max_bytes", "cache_size"):
                     kwargs[key] = int(value)
-                elif key == "timeout":
+                elif key in ("timeout", "retry_for"):
                     kwargs[key] = float(value)
                 elif key in ("bucket", "storage", "name"):
                     kwargs[key] = str(value)
@@ -260,6 +277,21 @@ class JetStreamStore:
 
     # -- documents ------------------------------------------------------------------------
 
+    async def _retry(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``fn(*args)``, retried with backoff on transient NATS failures for
+        ``retry_for`` seconds. Only for idempotent requests."""
+        give_up = anyio.current_time() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                return await fn(*args)
+            except TransportError as exc:
+                if not _transient(exc) or anyio.current_time() + delay > give_up:
+                    raise
+                log.info("NATS unavailable; retrying", op=what, error=str(exc))
+                await anyio.sleep(delay)
+                delay = min(1.0, delay * 2)
+
     def _cache_put(self, run_id: str, rev: int, doc: _Doc) -> None:
         self._cache[run_id] = (rev, doc)
         self._cache.move_to_end(run_id)
@@ -276,7 +308,9 @@ class JetStreamStore:
         return doc
 
     async def _read(self, run_id: str) -> tuple[int, _Doc] | None:
-        msg = await self.conn.direct_get(self.stream, f"{self._pre}run.{run_id}")
+        msg = await self._retry(
+            "get", self.conn.direct_get, self.stream, f"{self._pre}run.{run_id}"
+        )
         if msg is None:
             self._cache.pop(run_id, None)
             return None
@@ -288,7 +322,9 @@ class JetStreamStore:
         subjects = [f"{self._pre}run.{rid}" for rid in dict.fromkeys(run_ids)]
         out: dict[str, tuple[int, _Doc]] = {}
         for i in range(0, len(subjects), _CHUNK):
-            msgs = await self.conn.direct_get_last_many(self.stream, subjects[i : i + _CHUNK])
+            msgs = await self._retry(
+                "get", self.conn.direct_get_last_many, self.stream, subjects[i : i + _CHUNK]
+            )
             for msg in msgs or ():
                 rid = msg.subject[len(self._pre) + 4 :]
                 out[rid] = (msg.seq, self._decode(msg.data, msg.seq))
@@ -296,7 +332,9 @@ class JetStreamStore:
 
     async def _keys(self, pattern: str) -> list[str]:
         """Keys matching a subject filter (without the bucket prefix)."""
-        subjects = await self.conn.stream_subjects(self.stream, self._pre + pattern)
+        subjects = await self._retry(
+            "list", self.conn.stream_subjects, self.stream, self._pre + pattern
+        )
         cut = len(self._pre)
         return [s[cut:] for s in subjects]
 
@@ -306,7 +344,7 @@ class JetStreamStore:
 
     async def _put_entry(self, base: str) -> _Entry:
         key = f"{base}.{self._next_nonce()}"
-        ack = await self.conn.js_publish(self._pre + key, b"")
+        ack = await self._retry("put", self.conn.js_publish, self._pre + key, b"")
         return _Entry(key, ack.seq)
 
     async def _write(self, run_id: str, rev: int, old: _Doc | None, new: _Doc) -> int:
@@ -328,17 +366,14 @@ class JetStreamStore:
                 added.append(entry)
                 idx[kind] = entry
             new.idx = idx
+            new.w = self._next_nonce()
             data = _encoder.encode(new)
             if len(data) > self._max_doc:
                 raise PayloadError(
                     f"run {run_id}: its record and checkpoints take {len(data)} bytes, more "
                     f"than a NATS message may hold ({self._max_doc}); keep step values small"
                 )
-            ack = await self.conn.js_publish(
-                f"{self._pre}run.{run_id}",
-                data,
-                headers={EXPECTED_LAST_SUBJECT_SEQ: str(rev)},
-            )
+            seq = await self._cas(run_id, rev, data, new.w)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 for entry in added:
@@ -347,7 +382,43 @@ class JetStreamStore:
         for kind, entry in old_idx.items():
             if idx.get(kind) != entry:
                 await self._forget(entry)
-        return ack.seq
+        return seq
+
+    async def _cas(self, run_id: str, rev: int, data: bytes, nonce: str) -> int:
+        """Publish ``data`` as ``run.<run_id>`` if its revision is still ``rev``. When the
+        answer is lost, read back: the nonce tells whether the write happened."""
+        subject = f"{self._pre}run.{run_id}"
+        headers = {EXPECTED_LAST_SUBJECT_SEQ: str(rev)}
+        give_up = anyio.current_time() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                ack = await self.conn.js_publish(subject, data, headers=headers)
+                return ack.seq
+            except TransportError as exc:
+                if not _transient(exc):
+                    raise
+                error = exc
+            # Unknown outcome: find out, retrying while NATS is away.
+            while True:
+                if anyio.current_time() + delay > give_up:
+                    raise error
+                await anyio.sleep(delay)
+                delay = min(1.0, delay * 2)
+                try:
+                    msg = await self.conn.direct_get(self.stream, subject)
+                except TransportError as exc:
+                    if not _transient(exc):
+                        raise
+                    error = exc
+                    continue
+                break
+            if msg is not None and msg.data == data:
+                return msg.seq  # it was written (the nonce makes the bytes unique)
+            current = msg.seq if msg is not None else 0
+            if current != rev:
+                raise WrongLastSequence(400, 10071, f"wrong last sequence: {current}")
+            log.info("NATS unavailable; retrying a write", run_id=run_id, error=str(error))
 
     async def _forget(self, entry: _Entry) -> None:
         """Delete an index entry without waiting (a lost deletion leaves a stale entry,
@@ -399,7 +470,7 @@ class JetStreamStore:
 
     async def _delete(self, run_id: str, rev: int, doc: _Doc) -> bool:
         """Delete the document at revision ``rev`` and its entries; ``False`` if it changed."""
-        if not await self.conn.delete_msg(self.stream, rev):
+        if not await self._retry("delete", self.conn.delete_msg, self.stream, rev):
             self._cache.pop(run_id, None)
             return False
         self._cache.pop(run_id, None)
@@ -411,7 +482,7 @@ class JetStreamStore:
 
     async def _clean(self, key: str, run_id: str) -> None:
         """Remove an entry its run's document does not refer to, once it is old enough."""
-        msg = await self.conn.direct_get(self.stream, self._pre + key)
+        msg = await self._retry("get", self.conn.direct_get, self.stream, self._pre + key)
         if msg is None:
             return
         stamp = _parse_time(msg.time)
@@ -430,7 +501,7 @@ class JetStreamStore:
                 return
             self._cache.pop(run_id, None)
         log.info("removing a stale index entry", key=key)
-        await self.conn.delete_msg(self.stream, msg.seq)
+        await self._retry("delete", self.conn.delete_msg, self.stream, msg.seq)
 
     async def _indexed(self, pattern: str, kind: str) -> list[tuple[str, int, _Doc]]:
         """The runs listed under ``pattern`` whose document still owns that entry, as
