@@ -3,8 +3,8 @@ completes, suspends or fails, and return that outcome for the engine to commit."
 
 from __future__ import annotations
 
-import hashlib
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import datetime, timedelta
@@ -14,7 +14,7 @@ from stemd.authoring.context import FlowContext, ScriptContext, StepContext
 from stemd.authoring.definitions import Flow, Script, StepInfo, check_name, step_info
 from stemd.codec import Codec, convert
 from stemd.errors import ChildFailed, EventTimeout, PayloadError, StemError
-from stemd.model import ErrorInfo, Retry, RunStatus
+from stemd.model import ErrorInfo, Retry, RunStatus, validate_run_id
 from stemd.store.base import (
     Checkpoint,
     Claim,
@@ -92,9 +92,8 @@ def _error(exc: BaseException, step: str | None, attempts: int | None) -> ErrorI
     return ErrorInfo(type=type(exc).__name__, message=str(exc), step=step, attempts=attempts)
 
 
-def _child_id(parent: str, key: str) -> str:
-    digest = hashlib.blake2b(f"{parent}/{key}".encode(), digest_size=8).hexdigest()
-    return f"{parent[:100]}-{digest}"
+def _child_id(parent: str) -> str:
+    return f"{parent[:100]}-{secrets.token_hex(8)}"
 
 
 class Execution:
@@ -322,10 +321,18 @@ class Execution:
         key = self._key(scope, "child")
         raw = self.checkpoints.get(key)
         if raw is not None:
-            return self.codec.decode(raw, type=str)  # type: ignore[no-any-return]
-        child_id = run_id or _child_id(self.run_id, key)
+            child_id: str = self.codec.decode(raw, type=str)
+            if await self.engine.store.get_run(child_id) is not None:
+                return child_id
+            # The id is recorded before the child is created: the slice that recorded it
+            # ended before the creation. Create it now (creation is idempotent on the id).
+        else:
+            self.engine.resolve(workflow)  # an unknown workflow records nothing
+            # A fresh id, recorded first: a re-entry finds it and never starts a second
+            # child, while a rewind that deletes the record starts a new one.
+            child_id = _child_id(self.run_id) if run_id is None else validate_run_id(run_id)
+            await self._save(key, self.codec.encode(child_id))
         await self.engine.start_run(workflow, params, run_id=child_id, parent_run_id=self.run_id)
-        await self._save(key, self.codec.encode(child_id))
         return child_id
 
     async def wait_child(self, scope: str, child_id: str, type: Any) -> Any:

@@ -10,6 +10,8 @@ import msgspec
 import pytest
 
 import stemd
+from stemd.store.base import RunRecord
+from stemd.store.memory import MemoryStore
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status, wait_until
 
@@ -287,3 +289,78 @@ async def test_parent_cancelled_by_its_policy_cancels_its_children() -> None:
     assert child_result.is_cancelled
     assert child_result.state is not None
     assert child_result.state.cancel_reason == "parent cancelled: max_run_duration"
+
+
+async def test_rewinding_a_parent_starts_a_new_child() -> None:
+    """Rewinding a parent to the step that started a child re-runs that step: a new child
+    is started, so a parent failed by its child can be rewound once the cause is fixed."""
+    broken = True
+    child = stemd.Flow("rw-child.flow")
+
+    @child.step("only")
+    async def only(ctx: stemd.FlowContext) -> str:
+        if broken:
+            raise RuntimeError("child bug")
+        return "fixed"
+
+    parent = stemd.Flow("rw-parent.flow")
+
+    @parent.step("spawn")
+    async def spawn(ctx: stemd.FlowContext) -> Any:
+        return await ctx.wait_child(await ctx.start_child(child, None))
+
+    async with open_app(parent, child) as app:
+        parent_id = await app.start_workflow(parent)
+        failed = await app.wait_for_completion(parent_id, timeout=5)
+        assert failed.is_failed
+        broken = False
+        assert await app.rewind_run(parent_id, "spawn")
+        result = await app.wait_for_completion(parent_id, timeout=5)
+        kids = await app.list_runs(workflow="rw-child.flow")
+    assert result.value == "fixed"
+    assert sorted(k.status for k in kids) == [RunStatus.COMPLETED, RunStatus.FAILED]
+    assert {k.parent_run_id for k in kids} == {parent_id}
+
+
+class StallingStore(MemoryStore):
+    """A memory store where creating a child run hangs while ``stall`` is set (a process
+    that dies between recording the child's id and creating the child)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stall = True
+        self.stalled = anyio.Event()
+
+    async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
+        if record.parent_run_id is not None and self.stall:
+            self.stalled.set()
+            await anyio.sleep_forever()
+        return await super().create_run(record)
+
+
+async def test_child_start_interrupted_before_creation_starts_one_child() -> None:
+    """A parent interrupted after recording its child's id but before creating the child
+    creates it on re-entry, once, under that id."""
+    calls = Counter[str]()
+    child = _child_flow("stall-child.flow", calls)
+    parent = stemd.Flow("stall-parent.flow")
+
+    @parent.step("spawn")
+    async def spawn(ctx: stemd.FlowContext) -> Any:
+        return await ctx.wait_child(await ctx.start_child(child, {"order": "s"}))
+
+    store = StallingStore()
+    async with open_app(parent, child, store=store) as app:
+        parent_id = await app.start_workflow(parent)
+        await store.stalled.wait()
+    (recorded,) = [c for c in await store.get_checkpoints(parent_id) if "@child#" in c.name]
+    assert await store.list_runs(workflow="stall-child.flow") == []
+    store.stall = False
+    async with open_app(parent, child, store=store) as app:
+        await wait_until(_all_waiting, app, "stall-child.flow.go", 1, what="the child")
+        (kid,) = await _children(app, "stall-child.flow")
+        assert recorded.value == f'"{kid.run_id}"'.encode()
+        await app.emit("stall-child.flow.go", "ok")
+        result = await app.wait_for_completion(parent_id, timeout=5)
+        assert len(await _children(app, "stall-child.flow")) == 1
+    assert result.value == {"order": "s", "total": 42}
