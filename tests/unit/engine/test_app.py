@@ -404,3 +404,15 @@ async def test_values_round_trip(kind: str, value: Any, typ: Any, codec: str) ->
         assert type(seen[where]) is type(value), where
     assert result.value == value
     assert type(result.value) is type(value)
+
+
+async def test_emit_of_a_payload_that_does_not_encode_resumes_nothing() -> None:
+    """emit raises PayloadError for a payload msgspec cannot encode, and the waiters keep
+    waiting."""
+    flow = _waiting_flow("bad-emit.flow")
+    async with open_app(flow) as app:
+        run_id = await app.start_workflow(flow)
+        await wait_status(app, run_id, RunStatus.SUSPENDED)
+        with pytest.raises(stemd.PayloadError):
+            await app.emit("bad-emit.flow.go", object())
+        assert [s.run_id for s in await app.runs_waiting_on("bad-emit.flow.go")] == [run_id]

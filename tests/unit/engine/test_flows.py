@@ -325,3 +325,25 @@ async def test_flow_declaration_rejects_bad_steps() -> None:
         flow.step("sync")(sync)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         stemd.Flow("bad#name")
+
+
+async def test_take_resume_data_after_a_timeout_is_none() -> None:
+    """A wait that timed out carries no resume payload."""
+    taken: list[Any] = []
+    flow = stemd.Flow("resume-timeout.flow")
+
+    @flow.step("review")
+    async def review(ctx: stemd.FlowContext) -> str:
+        try:
+            await ctx.wait_for_event("resume-timeout.review", timeout=10)
+        except stemd.EventTimeout:
+            taken.append(ctx.take_resume_data())
+            return "timed out"
+        return "answered"
+
+    async with open_app(flow, clock=(clock := ManualClock())) as app:
+        run_id = await app.start_workflow(flow)
+        await wait_status(app, run_id, RunStatus.SUSPENDED)
+        clock.advance(10)
+        assert (await app.wait_for_completion(run_id, timeout=5)).value == "timed out"
+    assert taken == [None]
