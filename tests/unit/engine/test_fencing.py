@@ -292,3 +292,34 @@ async def test_shutdown_mid_step_gives_the_run_back() -> None:
     assert rec is not None
     assert rec.status is RunStatus.PENDING
     assert rec.lease_owner is None
+
+
+async def test_two_apps_on_one_store_execute_each_step_once() -> None:
+    """Two apps sharing a store (two daemons) race for the same wake-ups and runs: every
+    run completes, every step of every run completes exactly once."""
+    completed: Counter[tuple[str, str]] = Counter()
+    flow = stemd.Flow("shared.flow")
+
+    @flow.step("nap")
+    async def nap(ctx: stemd.FlowContext) -> None:
+        await ctx.sleep(10)
+        completed[ctx.run_id, "nap"] += 1
+
+    @flow.step("done")
+    async def done(ctx: stemd.FlowContext) -> str:
+        completed[ctx.run_id, "done"] += 1
+        return ctx.run_id
+
+    store = MemoryStore()
+    clock = ManualClock(START)
+    async with (
+        open_app(flow, store=store, clock=clock, sweep_interval=1) as one,
+        open_app(flow, store=store, clock=clock, sweep_interval=1) as two,
+    ):
+        ids = [await (one if n % 2 else two).start_workflow(flow) for n in range(100)]
+        for run_id in ids:
+            await wait_status(one, run_id, RunStatus.SUSPENDED)
+        clock.advance(10)
+        results = [await two.wait_for_completion(run_id, timeout=10) for run_id in ids]
+    assert [r.value for r in results] == ids
+    assert completed == Counter({(i, s): 1 for i in ids for s in ("nap", "done")})
