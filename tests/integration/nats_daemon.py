@@ -20,7 +20,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import stemd  # noqa: E402
+import stemd
 
 ARGS = argparse.Namespace()
 

@@ -5,6 +5,7 @@ its steps append one line per execution to a side-effect file."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 import stemd
 from stemd.testing.nats import NatsServer
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -33,9 +35,12 @@ class Daemon:
         self.cmd = [sys.executable, str(DAEMON), url, str(effects), name, *args]
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=log)
+            return subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=log)
+
+    async def start(self) -> None:
+        self.proc = self._spawn()
         assert self.proc.stdout is not None
         stdout = self.proc.stdout
         with anyio.fail_after(30):
@@ -120,6 +125,18 @@ async def wait_completed(app: stemd.App, count: int, timeout: float) -> None:
         raise AssertionError(f"only {done} of {count} runs completed in {timeout}s") from None
 
 
+def count_lines(path: Path, text: str) -> int:
+    """Lines of ``path`` containing ``text`` (0 while it does not exist)."""
+    if not path.exists():
+        return 0
+    return sum(text in line for line in path.read_text().splitlines())
+
+
+async def effect_lines(path: Path, text: str, count: int) -> bool:
+    """Whether ``path`` has at least ``count`` lines containing ``text``."""
+    return count_lines(path, text) >= count
+
+
 def effects_by_run(path: Path) -> Iterator[tuple[str, list[tuple[str, str, float, float]]]]:
     runs: dict[str, list[tuple[str, str, float, float]]] = defaultdict(list)
     for line in path.read_text().splitlines():
@@ -143,7 +160,7 @@ async def test_two_daemons_share_runs_each_step_exactly_once(
     by_daemon: dict[str, int] = defaultdict(int)
     for run_id, entries in seen.items():
         assert [e[0] for e in entries] == list(STEPS), run_id
-        for before, after in zip(entries, entries[1:], strict=False):
+        for before, after in itertools.pairwise(entries):
             assert before[3] <= after[2], f"{run_id}: steps overlap"
         for entry in entries:
             by_daemon[entry[1]] += 1
@@ -160,9 +177,7 @@ async def test_runs_of_a_killed_daemon_finish_on_the_other(
         client(nats.url) as app,
     ):
         ids = await start_runs(app, "slow.flow", 40)
-        with anyio.fail_after(20):
-            while "victim" not in (effects.read_text() if effects.exists() else ""):
-                await anyio.sleep(0.05)
+        await wait_until(effect_lines, effects, " victim ", 1, timeout=20, what="victim steps")
         victim.kill()
         killed_at = len(effects.read_text().splitlines())
         await wait_completed(app, 40, timeout=60)
@@ -194,9 +209,7 @@ async def test_daemons_reconnect_after_nats_restarts_mid_load(
     effects = tmp_path / "effects.txt"
     async with daemons(nats.url, effects, "d1", "d2") as procs, client(nats.url) as app:
         ids = await start_runs(app, "slow.flow", 150)
-        with anyio.fail_after(20):
-            while len(effects.read_text().splitlines() if effects.exists() else ()) < 60:
-                await anyio.sleep(0.05)
+        await wait_until(effect_lines, effects, "", 60, timeout=20, what="60 steps done")
         await nats.restart(down_for=0.5)
         await wait_completed(app, 150, timeout=90)
         assert all(p.alive for p in procs), [p.tail() for p in procs]
