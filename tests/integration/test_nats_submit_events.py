@@ -1,0 +1,169 @@
+"""Durable submission through JetStream (``stem.submit.<workflow>``) and run events
+(``stem.events.run.<run_id>``) against a real nats-server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import TaskStatus
+
+import stemd
+from stemd.actors.ingress import submit_stream_config
+from stemd.natsconn import NatsConnection
+from stemd.testing.nats import NatsServer
+from tests.helpers import wait_status, wait_until
+
+pytestmark = pytest.mark.anyio
+
+flow = stemd.Flow("orders.flow")
+
+
+@flow.step("take")
+async def take(ctx: stemd.FlowContext) -> Any:
+    return ctx.params
+
+
+@flow.step("ship")
+async def ship(ctx: stemd.FlowContext) -> Any:
+    if ctx.params == "boom":
+        raise RuntimeError("out of stock")
+    return {"shipped": ctx.previous_result}
+
+
+waiter = stemd.Flow("waiter.flow")
+
+
+@waiter.step("wait")
+async def wait(ctx: stemd.FlowContext) -> Any:
+    return await ctx.wait_for_event("never.comes")
+
+
+@asynccontextmanager
+async def daemon(url: str) -> AsyncIterator[stemd.App]:
+    async with stemd.App(store=url, broker=url, nats=url, workflows=[flow, waiter]) as app:
+        yield app
+
+
+async def submit(conn: NatsConnection, workflow: str, body: bytes, run_id: str | None) -> None:
+    headers = {"Nats-Msg-Id": run_id} if run_id is not None else None
+    await conn.js_publish(f"stem.submit.{workflow}", body, headers=headers)
+
+
+async def count_runs(app: stemd.App, count: int) -> bool:
+    return len(await app.list_runs(limit=1000)) >= count
+
+
+async def test_submissions_wait_for_a_daemon_and_never_run_twice(
+    nats: NatsServer, conn: NatsConnection
+) -> None:
+    """Runs published while no daemon is up start when one comes; duplicates do not."""
+    async with daemon(nats.url):
+        pass  # a daemon ran once: the submission stream exists
+    await submit(conn, "orders.flow", b'{"sku": "a"}', "order-1")
+    await submit(conn, "orders.flow", b'{"sku": "a"}', "order-1")  # same id, again
+    await submit(conn, "orders.flow", b'"b"', "order-2")
+    await submit(conn, "orders.flow", b"", "order-3")  # no params
+    async with daemon(nats.url) as app:
+        for run_id in ("order-1", "order-2", "order-3"):
+            await wait_status(app, run_id, stemd.RunStatus.COMPLETED)
+        assert (await app.get_run("order-1")).result == {"shipped": {"sku": "a"}}  # type: ignore[union-attr]
+        assert (await app.get_run("order-3")).params is None  # type: ignore[union-attr]
+        # Past the stream's duplicate window a copy is stored again, and is still only a
+        # duplicate run id.
+        await conn.ensure_stream(submit_stream_config(duplicate_window=0.1))
+        await anyio.sleep(0.2)
+        await submit(conn, "orders.flow", b'{"sku": "zzz"}', "order-1")
+        await submit(conn, "orders.flow", b'"c"', "order-4")
+        await wait_status(app, "order-4", stemd.RunStatus.COMPLETED)
+        await wait_until(stream_empty, conn, what="the submission stream to drain")
+        info = await conn.js_api("STREAM.INFO.STEM_SUBMIT")
+        assert info["state"]["last_seq"] == 5  # 3 stored at first, then both copies
+        assert len(await app.list_runs(limit=100)) == 4
+        assert (await app.get_run("order-1")).params == {"sku": "a"}  # type: ignore[union-attr]
+
+
+async def test_submissions_that_cannot_run_are_dropped_and_do_not_block(
+    nats: NatsServer, conn: NatsConnection
+) -> None:
+    """Unknown workflows, bad params and bad run ids are rejected; the rest go through."""
+    async with daemon(nats.url) as app:
+        await submit(conn, "no.such.flow", b"{}", "bad-1")
+        await submit(conn, "orders.flow", b"{not json", "bad-2")
+        await submit(conn, "orders.flow", b"1", "bad id")
+        await submit(conn, "orders.flow", b"2", None)  # no id: one is derived
+        await submit(conn, "orders.flow", b"3", "good")
+        await wait_status(app, "good", stemd.RunStatus.COMPLETED)
+        await wait_until(count_runs, app, 2, what="the submission without id")
+        runs = {r.run_id: r for r in await app.list_runs(limit=100)}
+        assert "good" in runs
+        assert {r.params for r in runs.values()} == {2, 3}
+        await wait_until(stream_empty, conn, what="the submission stream to drain")
+
+
+async def stream_empty(conn: NatsConnection) -> bool:
+    info = await conn.js_api("STREAM.INFO.STEM_SUBMIT")
+    return int(info["state"]["messages"]) == 0
+
+
+async def collect(
+    conn: NatsConnection,
+    subject: str,
+    until: str,
+    into: list[dict[str, Any]],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Put the events on ``subject`` into ``into`` until one has status ``until``
+    (5 s at most); ready once the subscription is in place."""
+    sub = await conn.subscribe(subject)
+    await conn.flush()
+    task_status.started()
+    try:
+        with anyio.fail_after(5):
+            async for msg in sub.messages:
+                into.append(json.loads(msg.data))
+                if into[-1]["status"] == until:
+                    return
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_run_events_follow_every_status_change(
+    nats: NatsServer, conn: NatsConnection
+) -> None:
+    """A run publishes pending, running and completed (with its result) on its subject."""
+    seen: list[dict[str, Any]] = []
+    async with daemon(nats.url) as app, anyio.create_task_group() as tg:
+        await tg.start(collect, conn, "stem.events.run.ev-1", "completed", seen)
+        await app.start_workflow("orders.flow", {"n": 1}, run_id="ev-1")
+    assert [e["status"] for e in seen] == ["pending", "running", "completed"]
+    assert all(e["run_id"] == "ev-1" and e["workflow"] == "orders.flow" for e in seen)
+    assert "result" not in seen[0]
+    assert seen[-1]["result"] == {"shipped": {"n": 1}}
+
+
+async def test_failed_and_cancelled_runs_publish_their_cause(
+    nats: NatsServer, conn: NatsConnection
+) -> None:
+    """A failed run's event carries its error; a cancelled one its reason."""
+    async with daemon(nats.url) as app:
+        failed: list[dict[str, Any]] = []
+        cancelled: list[dict[str, Any]] = []
+        async with anyio.create_task_group() as tg:
+            await tg.start(collect, conn, "stem.events.run.f-1", "failed", failed)
+            await tg.start(collect, conn, "stem.events.run.c-1", "cancelled", cancelled)
+            await app.start_workflow("orders.flow", "boom", run_id="f-1")
+            await app.start_workflow("waiter.flow", run_id="c-1")
+            await wait_status(app, "c-1", stemd.RunStatus.SUSPENDED)
+            await app.cancel_run("c-1", reason="operator")
+    assert failed[-1]["status"] == "failed"
+    assert failed[-1]["error"]["type"] == "RuntimeError"
+    assert failed[-1]["error"]["message"] == "out of stock"
+    assert "result" not in failed[-1]
+    assert [e["status"] for e in cancelled][-2:] == ["suspended", "cancelled"]
+    assert cancelled[-1]["cancel_reason"] == "operator"
