@@ -1,0 +1,222 @@
+"""What the JetStream KV store adds to the store contract (which tests/unit/store runs on
+it): several store instances on one bucket, crash leftovers in the index, the message size
+limit, NATS outages, and timers driven through a daemon."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+import stemd
+from stemd.errors import PayloadError, TransportError
+from stemd.model import RunStatus
+from stemd.natsconn import NatsConnection, PubAck
+from stemd.store import jetstream as kv
+from stemd.store.base import Checkpoint, Complete, RunRecord, Suspend, compute_timer_at
+from stemd.store.jetstream import JetStreamStore
+from stemd.testing.nats import NatsServer
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def record(run_id: str, **fields: Any) -> RunRecord:
+    fields.setdefault("params", b"{}")
+    rec = RunRecord(
+        run_id=run_id,
+        workflow="wf",
+        status=RunStatus.PENDING,
+        created_at=T0,
+        updated_at=T0,
+        **fields,
+    )
+    rec.timer_at = compute_timer_at(rec)
+    return rec
+
+
+@asynccontextmanager
+async def open_store(url: str, **options: Any) -> AsyncIterator[JetStreamStore]:
+    store = JetStreamStore.from_url(url, **options)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_racing_claims_from_two_instances_have_one_winner(nats: NatsServer) -> None:
+    """Claims racing from two store instances (two daemons) on one run: exactly one wins."""
+    async with open_store(nats.url) as a, open_store(nats.url) as b:
+        for i in range(20):
+            await a.create_run(record(f"r{i}"))
+        wins: list[tuple[str, str]] = []
+
+        async def claim(store: JetStreamStore, owner: str, run_id: str) -> None:
+            if await store.claim(run_id, owner, T0, 30.0) is not None:
+                wins.append((run_id, owner))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                for store, owner in ((a, "a"), (b, "b"), (a, "a2"), (b, "b2")):
+                    tg.start_soon(claim, store, owner, f"r{i}")
+        assert sorted(run_id for run_id, _ in wins) == sorted(f"r{i}" for i in range(20))
+        for run_id, owner in wins:
+            rec = await b.get_run(run_id)
+            assert rec is not None
+            assert rec.lease_owner == owner
+            assert rec.attempts == 1
+
+
+async def test_a_stale_owner_on_another_instance_is_fenced(nats: NatsServer) -> None:
+    """After another instance took over an expired lease, the old owner's writes fail."""
+    async with open_store(nats.url) as a, open_store(nats.url) as b:
+        await a.create_run(record("r1"))
+        old = await a.claim("r1", "a", T0, 30.0)
+        assert old is not None
+        new = await b.claim("r1", "b", T0 + timedelta(seconds=31), 30.0)
+        assert new is not None
+        with pytest.raises(stemd.LeaseLost):
+            await a.save_checkpoint("r1", old.token, Checkpoint("s", b"1"), T0)
+        with pytest.raises(stemd.LeaseLost):
+            await a.commit("r1", old.token, Complete(result=b"1"), T0)
+        await b.commit("r1", new.token, Complete(result=b"2"), T0)
+        rec = await a.get_run("r1")
+        assert rec is not None
+        assert rec.result == b"2"
+
+
+async def test_index_entries_left_by_a_crash_are_ignored_then_removed(
+    nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index entry its run no longer refers to (a writer died) changes no answer and
+    is cleaned up once old."""
+    async with open_store(nats.url) as store:
+        await store.create_run(record("r1"))
+        claim = await store.claim("r1", "w", T0, 30.0)
+        assert claim is not None
+        await store.commit("r1", claim.token, Suspend(wait_topic="t.go", wait_key="k"), T0)
+        await store.create_run(record("r2"))
+        leftovers = ["idx.watch.t.go.r2.dead1", "idx.live.ghost.dead2", "idx.timer.1.r2.dead3"]
+        for key in leftovers:
+            await store.conn.js_publish(f"$KV.{store.bucket}.{key}", b"")
+        assert [r.run_id for r in await store.runs_waiting_on("t.go")] == ["r1"]
+        assert await store.runnable(T0, 10) == [("r2", "workflow")]
+        assert await store.due_timers(T0 + timedelta(days=1), 10) == []
+        monkeypatch.setattr(kv, "_STALE_AFTER", timedelta(0))
+        assert await store.deliver_event("t.go", b"{}", T0) == ["r1"]
+        await store.runnable(T0, 10)
+        await store.due_timers(T0 + timedelta(days=1), 10)
+        keys = await store._keys("idx.>")
+        assert not any(key in keys for key in leftovers)
+        assert any(key.startswith("idx.live.r2.") for key in keys)
+
+
+async def test_a_run_too_large_for_one_message_is_refused_unchanged(nats: NatsServer) -> None:
+    """A checkpoint that would not fit in a NATS message raises PayloadError and changes
+    nothing; the run stays usable."""
+    async with open_store(nats.url) as store:
+        await store.create_run(record("r1"))
+        claim = await store.claim("r1", "w", T0, 30.0)
+        assert claim is not None
+        with pytest.raises(PayloadError):
+            await store.save_checkpoint("r1", claim.token, Checkpoint("big", b"x" * 2**20), T0)
+        assert await store.get_checkpoints("r1") == []
+        await store.save_checkpoint("r1", claim.token, Checkpoint("small", b"1"), T0)
+        assert [c.name for c in await store.get_checkpoints("r1")] == ["small"]
+        with pytest.raises(PayloadError):
+            await store.create_run(record("r2", params=b"x" * 2**20))
+        assert await store.get_run("r2") is None
+
+
+async def test_a_write_whose_acknowledgement_is_lost_is_not_done_twice(
+    nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a compare-and-set is stored but its ack never arrives, the store reads back,
+    sees its own write, and reports success instead of a conflict."""
+    async with open_store(nats.url, retry_for=5) as store:
+        await store.create_run(record("r1"))
+        claim = await store.claim("r1", "w", T0, 30.0)
+        assert claim is not None
+        real = NatsConnection.js_publish
+        lost: list[str] = []
+
+        async def publish_then_lose_ack(
+            self: NatsConnection, subject: str, *a: Any, **k: Any
+        ) -> PubAck:
+            ack = await real(self, subject, *a, **k)
+            if subject.endswith(".run.r1") and not lost:
+                lost.append(subject)
+                raise TransportError("reply lost")
+            return ack
+
+        monkeypatch.setattr(NatsConnection, "js_publish", publish_then_lose_ack)
+        result = await store.commit("r1", claim.token, Complete(result=b"42"), T0)
+        assert lost
+        assert result.record.status is RunStatus.COMPLETED
+        rec = await store.get_run("r1")
+        assert rec is not None
+        assert rec.result == b"42"
+
+
+async def test_operations_wait_out_a_nats_restart(nats: NatsServer) -> None:
+    """Data survives a server SIGKILL; an operation issued while NATS is down completes
+    once it is back."""
+    async with open_store(nats.url, timeout=1, retry_for=20) as store:
+        await store.create_run(record("r1"))
+        claim = await store.claim("r1", "w", T0, 30.0)
+        assert claim is not None
+        nats.kill()
+        done = anyio.Event()
+
+        async def commit_meanwhile() -> None:
+            await store.commit("r1", claim.token, Complete(result=b"1"), T0)
+            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(commit_meanwhile)
+            await anyio.sleep(0.5)
+            assert not done.is_set()
+            await nats.start()
+            with anyio.fail_after(15):
+                await done.wait()
+        rec = await store.get_run("r1")
+        assert rec is not None
+        assert rec.status is RunStatus.COMPLETED
+
+
+sleeper = stemd.Flow("sleeper.flow")
+
+
+@sleeper.step("nap")
+async def nap(ctx: stemd.FlowContext) -> str:
+    await ctx.sleep(0.3)
+    return "rested"
+
+
+@sleeper.step("wait")
+async def wait_briefly(ctx: stemd.FlowContext) -> str:
+    try:
+        await ctx.wait_for_event("never", timeout=0.3)
+    except stemd.EventTimeout:
+        return "timed out"
+    return "event"
+
+
+async def test_timers_fire_through_a_daemon_on_kv(nats: NatsServer) -> None:
+    """Durable sleeps and event timeouts fire with the KV store and JetStream broker."""
+    async with stemd.App(store=nats.url, broker=nats.url, workflows=[sleeper]) as app:
+        started = anyio.current_time()
+        run_id = await app.start_workflow(sleeper)
+        result = await app.wait_for_completion(run_id, timeout=10)
+        assert result.value == "timed out"
+        assert anyio.current_time() - started >= 0.6
+        assert result.state is not None
+        assert result.state.checkpoints["nap"] == "rested"
+        assert msgspec.json.encode(result.state.status) == b'"completed"'
