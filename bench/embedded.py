@@ -1,0 +1,227 @@
+"""Throughput and latency of the embedded App on SQLite (in-process broker, fsync on).
+
+    python bench/embedded.py                          # 5,000 runs, FULL then NORMAL
+    python bench/embedded.py --runs 20000 --sync FULL
+    python bench/embedded.py --prefill 1000000 --db /tmp/big.db   # the 1M-runs check
+
+Each measurement opens a fresh App on a SQLite file (WAL) and runs a 3-step flow with
+trivial steps:
+
+- **throughput**: ``--runs`` runs started by ``--clients`` concurrent tasks as fast as
+  they can, executed by ``--concurrency`` workers; the time from the first start to the
+  last completion gives workflows/s and steps/s;
+- **latency**: ``--latency-runs`` runs one at a time, each timed from just before
+  ``start_workflow`` to the return of ``wait_for_completion``; p50 and p99.
+
+``--prefill M`` first inserts M finished runs (3 checkpoints each) straight into the
+database with bulk INSERTs, not through the engine, to check that a big history does not
+slow new runs down. ``--db`` keeps the database (and a prefill) between invocations;
+by default each measurement uses a new file in a temporary directory.
+
+Prints one line per measurement and a JSON summary at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import stemd
+from stemd.model import RunStatus
+from stemd.store.base import RunRecord
+from stemd.store.sqlite import SqliteStore
+from stemd.store.sqlite_schema import RUN_COLUMNS, record_to_row
+
+flow = stemd.Flow("bench.flow")
+
+
+@flow.step("one")
+async def one(ctx: stemd.FlowContext) -> int:
+    return 1
+
+
+@flow.step("two")
+async def two(ctx: stemd.FlowContext) -> int:
+    return int(ctx.previous_result) + 1
+
+
+@flow.step("three")
+async def three(ctx: stemd.FlowContext) -> int:
+    return int(ctx.previous_result) + 1
+
+
+def prefill(path: Path, count: int, batch: int = 50_000) -> float:
+    """Insert ``count`` completed runs of ``bench.flow`` (3 checkpoints each) in bulk;
+    return the seconds it took."""
+    started = time.perf_counter()
+
+    async def create_schema() -> None:
+        store = SqliteStore(path)
+        await store.open()
+        await store.close()
+
+    anyio.run(create_schema)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA synchronous = OFF")
+    cols = ", ".join(RUN_COLUMNS)
+    insert_run = f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
+    insert_cp = "INSERT INTO checkpoints (run_id, name, value) VALUES (?, ?, ?)"
+    (existing,) = db.execute("SELECT count(*) FROM runs WHERE run_id LIKE 'prefill-%'").fetchone()
+    base = datetime(2024, 1, 1, tzinfo=UTC)
+    done = existing
+    while done < count:
+        n = min(batch, count - done)
+        runs = []
+        cps = []
+        for i in range(done, done + n):
+            at = base + timedelta(milliseconds=i)
+            rec = RunRecord(
+                run_id=f"prefill-{i:09d}",
+                workflow="bench.flow",
+                status=RunStatus.COMPLETED,
+                params=b"null",
+                created_at=at,
+                updated_at=at,
+                result=b"3",
+                finished_at=at,
+                token=1,
+                attempts=1,
+            )
+            runs.append(record_to_row(rec))
+            cps += [
+                (rec.run_id, "one", b"1"),
+                (rec.run_id, "two", b"2"),
+                (rec.run_id, "three", b"3"),
+            ]
+        db.execute("BEGIN")
+        db.executemany(insert_run, runs)
+        db.executemany(insert_cp, cps)
+        db.execute("COMMIT")
+        done += n
+        print(f"  prefilled {done:,} runs", file=sys.stderr, flush=True)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return time.perf_counter() - started
+
+
+async def throughput(url: str, runs: int, clients: int, concurrency: int) -> dict[str, Any]:
+    """Start ``runs`` runs from ``clients`` tasks; time until the last one completed."""
+    async with stemd.App(store=url, workflows=[flow], concurrency=concurrency) as app:
+        finished = 0
+        all_done = anyio.Event()
+
+        def on_event(event: Any, raw: bytes | None) -> None:
+            nonlocal finished
+            if event.workflow == "bench.flow" and event.status.is_terminal:
+                finished += 1
+                if finished == runs:
+                    all_done.set()
+
+        stop = app.engine.events.listen(on_event)
+        per_client = [runs // clients + (1 if i < runs % clients else 0) for i in range(clients)]
+
+        async def client(n: int) -> None:
+            for _ in range(n):
+                await app.start_workflow(flow)
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for n in per_client:
+                tg.start_soon(client, n)
+        with anyio.fail_after(600):
+            await all_done.wait()
+        elapsed = time.perf_counter() - started
+        stop()
+        failed = await app.list_runs(workflow="bench.flow", status="failed", limit=1)
+        assert not failed, failed
+        stats = app.store.writer.statistics()  # type: ignore[attr-defined]
+    return {
+        "runs": runs,
+        "seconds": round(elapsed, 3),
+        "workflows_per_s": round(runs / elapsed, 1),
+        "steps_per_s": round(3 * runs / elapsed, 1),
+        "commits": stats.batches,
+        "writes_per_commit": round(stats.requests / max(1, stats.batches), 2),
+    }
+
+
+async def latency(url: str, runs: int) -> dict[str, Any]:
+    """Run ``runs`` runs one at a time; end-to-end latency percentiles in ms."""
+    async with stemd.App(store=url, workflows=[flow]) as app:
+        for _ in range(20):  # warm up
+            await app.wait_for_completion(await app.start_workflow(flow), timeout=10)
+        samples = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            run_id = await app.start_workflow(flow)
+            result = await app.wait_for_completion(run_id, timeout=10)
+            samples.append(time.perf_counter() - t0)
+            assert result.is_completed, result
+    samples.sort()
+    q = statistics.quantiles(samples, n=100, method="inclusive")
+    return {
+        "runs": runs,
+        "p50_ms": round(q[49] * 1000, 3),
+        "p99_ms": round(q[98] * 1000, 3),
+        "mean_ms": round(statistics.fmean(samples) * 1000, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5000, help="runs for throughput")
+    parser.add_argument("--latency-runs", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=64, help="concurrent starters")
+    parser.add_argument("--concurrency", type=int, default=32, help="App workers")
+    parser.add_argument("--sync", choices=["FULL", "NORMAL", "both"], default="both")
+    parser.add_argument("--repeat", type=int, default=1, help="measurements of each kind")
+    parser.add_argument("--prefill", type=int, default=0, help="finished runs to insert first")
+    parser.add_argument("--db", type=Path, default=None, help="keep the database here")
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+
+    modes = ["FULL", "NORMAL"] if args.sync == "both" else [args.sync]
+    tmp = Path(tempfile.mkdtemp(prefix="stemd-bench-"))
+    summary: dict[str, Any] = {"prefill": args.prefill, "results": []}
+    if args.prefill:
+        path = args.db or tmp / "prefilled.db"
+        seconds = prefill(path, args.prefill)
+        print(f"prefill: {args.prefill:,} finished runs in {path} ({seconds:.1f} s)")
+    for sync in modes:
+        for i in range(args.repeat):
+            path = args.db or (tmp / "prefilled.db" if args.prefill else tmp / f"{sync}-{i}.db")
+            url = f"sqlite:///{path}?synchronous={sync}"
+            t = anyio.run(throughput, url, args.runs, args.clients, args.concurrency)
+            print(
+                f"synchronous={sync:<6} throughput: {t['workflows_per_s']:>8,.0f} workflows/s"
+                f" {t['steps_per_s']:>8,.0f} steps/s  ({t['runs']} runs in {t['seconds']} s,"
+                f" {t['writes_per_commit']} writes/commit)",
+                flush=True,
+            )
+            row: dict[str, Any] = {"synchronous": sync, "throughput": t}
+            if not args.skip_latency:
+                lat = anyio.run(latency, url, args.latency_runs)
+                print(
+                    f"synchronous={sync:<6} latency:    p50 {lat['p50_ms']:.2f} ms"
+                    f"  p99 {lat['p99_ms']:.2f} ms  ({lat['runs']} sequential runs)",
+                    flush=True,
+                )
+                row["latency"] = lat
+            summary["results"].append(row)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
