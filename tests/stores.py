@@ -83,7 +83,19 @@ async def jetstream_store(tmp: Path) -> AsyncIterator[Store]:
         await store.close()
 
 
+@asynccontextmanager
+async def sqlite_store(tmp: Path) -> AsyncIterator[Store]:
+    """A SQLite store on a fresh file (WAL, synchronous=FULL)."""
+    store = store_from_url("sqlite:///" + str(tmp / "stemd.db"))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 STORE_FACTORIES: dict[str, StoreFactory] = {
     "memory": memory_store,
     "jetstream": jetstream_store,
+    "sqlite": sqlite_store,
 }
