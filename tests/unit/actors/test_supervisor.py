@@ -81,8 +81,7 @@ async def test_crashes_outside_the_window_do_not_count() -> None:
 
 
 async def test_actor_that_fails_before_ready_is_restarted() -> None:
-    """An actor failing before it reports ready is retried; the supervisor is ready once
-    it is."""
+    """An actor failing before it is ready is restarted; the supervisor is ready once it is."""
     slow = Crashy("slow-start", crashes=2, before_ready=True)
     supervisor = Supervisor([slow], FAST)
     with anyio.fail_after(5):

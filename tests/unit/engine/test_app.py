@@ -283,8 +283,7 @@ async def test_cancel_run_ends_a_waiting_run() -> None:
 
 
 async def test_cancel_run_discards_a_running_step_s_result() -> None:
-    """A run cancelled while its step executes stays CANCELLED: the step's late result
-    is refused."""
+    """A run cancelled mid-step stays CANCELLED: the step's late result is refused."""
     entered = anyio.Event()
     release = anyio.Event()
     after = Counter[str]()
@@ -321,8 +320,7 @@ async def _idle(app: stemd.App) -> bool:
 
 
 async def test_client_app_executes_nothing_and_a_worker_app_picks_runs_up() -> None:
-    """workers=False starts and inspects runs without executing them; an app with workers
-    on the same store executes them."""
+    """workers=False starts runs but executes none; an app with workers executes them."""
     calls = Counter[str]()
     flow = _waiting_flow("client.flow", calls)
     store = MemoryStore()
@@ -375,8 +373,7 @@ VALUES: list[tuple[str, Any, Any]] = [
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
 @pytest.mark.parametrize(("kind", "value", "typ"), VALUES, ids=[v[0] for v in VALUES])
 async def test_values_round_trip(kind: str, value: Any, typ: Any, codec: str) -> None:
-    """Every kind of value round-trips as params, step result, event payload and final
-    result, decoded into its type where one is given."""
+    """Every §1.4 value kind round-trips as params, step result, payload and final result."""
     seen: dict[str, Any] = {}
 
     async def echo(v: Any) -> Any:
@@ -407,8 +404,7 @@ async def test_values_round_trip(kind: str, value: Any, typ: Any, codec: str) ->
 
 
 async def test_emit_of_a_payload_that_does_not_encode_resumes_nothing() -> None:
-    """emit raises PayloadError for a payload msgspec cannot encode, and the waiters keep
-    waiting."""
+    """emit of an unencodable payload raises PayloadError and the waiters keep waiting."""
     flow = _waiting_flow("bad-emit.flow")
     async with open_app(flow) as app:
         run_id = await app.start_workflow(flow)

@@ -265,8 +265,7 @@ async def test_cancel_parent_cancels_unfinished_children() -> None:
 
 
 async def test_parent_cancelled_by_its_policy_cancels_its_children() -> None:
-    """A parent cancelled by its CancellationPolicy takes its unfinished children with it,
-    as an explicit cancel_run does."""
+    """A parent cancelled by its policy cancels its unfinished children, as cancel_run does."""
     calls = Counter[str]()
     child = _child_flow("pc-child.flow", calls)
     parent = stemd.Flow("pc-parent.flow")
@@ -292,8 +291,7 @@ async def test_parent_cancelled_by_its_policy_cancels_its_children() -> None:
 
 
 async def test_rewinding_a_parent_starts_a_new_child() -> None:
-    """Rewinding a parent to the step that started a child re-runs that step: a new child
-    is started, so a parent failed by its child can be rewound once the cause is fixed."""
+    """Rewinding a parent to the step that started a child starts a new child."""
     broken = True
     child = stemd.Flow("rw-child.flow")
 
@@ -339,8 +337,7 @@ class StallingStore(MemoryStore):
 
 
 async def test_child_start_interrupted_before_creation_starts_one_child() -> None:
-    """A parent interrupted after recording its child's id but before creating the child
-    creates it on re-entry, once, under that id."""
+    """A child start interrupted before creation creates the child on re-entry, once."""
     calls = Counter[str]()
     child = _child_flow("stall-child.flow", calls)
     parent = stemd.Flow("stall-parent.flow")

@@ -37,8 +37,7 @@ def _engine(store: MemoryStore, clock: ManualClock, owner: str, *flows: stemd.Fl
 
 
 async def test_stale_worker_cannot_write_after_a_takeover() -> None:
-    """When a worker's lease expires and another worker takes the run over, the first
-    worker's checkpoint and commit are refused: the run is not forked."""
+    """After a takeover on lease expiry, the stale worker's checkpoint and commit are refused."""
     gate = anyio.Event()
     entered = anyio.Event()
     calls = Counter[str]()
@@ -94,8 +93,7 @@ async def test_stale_worker_cannot_write_after_a_takeover() -> None:
 
 
 async def test_stale_worker_cannot_suspend_a_run_taken_over() -> None:
-    """A stale worker's suspension is refused too: it cannot park a run another worker
-    has completed."""
+    """A stale worker cannot suspend (park) a run another worker has completed."""
     gate = anyio.Event()
     entered = anyio.Event()
     calls = Counter[str]()
@@ -127,8 +125,7 @@ async def test_stale_worker_cannot_suspend_a_run_taken_over() -> None:
 
 
 async def test_live_lease_keeps_a_long_step_its_own() -> None:
-    """A step running longer than the lease keeps its run: the lease is renewed, and no
-    other worker can claim the run meanwhile."""
+    """A step longer than the lease keeps its run: renewed, and no one else can claim it."""
     gate = anyio.Event()
     entered = anyio.Event()
     flow = stemd.Flow("long-step.flow")
@@ -165,8 +162,7 @@ async def _renewed(store: MemoryStore, run_id: str, clock: ManualClock) -> bool:
 
 
 async def test_worker_that_loses_its_lease_stops_its_slice() -> None:
-    """A worker that finds its lease gone at renewal abandons the slice (its step is
-    cancelled) and writes nothing."""
+    """A worker finding its lease gone at renewal cancels its step and writes nothing."""
     entered = anyio.Event()
     cancelled = anyio.Event()
     flow = stemd.Flow("lost.flow")
@@ -204,8 +200,7 @@ async def test_worker_that_loses_its_lease_stops_its_slice() -> None:
 
 
 async def test_app_takes_over_a_run_whose_worker_died() -> None:
-    """A run left RUNNING by a dead worker is taken over once its lease expires, and its
-    completed steps are not re-run."""
+    """A dead worker's run is taken over after its lease expires; done steps are not re-run."""
     calls = Counter[str]()
     flow = stemd.Flow("orphan.flow")
 
@@ -295,8 +290,7 @@ async def test_shutdown_mid_step_gives_the_run_back() -> None:
 
 
 async def test_two_apps_on_one_store_execute_each_step_once() -> None:
-    """Two apps sharing a store (two daemons) race for the same wake-ups and runs: every
-    run completes, every step of every run completes exactly once."""
+    """Two apps racing on one store complete every run, each step of each run exactly once."""
     completed: Counter[tuple[str, str]] = Counter()
     flow = stemd.Flow("shared.flow")
 

@@ -111,8 +111,7 @@ async def _waiting(app: stemd.App, topic: str, run_id: str) -> bool:
 
 
 async def test_completed_step_never_runs_again_after_a_restart() -> None:
-    """A run interrupted mid-step by a shutdown resumes elsewhere without re-running the
-    steps it had completed."""
+    """A run interrupted by shutdown resumes elsewhere without re-running completed steps."""
     calls: Counter[str] = Counter()
     may_finish = False
     entered = anyio.Event()
@@ -150,8 +149,7 @@ async def test_completed_step_never_runs_again_after_a_restart() -> None:
 
 
 async def test_flow_context_fields() -> None:
-    """FlowContext exposes run id, workflow, step name and index, params, previous result
-    and attempt."""
+    """FlowContext has run id, workflow, step name/index, params, previous result, attempt."""
     seen: list[dict[str, Any]] = []
     flow = stemd.Flow("ctx.flow")
 
@@ -238,8 +236,7 @@ async def test_take_resume_data_before_the_wait_returns() -> None:
 
 
 async def test_idempotency_key_is_stable_across_reruns() -> None:
-    """idempotency_key is the same on every entry of a step, and differs between steps,
-    suffixes and runs."""
+    """idempotency_key is stable across entries of a step; distinct per step, suffix, run."""
     keys: list[tuple[str, str, str]] = []
     flow = stemd.Flow("idem.flow")
 

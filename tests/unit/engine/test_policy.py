@@ -62,8 +62,7 @@ async def _waiting(app: stemd.App, topic: str, run_id: str) -> bool:
 
 
 async def test_max_run_duration_cancels_a_running_step() -> None:
-    """The run-duration limit also cancels a run whose step is still executing, and the
-    step's late result is refused."""
+    """max_run_duration cancels a run whose step still executes; its late result is refused."""
     release = anyio.Event()
     entered = anyio.Event()
     flow = stemd.Flow("busy.flow")

@@ -21,8 +21,7 @@ class Flaky(Exception):
 
 
 async def test_retry_waits_a_durable_backoff_between_attempts() -> None:
-    """Each failed attempt suspends the run until its backoff (doubling, capped) has
-    passed; the step then runs again with the next attempt number."""
+    """Each failure suspends the run for a doubling, capped backoff, then the step runs again."""
     attempts: list[int] = []
     flow = stemd.Flow("retry.flow")
 

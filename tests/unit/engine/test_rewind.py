@@ -201,8 +201,7 @@ async def test_rewind_to_an_unknown_step_changes_nothing() -> None:
 
 
 async def test_rewind_needs_a_step_name() -> None:
-    """A script's body-level waits belong to no step: rewinding to an empty or internal
-    name is refused and changes nothing."""
+    """Rewinding to an empty or internal name (a script body's waits) is StepNotFound."""
 
     @stemd.script("rewind-body.script")
     async def body(ctx: stemd.ScriptContext) -> str:

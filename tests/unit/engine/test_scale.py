@@ -70,8 +70,7 @@ def _check_counts(
 
 @pytest.mark.slow
 async def test_a_thousand_runs_under_a_manual_clock() -> None:
-    """1,000 concurrent runs of a 3-step flow with a durable sleep and an event wait all
-    complete, each step of each run completing exactly once."""
+    """1,000 runs with a durable sleep and an event wait all complete, each step once."""
     entered: Counter[tuple[str, str]] = Counter()
     completed: Counter[tuple[str, str]] = Counter()
     flow = _bulk_flow(entered, completed, nap=30)
@@ -96,9 +95,7 @@ async def test_a_thousand_runs_under_a_manual_clock() -> None:
 
 @pytest.mark.slow
 async def test_a_thousand_runs_in_real_time_with_racing_emits() -> None:
-    """1,000 runs sleeping in real time, each resumed by its own emit sent as soon as it
-    waits, while the others still start, sleep and wake: every run completes, every step
-    completes once, and every emit resumes exactly one run."""
+    """1,000 real-time runs, each resumed by its own racing emit, complete each step once."""
     entered: Counter[tuple[str, str]] = Counter()
     completed: Counter[tuple[str, str]] = Counter()
     flow = _bulk_flow(entered, completed, nap=0.05)

@@ -150,8 +150,7 @@ async def test_step_name_defaults_to_the_function_name() -> None:
 
 
 async def test_step_context_is_injected_and_never_stored() -> None:
-    """A step function with a keyword-only `context` receives a StepContext; the stored
-    value is the function's result alone."""
+    """A keyword-only `context` parameter gets a StepContext, which is never stored."""
     contexts: list[dict[str, Any]] = []
 
     @stemd.step(name="charge")
@@ -415,8 +414,7 @@ async def test_script_requires_an_async_function_with_a_context() -> None:
 
 @pytest.mark.parametrize("name", ["poll#1", "a@b", ""])
 async def test_ctx_step_refuses_reserved_names(name: str) -> None:
-    """ctx.step refuses names with '#' or '@' (used for occurrences and internal
-    checkpoints) or empty: the run fails instead of colliding or hiding a checkpoint."""
+    """ctx.step refuses empty names and names with '#' or '@' (the run fails, nothing clashes)."""
 
     async def one() -> int:
         return 1

@@ -40,8 +40,7 @@ async def _still_suspended(app: stemd.App, run_id: str) -> None:
 
 
 async def test_sleep_suspends_until_its_wake_time() -> None:
-    """sleep persists the run as SUSPENDED with its wake time; it resumes once time passes,
-    re-entering the step from its top, where sleep returns None."""
+    """sleep suspends the run until its wake time, then the step re-enters and sleep is None."""
     entries = Counter[str]()
     returned: list[Any] = []
     flow = stemd.Flow("sleep.flow")
@@ -122,8 +121,7 @@ async def test_sleep_until_needs_an_aware_datetime() -> None:
 
 
 async def test_wake_time_is_kept_across_re_entries() -> None:
-    """The wake time is fixed by the first call: a run re-entered early sleeps on until
-    that same instant, not for a fresh duration."""
+    """A sleep's wake time is fixed by its first call: an early re-entry sleeps until then."""
     entries = Counter[str]()
     flow = stemd.Flow("fixed.flow")
 
@@ -415,8 +413,7 @@ async def test_script_body_can_sleep_and_wait() -> None:
 
 
 async def test_suspension_inside_a_task_group_of_the_step() -> None:
-    """A wait called from a task the step started (in its own task group) suspends the
-    run like any other wait; the app keeps running."""
+    """A wait called from a task group inside a step or script suspends the run normally."""
     entries = Counter[str]()
     flow = stemd.Flow("taskgroup.flow")
 
@@ -455,8 +452,7 @@ async def test_suspension_inside_a_task_group_of_the_step() -> None:
 
 
 async def test_error_beside_a_suspension_in_a_task_group_fails_the_step() -> None:
-    """When one task of a step's task group fails while another suspends, the step has
-    failed: the error is recorded, not lost to the suspension."""
+    """An error beside a suspension in a step's task group fails the step; it is not lost."""
     flow = stemd.Flow("taskgroup-error.flow")
 
     @flow.step("parallel")

@@ -709,8 +709,7 @@ async def test_cancel_of_unknown_or_ended_run_is_none(store: Store) -> None:
 
 
 async def test_rewind_deletes_the_step_and_everything_after(store: Store) -> None:
-    """Rewind removes every occurrence of the step, its internal checkpoints and all later
-    checkpoints, keeps the earlier ones, and makes the run runnable at once."""
+    """Rewind deletes every checkpoint of the step and all later ones; the run is runnable."""
     claim = await started(store)
     order = ["a", "b@sleep#0", "b", "c", "b#1", "d@event#0", "d"]
     for name in order:
