@@ -1,7 +1,68 @@
-"""Entry point of the ``stemd`` command (filled in by the CLI module)."""
+"""Entry point of the ``stemd`` command: ``run``, ``config check`` and ``workflow …``.
+
+Exit status: 0 success, 1 an error (one line on standard error, no traceback), 2 a usage
+error; ``workflow wait`` also uses 3 (failed), 4 (cancelled) and 5 (timed out); ``run``
+exits 70 when an actor crashed past its restart budget.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from stemd import __version__
+from stemd.cli import config, run, workflow
+from stemd.errors import StemError
+
+__all__ = ["build_parser", "main", "run_cli"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on standard error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = _Parser(
+        prog="stemd",
+        description="stemd: a durable workflow engine. Run the daemon, or steer its runs.",
+    )
+    parser.add_argument("--version", action="version", version=f"stemd {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
+    run.add_parser(commands)
+    config.add_parser(commands)
+    workflow.add_parser(commands)
+    return parser
+
+
+def run_cli(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the command, return its exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        status: int = args.handler(args)
+        return status
+    except StemError as exc:
+        sys.stderr.write(f"stemd: {_one_line(str(exc))}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("stemd: interrupted\n")
+        return 130
+    except Exception as exc:  # a bug: still one line, with what is needed to report it
+        sys.stderr.write(f"stemd: internal error: {type(exc).__name__}: {_one_line(str(exc))}\n")
+        return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
 
 def main() -> None:
-    raise SystemExit("stemd: the command line is not installed yet")
+    """The ``stemd`` console script."""
+    sys.exit(run_cli())

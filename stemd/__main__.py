@@ -1,0 +1,7 @@
+"""``python -m stemd``: the same as the ``stemd`` command."""
+
+from __future__ import annotations
+
+from stemd.cli.main import main
+
+main()

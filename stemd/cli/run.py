@@ -1,0 +1,29 @@
+"""``stemd run``: the long-running daemon (see :mod:`stemd.daemon`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from stemd import daemon
+
+__all__ = ["add_parser"]
+
+
+def _run(args: argparse.Namespace) -> int:
+    return daemon.main(args.config)
+
+
+def add_parser(commands: Any) -> None:
+    """Add ``run`` to ``commands`` (an argparse subparsers object)."""
+    p: argparse.ArgumentParser = commands.add_parser(
+        "run",
+        help="run the daemon until SIGTERM or SIGINT",
+        description=(
+            "Run the daemon: execute workflows until SIGTERM or SIGINT. With no config it "
+            "runs embedded: SQLite in ./stemd.db, the in-process broker, and the workflows "
+            "of installed stemd.workflows entry points (the bundled examples)."
+        ),
+    )
+    p.add_argument("--config", metavar="FILE", help="the TOML config (default: $STEMD_CONFIG)")
+    p.set_defaults(handler=_run)

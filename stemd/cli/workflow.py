@@ -1,0 +1,283 @@
+"""``stemd workflow …``: start, inspect, emit to, cancel, wait for and rewind runs.
+
+Every command reaches runs either through a daemon (``--nats URL``) or straight through the
+store (``--store URL``, or the store of ``--config``/``STEMD_*``, default
+``sqlite:///./stemd.db``), and prints JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from stemd.cli.client import Client, open_client
+from stemd.cli.output import print_json, run_detail, runs_table
+from stemd.config import load_config
+from stemd.errors import ConfigError, PayloadError, RunNotFound, StemError
+from stemd.loading import Workflow, load_workflows
+from stemd.model import CancellationPolicy, RunStatus, validate_run_id
+
+__all__ = ["EXIT_CANCELLED", "EXIT_FAILED", "EXIT_TIMED_OUT", "add_parser"]
+
+EXIT_FAILED = 3  # `wait`: the run failed
+EXIT_CANCELLED = 4  # `wait`: the run was cancelled
+EXIT_TIMED_OUT = 5  # `wait`: the timeout passed first
+
+Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
+
+
+def _json_arg(name: str, raw: str | None) -> Any:
+    """Decode a ``--params``/``--payload`` value: JSON text, ``@FILE``, or ``-`` (stdin)."""
+    if raw is None:
+        return None
+    text = raw
+    if raw == "-":
+        text = sys.stdin.read()
+    elif raw.startswith("@"):
+        try:
+            text = Path(raw[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PayloadError(f"{name}: cannot read {raw[1:]}: {exc.strerror}") from None
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"{name} is not valid JSON: {exc}") from None
+
+
+def _out(message: str) -> None:
+    sys.stdout.write(message if message.endswith("\n") else message + "\n")
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(f"stemd: {message}\n")
+
+
+# -- the commands -----------------------------------------------------------------------------
+
+
+async def _start(client: Client, args: argparse.Namespace) -> int:
+    params = _json_arg("--params", args.params)
+    policy = None
+    if args.max_run_duration is not None or args.max_suspend_duration is not None:
+        try:
+            policy = CancellationPolicy(
+                max_run_duration=args.max_run_duration,
+                max_suspend_duration=args.max_suspend_duration,
+            )
+        except (TypeError, ValueError) as exc:
+            raise StemError(f"policy: {exc}") from None
+    run_id, created = await client.start(args.name, params, args.run_id, policy)
+    if args.json:
+        print_json({"run_id": run_id, "created": created})
+    elif created:
+        _out(f"started {args.name} run {run_id}")
+    else:
+        _out(f"run {run_id} already exists; nothing started")
+    return 0
+
+
+async def _get(client: Client, args: argparse.Namespace) -> int:
+    run = await client.get(validate_run_id(args.run_id))
+    if run is None:
+        raise RunNotFound(f"no run {args.run_id}")
+    if args.json:
+        print_json({"run": run})
+    else:
+        _out(run_detail(run))
+    return 0
+
+
+async def _list(client: Client, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise StemError("--limit must be a positive integer")
+    runs = await client.list_runs(args.workflow, args.status, args.limit)
+    if args.json:
+        print_json({"runs": runs})
+    else:
+        _out(runs_table(runs))
+    return 0
+
+
+async def _emit(client: Client, args: argparse.Namespace) -> int:
+    payload = _json_arg("--payload", args.payload)
+    resumed = await client.emit(args.topic, payload)
+    if args.json:
+        print_json({"resumed": resumed})
+    else:
+        _out(f"resumed {resumed} run{'s' if resumed != 1 else ''} waiting on {args.topic}")
+    return 0
+
+
+async def _waiting(client: Client, args: argparse.Namespace) -> int:
+    runs = await client.waiting(args.topic)
+    if args.json:
+        print_json({"runs": runs})
+    else:
+        _out(runs_table(runs))
+    return 0
+
+
+async def _cancel(client: Client, args: argparse.Namespace) -> int:
+    cancelled = await client.cancel(validate_run_id(args.run_id), args.reason)
+    if args.json:
+        print_json({"cancelled": cancelled})
+    elif cancelled:
+        _out(f"cancelled run {args.run_id}")
+    else:
+        _err(f"run {args.run_id} not cancelled: no such run, or it has already ended")
+    return 0 if cancelled else 1
+
+
+async def _wait(client: Client, args: argparse.Namespace) -> int:
+    if args.timeout is not None and args.timeout < 0:
+        raise StemError("--timeout must not be negative")
+    run, timed_out = await client.wait(validate_run_id(args.run_id), args.timeout)
+    if args.json:
+        print_json({"run": run, "timed_out": timed_out})
+    elif timed_out:
+        _out(f"run {run.run_id} is still {run.status.value} after {args.timeout:g}s")
+    else:
+        _out(run_detail(run))
+    if timed_out:
+        return EXIT_TIMED_OUT
+    return {
+        RunStatus.COMPLETED: 0,
+        RunStatus.FAILED: EXIT_FAILED,
+        RunStatus.CANCELLED: EXIT_CANCELLED,
+    }.get(run.status, 1)
+
+
+async def _rewind(client: Client, args: argparse.Namespace) -> int:
+    rewound = await client.rewind(validate_run_id(args.run_id), args.step)
+    if args.json:
+        print_json({"rewound": rewound})
+    elif rewound:
+        _out(f"rewound run {args.run_id} to step {args.step}; it resumes from there")
+    else:
+        _err(f"run {args.run_id} not rewound: no such run")
+    return 0 if rewound else 1
+
+
+# -- wiring -----------------------------------------------------------------------------------
+
+
+def _workflows(args: argparse.Namespace) -> tuple[list[Workflow], str, str]:
+    """The workflows to validate starts against, the store URL and the subject prefix.
+
+    With a config (``--config``, ``STEMD_CONFIG`` or ``STEMD_MODULES``), its modules and
+    entry points are loaded and an unknown workflow name is refused here; without one, the
+    client accepts any name (the daemon that runs it decides).
+    """
+    has_config = bool(
+        args.config or os.environ.get("STEMD_CONFIG") or os.environ.get("STEMD_MODULES")
+    )
+    config = load_config(args.config)
+    workflows: list[Workflow] = []
+    if has_config and args.nats is None:
+        workflows, _ = load_workflows(config.modules, use_entry_points=config.entry_points)
+    return workflows, config.store, config.prefix
+
+
+def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        workflows, store, prefix = _workflows(args)
+        if args.store is not None and args.nats is not None:
+            raise ConfigError("give --store or --nats, not both")
+
+        async def main() -> int:
+            async with open_client(
+                store=args.store or store,
+                nats_url=args.nats,
+                workflows=workflows,
+                prefix=args.prefix or prefix,
+                timeout=args.request_timeout,
+            ) as client:
+                return await command(client, args)
+
+        return anyio.run(main)
+
+    return run
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    where = p.add_argument_group("where the runs are (default: the config's store)")
+    where.add_argument("--store", metavar="URL", help="straight to this store (no daemon needed)")
+    where.add_argument("--nats", metavar="URL", help="through the daemon serving this NATS")
+    where.add_argument("--config", metavar="FILE", help="read store, prefix and modules here")
+    where.add_argument("--prefix", metavar="P", help="NATS subject prefix (default: stem)")
+    where.add_argument(
+        "--request-timeout",
+        metavar="S",
+        type=float,
+        default=5.0,
+        help="seconds to wait for a NATS reply or connection (default: 5)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def add_parser(commands: Any) -> None:
+    """Add ``workflow`` and its subcommands to ``commands`` (an argparse subparsers object)."""
+    group = commands.add_parser("workflow", help="start, inspect and steer runs")
+    sub = group.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+
+    def add(name: str, command: Command, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=_runner(command))
+        return p
+
+    p = add("start", _start, "start a run of a workflow")
+    p.add_argument("name", metavar="NAME", help="the workflow's name")
+    p.add_argument("--params", metavar="JSON", help="the run's params (JSON, @FILE or -)")
+    p.add_argument("--run-id", metavar="ID", help="the run's id (an existing id starts nothing)")
+    p.add_argument("--max-run-duration", metavar="S", type=float, help="cancel after S seconds")
+    p.add_argument(
+        "--max-suspend-duration", metavar="S", type=float, help="cancel if suspended S seconds"
+    )
+    _common(p)
+
+    p = add("get", _get, "show a run and its checkpoint timeline")
+    p.add_argument("run_id", metavar="RUN_ID")
+    _common(p)
+
+    p = add("list", _list, "list runs, newest first")
+    p.add_argument("--workflow", metavar="W", help="only runs of this workflow")
+    p.add_argument(
+        "--status", metavar="S", help="only runs in this status (" + ", ".join(RunStatus) + ")"
+    )
+    p.add_argument("--limit", metavar="N", type=int, default=100, help="at most N runs (100)")
+    _common(p)
+
+    p = add("emit", _emit, "deliver an event to every run waiting on a topic")
+    p.add_argument("topic", metavar="TOPIC")
+    p.add_argument("--payload", metavar="JSON", help="the event's payload (JSON, @FILE or -)")
+    _common(p)
+
+    p = add("waiting", _waiting, "list the runs waiting on a topic")
+    p.add_argument("topic", metavar="TOPIC")
+    _common(p)
+
+    p = add("cancel", _cancel, "cancel a run (and its unfinished children)")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--reason", metavar="R", default="cancelled by operator")
+    _common(p)
+
+    p = add(
+        "wait",
+        _wait,
+        "wait for a run to end; exit 0 if it completed, 3 failed, 4 cancelled, 5 timed out",
+    )
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--timeout", metavar="S", type=float, help="give up after S seconds")
+    _common(p)
+
+    p = add("rewind", _rewind, "re-run a run from a step on (its checkpoints are deleted)")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--step", metavar="NAME", required=True, help="the first step to re-run")
+    _common(p)

@@ -1,0 +1,397 @@
+"""The daemon's configuration: a TOML file decoded into a frozen :class:`Config`, then
+``STEMD_*`` environment variables on top.
+
+Every error is a :class:`~stemd.errors.ConfigError` whose message starts with the key (or
+the environment variable) at fault::
+
+    stemd.toml: concurrency: Expected `int >= 1`, got `0`
+    STEMD_CONCURRENCY: expected an integer, got 'many'
+    store: cannot reach nats://10.0.0.9:4222 (connection refused)
+
+See docs/reference/config.md for every key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import anyio
+import msgspec
+
+from stemd.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_STORE",
+    "Config",
+    "RestartConfig",
+    "check_reachable",
+    "config_to_toml",
+    "load_config",
+    "sqlite_path",
+]
+
+DEFAULT_STORE = "sqlite:///./stemd.db"
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class RestartConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The supervisor's restart budget: at most ``max_restarts`` crashes of one actor within
+    ``window`` seconds, restarted ``backoff`` seconds apart (doubling up to ``max_backoff``).
+    One more crash in the window stops the daemon with a non-zero exit status."""
+
+    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
+    window: Positive = 60.0
+    backoff: NonNegative = 0.1
+    max_backoff: NonNegative = 5.0
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The effective configuration of a daemon (and of the CLI's ``--store`` mode).
+
+    Attributes:
+        modules: modules to import; every Flow and script at their top level is registered.
+        entry_points: also load the modules named by installed ``stemd.workflows`` entry points.
+        store: ``memory://``, ``sqlite:///PATH`` or ``nats://HOST:PORT``.
+        broker: ``None`` for the in-process broker, or ``nats://HOST:PORT``.
+        nats: where the API and run events are served; defaults to the broker's or the
+            store's NATS URL (see :attr:`effective_nats`).
+        prefix: the subject prefix of the API and run events (``stem.api.<verb>``).
+        concurrency: runs executed at once by this daemon.
+        queue: the queue this daemon's workers take runs from.
+        lease: seconds a worker owns a run between renewals.
+        sweep_interval: seconds between two sweeps for orphaned runnable runs (``lease/2``
+            when unset). Runs started or resumed with ``--store`` by another process are
+            picked up by the next sweep.
+        shutdown_grace: seconds in-flight slices get to finish on SIGTERM before they are
+            cancelled and their runs released.
+        sqlite_synchronous: ``"full"`` (durability first: the store's default) or
+            ``"normal"`` (faster; a power loss may lose the last commits, never corrupt the
+            database). Overrides a ``?synchronous=`` in the store URL when set.
+        log_level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``; SIGHUP re-reads it.
+        log_format: ``auto`` (console on a TTY, JSON otherwise), ``json`` or ``console``.
+        metrics_address: ``HOST:PORT`` to serve Prometheus ``/metrics`` and ``/healthz`` on,
+            or unset (no HTTP endpoint).
+        actors: extra actors, each ``"module:factory"`` with ``factory(app) -> actor``.
+        restart: the supervisor's restart budget.
+    """
+
+    modules: tuple[str, ...] = ()
+    entry_points: bool = True
+    store: str = DEFAULT_STORE
+    broker: str | None = None
+    nats: str | None = None
+    prefix: str = "stem"
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 32
+    queue: str = "workflow"
+    lease: Positive = 30.0
+    sweep_interval: Positive | None = None
+    shutdown_grace: NonNegative = 30.0
+    sqlite_synchronous: Literal["full", "normal"] | None = None
+    log_level: LogLevel = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    metrics_address: str | None = None
+    actors: tuple[str, ...] = ()
+    restart: RestartConfig = msgspec.field(default_factory=RestartConfig)
+
+    @property
+    def effective_nats(self) -> str | None:
+        """``nats``, else the broker's URL or the store's when either is NATS, else ``None``."""
+        if self.nats is not None:
+            return self.nats
+        for url in (self.broker, self.store):
+            if url is not None and _is_nats(url):
+                return url
+        return None
+
+
+# -- environment ----------------------------------------------------------------------------
+
+_LISTS = {"modules", "actors"}
+_ENV_PREFIX = "STEMD_"
+# Variables that are not configuration keys (read elsewhere) and so not "unknown".
+_ENV_OTHER = {"STEMD_CONFIG"}
+
+
+def _env_name(key: str) -> str:
+    return _ENV_PREFIX + key.upper()
+
+
+def _field_types() -> dict[str, Any]:
+    return {f.name: f.type for f in msgspec.structs.fields(Config)}
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``STEMD_*`` variables as typed values; ``STEMD_RESTART_MAX_RESTARTS`` and the like
+    set the fields of the ``restart`` table."""
+    types = _field_types()
+    out: dict[str, Any] = {}
+    restart: dict[str, Any] = {}
+    restart_types = {f.name: f.type for f in msgspec.structs.fields(RestartConfig)}
+    for var, raw in environ.items():
+        if not var.startswith(_ENV_PREFIX) or var in _ENV_OTHER:
+            continue
+        key = var[len(_ENV_PREFIX) :].lower()
+        if key.startswith("restart_") and key[len("restart_") :] in restart_types:
+            sub = key[len("restart_") :]
+            restart[sub] = _env_value(var, raw, restart_types[sub], is_list=False)
+        elif key in types and key != "restart":
+            out[key] = _env_value(var, raw, types[key], is_list=key in _LISTS)
+        else:
+            raise ConfigError(f"{var}: unknown setting (no config key {key!r})")
+    if restart:
+        out["restart"] = restart
+    return out
+
+
+def _env_value(var: str, raw: str, typ: Any, *, is_list: bool) -> Any:
+    value: Any = raw
+    if is_list:
+        value = [part.strip() for part in raw.split(",") if part.strip()]
+    elif raw == "" and _optional(typ):
+        return None  # STEMD_BROKER= selects the in-process broker again
+    try:
+        return msgspec.convert(value, typ, strict=False)
+    except msgspec.ValidationError as exc:
+        expected = re.sub(r", got .*$", "", _plain(str(exc)))
+        raise ConfigError(f"{var}: {expected}, got {raw!r}") from None
+
+
+def _optional(typ: Any) -> bool:
+    return "None" in repr(typ)
+
+
+def _plain(message: str) -> str:
+    """msgspec's message without its ``- at `$...``` suffix, and lower-cased first letter."""
+    message = re.sub(r" - at `\$[^`]*`$", "", message)
+    return message[:1].lower() + message[1:]
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read ``path`` (TOML; ``None`` for the defaults), apply ``STEMD_*`` overrides, validate.
+
+    ``STEMD_CONFIG`` names the file when ``path`` is ``None``.
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, unknown key, wrong type or invalid value;
+            the message names the key or variable.
+    """
+    env = os.environ if environ is None else environ
+    if path is None and env.get("STEMD_CONFIG"):
+        path = env["STEMD_CONFIG"]
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the config file: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_key_message(str(exc))}") from None
+    overrides = _env_overrides(env)
+    if overrides:
+        restart = overrides.pop("restart", None)
+        if restart is not None:
+            overrides["restart"] = msgspec.structs.replace(config.restart, **restart)
+        config = msgspec.structs.replace(config, **overrides)
+    _check_values(config)
+    return config
+
+
+def _key_message(message: str) -> str:
+    """Turn msgspec's message into ``key: what is wrong``."""
+    unknown = re.match(r"Object contains unknown field `([^`]*)`(?: - at `\$\.?([^`]*)`)?", message)
+    if unknown:
+        key = f"{unknown.group(2)}.{unknown.group(1)}" if unknown.group(2) else unknown.group(1)
+        return f"{key}: unknown key"
+    at = re.search(r" - at `\$\.?([^`]*)`$", message)
+    if at:
+        key = re.sub(r"\[(\d+)\]", r"[\1]", at.group(1))
+        return f"{key}: {_plain(message)}"
+    return _plain(message)
+
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_QUEUE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def _check_values(config: Config) -> None:
+    """Checks beyond types: URL schemes, names that end up in NATS subjects."""
+    for i, module in enumerate(config.modules):
+        if not _MODULE.fullmatch(module):
+            raise ConfigError(f"modules[{i}]: {module!r} is not a module name")
+    for i, actor in enumerate(config.actors):
+        mod, _, attr = actor.partition(":")
+        if not _MODULE.fullmatch(mod) or not _MODULE.fullmatch(attr):
+            raise ConfigError(f"actors[{i}]: {actor!r} is not of the form 'module:factory'")
+    store = config.store
+    if not (store in ("memory://", "memory") or store.startswith("sqlite://") or _is_nats(store)):
+        raise ConfigError(
+            f"store: unsupported URL {store!r} (use memory://, sqlite:///PATH or nats://HOST:PORT)"
+        )
+    if store.startswith("sqlite://") and (
+        not store.startswith("sqlite:///") or not sqlite_path(store)
+    ):
+        raise ConfigError(f"store: {store!r} names no file (use sqlite:///PATH)")
+    for key in ("broker", "nats"):
+        url = getattr(config, key)
+        if url is not None and not _is_nats(url):
+            raise ConfigError(f"{key}: unsupported URL {url!r} (use nats://HOST:PORT)")
+        if url is not None:
+            _nats_servers(key, url)
+    if _is_nats(store):
+        _nats_servers("store", store)
+    if not _QUEUE.fullmatch(config.queue):
+        raise ConfigError(f"queue: {config.queue!r} must be 1-64 letters, digits, '-' or '_'")
+    if not _PREFIX.fullmatch(config.prefix):
+        raise ConfigError(f"prefix: {config.prefix!r} is not a valid subject prefix")
+    if config.metrics_address is not None:
+        _host_port("metrics_address", config.metrics_address)
+
+
+def _is_nats(url: str) -> bool:
+    return url.startswith(("nats://", "tls://"))
+
+
+def _host_port(key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: {value!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _nats_servers(key: str, url: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a NATS URL; several servers may be comma-separated."""
+    servers = []
+    for part in url.split(","):
+        part = part.strip()
+        if "://" not in part:
+            part = "nats://" + part
+        try:
+            split = urlsplit(part)
+            host, port = split.hostname, split.port or 4222
+        except ValueError as exc:
+            raise ConfigError(f"{key}: invalid NATS URL {url!r}: {exc}") from None
+        if not host:
+            raise ConfigError(f"{key}: invalid NATS URL {url!r}: no host")
+        servers.append((host, port))
+    return servers
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///PATH`` URL, read as the SQLite store reads it: what follows
+    the third slash, so ``sqlite:///stemd.db`` and ``sqlite:///./stemd.db`` are relative to
+    the working directory and ``sqlite:////var/lib/stemd/stemd.db`` is absolute."""
+    return unquote(url[len("sqlite:///") :].partition("?")[0])
+
+
+# -- reachability ---------------------------------------------------------------------------
+
+
+async def check_reachable(config: Config, *, timeout: float = 2.0) -> None:
+    """Check that every URL of ``config`` can be used: a SQLite file's directory exists and
+    is writable; some server of each NATS URL accepts a TCP connection.
+
+    Raises:
+        ConfigError: naming the key whose URL is unreachable.
+    """
+    if config.store.startswith("sqlite://"):
+        check_sqlite("store", config.store)
+    seen: set[str] = set()
+    for key in ("store", "broker", "nats"):
+        url = getattr(config, key)
+        if url is None or not _is_nats(url) or url in seen:
+            continue
+        seen.add(url)
+        await check_nats(key, url, timeout=timeout)
+
+
+def check_sqlite(key: str, url: str) -> None:
+    """Raise :class:`ConfigError` unless the database of ``url`` can be opened for writing."""
+    path = Path(sqlite_path(url))
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError(f"{key}: {path} is not readable and writable by this user")
+    elif not directory.is_dir():
+        raise ConfigError(f"{key}: cannot create {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: directory {directory} is not writable by this user")
+
+
+async def check_nats(key: str, url: str, *, timeout: float = 2.0) -> None:
+    """Raise :class:`ConfigError` unless some server of ``url`` accepts a TCP connection."""
+    errors: list[str] = []
+    for host, port in _nats_servers(key, url):
+        try:
+            with anyio.fail_after(timeout):
+                stream = await anyio.connect_tcp(host, port)
+            await stream.aclose()
+            return
+        except TimeoutError:
+            errors.append(f"{host}:{port} timed out")
+        except (OSError, socket.gaierror) as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            errors.append(f"{host}:{port}: {cause.strerror or cause}")
+    raise ConfigError(f"{key}: cannot reach {url} ({'; '.join(errors)})")
+
+
+# -- printing -------------------------------------------------------------------------------
+
+
+def config_to_toml(config: Config) -> str:
+    """The effective configuration as a TOML document (unset keys as comments)."""
+    lines: list[str] = []
+    data = msgspec.to_builtins(config)
+    for f in msgspec.structs.fields(Config):
+        if f.name == "restart":
+            continue
+        value = data.get(f.name)
+        if value is None:
+            lines.append(f"# {f.name} = (unset)")
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    if config.effective_nats is not None and config.nats is None:
+        lines.append(f"# nats defaults to {config.effective_nats}")
+    lines.append("")
+    lines.append("[restart]")
+    for key, value in data["restart"].items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return msgspec.json.encode(value).decode()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot print {value!r} as TOML")  # pragma: no cover

@@ -1,0 +1,354 @@
+"""``stemd run``: config → workflows → App → run until SIGTERM or SIGINT.
+
+Lifecycle:
+
+1. Read the config (file and ``STEMD_*``), check every URL is reachable, import the
+   workflows (config ``modules`` and ``stemd.workflows`` entry points).
+2. Open the App with the built-in actors, the configured extra actors, the metrics
+   endpoint (``metrics_address``) and, last, the systemd notify actor, which says
+   ``READY=1`` once all the others have started.
+3. SIGHUP re-reads the config file and applies ``log_level``; other keys need a restart.
+4. SIGTERM or SIGINT: ``STOPPING=1``; stop taking work; slices in flight get
+   ``shutdown_grace`` seconds to finish (a second signal cuts the grace short); then the
+   remaining ones are cancelled and their runs released (the next daemon re-runs only the
+   step that was interrupted); the store is closed; exit status 0.
+5. An actor crashing past the restart budget stops the daemon with exit status 70.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+
+from stemd.actors.notify import Notifier, SystemdNotify
+from stemd.actors.supervisor import RestartBudgetExceeded, RestartPolicy
+from stemd.app import App
+from stemd.broker import broker_from_url
+from stemd.broker.base import Broker, Delivery
+from stemd.config import Config, check_reachable, load_config
+from stemd.errors import ConfigError, StemError
+from stemd.loading import Workflow, import_object, load_workflows
+from stemd.logs import configure_logging, set_level
+from stemd.store import store_from_url
+from stemd.store.base import Store
+
+__all__ = ["EXIT_CRASHED", "Daemon", "check_health", "main"]
+
+log = structlog.get_logger("stemd.daemon")
+
+EXIT_CRASHED = 70  # EX_SOFTWARE: an actor crashed past its restart budget
+_PROBE_RUN_ID = "stemd-health-probe"  # never created: reading it exercises the store only
+
+
+async def check_health(app: App, timeout: float = 5.0) -> tuple[bool, str]:
+    """Whether the daemon can do its work: its event loop runs (we are here), its worker
+    pool exists, and its store answers a read within ``timeout`` seconds."""
+    if app.workers and app.pool is None:
+        return False, "no worker pool"
+    try:
+        with anyio.fail_after(timeout):
+            await app.store.get_run(_PROBE_RUN_ID)
+    except TimeoutError:
+        return False, f"the store did not answer within {timeout:g}s"
+    except Exception as exc:
+        return False, f"the store failed: {type(exc).__name__}: {exc}"
+    return True, "ok"
+
+
+class _TrackedDelivery:
+    """A delivery that tells its gate when the worker is done with it."""
+
+    __slots__ = ("_gate", "_inner", "run_id")
+
+    def __init__(self, inner: Delivery, gate: _GatedBroker) -> None:
+        self._inner = inner
+        self._gate = gate
+        self.run_id = inner.run_id
+
+    async def ack(self) -> None:
+        try:
+            await self._inner.ack()
+        finally:
+            self._gate.done()
+
+    async def nak(self, delay: float | None = None) -> None:
+        try:
+            await self._inner.nak(delay)
+        finally:
+            self._gate.done()
+
+    async def in_progress(self) -> None:
+        await self._inner.in_progress()
+
+
+class _GatedBroker:
+    """A broker whose ``receive`` can be shut, and which counts the deliveries in flight:
+    the daemon's way to stop taking work and wait for the slices running to finish.
+    Everything else goes to the wrapped broker."""
+
+    def __init__(self, inner: Broker) -> None:
+        self.inner = inner
+        self.shut = False
+        self.in_flight = 0
+        self._idle = anyio.Event()
+        self._waiting: set[anyio.CancelScope] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def enqueue(self, run_id: str, queue: str, *, key: str | None = None) -> None:
+        await self.inner.enqueue(run_id, queue, key=key)
+
+    async def receive(self, queue: str) -> Delivery:
+        if not self.shut:
+            with anyio.CancelScope() as scope:
+                self._waiting.add(scope)
+                try:
+                    delivery = await self.inner.receive(queue)
+                finally:
+                    self._waiting.discard(scope)
+                self.in_flight += 1
+                return _TrackedDelivery(delivery, self)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= 0:
+            self._idle.set()
+
+    def shut_gate(self) -> None:
+        """Workers waiting for work, and those that come back for more, wait forever."""
+        self.shut = True
+        for scope in list(self._waiting):
+            scope.cancel()
+
+    async def wait_idle(self) -> None:
+        """Return once no delivery is in flight."""
+        while self.in_flight > 0:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+
+def _store(config: Config) -> Store:
+    options: dict[str, object] = {}
+    if config.store.startswith("sqlite://") and config.sqlite_synchronous is not None:
+        options["synchronous"] = config.sqlite_synchronous
+    return store_from_url(config.store, **options)
+
+
+class Daemon:
+    """One ``stemd run``: owns the App, the signals and the conversation with systemd.
+
+    Args:
+        config: the effective configuration.
+        workflows: what to register.
+        config_path: the file SIGHUP re-reads (``None``: SIGHUP only logs).
+        notifier: defaults to the one ``$NOTIFY_SOCKET`` names.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        workflows: list[Workflow],
+        *,
+        config_path: str | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.workflows = workflows
+        self.config_path = config_path
+        self.notifier = notifier or Notifier.from_environ()
+        self.app: App | None = None
+        self._gate: _GatedBroker | None = None
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def _status(self) -> str:
+        app = self.app
+        if app is None or app.pool is None:
+            return "starting"
+        stats = app.pool.statistics()
+        restarts = sum(app.supervisor.statistics().restarts.values()) if app.supervisor else 0
+        return (
+            f"running: {stats.busy}/{stats.concurrency} busy, {stats.slices} slices, "
+            f"{len(self.workflows)} workflows, {restarts} restarts"
+        )
+
+    async def _healthy(self) -> tuple[bool, str]:
+        if self.app is None:
+            return False, "not started"
+        return await check_health(self.app)
+
+    def _actor_factories(self) -> list[Callable[[App], Any]]:
+        factories: list[Callable[[App], Any]] = [
+            import_object(f"actors[{i}]", spec) for i, spec in enumerate(self.config.actors)
+        ]
+        if self.config.metrics_address is not None:
+            factories.append(self._metrics_endpoint)
+        # Last: the supervisor starts actors in order, so READY=1 means all have started.
+        factories.append(
+            lambda app: SystemdNotify(self.notifier, healthy=self._healthy, status=self._status)
+        )
+        return factories
+
+    def _metrics_endpoint(self, app: App) -> Any:
+        from stemd.actors.http import HttpEndpoint
+        from stemd.metrics import Registry
+
+        registry = Registry()
+        up = registry.gauge("stemd_up", "1 while the daemon runs.")
+        stats = registry.gauge("stemd_actor_stat", "statistics() of each actor.", ["actor", "key"])
+        restarts = registry.gauge("stemd_actor_restarts", "Restarts of each actor.", ["actor"])
+
+        def collect() -> None:
+            up.set(1)
+            for actor in (app.pool, app.timer, app.sweeper):
+                if actor is None:
+                    continue
+                data = msgspec.to_builtins(actor.statistics())
+                for key, value in data.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        stats.set(value, actor=actor.name, key=key)
+            if app.supervisor is not None:
+                for name, count in app.supervisor.statistics().restarts.items():
+                    restarts.set(count, actor=name)
+
+        registry.collector(collect)
+        assert self.config.metrics_address is not None
+        return HttpEndpoint(registry, self.config.metrics_address, healthy=lambda: True)
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config file; apply ``log_level``, report what needs a restart."""
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload failed; keeping the running configuration", error=str(exc))
+            return
+        set_level(new.log_level)
+        old = msgspec.structs.asdict(self.config)
+        changed = sorted(
+            k for k, v in msgspec.structs.asdict(new).items() if k != "log_level" and old[k] != v
+        )
+        log.info("reloaded", log_level=new.log_level, needs_restart=changed or None)
+        self.config = msgspec.structs.replace(self.config, log_level=new.log_level)
+
+    # -- running --------------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; return the exit status."""
+        config = self.config
+        await check_reachable(config)
+        self._gate = _GatedBroker(broker_from_url(config.broker))
+        r = config.restart
+        app = App(
+            store=_store(config),
+            broker=self._gate,
+            workflows=self.workflows,
+            concurrency=config.concurrency,
+            queue=config.queue,
+            lease=config.lease,
+            sweep_interval=config.sweep_interval,
+            restart_policy=RestartPolicy(
+                max_restarts=r.max_restarts,
+                window=r.window,
+                backoff=r.backoff,
+                max_backoff=r.max_backoff,
+            ),
+            actors=self._actor_factories(),
+        )
+        crashed: list[BaseException] = []
+        stops = (signal.SIGTERM, signal.SIGINT)
+        with anyio.open_signal_receiver(*stops, signal.SIGHUP) as signals:
+            try:
+                self.app = app
+                async with app:
+                    log.info(
+                        "started",
+                        store=config.store,
+                        broker=config.broker or "in-process",
+                        workflows=sorted(app.workflows),
+                        concurrency=config.concurrency,
+                        pid=os.getpid(),
+                    )
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            self._reload()
+                            continue
+                        log.info("stopping", signal=signal.Signals(signum).name)
+                        break
+                    await self._drain(app, signals)
+            except* RestartBudgetExceeded as group:
+                crashed.extend(group.exceptions)
+            finally:
+                self.app = None
+        if crashed:
+            log.error("stopped: an actor crashed past its restart budget", error=str(crashed[0]))
+            self.notifier.send("STOPPING=1", f"STATUS=crashed: {crashed[0]}", "ERRNO=70")
+            self.notifier.close()
+            return EXIT_CRASHED
+        log.info("stopped")
+        self.notifier.close()
+        return 0
+
+    async def _drain(self, app: App, signals: Any) -> None:
+        """Stop taking work and give the slices in flight ``shutdown_grace`` to finish."""
+        grace = self.config.shutdown_grace
+        self.notifier.send(
+            "STOPPING=1",
+            f"STATUS=stopping: finishing in-flight runs (up to {grace:g}s)",
+            f"EXTEND_TIMEOUT_USEC={int((grace + 10) * 1_000_000)}",
+        )
+        assert self._gate is not None
+        self._gate.shut_gate()
+        with anyio.move_on_after(grace) as scope:
+            async with anyio.create_task_group() as tg:
+
+                async def second_signal() -> None:
+                    async for signum in signals:
+                        if signum != signal.SIGHUP:
+                            log.warning("second signal: not waiting for in-flight runs")
+                            tg.cancel_scope.cancel()
+                            return
+
+                tg.start_soon(second_signal)
+                await self._gate.wait_idle()
+                tg.cancel_scope.cancel()
+        busy = self._gate.in_flight
+        if scope.cancelled_caught or busy:
+            log.warning("grace period over; releasing the runs in flight", in_flight=busy)
+
+
+def main(config_path: str | None = None) -> int:
+    """``stemd run``: load everything, serve, return the exit status.
+
+    Raises:
+        StemError: the configuration is invalid or the store cannot be opened (the CLI
+            prints it as one line).
+    """
+    config = load_config(config_path)
+    configure_logging(config.log_level, config.log_format)
+    workflows, sources = load_workflows(config.modules, use_entry_points=config.entry_points)
+    if not workflows:
+        log.warning("no workflows registered", sources=sources)
+    else:
+        log.info("workflows loaded", workflows=[w.name for w in workflows], sources=sources)
+    daemon = Daemon(config, workflows, config_path=config_path or os.environ.get("STEMD_CONFIG"))
+    try:
+        return anyio.run(daemon.serve)
+    except StemError:
+        raise
+    except OSError as exc:
+        raise StemError(f"cannot start: {exc}") from None

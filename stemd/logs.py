@@ -1,0 +1,94 @@
+"""Logging: structlog, JSON lines by default, console rendering on a TTY.
+
+Lines logged while a run executes carry ``run_id``, ``workflow`` and ``step``, read from
+the execution's context variable (so neither the engine nor user code has to bind them),
+and so do stdlib ``logging`` records (nats-py's, or a user's).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from stemd.engine import execution
+
+__all__ = ["add_run_context", "configure_logging", "set_level"]
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def add_run_context(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    """Add ``run_id``, ``workflow`` and ``step`` of the run executing in this task, if any."""
+    # A private name of the engine, read-only: the one place that knows the current step.
+    frame = execution._frame.get()
+    if frame is not None:
+        exe, scope = frame
+        event_dict.setdefault("run_id", exe.run_id)
+        event_dict.setdefault("workflow", exe.workflow_name)
+        if scope:
+            event_dict.setdefault("step", scope)
+    return event_dict
+
+
+def _shared() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_run_context,
+    ]
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Configure structlog and the stdlib root logger.
+
+    Args:
+        level: ``debug`` … ``critical``.
+        fmt: ``json``, ``console``, or ``auto`` (console when ``stream`` is a TTY).
+        stream: where lines go (standard output by default).
+    """
+    out = stream if stream is not None else sys.stdout
+    console = fmt == "console" or (fmt == "auto" and out.isatty())
+    renderer: Processor
+    if console:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    exc_info: list[Processor] = [] if console else [structlog.processors.format_exc_info]
+    structlog.configure(
+        processors=[*_shared(), structlog.processors.StackInfoRenderer(), *exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        # Not cached: SIGHUP changes the level of loggers that already exist.
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *exc_info,
+                renderer,
+            ],
+            foreign_pre_chain=[*_shared(), structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(_LEVELS[level])
+
+
+def set_level(level: str) -> None:
+    """Change the level of every logger, structlog's and the stdlib's, now."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]))
+    logging.getLogger().setLevel(_LEVELS[level])
