@@ -11,7 +11,7 @@ Time is always passed in (``now``): stores never read a clock of their own.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -22,6 +22,7 @@ __all__ = [
     "Claim",
     "CommitResult",
     "Complete",
+    "ExternalChanges",
     "Fail",
     "FireResult",
     "Outcome",
@@ -279,4 +280,18 @@ class Store(Protocol):
 
     async def runnable(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         """(run id, queue) of runs that could be claimed now (the sweeper's query)."""
+        ...
+
+
+@runtime_checkable
+class ExternalChanges(Protocol):
+    """A store shared with other processes that can tell cheaply when one of them wrote.
+
+    The sweeper polls it (every ~100 ms) and sweeps when it moves, so that runs created or
+    made runnable by another process (a CLI, another daemon) start promptly.
+    """
+
+    async def external_changes(self) -> int:
+        """A counter that moves whenever another process has committed since the last
+        call (it may also move spuriously; it never stays put after such a commit)."""
         ...

@@ -13,7 +13,7 @@
 URL: ``sqlite:///PATH`` with PATH relative to the working directory (``sqlite:///./x.db``)
 or absolute with a fourth slash (``sqlite:////var/lib/stemd/stemd.db``). Options, as URL
 query parameters or keywords: ``synchronous`` (``FULL`` | ``NORMAL``), ``busy_timeout``
-(seconds), ``max_batch``.
+and ``lock_timeout`` (seconds), ``max_batch``.
 """
 
 from __future__ import annotations
@@ -39,14 +39,15 @@ from stemd.store.base import (
     RunRecord,
 )
 from stemd.store.sqlite_schema import RUN_COLUMNS, from_us, migrate, record_from_row, to_us
-from stemd.store.sqlite_writer import Writer
+from stemd.store.sqlite_writer import Writer, WriterStats
 
 __all__ = ["SqliteStore"]
 
 _COLS = ", ".join(RUN_COLUMNS)
 _SYNCHRONOUS = ("FULL", "NORMAL")
 _RUNNABLE = (
-    "SELECT run_id, queue FROM runs WHERE status IN ('pending', 'running')"
+    "SELECT run_id, queue FROM runs INDEXED BY runs_runnable"
+    " WHERE status IN ('pending', 'running')"
     " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
     " AND (resume_at IS NULL OR resume_at <= ?) LIMIT ?"
 )
@@ -77,6 +78,8 @@ class SqliteStore:
         synchronous: ``"FULL"`` (fsync every commit: the default) or ``"NORMAL"``.
         busy_timeout: seconds a connection waits for a lock held by another process
             before the writer retries.
+        lock_timeout: seconds the writer keeps retrying before a write fails with
+            :class:`~stemd.errors.StoreError`.
         max_batch: most write requests committed in one transaction.
     """
 
@@ -86,6 +89,7 @@ class SqliteStore:
         *,
         synchronous: str = "FULL",
         busy_timeout: float = 5.0,
+        lock_timeout: float = 30.0,
         max_batch: int = 512,
     ) -> None:
         sync = str(synchronous).upper()
@@ -98,6 +102,7 @@ class SqliteStore:
         self.path = Path(path)
         self.synchronous = sync
         self.busy_timeout = float(busy_timeout)
+        self.lock_timeout = float(lock_timeout)
         self.max_batch = int(max_batch)
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -121,7 +126,7 @@ class SqliteStore:
             for key, value in merged.items():
                 if key == "synchronous":
                     kwargs[key] = str(value)
-                elif key == "busy_timeout":
+                elif key in ("busy_timeout", "lock_timeout"):
                     kwargs[key] = float(value)
                 elif key == "max_batch":
                     kwargs[key] = int(value)
@@ -144,6 +149,10 @@ class SqliteStore:
         if self._reader is None:
             raise StoreError("the SQLite store is not open")
         return self._reader
+
+    def statistics(self) -> WriterStats:
+        """The writer's counters: transactions, requests, the largest batch, retries."""
+        return self.writer.statistics()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -180,7 +189,7 @@ class SqliteStore:
         except BaseException:
             db.close()
             raise
-        writer = Writer(db, max_batch=self.max_batch)
+        writer = Writer(db, max_batch=self.max_batch, lock_timeout=self.lock_timeout)
         writer.start()
         self._writer, self._reader = writer, reader
 

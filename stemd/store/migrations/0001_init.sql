@@ -48,8 +48,9 @@ CREATE INDEX runs_by_topic ON runs (wait_topic)
     WHERE wait_topic IS NOT NULL AND status = 'suspended';
 CREATE INDEX runs_by_child ON runs (wait_child)
     WHERE wait_child IS NOT NULL AND status = 'suspended';
--- The sweeper's query: only live runs are in it, however many have finished.
-CREATE INDEX runs_runnable ON runs (lease_expires_at)
+-- The sweeper's query: only live runs are in it, however many have finished, and it
+-- covers the query (no table lookups).
+CREATE INDEX runs_runnable ON runs (lease_expires_at, resume_at, run_id, queue, status)
     WHERE status IN ('pending', 'running');
 
 CREATE TABLE checkpoints (
