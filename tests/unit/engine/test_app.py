@@ -412,3 +412,26 @@ async def test_emit_of_a_payload_that_does_not_encode_resumes_nothing() -> None:
         with pytest.raises(stemd.PayloadError):
             await app.emit("bad-emit.flow.go", object())
         assert [s.run_id for s in await app.runs_waiting_on("bad-emit.flow.go")] == [run_id]
+
+
+async def test_app_executes_the_runs_of_its_queue_only() -> None:
+    """An app's workers take runs of its own queue; runs sent to another queue wait."""
+    calls = Counter[str]()
+    flow = stemd.Flow("queued.flow")
+
+    @flow.step("only")
+    async def only(ctx: stemd.FlowContext) -> str:
+        calls[ctx.run_id] += 1
+        return "done"
+
+    async with open_app(flow, queue="billing") as app:
+        mine = await app.start_workflow(flow)
+        other = await app.start_workflow(flow, queue="shipping")
+        assert (await app.wait_for_completion(mine, timeout=5)).is_completed
+        pending = await app.wait_for_completion(other, timeout=0.05)
+        mine_state = await app.get_run(mine)
+    assert mine_state is not None
+    assert mine_state.queue == "billing"
+    assert pending.timed_out
+    assert pending.status is RunStatus.PENDING
+    assert calls == {mine: 1}
