@@ -268,6 +268,8 @@ class Daemon:
                 max_backoff=r.max_backoff,
             ),
             actors=self._actor_factories(),
+            nats=config.effective_nats,
+            prefix=config.prefix,
         )
         crashed: list[BaseException] = []
         stops = (signal.SIGTERM, signal.SIGINT)
@@ -279,6 +281,7 @@ class Daemon:
                         "started",
                         store=config.store,
                         broker=config.broker or "in-process",
+                        nats=config.effective_nats,
                         workflows=sorted(app.workflows),
                         concurrency=config.concurrency,
                         pid=os.getpid(),

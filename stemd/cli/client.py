@@ -3,8 +3,8 @@
 - :class:`StoreClient`: straight to the store, through ``App(store=URL, workers=False)``;
   works with no daemon up.
 - :class:`NatsClient`: request/reply on ``<prefix>.api.<verb>`` with JSON bodies, as
-  CONTRACT.md section 3 specifies; a daemon connected to that NATS answers. This module is
-  the CLI's only adapter to nats-py: its errors become :class:`~stemd.errors.StemError`.
+  CONTRACT.md section 3 specifies; a daemon connected to that NATS answers. It talks to NATS
+  through :mod:`stemd.natsconn`, whose errors are already :class:`~stemd.errors.StemError`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import anyio
 import msgspec
 
+from stemd import wire
 from stemd.app import App
 from stemd.config import check_nats, check_sqlite
 from stemd.errors import (
@@ -28,6 +29,7 @@ from stemd.errors import (
 )
 from stemd.loading import Workflow
 from stemd.model import CancellationPolicy, RunState, RunStatus, validate_run_id
+from stemd.natsconn import NatsConnection, open_connection
 
 __all__ = ["Client", "NatsClient", "StoreClient", "open_client"]
 
@@ -134,45 +136,6 @@ class StoreClient:
 # -- through a daemon, over NATS ------------------------------------------------------------
 
 
-class _ErrorBody(msgspec.Struct, frozen=True):
-    code: str = "internal"
-    message: str = ""
-
-
-class _Reply(msgspec.Struct, frozen=True):
-    error: _ErrorBody | None = None
-
-
-class _StartReply(msgspec.Struct, frozen=True):
-    run_id: str
-    created: bool = True
-
-
-class _RunReply(msgspec.Struct, frozen=True):
-    run: RunState | None = None
-
-
-class _RunsReply(msgspec.Struct, frozen=True):
-    runs: list[RunState] = msgspec.field(default_factory=list)
-
-
-class _EmitReply(msgspec.Struct, frozen=True):
-    resumed: int
-
-
-class _CancelReply(msgspec.Struct, frozen=True):
-    cancelled: bool
-
-
-class _RewindReply(msgspec.Struct, frozen=True):
-    rewound: bool
-
-
-class _RunEvent(msgspec.Struct, frozen=True):
-    run_id: str
-    status: RunStatus
-
-
 _ERRORS: dict[str, type[StemError]] = {
     "unknown_workflow": UnknownWorkflow,
     "not_found": RunNotFound,
@@ -184,48 +147,48 @@ class NatsClient:
     """A :class:`Client` speaking to a daemon over NATS request/reply.
 
     Args:
-        nc: a connected nats-py client.
+        conn: an open connection.
         url: its URL, for messages.
         prefix: the subject prefix (``stem``).
         timeout: seconds to wait for each reply.
     """
 
-    def __init__(self, nc: Any, url: str, prefix: str = "stem", timeout: float = 5.0) -> None:
-        self.nc = nc
+    def __init__(
+        self, conn: NatsConnection, url: str, prefix: str = "stem", timeout: float = 5.0
+    ) -> None:
+        self.conn = conn
         self.url = url
         self.prefix = prefix
         self.timeout = timeout
 
-    async def _request(self, verb: str, body: dict[str, Any], reply_type: Any) -> Any:
-        import nats.errors
-
-        subject = f"{self.prefix}.api.{verb}"
+    async def _request(self, verb: str, request: msgspec.Struct) -> Any:
+        """Send ``request`` on ``<prefix>.api.<verb>``; return the decoded reply, or raise
+        the error the daemon answered with."""
+        subject = wire.api_subject(self.prefix, verb)
         try:
-            data = msgspec.json.encode({k: v for k, v in body.items() if v is not None})
+            data = wire.encode(request)
         except (TypeError, msgspec.EncodeError) as exc:
             raise PayloadError(f"cannot encode the request as JSON: {exc}") from None
         try:
-            msg = await self.nc.request(subject, data, timeout=self.timeout)
-        except nats.errors.NoRespondersError:
-            raise TransportError(
-                f"no stemd daemon answers on {subject} at {self.url} "
-                "(is `stemd run` running with this NATS?)"
-            ) from None
-        except (nats.errors.TimeoutError, TimeoutError):
-            raise TransportError(
-                f"no reply on {subject} from {self.url} within {self.timeout:g}s "
-                "(is a stemd daemon running with this NATS?)"
-            ) from None
-        except nats.errors.Error as exc:
-            raise TransportError(f"NATS request on {subject} failed: {exc}") from None
+            msg = await self.conn.request(subject, data, timeout=self.timeout)
+        except TransportError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, TimeoutError) or type(cause).__name__ == "NoRespondersError":
+                raise TransportError(
+                    f"no stemd daemon answered on {subject} at {self.url} within "
+                    f"{self.timeout:g}s (is `stemd run` running with this NATS?)"
+                ) from None
+            raise
         try:
-            reply = msgspec.json.decode(msg.data, type=_Reply)
-            if reply.error is not None:
-                err = reply.error
-                raise _ERRORS.get(err.code, StemError)(err.message or err.code)
-            return msgspec.json.decode(msg.data, type=reply_type)
+            reply = wire.decode_reply(verb, msg.data)
         except msgspec.DecodeError as exc:
             raise TransportError(f"unexpected reply on {subject}: {exc}") from None
+        if isinstance(reply, wire.ErrorReply):
+            err = reply.error
+            if err.code == "internal":
+                raise StemError(f"the daemon failed: {err.message}")
+            raise _ERRORS.get(err.code, StemError)(err.message or err.code)
+        return reply
 
     async def start(
         self,
@@ -236,16 +199,20 @@ class NatsClient:
     ) -> tuple[str, bool]:
         if run_id is not None:
             validate_run_id(run_id)
-        body: dict[str, Any] = {"workflow": workflow, "params": params, "run_id": run_id}
+        body = None
         if policy is not None:
-            body["policy"] = msgspec.to_builtins(policy)
-        reply: _StartReply = await self._request("start", body, _StartReply)
+            body = wire.PolicyBody(
+                max_run_duration=policy.max_run_duration,
+                max_suspend_duration=policy.max_suspend_duration,
+            )
+        request = wire.StartRequest(workflow=workflow, params=params, run_id=run_id, policy=body)
+        reply: wire.StartReply = await self._request("start", request)
         return reply.run_id, reply.created
 
     async def get(self, run_id: str) -> RunState | None:
         validate_run_id(run_id)
         try:
-            reply: _RunReply = await self._request("get", {"run_id": run_id}, _RunReply)
+            reply: wire.GetReply = await self._request("get", wire.GetRequest(run_id=run_id))
         except RunNotFound:
             return None
         return reply.run
@@ -254,50 +221,47 @@ class NatsClient:
         self, workflow: str | None, status: str | None, limit: int
     ) -> list[RunState]:
         st = _status(status)
-        body = {"workflow": workflow, "status": st.value if st else None, "limit": limit}
-        reply: _RunsReply = await self._request("list", body, _RunsReply)
+        request = wire.ListRequest(
+            workflow=workflow,
+            status=st.value if st else None,
+            limit=limit,
+        )
+        reply: wire.ListReply = await self._request("list", request)
         return reply.runs
 
     async def emit(self, topic: str, payload: Any) -> int:
-        reply: _EmitReply = await self._request(
-            "emit", {"topic": topic, "payload": payload}, _EmitReply
-        )
+        request = wire.EmitRequest(topic=topic, payload=payload)
+        reply: wire.EmitReply = await self._request("emit", request)
         return reply.resumed
 
     async def waiting(self, topic: str) -> list[RunState]:
-        reply: _RunsReply = await self._request("waiting", {"topic": topic}, _RunsReply)
+        reply: wire.WaitingReply = await self._request("waiting", wire.WaitingRequest(topic=topic))
         return reply.runs
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         validate_run_id(run_id)
-        body = {"run_id": run_id, "reason": reason}
+        request = wire.CancelRequest(run_id=run_id, reason=reason)
         try:
-            reply: _CancelReply = await self._request("cancel", body, _CancelReply)
+            reply: wire.CancelReply = await self._request("cancel", request)
         except RunNotFound:
             return False
         return reply.cancelled
 
     async def rewind(self, run_id: str, step: str) -> bool:
         validate_run_id(run_id)
-        body = {"run_id": run_id, "step": step}
+        request = wire.RewindRequest(run_id=run_id, step=step)
         try:
-            reply: _RewindReply = await self._request("rewind", body, _RewindReply)
-        except RunNotFound:
-            return False
-        except StemError as exc:
-            # The daemon answers a rewind to an unknown step with bad_request.
-            if "step" in str(exc):
-                raise StepNotFound(str(exc)) from None
-            raise
+            reply: wire.RewindReply = await self._request("rewind", request)
+        except RunNotFound as exc:
+            # An unknown run is ``rewound: false``; not_found here means an unknown step.
+            raise StepNotFound(str(exc)) from None
         return reply.rewound
 
     async def wait(self, run_id: str, timeout: float | None) -> tuple[RunState, bool]:
         """Listen to ``<prefix>.events.run.<id>`` and re-read the run on each event (and
         every second, in case an event was missed) until it has ended."""
-        import nats.errors
-
         validate_run_id(run_id)
-        sub = await self.nc.subscribe(f"{self.prefix}.events.run.{run_id}")
+        sub = await self.conn.subscribe(wire.event_subject(self.prefix, run_id), buffer=16)
         state: RunState | None = None
         try:
             with anyio.move_on_after(timeout if timeout is not None else float("inf")):
@@ -307,11 +271,8 @@ class NatsClient:
                         raise RunNotFound(f"no run {run_id}")
                     if state.status.is_terminal:
                         return state, False
-                    try:
-                        msg = await sub.next_msg(timeout=1.0)
-                        msgspec.json.decode(msg.data, type=_RunEvent)
-                    except (nats.errors.TimeoutError, TimeoutError, msgspec.DecodeError):
-                        pass
+                    with anyio.move_on_after(1.0):
+                        await sub.receive()
         finally:
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
@@ -319,10 +280,6 @@ class NatsClient:
         if state is None:
             raise RunNotFound(f"no run {run_id}")
         return state, not state.status.is_terminal
-
-
-async def _quiet(*_: Any) -> None:
-    """nats-py's callbacks must be coroutines; the CLI reports errors itself."""
 
 
 @asynccontextmanager
@@ -340,30 +297,21 @@ async def open_client(
         ConfigError: the store or NATS cannot be reached (naming ``--store``/``--nats``).
     """
     if nats_url is not None:
-        import nats
-        import nats.errors
-
         await check_nats("--nats", nats_url, timeout=timeout)
         try:
-            with anyio.fail_after(timeout + 1):
-                nc = await nats.connect(
-                    servers=[u.strip() for u in nats_url.split(",")],
-                    connect_timeout=max(1, int(timeout)),
-                    allow_reconnect=False,
-                    max_reconnect_attempts=1,
-                    reconnect_time_wait=0.1,
-                    error_cb=_quiet,
-                    disconnected_cb=_quiet,
-                    closed_cb=_quiet,
-                    name="stemd-cli",
-                )
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            raise TransportError(f"--nats: cannot connect to {nats_url}: {exc!r}") from None
+            conn = await open_connection(
+                nats_url,
+                name="stemd-cli",
+                timeout=timeout,
+                connect_timeout=min(timeout, 2.0),
+                connect_attempts=1,
+            )
+        except TransportError as exc:
+            raise TransportError(f"--nats: cannot connect to {nats_url}: {exc}") from None
         try:
-            yield NatsClient(nc, nats_url, prefix=prefix, timeout=timeout)
+            yield NatsClient(conn, nats_url, prefix=prefix, timeout=timeout)
         finally:
-            with anyio.move_on_after(2, shield=True):
-                await nc.close()
+            await conn.close()
         return
     assert store is not None
     if store.startswith("sqlite://"):

@@ -15,6 +15,7 @@ from typing import NoReturn
 from stemd import __version__
 from stemd.cli import config, run, workflow
 from stemd.errors import StemError
+from stemd.logs import configure_logging
 
 __all__ = ["build_parser", "main", "run_cli"]
 
@@ -33,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="stemd: a durable workflow engine. Run the daemon, or steer its runs.",
     )
     parser.add_argument("--version", action="version", version=f"stemd {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log to standard error (client commands are silent otherwise)",
+    )
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
@@ -45,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run_cli(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, return its exit status."""
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        # The daemon configures its own logging; a client command's only output is its
+        # result, and its errors are one line each.
+        configure_logging("debug" if args.verbose else "critical", "console", sys.stderr)
     try:
         status: int = args.handler(args)
         return status
