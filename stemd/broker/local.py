@@ -6,6 +6,8 @@ any runnable run after a restart or when another process made it runnable.
 
 from __future__ import annotations
 
+import heapq
+import time
 from collections import deque
 
 import anyio
@@ -25,21 +27,21 @@ class _LocalDelivery:
         return None
 
     async def nak(self, delay: float | None = None) -> None:
-        if delay:
-            await anyio.sleep(delay)
-        await self._broker.enqueue(self.run_id, self._queue)
+        self._broker.requeue_later(self.run_id, self._queue, delay or 0.0)
 
     async def in_progress(self) -> None:
         return None
 
 
 class _Queue:
-    __slots__ = ("items", "pending", "ready")
+    __slots__ = ("delayed", "items", "pending", "ready")
 
     def __init__(self) -> None:
         self.items: deque[str] = deque()
         self.pending: set[str] = set()
         self.ready = anyio.Event()
+        # (monotonic due time, run id) of naked deliveries waiting out their delay.
+        self.delayed: list[tuple[float, str]] = []
 
 
 class LocalBroker:
@@ -73,12 +75,28 @@ class LocalBroker:
         q.items.append(run_id)
         q.ready.set()
 
+    def requeue_later(self, run_id: str, queue: str, delay: float) -> None:
+        """Enqueue ``run_id`` again once ``delay`` seconds have passed (without blocking)."""
+        q = self._queue(queue)
+        heapq.heappush(q.delayed, (time.monotonic() + max(0.0, delay), run_id))
+        q.ready.set()
+
     async def receive(self, queue: str) -> _LocalDelivery:
         q = self._queue(queue)
         while not q.items:
             if q.ready.is_set():
                 q.ready = anyio.Event()
-            await q.ready.wait()
+            wait: float | None = None
+            now = time.monotonic()
+            while q.delayed and q.delayed[0][0] <= now:
+                _, run_id = heapq.heappop(q.delayed)
+                await self.enqueue(run_id, queue)
+            if q.items:
+                break
+            if q.delayed:
+                wait = q.delayed[0][0] - now
+            with anyio.move_on_after(wait):
+                await q.ready.wait()
         run_id = q.items.popleft()
         q.pending.discard(run_id)
         return _LocalDelivery(self, queue, run_id)

@@ -229,3 +229,21 @@ async def test_worker_survives_a_failing_store_call() -> None:
     assert result.is_completed
     assert calls == {run_id: 1}
     assert stats.errors == 1
+
+
+async def test_local_broker_nak_requeues_after_the_delay_without_blocking() -> None:
+    """A naked local delivery comes back after its delay; nak itself returns at once."""
+    import time
+
+    from stemd.broker.local import LocalBroker
+
+    broker = LocalBroker()
+    await broker.enqueue("r1", "q")
+    delivery = await broker.receive("q")
+    started = time.monotonic()
+    with anyio.fail_after(0.05):
+        await delivery.nak(0.2)
+    with anyio.fail_after(5):
+        again = await broker.receive("q")
+    assert again.run_id == "r1"
+    assert time.monotonic() - started >= 0.19
