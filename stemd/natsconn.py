@@ -219,6 +219,7 @@ class NatsConnection:
         self.timeout = timeout
         self._events_send, self._events = anyio.create_memory_object_stream[ConnectionEvent](64)
         self._reply_prefix = f"_INBOX.{secrets.token_hex(8)}."
+        self._void = f"_INBOX.{secrets.token_hex(8)}.void"
         self._replies: dict[str, MemoryObjectSendStream[NatsMsg]] = {}
         self._reply_sub: Any = None
         self._closed = False
@@ -480,7 +481,8 @@ class NatsConnection:
 
     async def delete_msg_nowait(self, stream: str, seq: int) -> None:
         """Ask for a message's deletion without waiting for the answer."""
-        inbox = self._reply_prefix + "void"
+        # A reply subject nobody subscribes to: the server drops the answer.
+        inbox = self._void
         await self.publish(
             f"$JS.API.STREAM.MSG.DELETE.{stream}",
             _encoder.encode({"seq": seq, "no_erase": True}),

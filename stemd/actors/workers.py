@@ -7,6 +7,8 @@ its run is being advanced, from one ticker task for the whole pool.
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import msgspec
 import structlog
@@ -64,7 +66,7 @@ class WorkerPool:
             beats = [getattr(d, "heartbeat", None) or 0.0 for d, _ in self._in_flight.values()]
             tick = min((b for b in beats if b > 0), default=2.0) / 2
             await anyio.sleep(tick)
-            now = anyio.current_time()
+            now = time.monotonic()
             for key, (delivery, last) in list(self._in_flight.items()):
                 beat = getattr(delivery, "heartbeat", None)
                 if beat and now - last >= beat and key in self._in_flight:
@@ -78,7 +80,7 @@ class WorkerPool:
         while True:
             delivery = await self.broker.receive(self.queue)
             self._busy += 1
-            self._in_flight[id(delivery)] = (delivery, anyio.current_time())
+            self._in_flight[id(delivery)] = (delivery, time.monotonic())
             try:
                 await self.engine.advance(delivery.run_id)
                 self._slices += 1

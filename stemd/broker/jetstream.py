@@ -28,6 +28,7 @@ URL options (query string or keyword arguments): ``stream``, ``prefix``, ``repli
 from __future__ import annotations
 
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -287,7 +288,7 @@ class JetStreamBroker:
         subject = self.subject(self._check_queue(queue), run_id)
         conn = self.conn
         delay = 0.05
-        give_up = anyio.current_time() + self.publish_retry
+        give_up = 0.0
         while True:
             try:
                 if key is None:
@@ -301,7 +302,8 @@ class JetStreamBroker:
                     await conn.js_publish(subject, b"", headers={MSG_ID: key})
                 return
             except TransportError as exc:
-                if anyio.current_time() >= give_up:
+                give_up = give_up or time.monotonic() + self.publish_retry
+                if time.monotonic() >= give_up:
                     raise
                 log.warning("enqueue failed; retrying", run_id=run_id, error=str(exc))
                 await anyio.sleep(delay)

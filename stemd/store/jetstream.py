@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import math
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -280,13 +281,15 @@ class JetStreamStore:
     async def _retry(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``fn(*args)``, retried with backoff on transient NATS failures for
         ``retry_for`` seconds. Only for idempotent requests."""
-        give_up = anyio.current_time() + self.retry_for
+        give_up = 0.0
         delay = 0.05
         while True:
             try:
                 return await fn(*args)
             except TransportError as exc:
-                if not _transient(exc) or anyio.current_time() + delay > give_up:
+                now = time.monotonic()
+                give_up = give_up or now + self.retry_for
+                if not _transient(exc) or now + delay > give_up:
                     raise
                 log.info("NATS unavailable; retrying", op=what, error=str(exc))
                 await anyio.sleep(delay)
@@ -330,11 +333,25 @@ class JetStreamStore:
                 out[rid] = (msg.seq, self._decode(msg.data, msg.seq))
         return out
 
+    async def _read_all(self) -> dict[str, tuple[int, _Doc]]:
+        """Every run document."""
+        subject = f"{self._pre}run.*"
+        found = await self._retry("list", self.conn.direct_get_last_many, self.stream, [subject])
+        if found is None:  # more than one batched get returns: list the keys, then read
+            return await self._read_many(k[4:] for k in await self._keys("run.*"))
+        cut = len(self._pre) + 4
+        return {m.subject[cut:]: (m.seq, self._decode(m.data, m.seq)) for m in found}
+
     async def _keys(self, pattern: str) -> list[str]:
         """Keys matching a subject filter (without the bucket prefix)."""
-        subjects = await self._retry(
-            "list", self.conn.stream_subjects, self.stream, self._pre + pattern
-        )
+        subject = self._pre + pattern
+        # A batched direct get is far cheaper for the server than a stream info with
+        # subjects; it answers up to 1024 subjects, beyond which the stream info lists them.
+        found = await self._retry("list", self.conn.direct_get_last_many, self.stream, [subject])
+        if found is not None:
+            subjects: Iterable[str] = [m.subject for m in found]
+        else:
+            subjects = await self._retry("list", self.conn.stream_subjects, self.stream, subject)
         cut = len(self._pre)
         return [s[cut:] for s in subjects]
 
@@ -389,7 +406,7 @@ class JetStreamStore:
         answer is lost, read back: the nonce tells whether the write happened."""
         subject = f"{self._pre}run.{run_id}"
         headers = {EXPECTED_LAST_SUBJECT_SEQ: str(rev)}
-        give_up = anyio.current_time() + self.retry_for
+        give_up = 0.0
         delay = 0.05
         while True:
             try:
@@ -399,9 +416,10 @@ class JetStreamStore:
                 if not _transient(exc):
                     raise
                 error = exc
+            give_up = give_up or time.monotonic() + self.retry_for
             # Unknown outcome: find out, retrying while NATS is away.
             while True:
-                if anyio.current_time() + delay > give_up:
+                if time.monotonic() + delay > give_up:
                     raise error
                 await anyio.sleep(delay)
                 delay = min(1.0, delay * 2)
@@ -526,14 +544,15 @@ class JetStreamStore:
     async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
         run_id = record.run_id
         for _ in range(_MAX_TRIES):
-            existing = await self._read(run_id)
-            if existing is not None:
-                return copy.copy(existing[1].rec), False
+            # Create-if-absent first (the common case); look only when it exists.
             doc = _Doc(rec=copy.copy(record))
             try:
                 rev = await self._write(run_id, 0, None, doc)
             except WrongLastSequence:
-                continue
+                existing = await self._read(run_id)
+                if existing is not None:
+                    return copy.copy(existing[1].rec), False
+                continue  # deleted in between: try again
             doc.order = rev
             self._cache_put(run_id, rev, doc)
             return copy.copy(doc.rec), True
@@ -766,9 +785,7 @@ class JetStreamStore:
             found = await self._indexed(f"idx.parent.{parent_run_id}.*.*", "parent")
             docs = [(doc.order, doc) for _, _, doc in found]
         else:
-            keys = await self._keys("run.*")
-            read = await self._read_many(k[4:] for k in keys)
-            docs = [(doc.order, doc) for _, doc in read.values()]
+            docs = [(doc.order, doc) for _, doc in (await self._read_all()).values()]
         docs.sort(key=lambda d: d[0], reverse=True)
         out: list[RunRecord] = []
         for _, doc in docs:

@@ -220,3 +220,20 @@ async def test_timers_fire_through_a_daemon_on_kv(nats: NatsServer) -> None:
         assert result.state is not None
         assert result.state.checkpoints["nap"] == "rested"
         assert msgspec.json.encode(result.state.status) == b'"completed"'
+
+
+async def test_listings_beyond_one_batched_read(nats: NatsServer) -> None:
+    """Listings still see every run past the 1,024 subjects one batched read returns."""
+    async with open_store(nats.url) as store:
+        limit = anyio.Semaphore(64)
+
+        async def create(i: int) -> None:
+            async with limit:
+                await store.create_run(record(f"r{i:04d}"))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(1100):
+                tg.start_soon(create, i)
+        assert len(await store.list_runs(limit=5000)) == 1100
+        assert len(await store.runnable(T0, 5000)) == 1100
+        assert len(await store.list_runs(limit=10)) == 10
