@@ -6,6 +6,7 @@ It knows nothing of SQLite or NATS; the actors and the App drive it.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from stemd.clock import Clock
 from stemd.codec import Codec
 from stemd.engine.events import RunEvents
 from stemd.engine.execution import Execution, Interrupt, validate_topic
+from stemd.engine.observer import Observer
 from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
 from stemd.model import CancellationPolicy, ErrorInfo, RunState, RunStatus, validate_run_id
 from stemd.store.base import (
@@ -102,6 +104,7 @@ class Engine:
         self.accept_unknown = accept_unknown
         self.on_timer: Callable[[datetime, str], None] | None = None
         self.timeout_value = codec.encode({"t": True})
+        self.observer: Observer | None = None
 
     # -- follow-ups of every state change -------------------------------------------------
 
@@ -188,6 +191,8 @@ class Engine:
         record.timer_at = compute_timer_at(record)
         stored, created = await self.store.create_run(record)
         if created:
+            if self.observer is not None:
+                self.observer.run_started(name)
             self._changed(stored)
             await self._enqueue(run_id, queue, stored.token)
         return run_id, created
@@ -207,10 +212,13 @@ class Engine:
         self._changed(rec)
         bound = log.bind(run_id=run_id, workflow=rec.workflow)
         outcome: Outcome | None = None
+        started = time.perf_counter()
         try:
             outcome = await self._execute(claim)
         except LeaseLost:
             bound.warning("lease lost; abandoning the slice")
+            if self.observer is not None:
+                self.observer.lease_lost(rec.workflow)
             return None
         finally:
             if outcome is None:
@@ -227,7 +235,11 @@ class Engine:
             result = await self.store.commit(run_id, claim.token, outcome, self.clock.now())
         except LeaseLost:
             bound.warning("lease lost at commit; outcome discarded", outcome=outcome.kind)
+            if self.observer is not None:
+                self.observer.lease_lost(rec.workflow)
             return None
+        if self.observer is not None:
+            self.observer.slice_finished(rec.workflow, outcome.kind, time.perf_counter() - started)
         if isinstance(outcome, Fail):
             bound.warning("run failed", error=outcome.error.message, step=outcome.error.step)
         await self._after(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import datetime, timedelta
@@ -151,14 +152,24 @@ class Execution:
         """Run one attempt of a step and encode its value; turn an error into a retry
         or a failure (raised as :class:`Interrupt`)."""
         attempt = self._attempt(name)
+        observer = self.engine.observer
+        started = time.perf_counter() if observer is not None else 0.0
         try:
-            return self.codec.encode(await call(attempt))
+            value = await call(attempt)
         except Interrupt:
             raise
         except BaseExceptionGroup as group:
             exc: Exception = _user_error(group)
         except Exception as caught:
             exc = caught
+        else:
+            if observer is not None:
+                observer.step_finished(
+                    self.workflow_name, name, time.perf_counter() - started, True
+                )
+            return self.codec.encode(value)
+        if observer is not None:
+            observer.step_finished(self.workflow_name, name, time.perf_counter() - started, False)
         policy = retry or _NO_RETRY
         err = _error(exc, name, attempt)
         if attempt < policy.max_attempts and not getattr(exc, "non_retryable", False):

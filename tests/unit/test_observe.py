@@ -1,0 +1,71 @@
+"""Metrics of a running App: runs, steps, slices, queue, timer and actors."""
+
+from __future__ import annotations
+
+import pytest
+
+import stemd
+from stemd.observe import install_metrics
+from stemd.testing import ManualClock
+from tests.helpers import open_app
+
+pytestmark = pytest.mark.anyio
+
+flow = stemd.Flow("observe.flow")
+calls = {"flaky": 0}
+
+
+@flow.step("first")
+async def first(ctx: stemd.FlowContext) -> int:
+    return 1
+
+
+@flow.step("flaky", retry=stemd.Retry(max_attempts=2, backoff=1.0, jitter=False))
+async def flaky(ctx: stemd.FlowContext) -> int:
+    calls["flaky"] += 1
+    if ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    await ctx.sleep(5)
+    return 2
+
+
+@stemd.script("observe.fails")
+async def fails(ctx: stemd.ScriptContext) -> None:
+    raise ValueError("boom")
+
+
+async def test_metrics_count_runs_steps_slices_and_read_actor_statistics() -> None:
+    """After a retried, sleeping flow and a failing script, the series reflect what ran."""
+    clock = ManualClock()
+    async with open_app(flow, fails, clock=clock) as app:
+        registry = install_metrics(app)
+        ok = await app.start_workflow(flow)
+        bad = await app.start_workflow(fails)
+        assert (await app.wait_for_completion(bad, timeout=5)).is_failed
+        waited = await app.wait_for_completion(ok, timeout=0.3)
+        assert waited.timed_out
+        clock.advance(1.5)  # the retry backoff
+        waited = await app.wait_for_completion(ok, timeout=0.3)
+        assert waited.timed_out  # now asleep inside the step
+        clock.advance(6)
+        assert (await app.wait_for_completion(ok, timeout=5)).is_completed
+        text = await registry.render()
+
+    assert 'stemd_runs_started_total{workflow="observe.flow"} 1' in text
+    assert 'stemd_runs_finished_total{workflow="observe.flow",status="completed"} 1' in text
+    assert 'stemd_runs_finished_total{workflow="observe.fails",status="failed"} 1' in text
+    assert (
+        'stemd_step_duration_seconds_count{workflow="observe.flow",step="flaky",result="error"} 1'
+        in text
+    )
+    assert (
+        'stemd_step_duration_seconds_count{workflow="observe.flow",step="first",result="ok"} 1'
+        in text
+    )
+    assert 'stemd_slice_duration_seconds_count{workflow="observe.flow",outcome="retry"} 1' in text
+    assert 'stemd_slice_duration_seconds_count{workflow="observe.flow",outcome="suspend"} 1' in text
+    assert "stemd_worker_concurrency 32" in text
+    assert 'stemd_queue_depth{queue="workflow"} 0' in text
+    assert "stemd_timer_fired 2" in text
+    assert 'stemd_actor_restarts{actor="timer"} 0' in text
+    assert "stemd_up 1" in text
