@@ -47,8 +47,20 @@ def _config(tmp_path: Path, **extra: object) -> Path:
 def _start_steps(tmp_path: Path, run_id: str, effects: Path, n: int, pause: float = 0.0) -> None:
     params = json.dumps({"n": n, "file": str(effects), "pause": pause})
     store = f"sqlite:///{tmp_path / 'stemd.db'}"
-    assert cli("workflow", "start", "test.steps", "--params", params, "--run-id", run_id,
-               "--store", store) == 0  # fmt: skip
+    assert (
+        cli(
+            "workflow",
+            "start",
+            "test.steps",
+            "--params",
+            params,
+            "--run-id",
+            run_id,
+            "--store",
+            store,
+        )
+        == 0
+    )
 
 
 def test_notify_protocol_ready_watchdog_status_stopping(
@@ -108,8 +120,19 @@ def test_sigterm_mid_run_then_a_new_daemon_finishes_without_rerunning_steps(
     try:
         wait_file(effects, lambda lines: len(lines) >= total)
         for run_id in runs:
-            assert cli("workflow", "wait", run_id, "--timeout", "20", "--json",
-                       "--store", f"sqlite:///{tmp_path / 'stemd.db'}") == 0  # fmt: skip
+            assert (
+                cli(
+                    "workflow",
+                    "wait",
+                    run_id,
+                    "--timeout",
+                    "20",
+                    "--json",
+                    "--store",
+                    f"sqlite:///{tmp_path / 'stemd.db'}",
+                )
+                == 0
+            )
         second.signal(signal.SIGTERM)
         assert second.wait() == 0, second.stderr
     finally:
@@ -129,8 +152,20 @@ def test_grace_period_over_releases_the_run_and_the_next_daemon_reruns_only_that
     hold.touch()
     store = f"sqlite:///{tmp_path / 'stemd.db'}"
     params = json.dumps({"file": str(effects), "hold": str(hold)})
-    assert cli("workflow", "start", "test.blocking", "--params", params, "--run-id", "blk",
-               "--store", store) == 0  # fmt: skip
+    assert (
+        cli(
+            "workflow",
+            "start",
+            "test.blocking",
+            "--params",
+            params,
+            "--run-id",
+            "blk",
+            "--store",
+            store,
+        )
+        == 0
+    )
     first = DaemonProcess(tmp_path, _config(tmp_path, shutdown_grace=0.3), notify)
     try:
         wait_file(effects, lambda lines: "blk block-start" in lines)
