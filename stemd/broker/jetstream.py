@@ -22,7 +22,8 @@
 URL options (query string or keyword arguments): ``stream``, ``prefix``, ``replicas``,
 ``storage`` (file|memory), ``ack_wait``, ``max_deliver``, ``max_ack_pending``,
 ``duplicate_window``, ``expires``, ``timeout``, ``publish_retry``, ``dlq`` (0/1),
-``dlq_cancel`` (0/1: also cancel the dead-lettered run).
+``dlq_cancel`` (0/1: also cancel the dead-lettered run), ``schedules`` (0/1: timers as
+JetStream scheduled messages too, in the stream ``STEM_TASKS_TIMERS``).
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ class JetStreamBroker:
         dlq: capture dead letters into ``<stream>_DLQ``.
         dlq_cancel: also cancel a dead-lettered run (with reason ``dead-lettered``), so
             that the sweeper does not hand the poison task out again.
+        schedules: also hold every timer as a JetStream scheduled message (server 2.12+),
+            see :mod:`stemd.actors.schedules`.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class JetStreamBroker:
         publish_retry: float = 10.0,
         dlq: bool = True,
         dlq_cancel: bool = True,
+        schedules: bool = True,
         name: str = "stemd-broker",
     ) -> None:
         if not _TOKEN.fullmatch(stream):
@@ -152,6 +156,7 @@ class JetStreamBroker:
         self.publish_retry = publish_retry
         self.dlq = dlq
         self.dlq_cancel = dlq_cancel
+        self.schedules = schedules
         self.name = name
         self.dlq_stream = f"{stream}_DLQ"
         self.advisory_stream = f"{stream}_DEAD"
@@ -173,7 +178,7 @@ class JetStreamBroker:
                     kwargs[key] = int(value)
                 elif key in floats:
                     kwargs[key] = float(value)
-                elif key in ("dlq", "dlq_cancel"):
+                elif key in ("dlq", "dlq_cancel", "schedules"):
                     kwargs[key] = _bool(value)
                 elif key in ("stream", "prefix", "storage", "name"):
                     kwargs[key] = str(value)
@@ -250,12 +255,18 @@ class JetStreamBroker:
             await conn.close()
 
     def actors(self, engine: Engine | None = None) -> list[Any]:
-        """Actors this broker needs besides the workers: the dead-letter handler."""
-        if not self.dlq:
-            return []
-        from stemd.actors.deadletter import DeadLetters
+        """Actors this broker needs beside the workers: the dead-letter handler and the
+        server-side timer schedules."""
+        out: list[Any] = []
+        if self.dlq:
+            from stemd.actors.deadletter import DeadLetters
 
-        return [DeadLetters(self, engine if self.dlq_cancel else None)]
+            out.append(DeadLetters(self, engine if self.dlq_cancel else None))
+        if self.schedules and engine is not None:
+            from stemd.actors.schedules import ScheduledTimers
+
+            out.append(ScheduledTimers(self, engine))
+        return out
 
     # -- the protocol ---------------------------------------------------------------------
 

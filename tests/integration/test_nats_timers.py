@@ -1,0 +1,107 @@
+"""Timers held by the NATS server as JetStream scheduled messages."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import anyio
+import pytest
+
+import stemd
+from stemd.actors.schedules import ScheduledTimers
+from stemd.broker.jetstream import JetStreamBroker
+from stemd.clock import SystemClock
+from stemd.codec import codec_for
+from stemd.engine.engine import Engine
+from stemd.model import RunStatus
+from stemd.natsconn import NatsConnection
+from stemd.store.base import RunRecord, Suspend
+from stemd.store.jetstream import JetStreamStore
+from stemd.testing.nats import NatsServer
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+async def has_status(store: JetStreamStore, run_id: str, status: RunStatus) -> bool:
+    rec = await store.get_run(run_id)
+    return rec is not None and rec.status is status
+
+
+async def fired(schedules: ScheduledTimers) -> bool:
+    return schedules.statistics().fired >= 1
+
+
+async def test_a_scheduled_message_wakes_a_sleeping_run(nats: NatsServer) -> None:
+    """With no in-process timer at all, the server's schedule fires the run's wake-up."""
+    store = JetStreamStore.from_url(nats.url)
+    broker = JetStreamBroker.from_url(nats.url)
+    await store.open()
+    await broker.open()
+    clock = SystemClock()
+    engine = Engine(
+        store=store,
+        broker=broker,
+        codec=codec_for("json"),
+        clock=clock,
+        workflows={},
+        owner="test",
+    )
+    try:
+        schedules = ScheduledTimers(broker, engine)
+        async with anyio.create_task_group() as tg:
+            await tg.start(schedules.run)
+            now = clock.now()
+            await store.create_run(
+                RunRecord(
+                    run_id="r1",
+                    workflow="wf",
+                    status=RunStatus.PENDING,
+                    params=b"null",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            claim = await store.claim("r1", "test", now, 30.0)
+            assert claim is not None
+            wake = now + timedelta(seconds=0.5)
+            result = await store.commit("r1", claim.token, Suspend(resume_at=wake), now)
+            assert result.record.timer_at == wake
+            assert engine.on_timer is not None
+            engine.on_timer(wake, "r1")  # what the engine does after every change
+            await wait_until(fired, schedules, what="the schedule to fire")
+            assert await has_status(store, "r1", RunStatus.PENDING)
+            assert clock.now() >= wake
+            assert schedules.statistics().published == 1
+            tg.cancel_scope.cancel()
+    finally:
+        await broker.close()
+        await store.close()
+
+
+sleepy = stemd.Flow("sleepy.flow")
+
+
+@sleepy.step("nap")
+async def nap(ctx: stemd.FlowContext) -> str:
+    await ctx.sleep(0.3)
+    return "awake"
+
+
+async def timers_done(conn: NatsConnection) -> bool:
+    info = await conn.js_api("STREAM.INFO.STEM_TASKS_TIMERS")
+    consumer = await conn.js_api("CONSUMER.INFO.STEM_TASKS_TIMERS.timers")
+    return int(info["state"]["messages"]) == 0 and consumer["delivered"]["stream_seq"] >= 2
+
+
+async def test_a_daemon_schedules_its_sleeps_on_the_server(
+    nats: NatsServer, conn: NatsConnection
+) -> None:
+    """A daemon publishes each sleep as a schedule; once fired and taken, none is left."""
+    async with stemd.App(store=nats.url, broker=nats.url, workflows=[sleepy]) as app:
+        run_id = await app.start_workflow(sleepy)
+        result = await app.wait_for_completion(run_id, timeout=10)
+        assert result.value == "awake"
+        # The in-process timer woke the run first; the schedule still fires and is
+        # consumed (finding nothing to do).
+        await wait_until(timers_done, conn, what="the schedule to fire and be taken")
