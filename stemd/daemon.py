@@ -173,6 +173,7 @@ class Daemon:
         self.notifier = notifier or Notifier.from_environ()
         self.app: App | None = None
         self._gate: _GatedBroker | None = None
+        self._health_ok = True  # the last watchdog health check, for /healthz
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -190,7 +191,9 @@ class Daemon:
     async def _healthy(self) -> tuple[bool, str]:
         if self.app is None:
             return False, "not started"
-        return await check_health(self.app)
+        ok, why = await check_health(self.app)
+        self._health_ok = ok
+        return ok, why
 
     def _actor_factories(self) -> list[Callable[[App], Any]]:
         factories: list[Callable[[App], Any]] = [
@@ -206,29 +209,14 @@ class Daemon:
 
     def _metrics_endpoint(self, app: App) -> Any:
         from stemd.actors.http import HttpEndpoint
-        from stemd.metrics import Registry
+        from stemd.observe import install_metrics
 
-        registry = Registry()
-        up = registry.gauge("stemd_up", "1 while the daemon runs.")
-        stats = registry.gauge("stemd_actor_stat", "statistics() of each actor.", ["actor", "key"])
-        restarts = registry.gauge("stemd_actor_restarts", "Restarts of each actor.", ["actor"])
-
-        def collect() -> None:
-            up.set(1)
-            for actor in (app.pool, app.timer, app.sweeper):
-                if actor is None:
-                    continue
-                data = msgspec.to_builtins(actor.statistics())
-                for key, value in data.items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        stats.set(value, actor=actor.name, key=key)
-            if app.supervisor is not None:
-                for name, count in app.supervisor.statistics().restarts.items():
-                    restarts.set(count, actor=name)
-
-        registry.collector(collect)
         assert self.config.metrics_address is not None
-        return HttpEndpoint(registry, self.config.metrics_address, healthy=lambda: True)
+        return HttpEndpoint(
+            install_metrics(app),
+            self.config.metrics_address,
+            healthy=lambda: self._health_ok and (app.pool is not None or not app.workers),
+        )
 
     def _reload(self) -> None:
         """SIGHUP: re-read the config file; apply ``log_level``, report what needs a restart."""

@@ -296,3 +296,27 @@ def test_a_bad_config_exits_non_zero_with_one_line_naming_the_key(
     lines = daemon.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert key in lines[0]
+
+
+def test_metrics_and_health_endpoint(tmp_path: Path, notify: NotifyListener) -> None:
+    """With metrics_address set, the daemon serves Prometheus /metrics and /healthz."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = _config(tmp_path, metrics_address=f"127.0.0.1:{port}")
+    daemon = DaemonProcess(tmp_path, config, notify)
+    try:
+        notify.wait_for("READY=1")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as reply:
+            assert reply.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        assert "stemd_up 1" in text
+        assert "stemd_worker_concurrency 32" in text
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    finally:
+        daemon.kill()
