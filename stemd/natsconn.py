@@ -223,6 +223,8 @@ class NatsConnection:
         self._replies: dict[str, MemoryObjectSendStream[NatsMsg]] = {}
         self._reply_sub: Any = None
         self._closed = False
+        # Times the client reconnected: pull requests and server state may be gone.
+        self.reconnects = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -548,6 +550,7 @@ async def open_connection(
     async def reconnected_cb() -> None:
         log.info("nats reconnected", url=server)
         if conn is not None:
+            conn.reconnects += 1
             conn._event("reconnected")
 
     async def closed_cb() -> None:

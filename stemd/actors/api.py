@@ -103,6 +103,12 @@ class ApiResponder:
                 continue  # a request nobody waits for: nothing to answer, nothing to do
             verb = msg.subject[len(self.prefix) + 5 :]
             reply = await self.handle(verb, msg.data)
+            if len(reply) > self.conn.max_payload - 1024:
+                reply = wire.error_reply(
+                    "bad_request",
+                    f"the reply would take {len(reply)} bytes, more than a NATS message "
+                    f"holds ({self.conn.max_payload}): ask for fewer runs",
+                )
             try:
                 await self.conn.publish(msg.reply, reply)
             except TransportError as exc:

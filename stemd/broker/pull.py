@@ -132,6 +132,7 @@ class PullConsumer:
         self._received = 0
         self._requests = 0
         self._closed = False
+        self._reconnects = conn.reconnects
 
     def statistics(self) -> PullStats:
         return PullStats(
@@ -200,6 +201,12 @@ class PullConsumer:
                     return JsMsg(self.conn, self._buffer.popleft())
                 if self._closed:
                     raise TransportError(f"consumer {self.name} is closed")
+                if self._reconnects != self.conn.reconnects:
+                    # Requests in flight died with the old connection (or server), and
+                    # a server that lost its store lost the consumer too.
+                    self._reconnects = self.conn.reconnects
+                    self._requested = 0
+                    self._ensured = False
                 if self._requested and time.monotonic() > self._deadline:
                     # Every request should have answered by now: they were lost.
                     self._requested = 0

@@ -281,3 +281,15 @@ async def test_two_responders_answer_each_request_once(
                 replies += 1
         await sub.unsubscribe()
     assert replies == 20
+
+
+async def test_a_reply_too_large_for_nats_is_an_error(app: stemd.App, conn: NatsConnection) -> None:
+    """A listing that would not fit in one NATS message is refused with bad_request."""
+    for i in range(8):
+        await app.start_workflow("api.flow", params="p" * 150_000, run_id=f"big{i}")
+    for i in range(8):
+        await wait_status(app, f"big{i}", stemd.RunStatus.SUSPENDED)
+    reply = await call(conn, "list", {})
+    assert reply["error"]["code"] == "bad_request"
+    assert "fewer runs" in reply["error"]["message"]
+    assert len((await call(conn, "list", {"limit": 2}))["runs"]) == 2
