@@ -98,6 +98,24 @@ class JsMsg:
         await self._conn.publish(self.reply, b"+TERM")
 
 
+class _Waiter:
+    """One receiver waiting in :meth:`PullConsumer.next`."""
+
+    __slots__ = ("_event", "msg")
+
+    def __init__(self) -> None:
+        self.msg: NatsMsg | None = None
+        self._event = anyio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        if self.msg is None:
+            self._event = anyio.Event()
+
+
 class PullConsumer:
     """One durable pull consumer of ``stream``, created or updated by :meth:`ensure`.
 
@@ -123,11 +141,10 @@ class PullConsumer:
         self.expires = expires
         self._sub: Subscription | None = None
         self._buffer: deque[NatsMsg] = deque()
-        self._waiting = 0
+        self._waiters: deque[_Waiter] = deque()
         self._requested = 0  # messages asked for and neither delivered nor expired
         self._deadline = 0.0  # monotonic time by which every request in flight expires
         self._reading = False
-        self._changed = anyio.Event()
         self._ensured = False
         self._received = 0
         self._requests = 0
@@ -146,10 +163,6 @@ class PullConsumer:
         """Create the consumer, or update it to this configuration."""
         await self.conn.ensure_consumer(self.stream, self.config)
         self._ensured = True
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
 
     async def _request(self, batch: int) -> None:
         if self._sub is None:
@@ -171,7 +184,7 @@ class PullConsumer:
         if status is None:
             self._received += 1
             self._requested = max(0, self._requested - 1)
-            self._buffer.append(msg)
+            self._dispatch(msg)
             return
         if status == "100":  # idle heartbeat
             return
@@ -192,40 +205,66 @@ class PullConsumer:
         """The next message (waits as long as it takes).
 
         Raises:
-            TransportError: the consumer could not be created or NATS failed.
+            TransportError: the consumer is closed.
         """
-        self._waiting += 1
+        if self._buffer:
+            return JsMsg(self.conn, self._buffer.popleft())
+        waiter = _Waiter()
+        self._waiters.append(waiter)
         try:
-            while True:
+            while waiter.msg is None:
                 if self._buffer:
-                    return JsMsg(self.conn, self._buffer.popleft())
+                    waiter.msg = self._buffer.popleft()
+                    break
                 if self._closed:
                     raise TransportError(f"consumer {self.name} is closed")
-                if self._reconnects != self.conn.reconnects:
-                    # Requests in flight died with the old connection (or server), and
-                    # a server that lost its store lost the consumer too.
-                    self._reconnects = self.conn.reconnects
-                    self._requested = 0
-                    self._ensured = False
-                if self._requested and time.monotonic() > self._deadline:
-                    # Every request should have answered by now: they were lost.
-                    self._requested = 0
-                need = self._waiting - self._requested
-                if need > 0:
-                    try:
-                        await self._request(need)
-                    except TransportError as exc:
-                        # NATS away or the consumer gone: wait, then make sure it exists.
-                        log.warning("consumer unavailable", consumer=self.name, error=str(exc))
-                        self._ensured = False
-                        await anyio.sleep(0.5)
-                        continue
-                if not self._reading:
-                    await self._read_inbox()
+                await self._top_up()
+                if self._reading:
+                    # Woken with a message, or to take over reading the inbox.
+                    await waiter.wait()
                 else:
-                    await self._changed.wait()
+                    await self._read_inbox()
+            return JsMsg(self.conn, waiter.msg)
+        except BaseException:
+            if waiter.msg is not None:  # handed a message, but cancelled: keep it
+                self._buffer.appendleft(waiter.msg)
+                waiter.msg = None
+            raise
         finally:
-            self._waiting -= 1
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            if not self._reading and self._waiters:
+                self._waiters[0].wake()  # someone must read the inbox
+
+    async def _top_up(self) -> None:
+        """Ask for as many messages as receivers wait and requests in flight do not cover."""
+        if self._reconnects != self.conn.reconnects:
+            # Requests in flight died with the old connection (or server), and a server
+            # that lost its store lost the consumer too.
+            self._reconnects = self.conn.reconnects
+            self._requested = 0
+            self._ensured = False
+        if self._requested and time.monotonic() > self._deadline:
+            self._requested = 0  # every request should have answered by now: lost
+        need = len(self._waiters) - self._requested
+        if need <= 0:
+            return
+        try:
+            await self._request(need)
+        except TransportError as exc:
+            # NATS away or the consumer gone: wait, then make sure it exists.
+            log.warning("consumer unavailable", consumer=self.name, error=str(exc))
+            self._ensured = False
+            await anyio.sleep(0.5)
+
+    def _dispatch(self, msg: NatsMsg) -> None:
+        """Hand a delivered message to the first receiver waiting, or buffer it."""
+        for waiter in self._waiters:
+            if waiter.msg is None:
+                waiter.msg = msg
+                waiter.wake()
+                return
+        self._buffer.append(msg)
 
     async def _read_inbox(self) -> None:
         assert self._sub is not None
@@ -243,7 +282,6 @@ class PullConsumer:
                     self._handle(msg)
         finally:
             self._reading = False
-            self._notify()
 
     async def close(self) -> None:
         """Stop: buffered messages are handed back (nak) for others to take."""
@@ -259,7 +297,8 @@ class PullConsumer:
                     with contextlib.suppress(TransportError):
                         await self.conn.publish(msg.reply, b"-NAK")
         self._buffer.clear()
-        self._notify()
+        for waiter in self._waiters:
+            waiter.wake()
 
 
 def _drain(sub: Subscription) -> list[NatsMsg]:
