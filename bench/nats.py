@@ -45,9 +45,9 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-import stemd
-from stemd.natsconn import NatsConnection, open_connection
-from stemd.testing.nats import nats_server
+import stemd  # noqa: E402
+from stemd.natsconn import NatsConnection, open_connection  # noqa: E402
+from stemd.testing.nats import nats_server  # noqa: E402
 
 FLOW = "bench.flow"
 
@@ -123,6 +123,29 @@ async def start(conn: NatsConnection, run_id: str) -> float:
     return t0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU milliseconds per workflow of the daemon and of nats-server."""
+
+    def __init__(self, daemon: int, server: int) -> None:
+        self.pids = {"daemon": daemon, "server": server}
+
+    def start(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def per_run(self, before: dict[str, float], runs: int) -> dict[str, float]:
+        now = self.start()
+        return {
+            f"{name}_cpu_ms_per_wf": round((now[name] - before[name]) * 1000 / runs, 3)
+            for name in self.pids
+        }
+
+
 def percentiles(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
 
@@ -138,9 +161,15 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
 
 
 async def pipeline(
-    conn: NatsConnection, comp: Completions, tag: str, runs: int, concurrency: int
+    conn: NatsConnection,
+    comp: Completions,
+    tag: str,
+    runs: int,
+    concurrency: int,
+    meter: CpuMeter | None = None,
 ) -> dict[str, Any]:
     latencies: list[float] = []
+    cpu = meter.start() if meter else {}
     counter = iter(range(runs))
 
     async def client() -> None:
@@ -157,13 +186,25 @@ async def pipeline(
         for _ in range(concurrency):
             tg.start_soon(client)
     elapsed = time.perf_counter() - began
-    return {"runs": runs, "wf_per_s": round(runs / elapsed, 1), **percentiles(latencies)}
+    usage = meter.per_run(cpu, runs) if meter else {}
+    return {
+        "runs": runs,
+        "wf_per_s": round(runs / elapsed, 1),
+        **percentiles(latencies),
+        **usage,
+    }
 
 
 async def batch(
-    conn: NatsConnection, comp: Completions, tag: str, runs: int, in_flight: int
+    conn: NatsConnection,
+    comp: Completions,
+    tag: str,
+    runs: int,
+    in_flight: int,
+    meter: CpuMeter | None = None,
 ) -> dict[str, Any]:
     starts: dict[str, float] = {}
+    cpu = meter.start() if meter else {}
     limit = anyio.Semaphore(in_flight)
 
     async def one(run_id: str) -> None:
@@ -182,10 +223,18 @@ async def batch(
             await comp.event(run_id).wait()
     elapsed = max(comp.done[r] for r in ids) - began
     latencies = [comp.done[r] - starts[r] for r in ids]
-    return {"runs": runs, "wf_per_s": round(runs / elapsed, 1), **percentiles(latencies)}
+    usage = meter.per_run(cpu, runs) if meter else {}
+    return {
+        "runs": runs,
+        "wf_per_s": round(runs / elapsed, 1),
+        **percentiles(latencies),
+        **usage,
+    }
 
 
-async def measure(args: argparse.Namespace, url: str, name: str, store: str) -> dict[str, Any]:
+async def measure(
+    args: argparse.Namespace, url: str, server_pid: int, name: str, store: str
+) -> dict[str, Any]:
     cmd = [
         sys.executable,
         __file__,
@@ -196,7 +245,7 @@ async def measure(args: argparse.Namespace, url: str, name: str, store: str) -> 
         str(args.daemon_concurrency),
         *(["--uvloop"] if args.uvloop else []),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    proc = spawn(cmd)
     assert proc.stdout is not None
     stdout = proc.stdout
     results: dict[str, Any] = {}
@@ -207,6 +256,7 @@ async def measure(args: argparse.Namespace, url: str, name: str, store: str) -> 
             raise RuntimeError(f"daemon for {name} did not start")
         conn = await open_connection(url, name="bench-client", timeout=30)
         comp = Completions()
+        meter = CpuMeter(proc.pid, server_pid)
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(comp.follow, conn)
@@ -214,16 +264,18 @@ async def measure(args: argparse.Namespace, url: str, name: str, store: str) -> 
                 for rep in range(args.repeat):
                     if args.mode in ("pipeline", "both"):
                         r = await pipeline(
-                            conn, comp, f"{name}-p{rep}", args.runs, args.concurrency
+                            conn, comp, f"{name}-p{rep}", args.runs, args.concurrency, meter
                         )
                         print(f"{name:7} pipeline c={args.concurrency:<4} {fmt(r)}", flush=True)
                         results.setdefault("pipeline", []).append(r)
                     if args.mode in ("batch", "both"):
-                        r = await batch(conn, comp, f"{name}-b{rep}", args.runs, args.in_flight)
+                        r = await batch(
+                            conn, comp, f"{name}-b{rep}", args.runs, args.in_flight, meter
+                        )
                         print(f"{name:7} batch    n={args.runs:<5} {fmt(r)}", flush=True)
                         results.setdefault("batch", []).append(r)
                     if args.sequential:
-                        r = await pipeline(conn, comp, f"{name}-s{rep}", args.sequential, 1)
+                        r = await pipeline(conn, comp, f"{name}-s{rep}", args.sequential, 1, meter)
                         print(f"{name:7} one-by-one       {fmt(r)}", flush=True)
                         results.setdefault("sequential", []).append(r)
                 tg.cancel_scope.cancel()
@@ -239,6 +291,10 @@ async def measure(args: argparse.Namespace, url: str, name: str, store: str) -> 
     return {mode: median_of(rs) for mode, rs in results.items()}
 
 
+def spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE)
+
+
 def median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
     keys = results[0].keys()
     return {k: statistics.median(r[k] for r in results) for k in keys}
@@ -247,7 +303,8 @@ def median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
 def fmt(r: dict[str, Any]) -> str:
     return (
         f"{r['wf_per_s']:8.1f} wf/s   p50 {r['p50_ms']:7.2f} ms   p90 {r['p90_ms']:7.2f} ms   "
-        f"p99 {r['p99_ms']:7.2f} ms"
+        f"p99 {r['p99_ms']:7.2f} ms   cpu/wf daemon {r.get('daemon_cpu_ms_per_wf', 0):.3f} ms "
+        f"nats-server {r.get('server_cpu_ms_per_wf', 0):.3f} ms"
     )
 
 
@@ -266,7 +323,8 @@ async def main(args: argparse.Namespace) -> None:
             }
             chosen = list(stores) if args.store == "both" else [args.store]
             for name in chosen:
-                summary[name] = await measure(args, server.url, name, stores[name])
+                assert server.pid is not None
+                summary[name] = await measure(args, server.url, server.pid, name, stores[name])
     print(json.dumps({"load_after": round(os.getloadavg()[0], 2), **summary}, indent=1))
 
 
