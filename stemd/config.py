@@ -69,9 +69,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         concurrency: runs executed at once by this daemon.
         queue: the queue this daemon's workers take runs from.
         lease: seconds a worker owns a run between renewals.
-        sweep_interval: seconds between two sweeps for orphaned runnable runs (``lease/2``
-            when unset). Runs started or resumed with ``--store`` by another process are
-            picked up by the next sweep.
+        sweep_interval: seconds between two sweeps for runnable runs nobody works on;
+            unset: 1 with the in-process broker (runs started or resumed with ``--store``
+            by another process are found this way), ``lease/2`` with a NATS broker.
         shutdown_grace: seconds in-flight slices get to finish on SIGTERM before they are
             cancelled and their runs released.
         sqlite_synchronous: ``"full"`` (durability first: the store's default) or

@@ -149,6 +149,15 @@ def _store(config: Config) -> Store:
     return store_from_url(config.store, **options)
 
 
+def _sweep_interval(config: Config) -> float | None:
+    """With the in-process broker, runs started or resumed by another process (``stemd
+    workflow … --store``) are only found by sweeping: sweep every second, a cheap indexed
+    query. With NATS, new runs reach the workers at once: the App's default (lease/2)."""
+    if config.sweep_interval is not None:
+        return config.sweep_interval
+    return 1.0 if config.broker is None else None
+
+
 class Daemon:
     """One ``stemd run``: owns the App, the signals and the conversation with systemd.
 
@@ -248,7 +257,7 @@ class Daemon:
             concurrency=config.concurrency,
             queue=config.queue,
             lease=config.lease,
-            sweep_interval=config.sweep_interval,
+            sweep_interval=_sweep_interval(config),
             restart_policy=RestartPolicy(
                 max_restarts=r.max_restarts,
                 window=r.window,
