@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.integration.daemon_proc import (
     MODULE,
@@ -21,6 +23,18 @@ from tests.integration.daemon_proc import (
 )
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Undo the logging configuration of the in-process `stemd workflow` calls."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
@@ -320,3 +334,24 @@ def test_metrics_and_health_endpoint(tmp_path: Path, notify: NotifyListener) -> 
         assert daemon.wait() == 0
     finally:
         daemon.kill()
+
+
+def test_no_config_runs_embedded_with_the_bundled_examples(
+    tmp_path: Path, notify: NotifyListener
+) -> None:
+    """With no config: SQLite in ./stemd.db, the in-process broker, the example workflows."""
+    daemon = DaemonProcess(tmp_path, None, notify)
+    try:
+        notify.wait_for("READY=1")
+        assert (tmp_path / "stemd.db").exists()
+        store = f"sqlite:///{tmp_path / 'stemd.db'}"
+        assert cli("workflow", "start", "examples.flaky", "--run-id", "ex", "--store", store) == 0
+        assert cli("workflow", "wait", "ex", "--timeout", "20", "--store", store) == 0
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    finally:
+        daemon.kill()
+    started = next(json.loads(line) for line in daemon.stdout.splitlines() if '"started"' in line)
+    assert started["broker"] == "in-process"
+    assert started["store"] == "sqlite:///./stemd.db"
+    assert {"approvals.flow", "user.signup", "examples.fanout"} <= set(started["workflows"])
