@@ -34,14 +34,21 @@ class _LocalDelivery:
 
 
 class _Queue:
-    __slots__ = ("delayed", "items", "pending", "ready")
+    __slots__ = ("delayed", "items", "pending", "waiters")
 
     def __init__(self) -> None:
         self.items: deque[str] = deque()
         self.pending: set[str] = set()
-        self.ready = anyio.Event()
+        # One event per idle receiver, oldest first: an enqueue wakes exactly one of them
+        # (waking every idle worker for each run id costs more than the run itself).
+        self.waiters: deque[anyio.Event] = deque()
         # (monotonic due time, run id) of naked deliveries waiting out their delay.
         self.delayed: list[tuple[float, str]] = []
+
+
+def _wake_one(q: _Queue) -> None:
+    if q.waiters:
+        q.waiters.popleft().set()
 
 
 class LocalBroker:
@@ -73,19 +80,18 @@ class LocalBroker:
             return
         q.pending.add(run_id)
         q.items.append(run_id)
-        q.ready.set()
+        _wake_one(q)
 
     def requeue_later(self, run_id: str, queue: str, delay: float) -> None:
         """Enqueue ``run_id`` again once ``delay`` seconds have passed (without blocking)."""
         q = self._queue(queue)
         heapq.heappush(q.delayed, (time.monotonic() + max(0.0, delay), run_id))
-        q.ready.set()
+        # A receiver recomputes how long it may sleep.
+        _wake_one(q)
 
     async def receive(self, queue: str) -> _LocalDelivery:
         q = self._queue(queue)
         while not q.items:
-            if q.ready.is_set():
-                q.ready = anyio.Event()
             wait: float | None = None
             now = time.monotonic()
             while q.delayed and q.delayed[0][0] <= now:
@@ -95,8 +101,21 @@ class LocalBroker:
                 break
             if q.delayed:
                 wait = q.delayed[0][0] - now
-            with anyio.move_on_after(wait):
-                await q.ready.wait()
+            ready = anyio.Event()
+            q.waiters.append(ready)
+            try:
+                with anyio.move_on_after(wait):
+                    await ready.wait()
+            except BaseException:
+                if not ready.is_set():
+                    q.waiters.remove(ready)
+                elif q.items:
+                    _wake_one(q)  # woken, but leaving: pass the wake-up on
+                raise
+            if not ready.is_set():  # the delay of a naked run id passed
+                q.waiters.remove(ready)
         run_id = q.items.popleft()
         q.pending.discard(run_id)
+        if q.items:
+            _wake_one(q)
         return _LocalDelivery(self, queue, run_id)
