@@ -66,19 +66,21 @@ class WriterStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Request:
-    __slots__ = ("args", "error", "fn", "future", "loop", "result", "txn")
+    __slots__ = ("args", "durable", "error", "fn", "future", "loop", "result", "txn")
 
     def __init__(
         self,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         txn: bool,
+        durable: bool,
         loop: asyncio.AbstractEventLoop,
         future: asyncio.Future[Any],
     ) -> None:
         self.fn = fn
         self.args = args
         self.txn = txn
+        self.durable = durable
         self.loop = loop
         self.future = future
         self.result: Any = None
@@ -104,14 +106,22 @@ class Writer:
         db: the writer's connection, in autocommit mode (``isolation_level=None``) and
             usable from another thread (``check_same_thread=False``). Only this writer
             touches it once started.
+        synchronous: the connection's ``PRAGMA synchronous`` (``FULL`` or ``NORMAL``).
         max_batch: most requests committed in one transaction.
         lock_timeout: seconds to keep retrying a database locked by another process.
     """
 
     def __init__(
-        self, db: sqlite3.Connection, *, max_batch: int = 512, lock_timeout: float = 30.0
+        self,
+        db: sqlite3.Connection,
+        *,
+        synchronous: str = "FULL",
+        max_batch: int = 512,
+        lock_timeout: float = 30.0,
     ) -> None:
         self.db = db
+        self.synchronous = synchronous
+        self._current_sync = synchronous
         self.max_batch = max_batch
         self.lock_timeout = lock_timeout
         self._queue: SimpleQueue[_Request | None] = SimpleQueue()
@@ -136,17 +146,22 @@ class Writer:
         """Start the writer's thread."""
         self._thread.start()
 
-    async def submit(self, fn: Callable[..., T], *args: Any, txn: bool = True) -> T:
+    async def submit(
+        self, fn: Callable[..., T], *args: Any, txn: bool = True, durable: bool = True
+    ) -> T:
         """Run ``fn(db, *args)`` in the next batch; return its result once committed.
 
         With ``txn=False`` the function runs outside any transaction (a cheap read of the
-        writer's own connection, such as ``PRAGMA data_version``).
+        writer's own connection, such as ``PRAGMA data_version``). With ``durable=False``
+        a batch made only of such writes is committed without its own fsync (as with
+        ``synchronous=NORMAL``): it becomes durable with the next fsynced commit, and a
+        power loss can lose it only together with everything written after it.
         """
         if self._closed:
             raise StoreError("the SQLite store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Request(fn, args, txn, loop, future))
+        self._queue.put(_Request(fn, args, txn, durable, loop, future))
         return await future
 
     async def aclose(self, timeout: float = 10.0) -> None:
@@ -201,6 +216,8 @@ class Writer:
         inside = [r for r in batch if r.txn] if outside else batch
         if not inside:
             return
+        if self.synchronous == "FULL":
+            self._sync("FULL" if any(r.durable for r in inside) else "NORMAL")
         try:
             self._with_lock(self._apply_all, inside)
         except Exception as exc:
@@ -214,6 +231,11 @@ class Writer:
             log.warning("batch failed; replaying its requests one by one", error=repr(exc))
             for request in inside:
                 self._run_alone(request, txn=True)
+
+    def _sync(self, level: str) -> None:
+        if level != self._current_sync:
+            self.db.execute(f"PRAGMA synchronous = {level}")
+            self._current_sync = level
 
     def _apply_all(self, batch: list[_Request]) -> None:
         db = self.db
