@@ -289,21 +289,21 @@ class Daemon:
                             continue
                         log.info("stopping", signal=signal.Signals(signum).name)
                         break
-                    await self._drain(app, signals)
+                    await self._drain(signals)
             except* RestartBudgetExceeded as group:
                 crashed.extend(group.exceptions)
             finally:
                 self.app = None
         if crashed:
             log.error("stopped: an actor crashed past its restart budget", error=str(crashed[0]))
-            self.notifier.send("STOPPING=1", f"STATUS=crashed: {crashed[0]}", "ERRNO=70")
+            self.notifier.send("STOPPING=1", f"STATUS=crashed: {crashed[0]}")
             self.notifier.close()
             return EXIT_CRASHED
         log.info("stopped")
         self.notifier.close()
         return 0
 
-    async def _drain(self, app: App, signals: Any) -> None:
+    async def _drain(self, signals: Any) -> None:
         """Stop taking work and give the slices in flight ``shutdown_grace`` to finish."""
         grace = self.config.shutdown_grace
         self.notifier.send(
