@@ -16,8 +16,9 @@ the run events (``stem.events.run.<id>``). Latency is from just before the start
 to the arrival of the ``completed`` event.
 
 Modes:
-- ``pipeline``: ``--concurrency`` clients in a closed loop, each starting a run and
-  waiting for it to complete before starting the next;
+- ``pipeline``: N clients in a closed loop (N = each of ``--concurrency``, default 1, 8
+  and 32), each starting a run and waiting for it to complete before starting the next
+  (``min(--runs, 300 N)`` runs); with N = 1 it is the latency of one run on an idle daemon;
 - ``batch``: every run started at once (``--in-flight`` start requests outstanding),
   then all awaited; throughput from the first start to the last completion.
 
@@ -260,24 +261,20 @@ async def measure(
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(comp.follow, conn)
-                await pipeline(conn, comp, f"{name}-warm", args.warmup, args.concurrency)
+                await pipeline(conn, comp, f"{name}-warm", args.warmup, max(args.concurrency))
                 for rep in range(args.repeat):
                     if args.mode in ("pipeline", "both"):
-                        r = await pipeline(
-                            conn, comp, f"{name}-p{rep}", args.runs, args.concurrency, meter
-                        )
-                        print(f"{name:7} pipeline c={args.concurrency:<4} {fmt(r)}", flush=True)
-                        results.setdefault("pipeline", []).append(r)
+                        for c in args.concurrency:
+                            n = min(args.runs, 300 * c)
+                            r = await pipeline(conn, comp, f"{name}-p{c}-{rep}", n, c, meter)
+                            print(f"{name:7} pipeline c={c:<4} {fmt(r)}", flush=True)
+                            results.setdefault(f"pipeline_c{c}", []).append(r)
                     if args.mode in ("batch", "both"):
                         r = await batch(
                             conn, comp, f"{name}-b{rep}", args.runs, args.in_flight, meter
                         )
                         print(f"{name:7} batch    n={args.runs:<5} {fmt(r)}", flush=True)
                         results.setdefault("batch", []).append(r)
-                    if args.sequential:
-                        r = await pipeline(conn, comp, f"{name}-s{rep}", args.sequential, 1, meter)
-                        print(f"{name:7} one-by-one       {fmt(r)}", flush=True)
-                        results.setdefault("sequential", []).append(r)
                 tg.cancel_scope.cancel()
         finally:
             await conn.close()
@@ -335,9 +332,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3000, help="runs per measurement")
     p.add_argument("--repeat", type=int, default=3, help="measurements (median reported)")
     p.add_argument("--warmup", type=int, default=300)
-    p.add_argument("--concurrency", type=int, default=32, help="pipeline clients")
+    p.add_argument(
+        "--concurrency",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 8, 32],
+        help="pipeline clients, comma-separated: one measurement each (default 1,8,32)",
+    )
     p.add_argument("--in-flight", type=int, default=256, help="batch: start requests at once")
-    p.add_argument("--sequential", type=int, default=200, help="one-at-a-time runs (0: skip)")
     p.add_argument("--daemon-concurrency", type=int, default=64)
     p.add_argument("--sqlite-sync", default="FULL")
     p.add_argument("--uvloop", action="store_true", help="run the daemon on uvloop")
