@@ -20,6 +20,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from stemd import wire
+from stemd.broker.jetstream import stream_name
 from stemd.broker.pull import JsMsg, PullConsumer
 from stemd.engine.engine import Engine
 from stemd.errors import InvalidRunId, PayloadError, StemError, StoreError, TransportError
@@ -35,14 +36,14 @@ _NS = 1_000_000_000
 def submit_stream_config(
     prefix: str = wire.DEFAULT_PREFIX,
     *,
-    stream: str = "STEM_SUBMIT",
+    stream: str | None = None,
     replicas: int = 1,
     storage: str = "file",
     duplicate_window: float = 3600.0,
 ) -> dict[str, Any]:
-    """The configuration of the submission stream."""
+    """The configuration of the submission stream (default name ``<PREFIX>_SUBMIT``)."""
     return {
-        "name": stream,
+        "name": stream or stream_name(prefix, "SUBMIT"),
         "subjects": [f"{prefix}.submit.>"],
         "retention": "workqueue",
         "storage": storage,
@@ -66,7 +67,7 @@ class Ingress:
         engine: starts the runs.
         conn: the NATS connection.
         prefix: the subject prefix.
-        stream: the submission stream's name.
+        stream: the submission stream's name (default ``<PREFIX>_SUBMIT``).
         concurrency: submissions handled at once.
     """
 
@@ -78,7 +79,7 @@ class Ingress:
         conn: NatsConnection,
         *,
         prefix: str = wire.DEFAULT_PREFIX,
-        stream: str = "STEM_SUBMIT",
+        stream: str | None = None,
         replicas: int = 1,
         storage: str = "file",
         concurrency: int = 16,
@@ -87,7 +88,7 @@ class Ingress:
         self.engine = engine
         self.conn = conn
         self.prefix = prefix
-        self.stream = stream
+        self.stream = stream or stream_name(prefix, "SUBMIT")
         self.replicas = replicas
         self.storage = storage
         self.concurrency = concurrency

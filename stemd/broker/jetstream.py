@@ -43,13 +43,19 @@ from stemd.natsconn import MSG_ID, NatsConnection, open_connection, split_url
 if TYPE_CHECKING:
     from stemd.engine.engine import Engine
 
-__all__ = ["JetStreamBroker", "JetStreamDelivery"]
+__all__ = ["JetStreamBroker", "JetStreamDelivery", "stream_name"]
 
 log = structlog.get_logger("stemd.broker.jetstream")
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NS = 1_000_000_000
 MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+
+def stream_name(prefix: str, role: str) -> str:
+    """The default name of a stream of the deployment with subject prefix ``prefix``:
+    ``stem`` and ``TASKS`` give ``STEM_TASKS``."""
+    return re.sub(r"[^A-Za-z0-9]", "_", prefix).upper() + "_" + role
 
 
 def _bool(value: Any) -> bool:
@@ -94,8 +100,9 @@ class JetStreamBroker:
 
     Args:
         url: the NATS server URL.
-        stream: the work-queue stream's name.
-        prefix: subject prefix (``<prefix>.task.<queue>.<run_id>``).
+        stream: the work-queue stream's name (default ``<PREFIX>_TASKS``: ``STEM_TASKS``).
+        prefix: subject prefix (``<prefix>.task.<queue>.<run_id>``); deployments sharing
+            one NATS keep apart with their own prefix.
         replicas: stream replicas (R3 in a cluster).
         storage: ``"file"`` or ``"memory"``.
         ack_wait: seconds before an unacknowledged, silent delivery is redelivered.
@@ -116,7 +123,7 @@ class JetStreamBroker:
         self,
         url: str,
         *,
-        stream: str = "STEM_TASKS",
+        stream: str | None = None,
         prefix: str = "stem",
         replicas: int = 1,
         storage: str = "file",
@@ -132,10 +139,12 @@ class JetStreamBroker:
         schedules: bool = True,
         name: str = "stemd-broker",
     ) -> None:
-        if not _TOKEN.fullmatch(stream):
-            raise ConfigError(f"broker: invalid stream name {stream!r}")
         if not all(_TOKEN.fullmatch(t) for t in prefix.split(".")):
             raise ConfigError(f"broker: invalid subject prefix {prefix!r}")
+        if stream is None:
+            stream = stream_name(prefix, "TASKS")
+        if not _TOKEN.fullmatch(stream):
+            raise ConfigError(f"broker: invalid stream name {stream!r}")
         if storage not in ("file", "memory"):
             raise ConfigError(f"broker: storage must be 'file' or 'memory', not {storage!r}")
         if ack_wait < 1:

@@ -293,3 +293,37 @@ async def test_a_reply_too_large_for_nats_is_an_error(app: stemd.App, conn: Nats
     assert reply["error"]["code"] == "bad_request"
     assert "fewer runs" in reply["error"]["message"]
     assert len((await call(conn, "list", {"limit": 2}))["runs"]) == 2
+
+
+async def test_deployments_with_their_own_prefix_share_one_nats(
+    nats: NatsServer, conn: NatsConnection
+) -> None:
+    """Two deployments on one server, each with its prefix, bucket, streams: apart."""
+
+    def deployment(name: str) -> stemd.App:
+        return stemd.App(
+            store=f"{nats.url}?bucket={name}",
+            broker=f"{nats.url}?prefix={name}",
+            nats=nats.url,
+            prefix=name,
+            workflows=[flow],
+        )
+
+    async with deployment("alpha") as alpha, deployment("beta") as beta:
+        for name in ("alpha", "beta"):
+            reply = await conn.request(
+                f"{name}.api.start",
+                json.dumps({"workflow": "api.flow", "run_id": f"{name}-1"}).encode(),
+            )
+            assert json.loads(reply.data) == {"run_id": f"{name}-1", "created": True}
+            await conn.js_publish(
+                f"{name}.submit.api.flow", b"1", headers={"Nats-Msg-Id": f"{name}-2"}
+            )
+        for app, name in ((alpha, "alpha"), (beta, "beta")):
+            for n in (1, 2):
+                await wait_status(app, f"{name}-{n}", stemd.RunStatus.SUSPENDED)
+            assert sorted(r.run_id for r in await app.list_runs()) == [f"{name}-1", f"{name}-2"]
+        streams = await conn.js_api("STREAM.NAMES")
+        assert {"ALPHA_TASKS", "BETA_TASKS", "ALPHA_SUBMIT", "BETA_SUBMIT"} <= set(
+            streams["streams"]
+        )
