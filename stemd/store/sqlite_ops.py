@@ -52,7 +52,10 @@ __all__ = [
 _COLS = ", ".join(RUN_COLUMNS)
 SELECT_RUN = f"SELECT {_COLS} FROM runs WHERE run_id = ?"
 SELECT_CHECKPOINTS = "SELECT name, value FROM checkpoints WHERE run_id = ? ORDER BY seq"
-_INSERT_RUN = f"INSERT INTO runs ({_COLS}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
+_INSERT_RUN = (
+    f"INSERT INTO runs ({_COLS}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
+    " ON CONFLICT (run_id) DO NOTHING"
+)
 _UPSERT_CHECKPOINT = (
     "INSERT INTO checkpoints (run_id, name, value) VALUES (?, ?, ?)"
     " ON CONFLICT (run_id, name) DO UPDATE SET value = excluded.value"
@@ -139,11 +142,11 @@ def data_version(db: sqlite3.Connection) -> int:
 
 
 def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bool]:
+    if db.execute(_INSERT_RUN, record_to_row(record)).rowcount == 1:
+        return record, True
     row = _row(db, record.run_id)
-    if row is not None:
-        return record_from_row(row), False
-    db.execute(_INSERT_RUN, record_to_row(record))
-    return record, True
+    assert row is not None  # the conflict was on this run id, inside this transaction
+    return record_from_row(row), False
 
 
 def claim(
@@ -157,7 +160,10 @@ def claim(
         return None
     new = apply_claim(rec, owner, now, lease)
     _update(db, row, new)
-    return Claim(token=new.token, record=new, checkpoints=checkpoints(db, run_id))
+    # Token 0: never claimed, resumed, cancelled or rewound, so nothing can have written
+    # a checkpoint yet (the first claim of every run skips the query).
+    cps = checkpoints(db, run_id) if rec.token else []
+    return Claim(token=new.token, record=new, checkpoints=cps)
 
 
 def renew_lease(
