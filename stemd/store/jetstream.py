@@ -103,6 +103,9 @@ class _Doc(msgspec.Struct, kw_only=True):
     order: int = 0
     # Unique per write: tells whether a write whose acknowledgement was lost happened.
     w: str = ""
+    # Some run suspended waiting on this one: its end must look for them (most runs
+    # have nobody waiting, and skip that look).
+    awaited: bool = False
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -146,7 +149,14 @@ def _parse_time(stamp: str) -> datetime | None:
 
 
 def _replace(doc: _Doc, rec: RunRecord, cps: dict[str, bytes] | None = None) -> _Doc:
-    return _Doc(rec=rec, cps=doc.cps if cps is None else cps, idx=doc.idx, order=doc.order, w=doc.w)
+    return _Doc(
+        rec=rec,
+        cps=doc.cps if cps is None else cps,
+        idx=doc.idx,
+        order=doc.order,
+        w=doc.w,
+        awaited=doc.awaited,
+    )
 
 
 def _transient(exc: TransportError) -> bool:
@@ -641,18 +651,38 @@ class JetStreamStore:
             raise LeaseLost(f"run {run_id} is no longer owned by this worker")
         rec = new.rec
         if rec.status.is_terminal:
-            return CommitResult(record=copy.copy(rec), woken=await self._wake_parents(run_id, now))
-        # The child may have ended between our look at it and our write; its own commit
-        # then found no waiter, so wake ourselves.
+            return CommitResult(record=copy.copy(rec), woken=await self._wake_parents(new, now))
+        # Tell the child it is awaited. If it ended meanwhile, its own end found no
+        # waiter (or no flag): wake ourselves.
         if (
             wait_child is not None
             and rec.status is RunStatus.SUSPENDED
-            and await self._child_ended(wait_child)
+            and await self._await_child(wait_child)
         ):
             woken = await self._wake_if_waiting(run_id, wait_child, now)
             if woken is not None:
                 rec = woken
         return CommitResult(record=copy.copy(rec))
+
+    async def _await_child(self, child_id: str) -> bool:
+        """Flag ``child_id`` as awaited; ``True`` when it has ended (or does not exist).
+
+        The flag is a compare-and-set on the child, so either the child's terminal write
+        comes after it (and sees the flag, and wakes the waiters) or before it (and this
+        sees the end)."""
+        ended = False
+
+        def fn(doc: _Doc) -> _Doc | None:
+            nonlocal ended
+            ended = doc.rec.status.is_terminal
+            if ended or doc.awaited:
+                return None
+            flagged = _replace(doc, doc.rec)
+            flagged.awaited = True
+            return flagged
+
+        old, _ = await self._mutate(child_id, fn)
+        return old is None or ended
 
     async def _wake_if_waiting(self, run_id: str, child_id: str, now: datetime) -> RunRecord | None:
         def fn(doc: _Doc) -> _Doc | None:
@@ -664,7 +694,11 @@ class JetStreamStore:
         _, new = await self._mutate(run_id, fn)
         return new.rec if new is not None else None
 
-    async def _wake_parents(self, child_id: str, now: datetime) -> tuple[str, ...]:
+    async def _wake_parents(self, child: _Doc, now: datetime) -> tuple[str, ...]:
+        """Wake the runs suspended waiting on ``child``, which just ended."""
+        if not child.awaited:
+            return ()
+        child_id = child.rec.run_id
         parents = await self._indexed(f"idx.child.{child_id}.*.*", "child")
         woken = []
         for parent_id in sorted(p for p, _, _ in parents):
@@ -748,7 +782,7 @@ class JetStreamStore:
                 self._cache.pop(run_id, None)
                 continue
             self._cache_put(run_id, new_rev, new)
-            woken = await self._wake_parents(run_id, now) if action == "cancelled" else ()
+            woken = await self._wake_parents(new, now) if action == "cancelled" else ()
             return FireResult(action=action, record=copy.copy(new_rec), woken=woken)
         raise StoreError(f"run {run_id}: gave up after {_MAX_TRIES} conflicting writes")
 
@@ -761,7 +795,7 @@ class JetStreamStore:
         _, new = await self._mutate(run_id, fn)
         if new is None:
             return None
-        return CommitResult(record=copy.copy(new.rec), woken=await self._wake_parents(run_id, now))
+        return CommitResult(record=copy.copy(new.rec), woken=await self._wake_parents(new, now))
 
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
         def fn(doc: _Doc) -> _Doc:

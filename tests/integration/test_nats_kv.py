@@ -237,3 +237,27 @@ async def test_listings_beyond_one_batched_read(nats: NatsServer) -> None:
         assert len(await store.list_runs(limit=5000)) == 1100
         assert len(await store.runnable(T0, 5000)) == 1100
         assert len(await store.list_runs(limit=10)) == 10
+
+
+child_flow = stemd.Flow("child.flow")
+
+
+@child_flow.step("double")
+async def double(ctx: stemd.FlowContext) -> int:
+    return int(ctx.params) * 2
+
+
+@stemd.script("parent.script")
+async def parent_script(ctx: stemd.ScriptContext, count: int) -> list[int]:
+    children = [await ctx.start_child("child.flow", i) for i in range(count)]
+    return [await ctx.wait_child(child, type=int) for child in children]
+
+
+async def test_parents_wait_for_their_children_on_kv(nats: NatsServer) -> None:
+    """Parents suspended on children are woken when each child ends, however they race."""
+    workflows = [child_flow, parent_script]
+    async with stemd.App(store=nats.url, broker=nats.url, workflows=workflows) as app:
+        parents = [await app.start_workflow(parent_script, 6) for _ in range(10)]
+        for run_id in parents:
+            result = await app.wait_for_completion(run_id, timeout=20)
+            assert result.value == [0, 2, 4, 6, 8, 10], result
