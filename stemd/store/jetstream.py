@@ -401,10 +401,12 @@ class JetStreamStore:
                     f"than a NATS message may hold ({self._max_doc}); keep step values small"
                 )
             seq = await self._cas(run_id, rev, data, new.w)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                for entry in added:
-                    await self._forget(entry)
+        except (WrongLastSequence, PayloadError):
+            # Certainly not written: the new entries belong to nobody. (After a lost
+            # connection or a cancellation the write may have happened: keep them;
+            # if it did not, they are stale entries that readers ignore and remove.)
+            for entry in added:
+                await self._forget(entry)
             raise
         for kind, entry in old_idx.items():
             if idx.get(kind) != entry:
