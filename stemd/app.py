@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -78,7 +78,9 @@ class App:
         concurrency: runs executed at once.
         queue: the queue this app's workers take runs from (and new runs go to).
         clock: time source (tests pass a :class:`stemd.testing.ManualClock`).
-        codec: ``"json"`` or ``"msgpack"`` for stored values, or a Codec.
+        codec: ``"json"`` or ``"msgpack"`` for stored values, or a Codec (e.g. a
+            :class:`stemd.codec.CodecChain` with compression and encryption).
+        workflow_codecs: codecs for the values of particular workflows, by name.
         lease: seconds a worker owns a run between renewals.
         sweep_interval: seconds between two sweeps for orphaned runnable runs.
         actors: more actors for the supervisor (each a callable taking the App and
@@ -101,6 +103,7 @@ class App:
         *,
         clock: Clock | None = None,
         codec: str | Codec = "json",
+        workflow_codecs: Mapping[str, Codec] | None = None,
         lease: float = 30.0,
         sweep_interval: float | None = None,
         restart_policy: RestartPolicy | None = None,
@@ -117,6 +120,7 @@ class App:
         self.queue = queue
         self.clock: Clock = clock or SystemClock()
         self.codec: Codec = codec_for(codec) if isinstance(codec, str) else codec
+        self.workflow_codecs = dict(workflow_codecs or {})
         self.lease = lease
         self.sweep_interval = sweep_interval if sweep_interval is not None else lease / 2
         self.restart_policy = restart_policy
@@ -175,6 +179,7 @@ class App:
             store=store,
             broker=broker,
             codec=self.codec,
+            codecs=self.workflow_codecs,
             clock=self.clock,
             workflows=self.workflows,
             owner=self.owner,

@@ -176,7 +176,9 @@ class CodecChain:
         base: ``"json"`` or ``"msgpack"``.
         compression: ``None``, ``"gzip"`` or ``"zstd"``.
         compress_threshold: values shorter than this (bytes) are not compressed.
-        keyring: encrypt every value with the keyring's active key.
+        keyring: the keys that open encrypted values; with ``encrypt`` (the default when a
+            keyring is given), new values are sealed with its active key.
+        encrypt: seal new values; ``False`` keeps the keyring for reading only.
         max_size: largest encoded value accepted (bytes); ``None`` for no limit.
     """
 
@@ -187,6 +189,7 @@ class CodecChain:
         compression: str | None = None,
         compress_threshold: int = 1024,
         keyring: Keyring | None = None,
+        encrypt: bool | None = None,
         max_size: int | None = DEFAULT_MAX_SIZE,
     ) -> None:
         if base not in _BASES:
@@ -199,12 +202,15 @@ class CodecChain:
         self.compression = None if compression in (None, "none") else compression
         self.compress_threshold = compress_threshold
         self.keyring = keyring
+        self.encrypt = keyring is not None if encrypt is None else encrypt
+        if self.encrypt and keyring is None:
+            raise ConfigError("codec: encryption needs a keyring")
         self.max_size = max_size
-        self._plain = base == "json" and self.compression is None and keyring is None
+        self._plain = base == "json" and self.compression is None and not self.encrypt
         parts = [base]
         if self.compression:
             parts.append(self.compression)
-        if keyring is not None:
+        if self.encrypt:
             parts.append("aesgcm")
         self.id = "+".join(parts)
         if self.compression == "zstd":
@@ -228,7 +234,7 @@ class CodecChain:
             else:
                 body, comp = _zstd().ZstdCompressor().compress(body), b"z"
         header = _MAGIC + self._base_tag + comp
-        if self.keyring is not None:
+        if self.encrypt and self.keyring is not None:
             return self.keyring.encrypt(header, body)
         return header + b"\x00" + body
 

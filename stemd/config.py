@@ -25,11 +25,15 @@ from urllib.parse import unquote, urlsplit
 import anyio
 import msgspec
 
+from stemd.codec import Codec, CodecChain, Keyring
 from stemd.errors import ConfigError
 
 __all__ = [
     "DEFAULT_STORE",
+    "CodecConfig",
     "Config",
+    "EncryptionConfig",
+    "WorkflowCodecConfig",
     "RestartConfig",
     "check_reachable",
     "config_to_toml",
@@ -53,6 +57,48 @@ class RestartConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     window: Positive = 60.0
     backoff: NonNegative = 0.1
     max_backoff: NonNegative = 5.0
+
+
+class EncryptionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """AES-GCM encryption at rest: ``keys`` maps key ids to ``"base64:..."``, ``"hex:..."`` or
+    ``"file:/path"``; new values are sealed with ``active``, and every listed key still
+    opens the values sealed with it (rotation: add the new key, make it active, keep the
+    old ones)."""
+
+    keys: dict[str, str]
+    active: str
+
+
+class CodecConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How stored values (params, checkpoints, payloads, results) are encoded.
+
+    Attributes:
+        format: ``json`` or ``msgpack``.
+        compression: ``none``, ``gzip`` or ``zstd`` (values of ``compress_threshold`` bytes
+            or more).
+        compress_threshold: smallest value, in bytes, that is compressed.
+        max_payload: largest encoded value accepted, in bytes; larger ones are refused with
+            a PayloadError before anything is written (NATS' default limit is 1 MiB).
+        encryption: encrypt every value (see :class:`EncryptionConfig`).
+    """
+
+    format: Literal["json", "msgpack"] = "json"
+    compression: Literal["none", "gzip", "zstd"] = "none"
+    compress_threshold: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    max_payload: Annotated[int, msgspec.Meta(ge=64)] = 1024 * 1024
+    encryption: EncryptionConfig | None = None
+
+
+class WorkflowCodecConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A workflow's own encoding; unset fields take the daemon's ``[codec]`` values, and its
+    values are sealed with the daemon's keys when ``encrypt`` is true (the default when the
+    daemon encrypts)."""
+
+    format: Literal["json", "msgpack"] | None = None
+    compression: Literal["none", "gzip", "zstd"] | None = None
+    compress_threshold: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    max_payload: Annotated[int, msgspec.Meta(ge=64)] | None = None
+    encrypt: bool | None = None
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -83,6 +129,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             or unset (no HTTP endpoint).
         actors: extra actors, each ``"module:factory"`` with ``factory(app) -> actor``.
         restart: the supervisor's restart budget.
+        codec: how stored values are encoded, compressed and encrypted (``[codec]``).
+        workflow_codecs: per-workflow overrides of ``codec`` (``[workflow_codecs."name"]``).
     """
 
     modules: tuple[str, ...] = ()
@@ -102,6 +150,45 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     metrics_address: str | None = None
     actors: tuple[str, ...] = ()
     restart: RestartConfig = msgspec.field(default_factory=RestartConfig)
+    codec: CodecConfig = msgspec.field(default_factory=CodecConfig)
+    workflow_codecs: dict[str, WorkflowCodecConfig] = msgspec.field(default_factory=dict)
+
+    def build_codecs(self) -> tuple[Codec, dict[str, Codec]]:
+        """The daemon's codec and the per-workflow ones.
+
+        Raises:
+            ConfigError: an unreadable or malformed key, a missing compression package.
+        """
+        c = self.codec
+        keyring = None
+        if c.encryption is not None:
+            keyring = Keyring.from_config(dict(c.encryption.keys), c.encryption.active)
+        main = CodecChain(
+            c.format,
+            compression=c.compression,
+            compress_threshold=c.compress_threshold,
+            keyring=keyring,
+            max_size=c.max_payload,
+        )
+        per_workflow: dict[str, Codec] = {}
+        for name, w in self.workflow_codecs.items():
+            encrypt = keyring is not None if w.encrypt is None else w.encrypt
+            if encrypt and keyring is None:
+                raise ConfigError(
+                    f"workflow_codecs.{name}.encrypt: no [codec.encryption] keys are configured"
+                )
+            per_workflow[name] = CodecChain(
+                w.format or c.format,
+                compression=w.compression or c.compression,
+                compress_threshold=(
+                    c.compress_threshold if w.compress_threshold is None else w.compress_threshold
+                ),
+                # Encrypted or not, it must read the daemon's values: keep its keys for reading.
+                keyring=keyring,
+                encrypt=encrypt,
+                max_size=w.max_payload or c.max_payload,
+            )
+        return main, per_workflow
 
     @property
     def effective_nats(self) -> str | None:
@@ -365,11 +452,13 @@ async def check_nats(key: str, url: str, *, timeout: float = 2.0) -> None:
 
 
 def config_to_toml(config: Config) -> str:
-    """The effective configuration as a TOML document (unset keys as comments)."""
+    """The effective configuration as a TOML document (unset keys as comments; encryption
+    keys are never printed, only their ids)."""
+    tables = ("restart", "codec", "workflow_codecs")
     lines: list[str] = []
     data = msgspec.to_builtins(config)
     for f in msgspec.structs.fields(Config):
-        if f.name == "restart":
+        if f.name in tables:
             continue
         value = data.get(f.name)
         if value is None:
@@ -378,11 +467,23 @@ def config_to_toml(config: Config) -> str:
             lines.append(f"{f.name} = {_toml_value(value)}")
     if config.effective_nats is not None and config.nats is None:
         lines.append(f"# nats defaults to {config.effective_nats}")
-    lines.append("")
-    lines.append("[restart]")
-    for key, value in data["restart"].items():
-        lines.append(f"{key} = {_toml_value(value)}")
+    lines += ["", "[restart]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in data["restart"].items()]
+    codec = dict(data["codec"])
+    encryption = codec.pop("encryption", None)
+    lines += ["", "[codec]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in codec.items()]
+    if encryption is not None:
+        lines += ["", "[codec.encryption]", f"active = {_toml_value(encryption['active'])}"]
+        lines += [f"keys.{_toml_key(k)} = \"(not shown)\"" for k in encryption["keys"]]
+    for name, override in data["workflow_codecs"].items():
+        lines += ["", f"[workflow_codecs.{_toml_key(name)}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in override.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
 
 
 def _toml_value(value: Any) -> str:

@@ -249,8 +249,11 @@ class Daemon:
         config = self.config
         await check_reachable(config)
         self._gate = _GatedBroker(broker_from_url(config.broker))
+        codec, workflow_codecs = config.build_codecs()
         r = config.restart
         app = App(
+            codec=codec,
+            workflow_codecs=workflow_codecs,
             store=_store(config),
             broker=self._gate,
             workflows=self.workflows,

@@ -18,6 +18,7 @@ import msgspec
 
 from stemd import wire
 from stemd.app import App
+from stemd.codec import Codec, codec_for
 from stemd.config import check_nats, check_sqlite
 from stemd.errors import (
     PayloadError,
@@ -290,6 +291,7 @@ async def open_client(
     workflows: Iterable[Workflow] = (),
     prefix: str = "stem",
     timeout: float = 5.0,
+    codecs: tuple[Codec, dict[str, Codec]] | None = None,
 ) -> AsyncIterator[Client]:
     """A :class:`Client` over ``nats_url`` if given, else straight to ``store``.
 
@@ -318,5 +320,12 @@ async def open_client(
         check_sqlite("--store", store)
     elif store.startswith(("nats://", "tls://")):
         await check_nats("--store", store, timeout=timeout)
-    async with App(store=store, workers=False, workflows=workflows) as app:
+    codec, per_workflow = codecs if codecs is not None else (codec_for("json"), {})
+    async with App(
+        store=store,
+        workers=False,
+        workflows=workflows,
+        codec=codec,
+        workflow_codecs=per_workflow,
+    ) as app:
         yield StoreClient(app)

@@ -19,7 +19,7 @@ import msgspec
 
 from stemd.cli.client import Client, open_client
 from stemd.cli.output import print_json, run_detail, runs_table
-from stemd.config import load_config
+from stemd.config import Config, load_config
 from stemd.errors import ConfigError, PayloadError, RunNotFound, StemError
 from stemd.loading import Workflow, load_workflows
 from stemd.model import CancellationPolicy, RunStatus, validate_run_id
@@ -168,8 +168,9 @@ async def _rewind(client: Client, args: argparse.Namespace) -> int:
 # -- wiring -----------------------------------------------------------------------------------
 
 
-def _workflows(args: argparse.Namespace) -> tuple[list[Workflow], str, str]:
-    """The workflows to validate starts against, the store URL and the subject prefix.
+def _workflows(args: argparse.Namespace) -> tuple[list[Workflow], str, str, Config]:
+    """The workflows to validate starts against, the store URL, the subject prefix, and
+    the configuration (whose codec reads the store's values, encrypted ones included).
 
     With a config (``--config``, ``STEMD_CONFIG`` or ``STEMD_MODULES``), its modules and
     entry points are loaded and an unknown workflow name is refused here; without one, the
@@ -182,12 +183,12 @@ def _workflows(args: argparse.Namespace) -> tuple[list[Workflow], str, str]:
     workflows: list[Workflow] = []
     if has_config and args.nats is None:
         workflows, _ = load_workflows(config.modules, use_entry_points=config.entry_points)
-    return workflows, config.store, config.prefix
+    return workflows, config.store, config.prefix, config
 
 
 def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        workflows, store, prefix = _workflows(args)
+        workflows, store, prefix, config = _workflows(args)
         if args.store is not None and args.nats is not None:
             raise ConfigError("give --store or --nats, not both")
 
@@ -198,6 +199,7 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
                 workflows=workflows,
                 prefix=args.prefix or prefix,
                 timeout=args.request_timeout,
+                codecs=config.build_codecs(),
             ) as client:
                 return await command(client, args)
 

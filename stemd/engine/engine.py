@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -91,10 +91,13 @@ class Engine:
         default_queue: str = "workflow",
         events: RunEvents | None = None,
         accept_unknown: bool = False,
+        codecs: Mapping[str, Codec] | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
         self.codec = codec
+        # Per-workflow codecs (encoding choices); every one reads what any other wrote.
+        self.codecs = dict(codecs or {})
         self.clock = clock
         self.workflows = workflows
         self.owner = owner
@@ -105,6 +108,10 @@ class Engine:
         self.on_timer: Callable[[datetime, str], None] | None = None
         self.timeout_value = codec.encode({"t": True})
         self.observer: Observer | None = None
+
+    def codec_for(self, workflow: str) -> Codec:
+        """The codec that encodes the values of ``workflow``'s runs."""
+        return self.codecs.get(workflow, self.codec) if self.codecs else self.codec
 
     # -- follow-ups of every state change -------------------------------------------------
 
@@ -172,7 +179,9 @@ class Engine:
         """Create a run (idempotent on ``run_id``) and enqueue it; return (id, created)."""
         name, definition = self.resolve(workflow)
         run_id = new_run_id() if run_id is None else validate_run_id(run_id)
-        raw = encoded_params if encoded_params is not None else self.codec.encode(params)
+        raw = encoded_params
+        if raw is None:
+            raw = self.codec_for(name).encode(params)
         if queue is None:
             queue = getattr(definition, "queue", None) or self.default_queue
         now = self.clock.now()

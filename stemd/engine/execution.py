@@ -102,7 +102,7 @@ class Execution:
 
     def __init__(self, engine: Engine, claim: Claim) -> None:
         self.engine = engine
-        self.codec: Codec = engine.codec
+        self.codec: Codec = engine.codec_for(claim.record.workflow)
         self.record = claim.record
         self.run_id = claim.record.run_id
         self.workflow_name = claim.record.workflow
