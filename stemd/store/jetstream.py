@@ -759,20 +759,25 @@ class JetStreamStore:
         return sorted((at, rid) for rid, at in out.items())[:limit]
 
     async def fire_timer(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:
+        found = self._cache.get(run_id)
+        fresh = found is None
         for _ in range(_MAX_TRIES):
-            found = self._cache.get(run_id) or await self._read(run_id)
             if found is None:
-                return FireResult(action="none")
+                found = await self._read(run_id)
+                fresh = True
+                if found is None:
+                    return FireResult(action="none")
             rev, doc = found
             action, new_rec, _ = apply_fire(doc.rec, now)
             if action == "none":
-                fresh = await self._read(run_id)
-                if fresh is not None and fresh[0] != rev:
+                if not fresh:  # not due by our cache: make sure
+                    found = None
                     continue
                 return FireResult(action="none", record=copy.copy(doc.rec))
             if action == "deleted" or new_rec is None:
                 if await self._delete(run_id, rev, doc):
                     return FireResult(action="deleted")
+                found = None
                 continue
             cps = doc.cps
             if action == "woken" and new_rec.resume_key is not None:
@@ -782,6 +787,7 @@ class JetStreamStore:
                 new_rev = await self._write(run_id, rev, doc, new)
             except WrongLastSequence:
                 self._cache.pop(run_id, None)
+                found = None
                 continue
             self._cache_put(run_id, new_rev, new)
             woken = await self._wake_parents(new, now) if action == "cancelled" else ()
