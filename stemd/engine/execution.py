@@ -126,6 +126,10 @@ class Execution:
         self._counters[base] = n + 1
         return f"{base}#{n}"
 
+    def _where(self, scope: str) -> str:
+        """``workflow <name> step <step>`` (or ``body``) for error messages."""
+        return f"workflow {self.workflow_name} " + (f"step {scope}" if scope else "body")
+
     def current_scope(self) -> str:
         frame = _frame.get()
         return frame[1] if frame is not None and frame[0] is self else ""
@@ -312,7 +316,7 @@ class Execution:
             envelope = self.codec.decode(raw)
             if "t" in envelope:
                 raise EventTimeout(topic)
-            return convert(envelope.get("e"), type, what=f"event {topic!r} payload")
+            return convert(envelope.get("e"), type, what=f"{self._where(scope)}: event {topic!r}")
         deadline = None if timeout is None else self._now() + timedelta(seconds=timeout)
         raise Interrupt(Suspend(wait_topic=topic, wait_key=key, resume_at=deadline))
 
@@ -366,4 +370,6 @@ class Execution:
         envelope = self.codec.decode(raw)
         if envelope["s"] != RunStatus.COMPLETED.value:
             raise ChildFailed(child_id, envelope["s"], envelope["m"])
-        return convert(envelope["r"], type, what=f"result of child {child_id}")
+        return convert(
+            envelope["r"], type, what=f"{self._where(scope)}: result of child {child_id}"
+        )
