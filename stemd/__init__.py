@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from stemd.app import App
 from stemd.authoring import Flow, FlowContext, Script, ScriptContext, StepContext, script, step
+from stemd.codec import Versioned
 from stemd.errors import (
     ChildFailed,
     ConfigError,
@@ -58,6 +59,7 @@ __all__ = (
     "StoreError",
     "TransportError",
     "UnknownWorkflow",
+    "Versioned",
     "WorkflowResult",
     "__version__",
     "script",

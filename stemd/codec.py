@@ -16,8 +16,9 @@ from __future__ import annotations
 import base64
 import gzip
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -26,12 +27,15 @@ from stemd.errors import ConfigError, PayloadError
 __all__ = [
     "Codec",
     "CodecChain",
+    "Versioned",
     "JsonCodec",
     "Keyring",
     "MsgpackCodec",
     "codec_for",
     "convert",
 ]
+
+T = TypeVar("T")
 
 DEFAULT_MAX_SIZE = 1024 * 1024
 _MAGIC = b"\xffS1"
@@ -239,6 +243,8 @@ class CodecChain:
         return header + b"\x00" + body
 
     def decode(self, data: bytes, type: Any = Any) -> Any:
+        if isinstance(type, Versioned):
+            return type.decode(self.decode(data))
         if data[:3] != _MAGIC:
             return self._others[b"j"].decode(data, type)
         return self._others_for(data, type)
@@ -285,10 +291,73 @@ def codec_for(codec_id: str) -> Codec:
     return CodecChain(codec_id)
 
 
+class Versioned(Generic[T]):
+    """A payload type whose schema evolves: values are stored with their schema version
+    beside them, and each version has its own decoder.
+
+    Example::
+
+        orders = Versioned(2, {1: upgrade_v1, 2: OrderV2}, legacy=1)
+        await app.emit("orders.placed", orders.wrap(OrderV2(...)))    # stored as version 2
+        order = await ctx.wait_for_event("orders.placed", type=orders)  # always an OrderV2
+
+    Args:
+        current: the version :meth:`wrap` writes.
+        decoders: version → a type (the value is converted into it) or a function taking
+            the plain stored value and returning the current type (an upgrade).
+        legacy: the version assumed for values stored without one (before versioning);
+            ``None`` refuses them.
+    """
+
+    field = "__stemd_version__"
+
+    def __init__(
+        self,
+        current: int,
+        decoders: Mapping[int, Any],
+        *,
+        legacy: int | None = None,
+    ) -> None:
+        if current not in decoders:
+            raise ValueError(f"no decoder for the current version {current}")
+        if legacy is not None and legacy not in decoders:
+            raise ValueError(f"no decoder for the legacy version {legacy}")
+        self.current = current
+        self.decoders = dict(decoders)
+        self.legacy = legacy
+
+    def wrap(self, value: Any, version: int | None = None) -> dict[str, Any]:
+        """``value`` with its schema version beside it, ready to be stored."""
+        return {self.field: self.current if version is None else version, "value": value}
+
+    def decode(self, plain: Any, what: str = "value") -> T:
+        """The current type from a stored plain value (of any known version)."""
+        if isinstance(plain, dict) and self.field in plain:
+            version, body = plain[self.field], plain.get("value")
+        elif self.legacy is not None:
+            version, body = self.legacy, plain
+        else:
+            raise PayloadError(f"{what}: no schema version stored (and no legacy version set)")
+        decoder = self.decoders.get(version) if isinstance(version, int) else None
+        if decoder is None:
+            known = ", ".join(str(v) for v in sorted(self.decoders))
+            raise PayloadError(f"{what}: unknown schema version {version!r} (known: {known})")
+        if isinstance(decoder, type) or getattr(decoder, "__origin__", None) is not None:
+            return convert(body, decoder, what=f"{what} (schema version {version})")  # type: ignore[no-any-return]
+        try:
+            return decoder(body)  # type: ignore[no-any-return]
+        except PayloadError:
+            raise
+        except Exception as exc:
+            raise PayloadError(f"{what} (schema version {version}): {exc}") from exc
+
+
 def convert(value: Any, type: Any, *, what: str) -> Any:
     """Convert a plain decoded value into ``type``; raise :class:`PayloadError` naming ``what``."""
     if type is Any or type is None:
         return value
+    if isinstance(type, Versioned):
+        return type.decode(value, what)
     try:
         return msgspec.convert(value, type, strict=False)
     except msgspec.ValidationError as exc:
