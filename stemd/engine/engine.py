@@ -219,13 +219,14 @@ class Engine:
             return None
         rec = claim.record
         self._changed(rec)
-        bound = log.bind(run_id=run_id, workflow=rec.workflow)
+        # Bound only when a slice has something to report: binding costs on every slice.
+        ids = {"run_id": run_id, "workflow": rec.workflow}
         outcome: Outcome | None = None
         started = time.perf_counter()
         try:
             outcome = await self._execute(claim)
         except LeaseLost:
-            bound.warning("lease lost; abandoning the slice")
+            log.warning("lease lost; abandoning the slice", **ids)
             if self.observer is not None:
                 self.observer.lease_lost(rec.workflow)
             return None
@@ -243,14 +244,14 @@ class Engine:
         try:
             result = await self.store.commit(run_id, claim.token, outcome, self.clock.now())
         except LeaseLost:
-            bound.warning("lease lost at commit; outcome discarded", outcome=outcome.kind)
+            log.warning("lease lost at commit; outcome discarded", **ids, outcome=outcome.kind)
             if self.observer is not None:
                 self.observer.lease_lost(rec.workflow)
             return None
         if self.observer is not None:
             self.observer.slice_finished(rec.workflow, outcome.kind, time.perf_counter() - started)
         if isinstance(outcome, Fail):
-            bound.warning("run failed", error=outcome.error.message, step=outcome.error.step)
+            log.warning("run failed", **ids, error=outcome.error.message, step=outcome.error.step)
         await self._after(result)
         return result.record
 
@@ -266,7 +267,7 @@ class Engine:
         execution = Execution(self, claim)
         outcome: Outcome | None = None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keep_lease, claim, tg.cancel_scope)
+            tg.start_soon(self._keep_lease, claim, tg.cancel_scope, name="keep-lease")
             try:
                 if isinstance(definition, Flow):
                     outcome = await execution.run_flow(definition)
