@@ -179,6 +179,26 @@ async def latency(url: str, runs: int) -> dict[str, Any]:
     }
 
 
+def _report(label: str, sync: str, t: dict[str, Any], lat: dict[str, Any] | None) -> None:
+    print(
+        f"{label:<9} synchronous={sync:<6} throughput: {t['workflows_per_s']:>7,.0f} workflows/s"
+        f" {t['steps_per_s']:>7,.0f} steps/s  ({t['runs']} runs in {t['seconds']} s,"
+        f" {t['writes_per_commit']} writes/commit)",
+        flush=True,
+    )
+    if lat is not None:
+        print(
+            f"{label:<9} synchronous={sync:<6} latency:    p50 {lat['p50_ms']:.2f} ms"
+            f"  p99 {lat['p99_ms']:.2f} ms  ({lat['runs']} sequential runs)",
+            flush=True,
+        )
+
+
+def _median(rows: list[dict[str, Any]], kind: str, key: str) -> float | None:
+    values = [r[kind][key] for r in rows if kind in r]
+    return round(statistics.median(values), 3) if values else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5000, help="runs for throughput")
@@ -188,38 +208,75 @@ def main() -> None:
     parser.add_argument("--sync", choices=["FULL", "NORMAL", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=1, help="measurements of each kind")
     parser.add_argument("--prefill", type=int, default=0, help="finished runs to insert first")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="with --prefill: also measure an empty database before each prefilled one"
+        " and print the degradation of the medians",
+    )
     parser.add_argument("--db", type=Path, default=None, help="keep the database here")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
 
     modes = ["FULL", "NORMAL"] if args.sync == "both" else [args.sync]
     tmp = Path(tempfile.mkdtemp(prefix="stemd-bench-"))
-    summary: dict[str, Any] = {"prefill": args.prefill, "results": []}
+    prefilled = args.db or tmp / "prefilled.db"
+    summary: dict[str, Any] = {"prefill": args.prefill, "medians": [], "results": []}
     if args.prefill:
-        path = args.db or tmp / "prefilled.db"
-        seconds = prefill(path, args.prefill)
-        print(f"prefill: {args.prefill:,} finished runs in {path} ({seconds:.1f} s)")
+        seconds = prefill(prefilled, args.prefill)
+        print(f"prefill: {args.prefill:,} finished runs in {prefilled} ({seconds:.1f} s)")
+    labels = (
+        ["empty", "prefilled"]
+        if args.prefill and args.baseline
+        else ["prefilled" if args.prefill else "empty"]
+    )
     for sync in modes:
+        rows: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
         for i in range(args.repeat):
-            path = args.db or (tmp / "prefilled.db" if args.prefill else tmp / f"{sync}-{i}.db")
-            url = f"sqlite:///{path}?synchronous={sync}"
-            t = anyio.run(throughput, url, args.runs, args.clients, args.concurrency)
+            for label in labels:
+                if label == "prefilled":
+                    path = prefilled
+                else:
+                    path = args.db if args.db and not args.prefill else tmp / f"{sync}-{i}.db"
+                url = f"sqlite:///{path}?synchronous={sync}"
+                t = anyio.run(throughput, url, args.runs, args.clients, args.concurrency)
+                lat = None if args.skip_latency else anyio.run(latency, url, args.latency_runs)
+                _report(label, sync, t, lat)
+                row: dict[str, Any] = {"db": label, "synchronous": sync, "throughput": t}
+                if lat is not None:
+                    row["latency"] = lat
+                rows[label].append(row)
+                summary["results"].append(row)
+        for label in labels:
+            median = {
+                "db": label,
+                "synchronous": sync,
+                "workflows_per_s": _median(rows[label], "throughput", "workflows_per_s"),
+                "steps_per_s": _median(rows[label], "throughput", "steps_per_s"),
+                "p50_ms": _median(rows[label], "latency", "p50_ms"),
+                "p99_ms": _median(rows[label], "latency", "p99_ms"),
+            }
+            summary["medians"].append(median)
+            latency_text = (
+                f", p50 {median['p50_ms']} ms, p99 {median['p99_ms']} ms"
+                if median["p50_ms"] is not None
+                else ""
+            )
             print(
-                f"synchronous={sync:<6} throughput: {t['workflows_per_s']:>8,.0f} workflows/s"
-                f" {t['steps_per_s']:>8,.0f} steps/s  ({t['runs']} runs in {t['seconds']} s,"
-                f" {t['writes_per_commit']} writes/commit)",
+                f"median of {args.repeat}: {label} synchronous={sync}:"
+                f" {median['workflows_per_s']:,.0f} workflows/s{latency_text}",
                 flush=True,
             )
-            row: dict[str, Any] = {"synchronous": sync, "throughput": t}
-            if not args.skip_latency:
-                lat = anyio.run(latency, url, args.latency_runs)
-                print(
-                    f"synchronous={sync:<6} latency:    p50 {lat['p50_ms']:.2f} ms"
-                    f"  p99 {lat['p99_ms']:.2f} ms  ({lat['runs']} sequential runs)",
-                    flush=True,
-                )
-                row["latency"] = lat
-            summary["results"].append(row)
+        if len(labels) == 2:
+            empty = summary["medians"][-2]["workflows_per_s"]
+            full = summary["medians"][-1]["workflows_per_s"]
+            change = 100 * (full - empty) / empty
+            summary["degradation_percent"] = round(-change, 1)
+            print(
+                f"after {args.prefill:,} finished runs: {change:+.1f} % workflows/s"
+                f" (synchronous={sync})",
+                flush=True,
+            )
     print(json.dumps(summary))
 
 
