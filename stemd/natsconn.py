@@ -481,6 +481,14 @@ class NatsConnection:
             raise
         return True
 
+    async def purge_subject_nowait(self, stream: str, subject: str) -> None:
+        """Ask for every message on ``subject`` to be purged, without waiting."""
+        await self.publish(
+            f"$JS.API.STREAM.PURGE.{stream}",
+            _encoder.encode({"filter": subject}),
+            reply=self._void,
+        )
+
     async def delete_msg_nowait(self, stream: str, seq: int) -> None:
         """Ask for a message's deletion without waiting for the answer."""
         # A reply subject nobody subscribes to: the server drops the answer.

@@ -86,19 +86,13 @@ _CHUNK = 1000
 _STALE_AFTER = timedelta(seconds=60)
 
 
-class _Entry(msgspec.Struct, frozen=True, array_like=True):
-    """An index entry owned by a document: its key and the stream sequence it got."""
-
-    key: str
-    seq: int
-
-
 class _Doc(msgspec.Struct, kw_only=True):
     """What ``run.<run_id>`` holds."""
 
     rec: RunRecord
     cps: dict[str, bytes] = msgspec.field(default_factory=dict)
-    idx: dict[str, _Entry] = msgspec.field(default_factory=dict)
+    # The index entries it owns: kind → key.
+    idx: dict[str, str] = msgspec.field(default_factory=dict)
     # Stream sequence of the run's creation: list_runs orders by it.
     order: int = 0
     # Unique per write: tells whether a write whose acknowledgement was lost happened.
@@ -369,24 +363,27 @@ class JetStreamStore:
         self._nonce += 1
         return f"{self._nonce_prefix}{self._nonce:x}"
 
-    async def _put_entry(self, base: str) -> _Entry:
+    async def _put_entry(self, base: str) -> str:
+        """Store a new index entry without waiting for its acknowledgement: it is sent
+        before the document that refers to it, on the same connection to the same
+        stream, so the stream stores it first."""
         key = f"{base}.{self._next_nonce()}"
-        ack = await self._retry("put", self.conn.js_publish, self._pre + key, b"")
-        return _Entry(key, ack.seq)
+        await self.conn.publish(self._pre + key, b"")
+        return key
 
     async def _write(self, run_id: str, rev: int, old: _Doc | None, new: _Doc) -> int:
         """Compare-and-set ``new`` over revision ``rev`` (0: create), keeping its index
         entries in step. Raises WrongLastSequence when someone else wrote first."""
         old_idx = old.idx if old is not None else {}
-        idx: dict[str, _Entry] = {}
+        idx: dict[str, str] = {}
         missing: list[tuple[str, str]] = []
         for kind, base in _wanted(new.rec).items():
             entry = old_idx.get(kind)
-            if entry is not None and _base(entry.key) == base:
+            if entry is not None and _base(entry) == base:
                 idx[kind] = entry
             else:
                 missing.append((kind, base))
-        added: list[_Entry] = []
+        added: list[str] = []
         try:
             for kind, base in missing:
                 entry = await self._put_entry(base)
@@ -450,13 +447,14 @@ class JetStreamStore:
                 raise WrongLastSequence(400, 10071, f"wrong last sequence: {current}")
             log.info("NATS unavailable; retrying a write", run_id=run_id, error=str(error))
 
-    async def _forget(self, entry: _Entry) -> None:
+    async def _forget(self, key: str) -> None:
         """Delete an index entry without waiting (a lost deletion leaves a stale entry,
-        which readers ignore and clean up)."""
+        which readers ignore and clean up). Keys are never reused: purging the subject
+        removes exactly that entry."""
         try:
-            await self.conn.delete_msg_nowait(self.stream, entry.seq)
+            await self.conn.purge_subject_nowait(self.stream, self._pre + key)
         except Exception as exc:
-            log.debug("index entry not deleted", key=entry.key, error=repr(exc))
+            log.debug("index entry not deleted", key=key, error=repr(exc))
 
     async def _mutate(
         self, run_id: str, fn: Callable[[_Doc], _Doc | None]
@@ -521,7 +519,7 @@ class JetStreamStore:
         current = await self._read(run_id)
         if current is not None:
             rev, doc = current
-            if any(e.key == key for e in doc.idx.values()):
+            if key in doc.idx.values():
                 return
             # A no-op compare-and-set: a writer that put this entry and has not yet
             # written its document will now fail and retry with a new entry.
@@ -545,7 +543,7 @@ class JetStreamStore:
             found = docs.get(run_id)
             entry = found[1].idx.get(kind) if found is not None else None
             for key in keys:
-                if found is not None and entry is not None and entry.key == key:
+                if found is not None and entry == key:
                     out.append((run_id, found[0], found[1]))
                 else:
                     await self._clean(key, run_id)
@@ -748,7 +746,7 @@ class JetStreamStore:
             for _, run_id, key in chunk:
                 found = docs.get(run_id)
                 entry = found[1].idx.get("timer") if found is not None else None
-                if found is None or entry is None or entry.key != key:
+                if found is None or entry != key:
                     await self._clean(key, run_id)
                     continue
                 at = found[1].rec.timer_at
