@@ -124,7 +124,7 @@ class App:
         self.lease = lease
         self.sweep_interval = sweep_interval if sweep_interval is not None else lease / 2
         self.restart_policy = restart_policy
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_run_id()[:8]}"
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_run_id()[-8:]}"
         self._engine: Engine | None = None
         self._tg: TaskGroup | None = None
         self.supervisor: Supervisor | None = None
