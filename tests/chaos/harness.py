@@ -14,7 +14,8 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -238,10 +239,12 @@ class Snapshot:
 
 @dataclass
 class Ledger:
-    """The side-effect file and a snapshot taken at each fault."""
+    """The side-effect file and snapshots taken around each fault."""
 
     path: Path
     snapshots: list[Snapshot] = field(default_factory=list)
+    # (before, after) snapshots of each fault.
+    faults: list[tuple[Snapshot, Snapshot]] = field(default_factory=list)
 
     async def snapshot(self, client: stemd.App) -> Snapshot:
         """Record what is committed, *then* what has run: every execution that led to a
@@ -252,6 +255,16 @@ class Ledger:
         self.snapshots.append(snap)
         return snap
 
+    @asynccontextmanager
+    async def fault(self, client: stemd.App) -> AsyncIterator[None]:
+        """Snapshot before and after the fault injected in the block (the store must be
+        reachable at both ends). A step not committed before the fault that had run by its
+        end may run once more."""
+        before = await self.snapshot(client)
+        yield
+        after = await self.snapshot(client)
+        self.faults.append((before, after))
+
     def check(self, seed: int) -> Counter[EffectKey]:
         """Assert the ledger's rule; return the final counts."""
         effects = read_effects(self.path)
@@ -260,19 +273,19 @@ class Ledger:
             for key in snap.committed:
                 assert snap.ok[key] >= 1, f"seed {seed}: {key} committed with no side effect"
                 assert ok[key] == snap.ok[key], (
-                    f"seed {seed}: {key} was committed at fault {k} and ran again "
+                    f"seed {seed}: {key} was committed at snapshot {k} and ran again "
                     f"({snap.ok[key]} -> {ok[key]})"
                 )
         for key, n in ok.items():
             interrupted = sum(
-                1 for s in self.snapshots if s.ok[key] >= 1 and key not in s.committed
+                1 for b, a in self.faults if a.ok[key] >= 1 and key not in b.committed
             )
             assert n <= 1 + interrupted, (
                 f"seed {seed}: {key} ran {n}x with {interrupted} interruption(s)"
             )
         for (run_id, step, attempt, outcome), n in effects.items():
             if outcome == "fail":
-                assert n <= 1 + len(self.snapshots), (
+                assert n <= 1 + len(self.faults), (
                     f"seed {seed}: failing attempt {attempt} of {run_id}/{step} ran {n}x"
                 )
         return effects
@@ -349,10 +362,19 @@ async def wait_ended(
                 await anyio.sleep(0.25)
     except TimeoutError:
         left = Counter(r.status.value for r in runs)
-        stuck = [r.run_id for r in runs if r.status not in TERMINAL][:10]
+        stuck = [_describe(r) for r in runs if r.status not in TERMINAL][:10]
         raise AssertionError(
-            f"{what}: not all ended in {timeout}s: {dict(left)} (e.g. {stuck})"
+            f"{what}: not all ended in {timeout}s: {dict(left)}; e.g.\n" + "\n".join(stuck)
         ) from None
+
+
+def _describe(state: stemd.RunState) -> str:
+    return (
+        f"{state.run_id} {state.workflow} {state.status.value} topic={state.wait_topic} "
+        f"resume_at={state.resume_at} child={state.wait_child} updated={state.updated_at} "
+        f"attempts={state.attempts} lease={state.lease_owner}/{state.lease_expires_at} "
+        f"steps={list(state.checkpoints)}"
+    )
 
 
 async def check_runs(

@@ -78,8 +78,8 @@ async def test_sigkill_cycles_lose_no_run_and_rerun_no_committed_step(tmp_path: 
                     with anyio.move_on_after(10):
                         await wait_until(progressed, timeout=11)
                     await anyio.sleep(rng.uniform(0.0, 1.0))
-                    daemon.kill()
-                    await ledger.snapshot(client)
+                    async with ledger.fault(client):
+                        daemon.kill()
                     live = await client.list_runs(status="running", limit=100_000)
                     live += await client.list_runs(status="suspended", limit=100_000)
                     live += await client.list_runs(status="pending", limit=100_000)
