@@ -425,3 +425,29 @@ async def test_commit_and_wake_through_sqlite(tmp_path: Path) -> None:
         assert result.woken == ("parent",)
         rec = await store.get_run("parent")
         assert rec is not None and rec.status is RunStatus.PENDING
+
+
+def _sync_level(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA synchronous").fetchone()[0])
+
+
+async def test_only_claim_and_renewal_batches_skip_the_fsync(tmp_path: Path) -> None:
+    """With synchronous=FULL, a batch holding any durable write commits with FULL; only a
+    batch of claims and lease renewals alone commits without its own fsync."""
+    async with opened(tmp_path / "x.db") as store:
+        writer = store.writer
+        assert await writer.submit(_sync_level, durable=False) == 1
+        assert await writer.submit(_sync_level) == 2
+        async with writer_held(store) as gate, anyio.create_task_group() as tg:
+            levels: list[int] = []
+
+            async def level(durable: bool) -> None:
+                levels.append(await writer.submit(_sync_level, durable=durable))
+
+            tg.start_soon(level, False)
+            tg.start_soon(level, True)
+            await wait_until(lambda: _queued(store, 2), what="2 queued writes")
+            gate.set()
+        assert levels == [2, 2]
+    async with opened(tmp_path / "n.db", synchronous="NORMAL") as store:
+        assert await store.writer.submit(_sync_level) == 1
