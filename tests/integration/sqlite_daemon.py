@@ -1,8 +1,9 @@
 """A stemd daemon for the SQLite crash tests: runs an embedded App forever.
 
     python tests/integration/sqlite_daemon.py DB EFFECTS READY [--block] [--lease S]
+        [--name NAME]
 
-Every step execution appends one line ``<run_id> <step>`` to EFFECTS and fsyncs it
+Every step execution appends one line ``<run_id> <step> <name>`` to EFFECTS and fsyncs it
 before doing anything else. With ``--block``, a ``crash.flow`` step named by the run's
 ``block`` param then waits forever (the test SIGKILLs the daemon there). The daemon
 creates the file READY once it serves. Logs go to stderr.
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import stemd
 
-ARGS = argparse.Namespace(effects="", block=False)
+ARGS = argparse.Namespace(effects="", block=False, name="daemon")
 CRASH_STEPS = ("s1", "s2", "s3")
 BURST_STEPS = ("b1", "b2", "b3", "b4")
 
@@ -31,7 +32,7 @@ def effect(run_id: str, step: str) -> None:
     """Record one execution of ``step`` durably."""
     fd = os.open(ARGS.effects, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{run_id} {step}\n".encode())
+        os.write(fd, f"{run_id} {step} {ARGS.name}\n".encode())
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -66,6 +67,7 @@ async def main() -> None:
     parser.add_argument("--block", action="store_true")
     parser.add_argument("--lease", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--name", default="daemon")
     parser.parse_args(namespace=ARGS)
     async with stemd.App(
         store=f"sqlite:///{ARGS.db}",

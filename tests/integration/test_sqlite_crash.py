@@ -30,11 +30,11 @@ LEASE = 1.0
 class Daemon:
     """One daemon process on the test's database."""
 
-    def __init__(self, tmp: Path, name: str, *, block: bool = False) -> None:
+    def __init__(self, tmp: Path, name: str, *, block: bool = False, lease: float = LEASE) -> None:
         self.ready = tmp / f"{name}.ready"
         self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         args = [sys.executable, str(DAEMON), str(tmp / "stemd.db"), str(tmp / "effects")]
-        args += [str(self.ready), "--lease", str(LEASE)]
+        args += [str(self.ready), "--lease", str(lease), "--name", name]
         if block:
             args.append("--block")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
@@ -66,11 +66,15 @@ def daemons() -> Iterator[list[Daemon]]:
             daemon.stop()
 
 
+def effect_lines(tmp: Path) -> list[list[str]]:
+    """The side-effect file's lines: run id, step, daemon name."""
+    path = tmp / "effects"
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def effects(tmp: Path) -> Counter[tuple[str, str]]:
     """How many times each (run, step) started, from the side-effect file."""
-    path = tmp / "effects"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return Counter(tuple(line.split()) for line in lines)  # type: ignore[misc]
+    return Counter((run_id, step) for run_id, step, _ in effect_lines(tmp))
 
 
 def checkpointed(db_path: Path) -> set[tuple[str, str]]:
@@ -205,3 +209,36 @@ async def test_sigkill_during_a_burst_of_commits_loses_and_corrupts_nothing(
             key = (run_id, step)
             limit = 1 if key in committed else 2
             assert 1 <= after[key] <= limit, f"{key} ran {after[key]}x"
+
+
+async def test_two_daemons_share_one_file_and_run_each_step_once(tmp_path: Path) -> None:
+    """Two daemon processes on one SQLite file share the runs: every run completes, both
+    daemons work, and no step runs twice."""
+    db_path = tmp_path / "stemd.db"
+    runs = [f"shared{i:04d}" for i in range(400)]
+    with daemons() as running:
+        for name in ("one", "two"):
+            # A long lease: on this loaded machine a late renewal must not hand a live
+            # run to the other daemon (that would be a legitimate second execution).
+            daemon = Daemon(tmp_path, name, lease=30.0)
+            running.append(daemon)
+            await daemon.wait_ready()
+        async with stemd.App(store=f"sqlite:///{db_path}", workers=False) as client:
+
+            async def start(chunk: list[str]) -> None:
+                for run_id in chunk:
+                    await client.start_workflow("burst.flow", run_id=run_id)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(8):
+                    tg.start_soon(start, runs[i::8])
+
+            async def all_completed() -> bool:
+                return statuses(db_path) == {"completed": len(runs)}
+
+            await wait_until(all_completed, timeout=60, what="every run to complete")
+    lines = effect_lines(tmp_path)
+    counts = Counter((run_id, step) for run_id, step, _ in lines)
+    assert set(counts) == {(r, s) for r in runs for s in BURST_STEPS}
+    assert set(counts.values()) == {1}
+    assert {name for _, _, name in lines} == {"one", "two"}
