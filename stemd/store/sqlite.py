@@ -175,27 +175,36 @@ class SqliteStore:
             raise
         return db
 
-    async def open(self) -> None:
-        if self._writer is not None:
-            return
-        try:
-            db = await anyio.to_thread.run_sync(self._connect_writer)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
-        try:
-            reader = await aiosqlite.connect(self.path, isolation_level=None)
-            for pragma in _pragmas(self.synchronous, self.busy_timeout):
-                await reader.execute(pragma)
-            await reader.execute("PRAGMA query_only = 1")
-        except BaseException:
-            db.close()
-            raise
+    def _connect_point(self) -> sqlite3.Connection:
         # Point reads (one run, its checkpoints) run on the event loop's thread: a WAL
         # read by key takes a few microseconds, far less than a hop to a reader thread.
         # They never wait: a lock (a rare WAL recovery) sends them to the reader thread.
         point = sqlite3.connect(self.path, isolation_level=None, cached_statements=64)
         point.execute("PRAGMA busy_timeout = 0")
         point.execute("PRAGMA query_only = 1")
+        return point
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        db: sqlite3.Connection | None = None
+        reader: aiosqlite.Connection | None = None
+        try:
+            db = await anyio.to_thread.run_sync(self._connect_writer)
+            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            for pragma in _pragmas(self.synchronous, self.busy_timeout):
+                await reader.execute(pragma)
+            await reader.execute("PRAGMA query_only = 1")
+            point = self._connect_point()
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                if reader is not None:
+                    await reader.close()
+                if db is not None:
+                    db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+            raise
         writer = Writer(
             db,
             synchronous=self.synchronous,
@@ -219,7 +228,8 @@ class SqliteStore:
             finally:
                 if reader is not None:
                     await reader.close()
-                if writer is not None:
+                if writer is not None and not writer.running:
+                    # The last connection to close checkpoints the WAL: off the loop.
                     await anyio.to_thread.run_sync(writer.db.close)
 
     # -- writes (through the writer) ------------------------------------------------------

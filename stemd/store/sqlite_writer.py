@@ -146,6 +146,11 @@ class Writer:
         """Start the writer's thread."""
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """Whether the writer's thread is alive (it still owns the connection)."""
+        return self._thread.is_alive()
+
     async def submit(
         self, fn: Callable[..., T], *args: Any, txn: bool = True, durable: bool = True
     ) -> T:
@@ -173,6 +178,8 @@ class Writer:
         if self._thread.is_alive():
             with anyio.move_on_after(timeout, shield=True):
                 await anyio.to_thread.run_sync(self._thread.join)
+            if self._thread.is_alive():  # pragma: no cover - a disk stuck for `timeout`
+                log.error("the SQLite writer did not finish in time; leaving it behind")
 
     def _loop(self) -> None:
         queue = self._queue
