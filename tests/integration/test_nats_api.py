@@ -57,8 +57,7 @@ async def run_count(app: stemd.App) -> int:
 async def test_start_is_idempotent_and_get_returns_the_contract_fields(
     app: stemd.App, conn: NatsConnection
 ) -> None:
-    """start creates once per run id; get returns RunState with contract names, lower-case
-    statuses and RFC 3339 times."""
+    """start creates once per run id; get returns the contract's RunState JSON."""
     body = {
         "workflow": "api.flow",
         "params": {"doc": 42},
@@ -214,8 +213,7 @@ BAD_REQUESTS: list[tuple[str, bytes, str]] = [
 async def test_bad_requests_get_a_contract_error_and_change_nothing(
     app: stemd.App, conn: NatsConnection, verb: str, body: bytes, code: str
 ) -> None:
-    """A malformed, mistyped, incomplete, over-specified or unknown request is answered
-    with its error code and writes nothing."""
+    """Every kind of bad request gets its contract error code and writes nothing."""
     before = await run_count(app)
     reply = await call(conn, verb, body)
     assert set(reply) == {"error"}

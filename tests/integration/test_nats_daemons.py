@@ -204,8 +204,7 @@ async def test_runs_of_a_killed_daemon_finish_on_the_other(
 async def test_daemons_reconnect_after_nats_restarts_mid_load(
     nats: NatsServer, tmp_path: Path
 ) -> None:
-    """nats-server SIGKILLed and restarted mid-load: the daemons reconnect and finish
-    every run."""
+    """nats-server SIGKILLed and restarted mid-load: the daemons reconnect, finish all."""
     effects = tmp_path / "effects.txt"
     async with daemons(nats.url, effects, "d1", "d2") as procs, client(nats.url) as app:
         ids = await start_runs(app, "slow.flow", 150)

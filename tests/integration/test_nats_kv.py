@@ -95,8 +95,7 @@ async def test_a_stale_owner_on_another_instance_is_fenced(nats: NatsServer) -> 
 async def test_index_entries_left_by_a_crash_are_ignored_then_removed(
     nats: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An index entry its run no longer refers to (a writer died) changes no answer and
-    is cleaned up once old."""
+    """An index entry left by a dead writer changes no answer and is removed once old."""
     async with open_store(nats.url) as store:
         await store.create_run(record("r1"))
         claim = await store.claim("r1", "w", T0, 30.0)
@@ -119,8 +118,7 @@ async def test_index_entries_left_by_a_crash_are_ignored_then_removed(
 
 
 async def test_a_run_too_large_for_one_message_is_refused_unchanged(nats: NatsServer) -> None:
-    """A checkpoint that would not fit in a NATS message raises PayloadError and changes
-    nothing; the run stays usable."""
+    """A write too large for one NATS message raises PayloadError and changes nothing."""
     async with open_store(nats.url) as store:
         await store.create_run(record("r1"))
         claim = await store.claim("r1", "w", T0, 30.0)
@@ -138,8 +136,7 @@ async def test_a_run_too_large_for_one_message_is_refused_unchanged(nats: NatsSe
 async def test_a_write_whose_acknowledgement_is_lost_is_not_done_twice(
     nats: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When a compare-and-set is stored but its ack never arrives, the store reads back,
-    sees its own write, and reports success instead of a conflict."""
+    """A write stored whose ack is lost is found by reading back: success, not conflict."""
     async with open_store(nats.url, retry_for=5) as store:
         await store.create_run(record("r1"))
         claim = await store.claim("r1", "w", T0, 30.0)
@@ -166,8 +163,7 @@ async def test_a_write_whose_acknowledgement_is_lost_is_not_done_twice(
 
 
 async def test_operations_wait_out_a_nats_restart(nats: NatsServer) -> None:
-    """Data survives a server SIGKILL; an operation issued while NATS is down completes
-    once it is back."""
+    """Data survives a server SIGKILL; an operation made while it is down completes later."""
     async with open_store(nats.url, timeout=1, retry_for=20) as store:
         await store.create_run(record("r1"))
         claim = await store.claim("r1", "w", T0, 30.0)
