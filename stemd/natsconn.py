@@ -16,6 +16,7 @@ Everything else in stemd goes through :class:`NatsConnection`, which
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -423,6 +424,29 @@ class NatsConnection:
         """The last message on ``subject`` (a direct get), or ``None``."""
         reply = await self.request(f"$JS.API.DIRECT.GET.{stream}.{subject}")
         return _stored(reply)
+
+    async def leader_get(self, stream: str, subject: str) -> StoredMsg | None:
+        """The last message on ``subject``, read by the stream's leader, or ``None``.
+
+        Slower than :meth:`direct_get`, which any replica of a replicated stream may
+        answer from a state that lags behind the last acknowledged write: this one sees
+        every acknowledged write (headers are not returned)."""
+        try:
+            reply = await self.js_api(f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject})
+        except JetStreamApiError as exc:
+            if exc.err_code == 10037:  # no message found
+                return None
+            raise
+        try:
+            msg = reply["message"]
+            return StoredMsg(
+                subject=msg["subject"],
+                seq=int(msg["seq"]),
+                data=base64.b64decode(msg.get("data") or ""),
+                time=msg.get("time", ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TransportError(f"message get: unexpected reply {str(reply)[:200]}") from exc
 
     async def direct_get_seq(self, stream: str, seq: int) -> StoredMsg | None:
         """The message with sequence ``seq``, or ``None``."""

@@ -13,12 +13,18 @@ Layout of the bucket (a KV bucket, so ``nats kv`` tools can inspect it):
   (waiting on a child), ``idx.timer.<epoch_ms>.<id>`` (the run's next timer),
   ``idx.parent.<parent>.<id>`` (children of a run).
 
-An entry is written *before* the document that refers to it and deleted (by stream
-sequence, so precisely that message) *after* the document stopped referring to it; the
+An entry is written (and acknowledged) *before* the document that refers to it and
+deleted (by subject, so precisely that entry) *after* the document stopped referring to it; the
 nonce makes every entry a fresh subject, so two racing writers never overwrite each
 other's entries. The document is the truth: readers check every entry against it, so an
 entry left behind by a crash is harmless, and it is removed once old (after a no-op
 compare-and-set on the document, which fences out any writer still about to refer to it).
+
+On a replicated bucket (R3) any replica may answer a direct get, possibly from a state
+that lags behind the last acknowledged write. A read may therefore justify a change (the
+compare-and-set proves it current) but not a refusal: "not runnable", "not owned", "no such
+run" and the listings that wake parents and deliver events are confirmed by the stream's
+leader. With one replica the server is the leader and nothing is read twice.
 
 Values live inside the document; the document must fit in one message (the server's
 ``max_payload``, 1 MiB by default), otherwise the write fails with :class:`PayloadError`.
@@ -314,16 +320,28 @@ class JetStreamStore:
             doc.order = seq  # never rewritten since its creation
         return doc
 
-    async def _read(self, run_id: str) -> tuple[int, _Doc] | None:
-        msg = await self._retry(
-            "get", self.conn.direct_get, self.stream, f"{self._pre}run.{run_id}"
-        )
+    async def _read(self, run_id: str, *, leader: bool = False) -> tuple[int, _Doc] | None:
+        """The run's revision and document. Any replica of a replicated bucket may answer
+        a direct get, from a state that lags behind the last acknowledged write; with
+        ``leader`` the stream's leader answers, and every acknowledged write is seen."""
+        subject = f"{self._pre}run.{run_id}"
+        if leader and self.replicas > 1:
+            msg = await self._retry("get", self.conn.leader_get, self.stream, subject)
+        else:
+            msg = await self._retry("get", self.conn.direct_get, self.stream, subject)
         if msg is None:
             self._cache.pop(run_id, None)
             return None
         doc = self._decode(msg.data, msg.seq)
         self._cache_put(run_id, msg.seq, doc)
         return msg.seq, doc
+
+    async def _lookup(self, run_id: str) -> tuple[int, _Doc] | None:
+        """As :meth:`_read`, but a run is never reported missing by a lagging replica."""
+        found = await self._read(run_id)
+        if found is None and self.replicas > 1:
+            found = await self._read(run_id, leader=True)
+        return found
 
     async def _read_many(self, run_ids: Iterable[str]) -> dict[str, tuple[int, _Doc]]:
         subjects = [f"{self._pre}run.{rid}" for rid in dict.fromkeys(run_ids)]
@@ -359,46 +377,73 @@ class JetStreamStore:
         cut = len(self._pre)
         return [s[cut:] for s in subjects]
 
+    async def _listed(self, pattern: str) -> dict[str, list[str]]:
+        """The run ids of the index entries matching ``pattern``, with their keys. On a
+        replicated bucket the leader lists them (a batched direct get may be answered by a
+        lagging replica), so every entry acknowledged before the call is there."""
+        if self.replicas > 1:
+            found = await self._retry(
+                "list", self.conn.stream_subjects, self.stream, self._pre + pattern
+            )
+            keys = [s[len(self._pre) :] for s in found]
+        else:
+            keys = await self._keys(pattern)
+        by_run: dict[str, list[str]] = {}
+        for key in keys:
+            by_run.setdefault(_base(key).rpartition(".")[2], []).append(key)
+        return by_run
+
     def _next_nonce(self) -> str:
         self._nonce += 1
         return f"{self._nonce_prefix}{self._nonce:x}"
 
-    async def _put_entry(self, base: str) -> str:
-        """Store a new index entry without waiting for its acknowledgement: it is sent
-        before the document that refers to it, on the same connection to the same
-        stream, so the stream stores it first."""
-        key = f"{base}.{self._next_nonce()}"
-        await self.conn.publish(self._pre + key, b"")
-        return key
+    async def _put_entries(self, keys: list[str]) -> None:
+        """Store new index entries, all at once, and wait until the stream has
+        acknowledged each. They must be stored before the document that refers to them:
+        an entry sent without waiting can be lost with the connection or with the stream's
+        leader while the document's write, retried, succeeds; the run would then be
+        missing from its index (never swept, woken, or found by an emit)."""
+        errors: list[Exception] = []
+
+        async def put(key: str) -> None:
+            try:
+                await self._retry("put", self.conn.js_publish, self._pre + key, b"")
+            except Exception as exc:
+                errors.append(exc)
+
+        if len(keys) == 1:
+            await put(keys[0])
+        elif keys:
+            async with anyio.create_task_group() as tg:
+                for key in keys:
+                    tg.start_soon(put, key)
+        if errors:
+            raise errors[0]
 
     async def _write(self, run_id: str, rev: int, old: _Doc | None, new: _Doc) -> int:
         """Compare-and-set ``new`` over revision ``rev`` (0: create), keeping its index
         entries in step. Raises WrongLastSequence when someone else wrote first."""
         old_idx = old.idx if old is not None else {}
         idx: dict[str, str] = {}
-        missing: list[tuple[str, str]] = []
+        added: list[str] = []
         for kind, base in _wanted(new.rec).items():
             entry = old_idx.get(kind)
-            if entry is not None and _base(entry) == base:
-                idx[kind] = entry
-            else:
-                missing.append((kind, base))
-        added: list[str] = []
-        try:
-            for kind, base in missing:
-                entry = await self._put_entry(base)
+            if entry is None or _base(entry) != base:
+                entry = f"{base}.{self._next_nonce()}"
                 added.append(entry)
-                idx[kind] = entry
-            new.idx = idx
-            new.w = self._next_nonce()
-            data = _encoder.encode(new)
-            if len(data) > self._max_doc:
-                raise PayloadError(
-                    f"run {run_id}: its record and checkpoints take {len(data)} bytes, more "
-                    f"than a NATS message may hold ({self._max_doc}); keep step values small"
-                )
+            idx[kind] = entry
+        new.idx = idx
+        new.w = self._next_nonce()
+        data = _encoder.encode(new)
+        if len(data) > self._max_doc:
+            raise PayloadError(
+                f"run {run_id}: its record and checkpoints take {len(data)} bytes, more "
+                f"than a NATS message may hold ({self._max_doc}); keep step values small"
+            )
+        try:
+            await self._put_entries(added)
             seq = await self._cas(run_id, rev, data, new.w)
-        except (WrongLastSequence, PayloadError):
+        except WrongLastSequence:
             # Certainly not written: the new entries belong to nobody. (After a lost
             # connection or a cancellation the write may have happened: keep them;
             # if it did not, they are stale entries that readers ignore and remove.)
@@ -462,27 +507,33 @@ class JetStreamStore:
         """Apply ``fn`` to the run's document atomically; return (old, new).
 
         ``fn`` returns the new document, or ``None`` to change nothing; it may raise
-        (LeaseLost...). A decision taken on a cached document is only trusted when the
-        compare-and-set proves the cache current: a refusal is checked again on a fresh read.
+        (LeaseLost...). A change is trusted when the compare-and-set proves the document
+        current. A refusal (or a missing run) is trusted only on a document that holds every
+        acknowledged write: read again, from the leader on a replicated bucket (a cached
+        document may be old, and a lagging replica may answer a direct get).
         """
         cached = self._cache.get(run_id)
-        fresh = cached is None
+        trusted = False
+        leader = False
         for _ in range(_MAX_TRIES):
             if cached is None:
-                cached = await self._read(run_id)
-                fresh = True
+                cached = await self._read(run_id, leader=leader)
+                trusted = leader or self.replicas == 1
+                leader = True
                 if cached is None:
+                    if not trusted:
+                        continue
                     return None, None
             rev, doc = cached
             try:
                 new = fn(doc)
             except LeaseLost:
-                if not fresh:
+                if not trusted:
                     cached = None
                     continue
                 raise
             if new is None:
-                if not fresh:
+                if not trusted:
                     cached = None
                     continue
                 return doc, None
@@ -516,7 +567,7 @@ class JetStreamStore:
         stamp = _parse_time(msg.time)
         if stamp is None or datetime.now(UTC) - stamp < _STALE_AFTER:
             return
-        current = await self._read(run_id)
+        current = await self._read(run_id, leader=True)
         if current is not None:
             rev, doc = current
             if key in doc.idx.values():
@@ -559,7 +610,7 @@ class JetStreamStore:
             try:
                 rev = await self._write(run_id, 0, None, doc)
             except WrongLastSequence:
-                existing = await self._read(run_id)
+                existing = await self._read(run_id, leader=True)
                 if existing is not None:
                     return copy.copy(existing[1].rec), False
                 continue  # deleted in between: try again
@@ -569,11 +620,11 @@ class JetStreamStore:
         raise StoreError(f"run {run_id}: could not be created")
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        found = await self._read(run_id)
+        found = await self._lookup(run_id)
         return copy.copy(found[1].rec) if found is not None else None
 
     async def get_checkpoints(self, run_id: str) -> list[Checkpoint]:
-        found = await self._read(run_id)
+        found = await self._lookup(run_id)
         if found is None:
             return []
         return [Checkpoint(n, v) for n, v in found[1].cps.items()]
@@ -626,7 +677,7 @@ class JetStreamStore:
             raise LeaseLost(f"run {run_id} is no longer owned by this worker")
 
     async def _child_ended(self, child_id: str) -> bool:
-        child = await self._read(child_id)
+        child = await self._lookup(child_id)
         return child is None or child[1].rec.status.is_terminal
 
     async def commit(
@@ -699,9 +750,11 @@ class JetStreamStore:
         if not child.awaited:
             return ()
         child_id = child.rec.run_id
-        parents = await self._indexed(f"idx.child.{child_id}.*.*", "child")
+        # Every listed run is asked (the wake is conditional): a document read from a
+        # lagging replica may not show yet the wait its entry was written for.
+        parents = await self._listed(f"idx.child.{child_id}.*.*")
         woken = []
-        for parent_id in sorted(p for p, _, _ in parents):
+        for parent_id in sorted(parents):
             if await self._wake_if_waiting(parent_id, child_id, now) is not None:
                 woken.append(parent_id)
         return tuple(woken)
@@ -709,10 +762,20 @@ class JetStreamStore:
     async def deliver_event(
         self, topic: str, value: bytes, now: datetime, limit: int = 1000
     ) -> list[str]:
-        waiting = await self._indexed(f"idx.watch.{topic}.*.*", "watch")
-        waiting.sort(key=lambda w: (w[2].rec.suspended_at or now, w[2].order))
+        # Every listed run is asked (the delivery is conditional): a document read from a
+        # lagging replica may not show yet the wait its entry was written for. Documents
+        # only order the deliveries, oldest wait first.
+        listed = await self._listed(f"idx.watch.{topic}.*.*")
+        docs = await self._read_many(listed)
+
+        def age(run_id: str) -> tuple[datetime, int]:
+            found = docs.get(run_id)
+            if found is None:
+                return now, 0
+            return found[1].rec.suspended_at or now, found[1].order
+
         resumed: list[str] = []
-        for run_id, _, _ in waiting:
+        for run_id in sorted(listed, key=age):
             if len(resumed) >= limit:
                 break
 
@@ -728,6 +791,9 @@ class JetStreamStore:
             _, new = await self._mutate(run_id, fn)
             if new is not None:
                 resumed.append(run_id)
+            else:
+                for key in listed[run_id]:
+                    await self._clean(key, run_id)
         return resumed
 
     async def due_timers(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
@@ -761,7 +827,7 @@ class JetStreamStore:
         fresh = found is None
         for _ in range(_MAX_TRIES):
             if found is None:
-                found = await self._read(run_id)
+                found = await self._read(run_id, leader=not fresh)
                 fresh = True
                 if found is None:
                     return FireResult(action="none")
