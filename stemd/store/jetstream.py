@@ -442,7 +442,7 @@ class JetStreamStore:
             )
         try:
             await self._put_entries(added)
-            seq = await self._cas(run_id, rev, data, new.w)
+            seq = await self._cas(run_id, rev, data, added)
         except WrongLastSequence:
             # Certainly not written: the new entries belong to nobody. (After a lost
             # connection or a cancellation the write may have happened: keep them;
@@ -455,15 +455,21 @@ class JetStreamStore:
                 await self._forget(entry)
         return seq
 
-    async def _cas(self, run_id: str, rev: int, data: bytes, nonce: str) -> int:
+    async def _cas(self, run_id: str, rev: int, data: bytes, entries: list[str]) -> int:
         """Publish ``data`` as ``run.<run_id>`` if its revision is still ``rev``. When the
-        answer is lost, read back: the nonce tells whether the write happened."""
+        answer is lost, read back: the nonce in ``data`` tells whether the write happened;
+        if not, send the new index ``entries`` again (they may have been lost too), then
+        the document."""
         subject = f"{self._pre}run.{run_id}"
         headers = {EXPECTED_LAST_SUBJECT_SEQ: str(rev)}
         give_up = 0.0
         delay = 0.05
+        retry = False
         while True:
             try:
+                if retry:
+                    for key in entries:
+                        await self.conn.publish(self._pre + key, b"")
                 ack = await self.conn.js_publish(subject, data, headers=headers)
                 return ack.seq
             except TransportError as exc:
@@ -491,6 +497,7 @@ class JetStreamStore:
             if current != rev:
                 raise WrongLastSequence(400, 10071, f"wrong last sequence: {current}")
             log.info("NATS unavailable; retrying a write", run_id=run_id, error=str(error))
+            retry = True
 
     async def _forget(self, key: str) -> None:
         """Delete an index entry without waiting (a lost deletion leaves a stale entry,
