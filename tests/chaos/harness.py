@@ -163,7 +163,10 @@ class Daemon:
                     ) from None
 
     def stderr_tail(self, chars: int = 4000) -> str:
-        return self.proc.stderr[-chars:] if self.proc is not None else ""
+        """The end of the daemon's output (its logs go to standard output)."""
+        if self.proc is None:
+            return ""
+        return (self.proc.stdout + self.proc.stderr)[-chars:]
 
     def send(self, signum: int) -> None:
         assert self.proc is not None
