@@ -1,0 +1,195 @@
+"""Races between the transitions of one run, on every store, with the racing parties in
+separate Apps (separate connections) where the store is shared: an emit against the
+event's timeout, a cancel against the run's completion, two emitters against each other.
+Each run ends in exactly one consistent state, and what each party was told matches it."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import stemd
+from stemd.store.memory import MemoryStore
+from tests.chaos.harness import chaos_rng, scale
+from tests.helpers import wait_status
+from tests.stores import shared_nats_server
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(scale(120, 900))]
+
+RUNS = scale(40, 400)
+KINDS = ["memory", "sqlite", "jetstream"]
+
+
+@stemd.script("race.wait")
+async def wait_event(ctx: stemd.ScriptContext, params: dict[str, Any]) -> Any:
+    """Waits for its event with a timeout."""
+    try:
+        got = await ctx.wait_for_event(params["topic"], timeout=params["timeout"])
+    except stemd.EventTimeout:
+        return "timeout"
+    return {"got": got}
+
+
+async def busy(seconds: float) -> str:
+    await anyio.sleep(seconds)
+    return "done"
+
+
+@stemd.script("race.work")
+async def work(ctx: stemd.ScriptContext, params: dict[str, Any]) -> str:
+    """A step, a durable sleep, a step: a cancel may land in any of them."""
+    await ctx.step("a", busy, params["a"])
+    await ctx.sleep(params["sleep"])
+    await ctx.step("b", busy, params["b"])
+    return "finished"
+
+
+WORKFLOWS = [wait_event, work]
+
+
+@contextlib.asynccontextmanager
+async def apps(kind: str, tmp: Path) -> AsyncIterator[tuple[stemd.App, stemd.App, stemd.App]]:
+    """A worker App and two client Apps on one store of ``kind`` (one App for memory,
+    which no other App can share)."""
+    if kind == "memory":
+        async with stemd.App(store=MemoryStore(), workflows=WORKFLOWS, lease=2.0) as app:
+            yield app, app, app
+        return
+    broker: str | None = None
+    if kind == "sqlite":
+        store = f"sqlite:///{tmp / 'stemd.db'}"
+    else:
+        server = await shared_nats_server()
+        store = f"{server.url}?bucket=race{secrets.token_hex(4)}"
+        broker = f"{server.url}?stream=RACE{secrets.token_hex(4)}&prefix=r{secrets.token_hex(4)}"
+    async with (
+        stemd.App(store=store, broker=broker, workflows=WORKFLOWS, lease=2.0) as worker,
+        stemd.App(store=store, broker=broker, workers=False) as one,
+        stemd.App(store=store, broker=broker, workers=False) as two,
+    ):
+        yield worker, one, two
+
+
+async def all_suspended(app: stemd.App, ids: list[str]) -> dict[str, stemd.RunState]:
+    return {run_id: await wait_status(app, run_id, stemd.RunStatus.SUSPENDED) for run_id in ids}
+
+
+async def sleep_until(at: datetime) -> None:
+    await anyio.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_emit_racing_the_timeout_ends_one_way(kind: str, tmp_path: Path) -> None:
+    """An emit sent around the moment the wait times out: the run gets the payload exactly
+    when the emit says it resumed it, and the timeout otherwise."""
+    rng, seed = chaos_rng()
+    ids = [f"wait{i}" for i in range(RUNS)]
+    async with apps(kind, tmp_path) as (worker, client, _):
+        for run_id in ids:
+            params = {"topic": f"race.{run_id}", "timeout": 0.5}
+            await client.start_workflow("race.wait", params, run_id=run_id)
+        waiting = await all_suspended(client, ids)
+        told: dict[str, int] = {}
+
+        async def emit(run_id: str, offset: float) -> None:
+            resume_at = waiting[run_id].resume_at
+            assert resume_at is not None
+            await sleep_until(resume_at + timedelta(seconds=offset))
+            told[run_id] = await client.emit(f"race.{run_id}", run_id)
+
+        async with anyio.create_task_group() as tg:
+            for run_id in ids:
+                tg.start_soon(emit, run_id, rng.uniform(-0.03, 0.03))
+        outcomes = {"payload": 0, "timeout": 0}
+        for run_id in ids:
+            result = await worker.wait_for_completion(run_id, timeout=20)
+            assert result.is_completed, (seed, result)
+            if told[run_id] == 1:
+                assert result.value == {"got": run_id}, (seed, run_id, result.value)
+                outcomes["payload"] += 1
+            else:
+                assert told[run_id] == 0 and result.value == "timeout", (seed, run_id)
+                outcomes["timeout"] += 1
+    print(f"emit vs timeout [{kind}]: seed={seed} {outcomes}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_cancel_racing_completion_ends_one_way(kind: str, tmp_path: Path) -> None:
+    """A cancel sent at a random moment of a run's life: the run is CANCELLED (no result)
+    exactly when the cancel says so, else COMPLETED with its result."""
+    rng, seed = chaos_rng()
+    plans: dict[str, dict[str, float]] = {
+        f"work{i}": {
+            "a": rng.uniform(0.0, 0.2),
+            "sleep": rng.uniform(0.0, 0.2),
+            "b": rng.uniform(0.0, 0.2),
+        }
+        for i in range(RUNS)
+    }
+    told: dict[str, bool] = {}
+    async with apps(kind, tmp_path) as (worker, client, canceller):
+
+        async def race(run_id: str, params: dict[str, float]) -> None:
+            await client.start_workflow("race.work", params, run_id=run_id)
+            await anyio.sleep(rng.uniform(0.0, sum(params.values()) * 1.5))
+            told[run_id] = await canceller.cancel_run(run_id, reason="race")
+
+        async with anyio.create_task_group() as tg:
+            for run_id, params in plans.items():
+                tg.start_soon(race, run_id, params)
+        outcomes = {"cancelled": 0, "completed": 0}
+        for run_id in plans:
+            result = await worker.wait_for_completion(run_id, timeout=20)
+            state = result.state
+            if told[run_id]:
+                assert result.is_cancelled, (seed, run_id, state)
+                assert state.cancel_reason == "race" and state.result is None, (seed, state)
+                outcomes["cancelled"] += 1
+            else:
+                assert result.is_completed and result.value == "finished", (seed, state)
+                assert state.cancel_reason is None, (seed, state)
+                assert set(state.checkpoints) == {"a", "b"}, (seed, state)
+                outcomes["completed"] += 1
+    print(f"cancel vs completion [{kind}]: seed={seed} {outcomes}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_two_emitters_racing_deliver_each_run_one_payload(kind: str, tmp_path: Path) -> None:
+    """Two emitters on one topic at the same moment: each waiting run gets exactly one of
+    the payloads, and the counts they return add up to the runs they resumed."""
+    rng, seed = chaos_rng()
+    ids = [f"both{i}" for i in range(RUNS)]
+    topic = f"race.shared.{seed}"
+    async with apps(kind, tmp_path) as (worker, one, two):
+        for run_id in ids:
+            await one.start_workflow("race.wait", {"topic": topic, "timeout": 600}, run_id=run_id)
+        await all_suspended(one, ids)
+        told: dict[str, int] = {}
+        go = anyio.Event()
+
+        async def emit(app: stemd.App, name: str) -> None:
+            await go.wait()
+            await anyio.sleep(rng.uniform(0.0, 0.002))
+            told[name] = await app.emit(topic, name)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(emit, one, "one")
+            tg.start_soon(emit, two, "two")
+            await anyio.sleep(0.01)
+            go.set()
+        got: dict[str, int] = {"one": 0, "two": 0}
+        for run_id in ids:
+            result = await worker.wait_for_completion(run_id, timeout=20)
+            assert result.is_completed, (seed, result)
+            got[result.value["got"]] += 1
+        assert got == told, (seed, got, told)
+        assert sum(told.values()) == RUNS
+        assert await one.emit(topic, "late") == 0
+    print(f"two emitters [{kind}]: seed={seed} {told}")
