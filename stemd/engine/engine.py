@@ -19,7 +19,7 @@ from stemd.broker.base import Broker
 from stemd.clock import Clock
 from stemd.codec import Codec
 from stemd.engine.events import RunEvents
-from stemd.engine.execution import Execution, Interrupt, validate_topic
+from stemd.engine.execution import Execution, Fenced, Interrupt, validate_topic
 from stemd.engine.observer import Observer
 from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
 from stemd.model import CancellationPolicy, ErrorInfo, RunState, RunStatus, validate_run_id
@@ -281,7 +281,7 @@ class Engine:
                 outcome = interrupt.outcome
             except PayloadError as exc:
                 outcome = Fail(error=ErrorInfo(type="PayloadError", message=str(exc)))
-            except LeaseLost:
+            except (LeaseLost, Fenced):
                 outcome = None
             tg.cancel_scope.cancel()
         if outcome is None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from stemd.authoring.context import FlowContext, ScriptContext, StepContext
 from stemd.authoring.definitions import Flow, Script, StepInfo, check_name, step_info
 from stemd.codec import Codec, convert
-from stemd.errors import ChildFailed, EventTimeout, PayloadError, StemError
+from stemd.errors import ChildFailed, EventTimeout, LeaseLost, PayloadError, StemError
 from stemd.model import ErrorInfo, Retry, RunStatus, validate_run_id
 from stemd.store.base import (
     Checkpoint,
@@ -29,7 +29,7 @@ from stemd.store.base import (
 if TYPE_CHECKING:
     from stemd.engine.engine import Engine
 
-__all__ = ["Execution", "Interrupt", "current_script", "validate_topic"]
+__all__ = ["Execution", "Fenced", "Interrupt", "current_script", "validate_topic"]
 
 _NO_RETRY = Retry()
 _TOPIC = re.compile(r"[A-Za-z0-9_\-=/]+(\.[A-Za-z0-9_\-=/]+)*")
@@ -57,6 +57,16 @@ class Interrupt(BaseException):
         self.outcome = outcome
 
 
+class Fenced(BaseException):
+    """A write of this slice was refused: the run's fencing token has moved on (a takeover
+    after the lease expired, a cancel, a rewind), and the slice must stop.
+
+    A BaseException on purpose: user code's ``except Exception`` must not swallow it, or a
+    fenced-out worker would go on running steps, and their side effects, that the run's
+    new owner runs again.
+    """
+
+
 def _user_error(group: BaseExceptionGroup[BaseException]) -> Exception:
     """Sort out what a task group inside user code raised.
 
@@ -65,6 +75,12 @@ def _user_error(group: BaseExceptionGroup[BaseException]) -> Exception:
     group's errors (an ExceptionGroup without the interrupts) to be handled as the step's
     failure; anything else (a BaseException of the user's own) is re-raised as it is.
     """
+    fenced, _ = group.split(Fenced)
+    if fenced is not None:
+        stop: BaseException = fenced
+        while isinstance(stop, BaseExceptionGroup):
+            stop = stop.exceptions[0]
+        raise stop from None
     interrupts, errors = group.split(Interrupt)
     if errors is None:
         leaf: BaseException | None = interrupts
@@ -141,9 +157,12 @@ class Execution:
         return self._plain_params
 
     async def _save(self, name: str, value: bytes) -> None:
-        await self.engine.store.save_checkpoint(
-            self.run_id, self.token, Checkpoint(name, value), self._now()
-        )
+        try:
+            await self.engine.store.save_checkpoint(
+                self.run_id, self.token, Checkpoint(name, value), self._now()
+            )
+        except LeaseLost as exc:
+            raise Fenced(str(exc)) from None
         self.checkpoints[name] = value
 
     def _attempt(self, name: str) -> int:
