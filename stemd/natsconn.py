@@ -464,7 +464,7 @@ class NatsConnection:
         async with self.open_replies(buffer=100_000) as (inbox, replies):
             body = _encoder.encode({"multi_last": subjects, "batch": 100_000})
             await self.publish(f"$JS.API.DIRECT.GET.{stream}", body, reply=inbox)
-            with anyio.fail_after(timeout or self.timeout):
+            with anyio.fail_after(timeout or max(self.timeout, 10.0)):
                 async for msg in replies:
                     status = msg.status
                     if status is None:
@@ -485,7 +485,9 @@ class NatsConnection:
         offset = 0
         while True:
             info = await self.js_api(
-                f"STREAM.INFO.{stream}", {"subjects_filter": filter, "offset": offset}
+                f"STREAM.INFO.{stream}",
+                {"subjects_filter": filter, "offset": offset},
+                timeout=max(self.timeout, 10.0),
             )
             subjects = info.get("state", {}).get("subjects") or {}
             out.update(subjects)

@@ -132,7 +132,7 @@ class JetStreamBroker:
         max_ack_pending: int = 10_000,
         duplicate_window: float = 600.0,
         expires: float = 5.0,
-        timeout: float = 5.0,
+        timeout: float = 2.0,
         publish_retry: float = 10.0,
         dlq: bool = True,
         dlq_cancel: bool = True,

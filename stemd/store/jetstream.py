@@ -30,7 +30,7 @@ Values live inside the document; the document must fit in one message (the serve
 ``max_payload``, 1 MiB by default), otherwise the write fails with :class:`PayloadError`.
 The bucket keeps one revision per key (history 1): the store never reads old revisions.
 
-URL: ``nats://HOST:PORT?bucket=stem_runs&replicas=1&storage=file&timeout=5``.
+URL: ``nats://HOST:PORT?bucket=stem_runs&replicas=1&storage=file&timeout=2``.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ class JetStreamStore:
         bucket: the KV bucket name (stream ``KV_<bucket>``).
         replicas: stream replicas (1 or 3 in a cluster).
         storage: ``"file"`` or ``"memory"``.
-        timeout: seconds to wait for any one NATS request.
+        timeout: seconds to wait for one NATS request (listings wait at least 10 s);
+            a request lost with a connection costs this long before it is retried.
         retry_for: seconds an operation keeps retrying while NATS is unreachable (a
             server restart, a leader election) before it fails with TransportError.
         max_bytes: the bucket's size limit (-1: none).
@@ -190,7 +191,7 @@ class JetStreamStore:
         bucket: str = "stem_runs",
         replicas: int = 1,
         storage: str = "file",
-        timeout: float = 5.0,
+        timeout: float = 2.0,
         retry_for: float = 15.0,
         max_bytes: int = -1,
         cache_size: int = 4096,
