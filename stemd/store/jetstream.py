@@ -443,7 +443,7 @@ class JetStreamStore:
             )
         try:
             await self._put_entries(added)
-            seq = await self._cas(run_id, rev, data, added)
+            seq = await self._cas(run_id, rev, data)
         except WrongLastSequence:
             # Certainly not written: the new entries belong to nobody. (After a lost
             # connection or a cancellation the write may have happened: keep them;
@@ -456,21 +456,17 @@ class JetStreamStore:
                 await self._forget(entry)
         return seq
 
-    async def _cas(self, run_id: str, rev: int, data: bytes, entries: list[str]) -> int:
+    async def _cas(self, run_id: str, rev: int, data: bytes) -> int:
         """Publish ``data`` as ``run.<run_id>`` if its revision is still ``rev``. When the
-        answer is lost, read back: the nonce in ``data`` tells whether the write happened;
-        if not, send the new index ``entries`` again (they may have been lost too), then
-        the document."""
+        answer is lost, read back (from the leader on a replicated bucket, which has every
+        acknowledged write): the nonce in ``data`` tells whether the write happened."""
         subject = f"{self._pre}run.{run_id}"
         headers = {EXPECTED_LAST_SUBJECT_SEQ: str(rev)}
+        read = self.conn.leader_get if self.replicas > 1 else self.conn.direct_get
         give_up = 0.0
         delay = 0.05
-        retry = False
         while True:
             try:
-                if retry:
-                    for key in entries:
-                        await self.conn.publish(self._pre + key, b"")
                 ack = await self.conn.js_publish(subject, data, headers=headers)
                 return ack.seq
             except TransportError as exc:
@@ -485,7 +481,7 @@ class JetStreamStore:
                 await anyio.sleep(delay)
                 delay = min(1.0, delay * 2)
                 try:
-                    msg = await self.conn.direct_get(self.stream, subject)
+                    msg = await read(self.stream, subject)
                 except TransportError as exc:
                     if not _transient(exc):
                         raise
@@ -498,7 +494,6 @@ class JetStreamStore:
             if current != rev:
                 raise WrongLastSequence(400, 10071, f"wrong last sequence: {current}")
             log.info("NATS unavailable; retrying a write", run_id=run_id, error=str(error))
-            retry = True
 
     async def _forget(self, key: str) -> None:
         """Delete an index entry without waiting (a lost deletion leaves a stale entry,
