@@ -425,14 +425,18 @@ class NatsConnection:
         reply = await self.request(f"$JS.API.DIRECT.GET.{stream}.{subject}")
         return _stored(reply)
 
-    async def leader_get(self, stream: str, subject: str) -> StoredMsg | None:
-        """The last message on ``subject``, read by the stream's leader, or ``None``.
+    async def leader_get(
+        self, stream: str, subject: str | None = None, *, seq: int | None = None
+    ) -> StoredMsg | None:
+        """The last message on ``subject`` (or the message ``seq``), read by the stream's
+        leader, or ``None``.
 
         Slower than :meth:`direct_get`, which any replica of a replicated stream may
         answer from a state that lags behind the last acknowledged write: this one sees
         every acknowledged write (headers are not returned)."""
+        query: dict[str, Any] = {"seq": seq} if seq is not None else {"last_by_subj": subject}
         try:
-            reply = await self.js_api(f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject})
+            reply = await self.js_api(f"STREAM.MSG.GET.{stream}", query)
         except JetStreamApiError as exc:
             if exc.err_code == 10037:  # no message found
                 return None

@@ -98,7 +98,9 @@ class DeadLetters:
         if advisory.stream != broker.stream or advisory.stream_seq <= 0:
             return
         conn = broker.conn
-        task = await conn.direct_get_seq(broker.stream, advisory.stream_seq)
+        # From the leader: a lagging replica may not have the task yet, and a task
+        # wrongly found missing would stay in the work queue, undelivered, for good.
+        task = await conn.leader_get(broker.stream, seq=advisory.stream_seq)
         if task is None:
             return  # acked or already moved
         _, _, rest = task.subject.partition(f"{broker.prefix}.task.")
