@@ -452,11 +452,6 @@ class NatsConnection:
         except (KeyError, TypeError, ValueError) as exc:
             raise TransportError(f"message get: unexpected reply {str(reply)[:200]}") from exc
 
-    async def direct_get_seq(self, stream: str, seq: int) -> StoredMsg | None:
-        """The message with sequence ``seq``, or ``None``."""
-        reply = await self.request(f"$JS.API.DIRECT.GET.{stream}", _encoder.encode({"seq": seq}))
-        return _stored(reply)
-
     async def direct_get_last_many(
         self, stream: str, subjects: list[str], *, timeout: float | None = None
     ) -> list[StoredMsg] | None:
@@ -517,16 +512,6 @@ class NatsConnection:
             f"$JS.API.STREAM.PURGE.{stream}",
             _encoder.encode({"filter": subject}),
             reply=self._void,
-        )
-
-    async def delete_msg_nowait(self, stream: str, seq: int) -> None:
-        """Ask for a message's deletion without waiting for the answer."""
-        # A reply subject nobody subscribes to: the server drops the answer.
-        inbox = self._void
-        await self.publish(
-            f"$JS.API.STREAM.MSG.DELETE.{stream}",
-            _encoder.encode({"seq": seq, "no_erase": True}),
-            reply=inbox,
         )
 
 
