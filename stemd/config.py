@@ -475,7 +475,7 @@ def config_to_toml(config: Config) -> str:
     lines += [f"{k} = {_toml_value(v)}" for k, v in codec.items()]
     if encryption is not None:
         lines += ["", "[codec.encryption]", f"active = {_toml_value(encryption['active'])}"]
-        lines += [f"keys.{_toml_key(k)} = \"(not shown)\"" for k in encryption["keys"]]
+        lines += [f'keys.{_toml_key(k)} = "(not shown)"' for k in encryption["keys"]]
     for name, override in data["workflow_codecs"].items():
         lines += ["", f"[workflow_codecs.{_toml_key(name)}]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in override.items() if v is not None]

@@ -7,11 +7,12 @@ See docs/reference/metrics.md for every series.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stemd.engine.events import RunEvent
 from stemd.metrics import Registry
 from stemd.model import RunStatus
+from stemd.store.base import RunRecord
 
 if TYPE_CHECKING:
     from stemd.app import App
@@ -35,7 +36,7 @@ class MetricsObserver:
         )
         self.steps = registry.histogram(
             "stemd_step_duration_seconds",
-            "Duration of step attempts, by workflow, step and result (ok or error).",
+            "Duration of step attempts, by workflow, step and result (ok, error, suspended).",
             ["workflow", "step", "result"],
             buckets=_STEP_BUCKETS,
         )
@@ -52,12 +53,26 @@ class MetricsObserver:
     def run_started(self, workflow: str) -> None:
         self.started.inc(workflow=workflow)
 
-    def step_finished(self, workflow: str, step: str, seconds: float, ok: bool) -> None:
+    def step_started(self, workflow: str, step: str, attempt: int) -> None:
+        return None
+
+    def step_finished(
+        self,
+        handle: Any,
+        workflow: str,
+        step: str,
+        seconds: float,
+        result: str,
+        error: BaseException | None,
+    ) -> None:
         # Occurrence suffixes (poll#3) would make one series per loop iteration.
         base = step.partition("#")[0]
-        self.steps.observe(seconds, workflow=workflow, step=base, result="ok" if ok else "error")
+        self.steps.observe(seconds, workflow=workflow, step=base, result=result)
 
-    def slice_finished(self, workflow: str, outcome: str, seconds: float) -> None:
+    def slice_started(self, record: RunRecord) -> None:
+        return None
+
+    def slice_finished(self, handle: Any, workflow: str, outcome: str, seconds: float) -> None:
         self.slices.observe(seconds, workflow=workflow, outcome=outcome)
 
     def lease_lost(self, workflow: str) -> None:
@@ -73,7 +88,7 @@ def install_metrics(app: App, registry: Registry | None = None) -> Registry:
     registry = registry or Registry()
     engine = app.engine
     observer = MetricsObserver(registry)
-    engine.observer = observer
+    engine.add_observer(observer)
     engine.events.listen(observer.on_event)
 
     up = registry.gauge("stemd_up", "1 while the process runs.")

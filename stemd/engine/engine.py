@@ -20,7 +20,7 @@ from stemd.clock import Clock
 from stemd.codec import Codec
 from stemd.engine.events import RunEvents
 from stemd.engine.execution import Execution, Fenced, Interrupt, validate_topic
-from stemd.engine.observer import Observer
+from stemd.engine.observer import Observer, add_observer
 from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
 from stemd.model import CancellationPolicy, ErrorInfo, RunState, RunStatus, validate_run_id
 from stemd.store.base import (
@@ -112,6 +112,12 @@ class Engine:
         self.on_timer: Callable[[datetime, str], None] | None = None
         self.timeout_value = codec.encode({"t": True})
         self.observer: Observer | None = None
+        # Returns the caller's traceparent; set when tracing is installed.
+        self.trace_context: Callable[[], str | None] | None = None
+
+    def add_observer(self, observer: Observer) -> None:
+        """Also tell ``observer`` what the engine does (metrics, tracing)."""
+        self.observer = add_observer(self.observer, observer)
 
     def codec_for(self, workflow: str) -> Codec:
         """The codec that encodes the values of ``workflow``'s runs."""
@@ -179,8 +185,13 @@ class Engine:
         ttl: float | None = None,
         queue: str | None = None,
         encoded_params: bytes | None = None,
+        trace: str | None = None,
     ) -> tuple[str, bool]:
-        """Create a run (idempotent on ``run_id``) and enqueue it; return (id, created)."""
+        """Create a run (idempotent on ``run_id``) and enqueue it; return (id, created).
+
+        ``trace`` is the starter's W3C ``traceparent``; with tracing on and none given, the
+        caller's current span is used.
+        """
         name, definition = self.resolve(workflow)
         run_id = new_run_id() if run_id is None else validate_run_id(run_id)
         raw = encoded_params
@@ -200,6 +211,9 @@ class Engine:
             parent_run_id=parent_run_id,
             policy=policy,
             ttl=ttl,
+            trace=trace
+            if trace is not None or self.trace_context is None
+            else self.trace_context(),
         )
         record.timer_at = compute_timer_at(record)
         stored, created = await self.store.create_run(record)
@@ -225,8 +239,24 @@ class Engine:
         self._changed(rec)
         # Bound only when a slice has something to report: binding costs on every slice.
         ids = {"run_id": run_id, "workflow": rec.workflow}
-        outcome: Outcome | None = None
+        observer = self.observer
+        if observer is None:
+            return await self._advance(claim, ids)
+        handle = observer.slice_started(rec)
         started = time.perf_counter()
+        committed: list[str] = []
+        try:
+            return await self._advance(claim, ids, committed)
+        finally:
+            outcome = committed[0] if committed else "abandoned"
+            observer.slice_finished(handle, rec.workflow, outcome, time.perf_counter() - started)
+
+    async def _advance(
+        self, claim: Claim, ids: dict[str, str], committed: list[str] | None = None
+    ) -> RunRecord | None:
+        rec = claim.record
+        run_id = rec.run_id
+        outcome: Outcome | None = None
         try:
             outcome = await self._execute(claim)
         except LeaseLost:
@@ -252,8 +282,8 @@ class Engine:
             if self.observer is not None:
                 self.observer.lease_lost(rec.workflow)
             return None
-        if self.observer is not None:
-            self.observer.slice_finished(rec.workflow, outcome.kind, time.perf_counter() - started)
+        if committed is not None:
+            committed.append(outcome.kind)
         if isinstance(outcome, Fail):
             log.warning("run failed", **ids, error=outcome.error.message, step=outcome.error.step)
         await self._after(result)

@@ -176,10 +176,17 @@ class Execution:
         or a failure (raised as :class:`Interrupt`)."""
         attempt = self._attempt(name)
         observer = self.engine.observer
-        started = time.perf_counter() if observer is not None else 0.0
+        handle: Any = None
+        started = 0.0
+        if observer is not None:
+            handle = observer.step_started(self.workflow_name, name, attempt)
+            started = time.perf_counter()
         try:
             value = await call(attempt)
         except Interrupt:
+            if observer is not None:
+                elapsed = time.perf_counter() - started
+                observer.step_finished(handle, self.workflow_name, name, elapsed, "suspended", None)
             raise
         except BaseExceptionGroup as group:
             exc: Exception = _user_error(group)
@@ -187,12 +194,12 @@ class Execution:
             exc = caught
         else:
             if observer is not None:
-                observer.step_finished(
-                    self.workflow_name, name, time.perf_counter() - started, True
-                )
+                elapsed = time.perf_counter() - started
+                observer.step_finished(handle, self.workflow_name, name, elapsed, "ok", None)
             return self.codec.encode(value)
         if observer is not None:
-            observer.step_finished(self.workflow_name, name, time.perf_counter() - started, False)
+            elapsed = time.perf_counter() - started
+            observer.step_finished(handle, self.workflow_name, name, elapsed, "error", exc)
         policy = retry or _NO_RETRY
         err = _error(exc, name, attempt)
         if attempt < policy.max_attempts and not getattr(exc, "non_retryable", False):

@@ -71,6 +71,8 @@ class RunRecord(msgspec.Struct, kw_only=True):
     # Retry bookkeeping: failed attempts so far of the step named ``attempt_step``.
     attempt_step: str | None = None
     step_failures: int = 0
+    # W3C trace context (``traceparent``) of whoever started the run, for tracing.
+    trace: str | None = None
 
 
 class Checkpoint(msgspec.Struct, frozen=True):

@@ -1,0 +1,116 @@
+"""OpenTelemetry tracing (optional: ``pip install 'stemd[otel]'``).
+
+One span per execution slice (``stemd.run <workflow>``) and, inside it, one per step
+attempt (``stemd.step <step>``), so spans made by user code inside a step nest under it.
+The trace continues the one of whoever started the run: :meth:`App.start_workflow` records
+the caller's current ``traceparent`` with the run, the NATS API and durable submission read
+it from the ``traceparent`` header, and children inherit their parent's step context.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from stemd.errors import ConfigError
+from stemd.store.base import RunRecord
+
+if TYPE_CHECKING:
+    from stemd.app import App
+
+__all__ = ["TracingObserver", "current_traceparent", "install_tracing"]
+
+try:  # the API is small and optional
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+except ImportError:  # pragma: no cover - exercised when the extra is not installed
+    trace = None  # type: ignore[assignment]
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the caller's active span, or ``None`` (no OpenTelemetry,
+    or no span)."""
+    if trace is None:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def context_of(traceparent: str | None) -> Any:
+    """An OpenTelemetry context continuing ``traceparent`` (``None``: a new trace)."""
+    if trace is None or not traceparent:
+        return None
+    return propagate.extract({"traceparent": traceparent})
+
+
+class TracingObserver:
+    """The engine observer that makes spans."""
+
+    def __init__(self, tracer_provider: Any = None) -> None:
+        if trace is None:
+            raise ConfigError("tracing needs OpenTelemetry: pip install 'stemd[otel]'")
+        self.tracer = trace.get_tracer("stemd", tracer_provider=tracer_provider)
+
+    def run_started(self, workflow: str) -> None:
+        return None
+
+    def slice_started(self, record: RunRecord) -> Any:
+        span = self.tracer.start_span(
+            f"stemd.run {record.workflow}",
+            context=context_of(record.trace),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "stemd.run_id": record.run_id,
+                "stemd.workflow": record.workflow,
+                "stemd.attempt": record.attempts,
+                "stemd.queue": record.queue,
+            },
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        return span, token
+
+    def step_started(self, workflow: str, step: str, attempt: int) -> Any:
+        span = self.tracer.start_span(
+            f"stemd.step {step}",
+            attributes={"stemd.workflow": workflow, "stemd.step": step, "stemd.attempt": attempt},
+        )
+        return span, otel_context.attach(trace.set_span_in_context(span))
+
+    def step_finished(
+        self,
+        handle: Any,
+        workflow: str,
+        step: str,
+        seconds: float,
+        result: str,
+        error: BaseException | None,
+    ) -> None:
+        span, token = handle
+        otel_context.detach(token)
+        span.set_attribute("stemd.step.result", result)
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.end()
+
+    def slice_finished(self, handle: Any, workflow: str, outcome: str, seconds: float) -> None:
+        span, token = handle
+        otel_context.detach(token)
+        span.set_attribute("stemd.outcome", outcome)
+        if outcome == "fail":
+            span.set_status(Status(StatusCode.ERROR, "run failed"))
+        span.end()
+
+    def lease_lost(self, workflow: str) -> None:
+        span = trace.get_current_span()
+        span.add_event("stemd.lease_lost")
+
+
+def install_tracing(app: App, tracer_provider: Any = None) -> TracingObserver:
+    """Trace an open ``app``'s slices and steps with ``tracer_provider`` (default: the
+    global one)."""
+    observer = TracingObserver(tracer_provider)
+    app.engine.add_observer(observer)
+    app.engine.trace_context = current_traceparent
+    return observer

@@ -1,0 +1,104 @@
+"""OpenTelemetry tracing: spans per slice and per step, continuing the starter's trace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+import stemd
+from stemd.testing import ManualClock
+from stemd.tracing import install_tracing
+from tests.helpers import open_app, wait_status, wait_until
+
+pytestmark = pytest.mark.anyio
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+user_tracer = trace.get_tracer("user-code", tracer_provider=provider)
+
+traced = stemd.Flow("traced.flow")
+
+
+@traced.step("call-api")
+async def call_api(ctx: stemd.FlowContext) -> str:
+    with user_tracer.start_as_current_span("http GET /inventory"):
+        pass
+    if ctx.attempt == 1:
+        raise RuntimeError("inventory service down")
+    return "ok"
+
+
+@traced.step("nap")
+async def nap(ctx: stemd.FlowContext) -> str:
+    await ctx.sleep(10)
+    child = await ctx.start_child(traced_child, {"n": 1})
+    return await ctx.wait_child(child, type=str)
+
+
+@stemd.script("traced.child")
+async def traced_child(ctx: stemd.ScriptContext, params: Any) -> str:
+    return "child-done"
+
+
+async def test_slices_and_steps_are_spans_in_the_starters_trace() -> None:
+    """Every slice and step attempt is a span in the trace of the span that started the run
+    (children included); user spans nest under their step; failures are marked."""
+    exporter.clear()
+    traced.steps[0].retry = stemd.Retry(max_attempts=2, backoff=1, jitter=False)
+    clock = ManualClock()
+    async with open_app(traced, traced_child, clock=clock) as app:
+        install_tracing(app, provider)
+        with user_tracer.start_as_current_span("checkout request") as root:
+            run_id = await app.start_workflow(traced)
+        trace_id = root.get_span_context().trace_id
+        await wait_status(app, run_id, stemd.RunStatus.SUSPENDED)
+        clock.advance(2)  # the retry
+
+        async def retried() -> bool:
+            state = await app.get_run(run_id)
+            return (
+                state is not None
+                and state.status is stemd.RunStatus.SUSPENDED
+                and (state.checkpoints.get("call-api") == "ok")
+            )
+
+        await wait_until(retried, what="the retried step to succeed and the run to sleep")
+        clock.advance(11)  # the sleep
+        result = await app.wait_for_completion(run_id, timeout=5)
+        assert result.value == "child-done"
+
+    spans = exporter.get_finished_spans()
+    names = [s.name for s in spans]
+    assert names.count("stemd.step call-api") == 2
+    assert "stemd.run traced.child" in names and "stemd.step nap" in names
+    stemd_spans = [s for s in spans if s.name.startswith("stemd.")]
+    assert {s.context.trace_id for s in stemd_spans} == {trace_id}
+
+    by_id = {s.context.span_id: s for s in spans}
+    failed = [s for s in spans if s.name == "stemd.step call-api" and not s.status.is_ok]
+    assert len(failed) == 1 and failed[0].status.status_code is StatusCode.ERROR
+    assert failed[0].attributes["stemd.step.result"] == "error"
+    for user_span in (s for s in spans if s.name == "http GET /inventory"):
+        assert user_span.parent is not None
+        assert by_id[user_span.parent.span_id].name == "stemd.step call-api"
+    for step_span in (s for s in spans if s.name.startswith("stemd.step")):
+        assert step_span.parent is not None
+        assert by_id[step_span.parent.span_id].name.startswith("stemd.run")
+    outcomes = [s.attributes["stemd.outcome"] for s in spans if s.name == "stemd.run traced.flow"]
+    assert outcomes[0] == "retry" and outcomes[-1] == "complete" and "suspend" in outcomes
+
+
+async def test_without_tracing_runs_record_no_trace() -> None:
+    """Runs started while tracing is not installed carry no trace context."""
+    async with open_app(traced_child) as app:
+        with user_tracer.start_as_current_span("outside"):
+            run_id = await app.start_workflow(traced_child, {})
+        rec = await app.store.get_run(run_id)
+        assert rec is not None and rec.trace is None
