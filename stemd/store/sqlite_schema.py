@@ -59,6 +59,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "attempts",
     "attempt_step",
     "step_failures",
+    "trace",
 )
 if RunRecord.__struct_fields__ != RUN_COLUMNS:  # pragma: no cover - a development error
     raise ImportError("stemd.store.sqlite_schema.RUN_COLUMNS is out of date with RunRecord")
@@ -120,6 +121,7 @@ def record_to_row(r: RunRecord) -> tuple[Any, ...]:
         r.attempts,
         r.attempt_step,
         r.step_failures,
+        r.trace,
     )
 
 
@@ -153,6 +155,7 @@ def record_from_row(row: tuple[Any, ...] | sqlite3.Row) -> RunRecord:
         attempts,
         attempt_step,
         step_failures,
+        trace,
     ) = row
     return RunRecord(
         run_id=run_id,
@@ -182,6 +185,7 @@ def record_from_row(row: tuple[Any, ...] | sqlite3.Row) -> RunRecord:
         attempts=attempts,
         attempt_step=attempt_step,
         step_failures=step_failures,
+        trace=trace,
     )
 
 
