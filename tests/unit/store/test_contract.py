@@ -113,7 +113,10 @@ async def test_create_run_is_idempotent_on_run_id(store: Store) -> None:
 async def test_create_run_keeps_every_field(store: Store) -> None:
     """What create_run stores is what get_run returns."""
     policy = CancellationPolicy(max_run_duration=60, max_suspend_duration=10)
-    await store.create_run(record("r1", queue="q2", parent_run_id="p1", policy=policy, ttl=5.0))
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await store.create_run(
+        record("r1", queue="q2", parent_run_id="p1", policy=policy, ttl=5.0, trace=trace)
+    )
     rec = await store.get_run("r1")
     assert rec is not None
     assert rec.run_id == "r1"
@@ -126,6 +129,7 @@ async def test_create_run_keeps_every_field(store: Store) -> None:
     assert rec.ttl == 5.0
     assert rec.timer_at == at(60)
     assert rec.attempts == 0
+    assert rec.trace == trace
 
 
 async def test_get_unknown_run_is_none(store: Store) -> None:
