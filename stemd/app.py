@@ -86,6 +86,8 @@ class App:
         actors: more actors for the supervisor (each a callable taking the App and
             returning an object with ``name`` and ``async run(*, task_status)``), started
             after the built-in ones, also when ``workers=False``.
+        tracing: make OpenTelemetry spans with the global tracer provider (needs the
+            ``otel`` extra); see :mod:`stemd.tracing`.
         nats: ``"nats://HOST:PORT"`` to serve the wire protocol there: the
             ``<prefix>.api.*`` responder, durable submission on ``<prefix>.submit.>``
             and run events on ``<prefix>.events.run.<run_id>``.
@@ -109,6 +111,7 @@ class App:
         restart_policy: RestartPolicy | None = None,
         owner: str | None = None,
         actors: Iterable[Any] = (),
+        tracing: bool = False,
         nats: str | None = None,
         prefix: str = "stem",
     ) -> None:
@@ -132,6 +135,7 @@ class App:
         self.sweeper: Sweeper | None = None
         self.pool: WorkerPool | None = None
         self._extra_actors: list[Any] = list(actors)
+        self.tracing = tracing
         self.nats = nats
         self.prefix = prefix
         self._nats_conn: Any = None
@@ -187,6 +191,10 @@ class App:
             default_queue=self.queue,
             accept_unknown=not self.workers and not self.workflows,
         )
+        if self.tracing:
+            from stemd.tracing import install_tracing
+
+            install_tracing(self)
         children: list[Any] = []
         if self.workers:
             assert broker is not None

@@ -127,6 +127,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         log_format: ``auto`` (console on a TTY, JSON otherwise), ``json`` or ``console``.
         metrics_address: ``HOST:PORT`` to serve Prometheus ``/metrics`` and ``/healthz`` on,
             or unset (no HTTP endpoint).
+        tracing: make OpenTelemetry spans (needs ``stemd[otel]``) with the global tracer
+            provider, e.g. set up by ``opentelemetry-instrument stemd run``.
         actors: extra actors, each ``"module:factory"`` with ``factory(app) -> actor``.
         restart: the supervisor's restart budget.
         codec: how stored values are encoded, compressed and encrypted (``[codec]``).
@@ -148,6 +150,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     log_level: LogLevel = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_address: str | None = None
+    tracing: bool = False
     actors: tuple[str, ...] = ()
     restart: RestartConfig = msgspec.field(default_factory=RestartConfig)
     codec: CodecConfig = msgspec.field(default_factory=CodecConfig)

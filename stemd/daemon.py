@@ -270,6 +270,7 @@ class Daemon:
             actors=self._actor_factories(),
             nats=config.effective_nats,
             prefix=config.prefix,
+            tracing=config.tracing,
         )
         crashed: list[BaseException] = []
         stops = (signal.SIGTERM, signal.SIGINT)

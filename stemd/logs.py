@@ -29,14 +29,13 @@ _LEVELS = {
 
 def add_run_context(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
     """Add ``run_id``, ``workflow`` and ``step`` of the run executing in this task, if any."""
-    # A private name of the engine, read-only: the one place that knows the current step.
-    frame = execution._frame.get()
-    if frame is not None:
-        exe, scope = frame
-        event_dict.setdefault("run_id", exe.run_id)
-        event_dict.setdefault("workflow", exe.workflow_name)
-        if scope:
-            event_dict.setdefault("step", scope)
+    current = execution.current_run()
+    if current is not None:
+        run_id, workflow, step = current
+        event_dict.setdefault("run_id", run_id)
+        event_dict.setdefault("workflow", workflow)
+        if step:
+            event_dict.setdefault("step", step)
     return event_dict
 
 

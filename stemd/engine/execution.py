@@ -29,7 +29,7 @@ from stemd.store.base import (
 if TYPE_CHECKING:
     from stemd.engine.engine import Engine
 
-__all__ = ["Execution", "Fenced", "Interrupt", "current_script", "validate_topic"]
+__all__ = ["Execution", "Fenced", "Interrupt", "current_run", "current_script", "validate_topic"]
 
 _NO_RETRY = Retry()
 _TOPIC = re.compile(r"[A-Za-z0-9_\-=/]+(\.[A-Za-z0-9_\-=/]+)*")
@@ -95,6 +95,16 @@ def _user_error(group: BaseExceptionGroup[BaseException]) -> Exception:
 
 # (execution, scope): scope "" is a script body; any other is the step being executed.
 _frame: ContextVar[tuple[Execution, str] | None] = ContextVar("stemd_frame", default=None)
+
+
+def current_run() -> tuple[str, str, str] | None:
+    """(run id, workflow, step) of the run executing in this task (step ``""`` in a script
+    body), or ``None`` outside a run: for log lines and diagnostics."""
+    frame = _frame.get()
+    if frame is None:
+        return None
+    exe, scope = frame
+    return exe.run_id, exe.workflow_name, scope
 
 
 def current_script() -> Execution | None:

@@ -102,3 +102,15 @@ async def test_without_tracing_runs_record_no_trace() -> None:
             run_id = await app.start_workflow(traced_child, {})
         rec = await app.store.get_run(run_id)
         assert rec is not None and rec.trace is None
+
+
+async def test_app_with_tracing_records_the_callers_trace_context() -> None:
+    """App(tracing=True) stores the starter's traceparent with the run (and its children's
+    starts carry it on)."""
+    async with open_app(traced_child, tracing=True) as app:
+        with user_tracer.start_as_current_span("submit") as span:
+            run_id = await app.start_workflow(traced_child, {})
+        rec = await app.store.get_run(run_id)
+    trace_hex = format(span.get_span_context().trace_id, "032x")
+    assert rec is not None and rec.trace is not None
+    assert rec.trace.startswith(f"00-{trace_hex}-")
