@@ -19,7 +19,7 @@ from stemd.broker.base import Broker
 from stemd.clock import Clock
 from stemd.codec import Codec
 from stemd.engine.events import RunEvents
-from stemd.engine.execution import Execution, Fenced, Interrupt, validate_topic
+from stemd.engine.execution import Aborted, Execution, Fenced, Interrupt, validate_topic
 from stemd.engine.observer import Observer, add_observer
 from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
 from stemd.model import CancellationPolicy, ErrorInfo, RunState, RunStatus, validate_run_id
@@ -313,6 +313,10 @@ class Engine:
                 outcome = Fail(error=ErrorInfo(type="PayloadError", message=str(exc)))
             except (LeaseLost, Fenced):
                 outcome = None
+            except Aborted as aborted:
+                # An outage met by user code: the worker's own handling applies (the run
+                # is given back, and retried).
+                raise aborted.error from aborted
             tg.cancel_scope.cancel()
         if outcome is None:
             raise LeaseLost(f"run {rec.run_id}: lease lost")

@@ -3,10 +3,11 @@ completes, suspends or fails, and return that outcome for the engine to commit."
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 from stemd.authoring.context import FlowContext, ScriptContext, StepContext
 from stemd.authoring.definitions import Flow, Script, StepInfo, check_name, step_info
 from stemd.codec import Codec, convert
-from stemd.errors import ChildFailed, EventTimeout, LeaseLost, PayloadError, StemError
+from stemd.errors import (
+    ChildFailed,
+    EventTimeout,
+    LeaseLost,
+    PayloadError,
+    StemError,
+    StoreError,
+    TransportError,
+)
 from stemd.model import ErrorInfo, Retry, RunStatus, validate_run_id
 from stemd.store.base import (
     Checkpoint,
@@ -29,7 +38,15 @@ from stemd.store.base import (
 if TYPE_CHECKING:
     from stemd.engine.engine import Engine
 
-__all__ = ["Execution", "Fenced", "Interrupt", "current_run", "current_script", "validate_topic"]
+__all__ = [
+    "Aborted",
+    "Execution",
+    "Fenced",
+    "Interrupt",
+    "current_run",
+    "current_script",
+    "validate_topic",
+]
 
 _NO_RETRY = Retry()
 _TOPIC = re.compile(r"[A-Za-z0-9_\-=/]+(\.[A-Za-z0-9_\-=/]+)*")
@@ -67,6 +84,31 @@ class Fenced(BaseException):
     """
 
 
+class Aborted(BaseException):
+    """The store or the transport failed on a call made for user code (a checkpoint, a
+    child's start): the slice must stop and the run be retried later.
+
+    A BaseException on purpose: user code's ``except Exception`` must not turn an outage
+    into the failure of a step or of the run.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def _for_user_code() -> Iterator[None]:
+    """Around a store or broker call made for user code: a refused write stops the slice
+    as :class:`Fenced`, an outage as :class:`Aborted`."""
+    try:
+        yield
+    except LeaseLost as exc:
+        raise Fenced(str(exc)) from None
+    except (StoreError, TransportError) as exc:
+        raise Aborted(exc) from exc
+
+
 def _user_error(group: BaseExceptionGroup[BaseException]) -> Exception:
     """Sort out what a task group inside user code raised.
 
@@ -75,7 +117,7 @@ def _user_error(group: BaseExceptionGroup[BaseException]) -> Exception:
     group's errors (an ExceptionGroup without the interrupts) to be handled as the step's
     failure; anything else (a BaseException of the user's own) is re-raised as it is.
     """
-    fenced, _ = group.split(Fenced)
+    fenced, _ = group.split((Fenced, Aborted))
     if fenced is not None:
         stop: BaseException = fenced
         while isinstance(stop, BaseExceptionGroup):
@@ -167,12 +209,10 @@ class Execution:
         return self._plain_params
 
     async def _save(self, name: str, value: bytes) -> None:
-        try:
+        with _for_user_code():
             await self.engine.store.save_checkpoint(
                 self.run_id, self.token, Checkpoint(name, value), self._now()
             )
-        except LeaseLost as exc:
-            raise Fenced(str(exc)) from None
         self.checkpoints[name] = value
 
     def _attempt(self, name: str) -> int:
@@ -373,8 +413,9 @@ class Execution:
         raw = self.checkpoints.get(key)
         if raw is not None:
             child_id: str = self.codec.decode(raw, type=str)
-            if await self.engine.store.get_run(child_id) is not None:
-                return child_id
+            with _for_user_code():
+                if await self.engine.store.get_run(child_id) is not None:
+                    return child_id
             # The id is recorded before the child is created: the slice that recorded it
             # ended before the creation. Create it now (creation is idempotent on the id).
         else:
@@ -383,14 +424,18 @@ class Execution:
             # child, while a rewind that deletes the record starts a new one.
             child_id = _child_id(self.run_id) if run_id is None else validate_run_id(run_id)
             await self._save(key, self.codec.encode(child_id))
-        await self.engine.start_run(workflow, params, run_id=child_id, parent_run_id=self.run_id)
+        with _for_user_code():
+            await self.engine.start_run(
+                workflow, params, run_id=child_id, parent_run_id=self.run_id
+            )
         return child_id
 
     async def wait_child(self, scope: str, child_id: str, type: Any) -> Any:
         key = self._key(scope, "join")
         raw = self.checkpoints.get(key)
         if raw is None:
-            child = await self.engine.store.get_run(child_id)
+            with _for_user_code():
+                child = await self.engine.store.get_run(child_id)
             if child is None:
                 raise ChildFailed(child_id, "missing", "no such run")
             if not child.status.is_terminal:

@@ -1,6 +1,7 @@
-"""A refused write stops the slice even when user code catches every ``Exception``: a
-fenced-out worker must not go on running steps (and their side effects) that the run's
-new owner will run again."""
+"""A refused or failed write stops the slice even when user code catches every
+``Exception``: a fenced-out worker must not go on running steps (and their side effects)
+that the run's new owner will run again, and a store outage met inside user code must not
+become the run's failure."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import anyio
 import pytest
 
 import stemd
+from stemd.errors import StoreError
+from stemd.store.memory import MemoryStore
 from tests.helpers import open_app, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -94,3 +97,42 @@ async def test_a_flow_step_swallowing_exceptions_stops_at_a_refused_child_start(
         await wait_until(idle, what="the slice to end")
         assert await app.list_runs(workflow="swallow.child") == []
     assert after == []
+
+
+class _FlakyStore(MemoryStore):
+    """A memory store whose first checkpoint write fails as a store outage would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("the database is locked")
+        await super().save_checkpoint(*args, **kwargs)
+
+
+async def test_a_store_outage_inside_a_script_abandons_the_slice_not_the_run() -> None:
+    """A checkpoint write that fails for a store outage inside a script body (which
+    catches Exception, as a script may) does not fail the run: the slice is abandoned and
+    the run completes when retried."""
+    ran: list[str] = []
+
+    async def first() -> str:
+        ran.append("first")
+        return "one"
+
+    @stemd.script("outage.script")
+    async def script(ctx: stemd.ScriptContext, params: Any) -> str:
+        try:
+            value = await ctx.step("first", first)
+        except Exception as exc:  # the user code under test handles its own errors
+            return f"gave up: {exc}"
+        return value
+
+    async with open_app(script, store=_FlakyStore()) as app:
+        run_id = await app.start_workflow("outage.script")
+        result = await app.wait_for_completion(run_id, timeout=10)
+    assert result.is_completed and result.value == "one", result
+    assert ran == ["first", "first"]
