@@ -181,7 +181,7 @@ class PullConsumer:
 
     def _handle(self, msg: NatsMsg) -> None:
         status = msg.status
-        if status is None:
+        if status is None or _is_stored(msg):
             self._received += 1
             self._requested = max(0, self._requested - 1)
             self._dispatch(msg)
@@ -293,12 +293,20 @@ class PullConsumer:
             leftover = [*self._buffer, *_drain(sub)]
             await sub.unsubscribe()
             for msg in leftover:
-                if msg.status is None and msg.reply:
+                if _is_stored(msg):
                     with contextlib.suppress(TransportError):
                         await self.conn.publish(msg.reply, b"-NAK")
         self._buffer.clear()
         for waiter in self._waiters:
             waiter.wake()
+
+
+def _is_stored(msg: NatsMsg) -> bool:
+    """Whether ``msg`` is a message of the stream (it can be acknowledged), whatever its
+    headers: a publisher may put a ``Status`` header on its own message, which must not
+    make it look like the server's status reply to a pull request (it would be dropped,
+    and redelivered forever)."""
+    return msg.reply.startswith("$JS.ACK.")
 
 
 def _drain(sub: Subscription) -> list[NatsMsg]:
