@@ -55,6 +55,8 @@ class WorkerPool:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
+            # One task keeps the leases of every slice these workers run.
+            await tg.start(self.engine.leases.run)
             tg.start_soon(self._heartbeats)
             for _ in range(self.concurrency):
                 tg.start_soon(self._work)

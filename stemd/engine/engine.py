@@ -17,9 +17,10 @@ import structlog
 from stemd.authoring.definitions import Flow, Script
 from stemd.broker.base import Broker
 from stemd.clock import Clock
-from stemd.codec import Codec
+from stemd.codec import Codec, check_depth
 from stemd.engine.events import RunEvents
 from stemd.engine.execution import Aborted, Execution, Fenced, Interrupt, validate_topic
+from stemd.engine.leases import LeaseKeeper
 from stemd.engine.observer import Observer, add_observer
 from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
 from stemd.model import CancellationPolicy, ErrorInfo, RunState, RunStatus, validate_run_id
@@ -112,6 +113,7 @@ class Engine:
         self.on_timer: Callable[[datetime, str], None] | None = None
         self.timeout_value = codec.encode({"t": True})
         self.observer: Observer | None = None
+        self.leases = LeaseKeeper(self)
         # Returns the caller's traceparent; set when tracing is installed.
         self.trace_context: Callable[[], str | None] | None = None
 
@@ -196,6 +198,7 @@ class Engine:
         run_id = new_run_id() if run_id is None else validate_run_id(run_id)
         raw = encoded_params
         if raw is None:
+            check_depth(params, "params")
             raw = self.codec_for(name).encode(params)
         if queue is None:
             queue = getattr(definition, "queue", None) or self.default_queue
@@ -300,27 +303,40 @@ class Engine:
             )
         execution = Execution(self, claim)
         outcome: Outcome | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keep_lease, claim, tg.cancel_scope, name="keep-lease")
-            try:
-                if isinstance(definition, Flow):
-                    outcome = await execution.run_flow(definition)
-                else:
-                    outcome = await execution.run_script(definition)
-            except Interrupt as interrupt:
-                outcome = interrupt.outcome
-            except PayloadError as exc:
-                outcome = Fail(error=ErrorInfo(type="PayloadError", message=str(exc)))
-            except (LeaseLost, Fenced):
-                outcome = None
-            except Aborted as aborted:
-                # An outage met by user code: the worker's own handling applies (the run
-                # is given back, and retried).
-                raise aborted.error from aborted
-            tg.cancel_scope.cancel()
+        if self.leases.running:
+            # The common case: the worker pool's lease keeper renews this slice's lease.
+            with anyio.CancelScope() as scope:
+                held = self.leases.hold(rec.run_id, claim.token, scope)
+                try:
+                    outcome = await self._run(definition, execution)
+                finally:
+                    self.leases.drop(held)
+        else:
+            # No keeper running (the engine driven directly): keep the lease ourselves.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_lease, claim, tg.cancel_scope, name="keep-lease")
+                outcome = await self._run(definition, execution)
+                tg.cancel_scope.cancel()
         if outcome is None:
             raise LeaseLost(f"run {rec.run_id}: lease lost")
         return outcome
+
+    async def _run(self, definition: Workflow, execution: Execution) -> Outcome | None:
+        """Run user code to its outcome; ``None`` when a write was refused (fenced)."""
+        try:
+            if isinstance(definition, Flow):
+                return await execution.run_flow(definition)
+            return await execution.run_script(definition)
+        except Interrupt as interrupt:
+            return interrupt.outcome
+        except PayloadError as exc:
+            return Fail(error=ErrorInfo(type="PayloadError", message=str(exc)))
+        except (LeaseLost, Fenced):
+            return None
+        except Aborted as aborted:
+            # An outage met by user code: the worker's own handling applies (the run is
+            # given back, and retried).
+            raise aborted.error from aborted
 
     async def _keep_lease(self, claim: Claim, scope: anyio.CancelScope) -> None:
         """Renew the lease while the slice runs; on loss, abort the slice (its writes
@@ -342,6 +358,7 @@ class Engine:
     async def emit(self, topic: str, payload: Any) -> int:
         """Resume every run waiting on ``topic`` with ``payload``; return how many."""
         validate_topic(topic)
+        check_depth(payload, "event payload")
         value = self.codec.encode({"e": payload})
         now = self.clock.now()
         # A store resumes at most `batch` waiters per call: take batches until the topic
