@@ -53,7 +53,7 @@ async def test_a_slice_longer_than_its_lease_keeps_it() -> None:
             return (
                 rec is not None
                 and rec.lease_expires_at is not None
-                and (rec.lease_expires_at > first + __import__("datetime").timedelta(seconds=4))
+                and (rec.lease_expires_at > first + timedelta(seconds=4))
             )
 
         await wait_until(renewed, what="the lease to be renewed")
