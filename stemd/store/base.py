@@ -76,10 +76,17 @@ class RunRecord(msgspec.Struct, kw_only=True):
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
-    """A named, stored value of a run."""
+    """A named, stored value of a run.
+
+    ``at`` is when the store recorded it: the ``now`` of the write that stored it (a
+    checkpoint saved, committed with an outcome, an event delivered, a wait timed out).
+    Stores set it on what they return and ignore it on what they are given; it is ``None``
+    for a checkpoint stored by a stemd that did not record times.
+    """
 
     name: str
     value: bytes
+    at: datetime | None = None
 
 
 class Claim(msgspec.Struct, frozen=True, kw_only=True):

@@ -106,6 +106,9 @@ class _Doc(msgspec.Struct, kw_only=True):
     # Some run suspended waiting on this one: its end must look for them (most runs
     # have nobody waiting, and skip that look).
     awaited: bool = False
+    # When each checkpoint was written (name → time); a name missing here (a document
+    # written by a stemd that did not record times) reads back with no time.
+    cpt: dict[str, datetime] = msgspec.field(default_factory=dict)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -148,7 +151,12 @@ def _parse_time(stamp: str) -> datetime | None:
         return None
 
 
-def _replace(doc: _Doc, rec: RunRecord, cps: dict[str, bytes] | None = None) -> _Doc:
+def _replace(
+    doc: _Doc,
+    rec: RunRecord,
+    cps: dict[str, bytes] | None = None,
+    cpt: dict[str, datetime] | None = None,
+) -> _Doc:
     return _Doc(
         rec=rec,
         cps=doc.cps if cps is None else cps,
@@ -156,7 +164,27 @@ def _replace(doc: _Doc, rec: RunRecord, cps: dict[str, bytes] | None = None) -> 
         order=doc.order,
         w=doc.w,
         awaited=doc.awaited,
+        cpt=doc.cpt if cpt is None else cpt,
     )
+
+
+def _with_checkpoints(
+    doc: _Doc, rec: RunRecord, written: Iterable[tuple[str, bytes]], now: datetime
+) -> _Doc:
+    """``doc`` with ``rec`` and the checkpoints ``written`` (name, value) recorded at
+    ``now`` (a replaced checkpoint keeps its place)."""
+    cps = dict(doc.cps)
+    cpt = dict(doc.cpt)
+    for name, value in written:
+        cps[name] = value
+        cpt[name] = now
+    return _replace(doc, rec, cps, cpt)
+
+
+def _checkpoints(doc: _Doc) -> list[Checkpoint]:
+    """The document's checkpoints in write order, with their times."""
+    times = doc.cpt
+    return [Checkpoint(n, v, times.get(n)) for n, v in doc.cps.items()]
 
 
 def _transient(exc: TransportError) -> bool:
@@ -630,7 +658,7 @@ class JetStreamStore:
         found = await self._lookup(run_id)
         if found is None:
             return []
-        return [Checkpoint(n, v) for n, v in found[1].cps.items()]
+        return _checkpoints(found[1])
 
     async def claim(self, run_id: str, owner: str, now: datetime, lease: float) -> Claim | None:
         def fn(doc: _Doc) -> _Doc | None:
@@ -644,7 +672,7 @@ class JetStreamStore:
         return Claim(
             token=new.rec.token,
             record=copy.copy(new.rec),
-            checkpoints=[Checkpoint(n, v) for n, v in new.cps.items()],
+            checkpoints=_checkpoints(new),
         )
 
     @staticmethod
@@ -671,9 +699,8 @@ class JetStreamStore:
     ) -> None:
         def fn(doc: _Doc) -> _Doc:
             rec = self._owned(doc, run_id, token)
-            cps = dict(doc.cps)
-            cps[checkpoint.name] = checkpoint.value
-            return _replace(doc, msgspec.structs.replace(rec, updated_at=now), cps)
+            touched = msgspec.structs.replace(rec, updated_at=now)
+            return _with_checkpoints(doc, touched, [(checkpoint.name, checkpoint.value)], now)
 
         old, _ = await self._mutate(run_id, fn)
         if old is None:
@@ -693,12 +720,11 @@ class JetStreamStore:
 
         def fn(doc: _Doc) -> _Doc:
             rec = self._owned(doc, run_id, token)
-            cps = doc.cps
+            new = apply_outcome(rec, outcome, now, child_ended=child_ended)
             if isinstance(outcome, (Complete, Suspend)) and outcome.checkpoints:
-                cps = dict(cps)
-                for cp in outcome.checkpoints:
-                    cps[cp.name] = cp.value
-            return _replace(doc, apply_outcome(rec, outcome, now, child_ended=child_ended), cps)
+                written = [(cp.name, cp.value) for cp in outcome.checkpoints]
+                return _with_checkpoints(doc, new, written, now)
+            return _replace(doc, new)
 
         old, new = await self._mutate(run_id, fn)
         if old is None or new is None:
@@ -786,10 +812,11 @@ class JetStreamStore:
                 rec = doc.rec
                 if rec.status is not RunStatus.SUSPENDED or rec.wait_topic != topic:
                     return None
-                cps = doc.cps
                 if rec.wait_key is not None:
-                    cps = {**cps, rec.wait_key: value}
-                return _replace(doc, apply_event(rec, now), cps)
+                    return _with_checkpoints(
+                        doc, apply_event(rec, now), [(rec.wait_key, value)], now
+                    )
+                return _replace(doc, apply_event(rec, now))
 
             _, new = await self._mutate(run_id, fn)
             if new is not None:
@@ -846,10 +873,11 @@ class JetStreamStore:
                     return FireResult(action="deleted")
                 found = None
                 continue
-            cps = doc.cps
             if action == "woken" and new_rec.resume_key is not None:
-                cps = {**cps, new_rec.resume_key: timeout_value}
-            new = _replace(doc, new_rec, cps)
+                written = [(new_rec.resume_key, timeout_value)]
+                new = _with_checkpoints(doc, new_rec, written, now)
+            else:
+                new = _replace(doc, new_rec)
             try:
                 new_rev = await self._write(run_id, rev, doc, new)
             except WrongLastSequence:
@@ -875,9 +903,11 @@ class JetStreamStore:
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
         def fn(doc: _Doc) -> _Doc:
             cps = dict(doc.cps)
+            cpt = dict(doc.cpt)
             for name in rewind_cut(list(cps), step):
                 del cps[name]
-            return _replace(doc, apply_rewind(doc.rec, now), cps)
+                cpt.pop(name, None)
+            return _replace(doc, apply_rewind(doc.rec, now), cps, cpt)
 
         _, new = await self._mutate(run_id, fn)
         return copy.copy(new.rec) if new is not None else None

@@ -42,7 +42,8 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._runs: dict[str, RunRecord] = {}
-        self._checkpoints: dict[str, dict[str, bytes]] = {}
+        # Per run: checkpoint name → (value, when it was written), in write order.
+        self._checkpoints: dict[str, dict[str, tuple[bytes, datetime]]] = {}
         self._by_topic: defaultdict[str, dict[str, None]] = defaultdict(dict)
         self._by_child: defaultdict[str, set[str]] = defaultdict(set)
         self._live: set[str] = set()
@@ -122,7 +123,7 @@ class MemoryStore:
         return copy.copy(rec) if rec is not None else None
 
     async def get_checkpoints(self, run_id: str) -> list[Checkpoint]:
-        return [Checkpoint(n, v) for n, v in self._checkpoints.get(run_id, {}).items()]
+        return [Checkpoint(n, v, at) for n, (v, at) in self._checkpoints.get(run_id, {}).items()]
 
     async def claim(self, run_id: str, owner: str, now: datetime, lease: float) -> Claim | None:
         rec = self._runs.get(run_id)
@@ -144,7 +145,7 @@ class MemoryStore:
         self, run_id: str, token: int, checkpoint: Checkpoint, now: datetime
     ) -> None:
         rec = self._owned(run_id, token)
-        self._checkpoints[run_id][checkpoint.name] = checkpoint.value
+        self._checkpoints[run_id][checkpoint.name] = (checkpoint.value, now)
         rec.updated_at = now
 
     async def commit(
@@ -158,7 +159,7 @@ class MemoryStore:
         if isinstance(outcome, (Complete, Suspend)):
             store = self._checkpoints[run_id]
             for cp in outcome.checkpoints:
-                store[cp.name] = cp.value
+                store[cp.name] = (cp.value, now)
         new = apply_outcome(rec, outcome, now, child_ended=child_ended)
         self._put(new)
         woken = self._wake_parents(run_id, now) if new.status.is_terminal else ()
@@ -171,7 +172,7 @@ class MemoryStore:
         for run_id in list(self._by_topic.get(topic, ()))[:limit]:
             rec = self._runs[run_id]
             if rec.wait_key is not None:
-                self._checkpoints[run_id][rec.wait_key] = value
+                self._checkpoints[run_id][rec.wait_key] = (value, now)
             self._put(apply_event(rec, now))
             resumed.append(run_id)
         return resumed
@@ -205,7 +206,7 @@ class MemoryStore:
             self._delete(run_id)
             return FireResult(action="deleted")
         if action == "woken" and new.resume_key is not None:
-            self._checkpoints[run_id][new.resume_key] = timeout_value
+            self._checkpoints[run_id][new.resume_key] = (timeout_value, now)
         self._put(new)
         woken = self._wake_parents(run_id, now) if action == "cancelled" else ()
         return FireResult(action=action, record=copy.copy(new), woken=woken)

@@ -292,7 +292,7 @@ class SqliteStore:
 
     async def get_checkpoints(self, run_id: str) -> list[Checkpoint]:
         rows = await self._point_read(ops.SELECT_CHECKPOINTS, (run_id,))
-        return [Checkpoint(name, value) for name, value in rows]
+        return [ops.checkpoint_from_row(row) for row in rows]
 
     async def list_runs(
         self,

@@ -24,7 +24,13 @@ from stemd.store.base import (
     RunRecord,
     Suspend,
 )
-from stemd.store.sqlite_schema import RUN_COLUMNS, record_from_row, record_to_row, to_us
+from stemd.store.sqlite_schema import (
+    RUN_COLUMNS,
+    from_us,
+    record_from_row,
+    record_to_row,
+    to_us,
+)
 from stemd.store.transitions import (
     apply_cancel,
     apply_claim,
@@ -38,6 +44,8 @@ from stemd.store.transitions import (
 
 __all__ = [
     "cancel",
+    "checkpoint_from_row",
+    "checkpoints",
     "claim",
     "commit",
     "create_run",
@@ -51,14 +59,15 @@ __all__ = [
 
 _COLS = ", ".join(RUN_COLUMNS)
 SELECT_RUN = f"SELECT {_COLS} FROM runs WHERE run_id = ?"
-SELECT_CHECKPOINTS = "SELECT name, value FROM checkpoints WHERE run_id = ? ORDER BY seq"
+SELECT_CHECKPOINTS = "SELECT name, value, written_at FROM checkpoints WHERE run_id = ? ORDER BY seq"
 _INSERT_RUN = (
     f"INSERT INTO runs ({_COLS}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
     " ON CONFLICT (run_id) DO NOTHING"
 )
 _UPSERT_CHECKPOINT = (
-    "INSERT INTO checkpoints (run_id, name, value) VALUES (?, ?, ?)"
-    " ON CONFLICT (run_id, name) DO UPDATE SET value = excluded.value"
+    "INSERT INTO checkpoints (run_id, name, value, written_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (run_id, name) DO UPDATE"
+    " SET value = excluded.value, written_at = excluded.written_at"
 )
 _TOUCH_OWNED = (
     "UPDATE runs SET updated_at = ? WHERE run_id = ? AND token = ? AND status = 'running'"
@@ -114,13 +123,21 @@ def _owned(db: sqlite3.Connection, run_id: str, token: int) -> tuple[tuple[Any, 
     return row, rec
 
 
-def _put_checkpoint(db: sqlite3.Connection, run_id: str, name: str, value: bytes) -> None:
-    db.execute(_UPSERT_CHECKPOINT, (run_id, name, value))
+def _put_checkpoint(
+    db: sqlite3.Connection, run_id: str, name: str, value: bytes, now: datetime
+) -> None:
+    db.execute(_UPSERT_CHECKPOINT, (run_id, name, value, to_us(now)))
+
+
+def checkpoint_from_row(row: tuple[Any, ...] | sqlite3.Row) -> Checkpoint:
+    """The Checkpoint of a row selected by :data:`SELECT_CHECKPOINTS`."""
+    name, value, written_at = row
+    return Checkpoint(name, value, None if written_at is None else from_us(written_at))
 
 
 def checkpoints(db: sqlite3.Connection, run_id: str) -> list[Checkpoint]:
     """The run's checkpoints in write order."""
-    return [Checkpoint(n, v) for n, v in db.execute(SELECT_CHECKPOINTS, (run_id,))]
+    return [checkpoint_from_row(r) for r in db.execute(SELECT_CHECKPOINTS, (run_id,))]
 
 
 def _wake_parents(db: sqlite3.Connection, child_id: str, now: datetime) -> tuple[str, ...]:
@@ -181,7 +198,7 @@ def save_checkpoint(
     # nothing and the refusal happens before any write.
     if db.execute(_TOUCH_OWNED, (to_us(now), run_id, token)).rowcount != 1:
         raise _lease_lost(run_id)
-    _put_checkpoint(db, run_id, checkpoint.name, checkpoint.value)
+    _put_checkpoint(db, run_id, checkpoint.name, checkpoint.value, now)
 
 
 def commit(
@@ -194,7 +211,7 @@ def commit(
         child_ended = child is None or RunStatus(child[2]).is_terminal
     if isinstance(outcome, (Complete, Suspend)):
         for cp in outcome.checkpoints:
-            _put_checkpoint(db, run_id, cp.name, cp.value)
+            _put_checkpoint(db, run_id, cp.name, cp.value, now)
     new = apply_outcome(rec, outcome, now, child_ended=child_ended)
     _update(db, row, new)
     woken = _wake_parents(db, run_id, now) if new.status.is_terminal else ()
@@ -208,7 +225,7 @@ def deliver_event(
     for row in db.execute(_WAITING_ON_TOPIC, (topic, limit)).fetchall():
         rec = record_from_row(row)
         if rec.wait_key is not None:
-            _put_checkpoint(db, rec.run_id, rec.wait_key, value)
+            _put_checkpoint(db, rec.run_id, rec.wait_key, value, now)
         _update(db, row, apply_event(rec, now))
         resumed.append(rec.run_id)
     return resumed
@@ -233,7 +250,7 @@ def fire_timer(
         _delete(db, run_id)
         return FireResult(action="deleted")
     if action == "woken" and new.resume_key is not None:
-        _put_checkpoint(db, run_id, new.resume_key, timeout_value)
+        _put_checkpoint(db, run_id, new.resume_key, timeout_value, now)
     _update(db, row, new)
     woken = _wake_parents(db, run_id, now) if action == "cancelled" else ()
     return FireResult(action=action, record=new, woken=woken)

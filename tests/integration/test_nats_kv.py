@@ -133,6 +133,33 @@ async def test_a_run_too_large_for_one_message_is_refused_unchanged(nats: NatsSe
         assert await store.get_run("r2") is None
 
 
+class _OldDoc(msgspec.Struct, kw_only=True):
+    """A run document as written before checkpoint times were recorded."""
+
+    rec: RunRecord
+    cps: dict[str, bytes]
+
+
+async def test_a_document_without_checkpoint_times_reads_and_gains_them(
+    nats: NatsServer,
+) -> None:
+    """A document written before checkpoint times existed reads back (its checkpoints
+    with no time), and later writes to it record theirs."""
+    async with open_store(nats.url) as store:
+        old = _OldDoc(rec=record("r1"), cps={"a": b"1"})
+        await store.conn.js_publish(f"$KV.{store.bucket}.run.r1", msgspec.msgpack.encode(old))
+        assert await store.get_checkpoints("r1") == [Checkpoint("a", b"1", None)]
+        claim = await store.claim("r1", "w", T0, 30.0)
+        assert claim is not None
+        assert claim.checkpoints == [Checkpoint("a", b"1", None)]
+        later = T0 + timedelta(seconds=3)
+        await store.save_checkpoint("r1", claim.token, Checkpoint("b", b"2"), later)
+        assert await store.get_checkpoints("r1") == [
+            Checkpoint("a", b"1", None),
+            Checkpoint("b", b"2", later),
+        ]
+
+
 async def test_a_write_whose_acknowledgement_is_lost_is_not_done_twice(
     nats: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,6 +21,7 @@ from stemd.store import sqlite_ops as ops
 from stemd.store import store_from_url
 from stemd.store.base import Checkpoint, Complete, RunRecord, Suspend
 from stemd.store.sqlite import _COLS, _DUE, _RUNNABLE, _WAITING, SqliteStore
+from stemd.store.sqlite_schema import migrations, to_us
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -137,6 +138,37 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         await SqliteStore(path).open()
 
 
+async def test_checkpoints_written_before_0003_read_without_a_time(tmp_path: Path) -> None:
+    """A database at schema 2 is migrated: its checkpoints read back with ``at`` None,
+    and checkpoints written after the migration carry their time."""
+    path = tmp_path / "x.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(
+        "CREATE TABLE schema_version"
+        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+    )
+    for version, name, script in migrations()[:2]:
+        db.executescript(script)
+        db.execute("INSERT INTO schema_version VALUES (?, ?, 0)", (version, name))
+    db.execute(
+        "INSERT INTO runs (run_id, workflow, status, params, created_at, updated_at, queue,"
+        " token) VALUES ('r1', 'w', 'pending', x'6e756c6c', ?, ?, 'workflow', 1)",
+        (to_us(NOW), to_us(NOW)),
+    )
+    db.execute("INSERT INTO checkpoints (run_id, name, value) VALUES ('r1', 'old', x'31')")
+    db.close()
+    async with opened(path) as store:
+        claim = await store.claim("r1", "w1", NOW, 30)
+        assert claim is not None
+        assert claim.checkpoints == [Checkpoint("old", b"1", None)]
+        later = NOW + timedelta(seconds=5)
+        await store.save_checkpoint("r1", claim.token, Checkpoint("new", b"2"), later)
+        assert await store.get_checkpoints("r1") == [
+            Checkpoint("old", b"1", None),
+            Checkpoint("new", b"2", later),
+        ]
+
+
 async def test_runs_survive_a_reopen(tmp_path: Path) -> None:
     """What one store instance committed, the next one on the file reads back."""
     path = tmp_path / "x.db"
@@ -148,7 +180,7 @@ async def test_runs_survive_a_reopen(tmp_path: Path) -> None:
     async with opened(path) as store:
         rec = await store.get_run("r1")
         assert rec is not None and rec.status is RunStatus.RUNNING and rec.params == b'{"a":1}'
-        assert await store.get_checkpoints("r1") == [Checkpoint("s", b"1")]
+        assert await store.get_checkpoints("r1") == [Checkpoint("s", b"1", NOW)]
 
 
 # -- the writer --------------------------------------------------------------------------
@@ -216,7 +248,7 @@ async def test_a_refused_write_does_not_fail_its_batch(tmp_path: Path) -> None:
             await wait_until(lambda: _queued(store, 3), what="3 queued writes")
             gate.set()
         assert results == {"stale": "lost", "good": "ok"}
-        assert await store.get_checkpoints("r1") == [Checkpoint("good", b"1")]
+        assert await store.get_checkpoints("r1") == [Checkpoint("good", b"1", NOW)]
         assert await store.get_run("r2") is not None
         assert store.statistics().fallbacks == 0
 

@@ -291,6 +291,84 @@ async def test_saving_a_checkpoint_again_replaces_it(store: Store) -> None:
     assert [(c.name, c.value) for c in await store.get_checkpoints("r1")] == [("a", enc(2))]
 
 
+# -- checkpoint times ---------------------------------------------------------------------
+
+
+async def times(store: Store, run_id: str) -> list[tuple[str, datetime | None]]:
+    return [(c.name, c.at) for c in await store.get_checkpoints(run_id)]
+
+
+async def test_saved_checkpoints_carry_the_time_of_their_write(store: Store) -> None:
+    """save_checkpoint records its ``now`` (not the caller's ``at``); every read returns it."""
+    claim = await started(store)
+    await store.save_checkpoint("r1", claim.token, Checkpoint("a", enc(1)), at(1))
+    await store.save_checkpoint("r1", claim.token, Checkpoint("b", enc(2), at(99)), at(2.5))
+    assert await times(store, "r1") == [("a", at(1)), ("b", at(2.5))]
+    await store.commit("r1", claim.token, Release(), at(3))
+    again = await store.claim("r1", "w1", at(3), LEASE)
+    assert again is not None
+    assert [(c.name, c.value, c.at) for c in again.checkpoints] == [
+        ("a", enc(1), at(1)),
+        ("b", enc(2), at(2.5)),
+    ]
+
+
+async def test_a_replaced_checkpoint_takes_the_time_of_the_new_write(store: Store) -> None:
+    """A checkpoint saved again keeps its place and takes the later write's time."""
+    claim = await started(store)
+    await store.save_checkpoint("r1", claim.token, Checkpoint("a", enc(1)), at(1))
+    await store.save_checkpoint("r1", claim.token, Checkpoint("b", enc(2)), at(2))
+    await store.save_checkpoint("r1", claim.token, Checkpoint("a", enc(3)), at(3))
+    assert await times(store, "r1") == [("a", at(3)), ("b", at(2))]
+
+
+async def test_checkpoints_of_a_commit_carry_its_time(store: Store) -> None:
+    """Checkpoints written with a Suspend or a Complete carry the commit's ``now``."""
+    claim = await started(store)
+    await store.save_checkpoint("r1", claim.token, Checkpoint("a", enc(1)), at(1))
+    sleep = Checkpoint("b@sleep#0", enc("wake"))
+    await store.commit("r1", claim.token, Suspend(checkpoints=(sleep,), resume_at=at(10)), at(2))
+    assert (await store.fire_timer("r1", at(10), TIMEOUT)).action == "woken"
+    again = await store.claim("r1", "w1", at(11), LEASE)
+    assert again is not None
+    last = Checkpoint("b", enc("B"))
+    await store.commit("r1", again.token, Complete(result=enc("B"), checkpoints=(last,)), at(12))
+    assert await times(store, "r1") == [("a", at(1)), ("b@sleep#0", at(2)), ("b", at(12))]
+
+
+async def test_a_delivered_event_carries_the_delivery_time(store: Store) -> None:
+    """The payload deliver_event writes to a wait's checkpoint carries the delivery's time."""
+    await suspended_on(store, "r1", "t.paid", now=at(1))
+    assert await store.deliver_event("t.paid", enc({"e": 1}), at(7)) == ["r1"]
+    assert await times(store, "r1") == [("review@event#0", at(7))]
+
+
+async def test_a_timed_out_wait_carries_the_firing_time(store: Store) -> None:
+    """The timeout marker fire_timer writes to a wait's checkpoint carries its ``now``."""
+    claim = await started(store)
+    await store.save_checkpoint("r1", claim.token, Checkpoint("a", enc(1)), at(1))
+    await store.commit(
+        "r1",
+        claim.token,
+        Suspend(wait_topic="t.late", wait_key="w@event#0", resume_at=at(10)),
+        at(2),
+    )
+    assert (await store.fire_timer("r1", at(10.5), TIMEOUT)).action == "woken"
+    assert await times(store, "r1") == [("a", at(1)), ("w@event#0", at(10.5))]
+
+
+async def test_rewind_keeps_the_times_of_the_checkpoints_it_keeps(store: Store) -> None:
+    """After a rewind the remaining checkpoints keep their times; new ones get theirs."""
+    claim = await started(store)
+    for i, name in enumerate(["a", "b", "c"]):
+        await store.save_checkpoint("r1", claim.token, Checkpoint(name, enc(i)), at(i))
+    assert await store.rewind("r1", "b", at(5)) is not None
+    again = await store.claim("r1", "w2", at(6), LEASE)
+    assert again is not None
+    await store.save_checkpoint("r1", again.token, Checkpoint("b", enc(9)), at(7))
+    assert await times(store, "r1") == [("a", at(0)), ("b", at(7))]
+
+
 # -- outcomes -----------------------------------------------------------------------------
 
 
