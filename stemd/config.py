@@ -127,6 +127,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         log_format: ``auto`` (console on a TTY, JSON otherwise), ``json`` or ``console``.
         metrics_address: ``HOST:PORT`` to serve Prometheus ``/metrics`` and ``/healthz`` on,
             or unset (no HTTP endpoint).
+        event_loop: ``auto`` (uvloop when installed, else asyncio), ``asyncio`` or
+            ``uvloop``.
         tracing: make OpenTelemetry spans (needs ``stemd[otel]``) with the global tracer
             provider, e.g. set up by ``opentelemetry-instrument stemd run``.
         actors: extra actors, each ``"module:factory"`` with ``factory(app) -> actor``.
@@ -151,6 +153,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_address: str | None = None
     tracing: bool = False
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     actors: tuple[str, ...] = ()
     restart: RestartConfig = msgspec.field(default_factory=RestartConfig)
     codec: CodecConfig = msgspec.field(default_factory=CodecConfig)

@@ -173,3 +173,15 @@ async def test_unreachable_urls_name_their_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^broker: cannot reach nats://127\.0\.0\.1:1"):
         await check_reachable(Config(store="memory://", broker="nats://127.0.0.1:1"))
     await check_reachable(Config(store=f"sqlite:///{tmp_path}/stemd.db"))
+
+
+def test_event_loop_options() -> None:
+    """event_loop picks uvloop when installed (auto) or asked, asyncio when asked."""
+    from stemd.daemon import loop_options
+
+    assert loop_options("asyncio") == {}
+    assert loop_options("auto") == {"use_uvloop": True}  # uvloop is a test dependency
+    assert loop_options("uvloop") == {"use_uvloop": True}
+    assert load_config(None, environ={"STEMD_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="STEMD_EVENT_LOOP"):
+        load_config(None, environ={"STEMD_EVENT_LOOP": "trio"})
