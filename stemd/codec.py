@@ -25,12 +25,14 @@ import msgspec
 from stemd.errors import ConfigError, PayloadError
 
 __all__ = [
+    "MAX_DEPTH",
     "Codec",
     "CodecChain",
     "Versioned",
     "JsonCodec",
     "Keyring",
     "MsgpackCodec",
+    "check_depth",
     "codec_for",
     "convert",
 ]
@@ -69,6 +71,8 @@ class _MsgspecCodec:
             return self._encoder.encode(value)  # type: ignore[no-any-return]
         except (TypeError, ValueError, OverflowError) as exc:
             raise PayloadError(f"cannot encode {type(value).__name__}: {exc}") from None
+        except RecursionError:
+            raise PayloadError(f"cannot encode {type(value).__name__}: nested too deeply") from None
 
     def decode(self, data: bytes, type: Any = Any) -> Any:
         decoder = self._decoders.get(type)
@@ -82,6 +86,8 @@ class _MsgspecCodec:
             return decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise PayloadError(f"cannot decode value: {exc}") from None
+        except RecursionError:
+            raise PayloadError("cannot decode value: nested too deeply") from None
 
 
 class JsonCodec(_MsgspecCodec):
@@ -362,3 +368,30 @@ def convert(value: Any, type: Any, *, what: str) -> Any:
         return msgspec.convert(value, type, strict=False)
     except msgspec.ValidationError as exc:
         raise PayloadError(f"{what}: {exc}") from None
+    except RecursionError:
+        raise PayloadError(f"{what}: nested too deeply") from None
+
+
+# Values nested deeper than this are refused where they enter (params, event payloads):
+# msgspec recurses once per level on the interpreter's stack (1000 frames by default), so
+# a value accepted near that limit by one caller could not be read back by another,
+# deeper in its stack (a worker, a listing).
+MAX_DEPTH = 256
+
+
+def check_depth(value: Any, what: str = "value", limit: int = MAX_DEPTH) -> None:
+    """Raise :class:`PayloadError` if lists and dicts in ``value`` nest deeper than
+    ``limit`` levels."""
+    if not isinstance(value, (list, dict, tuple)):
+        return
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise PayloadError(f"{what} is nested more than {limit} levels deep")
+        below: list[Any] = []
+        for item in level:
+            children = item.values() if isinstance(item, dict) else item
+            below.extend(c for c in children if isinstance(c, (list, dict, tuple)))
+        level = below
