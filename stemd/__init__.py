@@ -25,6 +25,7 @@ from stemd.errors import (
 )
 from stemd.model import (
     CancellationPolicy,
+    CheckpointInfo,
     ErrorInfo,
     Retry,
     RunState,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = (
     "App",
     "CancellationPolicy",
+    "CheckpointInfo",
     "ChildFailed",
     "ConfigError",
     "ErrorInfo",

@@ -14,6 +14,7 @@ from stemd.errors import InvalidRunId
 
 __all__ = [
     "CancellationPolicy",
+    "CheckpointInfo",
     "ErrorInfo",
     "Retry",
     "RunState",
@@ -125,6 +126,36 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     attempts: int | None = None
 
 
+class CheckpointInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of a run's timeline: a checkpoint, when it was recorded, and how long the
+    run took to get there from the entry before it.
+
+    ``kind`` is ``"step"`` (a step's value was recorded; the value is in
+    ``RunState.checkpoints``) or a wait: ``"sleep"`` (a sleep began; ``detail``: its wake
+    time), ``"event"`` (an awaited event arrived, or its wait timed out; ``detail``:
+    ``"received"`` or ``"timed out"``), ``"child_start"`` (a child run was started;
+    ``detail``: its run id), ``"child_join"`` (a child's end was taken; ``detail``: its
+    status, and its error or cancel reason). Later versions may add kinds.
+
+    Attributes:
+        name: the checkpoint's name (``"draft"``, ``"poll#2"``, ``"review@event#0"``).
+        kind: what was recorded (above).
+        step: the step it belongs to (``""`` for a script's body).
+        at: when it was recorded; ``None`` for a checkpoint written before stemd
+            recorded checkpoint times.
+        duration: seconds from the previous entry (the first: from the run's creation)
+            to this one, waits and retries included; ``None`` when either time is unknown.
+        detail: a few words on a wait (above); ``None`` for a step.
+    """
+
+    name: str
+    kind: str
+    step: str
+    at: datetime | None = None
+    duration: float | None = None
+    detail: str | None = None
+
+
 class RunState(msgspec.Struct, frozen=True, kw_only=True):
     """A snapshot of one run as stored.
 
@@ -154,6 +185,12 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     suspended_at: datetime | None = None
     finished_at: datetime | None = None
     ttl: float | None = None
+    # What the run did, in order, with times: every checkpoint, waits included.
+    timeline: list[CheckpointInfo] = msgspec.field(default_factory=list)
+    # Retries: the step whose attempt failed most recently, and its failed attempts so far
+    # (kept once the step succeeds: a step recorded after failures was retried).
+    retried_step: str | None = None
+    step_failures: int = 0
 
 
 class WorkflowResult(msgspec.Struct, Generic[T], frozen=True, kw_only=True):

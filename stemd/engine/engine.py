@@ -22,6 +22,7 @@ from stemd.engine.events import RunEvents
 from stemd.engine.execution import Aborted, Execution, Fenced, Interrupt, validate_topic
 from stemd.engine.leases import LeaseKeeper
 from stemd.engine.observer import Observer, add_observer
+from stemd.engine.timeline import build_timeline
 from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
 from stemd.model import CancellationPolicy, ErrorInfo, RunState, RunStatus, validate_run_id
 from stemd.store.base import (
@@ -53,7 +54,9 @@ def new_run_id() -> str:
 
 
 def to_run_state(rec: RunRecord, checkpoints: Iterable[Checkpoint], codec: Codec) -> RunState:
-    """The public view of a stored run: values decoded, internal checkpoints left out."""
+    """The public view of a stored run: values decoded, internal checkpoints left out of
+    ``checkpoints`` (the timeline lists every one, with its time)."""
+    checkpoints = list(checkpoints)
     return RunState(
         run_id=rec.run_id,
         workflow=rec.workflow,
@@ -77,6 +80,9 @@ def to_run_state(rec: RunRecord, checkpoints: Iterable[Checkpoint], codec: Codec
         suspended_at=rec.suspended_at,
         finished_at=rec.finished_at,
         ttl=rec.ttl,
+        timeline=build_timeline(rec.created_at, checkpoints, codec),
+        retried_step=rec.attempt_step,
+        step_failures=rec.step_failures,
     )
 
 

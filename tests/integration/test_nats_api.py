@@ -98,6 +98,10 @@ async def test_start_is_idempotent_and_get_returns_the_contract_fields(
     assert run["attempts"] == 1
     assert RFC3339.match(run["created_at"])
     assert RFC3339.match(run["updated_at"])
+    (entry,) = run["timeline"]
+    assert (entry["name"], entry["kind"], entry["step"]) == ("prepare", "step", "prepare")
+    assert RFC3339.match(entry["at"])
+    assert entry["duration"] >= 0
 
 
 async def test_start_without_run_id_generates_one(app: stemd.App, conn: NatsConnection) -> None:
