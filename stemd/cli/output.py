@@ -9,9 +9,9 @@ from typing import Any, TextIO
 
 import msgspec
 
-from stemd.model import RunState
+from stemd.model import CheckpointInfo, RunState, RunStatus
 
-__all__ = ["print_json", "run_detail", "runs_table", "short_json"]
+__all__ = ["duration", "print_json", "run_detail", "runs_table", "short_json"]
 
 
 def print_json(value: Any, out: TextIO | None = None) -> None:
@@ -35,9 +35,49 @@ def _time(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _ms_time(value: datetime | None) -> str:
+    """A time to the millisecond, for the timeline."""
+    if value is None:
+        return "-"
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%d %H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def duration(seconds: float | None) -> str:
+    """``seconds`` in a few characters: ``0.104s``, ``12m05s``, ``3h20m``, ``2d04h``."""
+    if seconds is None:
+        return "-"
+    sign = "-" if seconds < 0 else ""
+    secs = abs(seconds)
+    if secs < 60:
+        return f"{sign}{secs:.3f}s"
+    whole = round(secs)
+    if whole < 3600:
+        return f"{sign}{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{sign}{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{sign}{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def _attempts(n: int) -> str:
+    return f"{n} failed attempt{'s' if n != 1 else ''}"
+
+
+def _retrying(run: RunState) -> bool:
+    """Whether the run waits to retry a failed step."""
+    return (
+        run.status is RunStatus.SUSPENDED
+        and run.error is not None
+        and run.retried_step is not None
+        and run.retried_step not in run.checkpoints
+        and run.wait_topic is None
+        and run.wait_child is None
+    )
+
+
 def _detail(run: RunState) -> str:
     """What a person wants to know next about the run, in a few words."""
-    if run.error is not None:
+    if run.status is RunStatus.FAILED and run.error is not None:
         where = f" in {run.error.step}" if run.error.step else ""
         return f"{run.error.type}{where}: {run.error.message}"
     if run.cancel_reason:
@@ -47,9 +87,14 @@ def _detail(run: RunState) -> str:
         return f"waiting for event {run.wait_topic}{until}"
     if run.wait_child:
         return f"waiting for child {run.wait_child}"
-    if run.resume_at and run.status.value in ("suspended", "pending"):
+    if _retrying(run):
+        return f"retrying {run.retried_step} at {_time(run.resume_at)}"
+    if run.resume_at and run.status in (RunStatus.SUSPENDED, RunStatus.PENDING):
         return f"resumes at {_time(run.resume_at)}"
-    if run.status.value == "completed":
+    if run.error is not None:
+        where = f" in {run.error.step}" if run.error.step else ""
+        return f"{run.error.type}{where}: {run.error.message}"
+    if run.status is RunStatus.COMPLETED:
         return f"result {short_json(run.result, 40)}"
     return ""
 
@@ -69,8 +114,86 @@ def runs_table(runs: Sequence[RunState]) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
+def _retries(run: RunState) -> str | None:
+    """The retries line: which step failed how often, and what came of it."""
+    step, failures = run.retried_step, run.step_failures
+    if step is None or failures < 1:
+        return None
+    if step in run.checkpoints:
+        return f"{step} succeeded after {_attempts(failures)}"
+    if _retrying(run):
+        return f"{step}: {_attempts(failures)}; next attempt at {_time(run.resume_at)}"
+    return f"{step}: {_attempts(failures)}"
+
+
+def _what(run: RunState, entry: CheckpointInfo) -> str:
+    """The timeline's last column: a step's value, or what the wait was."""
+    detail = entry.detail or ""
+    if entry.kind == "step":
+        text = short_json(run.checkpoints.get(entry.name), 60)
+        if entry.name == run.retried_step and run.step_failures:
+            text += f"  (after {_attempts(run.step_failures)})"
+        return text
+    if entry.kind == "sleep":
+        return f"sleep {detail}".rstrip()
+    if entry.kind == "event":
+        return f"event {detail}".rstrip()
+    if entry.kind == "child_start":
+        return f"started child {detail}".rstrip()
+    if entry.kind == "child_join":
+        return f"child {detail}".rstrip()
+    return f"{entry.kind} {detail}".rstrip()
+
+
+def _ending(run: RunState) -> str:
+    """The timeline's last line: how the run ended, or what it is doing now."""
+    if run.status is RunStatus.COMPLETED:
+        return f"completed: {short_json(run.result, 60)}"
+    if run.status is RunStatus.FAILED:
+        return "failed: " + (_detail(run) or "-")
+    if run.status is RunStatus.CANCELLED:
+        return f"cancelled: {run.cancel_reason or '-'}"
+    return _detail(run) or run.status.value
+
+
+def _timeline(run: RunState) -> list[str]:
+    """Every checkpoint with its time, the time since the one before, and what it was;
+    then how the run ended (with the time since the last checkpoint) or what it waits for."""
+    rows: list[tuple[str, str, str, str, str]] = [
+        ("#", "AT", "+TIME", "CHECKPOINT", "WHAT"),
+    ]
+    for i, entry in enumerate(run.timeline, 1):
+        rows.append(
+            (
+                str(i),
+                _ms_time(entry.at),
+                "+" + duration(entry.duration),
+                entry.name,
+                _what(run, entry),
+            )
+        )
+    if run.status.is_terminal:
+        last = run.timeline[-1].at if run.timeline else run.created_at
+        took = None
+        if last is not None and run.finished_at is not None:
+            took = (run.finished_at - last).total_seconds()
+        rows.append(("end", _ms_time(run.finished_at), "+" + duration(took), "", _ending(run)))
+    else:
+        since = run.suspended_at if run.status is RunStatus.SUSPENDED else None
+        rows.append(("...", _ms_time(since) if since else "", "", "", _ending(run)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = []
+    for row in rows:
+        cells = [row[0].rjust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2])]
+        cells += [row[3].ljust(widths[3]), row[4]]
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    count = len(run.timeline)
+    return [f"timeline ({count} checkpoint{'s' if count != 1 else ''}):", *lines]
+
+
 def run_detail(run: RunState) -> str:
-    """A run's fields, then its checkpoints in order: the timeline of what it did."""
+    """A run's fields, then its timeline: each checkpoint with its time and duration,
+    the waits between, and how the run ended."""
     fields: list[tuple[str, str]] = [
         ("run", run.run_id),
         ("workflow", run.workflow),
@@ -82,14 +205,29 @@ def run_detail(run: RunState) -> str:
     fields += [
         ("created", _time(run.created_at)),
         ("updated", _time(run.updated_at)),
+    ]
+    if run.finished_at is not None:
+        took = ""
+        if run.created_at is not None:
+            took = f" (after {duration((run.finished_at - run.created_at).total_seconds())})"
+        fields.append(("finished", _time(run.finished_at) + took))
+    fields += [
         ("attempts", str(run.attempts)),
         ("params", short_json(run.params, 100)),
     ]
-    if run.status.value == "completed":
+    if run.status is RunStatus.COMPLETED:
         fields.append(("result", short_json(run.result, 100)))
+    retries = _retries(run)
+    if retries is not None:
+        fields.append(("retries", retries))
     if run.error is not None:
-        attempts = f" after {run.error.attempts} attempts" if run.error.attempts else ""
-        fields.append(("error", f"{run.error.type}: {run.error.message}{attempts}"))
+        error = f"{run.error.type}: {run.error.message}"
+        if run.status is RunStatus.FAILED:
+            attempts = f" after {run.error.attempts} attempts" if run.error.attempts else ""
+            fields.append(("error", error + attempts))
+        else:  # a retry's cause, kept while the run goes on
+            attempt = f" (attempt {run.error.attempts})" if run.error.attempts else ""
+            fields.append(("last error", error + attempt))
     if run.policy is not None:
         fields.append(("policy", short_json(run.policy, 100)))
     if run.lease_owner:
@@ -97,13 +235,5 @@ def run_detail(run: RunState) -> str:
     width = max(len(k) for k, _ in fields)
     lines = [f"{k.ljust(width)}  {v}" for k, v in fields]
     lines.append("")
-    if not run.checkpoints:
-        lines.append("checkpoints: none yet")
-    else:
-        lines.append(f"checkpoints ({len(run.checkpoints)}):")
-        name_width = max(len(name) for name in run.checkpoints)
-        for i, (name, value) in enumerate(run.checkpoints.items(), 1):
-            lines.append(f"  {i:>3}  {name.ljust(name_width)}  {short_json(value, 70)}")
-    if not run.status.is_terminal:
-        lines.append(f"  ...  {_detail(run) or run.status.value}")
+    lines += _timeline(run)
     return "\n".join(lines) + "\n"

@@ -67,7 +67,7 @@ async def test_every_command_through_the_api(
                 if [r["run_id"] for r in json.loads(out)["runs"]] == ["d7"]:
                     break
         status, out, _ = await cli(capsys, "workflow", "get", "d7", *n)
-        assert "checkpoints (1):" in out
+        assert "timeline (1 checkpoint):" in out
         status, out, _ = await cli(capsys, "workflow", "list", "--status", "suspended", *n)
         assert out.splitlines()[1].split()[:3] == ["d7", "approvals.flow", "suspended"]
         status, out, _ = await cli(

@@ -4,6 +4,7 @@ output, and bad input as one line on stderr with a non-zero exit."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -127,14 +128,50 @@ def test_get_shows_the_checkpoint_timeline(capsys: pytest.CaptureFixture[str], s
     assert status == 0
     assert "workflow  approvals.flow" in out
     assert "suspended (waiting for event approvals.manager)" in out
-    assert "checkpoints (1):" in out
-    assert '1  draft  "doc-42"' in out
+    assert "timeline (1 checkpoint):" in out
+    assert re.search(
+        r'\n +1  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z +\+\d+\.\d{3}s  draft +"doc-42"\n', out
+    )
+    assert re.search(r"\n +\.\.\.  .*waiting for event approvals\.manager\n", out)
     status, out, _ = cli(capsys, "workflow", "get", "r1", "--store", store, "--json")
     run = json.loads(out)["run"]
     assert run["status"] == "suspended"
     assert run["checkpoints"] == {"draft": "doc-42"}
     assert run["wait_topic"] == "approvals.manager"
     assert datetime.fromisoformat(run["created_at"]).tzinfo is not None
+    (entry,) = run["timeline"]
+    assert (entry["name"], entry["kind"], entry["step"]) == ("draft", "step", "draft")
+    assert datetime.fromisoformat(entry["at"]) >= datetime.fromisoformat(run["created_at"])
+    assert entry["duration"] >= 0
+
+
+def test_get_shows_retries_and_the_error_of_a_failed_run(
+    capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    """`get` of a run that failed after retries shows them, its error and how it ended."""
+    cli(
+        capsys,
+        "workflow",
+        "start",
+        "examples.flaky",
+        "--params",
+        '{"fail_times": 9}',
+        "--run-id",
+        "bad",
+        "--store",
+        store,
+    )
+    drive(store, "bad", "failed")
+    status, out, _ = cli(capsys, "workflow", "get", "bad", "--store", store)
+    assert status == 0
+    assert "retries   fetch: 4 failed attempts\n" in out
+    assert "error     ConnectionError: upstream unavailable (attempt 5) after 5 attempts\n" in out
+    assert "timeline (0 checkpoints):" in out
+    assert re.search(r"\n +end  \S+ \S+ +\+\d+\.\d{3}s +failed: ConnectionError in fetch: ", out)
+    status, out, _ = cli(capsys, "workflow", "get", "bad", "--store", store, "--json")
+    run = json.loads(out)["run"]
+    assert (run["retried_step"], run["step_failures"]) == ("fetch", 4)
+    assert run["timeline"] == []
 
 
 def test_list_is_a_table_or_json_and_filters(

@@ -1,0 +1,131 @@
+"""How `stemd workflow get` shows a run: its fields, then its timeline."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from stemd.cli.output import duration, run_detail
+from stemd.model import CheckpointInfo, ErrorInfo, RunState, RunStatus
+
+T0 = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
+
+
+def at(secs: float) -> datetime:
+    return T0 + timedelta(seconds=secs)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, "-"),
+        (0.0, "0.000s"),
+        (0.1044, "0.104s"),
+        (59.9994, "59.999s"),
+        (65, "1m05s"),
+        (3600 + 125, "1h02m"),
+        (2 * 86400 + 4 * 3600 + 59, "2d04h"),
+        (-0.25, "-0.250s"),
+    ],
+)
+def test_durations_are_short(seconds: float | None, text: str) -> None:
+    """Durations read as seconds to the millisecond, then minutes, hours, days."""
+    assert duration(seconds) == text
+
+
+def test_a_completed_run_shows_every_checkpoint_wait_and_retry() -> None:
+    """Steps with values, waits in words, the retried step marked, and how the run ended."""
+    timeline = [
+        CheckpointInfo(name="draft", kind="step", step="draft", at=at(0.25), duration=0.25),
+        CheckpointInfo(
+            name="review@event#0",
+            kind="event",
+            step="review",
+            at=at(3600 + 125.25),
+            duration=3725.0,
+            detail="received",
+        ),
+        CheckpointInfo(name="review", kind="step", step="review", at=at(3726), duration=0.75),
+    ]
+    run = RunState(
+        run_id="doc-42",
+        workflow="approvals.flow",
+        status=RunStatus.COMPLETED,
+        params={"doc": 42},
+        result="ok",
+        checkpoints={"draft": "doc-42", "review": "ana"},
+        created_at=T0,
+        updated_at=at(3727),
+        finished_at=at(3727),
+        attempts=4,
+        timeline=timeline,
+        retried_step="review",
+        step_failures=2,
+    )
+    assert run_detail(run) == (
+        "run       doc-42\n"
+        "workflow  approvals.flow\n"
+        'status    completed (result "ok")\n'
+        "queue     workflow\n"
+        "created   2030-01-01 09:00:00Z\n"
+        "updated   2030-01-01 10:02:07Z\n"
+        "finished  2030-01-01 10:02:07Z (after 1h02m)\n"
+        "attempts  4\n"
+        'params    {"doc":42}\n'
+        'result    "ok"\n'
+        "retries   review succeeded after 2 failed attempts\n"
+        "\n"
+        "timeline (3 checkpoints):\n"
+        "    #  AT                          +TIME  CHECKPOINT      WHAT\n"
+        '    1  2030-01-01 09:00:00.250Z  +0.250s  draft           "doc-42"\n'
+        "    2  2030-01-01 10:02:05.250Z   +1h02m  review@event#0  event received\n"
+        '    3  2030-01-01 10:02:06.000Z  +0.750s  review          "ana"'
+        "  (after 2 failed attempts)\n"
+        '  end  2030-01-01 10:02:07.000Z  +1.000s                  completed: "ok"\n'
+    )
+
+
+def test_a_failing_run_shows_its_error_and_a_waiting_run_what_it_waits_for() -> None:
+    """A run waiting to retry shows its last error and next attempt; a failed one its error."""
+    error = ErrorInfo(type="ConnectionError", message="down", step="fetch", attempts=2)
+    retrying = RunState(
+        run_id="r1",
+        workflow="w",
+        status=RunStatus.SUSPENDED,
+        error=error,
+        resume_at=at(60),
+        suspended_at=at(30),
+        created_at=T0,
+        updated_at=at(30),
+        retried_step="fetch",
+        step_failures=2,
+    )
+    out = run_detail(retrying)
+    assert "status      suspended (retrying fetch at 2030-01-01 09:01:00Z)\n" in out
+    assert "retries     fetch: 2 failed attempts; next attempt at 2030-01-01 09:01:00Z\n" in out
+    assert "last error  ConnectionError: down (attempt 2)\n" in out
+    assert out.endswith(
+        "timeline (0 checkpoints):\n"
+        "    #  AT                        +TIME  CHECKPOINT  WHAT\n"
+        "  ...  2030-01-01 09:00:30.000Z                     "
+        "retrying fetch at 2030-01-01 09:01:00Z\n"
+    )
+    failed = RunState(
+        run_id="r1",
+        workflow="w",
+        status=RunStatus.FAILED,
+        error=ErrorInfo(type="ConnectionError", message="down", step="fetch", attempts=3),
+        created_at=T0,
+        updated_at=at(90),
+        finished_at=at(90),
+        retried_step="fetch",
+        step_failures=2,
+    )
+    out = run_detail(failed)
+    assert "retries   fetch: 2 failed attempts\n" in out
+    assert "error     ConnectionError: down after 3 attempts\n" in out
+    assert out.endswith(
+        "  end  2030-01-01 09:01:30.000Z  +1m30s              "
+        "failed: ConnectionError in fetch: down\n"
+    )
