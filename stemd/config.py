@@ -7,6 +7,10 @@ the environment variable) at fault::
     stemd.toml: concurrency: Expected `int >= 1`, got `0`
     STEMD_CONCURRENCY: expected an integer, got 'many'
     store: cannot reach nats://10.0.0.9:4222 (connection refused)
+    nats_auth.creds_file: cannot read /etc/stemd/stemd.creds: No such file or directory
+
+Credentials written into a URL (``nats://user:pass@host``) and the secrets of
+``[nats_auth]`` never appear in these messages nor in :func:`config_to_toml`.
 
 See docs/reference/config.md for every key.
 """
@@ -26,16 +30,19 @@ import anyio
 import msgspec
 
 from stemd.codec import Codec, CodecChain, Keyring
-from stemd.errors import ConfigError
+from stemd.errors import ConfigError, TransportError
+from stemd.natsauth import NatsAuth, redact_url
 
 __all__ = [
     "DEFAULT_STORE",
     "CodecConfig",
     "Config",
     "EncryptionConfig",
+    "NatsAuth",
     "WorkflowCodecConfig",
     "RestartConfig",
     "check_reachable",
+    "config_to_builtins",
     "config_to_toml",
     "load_config",
     "sqlite_path",
@@ -112,6 +119,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         nats: where the API and run events are served; defaults to the broker's or the
             store's NATS URL (see :attr:`effective_nats`).
         prefix: the subject prefix of the API and run events (``stem.api.<verb>``).
+        nats_auth: credentials and TLS for every NATS connection (``[nats_auth]``, see
+            :class:`~stemd.natsauth.NatsAuth`).
         concurrency: runs executed at once by this daemon.
         queue: the queue this daemon's workers take runs from.
         lease: seconds a worker owns a run between renewals.
@@ -143,6 +152,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     broker: str | None = None
     nats: str | None = None
     prefix: str = "stem"
+    nats_auth: NatsAuth = msgspec.field(default_factory=NatsAuth)
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 32
     queue: str = "workflow"
     lease: Positive = 30.0
@@ -223,26 +233,38 @@ def _field_types() -> dict[str, Any]:
     return {f.name: f.type for f in msgspec.structs.fields(Config)}
 
 
+# Tables whose fields ``STEMD_<PREFIX><FIELD>`` sets: STEMD_RESTART_WINDOW sets
+# restart.window, STEMD_NATS_PASSWORD sets nats_auth.password.
+_ENV_TABLES: dict[str, tuple[str, type[msgspec.Struct]]] = {
+    "restart": ("restart_", RestartConfig),
+    "nats_auth": ("nats_", NatsAuth),
+}
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """The ``STEMD_*`` variables as typed values; ``STEMD_RESTART_MAX_RESTARTS`` and the like
-    set the fields of the ``restart`` table."""
+    set the fields of the ``restart`` table, ``STEMD_NATS_PASSWORD`` and the like those of
+    ``nats_auth``."""
     types = _field_types()
     out: dict[str, Any] = {}
-    restart: dict[str, Any] = {}
-    restart_types = {f.name: f.type for f in msgspec.structs.fields(RestartConfig)}
+    tables: dict[str, dict[str, Any]] = {}
     for var, raw in environ.items():
         if not var.startswith(_ENV_PREFIX) or var in _ENV_OTHER:
             continue
         key = var[len(_ENV_PREFIX) :].lower()
-        if key.startswith("restart_") and key[len("restart_") :] in restart_types:
-            sub = key[len("restart_") :]
-            restart[sub] = _env_value(var, raw, restart_types[sub], is_list=False)
-        elif key in types and key != "restart":
-            out[key] = _env_value(var, raw, types[key], is_list=key in _LISTS)
+        for table, (start, struct) in _ENV_TABLES.items():
+            sub = key[len(start) :]
+            sub_types = {f.name: f.type for f in msgspec.structs.fields(struct)}
+            if key.startswith(start) and sub in sub_types:
+                value = _env_value(var, raw, sub_types[sub], is_list=False)
+                tables.setdefault(table, {})[sub] = value
+                break
         else:
-            raise ConfigError(f"{var}: unknown setting (no config key {key!r})")
-    if restart:
-        out["restart"] = restart
+            if key in types and key not in _ENV_TABLES:
+                out[key] = _env_value(var, raw, types[key], is_list=key in _LISTS)
+            else:
+                raise ConfigError(f"{var}: unknown setting (no config key {key!r})")
+    out.update(tables)
     return out
 
 
@@ -306,9 +328,10 @@ def load_config(
         raise ConfigError(f"{source}: {_key_message(str(exc))}") from None
     overrides = _env_overrides(env)
     if overrides:
-        restart = overrides.pop("restart", None)
-        if restart is not None:
-            overrides["restart"] = msgspec.structs.replace(config.restart, **restart)
+        for table in _ENV_TABLES:
+            fields = overrides.pop(table, None)
+            if fields is not None:
+                overrides[table] = msgspec.structs.replace(getattr(config, table), **fields)
         config = msgspec.structs.replace(config, **overrides)
     _check_values(config)
     return config
@@ -344,7 +367,8 @@ def _check_values(config: Config) -> None:
     store = config.store
     if not (store in ("memory://", "memory") or store.startswith("sqlite://") or _is_nats(store)):
         raise ConfigError(
-            f"store: unsupported URL {store!r} (use memory://, sqlite:///PATH or nats://HOST:PORT)"
+            f"store: unsupported URL {redact_url(store)!r} "
+            "(use memory://, sqlite:///PATH or nats://HOST:PORT)"
         )
     if store.startswith("sqlite://") and (
         not store.startswith("sqlite:///") or not sqlite_path(store)
@@ -353,7 +377,7 @@ def _check_values(config: Config) -> None:
     for key in ("broker", "nats"):
         url = getattr(config, key)
         if url is not None and not _is_nats(url):
-            raise ConfigError(f"{key}: unsupported URL {url!r} (use nats://HOST:PORT)")
+            raise ConfigError(f"{key}: unsupported URL {redact_url(url)!r} (use nats://HOST:PORT)")
         if url is not None:
             _nats_servers(key, url)
     if _is_nats(store):
@@ -364,6 +388,7 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"prefix: {config.prefix!r} is not a valid subject prefix")
     if config.metrics_address is not None:
         _host_port("metrics_address", config.metrics_address)
+    config.nats_auth.validate()
 
 
 def _is_nats(url: str) -> bool:
@@ -389,9 +414,9 @@ def _nats_servers(key: str, url: str) -> list[tuple[str, int]]:
             split = urlsplit(part)
             host, port = split.hostname, split.port or 4222
         except ValueError as exc:
-            raise ConfigError(f"{key}: invalid NATS URL {url!r}: {exc}") from None
+            raise ConfigError(f"{key}: invalid NATS URL {redact_url(url)!r}: {exc}") from None
         if not host:
-            raise ConfigError(f"{key}: invalid NATS URL {url!r}: no host")
+            raise ConfigError(f"{key}: invalid NATS URL {redact_url(url)!r}: no host")
         servers.append((host, port))
     return servers
 
@@ -408,10 +433,11 @@ def sqlite_path(url: str) -> str:
 
 async def check_reachable(config: Config, *, timeout: float = 2.0) -> None:
     """Check that every URL of ``config`` can be used: a SQLite file's directory exists and
-    is writable; some server of each NATS URL accepts a TCP connection.
+    is writable; some server of each NATS URL accepts a connection with the credentials
+    and TLS of ``[nats_auth]`` (a NATS handshake, not only TCP).
 
     Raises:
-        ConfigError: naming the key whose URL is unreachable.
+        ConfigError: naming the key whose URL is unreachable or refused the credentials.
     """
     if config.store.startswith("sqlite://"):
         check_sqlite("store", config.store)
@@ -421,7 +447,7 @@ async def check_reachable(config: Config, *, timeout: float = 2.0) -> None:
         if url is None or not _is_nats(url) or url in seen:
             continue
         seen.add(url)
-        await check_nats(key, url, timeout=timeout)
+        await check_nats(key, url, timeout=timeout, auth=config.nats_auth)
 
 
 def check_sqlite(key: str, url: str) -> None:
@@ -437,21 +463,53 @@ def check_sqlite(key: str, url: str) -> None:
         raise ConfigError(f"{key}: directory {directory} is not writable by this user")
 
 
-async def check_nats(key: str, url: str, *, timeout: float = 2.0) -> None:
-    """Raise :class:`ConfigError` unless some server of ``url`` accepts a TCP connection."""
+async def check_nats(
+    key: str,
+    url: str,
+    *,
+    timeout: float = 2.0,
+    auth: NatsAuth | None = None,
+    handshake: bool = True,
+) -> None:
+    """Raise :class:`ConfigError` unless some server of ``url`` accepts a TCP connection
+    and then (with ``handshake``) a NATS connection with ``auth``: a server that refuses
+    the credentials or whose TLS certificate is not trusted is as unusable as a closed
+    port."""
     errors: list[str] = []
-    for host, port in _nats_servers(key, url):
+    parts = [part.strip() for part in url.split(",")]
+    for (host, port), part in zip(_nats_servers(key, url), parts, strict=True):
         try:
             with anyio.fail_after(timeout):
                 stream = await anyio.connect_tcp(host, port)
             await stream.aclose()
-            return
         except TimeoutError:
             errors.append(f"{host}:{port} timed out")
+            continue
         except (OSError, socket.gaierror) as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
             errors.append(f"{host}:{port}: {cause.strerror or cause}")
-    raise ConfigError(f"{key}: cannot reach {url} ({'; '.join(errors)})")
+            continue
+        if handshake:
+            await _check_handshake(key, part if "://" in part else f"nats://{part}", auth, timeout)
+        return
+    raise ConfigError(f"{key}: cannot reach {redact_url(url)} ({'; '.join(errors)})")
+
+
+async def _check_handshake(key: str, url: str, auth: NatsAuth | None, timeout: float) -> None:
+    from stemd.natsconn import open_connection  # nats-py only when there is NATS to check
+
+    try:
+        conn = await open_connection(
+            url,
+            auth=auth,
+            name="stemd-config-check",
+            timeout=timeout,
+            connect_timeout=timeout,
+            connect_attempts=1,
+        )
+    except TransportError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    await conn.close()
 
 
 # -- printing -------------------------------------------------------------------------------
@@ -459,10 +517,11 @@ async def check_nats(key: str, url: str, *, timeout: float = 2.0) -> None:
 
 def config_to_toml(config: Config) -> str:
     """The effective configuration as a TOML document (unset keys as comments; encryption
-    keys are never printed, only their ids)."""
-    tables = ("restart", "codec", "workflow_codecs")
+    keys, NATS passwords and tokens are never printed, only whether they are set; URLs
+    are shown with their credentials masked)."""
+    tables = ("restart", "nats_auth", "codec", "workflow_codecs")
     lines: list[str] = []
-    data = msgspec.to_builtins(config)
+    data = config_to_builtins(config)
     for f in msgspec.structs.fields(Config):
         if f.name in tables:
             continue
@@ -472,9 +531,12 @@ def config_to_toml(config: Config) -> str:
         else:
             lines.append(f"{f.name} = {_toml_value(value)}")
     if config.effective_nats is not None and config.nats is None:
-        lines.append(f"# nats defaults to {config.effective_nats}")
+        lines.append(f"# nats defaults to {redact_url(config.effective_nats)}")
     lines += ["", "[restart]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in data["restart"].items()]
+    lines += ["", "[nats_auth]"]
+    for k, v in data["nats_auth"].items():
+        lines.append(f"# {k} = (unset)" if v is None else f"{k} = {_toml_value(v)}")
     codec = dict(data["codec"])
     encryption = codec.pop("encryption", None)
     lines += ["", "[codec]"]
@@ -486,6 +548,20 @@ def config_to_toml(config: Config) -> str:
         lines += ["", f"[workflow_codecs.{_toml_key(name)}]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in override.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def config_to_builtins(config: Config) -> dict[str, Any]:
+    """The configuration as plain data for printing: URLs with their credentials masked,
+    NATS secrets and encryption keys replaced by ``"(not shown)"``."""
+    data: dict[str, Any] = msgspec.to_builtins(config)
+    for key in ("store", "broker", "nats"):
+        if isinstance(data.get(key), str):
+            data[key] = redact_url(data[key])
+    data["nats_auth"] = config.nats_auth.to_builtins()
+    encryption = data["codec"].get("encryption")
+    if encryption is not None:
+        encryption["keys"] = {k: "(not shown)" for k in encryption["keys"]}
+    return data
 
 
 def _toml_key(key: str) -> str:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,17 +28,20 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import msgspec
 import nats
+import nats.aio.client
 import nats.errors
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from stemd.errors import TransportError
+from stemd.natsauth import NatsAuth, redact_url, url_has_credentials
 
 __all__ = [
     "ConnectionEvent",
     "JetStreamApiError",
     "NatsConnection",
     "NatsMsg",
+    "PermissionDenied",
     "PubAck",
     "StoredMsg",
     "Subscription",
@@ -68,6 +73,19 @@ class JetStreamApiError(TransportError):
 
 class WrongLastSequence(JetStreamApiError):
     """Raised when a conditional publish found another last sequence (a CAS conflict)."""
+
+
+class PermissionDenied(TransportError):
+    """Raised when the server refused a publish or subscription: the connection's user
+    lacks the permission (see docs/reference/security.md)."""
+
+    non_retryable = True
+
+
+# The server's words: -ERR 'Permissions Violation for Publish to "stem.api.cancel"'.
+_VIOLATION = re.compile(
+    r'Permissions Violation for (Publish to|Subscription to|Publish with Reply of) "([^"]*)"', re.I
+)
 
 
 class PubAck(msgspec.Struct, frozen=True):
@@ -210,13 +228,13 @@ class NatsConnection:
 
     Args:
         nc: the connected nats-py client (made by :func:`open_connection`).
-        url: the server URL, for messages.
+        url: the server URL, for messages (credentials in it are masked).
         timeout: default seconds to wait for a reply.
     """
 
     def __init__(self, nc: Any, url: str, timeout: float) -> None:
         self._nc = nc
-        self.url = url
+        self.url = redact_url(url)
         self.timeout = timeout
         self._events_send, self._events = anyio.create_memory_object_stream[ConnectionEvent](64)
         self._reply_prefix = f"_INBOX.{secrets.token_hex(8)}."
@@ -226,6 +244,10 @@ class NatsConnection:
         self._closed = False
         # Times the client reconnected: pull requests and server state may be gone.
         self.reconnects = 0
+        # Requests in flight by subject, so that the server's refusal of one (which it
+        # reports out of band, as an error on the connection) ends it at once.
+        self._requests: dict[str, set[anyio.CancelScope]] = {}
+        self._denied: dict[str, str] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -247,6 +269,25 @@ class NatsConnection:
     def _event(self, kind: str) -> None:
         with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
             self._events_send.send_nowait(ConnectionEvent(kind))
+
+    def _permission_violation(self, text: str) -> bool:
+        """The server refused a publish or a subscription: end the requests it dooms (a
+        publish to their subject; any reply inbox refused dooms them all). Whether
+        ``text`` was a permission violation."""
+        match = _VIOLATION.search(text)
+        if match is None:
+            return False
+        kind, subject = match.group(1).lower(), match.group(2)
+        doomed: list[str] = []
+        if kind == "publish with reply of" or subject.startswith("_INBOX."):
+            doomed = list(self._requests)
+        elif kind == "publish to":
+            doomed = [subject]
+        for name in doomed:
+            for scope in self._requests.get(name, ()):
+                self._denied[name] = f"{match.group(1)} {subject!r}"
+                scope.cancel()
+        return True
 
     async def close(self) -> None:
         """Flush what is pending and close (bounded in time)."""
@@ -284,10 +325,29 @@ class NatsConnection:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> NatsMsg:
-        """Send a request and wait for its reply."""
-        with translate(f"request to {subject}"):
-            msg = await self._nc.request(
-                subject, payload, timeout=timeout or self.timeout, headers=headers
+        """Send a request and wait for its reply.
+
+        Raises:
+            PermissionDenied: the server refused the request (or its reply inbox).
+            TransportError: no reply in time, no responder, or the connection failed.
+        """
+        scope = anyio.CancelScope()
+        waiting = self._requests.setdefault(subject, set())
+        waiting.add(scope)
+        try:
+            with scope, translate(f"request to {subject}"):
+                msg = await self._nc.request(
+                    subject, payload, timeout=timeout or self.timeout, headers=headers
+                )
+        finally:
+            waiting.discard(scope)
+            if not waiting:
+                self._requests.pop(subject, None)
+        if scope.cancel_called:
+            denied = self._denied.pop(subject, f"publish to {subject!r}")
+            raise PermissionDenied(
+                f"permission denied: the NATS server refused {denied} "
+                f"(request to {subject}); the connection's user lacks that permission"
             )
         return _detach(msg)
 
@@ -542,6 +602,7 @@ def _stored(msg: NatsMsg) -> StoredMsg | None:
 async def open_connection(
     url: str,
     *,
+    auth: NatsAuth | None = None,
     name: str = "stemd",
     timeout: float = 5.0,
     connect_timeout: float = 2.0,
@@ -549,29 +610,49 @@ async def open_connection(
     reconnect_wait: float = 0.25,
     pending_size: int = 8 * 1024 * 1024,
 ) -> NatsConnection:
-    """Connect to ``url`` (query string ignored).
+    """Connect to ``url`` (query string ignored) with the credentials and TLS of ``auth``.
 
     The first connection is tried ``connect_attempts`` times; after that the client
     reconnects forever, buffering up to ``pending_size`` bytes of publishes meanwhile.
+    TLS is required when ``auth`` sets any ``tls_*`` option or the URL is ``tls://``: a
+    server that does not require TLS is refused rather than spoken to in clear.
 
     Raises:
-        TransportError: the server could not be reached.
+        TransportError: the server could not be reached, refused the credentials, or the
+            TLS handshake failed (the message says which; secrets are never in it).
+        ConfigError: a file of ``auth`` is unreadable or malformed.
     """
+    auth = auth or NatsAuth()
     server, _ = split_url(url)
+    shown = redact_url(server)
+    options = auth.connect_options()
+    wants_tls = auth.wants_tls or server.lstrip().startswith("tls://")
     conn: NatsConnection | None = None
+    trouble: list[BaseException] = []  # errors met while connecting the first time
+    connecting = anyio.CancelScope()
 
     async def error_cb(exc: Exception) -> None:
-        log.warning("nats connection trouble", url=server, error=f"{type(exc).__name__}: {exc}")
+        text = f"{type(exc).__name__}: {exc}"
+        if conn is None:
+            trouble.append(exc)
+            if _hopeless(exc):
+                # Refused credentials or an untrusted certificate: another attempt would
+                # meet the same answer (and nats-py may wait long before giving up).
+                connecting.cancel()
+        elif conn._permission_violation(str(exc)):
+            log.warning("nats permission denied", url=shown, error=text)
+            return
+        log.warning("nats connection trouble", url=shown, error=text)
 
     async def disconnected_cb() -> None:
         if conn is not None and conn._closed:
             return
-        log.info("nats disconnected", url=server)
+        log.info("nats disconnected", url=shown)
         if conn is not None:
             conn._event("disconnected")
 
     async def reconnected_cb() -> None:
-        log.info("nats reconnected", url=server)
+        log.info("nats reconnected", url=shown)
         if conn is not None:
             conn.reconnects += 1
             conn._event("reconnected")
@@ -580,9 +661,10 @@ async def open_connection(
         if conn is not None:
             conn._event("closed")
 
+    nc: Any = nats.aio.client.Client()
     try:
-        with anyio.fail_after(connect_timeout * connect_attempts + 5):
-            nc = await nats.connect(
+        with anyio.fail_after(connect_timeout * connect_attempts + 5), connecting:
+            await nc.connect(
                 servers=[server],
                 name=name,
                 error_cb=error_cb,
@@ -595,12 +677,89 @@ async def open_connection(
                 pending_size=pending_size,
                 ping_interval=10,
                 max_outstanding_pings=3,
+                **options,
             )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
+        await _abandon(nc)
+        cause: BaseException = exc
+        if trouble and isinstance(exc, (nats.errors.NoServersError, TimeoutError)):
+            cause = trouble[-1]  # "no servers available" or our deadline hides why
         raise TransportError(
-            f"cannot connect to NATS at {server}: {exc or type(exc).__name__}"
+            f"cannot connect to NATS at {shown}: {_why(cause, auth, server, wants_tls)}"
         ) from exc
+    if connecting.cancelled_caught:
+        await _abandon(nc)
+        raise TransportError(
+            f"cannot connect to NATS at {shown}: {_why(trouble[-1], auth, server, wants_tls)}"
+        )
+    if wants_tls and not _uses_tls(nc):
+        await _abandon(nc)
+        raise TransportError(
+            f"cannot connect to NATS at {shown}: TLS is configured but the server does not "
+            "require it (refusing to talk in clear; configure TLS on the server)"
+        )
     # Connected: from now on never give up reconnecting.
     nc.options["max_reconnect_attempts"] = -1
     conn = NatsConnection(nc, server, timeout)
     return conn
+
+
+async def _abandon(nc: Any) -> None:
+    """Close a client that did not (properly) connect, bounded in time."""
+    with anyio.move_on_after(5, shield=True):
+        with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+            await nc.close()
+
+
+def _hopeless(exc: BaseException) -> bool:
+    """Whether a connection attempt failed in a way no retry changes."""
+    text = str(exc).lower()
+    return (
+        isinstance(exc, (nats.errors.AuthorizationError, ssl.SSLCertVerificationError))
+        or "authorization violation" in text
+        or "certificate required" in text
+    )
+
+
+def _uses_tls(nc: Any) -> bool:
+    """Whether the connection went through a TLS handshake (nats-py upgrades when the
+    server requires TLS, or first thing with ``tls_handshake_first``)."""
+    info = getattr(nc, "_server_info", None) or {}
+    return bool(info.get("tls_required") or nc.options.get("tls_handshake_first"))
+
+
+def _why(exc: BaseException, auth: NatsAuth, server: str, wants_tls: bool) -> str:
+    """Why a connection failed, in words an operator can act on."""
+    text = str(exc)
+    if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in (
+        text.lower()
+    ):
+        method = auth.method()
+        if method == "no credentials" and url_has_credentials(server):
+            method = "the credentials in the URL"
+        if method == "no credentials":
+            return "authorization violation: the server requires credentials and none were given"
+        return f"authorization violation: the server refused {method}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or exc.reason or text
+        return (
+            f"TLS: the server's certificate is not trusted ({detail}); "
+            "check tls_ca_file and the server's name (tls_hostname)"
+        )
+    if isinstance(exc, ssl.SSLError):
+        reason = str(exc.reason or text).replace("_", " ").lower()
+        if "certificate required" in reason:
+            return (
+                f"TLS: the server requires a client certificate ({reason}); "
+                "set tls_cert_file and tls_key_file"
+            )
+        return f"TLS handshake failed: {reason}"
+    if "authentication expired" in text.lower() or "revoked" in text.lower():
+        return f"the server refused {auth.method()}: {text.removeprefix('nats: ')}"
+    no_info = isinstance(exc, TimeoutError) or "expecting INFO" in text
+    if no_info and wants_tls and not auth.tls_handshake_first:
+        return (
+            "no answer in time (a server that expects the TLS handshake first needs "
+            "tls_handshake_first)"
+        )
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -7,11 +7,11 @@ import sys
 from typing import Any
 
 import anyio
-import msgspec
 
 from stemd.cli.output import print_json
-from stemd.config import check_reachable, config_to_toml, load_config
+from stemd.config import check_reachable, config_to_builtins, config_to_toml, load_config
 from stemd.loading import load_workflows
+from stemd.natsauth import redact_url
 
 __all__ = ["add_parser"]
 
@@ -22,11 +22,14 @@ def _check(args: argparse.Namespace) -> int:
     if not args.offline:
         anyio.run(check_reachable, config)
     names = sorted(w.name for w in workflows)
+    effective_nats = config.effective_nats
     if args.json:
+        # Secrets (NATS passwords and tokens, credentials in URLs, encryption keys) are
+        # masked here as in the TOML form.
         print_json(
             {
-                "config": msgspec.to_builtins(config),
-                "effective_nats": config.effective_nats,
+                "config": config_to_builtins(config),
+                "effective_nats": None if effective_nats is None else redact_url(effective_nats),
                 "workflows": names,
                 "sources": sources,
             }

