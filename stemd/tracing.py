@@ -4,11 +4,17 @@ One span per execution slice (``stemd.run <workflow>``) and, inside it, one per 
 attempt (``stemd.step <step>``), so spans made by user code inside a step nest under it.
 The trace continues the one of whoever started the run: :meth:`App.start_workflow` records
 the caller's current ``traceparent`` with the run, the NATS API and durable submission read
-it from the ``traceparent`` header, and children inherit their parent's step context.
+it from the ``traceparent`` header (:func:`traceparent_from`), and children inherit their
+parent's step context. The CLI's NATS client sends its caller's (:func:`trace_headers`).
+
+Reading and writing the header needs no OpenTelemetry: a run started over NATS keeps its
+starter's trace context even when the daemon does not trace.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from stemd.errors import ConfigError
@@ -17,7 +23,20 @@ from stemd.store.base import RunRecord
 if TYPE_CHECKING:
     from stemd.app import App
 
-__all__ = ["TracingObserver", "current_traceparent", "install_tracing"]
+__all__ = [
+    "TRACEPARENT",
+    "TracingObserver",
+    "current_traceparent",
+    "install_tracing",
+    "trace_headers",
+    "traceparent_from",
+    "valid_traceparent",
+]
+
+# The W3C Trace Context header, as NATS messages carry it.
+TRACEPARENT = "traceparent"
+# version 00: trace-id (32 lower-case hex), parent-id (16), flags (2).
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 
 try:  # the API is small and optional
     from opentelemetry import context as otel_context
@@ -35,6 +54,37 @@ def current_traceparent() -> str | None:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get("traceparent")
+
+
+def valid_traceparent(value: object) -> str | None:
+    """``value`` if it is a well-formed W3C ``traceparent`` of version ``00``
+    (``00-<32 hex>-<16 hex>-<2 hex>``, lower-case hex, neither id all zeros), surrounding
+    whitespace removed; else ``None``."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    match = _TRACEPARENT.fullmatch(text)
+    if match is None or not match.group(1).strip("0") or not match.group(2).strip("0"):
+        return None
+    return text
+
+
+def traceparent_from(headers: Mapping[str, str] | None) -> str | None:
+    """The valid ``traceparent`` of a message's headers (the name in any case), or ``None``:
+    a missing or malformed one is ignored, never an error."""
+    if not headers:
+        return None
+    value = headers.get(TRACEPARENT)
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == TRACEPARENT), None)
+    return valid_traceparent(value)
+
+
+def trace_headers() -> dict[str, str] | None:
+    """The headers that carry the caller's trace context to a daemon, or ``None`` when
+    there is none (no OpenTelemetry, or no active span)."""
+    traceparent = valid_traceparent(current_traceparent())
+    return None if traceparent is None else {TRACEPARENT: traceparent}
 
 
 def context_of(traceparent: str | None) -> Any:

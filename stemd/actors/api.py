@@ -6,6 +6,9 @@ decoder before anything touches state; whatever arrives (malformed JSON, wrong t
 unknown or missing fields, oversized bodies, unknown verbs, invalid run ids or topics) is
 answered with a contract error and changes nothing. Only an unexpected failure of the
 store or the transport gives ``internal``; the responder itself never stops on a request.
+
+A ``start`` request may carry the starter's W3C ``traceparent`` header: a well-formed one is
+recorded with the run (its spans continue the starter's trace), a malformed one is ignored.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from stemd.errors import (
 )
 from stemd.model import CancellationPolicy
 from stemd.natsconn import NatsConnection, NatsMsg
+from stemd.tracing import traceparent_from
 
 if TYPE_CHECKING:
     from stemd.app import App
@@ -102,7 +106,7 @@ class ApiResponder:
             if not msg.reply:
                 continue  # a request nobody waits for: nothing to answer, nothing to do
             verb = msg.subject[len(self.prefix) + 5 :]
-            reply = await self.handle(verb, msg.data)
+            reply = await self.handle(verb, msg.data, msg.headers)
             if len(reply) > self.conn.max_payload - 1024:
                 reply = wire.error_reply(
                     "bad_request",
@@ -114,11 +118,11 @@ class ApiResponder:
             except TransportError as exc:
                 log.warning("reply not sent", verb=verb, error=str(exc))
 
-    async def handle(self, verb: str, data: bytes) -> bytes:
-        """The JSON reply to one request."""
+    async def handle(self, verb: str, data: bytes, headers: dict[str, str] | None = None) -> bytes:
+        """The JSON reply to one request (``headers``: the message's, if any)."""
         self._requests += 1
         try:
-            return await self._dispatch(verb, data)
+            return await self._dispatch(verb, data, headers)
         except Exception as exc:
             self._errors += 1
             code, message = self._classify(exc)
@@ -142,16 +146,20 @@ class ApiResponder:
             return "bad_request", str(exc)
         return "internal", f"{type(exc).__name__}: {exc}"
 
-    async def _dispatch(self, verb: str, data: bytes) -> bytes:
+    async def _dispatch(self, verb: str, data: bytes, headers: dict[str, str] | None) -> bytes:
         if verb not in wire.REQUEST_TYPES:
             raise StemError(f"unknown verb {verb!r} (one of {', '.join(wire.VERBS)})")
         if len(data) > self.max_request:
             raise StemError(f"request of {len(data)} bytes is larger than {self.max_request}")
         request = wire.decode_request(verb, data)
-        reply: Any = await getattr(self, f"_{verb}")(request)
+        reply: Any
+        if verb == "start":
+            reply = await self._start(request, trace=traceparent_from(headers))
+        else:
+            reply = await getattr(self, f"_{verb}")(request)
         return wire.encode(reply)
 
-    async def _start(self, req: wire.StartRequest) -> wire.StartReply:
+    async def _start(self, req: wire.StartRequest, *, trace: str | None) -> wire.StartReply:
         app = self.app
         policy = None
         if req.policy is not None:
@@ -160,7 +168,7 @@ class ApiResponder:
                 max_suspend_duration=req.policy.max_suspend_duration,
             )
         run_id, created = await app.engine.start_run(
-            req.workflow, req.params, run_id=req.run_id, policy=policy, ttl=req.ttl
+            req.workflow, req.params, run_id=req.run_id, policy=policy, ttl=req.ttl, trace=trace
         )
         return wire.StartReply(run_id=run_id, created=created)
 

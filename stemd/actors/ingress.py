@@ -7,7 +7,9 @@ the run (idempotent on the run id, so a duplicate publish never makes a second r
 after the stream's duplicate window) and acknowledges it once the run is created.
 
 A message that can never become a run (unknown workflow, invalid run id, params that are
-not JSON) is logged and terminated; a failure of the store is retried.
+not JSON) is logged and terminated; a failure of the store is retried. A well-formed W3C
+``traceparent`` header is recorded with the run (its spans continue the submitter's
+trace); a malformed one is ignored.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from stemd.broker.pull import JsMsg, PullConsumer
 from stemd.engine.engine import Engine
 from stemd.errors import InvalidRunId, PayloadError, StemError, StoreError, TransportError
 from stemd.natsconn import MSG_ID, NatsConnection
+from stemd.tracing import traceparent_from
 
 __all__ = ["Ingress", "IngressStats", "submit_stream_config"]
 
@@ -148,7 +151,9 @@ class Ingress:
         except msgspec.DecodeError as exc:
             return await self._reject(msg, workflow, run_id, f"params are not JSON: {exc}")
         try:
-            _, created = await self.engine.start_run(workflow, params, run_id=run_id)
+            _, created = await self.engine.start_run(
+                workflow, params, run_id=run_id, trace=traceparent_from(msg.headers)
+            )
         except (StoreError, TransportError):
             raise
         except (InvalidRunId, PayloadError, StemError) as exc:

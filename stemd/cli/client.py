@@ -31,6 +31,7 @@ from stemd.errors import (
 from stemd.loading import Workflow
 from stemd.model import CancellationPolicy, RunState, RunStatus, validate_run_id
 from stemd.natsconn import NatsConnection, open_connection
+from stemd.tracing import trace_headers
 
 __all__ = ["Client", "NatsClient", "StoreClient", "open_client"]
 
@@ -171,7 +172,11 @@ class NatsClient:
         except (TypeError, msgspec.EncodeError) as exc:
             raise PayloadError(f"cannot encode the request as JSON: {exc}") from None
         try:
-            msg = await self.conn.request(subject, data, timeout=self.timeout)
+            # The caller's trace context travels in a `traceparent` header: a run started
+            # here continues the caller's trace.
+            msg = await self.conn.request(
+                subject, data, headers=trace_headers(), timeout=self.timeout
+            )
         except TransportError as exc:
             cause = exc.__cause__
             if isinstance(cause, TimeoutError) or type(cause).__name__ == "NoRespondersError":

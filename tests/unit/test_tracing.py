@@ -13,7 +13,7 @@ from opentelemetry.trace import StatusCode
 
 import stemd
 from stemd.testing import ManualClock
-from stemd.tracing import install_tracing
+from stemd.tracing import install_tracing, trace_headers, traceparent_from
 from tests.helpers import open_app, wait_status, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -114,3 +114,24 @@ async def test_app_with_tracing_records_the_callers_trace_context() -> None:
     trace_hex = format(span.get_span_context().trace_id, "032x")
     assert rec is not None and rec.trace is not None
     assert rec.trace.startswith(f"00-{trace_hex}-")
+
+
+def test_traceparent_from_headers_is_validated_and_found_in_any_case() -> None:
+    """The traceparent header is found in any case and trimmed; a bad or missing one: None."""
+    good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert traceparent_from({"traceparent": good}) == good
+    assert traceparent_from({"Traceparent": f" {good} "}) == good
+    assert traceparent_from({"traceparent": good.replace("-01", "-1")}) is None
+    assert traceparent_from({"traceparent": "00-" + "0" * 32 + good[35:]}) is None
+    assert traceparent_from({"Nats-Msg-Id": "x"}) is None
+    assert traceparent_from(None) is None
+
+
+def test_trace_headers_carry_the_active_span_only() -> None:
+    """trace_headers gives the active span's traceparent, and None outside any span."""
+    assert trace_headers() is None
+    with user_tracer.start_as_current_span("caller") as span:
+        headers = trace_headers()
+    assert headers is not None
+    trace_hex = format(span.get_span_context().trace_id, "032x")
+    assert headers["traceparent"].startswith(f"00-{trace_hex}-")
