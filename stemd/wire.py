@@ -251,7 +251,10 @@ def decode_request(verb: str, data: bytes) -> Any:
         msgspec.DecodeError: the body is not valid JSON or not a valid request (a
             ``msgspec.ValidationError`` says which field).
     """
-    return _request_decoders[verb].decode(data or b"{}")
+    try:
+        return _request_decoders[verb].decode(data or b"{}")
+    except RecursionError:
+        raise msgspec.DecodeError("JSON is nested too deeply") from None
 
 
 def decode_reply(verb: str, data: bytes) -> Any:

@@ -148,7 +148,7 @@ class Ingress:
         run_id = msg.header(MSG_ID) or f"submit-{msg.stream_seq}"
         try:
             params = msgspec.json.decode(msg.data) if msg.data.strip() else None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             return await self._reject(msg, workflow, run_id, f"params are not JSON: {exc}")
         try:
             _, created = await self.engine.start_run(
