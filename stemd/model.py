@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import random
 import re
 from datetime import datetime, timedelta
@@ -13,6 +14,7 @@ import msgspec
 from stemd.errors import InvalidRunId
 
 __all__ = [
+    "MAX_DURATION",
     "CancellationPolicy",
     "CheckpointInfo",
     "ErrorInfo",
@@ -38,6 +40,11 @@ def validate_run_id(run_id: object) -> str:
     return run_id
 
 
+# The longest duration accepted (100 years): deadlines are computed as instants, and an
+# instant past the year 9999 cannot be represented (a run would fail at every commit).
+MAX_DURATION = 100 * 365.25 * 86400
+
+
 def seconds(value: float | timedelta | None, name: str) -> float | None:
     """Normalise a duration given as seconds or a ``timedelta`` to float seconds."""
     if value is None:
@@ -48,6 +55,8 @@ def seconds(value: float | timedelta | None, name: str) -> float | None:
         raise TypeError(f"{name} must be seconds or a timedelta, not {type(value).__name__}")
     if value < 0:
         raise ValueError(f"{name} must not be negative")
+    if not math.isfinite(value) or value > MAX_DURATION:
+        raise ValueError(f"{name} must be at most {MAX_DURATION:.0f} seconds (100 years)")
     return float(value)
 
 
@@ -106,12 +115,13 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        if self.backoff < 0 or self.max_backoff < 0:
-            raise ValueError("backoff and max_backoff must not be negative")
+        seconds(self.backoff, "backoff")
+        seconds(self.max_backoff, "max_backoff")
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base: float = min(self.max_backoff, self.backoff * (2 ** max(0, attempt - 1)))
+        # The exponent is capped: 2**1024 does not fit in a float.
+        base: float = min(self.max_backoff, self.backoff * (2 ** min(64, max(0, attempt - 1))))
         if self.jitter:
             base *= random.uniform(0.5, 1.0)
         return base

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from stemd.model import ErrorInfo, RunState, RunStatus
+from stemd.model import MAX_DURATION, ErrorInfo, RunState, RunStatus
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -65,7 +65,7 @@ Topic = Annotated[
     msgspec.Meta(max_length=256, pattern=r"^[A-Za-z0-9_\-=/]+(\.[A-Za-z0-9_\-=/]+)*$"),
 ]
 WorkflowName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-Seconds = Annotated[float, msgspec.Meta(ge=0)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 StatusName = Literal["pending", "running", "suspended", "completed", "failed", "cancelled"]
 

@@ -24,7 +24,14 @@ from stemd.engine.leases import LeaseKeeper
 from stemd.engine.observer import Observer, add_observer
 from stemd.engine.timeline import build_timeline
 from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
-from stemd.model import CancellationPolicy, ErrorInfo, RunState, RunStatus, validate_run_id
+from stemd.model import (
+    CancellationPolicy,
+    ErrorInfo,
+    RunState,
+    RunStatus,
+    seconds,
+    validate_run_id,
+)
 from stemd.store.base import (
     Checkpoint,
     Claim,
@@ -202,6 +209,7 @@ class Engine:
         """
         name, definition = self.resolve(workflow)
         run_id = new_run_id() if run_id is None else validate_run_id(run_id)
+        ttl = seconds(ttl, "ttl")
         raw = encoded_params
         if raw is None:
             check_depth(params, "params")
