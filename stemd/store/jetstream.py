@@ -764,6 +764,28 @@ class JetStreamStore:
         old, _ = await self._mutate(child_id, fn)
         return old is None or ended
 
+    async def _wake_forgotten_parents(self, now: datetime) -> None:
+        """Wake the runs still suspended on a child that has ended (the sweeper's pass).
+
+        A parent is woken by a second write after the child's end (or after its own
+        suspension, when the child ended first); a process that dies between the two, or
+        a write that fails, would leave it waiting forever. Runs waiting on children are
+        few and listed by index, so looking at them all now and then is cheap."""
+        waiting: dict[str, set[str]] = {}
+        for parent_id, keys in (await self._listed("idx.child.*.*.*")).items():
+            for key in keys:
+                waiting.setdefault(key.split(".")[2], set()).add(parent_id)
+        if not waiting:
+            return
+        children = await self._read_many(waiting)
+        for child_id, parents in waiting.items():
+            found = children.get(child_id) or await self._lookup(child_id)
+            if found is not None and not found[1].rec.status.is_terminal:
+                continue
+            for parent_id in sorted(parents):
+                if await self._wake_if_waiting(parent_id, child_id, now) is not None:
+                    log.warning("woke a run its child's end had not", run_id=parent_id)
+
     async def _wake_if_waiting(self, run_id: str, child_id: str, now: datetime) -> RunRecord | None:
         def fn(doc: _Doc) -> _Doc | None:
             rec = doc.rec
@@ -950,7 +972,14 @@ class JetStreamStore:
         out.sort(key=lambda r: (r.suspended_at or r.updated_at, r.run_id))
         return out[:limit]
 
+    # Seconds between two searches for runs still waiting on a child that has ended.
+    audit_interval = 10.0
+    _next_audit = 0.0
+
     async def runnable(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        if time.monotonic() >= self._next_audit:
+            self._next_audit = time.monotonic() + self.audit_interval
+            await self._wake_forgotten_parents(now)
         live = await self._indexed("idx.live.*.*", "live")
         out = []
         for run_id, _, doc in live:
