@@ -31,6 +31,7 @@ from stemd.model import (
     seconds,
     validate_run_id,
 )
+from stemd.natsauth import NatsAuth
 from stemd.store import store_from_url
 from stemd.store.base import Store
 
@@ -92,6 +93,8 @@ class App:
             ``<prefix>.api.*`` responder, durable submission on ``<prefix>.submit.>``
             and run events on ``<prefix>.events.run.<run_id>``.
         prefix: the subject prefix of the wire protocol.
+        nats_auth: credentials and TLS (a :class:`stemd.natsauth.NatsAuth`) for every NATS
+            connection the App opens: a NATS store or broker given as a URL, and ``nats``.
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class App:
         tracing: bool = False,
         nats: str | None = None,
         prefix: str = "stem",
+        nats_auth: NatsAuth | None = None,
     ) -> None:
         self._store_arg = store
         self._broker_arg = broker
@@ -138,6 +142,7 @@ class App:
         self.tracing = tracing
         self.nats = nats
         self.prefix = prefix
+        self.nats_auth = nats_auth
         self._nats_conn: Any = None
 
     def register(self, *workflows: Workflow) -> None:
@@ -162,14 +167,16 @@ class App:
 
     async def __aenter__(self) -> App:
         store = (
-            store_from_url(self._store_arg) if isinstance(self._store_arg, str) else self._store_arg
+            store_from_url(self._store_arg, **self._nats_options(self._store_arg))
+            if isinstance(self._store_arg, str)
+            else self._store_arg
         )
         await store.open()
         broker: Broker | None
         if self._broker_arg is None:
             broker = broker_from_url(None) if self.workers else None
         elif isinstance(self._broker_arg, str):
-            broker = broker_from_url(self._broker_arg)
+            broker = broker_from_url(self._broker_arg, **self._nats_options(self._broker_arg))
         else:
             broker = self._broker_arg
         try:
@@ -208,7 +215,9 @@ class App:
             from stemd.actors.surface import open_nats_surface
 
             try:
-                self._nats_conn, surface = await open_nats_surface(self, self.nats, self.prefix)
+                self._nats_conn, surface = await open_nats_surface(
+                    self, self.nats, self.prefix, auth=self.nats_auth
+                )
             except BaseException as exc:
                 await self._close(type(exc), exc, exc.__traceback__)
                 raise
@@ -224,6 +233,12 @@ class App:
                 await self._close(type(exc), exc, exc.__traceback__)
                 raise
         return self
+
+    def _nats_options(self, url: str) -> dict[str, Any]:
+        """The options of a store or broker URL: ``auth`` for a NATS one."""
+        if self.nats_auth is not None and url.startswith(("nats://", "tls://")):
+            return {"auth": self.nats_auth}
+        return {}
 
     async def __aexit__(
         self,

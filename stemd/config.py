@@ -298,10 +298,13 @@ def load_config(
     path: str | os.PathLike[str] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    check_auth: bool = True,
 ) -> Config:
     """Read ``path`` (TOML; ``None`` for the defaults), apply ``STEMD_*`` overrides, validate.
 
-    ``STEMD_CONFIG`` names the file when ``path`` is ``None``.
+    ``STEMD_CONFIG`` names the file when ``path`` is ``None``. ``check_auth=False`` leaves
+    ``[nats_auth]`` unchecked, for a caller that completes it first (the CLI's flags) and
+    then calls :meth:`NatsAuth.validate`.
 
     Raises:
         ConfigError: unreadable file, bad TOML, unknown key, wrong type or invalid value;
@@ -334,6 +337,8 @@ def load_config(
                 overrides[table] = msgspec.structs.replace(getattr(config, table), **fields)
         config = msgspec.structs.replace(config, **overrides)
     _check_values(config)
+    if check_auth:
+        config.nats_auth.validate()
     return config
 
 
@@ -388,7 +393,6 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"prefix: {config.prefix!r} is not a valid subject prefix")
     if config.metrics_address is not None:
         _host_port("metrics_address", config.metrics_address)
-    config.nats_auth.validate()
 
 
 def _is_nats(url: str) -> bool:

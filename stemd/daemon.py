@@ -35,6 +35,7 @@ from stemd.config import Config, check_reachable, load_config
 from stemd.errors import ConfigError, StemError
 from stemd.loading import Workflow, import_object, load_workflows
 from stemd.logs import configure_logging, set_level
+from stemd.natsauth import redact_url
 from stemd.store import store_from_url
 from stemd.store.base import Store
 
@@ -146,6 +147,8 @@ def _store(config: Config) -> Store:
     options: dict[str, object] = {}
     if config.store.startswith("sqlite://") and config.sqlite_synchronous is not None:
         options["synchronous"] = config.sqlite_synchronous
+    if config.store.startswith(("nats://", "tls://")):
+        options["auth"] = config.nats_auth
     return store_from_url(config.store, **options)
 
 
@@ -248,7 +251,8 @@ class Daemon:
         """Run until SIGTERM/SIGINT; return the exit status."""
         config = self.config
         await check_reachable(config)
-        self._gate = _GatedBroker(broker_from_url(config.broker))
+        broker_options = {"auth": config.nats_auth} if config.broker is not None else {}
+        self._gate = _GatedBroker(broker_from_url(config.broker, **broker_options))
         codec, workflow_codecs = config.build_codecs()
         r = config.restart
         app = App(
@@ -271,6 +275,7 @@ class Daemon:
             nats=config.effective_nats,
             prefix=config.prefix,
             tracing=config.tracing,
+            nats_auth=config.nats_auth,
         )
         crashed: list[BaseException] = []
         stops = (signal.SIGTERM, signal.SIGINT)
@@ -280,9 +285,9 @@ class Daemon:
                 async with app:
                     log.info(
                         "started",
-                        store=config.store,
-                        broker=config.broker or "in-process",
-                        nats=config.effective_nats,
+                        store=redact_url(config.store),
+                        broker=redact_url(config.broker or "in-process"),
+                        nats=config.effective_nats and redact_url(config.effective_nats),
                         workflows=sorted(app.workflows),
                         concurrency=config.concurrency,
                         pid=os.getpid(),

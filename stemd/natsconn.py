@@ -683,7 +683,9 @@ async def open_connection(
         await _abandon(nc)
         cause: BaseException = exc
         if trouble and isinstance(exc, (nats.errors.NoServersError, TimeoutError)):
-            cause = trouble[-1]  # "no servers available" or our deadline hides why
+            # "No servers available" or our deadline hides why; the server's refusal is
+            # followed by the connection's reset, which says less.
+            cause = next((e for e in reversed(trouble) if _hopeless(e)), trouble[-1])
         raise TransportError(
             f"cannot connect to NATS at {shown}: {_why(cause, auth, server, wants_tls)}"
         ) from exc
@@ -705,10 +707,21 @@ async def open_connection(
 
 
 async def _abandon(nc: Any) -> None:
-    """Close a client that did not (properly) connect, bounded in time."""
+    """Close a client that did not (properly) connect, bounded in time, and its socket:
+    a connection attempt cut short may have left it open behind nats-py's back."""
     with anyio.move_on_after(5, shield=True):
         with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
             await nc.close()
+    transport = getattr(nc, "_transport", None)
+    if transport is not None:
+        writer = getattr(transport, "_io_writer", None)
+        with contextlib.suppress(Exception):
+            if writer is not None:
+                writer.transport.abort()  # no TLS close_notify to wait for
+            transport.close()
+        # After a failed TLS upgrade the stream never hears of the close: do not wait long.
+        with anyio.move_on_after(0.2, shield=True), contextlib.suppress(Exception):
+            await transport.wait_closed()
 
 
 def _hopeless(exc: BaseException) -> bool:
@@ -756,6 +769,14 @@ def _why(exc: BaseException, auth: NatsAuth, server: str, wants_tls: bool) -> st
         return f"TLS handshake failed: {reason}"
     if "authentication expired" in text.lower() or "revoked" in text.lower():
         return f"the server refused {auth.method()}: {text.removeprefix('nats: ')}"
+    closed = isinstance(exc, ConnectionError) or "unexpected eof" in text.lower()
+    if closed and wants_tls and auth.tls_cert_file is None:
+        # TLS 1.3: the server checks the client's certificate after the handshake and
+        # hangs up; the client may see its write fail before it reads the alert.
+        return (
+            f"{type(exc).__name__}: {text}: the server closed the TLS connection; it may "
+            "require a client certificate (set tls_cert_file and tls_key_file)"
+        )
     no_info = isinstance(exc, TimeoutError) or "expecting INFO" in text
     if no_info and wants_tls and not auth.tls_handshake_first:
         return (

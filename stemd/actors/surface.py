@@ -9,6 +9,7 @@ from stemd.actors.api import ApiResponder
 from stemd.actors.events import EventPublisher
 from stemd.actors.ingress import Ingress
 from stemd.errors import ConfigError
+from stemd.natsauth import NatsAuth, redact_url
 from stemd.natsconn import NatsConnection, open_connection, split_url
 
 if TYPE_CHECKING:
@@ -19,9 +20,12 @@ __all__ = ["open_nats_surface"]
 _PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
-async def open_nats_surface(app: App, url: str, prefix: str) -> tuple[NatsConnection, list[Any]]:
-    """Connect to ``url`` and make the actors that serve ``<prefix>.api.*``, consume
-    ``<prefix>.submit.>`` and publish ``<prefix>.events.run.*`` for ``app``.
+async def open_nats_surface(
+    app: App, url: str, prefix: str, *, auth: NatsAuth | None = None
+) -> tuple[NatsConnection, list[Any]]:
+    """Connect to ``url`` (with the credentials and TLS of ``auth``) and make the actors
+    that serve ``<prefix>.api.*``, consume ``<prefix>.submit.>`` and publish
+    ``<prefix>.events.run.*`` for ``app``.
 
     The URL may carry ``replicas`` and ``storage`` for the submission stream.
 
@@ -35,11 +39,11 @@ async def open_nats_surface(app: App, url: str, prefix: str) -> tuple[NatsConnec
     try:
         replicas = int(query.get("replicas", 1))
     except ValueError:
-        raise ConfigError(f"nats: bad replicas in {url!r}") from None
+        raise ConfigError(f"nats: bad replicas in {redact_url(url)!r}") from None
     storage = query.get("storage", "file")
     if storage not in ("file", "memory"):
         raise ConfigError(f"nats: storage must be 'file' or 'memory', not {storage!r}")
-    conn = await open_connection(url, name=f"stemd-api:{app.owner}")
+    conn = await open_connection(url, name=f"stemd-api:{app.owner}", auth=auth)
     engine = app.engine
     actors: list[Any] = [
         EventPublisher(engine, conn, prefix=prefix),

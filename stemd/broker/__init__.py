@@ -5,12 +5,14 @@ from __future__ import annotations
 from stemd.broker.base import Broker, Delivery
 from stemd.broker.local import LocalBroker
 from stemd.errors import ConfigError
+from stemd.natsauth import redact_url
 
 __all__ = ("Broker", "Delivery", "LocalBroker", "broker_from_url")
 
 
 def broker_from_url(url: str | None, **options: object) -> Broker:
-    """The broker named by ``url``: ``None`` for the in-process broker, or ``nats://HOST:PORT``."""
+    """The broker named by ``url``: ``None`` for the in-process broker, or ``nats://HOST:PORT``
+    (whose ``options`` may include ``auth``, a :class:`~stemd.natsauth.NatsAuth`)."""
     if url is None or url in ("local://", "local"):
         return LocalBroker()
     if isinstance(url, str) and url.startswith(("nats://", "tls://")):
@@ -19,4 +21,6 @@ def broker_from_url(url: str | None, **options: object) -> Broker:
         except ImportError as exc:
             raise ConfigError(f"broker: JetStream broker unavailable: {exc}") from exc
         return JetStreamBroker.from_url(url, **options)
-    raise ConfigError(f"broker: unsupported URL {url!r} (leave it unset, or use nats://HOST:PORT)")
+    raise ConfigError(
+        f"broker: unsupported URL {redact_url(str(url))!r} (leave it unset, or use nats://HOST:PORT)"
+    )

@@ -38,6 +38,7 @@ import structlog
 from stemd.broker.pull import JsMsg, PullConsumer
 from stemd.errors import ConfigError, StemError, TransportError
 from stemd.model import validate_run_id
+from stemd.natsauth import NatsAuth, redact_url
 from stemd.natsconn import MSG_ID, NatsConnection, open_connection, split_url
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ class JetStreamBroker:
             that the sweeper does not hand the poison task out again.
         schedules: also hold every timer as a JetStream scheduled message (server 2.12+),
             see :mod:`stemd.actors.schedules`.
+        auth: credentials and TLS for the connection (``[nats_auth]``).
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class JetStreamBroker:
         dlq_cancel: bool = True,
         schedules: bool = True,
         name: str = "stemd-broker",
+        auth: NatsAuth | None = None,
     ) -> None:
         if not all(_TOKEN.fullmatch(t) for t in prefix.split(".")):
             raise ConfigError(f"broker: invalid subject prefix {prefix!r}")
@@ -167,6 +170,7 @@ class JetStreamBroker:
         self.dlq_cancel = dlq_cancel
         self.schedules = schedules
         self.name = name
+        self.auth = auth
         self.dlq_stream = f"{stream}_DLQ"
         self.advisory_stream = f"{stream}_DEAD"
         self._conn: NatsConnection | None = None
@@ -191,10 +195,12 @@ class JetStreamBroker:
                     kwargs[key] = _bool(value)
                 elif key in ("stream", "prefix", "storage", "name"):
                     kwargs[key] = str(value)
+                elif key == "auth":
+                    kwargs[key] = value
                 else:
-                    raise ConfigError(f"broker: unknown option {key!r} in {url!r}")
+                    raise ConfigError(f"broker: unknown option {key!r} in {redact_url(url)!r}")
         except ValueError as exc:
-            raise ConfigError(f"broker: bad option value in {url!r}: {exc}") from None
+            raise ConfigError(f"broker: bad option value in {redact_url(url)!r}: {exc}") from None
         return cls(server, **kwargs)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -245,7 +251,7 @@ class JetStreamBroker:
         """Connect and create (or update) the streams."""
         if self._conn is not None:
             return
-        conn = await open_connection(self.url, name=self.name, timeout=self.timeout)
+        conn = await open_connection(self.url, name=self.name, timeout=self.timeout, auth=self.auth)
         try:
             for config in self.stream_configs():
                 await conn.ensure_stream(config)

@@ -30,6 +30,7 @@ from stemd.errors import (
 )
 from stemd.loading import Workflow
 from stemd.model import CancellationPolicy, RunState, RunStatus, validate_run_id
+from stemd.natsauth import NatsAuth, redact_url
 from stemd.natsconn import NatsConnection, open_connection
 from stemd.tracing import trace_headers
 
@@ -297,26 +298,31 @@ async def open_client(
     prefix: str = "stem",
     timeout: float = 5.0,
     codecs: tuple[Codec, dict[str, Codec]] | None = None,
+    auth: NatsAuth | None = None,
 ) -> AsyncIterator[Client]:
-    """A :class:`Client` over ``nats_url`` if given, else straight to ``store``.
+    """A :class:`Client` over ``nats_url`` if given, else straight to ``store``; ``auth``
+    gives the credentials and TLS of a NATS connection.
 
     Raises:
         ConfigError: the store or NATS cannot be reached (naming ``--store``/``--nats``).
+        TransportError: NATS refused the credentials or the TLS handshake failed.
     """
     if nats_url is not None:
-        await check_nats("--nats", nats_url, timeout=timeout)
+        # TCP first, for the plain "cannot reach" message; the handshake is the real open.
+        await check_nats("--nats", nats_url, timeout=timeout, handshake=False)
         try:
             conn = await open_connection(
                 nats_url,
+                auth=auth,
                 name="stemd-cli",
                 timeout=timeout,
                 connect_timeout=min(timeout, 2.0),
                 connect_attempts=1,
             )
         except TransportError as exc:
-            raise TransportError(f"--nats: cannot connect to {nats_url}: {exc}") from None
+            raise TransportError(f"--nats: {exc}") from None
         try:
-            yield NatsClient(conn, nats_url, prefix=prefix, timeout=timeout)
+            yield NatsClient(conn, redact_url(nats_url), prefix=prefix, timeout=timeout)
         finally:
             await conn.close()
         return
@@ -324,7 +330,7 @@ async def open_client(
     if store.startswith("sqlite://"):
         check_sqlite("--store", store)
     elif store.startswith(("nats://", "tls://")):
-        await check_nats("--store", store, timeout=timeout)
+        await check_nats("--store", store, timeout=timeout, handshake=False)
     codec, per_workflow = codecs if codecs is not None else (codec_for("json"), {})
     async with App(
         store=store,
@@ -332,5 +338,6 @@ async def open_client(
         workflows=workflows,
         codec=codec,
         workflow_codecs=per_workflow,
+        nats_auth=auth,
     ) as app:
         yield StoreClient(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from stemd.errors import ConfigError
+from stemd.natsauth import redact_url
 from stemd.store.base import Store
 from stemd.store.memory import MemoryStore
 
@@ -10,7 +11,10 @@ __all__ = ("MemoryStore", "Store", "store_from_url")
 
 
 def store_from_url(url: str, **options: object) -> Store:
-    """The store named by ``url``: ``memory://``, ``sqlite:///PATH`` or ``nats://HOST:PORT``."""
+    """The store named by ``url``: ``memory://``, ``sqlite:///PATH`` or ``nats://HOST:PORT``.
+
+    ``options`` go to the store's ``from_url`` (a NATS store takes ``auth``, a
+    :class:`~stemd.natsauth.NatsAuth`)."""
     if not isinstance(url, str):
         raise ConfigError(f"store: expected a URL string, got {type(url).__name__}")
     if url == "memory://" or url == "memory":
@@ -28,5 +32,6 @@ def store_from_url(url: str, **options: object) -> Store:
             raise ConfigError(f"store: JetStream KV store unavailable: {exc}") from exc
         return JetStreamStore.from_url(url, **options)
     raise ConfigError(
-        f"store: unsupported URL {url!r} (use memory://, sqlite:///PATH or nats://HOST:PORT)"
+        f"store: unsupported URL {redact_url(url)!r} "
+        "(use memory://, sqlite:///PATH or nats://HOST:PORT)"
     )

@@ -50,6 +50,7 @@ import structlog
 
 from stemd.errors import ConfigError, LeaseLost, PayloadError, StoreError, TransportError
 from stemd.model import RunStatus
+from stemd.natsauth import NatsAuth, redact_url
 from stemd.natsconn import (
     EXPECTED_LAST_SUBJECT_SEQ,
     JetStreamApiError,
@@ -210,6 +211,7 @@ class JetStreamStore:
         max_bytes: the bucket's size limit (-1: none).
         cache_size: documents remembered between this process's own writes (saves a read
             before each compare-and-set; a stale entry only costs a retry).
+        auth: credentials and TLS for the connection (``[nats_auth]``).
     """
 
     def __init__(
@@ -224,6 +226,7 @@ class JetStreamStore:
         max_bytes: int = -1,
         cache_size: int = 4096,
         name: str = "stemd-store",
+        auth: NatsAuth | None = None,
     ) -> None:
         if not bucket or not all(c.isalnum() or c in "-_" for c in bucket):
             raise ConfigError(f"store: invalid bucket name {bucket!r}")
@@ -240,6 +243,7 @@ class JetStreamStore:
         self.retry_for = retry_for
         self.max_bytes = max_bytes
         self.name = name
+        self.auth = auth
         self._pre = f"$KV.{bucket}."
         self._conn: NatsConnection | None = None
         self._cache: OrderedDict[str, tuple[int, _Doc]] = OrderedDict()
@@ -263,10 +267,12 @@ class JetStreamStore:
                     kwargs[key] = float(value)
                 elif key in ("bucket", "storage", "name"):
                     kwargs[key] = str(value)
+                elif key == "auth":
+                    kwargs[key] = value
                 else:
-                    raise ConfigError(f"store: unknown option {key!r} in {url!r}")
+                    raise ConfigError(f"store: unknown option {key!r} in {redact_url(url)!r}")
         except ValueError as exc:
-            raise ConfigError(f"store: bad option value in {url!r}: {exc}") from None
+            raise ConfigError(f"store: bad option value in {redact_url(url)!r}: {exc}") from None
         return cls(server, **kwargs)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -281,7 +287,7 @@ class JetStreamStore:
         """Connect and create (or update) the bucket's stream."""
         if self._conn is not None:
             return
-        conn = await open_connection(self.url, name=self.name, timeout=self.timeout)
+        conn = await open_connection(self.url, name=self.name, timeout=self.timeout, auth=self.auth)
         try:
             await conn.ensure_stream(self.stream_config())
         except BaseException:
