@@ -18,7 +18,7 @@ import pytest
 import stemd
 from stemd.store.memory import MemoryStore
 from tests.chaos.harness import chaos_rng, scale
-from tests.helpers import wait_status
+from tests.helpers import wait_status, wait_until
 from tests.stores import shared_nats_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(scale(120, 900))]
@@ -81,6 +81,11 @@ async def all_suspended(app: stemd.App, ids: list[str]) -> dict[str, stemd.RunSt
     return {run_id: await wait_status(app, run_id, stemd.RunStatus.SUSPENDED) for run_id in ids}
 
 
+async def claimed(app: stemd.App, run_id: str) -> bool:
+    state = await app.get_run(run_id)
+    return state is not None and state.attempts >= 1
+
+
 async def sleep_until(at: datetime) -> None:
     await anyio.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()))
 
@@ -138,7 +143,9 @@ async def test_cancel_racing_completion_ends_one_way(kind: str, tmp_path: Path) 
 
         async def race(run_id: str, params: dict[str, float]) -> None:
             await client.start_workflow("race.work", params, run_id=run_id)
-            await anyio.sleep(rng.uniform(0.0, sum(params.values()) * 1.5))
+            # From its first claim on, the run takes about sum(params) seconds.
+            await wait_until(claimed, canceller, run_id, timeout=30, what=f"{run_id} claimed")
+            await anyio.sleep(rng.uniform(0.0, sum(params.values()) * 1.2))
             told[run_id] = await canceller.cancel_run(run_id, reason="race")
 
         async with anyio.create_task_group() as tg:
