@@ -78,7 +78,10 @@ async def apps(kind: str, tmp: Path) -> AsyncIterator[tuple[stemd.App, stemd.App
 
 
 async def all_suspended(app: stemd.App, ids: list[str]) -> dict[str, stemd.RunState]:
-    return {run_id: await wait_status(app, run_id, stemd.RunStatus.SUSPENDED) for run_id in ids}
+    return {
+        run_id: await wait_status(app, run_id, stemd.RunStatus.SUSPENDED, timeout=60)
+        for run_id in ids
+    }
 
 
 async def claimed(app: stemd.App, run_id: str) -> bool:
