@@ -377,42 +377,29 @@ async def test_tls_handshake_first(
 
 # -- permissions -----------------------------------------------------------------------------
 
-# The users of docs/reference/security.md: a daemon, a client that may only submit and read,
-# and an operator with the whole API.
-PERMISSIONS = """
-authorization {
-  users = [
-    { user: daemon, password: d-pw, permissions: {
-        publish: ["stem.>", "$JS.API.>", "$KV.stem_runs.>", "$JS.ACK.>", "_INBOX.>"]
-        subscribe: ["stem.api.>", "_INBOX.>"]
-    } }
-    { user: client, password: c-pw, permissions: {
-        publish: ["stem.api.start", "stem.api.get", "stem.submit.examples.square"]
-        subscribe: ["_INBOX.>", "stem.events.run.>"]
-    } }
-    { user: operator, password: o-pw, permissions: {
-        publish: ["stem.api.>", "stem.submit.>"]
-        subscribe: ["_INBOX.>", "stem.events.>"]
-    } }
-  ]
-}
-"""
+# The users of deploy/nats/authorization.conf (docs/reference/security.md): a daemon, a
+# client that may only submit and read, and an operator with the whole API.
+AUTHORIZATION = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "authorization.conf"
 
 
-async def test_least_privilege_users(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+async def test_least_privilege_users(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With the documented permissions a daemon works; a submit-and-read client starts,
     submits, reads and waits but its cancel, emit and list fail at once with a permission
     error; the operator may cancel and emit."""
-    async with server_with(tmp_path, PERMISSIONS) as server:
+    for user in ("STEMD", "SUBMITTER", "OPS"):
+        monkeypatch.setenv(f"NATS_{user}_PASSWORD", f"{user.lower()}-pw")  # read by the server
+    async with server_with(tmp_path, AUTHORIZATION.read_text()) as server:
         url = server.url
         async with stemd.App(
             store=url,
             broker=url,
             nats=url,
             workflows=[square, approvals],
-            nats_auth=NatsAuth(user="daemon", password="d-pw"),
+            nats_auth=NatsAuth(user="stemd", password="stemd-pw"),
         ):
-            client = ["--nats", url, "--nats-user", "client", "--nats-password", "c-pw"]
+            client = ["--nats", url, "--nats-user", "submitter", "--nats-password", "submitter-pw"]
             status, out, err = await cli(
                 capsys, "workflow", "start", "examples.square", "--params", '{"n": 4}', *client
             )
@@ -424,7 +411,8 @@ async def test_least_privilege_users(capsys: pytest.CaptureFixture[str], tmp_pat
             status, out, err = await cli(capsys, "workflow", "get", run_id, *client)
             assert status == 0, err
             # Durable submission with the client's credentials: allowed for its workflow only.
-            conn = await open_connection(url, auth=NatsAuth(user="client", password="c-pw"))
+            submitter = NatsAuth(user="submitter", password="submitter-pw")
+            conn = await open_connection(url, auth=submitter)
             try:
                 ack = await conn.js_publish(
                     "stem.submit.examples.square", b'{"n": 5}', headers={MSG_ID: "sub-1"}
@@ -438,7 +426,7 @@ async def test_least_privilege_users(capsys: pytest.CaptureFixture[str], tmp_pat
             status, out, err = await cli(capsys, "workflow", "wait", "sub-1", "--json", *client)
             assert status == 0, err
             assert json.loads(out)["run"]["result"] == 25
-            operator = ["--nats", url, "--nats-user", "operator", "--nats-password", "o-pw"]
+            operator = ["--nats", url, "--nats-user", "ops", "--nats-password", "ops-pw"]
             status, out, err = await cli(
                 capsys,
                 "workflow",
