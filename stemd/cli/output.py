@@ -123,6 +123,9 @@ def _retries(run: RunState) -> str | None:
         return f"{step} succeeded after {_attempts(failures)}"
     if _retrying(run):
         return f"{step}: {_attempts(failures)}; next attempt at {_time(run.resume_at)}"
+    error = run.error
+    if run.status is RunStatus.FAILED and error is not None and error.step == step:
+        return f"{step}: all {error.attempts or failures + 1} attempts failed"
     return f"{step}: {_attempts(failures)}"
 
 

@@ -123,7 +123,7 @@ def test_a_failing_run_shows_its_error_and_a_waiting_run_what_it_waits_for() -> 
         step_failures=2,
     )
     out = run_detail(failed)
-    assert "retries   fetch: 2 failed attempts\n" in out
+    assert "retries   fetch: all 3 attempts failed\n" in out
     assert "error     ConnectionError: down after 3 attempts\n" in out
     assert out.endswith(
         "  end  2030-01-01 09:01:30.000Z  +1m30s              "

@@ -164,7 +164,7 @@ def test_get_shows_retries_and_the_error_of_a_failed_run(
     drive(store, "bad", "failed")
     status, out, _ = cli(capsys, "workflow", "get", "bad", "--store", store)
     assert status == 0
-    assert "retries   fetch: 4 failed attempts\n" in out
+    assert "retries   fetch: all 5 attempts failed\n" in out
     assert "error     ConnectionError: upstream unavailable (attempt 5) after 5 attempts\n" in out
     assert "timeline (0 checkpoints):" in out
     assert re.search(r"\n +end  \S+ \S+ +\+\d+\.\d{3}s +failed: ConnectionError in fetch: ", out)
