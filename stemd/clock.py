@@ -26,6 +26,10 @@ class Clock(Protocol):
         """Wait until ``seconds`` of this clock's time have passed."""
         ...
 
+    async def sleep_until(self, when: datetime) -> None:
+        """Wait until this clock reads ``when`` or later."""
+        ...
+
 
 class SystemClock:
     """Wall-clock time."""
@@ -35,6 +39,9 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(max(0.0, seconds))
+
+    async def sleep_until(self, when: datetime) -> None:
+        await anyio.sleep(max(0.0, (when - datetime.now(UTC)).total_seconds()))
 
 
 def after(clock: Clock, seconds: float) -> datetime:

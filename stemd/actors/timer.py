@@ -120,13 +120,16 @@ class Timer:
                 await self.refill()
                 next_refill = now + timedelta(seconds=self.refill_interval)
                 continue
-            wait = (next_refill - now).total_seconds()
+            until = next_refill
             if self._heap:
-                wait = min(wait, (self._heap[0][0] - now).total_seconds())
-            await self._sleep(max(0.0, wait))
+                until = min(until, self._heap[0][0])
+            await self._sleep_until(until)
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep ``seconds`` of clock time, or until an earlier wake-up is scheduled."""
+    async def _sleep_until(self, until: datetime) -> None:
+        """Sleep until ``until`` on the clock, or until an earlier wake-up is scheduled.
+
+        An instant, not a duration: time that passes between computing it and starting to
+        sleep (a test moving a manual clock) must not push the wake-up later."""
         if self._poke.is_set():
             self._poke = anyio.Event()
             return
@@ -134,7 +137,7 @@ class Timer:
         async with anyio.create_task_group() as tg:
 
             async def on_time() -> None:
-                await self.engine.clock.sleep(seconds)
+                await self.engine.clock.sleep_until(until)
                 tg.cancel_scope.cancel()
 
             async def on_poke() -> None:

@@ -29,6 +29,11 @@ class ManualClock:
             await self._moved.wait()
         await anyio.lowlevel.checkpoint()
 
+    async def sleep_until(self, when: datetime) -> None:
+        while self._now < when:
+            await self._moved.wait()
+        await anyio.lowlevel.checkpoint()
+
     def advance(self, seconds: float | timedelta) -> datetime:
         """Move time forward and wake every sleeper whose deadline passed."""
         if isinstance(seconds, timedelta):

@@ -247,3 +247,22 @@ async def test_local_broker_nak_requeues_after_the_delay_without_blocking() -> N
         again = await broker.receive("q")
     assert again.run_id == "r1"
     assert time.monotonic() - started >= 0.19
+
+
+async def test_timer_sleeps_until_an_instant_so_clock_moves_cannot_delay_it() -> None:
+    """The timer sleeps until an instant, not for a duration: time that passes between
+    computing the wake-up and starting to sleep does not push the wake-up later."""
+    clock = ManualClock()
+    async with open_app(clock=clock) as app:
+        assert app.timer is not None
+        until = clock.now() + timedelta(seconds=10)
+        clock.advance(10)  # the clock moves before the timer starts to sleep
+        with anyio.fail_after(1):
+            await app.timer._sleep_until(until)
+        later = clock.now() + timedelta(seconds=5)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(app.timer._sleep_until, later)
+            await anyio.wait_all_tasks_blocked()
+            clock.advance(5)
+        with anyio.fail_after(1):
+            await clock.sleep_until(later)
