@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -40,6 +41,7 @@ from stemd.errors import ConfigError, StemError, TransportError
 from stemd.model import validate_run_id
 from stemd.natsauth import NatsAuth, redact_url
 from stemd.natsconn import MSG_ID, NatsConnection, open_connection, split_url
+from stemd.options import as_bool, convert_options, keep
 
 if TYPE_CHECKING:
     from stemd.engine.engine import Engine
@@ -57,12 +59,6 @@ def stream_name(prefix: str, role: str) -> str:
     """The default name of a stream of the deployment with subject prefix ``prefix``:
     ``stem`` and ``TASKS`` give ``STEM_TASKS``."""
     return re.sub(r"[^A-Za-z0-9]", "_", prefix).upper() + "_" + role
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value).lower() in ("1", "true", "yes", "on")
 
 
 class JetStreamDelivery:
@@ -181,26 +177,17 @@ class JetStreamBroker:
         """A broker for ``nats://HOST:PORT?ack_wait=30&max_deliver=20&...`` (keyword
         options override the query)."""
         server, query = split_url(url)
-        merged: dict[str, Any] = {**query, **options}
-        kwargs: dict[str, Any] = {}
-        ints = ("replicas", "max_deliver", "max_ack_pending")
-        floats = ("ack_wait", "duplicate_window", "expires", "timeout", "publish_retry")
-        try:
-            for key, value in merged.items():
-                if key in ints:
-                    kwargs[key] = int(value)
-                elif key in floats:
-                    kwargs[key] = float(value)
-                elif key in ("dlq", "dlq_cancel", "schedules"):
-                    kwargs[key] = _bool(value)
-                elif key in ("stream", "prefix", "storage", "name"):
-                    kwargs[key] = str(value)
-                elif key == "auth":
-                    kwargs[key] = value
-                else:
-                    raise ConfigError(f"broker: unknown option {key!r} in {redact_url(url)!r}")
-        except ValueError as exc:
-            raise ConfigError(f"broker: bad option value in {redact_url(url)!r}: {exc}") from None
+        kinds: dict[str, Callable[[Any], Any]] = {
+            **dict.fromkeys(("replicas", "max_deliver", "max_ack_pending"), int),
+            **dict.fromkeys(
+                ("ack_wait", "duplicate_window", "expires", "timeout", "publish_retry"), float
+            ),
+            **dict.fromkeys(("dlq", "dlq_cancel", "schedules"), as_bool),
+            **dict.fromkeys(("stream", "prefix", "storage", "name"), str),
+            "auth": keep,
+        }
+        where = f" in {redact_url(url)!r}"
+        kwargs = convert_options({**query, **options}, kinds, what="broker", where=where)
         return cls(server, **kwargs)
 
     # -- lifecycle ------------------------------------------------------------------------

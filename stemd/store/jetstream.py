@@ -59,6 +59,7 @@ from stemd.natsconn import (
     open_connection,
     split_url,
 )
+from stemd.options import convert_options, keep
 from stemd.store.base import (
     Checkpoint,
     Claim,
@@ -257,22 +258,14 @@ class JetStreamStore:
         """A store for ``nats://HOST:PORT?bucket=...&replicas=...&storage=...&timeout=...``
         (keyword options override the query)."""
         server, query = split_url(url)
-        merged: dict[str, Any] = {**query, **options}
-        kwargs: dict[str, Any] = {}
-        try:
-            for key, value in merged.items():
-                if key in ("replicas", "max_bytes", "cache_size"):
-                    kwargs[key] = int(value)
-                elif key in ("timeout", "retry_for"):
-                    kwargs[key] = float(value)
-                elif key in ("bucket", "storage", "name"):
-                    kwargs[key] = str(value)
-                elif key == "auth":
-                    kwargs[key] = value
-                else:
-                    raise ConfigError(f"store: unknown option {key!r} in {redact_url(url)!r}")
-        except ValueError as exc:
-            raise ConfigError(f"store: bad option value in {redact_url(url)!r}: {exc}") from None
+        kinds: dict[str, Callable[[Any], Any]] = {
+            **dict.fromkeys(("replicas", "max_bytes", "cache_size"), int),
+            **dict.fromkeys(("timeout", "retry_for"), float),
+            **dict.fromkeys(("bucket", "storage", "name"), str),
+            "auth": keep,
+        }
+        where = f" in {redact_url(url)!r}"
+        kwargs = convert_options({**query, **options}, kinds, what="store", where=where)
         return cls(server, **kwargs)
 
     # -- lifecycle ------------------------------------------------------------------------

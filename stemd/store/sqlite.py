@@ -19,6 +19,7 @@ and ``lock_timeout`` (seconds), ``max_batch``.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import anyio
 
 from stemd.errors import ConfigError, StoreError
 from stemd.model import RunStatus
+from stemd.options import convert_options
 from stemd.store import sqlite_ops as ops
 from stemd.store.base import (
     Checkpoint,
@@ -118,23 +120,14 @@ class SqliteStore:
             raise ConfigError(f"store: expected sqlite:///PATH, got {url!r}")
         rest, _, query = url[len("sqlite:///") :].partition("?")
         path = unquote(rest)
-        merged: dict[str, Any] = {}
-        for key, value in parse_qsl(query, keep_blank_values=True):
-            merged[key] = value
-        merged.update(options)
-        kwargs: dict[str, Any] = {}
-        try:
-            for key, value in merged.items():
-                if key == "synchronous":
-                    kwargs[key] = str(value)
-                elif key in ("busy_timeout", "lock_timeout"):
-                    kwargs[key] = float(value)
-                elif key == "max_batch":
-                    kwargs[key] = int(value)
-                else:
-                    raise ConfigError(f"store: unknown SQLite option {key!r}")
-        except ValueError as exc:
-            raise ConfigError(f"store: bad SQLite option value: {exc}") from None
+        merged: dict[str, Any] = {**dict(parse_qsl(query, keep_blank_values=True)), **options}
+        kinds: dict[str, Callable[[Any], Any]] = {
+            "synchronous": str,
+            "busy_timeout": float,
+            "lock_timeout": float,
+            "max_batch": int,
+        }
+        kwargs = convert_options(merged, kinds, what="store", where=" (SQLite)")
         return cls(path, **kwargs)
 
     @property
