@@ -95,8 +95,7 @@ async def sleep_until(at: datetime) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_emit_racing_the_timeout_ends_one_way(kind: str, tmp_path: Path) -> None:
-    """An emit sent around the moment the wait times out: the run gets the payload exactly
-    when the emit says it resumed it, and the timeout otherwise."""
+    """An emit racing the timeout: the payload exactly when the emit says it resumed the run."""
     rng, seed = chaos_rng()
     ids = [f"wait{i}" for i in range(RUNS)]
     async with apps(kind, tmp_path) as (worker, client, _):
@@ -130,8 +129,7 @@ async def test_emit_racing_the_timeout_ends_one_way(kind: str, tmp_path: Path) -
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_cancel_racing_completion_ends_one_way(kind: str, tmp_path: Path) -> None:
-    """A cancel sent at a random moment of a run's life: the run is CANCELLED (no result)
-    exactly when the cancel says so, else COMPLETED with its result."""
+    """A cancel racing completion: CANCELLED exactly when the cancel says so, else COMPLETED."""
     rng, seed = chaos_rng()
     plans: dict[str, dict[str, float]] = {
         f"work{i}": {
@@ -172,8 +170,7 @@ async def test_cancel_racing_completion_ends_one_way(kind: str, tmp_path: Path) 
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_two_emitters_racing_deliver_each_run_one_payload(kind: str, tmp_path: Path) -> None:
-    """Two emitters on one topic at the same moment: each waiting run gets exactly one of
-    the payloads, and the counts they return add up to the runs they resumed."""
+    """Two emitters racing on one topic: each run gets one payload, and the counts add up."""
     rng, seed = chaos_rng()
     ids = [f"both{i}" for i in range(RUNS)]
     topic = f"race.shared.{seed}"

@@ -51,8 +51,7 @@ def sqlite_config(tmp: Path, db: Path, **extra: object) -> Path:
 
 
 async def test_sigkill_cycles_lose_no_run_and_rerun_no_committed_step(tmp_path: Path) -> None:
-    """SIGKILL the daemon at random points over many cycles: every run completes with its
-    expected result, each event is delivered once, and only interrupted steps run again."""
+    """SIGKILLs at random points lose no run, and only interrupted steps run again."""
     rng, seed = chaos_rng()
     db = tmp_path / "stemd.db"
     effects = tmp_path / "effects"

@@ -62,8 +62,7 @@ def lease_losses(daemon: Daemon) -> set[str]:
 
 @pytest.mark.parametrize("kind", ["sqlite", "nats"])
 async def test_a_paused_daemon_past_its_lease_commits_nothing(kind: str, tmp_path: Path) -> None:
-    """SIGSTOP a daemon mid-step past its lease, let another finish its runs, SIGCONT it:
-    its slices are abandoned on a refused write, and every run keeps the other's end state."""
+    """A daemon paused mid-step past its lease, then resumed, commits nothing and forks no run."""
     effects = tmp_path / "effects"
     ids = [f"stale{i}" for i in range(RUNS)]
     async with backend(kind, tmp_path) as (config, store, broker):

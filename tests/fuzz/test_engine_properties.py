@@ -222,8 +222,7 @@ async def drive(
 def test_crashes_anywhere_end_in_the_crash_free_state(
     plan_and_crashes: tuple[list[Op], list[tuple[int, str]]],
 ) -> None:
-    """A random plan run with random crashes ends in the state it reaches without any,
-    re-running only steps a crash interrupted."""
+    """Random crashes leave a random plan in its crash-free end state, re-running little."""
     steps, crashes = plan_and_crashes
     calm, calm_world = anyio.run(execute, steps, [])
     crashed, world = anyio.run(execute, steps, crashes)

@@ -333,9 +333,7 @@ FUZZ = settings(
 def test_api_requests_get_contract_replies_and_errors_change_nothing(
     target: Target, data: st.DataObject
 ) -> None:
-    """Thousands of hypothesis-made requests to stem.api.*, one daemon for all: each is
-    answered with a contract error or a valid result, and an error leaves the store
-    untouched."""
+    """Fuzzed stem.api requests get contract replies; refused ones change nothing."""
     verb = data.draw(verbs, label="verb")
     body = data.draw(bodies(verb), label="body")
     head = data.draw(headers, label="headers")
@@ -383,9 +381,7 @@ async def wait_consumed(target: Target, timeout: float = 15.0) -> None:
 @settings(FUZZ, max_examples=SUBMISSIONS)
 @given(data=st.data())
 def test_submissions_become_runs_or_change_nothing(target: Target, data: st.DataObject) -> None:
-    """Hypothesis-made submissions on stem.submit.*, one daemon for all: each is taken by
-    the ingress; a valid one starts exactly its run, one that cannot become a run changes
-    nothing."""
+    """A fuzzed submission starts exactly its run, or changes nothing."""
     workflow = data.draw(submit_subjects(), label="workflow")
     body = data.draw(
         st.sampled_from([b"", b"  ", b"null", b"{}", b'{"a": [1, 2]}', b"[", b"\xff", DEEP])

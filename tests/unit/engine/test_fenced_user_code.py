@@ -20,8 +20,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_a_script_swallowing_exceptions_stops_at_its_first_refused_checkpoint() -> None:
-    """Cancelled while a step runs, a script that catches Exception around its steps runs
-    no further step once the step's checkpoint is refused."""
+    """A cancelled script swallowing exceptions runs no step after its refused checkpoint."""
     entered = anyio.Event()
     gate = anyio.Event()
     done: list[int] = []
@@ -63,8 +62,7 @@ async def test_a_script_swallowing_exceptions_stops_at_its_first_refused_checkpo
 
 
 async def test_a_flow_step_swallowing_exceptions_stops_at_a_refused_child_start() -> None:
-    """A flow step that catches Exception around start_child stops when the write that
-    records the child is refused: no child is started by a fenced-out worker."""
+    """A fenced-out flow step that swallows exceptions starts no child."""
     entered = anyio.Event()
     gate = anyio.Event()
     after: list[str] = []
@@ -114,9 +112,7 @@ class _FlakyStore(MemoryStore):
 
 
 async def test_a_store_outage_inside_a_script_abandons_the_slice_not_the_run() -> None:
-    """A checkpoint write that fails for a store outage inside a script body (which
-    catches Exception, as a script may) does not fail the run: the slice is abandoned and
-    the run completes when retried."""
+    """A store outage inside a script's try/except retries the slice, not fails the run."""
     ran: list[str] = []
 
     async def first() -> str:
