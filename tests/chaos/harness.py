@@ -315,9 +315,13 @@ class Emitter:
     def done(self) -> bool:
         return len(self.finished) == len(self.plans)
 
-    async def run(self, started: float, interval: float = 0.1) -> None:
-        """Emit until every planned event was delivered and re-emitted (the caller bounds
-        it in time)."""
+    async def run(self, started: float, interval: float = 0.1, limit: float = 3600) -> None:
+        """Emit until every planned event was delivered and re-emitted, for at most
+        ``limit`` seconds (the caller stops it sooner)."""
+        with anyio.fail_after(limit):
+            await self._emit_all(started, interval)
+
+    async def _emit_all(self, started: float, interval: float) -> None:
         while not self.done:
             elapsed = time.monotonic() - started
             for run_id, plan in self.plans.items():
