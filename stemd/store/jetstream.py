@@ -847,6 +847,14 @@ class JetStreamStore:
                     await self._clean(key, run_id)
         return resumed
 
+    # Timer entries checked against their document lately (key -> (timer_at, when)): the
+    # timer asks for the next minute's wake-ups every few seconds, and reading every
+    # document again each time (10,000 for 100,000 sleeping runs) held the event loop for
+    # 0.4 s. An entry never changes (its key is unique) and a writer that moves a timer
+    # deletes the old entry; one left behind only fires a timer for nothing until it is
+    # checked again.
+    _timers_checked: dict[str, tuple[datetime, float]] | None = None
+
     async def due_timers(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
         until_ms = _ms(until)
         candidates: list[tuple[int, str, str]] = []
@@ -855,18 +863,32 @@ class JetStreamStore:
             if int(ms) <= until_ms:
                 candidates.append((int(ms), run_id, key))
         candidates.sort()
+        fresh_since = time.monotonic() - _STALE_AFTER.total_seconds()
+        listed = {key for _, _, key in candidates}
+        checked = {
+            key: seen
+            for key, seen in (self._timers_checked or {}).items()
+            if key in listed and seen[1] >= fresh_since
+        }
+        self._timers_checked = checked
         out: dict[str, datetime] = {}
         # Read in slices: stale entries (timers that moved) must not crowd out due ones.
         for i in range(0, len(candidates), max(limit, 64)):
             chunk = candidates[i : i + max(limit, 64)]
-            docs = await self._read_many(rid for _, rid, _ in chunk)
+            docs = await self._read_many(rid for _, rid, key in chunk if key not in checked)
             for _, run_id, key in chunk:
-                found = docs.get(run_id)
-                entry = found[1].idx.get("timer") if found is not None else None
-                if found is None or entry != key:
-                    await self._clean(key, run_id)
-                    continue
-                at = found[1].rec.timer_at
+                known = checked.get(key)
+                if known is not None:
+                    at: datetime | None = known[0]
+                else:
+                    found = docs.get(run_id)
+                    entry = found[1].idx.get("timer") if found is not None else None
+                    if found is None or entry != key:
+                        await self._clean(key, run_id)
+                        continue
+                    at = found[1].rec.timer_at
+                    if at is not None:
+                        checked[key] = (at, time.monotonic())
                 if at is not None and at <= until and run_id not in out:
                     out[run_id] = at
             if len(out) >= limit:
