@@ -81,19 +81,38 @@ class Timer:
         )
 
     def schedule(self, at: datetime, run_id: str) -> None:
-        """Hold a wake-up for ``run_id`` at ``at`` (duplicates are harmless)."""
+        """Hold a wake-up for ``run_id`` at ``at`` (duplicates are harmless).
+
+        One beyond the horizon is left to a refill, which loads it from the store while it
+        is still at least ``horizon - refill_interval`` seconds away: the heap holds the
+        next minute's wake-ups, not one entry per sleeping run."""
+        if at > self.engine.clock.now() + timedelta(seconds=self.horizon):
+            return
         earliest = self._heap[0][0] if self._heap else None
         heapq.heappush(self._heap, (at, run_id))
         if earliest is None or at < earliest:
             self._poke.set()
 
-    async def refill(self) -> None:
-        """Load the wake-ups due within the horizon from the store."""
+    async def refill(self) -> datetime | None:
+        """Load the wake-ups due within the horizon from the store. When more are due than
+        one refill loads (``batch``), return the last one loaded: the next refill must
+        come before it."""
         until = self.engine.clock.now() + timedelta(seconds=self.horizon)
         held = set(self._heap)
-        for entry in await self.engine.store.due_timers(until, self.batch):
+        entries = await self.engine.store.due_timers(until, self.batch)
+        for entry in entries:
             if entry not in held:
                 heapq.heappush(self._heap, entry)
+        return entries[-1][0] if len(entries) >= self.batch else None
+
+    def _next_refill(self, last_loaded: datetime | None) -> datetime:
+        now = self.engine.clock.now()
+        at = now + timedelta(seconds=self.refill_interval)
+        if last_loaded is not None:
+            # Before the last one loaded comes due, but not in a loop.
+            soonest = now + timedelta(seconds=min(0.5, self.refill_interval))
+            at = max(soonest, min(at, last_loaded - timedelta(seconds=1)))
+        return at
 
     async def fire_due(self) -> int:
         """Fire every wake-up whose time has come, ``parallel`` at a time; return how many
@@ -141,16 +160,15 @@ class Timer:
         return fired
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await self.refill()
+        last_loaded = await self.refill()
         task_status.started()
         clock = self.engine.clock
-        next_refill = clock.now() + timedelta(seconds=self.refill_interval)
+        next_refill = self._next_refill(last_loaded)
         while True:
             await self.fire_due()
             now = clock.now()
             if now >= next_refill:
-                await self.refill()
-                next_refill = now + timedelta(seconds=self.refill_interval)
+                next_refill = self._next_refill(await self.refill())
                 continue
             until = next_refill
             if self._heap:

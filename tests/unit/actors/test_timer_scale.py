@@ -1,6 +1,6 @@
-"""The timer fires wake-ups due together concurrently (a store commits them together):
-one after the other, they capped the wake-ups per second at one over the store's write
-latency, and wake-ups due at once queued up (bench/sleepers.py on JetStream)."""
+"""The timer at scale (bench/sleepers.py): wake-ups due together are fired concurrently (a
+store commits them together), and the heap holds only the next minute's wake-ups, the
+later ones being loaded from the store in time, however many a refill may load."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import stemd
 from stemd.store.base import FireResult
 from stemd.store.memory import MemoryStore
 from stemd.testing import ManualClock
-from tests.helpers import open_app
+from tests.helpers import open_app, wait_status
 
 pytestmark = pytest.mark.anyio
 
@@ -61,3 +61,36 @@ async def test_wake_ups_due_together_are_fired_together() -> None:
         for run_id in ids:
             assert (await app.wait_for_completion(run_id, timeout=5)).value == "awake"
     assert store.peak > 1
+
+
+@stemd.script("long.nap")
+async def long_nap(ctx: stemd.ScriptContext, params: Any) -> str:
+    await ctx.sleep(float(params))
+    return "awake"
+
+
+async def test_a_wake_up_beyond_the_horizon_is_not_held_and_still_fires() -> None:
+    """An hour's sleep takes no heap entry while far off, and wakes on time."""
+    clock = ManualClock()
+    async with open_app(long_nap, clock=clock) as app:
+        run_id = await app.start_workflow("long.nap", 3600)
+        await wait_status(app, run_id, stemd.RunStatus.SUSPENDED)
+        assert app.timer is not None and app.timer.statistics().scheduled == 0
+        clock.advance(3600)
+        assert (await app.wait_for_completion(run_id, timeout=5)).value == "awake"
+
+
+async def test_more_wake_ups_than_a_refill_loads_all_fire() -> None:
+    """With refills of 3 wake-ups, ten sleeping runs beyond the horizon all wake."""
+    clock = ManualClock()
+    async with open_app(long_nap, clock=clock) as app:
+        assert app.timer is not None
+        app.timer.batch = 3
+        ids = [await app.start_workflow("long.nap", 100 + i) for i in range(10)]
+        for run_id in ids:
+            await wait_status(app, run_id, stemd.RunStatus.SUSPENDED)
+        for _ in range(130):  # a clock that moves a second at a time, as real ones do
+            clock.advance(1)
+            await anyio.sleep(0.002)
+        for run_id in ids:
+            assert (await app.wait_for_completion(run_id, timeout=5)).value == "awake"
