@@ -24,6 +24,8 @@ from tests.stores import shared_nats_server
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(scale(120, 900))]
 
 RUNS = scale(40, 400)
+# An event wait's timeout: longer than it takes to start every run and see it waiting.
+WAIT = scale(1.0, 8.0)
 KINDS = ["memory", "sqlite", "jetstream"]
 
 
@@ -100,7 +102,7 @@ async def test_emit_racing_the_timeout_ends_one_way(kind: str, tmp_path: Path) -
     ids = [f"wait{i}" for i in range(RUNS)]
     async with apps(kind, tmp_path) as (worker, client, _):
         for run_id in ids:
-            params = {"topic": f"race.{run_id}", "timeout": 0.5}
+            params = {"topic": f"race.{run_id}", "timeout": WAIT}
             await client.start_workflow("race.wait", params, run_id=run_id)
         waiting = await all_suspended(client, ids)
         told: dict[str, int] = {}
