@@ -174,19 +174,28 @@ async def test_cancel_racing_completion_ends_one_way(kind: str, tmp_path: Path) 
 async def test_two_emitters_racing_deliver_each_run_one_payload(kind: str, tmp_path: Path) -> None:
     """Two emitters racing on one topic: each run gets one payload, and the counts add up."""
     rng, seed = chaos_rng()
-    ids = [f"both{i}" for i in range(RUNS)]
+    shared = [f"both{i}" for i in range(RUNS)]
+    # Half the runs wait on one shared topic; each of the others on its own topic, which
+    # both emitters emit to in their own random orders (one race per run).
+    own = [f"each{i}" for i in range(RUNS)]
     topic = f"race.shared.{seed}"
     async with apps(kind, tmp_path) as (worker, one, two):
-        for run_id in ids:
+        for run_id in shared:
             await one.start_workflow("race.wait", {"topic": topic, "timeout": 600}, run_id=run_id)
-        await all_suspended(one, ids)
-        told: dict[str, int] = {}
+        for run_id in own:
+            params = {"topic": f"race.{run_id}", "timeout": 600}
+            await one.start_workflow("race.wait", params, run_id=run_id)
+        await all_suspended(one, shared + own)
+        told: dict[str, int] = {"one": 0, "two": 0}
         go = anyio.Event()
 
         async def emit(app: stemd.App, name: str) -> None:
+            order = [f"race.{run_id}" for run_id in own] + [topic]
+            rng.shuffle(order)
             await go.wait()
-            await anyio.sleep(rng.uniform(0.0, 0.002))
-            told[name] = await app.emit(topic, name)
+            for each in order:
+                told[name] += await app.emit(each, name)
+                await anyio.lowlevel.checkpoint()  # let the other emitter interleave
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(emit, one, "one")
@@ -194,11 +203,11 @@ async def test_two_emitters_racing_deliver_each_run_one_payload(kind: str, tmp_p
             await anyio.sleep(0.01)
             go.set()
         got: dict[str, int] = {"one": 0, "two": 0}
-        for run_id in ids:
-            result = await worker.wait_for_completion(run_id, timeout=20)
+        for run_id in shared + own:
+            result = await worker.wait_for_completion(run_id, timeout=30)
             assert result.is_completed, (seed, result)
             got[result.value["got"]] += 1
         assert got == told, (seed, got, told)
-        assert sum(told.values()) == RUNS
+        assert sum(told.values()) == 2 * RUNS
         assert await one.emit(topic, "late") == 0
     print(f"two emitters [{kind}]: seed={seed} {told}")
