@@ -12,9 +12,32 @@ import stemd
 from stemd.store.base import Store
 from stemd.testing import ManualClock
 
-__all__ = ["open_app", "wait_status", "wait_until"]
+__all__ = ["RUN_STATE_CONTRACT_FIELDS", "open_app", "wait_status", "wait_until"]
 
 DEADLINE = 5.0
+
+# The RunState fields CONTRACT.md §2 names (in Python and, by name, in wire JSON).
+RUN_STATE_CONTRACT_FIELDS = frozenset(
+    {
+        "run_id",
+        "workflow",
+        "status",
+        "params",
+        "result",
+        "error",
+        "checkpoints",
+        "wait_topic",
+        "resume_at",
+        "parent_run_id",
+        "policy",
+        "created_at",
+        "updated_at",
+        "cancel_reason",
+        "lease_owner",
+        "lease_expires_at",
+        "attempts",
+    }
+)
 
 
 async def wait_until(

@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 import stemd
+from tests.helpers import RUN_STATE_CONTRACT_FIELDS
 
 CONTRACT_NAMES = [
     "App",
@@ -69,25 +70,7 @@ def test_run_state_fields() -> None:
     """RunState is a msgspec Struct with every field the contract names."""
     assert issubclass(stemd.RunState, msgspec.Struct)
     fields = set(stemd.RunState.__struct_fields__)
-    assert fields >= {
-        "run_id",
-        "workflow",
-        "status",
-        "params",
-        "result",
-        "error",
-        "checkpoints",
-        "wait_topic",
-        "resume_at",
-        "parent_run_id",
-        "policy",
-        "created_at",
-        "updated_at",
-        "cancel_reason",
-        "lease_owner",
-        "lease_expires_at",
-        "attempts",
-    }
+    assert fields >= RUN_STATE_CONTRACT_FIELDS
 
 
 def test_workflow_result_fields_and_properties() -> None:
