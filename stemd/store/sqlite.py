@@ -19,6 +19,7 @@ and ``lock_timeout`` (seconds), ``max_batch``.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -156,9 +157,7 @@ class SqliteStore:
         )
         try:
             db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
-            if str(mode).lower() != "wal":
-                raise StoreError(f"SQLite refused WAL mode for {self.path} (got {mode!r})")
+            self._enter_wal(db)
             for pragma in _pragmas(self.synchronous, self.busy_timeout):
                 db.execute(pragma)
             db.execute("PRAGMA journal_size_limit = 67108864")
@@ -167,6 +166,25 @@ class SqliteStore:
             db.close()
             raise
         return db
+
+    def _enter_wal(self, db: sqlite3.Connection) -> None:
+        # Switching a new file to WAL takes an exclusive lock, and SQLite answers "database
+        # is locked" at once, without its busy handler, while another connection (a second
+        # daemon or the CLI opening the same new file) is switching it or reading it
+        # mid-switch: retry until busy_timeout, as every other lock wait does.
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+                break
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        if str(mode).lower() != "wal":
+            raise StoreError(f"SQLite refused WAL mode for {self.path} (got {mode!r})")
 
     def _connect_point(self) -> sqlite3.Connection:
         # Point reads (one run, its checkpoints) run on the event loop's thread: a WAL
