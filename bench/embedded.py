@@ -39,27 +39,13 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import stemd
+from bench.workflows import three_steps
 from stemd.model import RunStatus
 from stemd.store.base import RunRecord
 from stemd.store.sqlite import SqliteStore
 from stemd.store.sqlite_schema import RUN_COLUMNS, record_to_row
 
-flow = stemd.Flow("bench.flow")
-
-
-@flow.step("one")
-async def one(ctx: stemd.FlowContext) -> int:
-    return 1
-
-
-@flow.step("two")
-async def two(ctx: stemd.FlowContext) -> int:
-    return int(ctx.previous_result) + 1
-
-
-@flow.step("three")
-async def three(ctx: stemd.FlowContext) -> int:
-    return int(ctx.previous_result) + 1
+flow = three_steps
 
 
 def prefill(path: Path, count: int, batch: int = 50_000) -> float:

@@ -47,28 +47,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import stemd  # noqa: E402
+from bench.workflows import three_steps  # noqa: E402
 from stemd.natsconn import NatsConnection, open_connection  # noqa: E402
 from stemd.testing.nats import nats_server  # noqa: E402
 
-FLOW = "bench.flow"
-
-
-def make_flow() -> stemd.Flow:
-    flow = stemd.Flow(FLOW)
-
-    @flow.step("one")
-    async def one(ctx: stemd.FlowContext) -> int:
-        return 1
-
-    @flow.step("two")
-    async def two(ctx: stemd.FlowContext) -> int:
-        return int(ctx.previous_result) + 1
-
-    @flow.step("three")
-    async def three(ctx: stemd.FlowContext) -> int:
-        return int(ctx.previous_result) + 1
-
-    return flow
+FLOW = three_steps.name
 
 
 # -- the daemon (a child process) ----------------------------------------------------------
@@ -80,7 +63,7 @@ async def serve(url: str, store: str, concurrency: int) -> None:
             store=store,
             broker=url,
             nats=url,
-            workflows=[make_flow()],
+            workflows=[three_steps],
             concurrency=concurrency,
         ):
             print("READY", flush=True)

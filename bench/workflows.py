@@ -55,3 +55,22 @@ async def three(ctx: stemd.FlowContext) -> int:
     if "file" in ctx.params:
         _append(ctx.params["file"], f"{ctx.run_id}\n")
     return int(ctx.previous_result) + 1
+
+
+# The 3-step flow with trivial steps that bench/embedded.py and bench/nats.py measure.
+three_steps = stemd.Flow("bench.flow")
+
+
+@three_steps.step("one")
+async def first(ctx: stemd.FlowContext) -> int:
+    return 1
+
+
+@three_steps.step("two")
+async def second(ctx: stemd.FlowContext) -> int:
+    return int(ctx.previous_result) + 1
+
+
+@three_steps.step("three")
+async def third(ctx: stemd.FlowContext) -> int:
+    return int(ctx.previous_result) + 1
