@@ -86,6 +86,10 @@ class _MsgspecCodec:
             return decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise PayloadError(f"cannot decode value: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise PayloadError(
+                f"cannot decode value: a string is not valid UTF-8 ({exc.reason})"
+            ) from None
         except RecursionError:
             raise PayloadError("cannot decode value: nested too deeply") from None
 

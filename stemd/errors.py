@@ -21,6 +21,8 @@ Retryability is data (``non_retryable``), not a class tree.
 
 from __future__ import annotations
 
+import msgspec
+
 __all__ = [
     "ChildFailed",
     "ConfigError",
@@ -36,6 +38,16 @@ __all__ = [
     "TransportError",
     "UnknownWorkflow",
 ]
+
+#: What msgspec raises on input it cannot decode: ``DecodeError`` (and its subclass
+#: ``ValidationError``), ``UnicodeDecodeError`` for a string that is not valid UTF-8, and
+#: ``RecursionError`` for a value nested too deeply. Catch all three wherever bytes from
+#: outside (a request, a submission, a stored record) are decoded.
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    msgspec.DecodeError,
+    UnicodeDecodeError,
+    RecursionError,
+)
 
 
 class StemError(Exception):

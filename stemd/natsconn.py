@@ -33,7 +33,7 @@ import nats.errors
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from stemd.errors import TransportError
+from stemd.errors import DECODE_ERRORS, TransportError
 from stemd.natsauth import NatsAuth, redact_url, url_has_credentials
 
 __all__ = [
@@ -117,6 +117,34 @@ _pub_decoder = msgspec.json.Decoder(_PubReply)
 _err_decoder = msgspec.json.Decoder(_ApiReply)
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
+
+
+class _Client(nats.aio.client.Client):
+    """nats-py's client, reading subjects that are not UTF-8.
+
+    The server relays any bytes as a subject, and nats-py decodes a message's subject
+    strictly: one message published to ``stem.submit.<not UTF-8>`` (or a request on such a
+    ``stem.api`` subject) would stop its read loop for good, leaving a connection that
+    looks alive and reads nothing. Invalid bytes read as U+FFFD here, so such a message
+    is refused like any other bad input.
+    """
+
+    def _build_message(
+        self,
+        sid: int,
+        subject: bytes,
+        reply: bytes,
+        data: bytes,
+        headers: dict[str, str] | None,
+    ) -> Any:
+        return self.msg_class(
+            subject=subject.decode(errors="replace"),
+            reply=reply.decode(errors="replace"),
+            data=data,
+            headers=headers,
+            _client=self,
+            _sid=sid,
+        )
 
 
 class NatsMsg(msgspec.Struct, frozen=True):
@@ -430,7 +458,7 @@ class NatsConnection:
             raise
         try:
             ack = _pub_decoder.decode(reply.data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise TransportError(f"bad publish acknowledgement: {reply.data[:200]!r}") from exc
         if ack.error is not None:
             raise _api_error(ack.error)
@@ -447,7 +475,7 @@ class NatsConnection:
         try:
             error = _err_decoder.decode(reply.data).error
             decoded = _any_decoder.decode(reply.data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise TransportError(f"bad JetStream API reply: {reply.data[:200]!r}") from exc
         if error is not None:
             raise _api_error(error)
@@ -661,7 +689,7 @@ async def open_connection(
         if conn is not None:
             conn._event("closed")
 
-    nc: Any = nats.aio.client.Client()
+    nc: Any = _Client()
     try:
         with anyio.fail_after(connect_timeout * connect_attempts + 5), connecting:
             await nc.connect(

@@ -255,6 +255,8 @@ def decode_request(verb: str, data: bytes) -> Any:
         return _request_decoders[verb].decode(data or b"{}")
     except RecursionError:
         raise msgspec.DecodeError("JSON is nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"a string is not valid UTF-8: {exc.reason}") from None
 
 
 def decode_reply(verb: str, data: bytes) -> Any:
@@ -263,10 +265,13 @@ def decode_reply(verb: str, data: bytes) -> Any:
     Raises:
         msgspec.DecodeError: the reply is neither.
     """
-    error = _maybe_error.decode(data).error
-    if error is not None:
-        return ErrorReply(error=error)
-    return _reply_decoders[verb].decode(data)
+    try:
+        error = _maybe_error.decode(data).error
+        if error is not None:
+            return ErrorReply(error=error)
+        return _reply_decoders[verb].decode(data)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise msgspec.DecodeError(f"undecodable reply: {exc}") from None
 
 
 def encode(message: Any) -> bytes:

@@ -20,7 +20,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from stemd.broker.pull import JsMsg, PullConsumer
-from stemd.errors import StemError
+from stemd.errors import DECODE_ERRORS, StemError
 
 if TYPE_CHECKING:
     from stemd.broker.jetstream import JetStreamBroker
@@ -82,6 +82,18 @@ class DeadLetters:
                     log.warning("dead letter not handled; will retry", error=str(exc))
                     await msg.nak(1.0)
                     continue
+                except Exception as exc:
+                    # A bug with one advisory must not take the actor down: logged and
+                    # redelivered later, ever less often.
+                    delay = msg.retry_delay()
+                    log.exception(
+                        "dead letter failed unexpectedly; will retry",
+                        deliveries=msg.num_delivered,
+                        retry_in=delay,
+                        error=repr(exc),
+                    )
+                    await msg.nak(delay)
+                    continue
                 await msg.ack()
         finally:
             with anyio.CancelScope(shield=True):
@@ -91,7 +103,7 @@ class DeadLetters:
         """Move the task named by one advisory to the dead-letter stream."""
         try:
             advisory = _advisory.decode(msg.data)
-        except msgspec.DecodeError:
+        except DECODE_ERRORS:
             log.warning("undecodable advisory dropped", data=msg.data[:200])
             return
         broker = self.broker

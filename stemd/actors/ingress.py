@@ -25,7 +25,14 @@ from stemd import wire
 from stemd.broker.jetstream import stream_name
 from stemd.broker.pull import JsMsg, PullConsumer
 from stemd.engine.engine import Engine
-from stemd.errors import InvalidRunId, PayloadError, StemError, StoreError, TransportError
+from stemd.errors import (
+    DECODE_ERRORS,
+    InvalidRunId,
+    PayloadError,
+    StemError,
+    StoreError,
+    TransportError,
+)
 from stemd.natsconn import MSG_ID, NatsConnection
 from stemd.tracing import traceparent_from
 
@@ -141,6 +148,20 @@ class Ingress:
             except (StoreError, TransportError) as exc:
                 log.warning("submission not handled; will retry", error=str(exc))
                 await msg.nak(1.0)
+            except Exception as exc:
+                # A bug with this one submission must not take the ingress (and, past the
+                # restart budget, the daemon) down: it is logged and redelivered later,
+                # ever less often, never dropped.
+                delay = msg.retry_delay()
+                log.exception(
+                    "submission failed unexpectedly; will retry",
+                    subject=msg.subject,
+                    stream_seq=msg.stream_seq,
+                    deliveries=msg.num_delivered,
+                    retry_in=delay,
+                    error=repr(exc),
+                )
+                await msg.nak(delay)
 
     async def handle(self, msg: JsMsg) -> None:
         """Start the run one submission asks for, then acknowledge it."""
@@ -148,7 +169,7 @@ class Ingress:
         run_id = msg.header(MSG_ID) or f"submit-{msg.stream_seq}"
         try:
             params = msgspec.json.decode(msg.data) if msg.data.strip() else None
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except DECODE_ERRORS as exc:
             return await self._reject(msg, workflow, run_id, f"params are not JSON: {exc}")
         try:
             _, created = await self.engine.start_run(

@@ -74,6 +74,11 @@ class JsMsg:
         except (IndexError, ValueError):
             return 0
 
+    def retry_delay(self, first: float = 1.0, cap: float = 300.0) -> float:
+        """Seconds to wait before the next delivery of a message that failed: ``first``,
+        doubling with each delivery, at most ``cap``."""
+        return min(cap, first * 2.0 ** min(self.num_delivered - 1, 30))
+
     def header(self, name: str) -> str | None:
         """One header's value, or ``None``."""
         return self.headers.get(name) if self.headers else None

@@ -20,7 +20,7 @@ import msgspec
 from stemd.cli.client import Client, open_client
 from stemd.cli.output import print_json, run_detail, runs_table
 from stemd.config import Config, load_config
-from stemd.errors import ConfigError, PayloadError, RunNotFound, StemError
+from stemd.errors import DECODE_ERRORS, ConfigError, PayloadError, RunNotFound, StemError
 from stemd.loading import Workflow, load_workflows
 from stemd.model import CancellationPolicy, RunStatus, validate_run_id
 from stemd.natsauth import NatsAuth
@@ -35,20 +35,25 @@ Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
 
 def _json_arg(name: str, raw: str | None) -> Any:
-    """Decode a ``--params``/``--payload`` value: JSON text, ``@FILE``, or ``-`` (stdin)."""
+    """Decode a ``--params``/``--payload`` value: JSON text, ``@FILE``, or ``-`` (stdin).
+
+    The JSON is decoded from bytes as given (argv, the file, stdin), so text that is not
+    UTF-8 is a clear error, not a crash.
+    """
     if raw is None:
         return None
-    text = raw
     if raw == "-":
-        text = sys.stdin.read()
+        data = sys.stdin.buffer.read()
     elif raw.startswith("@"):
         try:
-            text = Path(raw[1:]).read_text(encoding="utf-8")
+            data = Path(raw[1:]).read_bytes()
         except OSError as exc:
             raise PayloadError(f"{name}: cannot read {raw[1:]}: {exc.strerror}") from None
+    else:
+        data = os.fsencode(raw)
     try:
-        return msgspec.json.decode(text)
-    except msgspec.DecodeError as exc:
+        return msgspec.json.decode(data)
+    except DECODE_ERRORS as exc:
         raise PayloadError(f"{name} is not valid JSON: {exc}") from None
 
 

@@ -48,7 +48,14 @@ import anyio
 import msgspec
 import structlog
 
-from stemd.errors import ConfigError, LeaseLost, PayloadError, StoreError, TransportError
+from stemd.errors import (
+    DECODE_ERRORS,
+    ConfigError,
+    LeaseLost,
+    PayloadError,
+    StoreError,
+    TransportError,
+)
 from stemd.model import RunStatus
 from stemd.natsauth import NatsAuth, redact_url
 from stemd.natsconn import (
@@ -342,7 +349,7 @@ class JetStreamStore:
     def _decode(self, data: bytes, seq: int) -> _Doc:
         try:
             doc = _decoder.decode(data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise StoreError(f"undecodable run document at sequence {seq}: {exc}") from None
         if doc.order == 0:
             doc.order = seq  # never rewritten since its creation

@@ -384,7 +384,9 @@ def test_submissions_become_runs_or_change_nothing(target: Target, data: st.Data
     """A fuzzed submission starts exactly its run, or changes nothing."""
     workflow = data.draw(submit_subjects(), label="workflow")
     body = data.draw(
-        st.sampled_from([b"", b"  ", b"null", b"{}", b'{"a": [1, 2]}', b"[", b"\xff", DEEP])
+        st.sampled_from(
+            [b"", b"  ", b"null", b"{}", b'{"a": [1, 2]}', b"[", b"\xff", b'"\xc5E"', DEEP]
+        )
         | json_values.map(wire.encode)
         | st.binary(max_size=100),
         label="body",
@@ -411,7 +413,7 @@ async def submit(target: Target, workflow: str, body: bytes, head: Any) -> None:
     try:
         params = msgspec.json.decode(body) if body.strip() else None
         valid_json = True
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         valid_json = False
     if workflow not in WORKFLOWS or not valid_json:
         target.count("rejected")

@@ -153,6 +153,9 @@ BAD_REQUESTS: list[tuple[str, bytes, str]] = [
     ("get", b'{"run_id": "ghost"}', "not_found"),
     ("start", b"{", "bad_request"),
     ("start", b"\xff\xfe", "bad_request"),
+    ("start", b'{"workflow": "api.fl\xc5E"}', "bad_request"),  # a string not UTF-8
+    ("start", b'{"workflow": "api.flow", "params": {"a": "\xc5E"}}', "bad_request"),
+    ("emit", b'{"topic": "api.approve", "payload": ["\xff"]}', "bad_request"),
     ("start", b"", "bad_request"),
     ("start", b"[]", "bad_request"),
     ("start", b"null", "bad_request"),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -94,6 +95,8 @@ async def test_submissions_that_cannot_run_are_dropped_and_do_not_block(
     async with daemon(nats.url) as app:
         await submit(conn, "no.such.flow", b"{}", "bad-1")
         await submit(conn, "orders.flow", b"{not json", "bad-2")
+        await submit(conn, "orders.flow", b'{"a": "\xc5E"}', "bad-3")  # a string not UTF-8
+        await submit(conn, "orders.flow", b'"\xff"', "bad-4")
         await submit(conn, "orders.flow", b"1", "bad id")
         await submit(conn, "orders.flow", b"2", None)  # no id: one is derived
         await submit(conn, "orders.flow", b"3", "good")
@@ -103,6 +106,73 @@ async def test_submissions_that_cannot_run_are_dropped_and_do_not_block(
         assert "good" in runs
         assert {r.params for r in runs.values()} == {2, 3}
         await wait_until(stream_empty, conn, what="the submission stream to drain")
+
+
+async def test_a_submission_that_fails_unexpectedly_is_retried_not_lost(
+    nats: NatsServer, conn: NatsConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error while starting one submission (a bug) neither crashes the
+    ingress nor drops the submission: it is redelivered later and then starts its run,
+    while the others go through at once."""
+    async with daemon(nats.url) as app:
+        engine = app.engine
+        real_start = engine.start_run
+        failures: list[str] = []
+
+        async def flaky_start(workflow: str, params: Any = None, **kw: Any) -> Any:
+            if kw.get("run_id") == "poison" and len(failures) < 2:
+                failures.append("poison")
+                raise RuntimeError("a bug while starting")
+            return await real_start(workflow, params, **kw)
+
+        monkeypatch.setattr(engine, "start_run", flaky_start)
+        await submit(conn, "orders.flow", b'"p"', "poison")
+        await submit(conn, "orders.flow", b'"f"', "fine")
+        await wait_status(app, "fine", stemd.RunStatus.COMPLETED)
+        # Redelivered after 1 s, then 2 s: the third delivery starts it.
+        await wait_status(app, "poison", stemd.RunStatus.COMPLETED, timeout=20)
+        assert failures == ["poison", "poison"]
+        assert app.supervisor is not None
+        assert app.supervisor.statistics().restarts["ingress"] == 0
+        await wait_until(stream_empty, conn, what="the submission stream to drain")
+
+
+def raw_publish(port: int, frames: bytes) -> None:
+    """Send protocol frames as a client that writes any bytes, and wait until the server
+    has processed them (its PONG to a PING sent after them)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.recv(4096)  # INFO
+        sock.sendall(b'CONNECT {"verbose":false,"headers":true}\r\n' + frames + b"PING\r\n")
+        received = b""
+        while b"PONG" not in received:
+            chunk = sock.recv(4096)
+            assert chunk, f"the server closed the connection: {received!r}"
+            received += chunk
+        assert b"-ERR" not in received, received
+
+
+async def test_subjects_that_are_not_utf8_are_refused_and_the_daemon_keeps_serving(
+    nats: NatsServer, conn: NatsConnection
+) -> None:
+    """A submission and a request on subjects that are not UTF-8 (the server relays any
+    bytes) are refused like other bad input; the daemon's connection keeps reading."""
+    async with daemon(nats.url) as app:
+        frames = b"PUB stem.submit.orders.\xc5E 2\r\n{}\r\n"
+        frames += b"PUB stem.api.g\xc5t _INBOX.raw 2\r\n{}\r\n"
+        header = b"NATS/1.0\r\nX-Odd: \xc5E\r\n\r\n"
+        frames += b"HPUB stem.submit.orders.flow %d %d\r\n" % (len(header), len(header) + 1)
+        frames += header + b"7\r\n"
+        await anyio.to_thread.run_sync(raw_publish, nats.port, frames)
+        await wait_until(stream_empty, conn, what="the submission stream to drain")
+        # The one valid submission (an odd header) ran; the bad subject changed nothing.
+        [run] = await app.list_runs(limit=10)
+        assert (run.workflow, run.params) == ("orders.flow", 7)
+        await wait_status(app, run.run_id, stemd.RunStatus.COMPLETED)
+        # Requests and submissions after them are still served.
+        reply = json.loads((await conn.request("stem.api.get", b'{"run_id": "ghost"}')).data)
+        assert reply["error"]["code"] == "not_found"
+        await submit(conn, "orders.flow", b"8", "after")
+        await wait_status(app, "after", stemd.RunStatus.COMPLETED)
 
 
 async def stream_empty(conn: NatsConnection) -> bool:

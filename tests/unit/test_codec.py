@@ -139,6 +139,15 @@ def test_unencodable_value_is_payload_error() -> None:
         codec_for("json").encode(object())
 
 
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+def test_a_string_that_is_not_utf8_is_payload_error(fmt: str) -> None:
+    """Stored bytes whose strings are not UTF-8 raise PayloadError, not UnicodeDecodeError."""
+    codec = codec_for(fmt)
+    data = codec.encode({"a": "zz"}).replace(b"zz", b"\xc5E")
+    with pytest.raises(PayloadError, match="not valid UTF-8"):
+        codec.decode(data)
+
+
 def test_bad_configuration_is_config_error() -> None:
     """Unknown formats, compressions and bad keys are ConfigErrors."""
     with pytest.raises(ConfigError):

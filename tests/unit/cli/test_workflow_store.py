@@ -4,6 +4,7 @@ output, and bad input as one line on stderr with a non-zero exit."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -317,6 +318,8 @@ def test_wait_exit_status_says_how_the_run_ended(
     [
         (["start", "approvals.flow", "--params", "{oops"], "--params is not valid JSON"),
         (["emit", "t", "--payload", "[1,"], "--payload is not valid JSON"),
+        # An argument that is not UTF-8 (Python's argv carries its bytes escaped).
+        (["emit", "t", "--payload", os.fsdecode(b'"\xc5E"')], "--payload is not valid JSON"),
         (["start", "approvals.flow", "--run-id", "no spaces"], "invalid run id"),
         (["get", "no/slash"], "invalid run id"),
         (["get", "nobody"], "no run nobody"),
@@ -335,6 +338,22 @@ def test_bad_input_is_one_line_and_non_zero(
     status, _, err = cli(capsys, "workflow", *argv, "--store", store)
     assert status == 1
     assert message in one_line(err)
+
+
+def test_params_from_a_file_that_is_not_utf8_are_refused(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    """``--params @FILE`` with bytes that are not UTF-8: one line, exit 1, no run."""
+    bad = tmp_path / "params.json"
+    bad.write_bytes(b'{"name": "caf\xe9"}')
+    status, _, err = cli(
+        capsys, "workflow", "start", "approvals.flow", "--params", f"@{bad}", "--store", store
+    )
+    assert status == 1
+    assert "--params is not valid JSON" in one_line(err)
+    assert json.loads(cli(capsys, "workflow", "list", "--store", store, "--json")[1]) == {
+        "runs": []
+    }
 
 
 def test_unknown_workflow_and_step_with_a_config(
