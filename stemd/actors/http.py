@@ -1,7 +1,8 @@
 """The metrics and health endpoint: ``GET /metrics`` (Prometheus text), ``GET /healthz``.
 
 A deliberately small HTTP/1.0 server on anyio: one request per connection, bounded in size
-and time, so that a misbehaving client can neither hold the daemon nor grow its memory.
+and time, at most ``max_connections`` at once (more are closed at once), so that
+misbehaving clients can neither hold the daemon nor grow its memory or its open files.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ log = structlog.get_logger("stemd.http")
 
 _MAX_REQUEST = 8192
 _READ_TIMEOUT = 5.0
+_MAX_CONNECTIONS = 64
 
 
 class HttpStats(msgspec.Struct, frozen=True, kw_only=True):
-    """Requests served by the endpoint."""
+    """Requests served by the endpoint, connections open now, and connections closed
+    unread (too many were open)."""
 
     requests: int
+    open: int
+    refused: int
     port: int | None
 
 
@@ -45,16 +50,26 @@ class HttpEndpoint:
     name = "http"
 
     def __init__(
-        self, registry: Registry, address: str, healthy: Callable[[], bool] | None = None
+        self,
+        registry: Registry,
+        address: str,
+        healthy: Callable[[], bool] | None = None,
+        *,
+        max_connections: int = _MAX_CONNECTIONS,
     ) -> None:
         self.registry = registry
         self.host, self._port = parse_address(address)
         self.healthy = healthy or (lambda: True)
         self.port: int | None = None
+        self.max_connections = max_connections
+        self._open = 0
         self._requests = 0
+        self._refused = 0
 
     def statistics(self) -> HttpStats:
-        return HttpStats(requests=self._requests, port=self.port)
+        return HttpStats(
+            requests=self._requests, open=self._open, refused=self._refused, port=self.port
+        )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self._port)
@@ -65,6 +80,17 @@ class HttpEndpoint:
             await listener.serve(self._handle)
 
     async def _handle(self, stream: SocketStream) -> None:
+        if self._open >= self.max_connections:
+            self._refused += 1
+            await stream.aclose()
+            return
+        self._open += 1
+        try:
+            await self._serve(stream)
+        finally:
+            self._open -= 1
+
+    async def _serve(self, stream: SocketStream) -> None:
         async with stream:
             try:
                 with anyio.fail_after(_READ_TIMEOUT):

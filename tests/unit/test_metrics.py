@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 import pytest
 
 from stemd.actors.http import HttpEndpoint, parse_address
 from stemd.errors import ConfigError
 from stemd.metrics import Registry
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -91,6 +94,34 @@ async def test_endpoint_serves_metrics_health_and_errors() -> None:
         assert b" 405 " in await _get(endpoint.port, b"POST /metrics HTTP/1.0\r\n\r\n")
         assert b" 400 " in await _get(endpoint.port, b"x" * 9000)
         assert endpoint.statistics().requests == 6
+        tg.cancel_scope.cancel()
+
+
+async def test_endpoint_closes_connections_past_its_limit() -> None:
+    """Idle connections up to the limit are held (until their read timeout); one more is
+    closed at once, unread; once they go, requests are served again."""
+    endpoint = HttpEndpoint(Registry(), "127.0.0.1:0", max_connections=4)
+
+    def open_count(count: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return endpoint.statistics().open == count
+
+        return check
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(endpoint.run)
+        assert endpoint.port
+        idle = [await anyio.connect_tcp("127.0.0.1", endpoint.port) for _ in range(4)]
+        await wait_until(open_count(4), what="the idle connections")
+        async with await anyio.connect_tcp("127.0.0.1", endpoint.port) as extra:
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, OSError)):
+                await extra.receive()
+        assert endpoint.statistics().refused == 1
+        for stream in idle:
+            await stream.aclose()
+        await wait_until(open_count(0), what="the idle connections to close")
+        ok = await _get(endpoint.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.0 200")
         tg.cancel_scope.cancel()
 
 
