@@ -53,6 +53,8 @@ def seconds(value: float | timedelta | None, name: str) -> float | None:
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be seconds or a timedelta, not {type(value).__name__}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must be a number of seconds, not NaN")
     if value < 0:
         raise ValueError(f"{name} must not be negative")
     if not math.isfinite(value) or value > MAX_DURATION:

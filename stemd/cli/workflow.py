@@ -22,7 +22,7 @@ from stemd.cli.output import print_json, run_detail, runs_table
 from stemd.config import Config, load_config
 from stemd.errors import DECODE_ERRORS, ConfigError, PayloadError, RunNotFound, StemError
 from stemd.loading import Workflow, load_workflows
-from stemd.model import CancellationPolicy, RunStatus, validate_run_id
+from stemd.model import CancellationPolicy, RunStatus, seconds, validate_run_id
 from stemd.natsauth import NatsAuth
 
 __all__ = ["EXIT_CANCELLED", "EXIT_FAILED", "EXIT_TIMED_OUT", "add_parser"]
@@ -55,6 +55,20 @@ def _json_arg(name: str, raw: str | None) -> Any:
         return msgspec.json.decode(data)
     except DECODE_ERRORS as exc:
         raise PayloadError(f"{name} is not valid JSON: {exc}") from None
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a duration in seconds, finite, not negative, at most 100 years."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    try:
+        value = seconds(number, "value")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {str(exc).removeprefix('value ')}") from None
+    assert value is not None
+    return value
 
 
 def _out(message: str) -> None:
@@ -142,8 +156,6 @@ async def _cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _wait(client: Client, args: argparse.Namespace) -> int:
-    if args.timeout is not None and args.timeout < 0:
-        raise StemError("--timeout must not be negative")
     run, timed_out = await client.wait(validate_run_id(args.run_id), args.timeout)
     if args.json:
         print_json({"run": run, "timed_out": timed_out})
@@ -262,7 +274,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--request-timeout",
         metavar="S",
-        type=float,
+        type=_seconds,
         default=5.0,
         help="seconds to wait for a NATS reply or connection (default: 5)",
     )
@@ -319,9 +331,9 @@ def add_parser(commands: Any) -> None:
     p.add_argument("name", metavar="NAME", help="the workflow's name")
     p.add_argument("--params", metavar="JSON", help="the run's params (JSON, @FILE or -)")
     p.add_argument("--run-id", metavar="ID", help="the run's id (an existing id starts nothing)")
-    p.add_argument("--max-run-duration", metavar="S", type=float, help="cancel after S seconds")
+    p.add_argument("--max-run-duration", metavar="S", type=_seconds, help="cancel after S seconds")
     p.add_argument(
-        "--max-suspend-duration", metavar="S", type=float, help="cancel if suspended S seconds"
+        "--max-suspend-duration", metavar="S", type=_seconds, help="cancel if suspended S seconds"
     )
     _common(p)
 
@@ -357,7 +369,7 @@ def add_parser(commands: Any) -> None:
         "wait for a run to end; exit 0 if it completed, 3 failed, 4 cancelled, 5 timed out",
     )
     p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("--timeout", metavar="S", type=float, help="give up after S seconds")
+    p.add_argument("--timeout", metavar="S", type=_seconds, help="give up after S seconds")
     _common(p)
 
     p = add("rewind", _rewind, "re-run a run from a step on (its checkpoints are deleted)")

@@ -64,6 +64,11 @@ _WAITING = (
 )
 
 
+def _limit(limit: int) -> int:
+    """A row limit SQLite can bind: larger ones mean "all" (SQLite integers are 64-bit)."""
+    return max(0, min(limit, 2**63 - 1))
+
+
 def _pragmas(synchronous: str, busy_timeout: float) -> list[str]:
     return [
         f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}",
@@ -270,7 +275,7 @@ class SqliteStore:
     async def deliver_event(
         self, topic: str, value: bytes, now: datetime, limit: int = 1000
     ) -> list[str]:
-        return await self.writer.submit(ops.deliver_event, topic, value, now, limit)
+        return await self.writer.submit(ops.deliver_event, topic, value, now, _limit(limit))
 
     async def fire_timer(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:
         return await self.writer.submit(ops.fire_timer, run_id, now, timeout_value)
@@ -328,19 +333,19 @@ class SqliteStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
-        params.append(max(0, limit))
+        params.append(_limit(limit))
         return [record_from_row(r) for r in await self._fetchall(sql, tuple(params))]
 
     async def runs_waiting_on(self, topic: str, limit: int = 1000) -> list[RunRecord]:
-        return [record_from_row(r) for r in await self._fetchall(_WAITING, (topic, limit))]
+        return [record_from_row(r) for r in await self._fetchall(_WAITING, (topic, _limit(limit)))]
 
     async def due_timers(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
-        rows = await self._fetchall(_DUE, (to_us(until), limit))
+        rows = await self._fetchall(_DUE, (to_us(until), _limit(limit)))
         return [(from_us(at), run_id) for at, run_id in rows]
 
     async def runnable(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         us = to_us(now)
-        return [(r, q) for r, q in await self._fetchall(_RUNNABLE, (us, us, limit))]
+        return [(r, q) for r, q in await self._fetchall(_RUNNABLE, (us, us, _limit(limit)))]
 
     # -- other processes ------------------------------------------------------------------
 

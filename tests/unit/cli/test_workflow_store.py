@@ -328,7 +328,6 @@ def test_wait_exit_status_says_how_the_run_ended(
         (["list", "--limit", "0"], "--limit must be a positive integer"),
         (["emit", "bad topic!"], "invalid topic"),
         (["rewind", "nobody", "--step", "x"], "not rewound"),
-        (["start", "x", "--max-run-duration", "-1"], "policy:"),
     ],
 )
 def test_bad_input_is_one_line_and_non_zero(
@@ -338,6 +337,38 @@ def test_bad_input_is_one_line_and_non_zero(
     status, _, err = cli(capsys, "workflow", *argv, "--store", store)
     assert status == 1
     assert message in one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["start", "x", "--max-run-duration", "-1"], "--max-run-duration: '-1': must not be"),
+        (["start", "x", "--max-suspend-duration", "inf"], "'inf': must be at most"),
+        (["wait", "r", "--timeout", "nan"], "--timeout: 'nan': must be a number of seconds"),
+        (["wait", "r", "--timeout", "1e400"], "must be at most 3155760000 seconds"),
+        (["list", "--request-timeout", "soon"], "'soon' is not a number of seconds"),
+    ],
+)
+def test_bad_durations_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], store: str, argv: list[str], message: str
+) -> None:
+    """A duration that is negative, NaN, infinite or past 100 years: exit 2 (usage), one
+    line naming the option."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(["workflow", *argv, "--store", store])
+    assert exit_.value.code == 2
+    assert message in one_line(capsys.readouterr().err)
+
+
+def test_a_huge_list_limit_lists_everything(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    """``--limit`` past SQLite's integers means "all", not an internal error."""
+    assert cli(capsys, "workflow", "start", "approvals.flow", "--store", store)[0] == 0
+    status, out, err = cli(
+        capsys, "workflow", "list", "--limit", str(10**20), "--store", store, "--json"
+    )
+    assert (status, err) == (0, "")
+    assert len(json.loads(out)["runs"]) == 1
 
 
 def test_params_from_a_file_that_is_not_utf8_are_refused(
