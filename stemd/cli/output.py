@@ -63,6 +63,16 @@ def _attempts(n: int) -> str:
     return f"{n} failed attempt{'s' if n != 1 else ''}"
 
 
+def _unregistered(run: RunState) -> bool:
+    """Whether the run waits for a process that knows its workflow."""
+    return (
+        run.status is RunStatus.SUSPENDED
+        and run.error is not None
+        and run.error.type == "UnknownWorkflow"
+        and run.retried_step == "@workflow"
+    )
+
+
 def _retrying(run: RunState) -> bool:
     """Whether the run waits to retry a failed step."""
     return (
@@ -87,6 +97,8 @@ def _detail(run: RunState) -> str:
         return f"waiting for event {run.wait_topic}{until}"
     if run.wait_child:
         return f"waiting for child {run.wait_child}"
+    if _unregistered(run):
+        return f"workflow not registered where taken; next try at {_time(run.resume_at)}"
     if _retrying(run):
         return f"retrying {run.retried_step} at {_time(run.resume_at)}"
     if run.resume_at and run.status in (RunStatus.SUSPENDED, RunStatus.PENDING):
@@ -117,8 +129,8 @@ def runs_table(runs: Sequence[RunState]) -> str:
 def _retries(run: RunState) -> str | None:
     """The retries line: which step failed how often, and what came of it."""
     step, failures = run.retried_step, run.step_failures
-    if step is None or failures < 1:
-        return None
+    if step is None or failures < 1 or step == "@workflow":
+        return None  # "@workflow": given back by processes that did not know the workflow
     if step in run.checkpoints:
         return f"{step} succeeded after {_attempts(failures)}"
     if _retrying(run):

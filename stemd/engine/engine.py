@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -39,6 +39,7 @@ from stemd.store.base import (
     Fail,
     Outcome,
     Release,
+    RetryLater,
     RunRecord,
     Store,
     base_step_name,
@@ -49,6 +50,13 @@ __all__ = ["Engine", "Workflow", "new_run_id", "to_run_state"]
 
 Workflow = Flow | Script
 log = structlog.get_logger("stemd.engine")
+
+# A run whose workflow this process does not know is given back, to be tried again after
+# 1 s, 2 s, 4 s... at most a minute apart, until a process that knows it takes it (a rolling
+# deploy adding a workflow; a run started by a client of another code base). Its retry
+# bookkeeping names this pseudo-step, which no real step can be named.
+UNKNOWN_WORKFLOW_STEP = "@workflow"
+_UNKNOWN_WORKFLOW_MAX_DELAY = 60.0
 
 
 def new_run_id() -> str:
@@ -310,11 +318,7 @@ class Engine:
         rec = claim.record
         definition = self.workflows.get(rec.workflow)
         if definition is None:
-            return Fail(
-                error=ErrorInfo(
-                    type="UnknownWorkflow", message=f"unknown workflow {rec.workflow!r}"
-                )
-            )
+            return self._unknown_workflow(rec)
         execution = Execution(self, claim)
         outcome: Outcome | None = None
         if self.leases.running:
@@ -334,6 +338,31 @@ class Engine:
         if outcome is None:
             raise LeaseLost(f"run {rec.run_id}: lease lost")
         return outcome
+
+    def _unknown_workflow(self, rec: RunRecord) -> RetryLater:
+        """Give back a run whose workflow is not registered here, to be tried again later
+        (by any process): failing it would lose it for good."""
+        again = rec.attempt_step == UNKNOWN_WORKFLOW_STEP
+        failures = rec.step_failures + 1 if again else 1
+        delay = min(_UNKNOWN_WORKFLOW_MAX_DELAY, 2.0 ** min(failures - 1, 16))
+        log.warning(
+            "workflow not registered here; the run waits for a process that knows it",
+            run_id=rec.run_id,
+            workflow=rec.workflow,
+            tries=failures,
+            retry_in=delay,
+        )
+        return RetryLater(
+            step=UNKNOWN_WORKFLOW_STEP,
+            failures=failures,
+            resume_at=self.clock.now() + timedelta(seconds=delay),
+            error=ErrorInfo(
+                type="UnknownWorkflow",
+                message=f"workflow {rec.workflow!r} is not registered in the process that "
+                f"took the run ({self.owner}); tried {failures} time"
+                f"{'s' if failures != 1 else ''}, again until one that knows it takes it",
+            ),
+        )
 
     async def _run(self, definition: Workflow, execution: Execution) -> Outcome | None:
         """Run user code to its outcome; ``None`` when a write was refused (fenced)."""

@@ -317,3 +317,64 @@ async def test_two_apps_on_one_store_execute_each_step_once() -> None:
         results = [await two.wait_for_completion(run_id, timeout=10) for run_id in ids]
     assert [r.value for r in results] == ids
     assert completed == Counter({(i, s): 1 for i in ids for s in ("nap", "done")})
+
+
+async def test_a_run_of_a_workflow_unknown_here_waits_for_a_process_that_knows_it() -> None:
+    """A process that does not know a run's workflow does not fail it (that would lose it,
+    say in a rolling deploy that adds the workflow): it gives the run back, to be tried
+    again after 1 s, 2 s, 4 s..., and a process that knows the workflow runs it."""
+    flow = stemd.Flow("added.flow")
+
+    @flow.step("only")
+    async def only(ctx: stemd.FlowContext) -> str:
+        return "ran"
+
+    store = MemoryStore()
+    clock = ManualClock(START)
+    client = Engine(
+        store=store,
+        broker=None,
+        codec=codec_for("json"),
+        clock=clock,
+        workflows={},
+        owner="client",
+        lease=LEASE,
+        accept_unknown=True,
+    )
+    old = _engine(store, clock, "old-daemon")
+    new = _engine(store, clock, "new-daemon", flow)
+    run_id, _ = await client.start_run("added.flow", run_id="r1")
+    for tries, delay in [(1, 1.0), (2, 2.0), (3, 4.0)]:
+        rec = await old.advance(run_id)
+        assert rec is not None
+        assert rec.status is RunStatus.SUSPENDED
+        assert (rec.attempt_step, rec.step_failures) == ("@workflow", tries)
+        assert rec.resume_at == clock.now() + timedelta(seconds=delay)
+        assert rec.error is not None and rec.error.type == "UnknownWorkflow"
+        assert "old-daemon" in rec.error.message
+        assert await old.advance(run_id) is None  # not before its time
+        clock.advance(delay)
+        assert await store.due_timers(clock.now(), 10) == [(rec.resume_at, run_id)]
+        assert await old.fire_timer(run_id) == "woken"
+    done = await new.advance(run_id)
+    assert done is not None
+    assert done.status is RunStatus.COMPLETED
+    assert done.result == b'"ran"'
+    assert await store.get_checkpoints(run_id) != []
+
+
+async def test_the_wait_for_an_unknown_workflow_is_at_most_a_minute() -> None:
+    """Tries of a workflow no process knows go on a minute apart at most."""
+    store = MemoryStore()
+    clock = ManualClock(START)
+    engine = _engine(store, clock, "daemon")
+    engine.accept_unknown = True
+    run_id, _ = await engine.start_run("nobody.flow")
+    delays = []
+    for _ in range(9):
+        rec = await engine.advance(run_id)
+        assert rec is not None and rec.resume_at is not None
+        delays.append((rec.resume_at - clock.now()).total_seconds())
+        clock.advance(delays[-1])
+        assert await engine.fire_timer(run_id) == "woken"
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]
