@@ -126,7 +126,8 @@ class _Client(nats.aio.client.Client):
     strictly: one message published to ``stem.submit.<not UTF-8>`` (or a request on such a
     ``stem.api`` subject) would stop its read loop for good, leaving a connection that
     looks alive and reads nothing. Invalid bytes read as U+FFFD here, so such a message
-    is refused like any other bad input.
+    is refused like any other bad input. (This overrides a private method of nats-py 2.x,
+    hence the ``<3`` pin; tests/integration/test_nats_submit_events.py sends such subjects.)
     """
 
     def _build_message(
