@@ -31,6 +31,21 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return status, out, err
 
 
+def start(
+    capsys: pytest.CaptureFixture[str],
+    store: str,
+    workflow: str,
+    run_id: str,
+    params: str | None = None,
+    *more: str,
+) -> tuple[int, str, str]:
+    """``stemd workflow start WORKFLOW --run-id RUN_ID [--params PARAMS] --store STORE``."""
+    argv = ["workflow", "start", workflow, "--run-id", run_id, "--store", store]
+    if params is not None:
+        argv += ["--params", params]
+    return cli(capsys, *argv, *more)
+
+
 def one_line(err: str) -> str:
     """The single line on stderr (fails if there are more, e.g. a traceback)."""
     lines = err.strip().splitlines()
@@ -58,31 +73,10 @@ def test_start_prints_the_run_id_and_is_idempotent(
     capsys: pytest.CaptureFixture[str], store: str
 ) -> None:
     """`start` creates a run once; the same --run-id again starts nothing."""
-    status, out, _ = cli(
-        capsys,
-        "workflow",
-        "start",
-        "approvals.flow",
-        "--params",
-        DRAFT,
-        "--run-id",
-        "doc-42",
-        "--store",
-        store,
-    )
+    status, out, _ = start(capsys, store, "approvals.flow", "doc-42", DRAFT)
     assert status == 0
     assert out == "started approvals.flow run doc-42\n"
-    status, out, _ = cli(
-        capsys,
-        "workflow",
-        "start",
-        "approvals.flow",
-        "--run-id",
-        "doc-42",
-        "--store",
-        store,
-        "--json",
-    )
+    status, out, _ = start(capsys, store, "approvals.flow", "doc-42", None, "--json")
     assert status == 0
     assert json.loads(out) == {"run_id": "doc-42", "created": False}
 
@@ -112,18 +106,7 @@ def test_start_generates_an_id_and_reads_params_from_a_file(
 
 def test_get_shows_the_checkpoint_timeline(capsys: pytest.CaptureFixture[str], store: str) -> None:
     """`get` shows the run's fields and its checkpoints in order; --json is the RunState."""
-    cli(
-        capsys,
-        "workflow",
-        "start",
-        "approvals.flow",
-        "--params",
-        DRAFT,
-        "--run-id",
-        "r1",
-        "--store",
-        store,
-    )
+    start(capsys, store, "approvals.flow", "r1", DRAFT)
     drive(store, "r1", "suspended")
     status, out, _ = cli(capsys, "workflow", "get", "r1", "--store", store)
     assert status == 0
@@ -150,18 +133,7 @@ def test_get_shows_retries_and_the_error_of_a_failed_run(
     capsys: pytest.CaptureFixture[str], store: str
 ) -> None:
     """`get` of a run that failed after retries shows them, its error and how it ended."""
-    cli(
-        capsys,
-        "workflow",
-        "start",
-        "examples.flaky",
-        "--params",
-        '{"fail_times": 9}',
-        "--run-id",
-        "bad",
-        "--store",
-        store,
-    )
+    start(capsys, store, "examples.flaky", "bad", '{"fail_times": 9}')
     drive(store, "bad", "failed")
     status, out, _ = cli(capsys, "workflow", "get", "bad", "--store", store)
     assert status == 0
@@ -180,19 +152,8 @@ def test_list_is_a_table_or_json_and_filters(
 ) -> None:
     """`list` prints a table (or JSON) filtered by workflow, status and limit."""
     for run_id in ("a", "b"):
-        cli(
-            capsys,
-            "workflow",
-            "start",
-            "approvals.flow",
-            "--params",
-            DRAFT,
-            "--run-id",
-            run_id,
-            "--store",
-            store,
-        )
-    cli(capsys, "workflow", "start", "examples.flaky", "--run-id", "c", "--store", store)
+        start(capsys, store, "approvals.flow", run_id, DRAFT)
+    start(capsys, store, "examples.flaky", "c")
     status, out, _ = cli(capsys, "workflow", "list", "--store", store)
     assert status == 0
     lines = out.splitlines()
@@ -222,18 +183,7 @@ def test_list_is_a_table_or_json_and_filters(
 def test_waiting_emit_wait_and_rewind(capsys: pytest.CaptureFixture[str], store: str) -> None:
     """A run waiting on a topic is listed, resumed by `emit`, awaited by `wait` (exit 0),
     and rewound to a step by `rewind`."""
-    cli(
-        capsys,
-        "workflow",
-        "start",
-        "approvals.flow",
-        "--params",
-        DRAFT,
-        "--run-id",
-        "ap",
-        "--store",
-        store,
-    )
+    start(capsys, store, "approvals.flow", "ap", DRAFT)
     drive(store, "ap", "suspended")
     status, out, _ = cli(capsys, "workflow", "waiting", "approvals.manager", "--store", store)
     assert status == 0
@@ -272,37 +222,15 @@ def test_wait_exit_status_says_how_the_run_ended(
     capsys: pytest.CaptureFixture[str], store: str
 ) -> None:
     """`wait` exits 0 completed, 3 failed, 4 cancelled, 5 timed out."""
-    cli(
-        capsys,
-        "workflow",
-        "start",
-        "examples.flaky",
-        "--params",
-        '{"fail_times": 9}',
-        "--run-id",
-        "bad",
-        "--store",
-        store,
-    )
-    cli(capsys, "workflow", "start", "examples.flaky", "--run-id", "good", "--store", store)
+    start(capsys, store, "examples.flaky", "bad", '{"fail_times": 9}')
+    start(capsys, store, "examples.flaky", "good")
     drive(store, "bad", "failed")
     drive(store, "good", "completed")
     assert cli(capsys, "workflow", "wait", "good", "--store", store)[0] == 0
     status, out, _ = cli(capsys, "workflow", "wait", "bad", "--store", store)
     assert status == 3
     assert "ConnectionError: upstream unavailable (attempt 5) after 5 attempts" in out
-    cli(
-        capsys,
-        "workflow",
-        "start",
-        "approvals.flow",
-        "--params",
-        DRAFT,
-        "--run-id",
-        "slow",
-        "--store",
-        store,
-    )
+    start(capsys, store, "approvals.flow", "slow", DRAFT)
     status, out, _ = cli(capsys, "workflow", "wait", "slow", "--timeout", "0.2", "--store", store)
     assert status == 5
     assert "still pending after 0.2s" in out
