@@ -24,6 +24,7 @@ import msgspec
 import structlog
 
 from stemd.errors import TransportError
+from stemd.model import Retry
 from stemd.natsconn import NatsConnection, NatsMsg, Subscription
 
 __all__ = ["JsMsg", "PullConsumer", "PullStats"]
@@ -77,7 +78,7 @@ class JsMsg:
     def retry_delay(self, first: float = 1.0, cap: float = 300.0) -> float:
         """Seconds to wait before the next delivery of a message that failed: ``first``,
         doubling with each delivery, at most ``cap``."""
-        return min(cap, first * 2.0 ** min(self.num_delivered - 1, 30))
+        return Retry(backoff=first, max_backoff=cap, jitter=False).delay(self.num_delivered)
 
     def header(self, name: str) -> str | None:
         """One header's value, or ``None``."""

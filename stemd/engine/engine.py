@@ -27,6 +27,7 @@ from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
 from stemd.model import (
     CancellationPolicy,
     ErrorInfo,
+    Retry,
     RunState,
     RunStatus,
     seconds,
@@ -56,7 +57,7 @@ log = structlog.get_logger("stemd.engine")
 # deploy adding a workflow; a run started by a client of another code base). Its retry
 # bookkeeping names this pseudo-step, which no real step can be named.
 UNKNOWN_WORKFLOW_STEP = "@workflow"
-_UNKNOWN_WORKFLOW_MAX_DELAY = 60.0
+_UNKNOWN_WORKFLOW_RETRY = Retry(backoff=1.0, max_backoff=60.0, jitter=False)
 
 
 def new_run_id() -> str:
@@ -344,7 +345,7 @@ class Engine:
         (by any process): failing it would lose it for good."""
         again = rec.attempt_step == UNKNOWN_WORKFLOW_STEP
         failures = rec.step_failures + 1 if again else 1
-        delay = min(_UNKNOWN_WORKFLOW_MAX_DELAY, 2.0 ** min(failures - 1, 16))
+        delay = _UNKNOWN_WORKFLOW_RETRY.delay(failures)
         log.warning(
             "workflow not registered here; the run waits for a process that knows it",
             run_id=rec.run_id,
