@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from stemd.engine.events import RunEvent
 from stemd.metrics import Registry
 from stemd.model import RunStatus
-from stemd.store.base import RunRecord
+from stemd.store.base import RunRecord, base_step_name
 
 if TYPE_CHECKING:
     from stemd.app import App
@@ -66,8 +66,7 @@ class MetricsObserver:
         error: BaseException | None,
     ) -> None:
         # Occurrence suffixes (poll#3) would make one series per loop iteration.
-        base = step.partition("#")[0]
-        self.steps.observe(seconds, workflow=workflow, step=base, result=result)
+        self.steps.observe(seconds, workflow=workflow, step=base_step_name(step), result=result)
 
     def slice_started(self, record: RunRecord) -> None:
         return None
