@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from stemd.engine.engine import UNKNOWN_WORKFLOW_STEP
 from stemd.model import CheckpointInfo, RunState, RunStatus
 
 __all__ = ["duration", "print_json", "run_detail", "runs_table", "short_json"]
@@ -64,12 +65,13 @@ def _attempts(n: int) -> str:
 
 
 def _unregistered(run: RunState) -> bool:
-    """Whether the run waits for a process that knows its workflow."""
+    """Whether the run waits for a process that knows its workflow: given back, and
+    nothing of it has run since (the give-back's bookkeeping outlives it, as a retried
+    step's does)."""
     return (
         run.status is RunStatus.SUSPENDED
-        and run.error is not None
-        and run.error.type == "UnknownWorkflow"
-        and run.retried_step == "@workflow"
+        and run.retried_step == UNKNOWN_WORKFLOW_STEP
+        and not run.timeline
     )
 
 
@@ -78,7 +80,7 @@ def _retrying(run: RunState) -> bool:
     return (
         run.status is RunStatus.SUSPENDED
         and run.error is not None
-        and run.retried_step is not None
+        and run.retried_step not in (None, UNKNOWN_WORKFLOW_STEP)
         and run.retried_step not in run.checkpoints
         and run.wait_topic is None
         and run.wait_child is None
@@ -129,8 +131,8 @@ def runs_table(runs: Sequence[RunState]) -> str:
 def _retries(run: RunState) -> str | None:
     """The retries line: which step failed how often, and what came of it."""
     step, failures = run.retried_step, run.step_failures
-    if step is None or failures < 1 or step == "@workflow":
-        return None  # "@workflow": given back by processes that did not know the workflow
+    if step is None or failures < 1 or step == UNKNOWN_WORKFLOW_STEP:
+        return None  # given back by processes that did not know the workflow
     if step in run.checkpoints:
         return f"{step} succeeded after {_attempts(failures)}"
     if _retrying(run):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 
 from stemd.cli.output import duration, run_detail
@@ -129,3 +130,39 @@ def test_a_failing_run_shows_its_error_and_a_waiting_run_what_it_waits_for() -> 
         "  end  2030-01-01 09:01:30.000Z  +1m30s              "
         "failed: ConnectionError in fetch: down\n"
     )
+
+
+def test_a_run_given_back_shows_so_until_it_has_run() -> None:
+    """A run given back by processes that lack its workflow says so; once a process that
+    knows it has run it (here: to a sleep), it shows what it does now."""
+    unknown = ErrorInfo(type="UnknownWorkflow", message="workflow 'w' is not registered")
+    given_back = RunState(
+        run_id="r1",
+        workflow="w",
+        status=RunStatus.SUSPENDED,
+        error=unknown,
+        resume_at=at(4),
+        suspended_at=at(3),
+        created_at=T0,
+        updated_at=at(3),
+        retried_step="@workflow",
+        step_failures=3,
+    )
+    out = run_detail(given_back)
+    assert (
+        "status      suspended (workflow not registered where taken; "
+        "next try at 2030-01-01 09:00:04Z)\n"
+    ) in out
+    assert "retries" not in out
+    asleep = msgspec.structs.replace(
+        given_back,
+        resume_at=at(3600),
+        suspended_at=at(5),
+        updated_at=at(5),
+        timeline=[
+            CheckpointInfo(name="nap@sleep#0", kind="sleep", step="nap", at=at(5), duration=5.0)
+        ],
+    )
+    out = run_detail(asleep)
+    assert "status      suspended (resumes at 2030-01-01 10:00:00Z)\n" in out
+    assert "not registered where taken" not in out
