@@ -19,7 +19,6 @@ and ``lock_timeout`` (seconds), ``max_batch``.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -42,7 +41,7 @@ from stemd.store.base import (
     RunRecord,
 )
 from stemd.store.sqlite_schema import RUN_COLUMNS, from_us, migrate, record_from_row, to_us
-from stemd.store.sqlite_writer import Writer, WriterStats, is_busy
+from stemd.store.sqlite_writer import Writer, WriterStats, is_busy, while_busy
 
 __all__ = ["SqliteStore"]
 
@@ -177,17 +176,9 @@ class SqliteStore:
         # is locked" at once, without its busy handler, while another connection (a second
         # daemon or the CLI opening the same new file) is switching it or reading it
         # mid-switch: retry until busy_timeout, as every other lock wait does.
-        deadline = time.monotonic() + self.busy_timeout
-        pause = 0.001
-        while True:
-            try:
-                (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
-                break
-            except sqlite3.OperationalError as exc:
-                if not is_busy(exc) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+        (mode,) = while_busy(
+            lambda: db.execute("PRAGMA journal_mode = WAL").fetchone(), self.busy_timeout
+        )
         if str(mode).lower() != "wal":
             raise StoreError(f"SQLite refused WAL mode for {self.path} (got {mode!r})")
 

@@ -35,7 +35,7 @@ import structlog
 
 from stemd.errors import StemError, StoreError
 
-__all__ = ["Writer", "WriterStats", "is_busy"]
+__all__ = ["Writer", "WriterStats", "is_busy", "while_busy"]
 
 log = structlog.get_logger("stemd.store.sqlite")
 
@@ -53,6 +53,25 @@ def is_busy(exc: BaseException) -> bool:
         return (code & 0xFF) in _BUSY
     text = str(exc)
     return "locked" in text or "busy" in text
+
+
+def while_busy(
+    fn: Callable[[], T], timeout: float, on_retry: Callable[[], None] | None = None
+) -> T:
+    """Call ``fn()`` (blocking), again and again while another connection holds the
+    lock, pausing 1 ms doubling to 100 ms, for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_busy(exc) or time.monotonic() + delay > deadline:
+                raise
+            if on_retry is not None:
+                on_retry()
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 class WriterStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -286,18 +305,10 @@ class Writer:
 
     def _with_lock(self, fn: Callable[[Any], None], arg: Any) -> None:
         """Call ``fn(arg)``, retrying while another process holds the database lock."""
-        deadline = time.monotonic() + self.lock_timeout
-        delay = 0.001
-        while True:
-            try:
-                fn(arg)
-                return
-            except Exception as exc:
-                if not is_busy(exc) or time.monotonic() + delay > deadline:
-                    raise
-                self._retries += 1
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+        while_busy(lambda: fn(arg), self.lock_timeout, self._count_retry)
+
+    def _count_retry(self) -> None:
+        self._retries += 1
 
     def _rollback(self) -> None:
         if self.db.in_transaction:
