@@ -60,7 +60,11 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: Processor
     if console:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        # Plain tracebacks: with rich installed, structlog's default renders every local
+        # variable of every frame (a run's whole record), which takes seconds per error.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     else:
         renderer = structlog.processors.JSONRenderer()
     exc_info: list[Processor] = [] if console else [structlog.processors.format_exc_info]

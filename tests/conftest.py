@@ -6,9 +6,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from stemd.store.base import Store
 from tests.stores import STORE_FACTORIES, StoreFactory
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests log through structlog's defaults, but with plain tracebacks: whether or not
+    rich is installed, an error log must not render every local of every frame (seconds
+    per error, and gigabytes over a property test)."""
+    structlog.configure(
+        processors=[
+            *structlog.get_config()["processors"][:-1],
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            ),
+        ]
+    )
 
 
 @pytest.fixture

@@ -144,7 +144,8 @@ def test_a_string_that_is_not_utf8_is_payload_error(fmt: str) -> None:
     """Stored bytes whose strings are not UTF-8 raise PayloadError, not UnicodeDecodeError."""
     codec = codec_for(fmt)
     data = codec.encode({"a": "zz"}).replace(b"zz", b"\xc5E")
-    with pytest.raises(PayloadError, match="not valid UTF-8"):
+    # The wording after stemd's prefix is msgspec's (it changed in msgspec 0.23).
+    with pytest.raises(PayloadError, match="^cannot decode value: "):
         codec.decode(data)
 
 
