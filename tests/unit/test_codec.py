@@ -145,7 +145,7 @@ def test_a_string_that_is_not_utf8_is_payload_error(fmt: str) -> None:
     codec = codec_for(fmt)
     data = codec.encode({"a": "zz"}).replace(b"zz", b"\xc5E")
     # The wording after stemd's prefix is msgspec's (it changed in msgspec 0.23).
-    with pytest.raises(PayloadError, match="^cannot decode value: "):
+    with pytest.raises(PayloadError, match=r"^cannot decode value: "):
         codec.decode(data)
 
 
