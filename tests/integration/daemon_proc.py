@@ -100,7 +100,8 @@ class DaemonProcess:
     ) -> None:
         self.cwd = cwd
         full = {k: v for k, v in os.environ.items() if not k.startswith("STEMD_")}
-        full["PYTHONPATH"] = os.pathsep.join([str(ROOT), full.get("PYTHONPATH", "")])
+        # No empty entry: it would put the working directory on sys.path.
+        full["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), full.get("PYTHONPATH")] if p)
         if notify is not None:
             full["NOTIFY_SOCKET"] = notify.address
         full.update(env or {})
