@@ -33,7 +33,7 @@ from stemd.model import (
 )
 from stemd.natsauth import NatsAuth
 from stemd.store import store_from_url
-from stemd.store.base import Store
+from stemd.store.base import Store, WorkflowInfo
 
 __all__ = ["App"]
 
@@ -50,6 +50,19 @@ def _registry(workflows: Iterable[Workflow]) -> dict[str, Workflow]:
             raise ValueError(f"two workflows are named {name!r}")
         out[name] = wf
     return out
+
+
+def workflow_info(wf: Workflow) -> WorkflowInfo:
+    """What the store records about a workflow served here: its name, kind, version and,
+    for a flow, its declared steps in order."""
+    steps = getattr(wf, "steps", None) if wf.kind == "flow" else None
+    version = getattr(wf, "version", None)
+    return WorkflowInfo(
+        name=wf.name,
+        kind="flow" if wf.kind == "flow" else "script",
+        steps=None if steps is None else tuple(getattr(s, "name", str(s)) for s in steps),
+        version=version if isinstance(version, (str, int)) else None,
+    )
 
 
 def _status(value: RunStatus | str | None) -> RunStatus | None:
@@ -172,6 +185,16 @@ class App:
             else self._store_arg
         )
         await store.open()
+        try:
+            if self.workers and self.workflows:
+                # What this app serves, for `stemd workflow types` and the CLI's check of
+                # the names it starts; clients (workers=False) serve nothing.
+                infos = [workflow_info(wf) for wf in self.workflows.values()]
+                await store.register_workflows(infos, self.clock.now())
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.close()
+            raise
         broker: Broker | None
         if self._broker_arg is None:
             broker = broker_from_url(None) if self.workers else None
@@ -385,6 +408,16 @@ class App:
             StepNotFound: the run has no such step.
         """
         return await self.engine.rewind(run_id, step)
+
+    async def registered_workflows(self) -> list[WorkflowInfo]:
+        """The workflows served here and those recorded in the store by every app with
+        workers (a daemon) that has used it, by name. A store records a workflow when such
+        an app starts, and never forgets it."""
+        found = {w.name: w for w in await self.store.registered_workflows()}
+        if self.workers:
+            for wf in self.workflows.values():
+                found.setdefault(wf.name, workflow_info(wf))
+        return [found[name] for name in sorted(found)]
 
     async def _state(self, rec: Any) -> RunState:
         return to_run_state(rec, await self.store.get_checkpoints(rec.run_id), self.codec)

@@ -113,6 +113,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     Attributes:
         modules: modules to import; every Flow and script at their top level is registered.
+        app_dir: the directory put first on ``sys.path`` before anything is imported, so
+            that the modules in it import (as uvicorn's ``--app-dir``); unset: the working
+            directory the command starts in. ``stemd run --app-dir`` overrides it.
         entry_points: also load the modules named by installed ``stemd.workflows`` entry points.
         store: ``memory://``, ``sqlite:///PATH`` or ``nats://HOST:PORT``.
         broker: ``None`` for the in-process broker, or ``nats://HOST:PORT``.
@@ -147,6 +150,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """
 
     modules: tuple[str, ...] = ()
+    app_dir: str | None = None
     entry_points: bool = True
     store: str = DEFAULT_STORE
     broker: str | None = None

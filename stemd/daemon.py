@@ -33,7 +33,7 @@ from stemd.broker import broker_from_url
 from stemd.broker.base import Broker, Delivery
 from stemd.config import Config, check_reachable, load_config
 from stemd.errors import ConfigError, StemError
-from stemd.loading import Workflow, import_object, load_workflows
+from stemd.loading import Workflow, import_object, load_workflows, use_app_dir
 from stemd.logs import configure_logging, set_level
 from stemd.natsauth import redact_url
 from stemd.store import store_from_url
@@ -356,8 +356,9 @@ def loop_options(event_loop: str) -> dict[str, Any]:
     return {"use_uvloop": True}
 
 
-def main(config_path: str | None = None) -> int:
-    """``stemd run``: load everything, serve, return the exit status.
+def main(config_path: str | None = None, app_dir: str | None = None) -> int:
+    """``stemd run``: load everything, serve, return the exit status. The modules of
+    ``app_dir`` (else the config's ``app_dir``, else the working directory) import.
 
     Raises:
         StemError: the configuration is invalid or the store cannot be opened (the CLI
@@ -365,6 +366,7 @@ def main(config_path: str | None = None) -> int:
     """
     config = load_config(config_path)
     configure_logging(config.log_level, config.log_format)
+    use_app_dir(app_dir or config.app_dir, key="--app-dir" if app_dir else "app_dir")
     workflows, sources = load_workflows(config.modules, use_entry_points=config.entry_points)
     if not workflows:
         log.warning("no workflows registered", sources=sources)

@@ -1,12 +1,20 @@
 """Finding workflows and actors by name: the config's ``modules`` and ``actors``, and the
-installed packages that expose the ``stemd.workflows`` entry point group."""
+installed packages that expose the ``stemd.workflows`` entry point group.
+
+The modules of the *app directory* import too: :func:`use_app_dir` puts it (by default the
+working directory) first on ``sys.path``, as uvicorn's ``--app-dir`` does, so that
+``modules = ["approvals"]`` finds ``./approvals.py`` with no ``PYTHONPATH``.
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import types
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from stemd.authoring.definitions import Flow, Script
@@ -16,6 +24,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "import_object",
     "load_workflows",
+    "use_app_dir",
     "workflows_in",
 ]
 
@@ -30,9 +39,40 @@ def workflows_in(module: types.ModuleType) -> list[Workflow]:
     return [value for value in vars(module).values() if isinstance(value, (Flow, Script))]
 
 
+_app_dir: list[Path] = []  # the app directory in use, for messages
+
+
+def use_app_dir(app_dir: str | os.PathLike[str] | None = None, *, key: str = "app_dir") -> Path:
+    """Make the modules in ``app_dir`` (``None``: the working directory) importable: its
+    absolute path goes first on ``sys.path``. Return that path.
+
+    Raises:
+        ConfigError: ``app_dir`` is not a directory (the message starts with ``key``).
+    """
+    path = Path(os.getcwd() if app_dir is None else app_dir).absolute()
+    if not path.is_dir():
+        raise ConfigError(f"{key}: {path} is not a directory")
+    entry = str(path)
+    if sys.path[:1] != [entry]:
+        sys.path.insert(0, entry)
+        importlib.invalidate_caches()
+    _app_dir[:] = [path]
+    return path
+
+
 def _import(key: str, name: str) -> types.ModuleType:
     try:
         return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        hint = ""
+        missing = exc.name or ""
+        if name == missing or name.startswith(missing + "."):  # not one of its imports
+            where = f"the app directory {_app_dir[0]} or " if _app_dir else ""
+            hint = (
+                f" (looked in {where}the installed packages: start stemd in the directory "
+                "that holds it, give --app-dir (app_dir, STEMD_APP_DIR), or install it)"
+            )
+        raise ConfigError(f"{key}: cannot import {name!r}: {exc}{hint}") from None
     except ImportError as exc:
         raise ConfigError(f"{key}: cannot import {name!r}: {exc}") from None
     except Exception as exc:  # the module itself raised while importing

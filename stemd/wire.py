@@ -16,11 +16,13 @@ Reference: docs/reference/wire.md.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from stemd.model import MAX_DURATION, ErrorInfo, RunState, RunStatus
+from stemd.store.base import WorkflowInfo
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -44,8 +46,11 @@ __all__ = [
     "RunEventMsg",
     "StartReply",
     "StartRequest",
+    "TypesReply",
+    "TypesRequest",
     "WaitingReply",
     "WaitingRequest",
+    "WorkflowType",
     "api_subject",
     "decode_reply",
     "decode_request",
@@ -53,6 +58,7 @@ __all__ = [
     "error_reply",
     "event_subject",
     "submit_subject",
+    "workflow_type",
 ]
 
 DEFAULT_PREFIX = "stem"
@@ -143,6 +149,10 @@ class RewindRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     step: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
+class TypesRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``types``: the workflows registered (served by daemons); no fields."""
+
+
 class StartReply(msgspec.Struct, frozen=True, kw_only=True):
     """Reply to ``start``."""
 
@@ -186,6 +196,24 @@ class RewindReply(msgspec.Struct, frozen=True, kw_only=True):
     rewound: bool
 
 
+class WorkflowType(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A registered workflow: ``version`` is always present (``null`` when it has none),
+    ``steps`` (the declared steps, in order) only for a flow, ``registered_at`` when a
+    daemon last registered it."""
+
+    name: str
+    kind: Literal["flow", "script"]
+    version: str | int | None
+    steps: list[str] | msgspec.UnsetType = msgspec.UNSET
+    registered_at: datetime | None = None
+
+
+class TypesReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Reply to ``types``: by name."""
+
+    workflows: list[WorkflowType]
+
+
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     """What went wrong."""
 
@@ -219,6 +247,7 @@ REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {
     "waiting": WaitingRequest,
     "cancel": CancelRequest,
     "rewind": RewindRequest,
+    "types": TypesRequest,
 }
 REPLY_TYPES: dict[str, type[msgspec.Struct]] = {
     "start": StartReply,
@@ -228,6 +257,7 @@ REPLY_TYPES: dict[str, type[msgspec.Struct]] = {
     "waiting": WaitingReply,
     "cancel": CancelReply,
     "rewind": RewindReply,
+    "types": TypesReply,
 }
 VERBS = tuple(REQUEST_TYPES)
 
@@ -272,6 +302,17 @@ def decode_reply(verb: str, data: bytes) -> Any:
         return _reply_decoders[verb].decode(data)
     except (UnicodeDecodeError, RecursionError) as exc:
         raise msgspec.DecodeError(f"undecodable reply: {exc}") from None
+
+
+def workflow_type(info: WorkflowInfo) -> WorkflowType:
+    """The wire form of a registered workflow."""
+    return WorkflowType(
+        name=info.name,
+        kind=info.kind,
+        version=info.version,
+        steps=list(info.steps) if info.kind == "flow" and info.steps is not None else msgspec.UNSET,
+        registered_at=info.registered_at,
+    )
 
 
 def encode(message: Any) -> bytes:

@@ -194,3 +194,10 @@ class ApiResponder:
 
     async def _rewind(self, req: wire.RewindRequest) -> wire.RewindReply:
         return wire.RewindReply(rewound=await self.app.rewind_run(req.run_id, req.step))
+
+    async def _types(self, req: wire.TypesRequest) -> wire.TypesReply:
+        # The daemon's own workflows and every one recorded in its store by any daemon
+        # sharing it (App.registered_workflows).
+        return wire.TypesReply(
+            workflows=[wire.workflow_type(w) for w in await self.app.registered_workflows()]
+        )

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -19,12 +20,13 @@ import msgspec
 from stemd import wire
 from stemd.app import App
 from stemd.codec import Codec, codec_for
-from stemd.config import check_nats, check_sqlite
+from stemd.config import check_nats, check_sqlite, sqlite_path
 from stemd.errors import (
     PayloadError,
     RunNotFound,
     StemError,
     StepNotFound,
+    StoreError,
     TransportError,
     UnknownWorkflow,
 )
@@ -32,6 +34,8 @@ from stemd.loading import Workflow
 from stemd.model import CancellationPolicy, RunState, RunStatus, validate_run_id
 from stemd.natsauth import NatsAuth, redact_url
 from stemd.natsconn import NatsConnection, open_connection
+from stemd.store import store_from_url
+from stemd.store.base import Store
 from stemd.tracing import trace_headers
 
 __all__ = ["Client", "NatsClient", "StoreClient", "open_client"]
@@ -46,8 +50,11 @@ class Client(Protocol):
         params: Any,
         run_id: str | None,
         policy: CancellationPolicy | None,
+        *,
+        force: bool = False,
     ) -> tuple[str, bool]:
-        """Start a run; return its id and whether it was created (``False``: it existed)."""
+        """Start a run; return its id and whether it was created (``False``: it existed).
+        ``force``: start a workflow no daemon has registered (straight to the store)."""
         ...
 
     async def get(self, run_id: str) -> RunState | None:
@@ -81,6 +88,10 @@ class Client(Protocol):
         timeout passed first."""
         ...
 
+    async def types(self) -> list[wire.WorkflowType]:
+        """The registered workflows, by name."""
+        ...
+
 
 def _status(value: str | None) -> RunStatus | None:
     if value is None:
@@ -95,8 +106,30 @@ def _status(value: str | None) -> RunStatus | None:
 # -- straight to the store ------------------------------------------------------------------
 
 
+def _unregistered(workflow: str, registered: list[str]) -> UnknownWorkflow:
+    """The error for a start of ``workflow``, which no daemon registered in the store."""
+    force = "or pass --force to start it before any daemon serving it has run"
+    if not registered:
+        return UnknownWorkflow(
+            f"unknown workflow {workflow!r}: no daemon has run with this store yet, so it "
+            f"knows no workflow (is this the right store?); start `stemd run` with it, {force}"
+        )
+    close = difflib.get_close_matches(workflow, registered, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    shown = ", ".join(registered[:10]) + (", …" if len(registered) > 10 else "")
+    return UnknownWorkflow(
+        f"unknown workflow {workflow!r}: no daemon has registered it in this store "
+        f"(registered: {shown}); {hint}check the name, {force}"
+    )
+
+
 class StoreClient:
-    """A :class:`Client` over an open ``App(workers=False)``."""
+    """A :class:`Client` over an open ``App(workers=False)``.
+
+    A start is refused, before anything is written, when the workflow is neither known to
+    the app (the config's modules) nor registered in the store by some daemon, unless
+    forced.
+    """
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -107,7 +140,13 @@ class StoreClient:
         params: Any,
         run_id: str | None,
         policy: CancellationPolicy | None,
+        *,
+        force: bool = False,
     ) -> tuple[str, bool]:
+        if not force and not self.app.workflows:
+            registered = [w.name for w in await self.app.registered_workflows()]
+            if workflow not in registered:
+                raise _unregistered(workflow, registered)
         return await self.app.engine.start_run(workflow, params, run_id=run_id, policy=policy)
 
     async def get(self, run_id: str) -> RunState | None:
@@ -134,6 +173,9 @@ class StoreClient:
         result = await self.app.wait_for_completion(run_id, timeout=timeout)
         assert result.state is not None
         return result.state, result.timed_out
+
+    async def types(self) -> list[wire.WorkflowType]:
+        return [wire.workflow_type(w) for w in await self.app.registered_workflows()]
 
 
 # -- through a daemon, over NATS ------------------------------------------------------------
@@ -203,7 +245,14 @@ class NatsClient:
         params: Any,
         run_id: str | None,
         policy: CancellationPolicy | None,
+        *,
+        force: bool = False,
     ) -> tuple[str, bool]:
+        if force:
+            raise StemError(
+                "--force works with --store only: over --nats the daemon decides, and it "
+                "refuses a workflow it does not serve"
+            )
         if run_id is not None:
             validate_run_id(run_id)
         body = None
@@ -288,6 +337,10 @@ class NatsClient:
             raise RunNotFound(f"no run {run_id}")
         return state, not state.status.is_terminal
 
+    async def types(self) -> list[wire.WorkflowType]:
+        reply: wire.TypesReply = await self._request("types", wire.TypesRequest())
+        return reply.workflows
+
 
 @asynccontextmanager
 async def open_client(
@@ -299,12 +352,17 @@ async def open_client(
     timeout: float = 5.0,
     codecs: tuple[Codec, dict[str, Codec]] | None = None,
     auth: NatsAuth | None = None,
+    create_store: bool = True,
+    missing_hint: str = "",
 ) -> AsyncIterator[Client]:
     """A :class:`Client` over ``nats_url`` if given, else straight to ``store``; ``auth``
-    gives the credentials and TLS of a NATS connection.
+    gives the credentials and TLS of a NATS connection. With ``create_store=False`` a
+    SQLite store must exist already: a missing file is an error (ending with
+    ``missing_hint``) and none is created.
 
     Raises:
         ConfigError: the store or NATS cannot be reached (naming ``--store``/``--nats``).
+        StoreError: ``create_store=False`` and there is no SQLite file at the store's path.
         TransportError: NATS refused the credentials or the TLS handshake failed.
     """
     if nats_url is not None:
@@ -327,13 +385,26 @@ async def open_client(
             await conn.close()
         return
     assert store is not None
+    opened: str | Store = store
     if store.startswith("sqlite://"):
-        check_sqlite("--store", store)
+        if create_store or await anyio.Path(sqlite_path(store)).exists():
+            check_sqlite("--store", store)  # for its messages (permissions, directory)
+        if not create_store:
+            # SQLite itself refuses to open a missing file in this mode: no file is
+            # created, whatever happens between a look and the open.
+            opened = store_from_url(store, create=False)
+            try:
+                await opened.open()
+            except StoreError as exc:
+                raise StoreError(
+                    f"--store: {exc} (is this the directory the daemon runs in? "
+                    f"give --store sqlite:///PATH{missing_hint})"
+                ) from None
     elif store.startswith(("nats://", "tls://")):
         await check_nats("--store", store, timeout=timeout, handshake=False)
     codec, per_workflow = codecs if codecs is not None else (codec_for("json"), {})
     async with App(
-        store=store,
+        store=opened,
         workers=False,
         workflows=workflows,
         codec=codec,

@@ -10,7 +10,7 @@ import anyio
 
 from stemd.cli.output import print_json
 from stemd.config import check_reachable, config_to_builtins, config_to_toml, load_config
-from stemd.loading import load_workflows
+from stemd.loading import load_workflows, use_app_dir
 from stemd.natsauth import redact_url
 
 __all__ = ["add_parser"]
@@ -18,6 +18,7 @@ __all__ = ["add_parser"]
 
 def _check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    use_app_dir(args.app_dir or config.app_dir, key="--app-dir" if args.app_dir else "app_dir")
     workflows, sources = load_workflows(config.modules, use_entry_points=config.entry_points)
     if not args.offline:
         anyio.run(check_reachable, config)
@@ -56,5 +57,10 @@ def add_parser(commands: Any) -> None:
     )
     p.add_argument("--config", metavar="FILE", help="the TOML config (default: $STEMD_CONFIG)")
     p.add_argument("--offline", action="store_true", help="do not try to reach the URLs")
+    p.add_argument(
+        "--app-dir",
+        metavar="DIR",
+        help="import the workflow modules from DIR, as `stemd run --app-dir` does",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(handler=_check)

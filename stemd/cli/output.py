@@ -11,8 +11,9 @@ import msgspec
 
 from stemd.engine.engine import UNKNOWN_WORKFLOW_STEP
 from stemd.model import CheckpointInfo, RunState, RunStatus
+from stemd.wire import WorkflowType
 
-__all__ = ["duration", "print_json", "run_detail", "runs_table", "short_json"]
+__all__ = ["duration", "print_json", "run_detail", "runs_table", "short_json", "types_table"]
 
 
 def print_json(value: Any, out: TextIO | None = None) -> None:
@@ -120,6 +121,23 @@ def runs_table(runs: Sequence[RunState]) -> str:
     rows = [("RUN ID", "WORKFLOW", "STATUS", "UPDATED", "DETAIL")]
     for r in runs:
         rows.append((r.run_id, r.workflow, r.status.value, _time(r.updated_at), _detail(r)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
+        for row in rows
+    ]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def types_table(workflows: Sequence[WorkflowType]) -> str:
+    """A table of registered workflows, one a line: a flow's steps in order last."""
+    if not workflows:
+        return "no workflows registered: no daemon has run with this store yet\n"
+    rows = [("NAME", "KIND", "VERSION", "REGISTERED", "STEPS")]
+    for w in workflows:
+        steps = ", ".join(w.steps) if isinstance(w.steps, list) else "-"
+        version = "-" if w.version is None else str(w.version)
+        rows.append((w.name, w.kind, version, _time(w.registered_at), steps))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]

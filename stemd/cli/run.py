@@ -11,7 +11,7 @@ __all__ = ["add_parser"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    return daemon.main(args.config)
+    return daemon.main(args.config, app_dir=args.app_dir)
 
 
 def add_parser(commands: Any) -> None:
@@ -26,4 +26,10 @@ def add_parser(commands: Any) -> None:
         ),
     )
     p.add_argument("--config", metavar="FILE", help="the TOML config (default: $STEMD_CONFIG)")
+    p.add_argument(
+        "--app-dir",
+        metavar="DIR",
+        help="import the workflow modules from DIR (default: the config's app_dir, else "
+        "the working directory)",
+    )
     p.set_defaults(handler=_run)

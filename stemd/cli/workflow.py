@@ -1,8 +1,10 @@
-"""``stemd workflow …``: start, inspect, emit to, cancel, wait for and rewind runs.
+"""``stemd workflow …``: start, inspect, emit to, cancel, wait for and rewind runs, and
+list the workflows daemons serve.
 
 Every command reaches runs either through a daemon (``--nats URL``) or straight through the
 store (``--store URL``, or the store of ``--config``/``STEMD_*``, default
-``sqlite:///./stemd.db``), and prints JSON with ``--json``.
+``sqlite:///./stemd.db``), and prints JSON with ``--json``. Only ``start`` creates a
+SQLite store that is not there; only ``start`` and ``rewind`` import workflow modules.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import anyio
 import msgspec
 
 from stemd.cli.client import Client, open_client
-from stemd.cli.output import print_json, run_detail, runs_table
+from stemd.cli.output import print_json, run_detail, runs_table, types_table
 from stemd.config import Config, load_config
 from stemd.errors import DECODE_ERRORS, ConfigError, PayloadError, RunNotFound, StemError
-from stemd.loading import Workflow, load_workflows
+from stemd.loading import Workflow, load_workflows, use_app_dir
 from stemd.model import CancellationPolicy, RunStatus, seconds, validate_run_id
 from stemd.natsauth import NatsAuth
 
@@ -93,7 +95,7 @@ async def _start(client: Client, args: argparse.Namespace) -> int:
             )
         except (TypeError, ValueError) as exc:
             raise StemError(f"policy: {exc}") from None
-    run_id, created = await client.start(args.name, params, args.run_id, policy)
+    run_id, created = await client.start(args.name, params, args.run_id, policy, force=args.force)
     if args.json:
         print_json({"run_id": run_id, "created": created})
     elif created:
@@ -172,6 +174,15 @@ async def _wait(client: Client, args: argparse.Namespace) -> int:
     }.get(run.status, 1)
 
 
+async def _types(client: Client, args: argparse.Namespace) -> int:
+    workflows = await client.types()
+    if args.json:
+        print_json({"workflows": workflows})
+    else:
+        _out(types_table(workflows))
+    return 0
+
+
 async def _rewind(client: Client, args: argparse.Namespace) -> int:
     rewound = await client.rewind(validate_run_id(args.run_id), args.step)
     if args.json:
@@ -186,20 +197,23 @@ async def _rewind(client: Client, args: argparse.Namespace) -> int:
 # -- wiring -----------------------------------------------------------------------------------
 
 
-def _workflows(args: argparse.Namespace) -> tuple[list[Workflow], str, str, Config]:
+def _workflows(args: argparse.Namespace, code: bool) -> tuple[list[Workflow], str, str, Config]:
     """The workflows to validate starts against, the store URL, the subject prefix, and
     the configuration (whose codec reads the store's values, encrypted ones included).
 
-    With a config (``--config``, ``STEMD_CONFIG`` or ``STEMD_MODULES``), its modules and
-    entry points are loaded and an unknown workflow name is refused here; without one, the
-    client accepts any name (the daemon that runs it decides).
+    For a command that needs the workflows' code (``code``: ``start`` and ``rewind``) with
+    a config (``--config``, ``STEMD_CONFIG`` or ``STEMD_MODULES``) and a store, its modules
+    and entry points are loaded (from the app directory, as the daemon does) and an
+    unknown workflow name or step is refused here. Without one, ``start`` checks the name
+    against the workflows daemons registered in the store. Other commands import nothing.
     """
     has_config = bool(
         args.config or os.environ.get("STEMD_CONFIG") or os.environ.get("STEMD_MODULES")
     )
     config = load_config(args.config, check_auth=False)  # checked with the flags: _auth
     workflows: list[Workflow] = []
-    if has_config and args.nats is None:
+    if code and has_config and args.nats is None:
+        use_app_dir(config.app_dir)
         workflows, _ = load_workflows(config.modules, use_entry_points=config.entry_points)
     return workflows, config.store, config.prefix, config
 
@@ -241,12 +255,22 @@ def _auth(args: argparse.Namespace, config: Config) -> NatsAuth:
     return auth
 
 
-def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
+def _runner(
+    command: Command, *, code: bool = False, creates: bool = False
+) -> Callable[[argparse.Namespace], int]:
+    """The handler running ``command``: ``code`` if it needs the workflows' code,
+    ``creates`` if it may create a SQLite store (``start``, when it knows the workflow
+    from the config's modules or is forced: no daemon can have registered anything in a
+    store that is not there). Otherwise a missing file is refused, naming it, and none is
+    created."""
+
     def run(args: argparse.Namespace) -> int:
-        workflows, store, prefix, config = _workflows(args)
+        workflows, store, prefix, config = _workflows(args, code)
         if args.store is not None and args.nats is not None:
             raise ConfigError("give --store or --nats, not both")
         auth = _auth(args, config)
+        create = creates and (bool(workflows) or getattr(args, "force", False))
+        missing = "; or pass --force to create it and start the run" if creates else ""
 
         async def main() -> int:
             async with open_client(
@@ -257,6 +281,8 @@ def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
                 timeout=args.request_timeout,
                 codecs=config.build_codecs(),
                 auth=auth,
+                create_store=create,
+                missing_hint=missing,
             ) as client:
                 return await command(client, args)
 
@@ -322,13 +348,21 @@ def add_parser(commands: Any) -> None:
     group = commands.add_parser("workflow", help="start, inspect and steer runs")
     sub = group.add_subparsers(dest="verb", metavar="COMMAND", required=True)
 
-    def add(name: str, command: Command, help: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, command: Command, help: str, *, code: bool = False, creates: bool = False
+    ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(handler=_runner(command))
+        p.set_defaults(handler=_runner(command, code=code, creates=creates))
         return p
 
-    p = add("start", _start, "start a run of a workflow")
+    p = add("start", _start, "start a run of a workflow", code=True, creates=True)
     p.add_argument("name", metavar="NAME", help="the workflow's name")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --store: start it even though no daemon has registered this workflow in "
+        "the store (a deliberate start before its daemon first runs)",
+    )
     p.add_argument("--params", metavar="JSON", help="the run's params (JSON, @FILE or -)")
     p.add_argument("--run-id", metavar="ID", help="the run's id (an existing id starts nothing)")
     p.add_argument("--max-run-duration", metavar="S", type=_seconds, help="cancel after S seconds")
@@ -372,7 +406,16 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--timeout", metavar="S", type=_seconds, help="give up after S seconds")
     _common(p)
 
-    p = add("rewind", _rewind, "re-run a run from a step on (its checkpoints are deleted)")
+    p = add(
+        "rewind", _rewind, "re-run a run from a step on (its checkpoints are deleted)", code=True
+    )
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--step", metavar="NAME", required=True, help="the first step to re-run")
+    _common(p)
+
+    p = add(
+        "types",
+        _types,
+        "list the workflows daemons have registered: name, kind, version, a flow's steps",
+    )
     _common(p)

@@ -10,6 +10,7 @@ Time is always passed in (``now``): stores never read a clock of their own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
 
@@ -31,6 +32,7 @@ __all__ = [
     "RunRecord",
     "Store",
     "Suspend",
+    "WorkflowInfo",
     "base_step_name",
     "compute_timer_at",
 ]
@@ -140,6 +142,22 @@ class Release(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Outcome = Complete | Suspend | RetryLater | Fail | Release
+
+
+class WorkflowInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A workflow that a daemon (an App with workers) serves, as recorded in its store.
+
+    ``steps`` are a flow's declared step names in order (``None`` for a script: its code
+    is its plan). ``version`` is the workflow's declared version, ``None`` when it has
+    none. ``registered_at`` is the ``now`` of the last registration: stores set it on what
+    they return and ignore it on what they are given.
+    """
+
+    name: str
+    kind: Literal["flow", "script"]
+    steps: tuple[str, ...] | None = None
+    version: str | int | None = None
+    registered_at: datetime | None = None
 
 
 class CommitResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -289,6 +307,15 @@ class Store(Protocol):
 
     async def runnable(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         """(run id, queue) of runs that could be claimed now (the sweeper's query)."""
+        ...
+
+    async def register_workflows(self, workflows: Sequence[WorkflowInfo], now: datetime) -> None:
+        """Record ``workflows`` as served, each registered at ``now``, replacing what was
+        recorded under their names; other workflows stay recorded (never forgotten)."""
+        ...
+
+    async def registered_workflows(self) -> list[WorkflowInfo]:
+        """Every workflow ever registered in this store, by name."""
         ...
 
 

@@ -40,7 +40,7 @@ import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -67,6 +67,7 @@ from stemd.natsconn import (
     split_url,
 )
 from stemd.options import convert_options, keep
+from stemd.store import jetstream_registry as registry
 from stemd.store.base import (
     Checkpoint,
     Claim,
@@ -76,6 +77,7 @@ from stemd.store.base import (
     Outcome,
     RunRecord,
     Suspend,
+    WorkflowInfo,
 )
 from stemd.store.transitions import (
     apply_cancel,
@@ -1016,3 +1018,13 @@ class JetStreamStore:
                 if len(out) >= limit:
                     break
         return out
+
+    # -- the workflows served (stemd.store.jetstream_registry) ---------------------------
+
+    async def register_workflows(self, workflows: Sequence[WorkflowInfo], now: datetime) -> None:
+        await registry.register_workflows(self.conn, self.bucket, workflows, now, retry=self._retry)
+
+    async def registered_workflows(self) -> list[WorkflowInfo]:
+        return await registry.registered_workflows(
+            self.conn, self.stream, self.bucket, retry=self._retry
+        )

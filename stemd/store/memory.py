@@ -9,7 +9,10 @@ from __future__ import annotations
 import copy
 import heapq
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+
+import msgspec
 
 from stemd.errors import LeaseLost
 from stemd.model import RunStatus
@@ -22,6 +25,7 @@ from stemd.store.base import (
     Outcome,
     RunRecord,
     Suspend,
+    WorkflowInfo,
 )
 from stemd.store.transitions import (
     apply_cancel,
@@ -50,6 +54,7 @@ class MemoryStore:
         self._timers: list[tuple[datetime, str]] = []
         self._order: dict[str, int] = {}
         self._seq = 0
+        self._workflows: dict[str, WorkflowInfo] = {}
 
     async def open(self) -> None:
         return None
@@ -265,3 +270,10 @@ class MemoryStore:
                 if len(out) >= limit:
                     break
         return out
+
+    async def register_workflows(self, workflows: Sequence[WorkflowInfo], now: datetime) -> None:
+        for info in workflows:
+            self._workflows[info.name] = msgspec.structs.replace(info, registered_at=now)
+
+    async def registered_workflows(self) -> list[WorkflowInfo]:
+        return [self._workflows[name] for name in sorted(self._workflows)]

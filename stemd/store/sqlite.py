@@ -13,13 +13,14 @@
 URL: ``sqlite:///PATH`` with PATH relative to the working directory (``sqlite:///./x.db``)
 or absolute with a fourth slash (``sqlite:////var/lib/stemd/stemd.db``). Options, as URL
 query parameters or keywords: ``synchronous`` (``FULL`` | ``NORMAL``), ``busy_timeout``
-and ``lock_timeout`` (seconds), ``max_batch``.
+and ``lock_timeout`` (seconds), ``max_batch``, ``create`` (``false``: open only a database
+that exists; a missing file is a :class:`~stemd.errors.StoreError` and nothing is created).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import anyio
 
 from stemd.errors import ConfigError, StoreError
 from stemd.model import RunStatus
-from stemd.options import convert_options
+from stemd.options import as_bool, convert_options
 from stemd.store import sqlite_ops as ops
 from stemd.store.base import (
     Checkpoint,
@@ -39,6 +40,7 @@ from stemd.store.base import (
     FireResult,
     Outcome,
     RunRecord,
+    WorkflowInfo,
 )
 from stemd.store.sqlite_schema import RUN_COLUMNS, from_us, migrate, record_from_row, to_us
 from stemd.store.sqlite_writer import Writer, WriterStats, is_busy, while_busy
@@ -88,6 +90,10 @@ class SqliteStore:
         lock_timeout: seconds the writer keeps retrying before a write fails with
             :class:`~stemd.errors.StoreError`.
         max_batch: most write requests committed in one transaction.
+        create: create the database file when it is missing (the default); ``False``
+            opens only an existing one (what readers want: a wrong path must not leave an
+            empty database behind). The check is SQLite's own open flag, not a race-prone
+            look beforehand.
     """
 
     def __init__(
@@ -98,6 +104,7 @@ class SqliteStore:
         busy_timeout: float = 5.0,
         lock_timeout: float = 30.0,
         max_batch: int = 512,
+        create: bool = True,
     ) -> None:
         sync = str(synchronous).upper()
         if sync not in _SYNCHRONOUS:
@@ -111,6 +118,7 @@ class SqliteStore:
         self.busy_timeout = float(busy_timeout)
         self.lock_timeout = float(lock_timeout)
         self.max_batch = int(max_batch)
+        self.create = bool(create)
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
         self._point: sqlite3.Connection | None = None
@@ -131,6 +139,7 @@ class SqliteStore:
             "busy_timeout": float,
             "lock_timeout": float,
             "max_batch": int,
+            "create": as_bool,
         }
         kwargs = convert_options(merged, kinds, what="store", where=" (SQLite)")
         return cls(path, **kwargs)
@@ -155,10 +164,29 @@ class SqliteStore:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def _database(self) -> tuple[str | Path, bool]:
+        """What to give ``sqlite3.connect`` (and whether it is a URI): the path, or with
+        ``create=False`` a ``file:`` URI with ``mode=rw``, which fails on a missing file."""
+        if self.create:
+            return self.path, False
+        return f"{self.path.absolute().as_uri()}?mode=rw", True
+
     def _connect_writer(self) -> sqlite3.Connection:
-        db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, cached_statements=512
-        )
+        database, uri = self._database()
+        try:
+            db = sqlite3.connect(
+                database,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=512,
+                uri=uri,
+            )
+        except sqlite3.OperationalError:
+            if not self.create and not self.path.exists():
+                raise StoreError(
+                    f"no SQLite store at {self.path.absolute()}: the file does not exist"
+                ) from None
+            raise
         try:
             db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             self._enter_wal(db)
@@ -186,7 +214,8 @@ class SqliteStore:
         # Point reads (one run, its checkpoints) run on the event loop's thread: a WAL
         # read by key takes a few microseconds, far less than a hop to a reader thread.
         # They never wait: a lock (a rare WAL recovery) sends them to the reader thread.
-        point = sqlite3.connect(self.path, isolation_level=None, cached_statements=64)
+        database, uri = self._database()
+        point = sqlite3.connect(database, isolation_level=None, cached_statements=64, uri=uri)
         point.execute("PRAGMA busy_timeout = 0")
         point.execute("PRAGMA query_only = 1")
         return point
@@ -198,7 +227,8 @@ class SqliteStore:
         reader: aiosqlite.Connection | None = None
         try:
             db = await anyio.to_thread.run_sync(self._connect_writer)
-            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            database, uri = self._database()
+            reader = await aiosqlite.connect(database, isolation_level=None, uri=uri)
             for pragma in _pragmas(self.synchronous, self.busy_timeout):
                 await reader.execute(pragma)
             await reader.execute("PRAGMA query_only = 1")
@@ -277,6 +307,9 @@ class SqliteStore:
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
         return await self.writer.submit(ops.rewind, run_id, step, now)
 
+    async def register_workflows(self, workflows: Sequence[WorkflowInfo], now: datetime) -> None:
+        await self.writer.submit(ops.register_workflows, list(workflows), now)
+
     # -- reads (the reader's connection) --------------------------------------------------
 
     async def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
@@ -337,6 +370,9 @@ class SqliteStore:
     async def runnable(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         us = to_us(now)
         return [(r, q) for r, q in await self._fetchall(_RUNNABLE, (us, us, _limit(limit)))]
+
+    async def registered_workflows(self) -> list[WorkflowInfo]:
+        return [ops.workflow_from_row(r) for r in await self._fetchall(ops.SELECT_WORKFLOWS, ())]
 
     # -- other processes ------------------------------------------------------------------
 

@@ -9,8 +9,11 @@ is raised before anything is written, as the writer's batching requires.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
+
+import msgspec
 
 from stemd.errors import LeaseLost
 from stemd.model import RunStatus
@@ -23,6 +26,7 @@ from stemd.store.base import (
     Outcome,
     RunRecord,
     Suspend,
+    WorkflowInfo,
 )
 from stemd.store.sqlite_schema import (
     RUN_COLUMNS,
@@ -52,9 +56,11 @@ __all__ = [
     "data_version",
     "deliver_event",
     "fire_timer",
+    "register_workflows",
     "renew_lease",
     "rewind",
     "save_checkpoint",
+    "workflow_from_row",
 ]
 
 _COLS = ", ".join(RUN_COLUMNS)
@@ -85,6 +91,13 @@ _WAITING_ON_TOPIC = (
     " WHERE wait_topic = ? AND status = 'suspended' AND wait_topic IS NOT NULL"
     " ORDER BY seq LIMIT ?"
 )
+SELECT_WORKFLOWS = "SELECT name, kind, steps, version, registered_at FROM workflows ORDER BY name"
+_UPSERT_WORKFLOW = (
+    "INSERT INTO workflows (name, kind, steps, version, registered_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, steps = excluded.steps,"
+    " version = excluded.version, registered_at = excluded.registered_at"
+)
+_steps_decoder = msgspec.json.Decoder(tuple[str, ...])
 _UPDATES: dict[tuple[int, ...], str] = {}
 
 
@@ -156,6 +169,37 @@ def data_version(db: sqlite3.Connection) -> int:
     connection (another process) commits."""
     (version,) = db.execute("PRAGMA data_version").fetchone()
     return int(version)
+
+
+def register_workflows(
+    db: sqlite3.Connection, workflows: Sequence[WorkflowInfo], now: datetime
+) -> None:
+    at = to_us(now)
+    db.executemany(
+        _UPSERT_WORKFLOW,
+        [
+            (
+                w.name,
+                w.kind,
+                None if w.steps is None else msgspec.json.encode(w.steps).decode(),
+                w.version,
+                at,
+            )
+            for w in workflows
+        ],
+    )
+
+
+def workflow_from_row(row: tuple[Any, ...] | sqlite3.Row) -> WorkflowInfo:
+    """The WorkflowInfo of a row selected by :data:`SELECT_WORKFLOWS`."""
+    name, kind, steps, version, registered_at = row
+    return WorkflowInfo(
+        name=name,
+        kind=kind,
+        steps=None if steps is None else _steps_decoder.decode(steps),
+        version=version,
+        registered_at=from_us(registered_at),
+    )
 
 
 def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bool]:

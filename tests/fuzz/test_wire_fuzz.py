@@ -228,6 +228,7 @@ def requests(wrong: bool) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
                 **extra(),
             },
         ),
+        "types": st.fixed_dictionaries({}, optional=extra()),
     }
 
 

@@ -84,7 +84,9 @@ class NotifyListener:
 
 
 class DaemonProcess:
-    """One ``stemd run`` subprocess in ``cwd``."""
+    """One ``stemd run`` subprocess in ``cwd``: ``python -m stemd run``, or with ``script``
+    the installed ``stemd`` console script (which, unlike ``-m``, does not put the working
+    directory on ``sys.path`` by itself); ``args`` are appended."""
 
     def __init__(
         self,
@@ -92,16 +94,24 @@ class DaemonProcess:
         config: Path | None,
         notify: NotifyListener | None = None,
         env: dict[str, str] | None = None,
+        *,
+        script: bool = False,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.cwd = cwd
         full = {k: v for k, v in os.environ.items() if not k.startswith("STEMD_")}
-        full["PYTHONPATH"] = os.pathsep.join([str(ROOT), full.get("PYTHONPATH", "")])
+        # No empty entry: it would put the working directory on sys.path.
+        full["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), full.get("PYTHONPATH")] if p)
         if notify is not None:
             full["NOTIFY_SOCKET"] = notify.address
         full.update(env or {})
-        argv = [sys.executable, "-m", "stemd", "run"]
+        if script:
+            argv = [str(Path(sys.executable).parent / "stemd"), "run"]
+        else:
+            argv = [sys.executable, "-m", "stemd", "run"]
         if config is not None:
             argv += ["--config", str(config)]
+        argv += args
         self.stdout_path = cwd / f"daemon-{time.monotonic_ns()}.out"
         self.stderr_path = self.stdout_path.with_suffix(".err")
         self._out = self.stdout_path.open("wb")

@@ -72,6 +72,7 @@ def _start_steps(tmp_path: Path, run_id: str, effects: Path, n: int, pause: floa
             run_id,
             "--store",
             store,
+            "--force",  # before the daemon first runs: no daemon has registered it yet
         )
         == 0
     )
@@ -177,6 +178,7 @@ def test_grace_period_over_releases_the_run_and_the_next_daemon_reruns_only_that
             "blk",
             "--store",
             store,
+            "--force",  # before the daemon first runs: no daemon has registered it yet
         )
         == 0
     )

@@ -1,5 +1,6 @@
-"""Fixtures for the CLI tests: a SQLite store in tmp_path, and logging put back after each
-command (the CLI configures logging for its process)."""
+"""Fixtures for the CLI tests: a SQLite store in tmp_path where a daemon has registered the
+example workflows, and logging put back after each command (the CLI configures logging
+for its process)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,24 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 import structlog
+from stemd_examples import approvals, fanout, flaky, signup, square
+
+import stemd
+
+EXAMPLES = [approvals, fanout, flaky, signup, square]
+
+
+def register(store: str) -> None:
+    """Do what a daemon serving the examples does at start: record them in ``store``."""
+
+    async def main() -> None:
+        async with stemd.App(store=store, workflows=EXAMPLES):
+            pass
+
+    anyio.run(main)
 
 
 @pytest.fixture(autouse=True)
@@ -25,5 +42,7 @@ def restore_logging() -> Iterator[None]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> str:
-    """The URL of a SQLite store in a fresh file."""
-    return f"sqlite:///{tmp_path / 'stemd.db'}"
+    """The URL of a fresh SQLite store where a daemon serving the examples has run."""
+    url = f"sqlite:///{tmp_path / 'stemd.db'}"
+    register(url)
+    return url

@@ -348,9 +348,13 @@ def test_unknown_workflow_and_step_with_a_config(
 
 def test_unreachable_store_and_nats_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     """A store in a missing directory, or a NATS nobody serves, is one clear line."""
-    status, _, err = cli(capsys, "workflow", "list", "--store", "sqlite:////no/such/dir/x.db")
+    missing = "sqlite:////no/such/dir/x.db"
+    status, _, err = cli(capsys, "workflow", "start", "w", "--force", "--store", missing)
     assert status == 1
     assert one_line(err).startswith("stemd: --store: cannot create /no/such/dir/x.db")
+    status, _, err = cli(capsys, "workflow", "list", "--store", missing)
+    assert status == 1
+    assert one_line(err).startswith("stemd: --store: no SQLite store at /no/such/dir/x.db")
     status, _, err = cli(
         capsys, "workflow", "list", "--nats", "nats://127.0.0.1:1", "--request-timeout", "1"
     )

@@ -435,3 +435,30 @@ async def test_app_executes_the_runs_of_its_queue_only() -> None:
     assert pending.timed_out
     assert pending.status is RunStatus.PENDING
     assert calls == {mine: 1}
+
+
+async def test_an_app_with_workers_records_its_workflows_and_a_client_does_not(
+    tmp_path: Any,
+) -> None:
+    """An App with workers records the workflows it serves in the store at start (name,
+    kind, a flow's steps in order, version, when); a client App records nothing, and
+    reads what the daemons recorded."""
+    flow = _waiting_flow("registered.flow")
+
+    @stemd.script("registered.script")
+    async def script(ctx: stemd.ScriptContext) -> None:
+        return None
+
+    store = f"sqlite:///{tmp_path / 'stemd.db'}"
+    clock = ManualClock(datetime(2031, 5, 1, tzinfo=UTC))
+    async with stemd.App(store=store, workflows=[flow], workers=False) as client:
+        assert await client.registered_workflows() == []
+    async with stemd.App(store=store, workflows=[flow, script], clock=clock):
+        pass
+    async with stemd.App(store=store, workers=False) as client:
+        found = await client.registered_workflows()
+    assert [(w.name, w.kind, w.steps, w.version) for w in found] == [
+        ("registered.flow", "flow", ("wait",), None),
+        ("registered.script", "script", None, None),
+    ]
+    assert {w.registered_at for w in found} == {datetime(2031, 5, 1, tzinfo=UTC)}

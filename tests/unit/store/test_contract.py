@@ -25,6 +25,7 @@ from stemd.store.base import (
     RunRecord,
     Store,
     Suspend,
+    WorkflowInfo,
     compute_timer_at,
 )
 
@@ -979,3 +980,36 @@ async def test_child_end_does_not_wake_unrelated_runs(store: Store) -> None:
     result = await store.commit("child", child.token, Complete(result=enc(1)), at(1))
     assert result.woken == ()
     assert await status(store, "parent") is RunStatus.SUSPENDED
+
+
+# -- the workflows served -------------------------------------------------------------------
+
+
+async def test_registered_workflows_are_recorded_and_replaced_by_name(store: Store) -> None:
+    """register_workflows records each workflow at ``now``; registering a name again
+    replaces its entry, and the others stay, listed by name."""
+    assert await store.registered_workflows() == []
+    flow = WorkflowInfo(name="b.flow", kind="flow", steps=("draft", "review"), registered_at=at(99))
+    script = WorkflowInfo(name="a.script", kind="script", version="2024-06")
+    await store.register_workflows([flow, script], at(1))
+    assert await store.registered_workflows() == [
+        WorkflowInfo(name="a.script", kind="script", version="2024-06", registered_at=at(1)),
+        WorkflowInfo(name="b.flow", kind="flow", steps=("draft", "review"), registered_at=at(1)),
+    ]
+    changed = WorkflowInfo(name="b.flow", kind="flow", steps=("draft",), version=3)
+    await store.register_workflows([changed], at(2))
+    assert await store.registered_workflows() == [
+        WorkflowInfo(name="a.script", kind="script", version="2024-06", registered_at=at(1)),
+        WorkflowInfo(name="b.flow", kind="flow", steps=("draft",), version=3, registered_at=at(2)),
+    ]
+
+
+async def test_any_workflow_name_is_recorded_and_no_run_appears(store: Store) -> None:
+    """Names with dots, spaces, wildcards and non-ASCII letters are recorded as given,
+    and registering creates no run, timer or runnable entry."""
+    names = ["orders.v2.flow", "with space", "wild.*.>", "café/straße", "x" * 200, "-_="]
+    await store.register_workflows([WorkflowInfo(name=n, kind="script") for n in names], at(1))
+    assert [w.name for w in await store.registered_workflows()] == sorted(names)
+    assert await store.list_runs() == []
+    assert await store.runnable(at(10), 100) == []
+    assert await store.due_timers(at(10**6), 100) == []
