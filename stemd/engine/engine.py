@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
+import msgspec
 import structlog
 
 from stemd.authoring.definitions import Flow, Script
@@ -25,6 +26,8 @@ from stemd.engine.observer import Observer, add_observer
 from stemd.engine.timeline import build_timeline
 from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
 from stemd.model import (
+    LEGACY_UNKNOWN_WORKFLOW_STEP,
+    UNKNOWN_WORKFLOW_CODE,
     CancellationPolicy,
     ErrorInfo,
     Retry,
@@ -54,10 +57,33 @@ log = structlog.get_logger("stemd.engine")
 
 # A run whose workflow this process does not know is given back, to be tried again after
 # 1 s, 2 s, 4 s... at most a minute apart, until a process that knows it takes it (a rolling
-# deploy adding a workflow; a run started by a client of another code base). Its retry
-# bookkeeping names this pseudo-step, which no real step can be named.
-UNKNOWN_WORKFLOW_STEP = "@workflow"
+# deploy adding a workflow; a run started by a client of another code base). Its error says
+# so (code UNKNOWN_WORKFLOW_CODE) and counts the give-backs (``attempts``).
 _UNKNOWN_WORKFLOW_RETRY = Retry(backoff=1.0, max_backoff=60.0, jitter=False)
+
+
+def _given_back(rec: RunRecord) -> int:
+    """How many times ``rec`` was given back in a row for want of its workflow (0: it was
+    not, or a process that knows the workflow has failed a step of it since)."""
+    if rec.attempt_step == LEGACY_UNKNOWN_WORKFLOW_STEP:  # recorded by earlier builds
+        return rec.step_failures
+    error = rec.error
+    if error is not None and error.code == UNKNOWN_WORKFLOW_CODE:
+        return error.attempts or 0
+    return 0
+
+
+def _legacy_give_back(rec: RunRecord) -> tuple[ErrorInfo | None, str | None, int]:
+    """``error``, ``retried_step`` and ``step_failures`` of a run's public state, a give-back
+    recorded by earlier builds (a pseudo-step's retries) read as today's (an error code)."""
+    if rec.attempt_step != LEGACY_UNKNOWN_WORKFLOW_STEP:
+        return rec.error, rec.attempt_step, rec.step_failures
+    error = rec.error
+    if error is not None and error.type == "UnknownWorkflow" and error.step is None:
+        error = msgspec.structs.replace(
+            error, code=UNKNOWN_WORKFLOW_CODE, attempts=rec.step_failures
+        )
+    return error, None, 0
 
 
 def new_run_id() -> str:
@@ -73,13 +99,14 @@ def to_run_state(rec: RunRecord, checkpoints: Iterable[Checkpoint], codec: Codec
     """The public view of a stored run: values decoded, internal checkpoints left out of
     ``checkpoints`` (the timeline lists every one, with its time)."""
     checkpoints = list(checkpoints)
+    error, retried_step, step_failures = _legacy_give_back(rec)
     return RunState(
         run_id=rec.run_id,
         workflow=rec.workflow,
         status=rec.status,
         params=codec.decode(rec.params),
         result=codec.decode(rec.result) if rec.result is not None else None,
-        error=rec.error,
+        error=error,
         checkpoints={c.name: codec.decode(c.value) for c in checkpoints if "@" not in c.name},
         wait_topic=rec.wait_topic,
         resume_at=rec.resume_at,
@@ -97,8 +124,8 @@ def to_run_state(rec: RunRecord, checkpoints: Iterable[Checkpoint], codec: Codec
         finished_at=rec.finished_at,
         ttl=rec.ttl,
         timeline=build_timeline(rec.created_at, checkpoints, codec),
-        retried_step=rec.attempt_step,
-        step_failures=rec.step_failures,
+        retried_step=retried_step,
+        step_failures=step_failures,
     )
 
 
@@ -342,9 +369,9 @@ class Engine:
 
     def _unknown_workflow(self, rec: RunRecord) -> RetryLater:
         """Give back a run whose workflow is not registered here, to be tried again later
-        (by any process): failing it would lose it for good."""
-        again = rec.attempt_step == UNKNOWN_WORKFLOW_STEP
-        failures = rec.step_failures + 1 if again else 1
+        (by any process): failing it would lose it for good. No step failed: the steps'
+        retry bookkeeping starts afresh."""
+        failures = _given_back(rec) + 1
         delay = _UNKNOWN_WORKFLOW_RETRY.delay(failures)
         log.warning(
             "workflow not registered here; the run waits for a process that knows it",
@@ -354,14 +381,16 @@ class Engine:
             retry_in=delay,
         )
         return RetryLater(
-            step=UNKNOWN_WORKFLOW_STEP,
-            failures=failures,
+            step=None,
+            failures=0,
             resume_at=self.clock.now() + timedelta(seconds=delay),
             error=ErrorInfo(
                 type="UnknownWorkflow",
                 message=f"workflow {rec.workflow!r} is not registered in the process that "
                 f"took the run ({self.owner}); tried {failures} time"
                 f"{'s' if failures != 1 else ''}, again until one that knows it takes it",
+                attempts=failures,
+                code=UNKNOWN_WORKFLOW_CODE,
             ),
         )
 
