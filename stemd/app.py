@@ -22,6 +22,7 @@ from stemd.clock import Clock, SystemClock
 from stemd.codec import Codec, codec_for, convert
 from stemd.engine.engine import Engine, Workflow, new_run_id, to_run_state
 from stemd.engine.execution import validate_topic
+from stemd.engine.leases import LeaseKeeper
 from stemd.errors import RunNotFound, StemError
 from stemd.model import (
     CancellationPolicy,
@@ -197,6 +198,8 @@ class App:
             lease=self.lease,
             default_queue=self.queue,
             accept_unknown=not self.workers and not self.workflows,
+            # Workers keep their slices' leases from one task (see WorkerPool).
+            leases=LeaseKeeper(store, self.clock, self.lease) if self.workers else None,
         )
         if self.tracing:
             from stemd.tracing import install_tracing

@@ -21,7 +21,7 @@ from stemd.clock import Clock
 from stemd.codec import Codec, check_depth
 from stemd.engine.events import RunEvents
 from stemd.engine.execution import Aborted, Execution, Fenced, Interrupt, validate_topic
-from stemd.engine.leases import LeaseKeeper
+from stemd.engine.leases import LeaseRenewal, SliceLeases
 from stemd.engine.observer import Observer, add_observer
 from stemd.engine.timeline import build_timeline
 from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
@@ -146,6 +146,7 @@ class Engine:
         events: RunEvents | None = None,
         accept_unknown: bool = False,
         codecs: Mapping[str, Codec] | None = None,
+        leases: LeaseRenewal | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -162,7 +163,7 @@ class Engine:
         self.on_timer: Callable[[datetime, str], None] | None = None
         self.timeout_value = codec.encode({"t": True})
         self.observer: Observer | None = None
-        self.leases = LeaseKeeper(self)
+        self.leases = leases if leases is not None else SliceLeases(store, clock, lease)
         # Returns the caller's traceparent; set when tracing is installed.
         self.trace_context: Callable[[], str | None] | None = None
 
@@ -348,21 +349,9 @@ class Engine:
         if definition is None:
             return self._unknown_workflow(rec)
         execution = Execution(self, claim)
-        outcome: Outcome | None = None
-        if self.leases.running:
-            # The common case: the worker pool's lease keeper renews this slice's lease.
-            with anyio.CancelScope() as scope:
-                held = self.leases.hold(rec.run_id, claim.token, scope)
-                try:
-                    outcome = await self._run(definition, execution)
-                finally:
-                    self.leases.drop(held)
-        else:
-            # No keeper running (the engine driven directly): keep the lease ourselves.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_lease, claim, tg.cancel_scope, name="keep-lease")
-                outcome = await self._run(definition, execution)
-                tg.cancel_scope.cancel()
+        outcome = await self.leases.keep(
+            rec.run_id, claim.token, lambda: self._run(definition, execution)
+        )
         if outcome is None:
             raise LeaseLost(f"run {rec.run_id}: lease lost")
         return outcome
@@ -410,21 +399,6 @@ class Engine:
             # An outage met by user code: the worker's own handling applies (the run is
             # given back, and retried).
             raise aborted.error from aborted
-
-    async def _keep_lease(self, claim: Claim, scope: anyio.CancelScope) -> None:
-        """Renew the lease while the slice runs; on loss, abort the slice (its writes
-        would be refused anyway)."""
-        interval = self.lease / 3
-        while True:
-            await self.clock.sleep(interval)
-            try:
-                await self.store.renew_lease(
-                    claim.record.run_id, claim.token, self.clock.now(), self.lease
-                )
-            except LeaseLost:
-                log.warning("lease lost while running", run_id=claim.record.run_id)
-                scope.cancel()
-                return
 
     # -- external transitions -------------------------------------------------------------
 
