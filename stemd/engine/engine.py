@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -22,7 +22,14 @@ from stemd.codec import Codec, check_depth
 from stemd.engine.events import RunEvents
 from stemd.engine.execution import Aborted, Execution, Fenced, Interrupt, validate_topic
 from stemd.engine.leases import LeaseRenewal, SliceLeases
-from stemd.engine.observer import Observer, add_observer
+from stemd.engine.observer import (
+    LostLease,
+    Observers,
+    RunChanged,
+    RunStarted,
+    SliceFinished,
+    SliceStarted,
+)
 from stemd.engine.timeline import build_timeline
 from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
 from stemd.model import (
@@ -130,7 +137,15 @@ def to_run_state(rec: RunRecord, checkpoints: Iterable[Checkpoint], codec: Codec
 
 
 class Engine:
-    """Advances runs one slice at a time; every state change goes through the Store."""
+    """Advances runs one slice at a time; every state change goes through the Store.
+
+    Everything it uses is given at construction. Besides the store, broker, codecs and
+    clock: ``events``, the channel of run status changes (run events over NATS, waiters
+    of :meth:`App.wait_for_completion`); ``observers``, to which the timer, metrics and
+    tracing subscribe (and which provide the trace context of new runs); ``leases``, how
+    the lease of a running slice is kept (default: a renewal task per slice; a worker pool
+    gives its :class:`~stemd.engine.leases.LeaseKeeper`).
+    """
 
     def __init__(
         self,
@@ -146,6 +161,7 @@ class Engine:
         events: RunEvents | None = None,
         accept_unknown: bool = False,
         codecs: Mapping[str, Codec] | None = None,
+        observers: Observers | None = None,
         leases: LeaseRenewal | None = None,
     ) -> None:
         self.store = store
@@ -158,18 +174,11 @@ class Engine:
         self.owner = owner
         self.lease = lease
         self.default_queue = default_queue
-        self.events = events or RunEvents()
+        self.events = events if events is not None else RunEvents()
         self.accept_unknown = accept_unknown
-        self.on_timer: Callable[[datetime, str], None] | None = None
         self.timeout_value = codec.encode({"t": True})
-        self.observer: Observer | None = None
+        self.observers = observers if observers is not None else Observers()
         self.leases = leases if leases is not None else SliceLeases(store, clock, lease)
-        # Returns the caller's traceparent; set when tracing is installed.
-        self.trace_context: Callable[[], str | None] | None = None
-
-    def add_observer(self, observer: Observer) -> None:
-        """Also tell ``observer`` what the engine does (metrics, tracing)."""
-        self.observer = add_observer(self.observer, observer)
 
     def codec_for(self, workflow: str) -> Codec:
         """The codec that encodes the values of ``workflow``'s runs."""
@@ -184,8 +193,13 @@ class Engine:
             await self.broker.enqueue(run_id, queue, key=f"{run_id}:{token}")
 
     def _changed(self, rec: RunRecord) -> None:
-        if rec.timer_at is not None and self.on_timer is not None:
-            self.on_timer(rec.timer_at, rec.run_id)
+        hooks = self.observers.run_changed
+        if hooks:
+            event = RunChanged(
+                run_id=rec.run_id, workflow=rec.workflow, status=rec.status, timer_at=rec.timer_at
+            )
+            for hook in hooks:
+                hook(event)
         self.events.publish(
             rec.run_id,
             rec.workflow,
@@ -265,15 +279,15 @@ class Engine:
             parent_run_id=parent_run_id,
             policy=policy,
             ttl=ttl,
-            trace=trace
-            if trace is not None or self.trace_context is None
-            else self.trace_context(),
+            trace=trace if trace is not None else self.observers.trace_context(),
         )
         record.timer_at = compute_timer_at(record)
         stored, created = await self.store.create_run(record)
         if created:
-            if self.observer is not None:
-                self.observer.run_started(name)
+            if self.observers.run_started:
+                started = RunStarted(run_id=run_id, workflow=name)
+                for hook in self.observers.run_started:
+                    hook(started)
             self._changed(stored)
             await self._enqueue(run_id, queue, stored.token)
         return run_id, created
@@ -293,17 +307,39 @@ class Engine:
         self._changed(rec)
         # Bound only when a slice has something to report: binding costs on every slice.
         ids = {"run_id": run_id, "workflow": rec.workflow}
-        observer = self.observer
-        if observer is None:
+        hooks = self.observers
+        if not (hooks.slice_started or hooks.slice_finished):
             return await self._advance(claim, ids)
-        handle = observer.slice_started(rec)
+        if hooks.slice_started:
+            event = SliceStarted(
+                run_id=run_id,
+                workflow=rec.workflow,
+                attempt=rec.attempts,
+                queue=rec.queue,
+                trace=rec.trace,
+            )
+            for hook in hooks.slice_started:
+                hook(event)
         started = time.perf_counter()
         committed: list[str] = []
         try:
             return await self._advance(claim, ids, committed)
         finally:
-            outcome = committed[0] if committed else "abandoned"
-            observer.slice_finished(handle, rec.workflow, outcome, time.perf_counter() - started)
+            if hooks.slice_finished:
+                finished = SliceFinished(
+                    run_id=run_id,
+                    workflow=rec.workflow,
+                    outcome=committed[0] if committed else "abandoned",
+                    duration=time.perf_counter() - started,
+                )
+                for end in hooks.slice_finished:
+                    end(finished)
+
+    def _lease_lost(self, rec: RunRecord) -> None:
+        if self.observers.lease_lost:
+            event = LostLease(run_id=rec.run_id, workflow=rec.workflow)
+            for hook in self.observers.lease_lost:
+                hook(event)
 
     async def _advance(
         self, claim: Claim, ids: dict[str, str], committed: list[str] | None = None
@@ -315,8 +351,7 @@ class Engine:
             outcome = await self._execute(claim)
         except LeaseLost:
             log.warning("lease lost; abandoning the slice", **ids)
-            if self.observer is not None:
-                self.observer.lease_lost(rec.workflow)
+            self._lease_lost(rec)
             return None
         finally:
             if outcome is None:
@@ -333,8 +368,7 @@ class Engine:
             result = await self.store.commit(run_id, claim.token, outcome, self.clock.now())
         except LeaseLost:
             log.warning("lease lost at commit; outcome discarded", **ids, outcome=outcome.kind)
-            if self.observer is not None:
-                self.observer.lease_lost(rec.workflow)
+            self._lease_lost(rec)
             return None
         if committed is not None:
             committed.append(outcome.kind)

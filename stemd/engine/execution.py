@@ -17,7 +17,7 @@ from stemd.authoring.runtime import current_run, frame
 from stemd.authoring.steps import StepInfo
 from stemd.clock import Clock
 from stemd.codec import Codec, convert
-from stemd.engine.observer import Observer
+from stemd.engine.observer import Observers, StepFinished, StepStarted
 from stemd.errors import (
     ChildFailed,
     EventTimeout,
@@ -154,7 +154,7 @@ class Host(Protocol):
     def clock(self) -> Clock: ...
 
     @property
-    def observer(self) -> Observer | None: ...
+    def observers(self) -> Observers: ...
 
     def codec_for(self, workflow: str) -> Codec: ...
 
@@ -227,37 +227,62 @@ class Execution:
         """Run one attempt of a step and encode its value; turn an error into a retry
         or a failure (raised as :class:`Interrupt`)."""
         attempt = self._attempt(name)
-        observer = self.host.observer
-        handle: Any = None
+        hooks = self.host.observers
+        observed = bool(hooks.step_started or hooks.step_finished)
         started = 0.0
-        if observer is not None:
-            handle = observer.step_started(self.workflow_name, name, attempt)
+        if observed:
+            if hooks.step_started:
+                event = StepStarted(
+                    run_id=self.run_id, workflow=self.workflow_name, step=name, attempt=attempt
+                )
+                for hook in hooks.step_started:
+                    hook(event)
             started = time.perf_counter()
         try:
             value = await call(attempt)
         except Interrupt:
-            if observer is not None:
-                elapsed = time.perf_counter() - started
-                observer.step_finished(handle, self.workflow_name, name, elapsed, "suspended", None)
+            if observed:
+                self._step_finished(hooks, name, attempt, started, "suspended", None)
             raise
         except BaseExceptionGroup as group:
             exc: Exception = _user_error(group)
         except Exception as caught:
             exc = caught
         else:
-            if observer is not None:
-                elapsed = time.perf_counter() - started
-                observer.step_finished(handle, self.workflow_name, name, elapsed, "ok", None)
+            if observed:
+                self._step_finished(hooks, name, attempt, started, "ok", None)
             return self.codec.encode(value)
-        if observer is not None:
-            elapsed = time.perf_counter() - started
-            observer.step_finished(handle, self.workflow_name, name, elapsed, "error", exc)
+        if observed:
+            self._step_finished(hooks, name, attempt, started, "error", exc)
         policy = retry or _NO_RETRY
         err = _error(exc, name, attempt)
         if attempt < policy.max_attempts and not getattr(exc, "non_retryable", False):
             at = self.now() + timedelta(seconds=policy.delay(attempt))
             raise Interrupt(RetryLater(step=name, failures=attempt, resume_at=at, error=err))
         raise Interrupt(Fail(error=err))
+
+    def _step_finished(
+        self,
+        hooks: Observers,
+        name: str,
+        attempt: int,
+        started: float,
+        result: str,
+        error: BaseException | None,
+    ) -> None:
+        if not hooks.step_finished:
+            return
+        event = StepFinished(
+            run_id=self.run_id,
+            workflow=self.workflow_name,
+            step=name,
+            attempt=attempt,
+            duration=time.perf_counter() - started,
+            result=result,
+            error=error,
+        )
+        for hook in hooks.step_finished:
+            hook(event)
 
     # -- flows ----------------------------------------------------------------------------
 
