@@ -22,6 +22,8 @@ from stemd.clock import Clock, SystemClock
 from stemd.codec import Codec, codec_for, convert
 from stemd.engine.engine import Engine, Workflow, new_run_id, to_run_state
 from stemd.engine.execution import validate_topic
+from stemd.engine.leases import LeaseKeeper
+from stemd.engine.observer import Observers
 from stemd.errors import RunNotFound, StemError
 from stemd.model import (
     CancellationPolicy,
@@ -209,6 +211,11 @@ class App:
             with anyio.CancelScope(shield=True):
                 await store.close()
             raise
+        observers = Observers()
+        if self.tracing:
+            from stemd.tracing import TracingObserver
+
+            observers.subscribe(TracingObserver())
         self._engine = Engine(
             store=store,
             broker=broker,
@@ -220,11 +227,10 @@ class App:
             lease=self.lease,
             default_queue=self.queue,
             accept_unknown=not self.workers and not self.workflows,
+            observers=observers,
+            # Workers keep their slices' leases from one task (see WorkerPool).
+            leases=LeaseKeeper(store, self.clock, self.lease) if self.workers else None,
         )
-        if self.tracing:
-            from stemd.tracing import install_tracing
-
-            install_tracing(self)
         children: list[Any] = []
         if self.workers:
             assert broker is not None

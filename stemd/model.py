@@ -14,7 +14,9 @@ import msgspec
 from stemd.errors import InvalidRunId
 
 __all__ = [
+    "LEGACY_UNKNOWN_WORKFLOW_STEP",
     "MAX_DURATION",
+    "UNKNOWN_WORKFLOW_CODE",
     "CancellationPolicy",
     "CheckpointInfo",
     "ErrorInfo",
@@ -129,13 +131,29 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True):
         return base
 
 
+# ErrorInfo.code of a run given back, to be tried again later, by a process that does not
+# know its workflow (``attempts``: how many times it was given back so far).
+UNKNOWN_WORKFLOW_CODE = "unknown_workflow"
+# How earlier builds recorded such a give-back: as the retries of a pseudo-step of this
+# name (in ``RunRecord.attempt_step``, hence ``RunState.retried_step``). Runs they stored
+# and RunStates their daemons send may still carry it; nothing writes it any more.
+LEGACY_UNKNOWN_WORKFLOW_STEP = "@workflow"
+
+
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """The recorded cause of a failed run."""
+    """The recorded cause of a failed run, or of a wait to try again.
+
+    ``step`` is the step that raised it (``None``: the script's body, or the run as a
+    whole); ``attempts`` how many attempts had been made; ``code`` names a condition stemd
+    itself recorded (``None`` for what user code raised): ``"unknown_workflow"``
+    (:data:`UNKNOWN_WORKFLOW_CODE`).
+    """
 
     type: str
     message: str
     step: str | None = None
     attempts: int | None = None
+    code: str | None = None
 
 
 class CheckpointInfo(msgspec.Struct, frozen=True, kw_only=True):

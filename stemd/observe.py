@@ -1,28 +1,36 @@
 """The metrics of a running App: what the engine does, and what its actors hold.
 
-``install_metrics(app)`` returns a :class:`~stemd.metrics.Registry` fed by the engine's
-observer hook and by collectors that read the actors' ``statistics()`` at scrape time.
+``install_metrics(app)`` returns a :class:`~stemd.metrics.Registry` fed by an observer
+subscribed to the engine and by collectors that read the actors' ``statistics()`` at scrape time.
 See docs/reference/metrics.md for every series.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from stemd.engine.events import RunEvent
+from stemd.engine.observer import (
+    LostLease,
+    Observer,
+    RunChanged,
+    RunStarted,
+    SliceFinished,
+    StepFinished,
+)
 from stemd.metrics import Registry
 from stemd.model import RunStatus
-from stemd.store.base import RunRecord, base_step_name
+from stemd.store.base import base_step_name
 
 if TYPE_CHECKING:
     from stemd.app import App
 
 __all__ = ["MetricsObserver", "install_metrics"]
 
+_ENDED = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 _STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120)
 
 
-class MetricsObserver:
+class MetricsObserver(Observer):
     """The engine observer that counts runs, slices, steps and lease losses."""
 
     def __init__(self, registry: Registry) -> None:
@@ -50,45 +58,34 @@ class MetricsObserver:
             "stemd_lease_losses_total", "Slices abandoned because the lease was lost.", ["workflow"]
         )
 
-    def run_started(self, workflow: str) -> None:
-        self.started.inc(workflow=workflow)
+    def run_started(self, event: RunStarted) -> None:
+        self.started.inc(workflow=event.workflow)
 
-    def step_started(self, workflow: str, step: str, attempt: int) -> None:
-        return None
-
-    def step_finished(
-        self,
-        handle: Any,
-        workflow: str,
-        step: str,
-        seconds: float,
-        result: str,
-        error: BaseException | None,
-    ) -> None:
-        # Occurrence suffixes (poll#3) would make one series per loop iteration.
-        self.steps.observe(seconds, workflow=workflow, step=base_step_name(step), result=result)
-
-    def slice_started(self, record: RunRecord) -> None:
-        return None
-
-    def slice_finished(self, handle: Any, workflow: str, outcome: str, seconds: float) -> None:
-        self.slices.observe(seconds, workflow=workflow, outcome=outcome)
-
-    def lease_lost(self, workflow: str) -> None:
-        self.lease_losses.inc(workflow=workflow)
-
-    def on_event(self, event: RunEvent, raw_result: bytes | None) -> None:
-        if event.status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
+    def run_changed(self, event: RunChanged) -> None:
+        if event.status in _ENDED:
             self.ended.inc(workflow=event.workflow, status=event.status.value)
+
+    def step_finished(self, event: StepFinished) -> None:
+        # Occurrence suffixes (poll#3) would make one series per loop iteration.
+        self.steps.observe(
+            event.duration,
+            workflow=event.workflow,
+            step=base_step_name(event.step),
+            result=event.result,
+        )
+
+    def slice_finished(self, event: SliceFinished) -> None:
+        self.slices.observe(event.duration, workflow=event.workflow, outcome=event.outcome)
+
+    def lease_lost(self, event: LostLease) -> None:
+        self.lease_losses.inc(workflow=event.workflow)
 
 
 def install_metrics(app: App, registry: Registry | None = None) -> Registry:
     """Attach metrics to an open ``app``; return the registry to serve."""
     registry = registry or Registry()
     engine = app.engine
-    observer = MetricsObserver(registry)
-    engine.add_observer(observer)
-    engine.events.listen(observer.on_event)
+    engine.observers.subscribe(MetricsObserver(registry))
 
     up = registry.gauge("stemd_up", "1 while the process runs.")
     in_flight = registry.gauge("stemd_runs_in_flight", "Runs being executed by this process.")

@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from contextvars import ContextVar
+from typing import Any, Protocol
 
+from stemd.engine.observer import (
+    LostLease,
+    Observer,
+    Observers,
+    SliceFinished,
+    SliceStarted,
+    StepFinished,
+    StepStarted,
+)
 from stemd.errors import ConfigError
-from stemd.store.base import RunRecord
-
-if TYPE_CHECKING:
-    from stemd.app import App
 
 __all__ = [
     "TRACEPARENT",
@@ -94,73 +100,96 @@ def context_of(traceparent: str | None) -> Any:
     return propagate.extract({"traceparent": traceparent})
 
 
-class TracingObserver:
-    """The engine observer that makes spans."""
+# The span of the slice, then of the step attempt, running in this task, with the context
+# token to detach and what was there before (steps nest: a step may call ctx.step).
+_Open = tuple[Any, Any, Any]
+_slice: ContextVar[_Open | None] = ContextVar("stemd_trace_slice", default=None)
+_step: ContextVar[_Open | None] = ContextVar("stemd_trace_step", default=None)
+
+
+class TracingObserver(Observer):
+    """The engine observer that makes spans, and gives new runs the caller's trace
+    context."""
 
     def __init__(self, tracer_provider: Any = None) -> None:
         if trace is None:
             raise ConfigError("tracing needs OpenTelemetry: pip install 'stemd[otel]'")
         self.tracer = trace.get_tracer("stemd", tracer_provider=tracer_provider)
 
-    def run_started(self, workflow: str) -> None:
-        return None
+    def trace_context(self) -> str | None:
+        return current_traceparent()
 
-    def slice_started(self, record: RunRecord) -> Any:
+    def slice_started(self, event: SliceStarted) -> None:
         span = self.tracer.start_span(
-            f"stemd.run {record.workflow}",
-            context=context_of(record.trace),
+            f"stemd.run {event.workflow}",
+            context=context_of(event.trace),
             kind=SpanKind.CONSUMER,
             attributes={
-                "stemd.run_id": record.run_id,
-                "stemd.workflow": record.workflow,
-                "stemd.attempt": record.attempts,
-                "stemd.queue": record.queue,
+                "stemd.run_id": event.run_id,
+                "stemd.workflow": event.workflow,
+                "stemd.attempt": event.attempt,
+                "stemd.queue": event.queue,
             },
         )
         token = otel_context.attach(trace.set_span_in_context(span))
-        return span, token
+        _slice.set((span, token, _slice.get()))
 
-    def step_started(self, workflow: str, step: str, attempt: int) -> Any:
+    def step_started(self, event: StepStarted) -> None:
         span = self.tracer.start_span(
-            f"stemd.step {step}",
-            attributes={"stemd.workflow": workflow, "stemd.step": step, "stemd.attempt": attempt},
+            f"stemd.step {event.step}",
+            attributes={
+                "stemd.workflow": event.workflow,
+                "stemd.step": event.step,
+                "stemd.attempt": event.attempt,
+            },
         )
-        return span, otel_context.attach(trace.set_span_in_context(span))
+        token = otel_context.attach(trace.set_span_in_context(span))
+        _step.set((span, token, _step.get()))
 
-    def step_finished(
-        self,
-        handle: Any,
-        workflow: str,
-        step: str,
-        seconds: float,
-        result: str,
-        error: BaseException | None,
-    ) -> None:
-        span, token = handle
+    def step_finished(self, event: StepFinished) -> None:
+        current = _step.get()
+        if current is None:
+            return
+        span, token, before = current
+        _step.set(before)
         otel_context.detach(token)
-        span.set_attribute("stemd.step.result", result)
+        span.set_attribute("stemd.step.result", event.result)
+        error = event.error
         if error is not None:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         span.end()
 
-    def slice_finished(self, handle: Any, workflow: str, outcome: str, seconds: float) -> None:
-        span, token = handle
+    def slice_finished(self, event: SliceFinished) -> None:
+        current = _slice.get()
+        if current is None:
+            return
+        span, token, before = current
+        _slice.set(before)
         otel_context.detach(token)
-        span.set_attribute("stemd.outcome", outcome)
-        if outcome == "fail":
+        span.set_attribute("stemd.outcome", event.outcome)
+        if event.outcome == "fail":
             span.set_status(Status(StatusCode.ERROR, "run failed"))
         span.end()
 
-    def lease_lost(self, workflow: str) -> None:
+    def lease_lost(self, event: LostLease) -> None:
         span = trace.get_current_span()
         span.add_event("stemd.lease_lost")
 
 
-def install_tracing(app: App, tracer_provider: Any = None) -> TracingObserver:
+class _Engine(Protocol):
+    @property
+    def observers(self) -> Observers: ...
+
+
+class _OpenApp(Protocol):
+    @property
+    def engine(self) -> _Engine: ...
+
+
+def install_tracing(app: _OpenApp, tracer_provider: Any = None) -> TracingObserver:
     """Trace an open ``app``'s slices and steps with ``tracer_provider`` (default: the
-    global one)."""
+    global one), and record the caller's trace context with the runs it starts."""
     observer = TracingObserver(tracer_provider)
-    app.engine.add_observer(observer)
-    app.engine.trace_context = current_traceparent
+    app.engine.observers.subscribe(observer)
     return observer

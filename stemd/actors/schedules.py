@@ -27,6 +27,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from stemd.broker.pull import JsMsg, PullConsumer
+from stemd.engine.observer import OnTimer
 from stemd.errors import StemError
 from stemd.natsconn import SCHEDULE, SCHEDULE_TARGET, JetStreamApiError
 
@@ -115,11 +116,8 @@ class ScheduledTimers:
         await consumer.ensure()
         send, receive = anyio.create_memory_object_stream[tuple[datetime, str]](10_000)
         engine = self.engine
-        previous = engine.on_timer
 
         def hook(at: datetime, run_id: str) -> None:
-            if previous is not None:
-                previous(at, run_id)
             if self._sent.get(run_id) == at:
                 return
             try:
@@ -127,7 +125,7 @@ class ScheduledTimers:
             except anyio.WouldBlock:
                 self._dropped += 1  # the timer's store polling still finds it
 
-        engine.on_timer = hook
+        unsubscribe = engine.observers.subscribe(OnTimer(hook))
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._publish_all, receive)
@@ -135,7 +133,7 @@ class ScheduledTimers:
                     tg.start_soon(self._fire_all, consumer)
                 task_status.started()
         finally:
-            engine.on_timer = previous
+            unsubscribe()
             send.close()
             with anyio.CancelScope(shield=True):
                 await consumer.close()

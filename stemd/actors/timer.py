@@ -2,8 +2,9 @@
 cancellation policies and deletes runs past their retention.
 
 It holds the next wake-ups in a heap, fed by the store (at start and at each refill) and by
-this process's own commits (:meth:`Timer.schedule`), and sleeps exactly until the earliest
-one instead of polling on a fixed interval. Firing is a conditional transition in the
+this process's own commits (it observes the engine's run changes while it runs, see
+:meth:`Timer.schedule`), and sleeps exactly until the earliest one instead of polling on a
+fixed interval. Firing is a conditional transition in the
 store, so when several daemons hold the same wake-up, one acts and the rest do nothing.
 """
 
@@ -18,6 +19,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from stemd.engine.engine import Engine
+from stemd.engine.observer import OnTimer
 
 __all__ = ["Timer", "TimerStats"]
 
@@ -70,7 +72,6 @@ class Timer:
         self._fired = 0
         self._last_lag = 0.0
         self._max_lag = 0.0
-        engine.on_timer = self.schedule
 
     def statistics(self) -> TimerStats:
         return TimerStats(
@@ -160,20 +161,25 @@ class Timer:
         return fired
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        last_loaded = await self.refill()
-        task_status.started()
-        clock = self.engine.clock
-        next_refill = self._next_refill(last_loaded)
-        while True:
-            await self.fire_due()
-            now = clock.now()
-            if now >= next_refill:
-                next_refill = self._next_refill(await self.refill())
-                continue
-            until = next_refill
-            if self._heap:
-                until = min(until, self._heap[0][0])
-            await self._sleep_until(until)
+        # Subscribed before the first refill: no change falls between the two.
+        unsubscribe = self.engine.observers.subscribe(OnTimer(self.schedule))
+        try:
+            last_loaded = await self.refill()
+            task_status.started()
+            clock = self.engine.clock
+            next_refill = self._next_refill(last_loaded)
+            while True:
+                await self.fire_due()
+                now = clock.now()
+                if now >= next_refill:
+                    next_refill = self._next_refill(await self.refill())
+                    continue
+                until = next_refill
+                if self._heap:
+                    until = min(until, self._heap[0][0])
+                await self._sleep_until(until)
+        finally:
+            unsubscribe()
 
     async def _sleep_until(self, until: datetime) -> None:
         """Sleep until ``until`` on the clock, or until an earlier wake-up is scheduled.

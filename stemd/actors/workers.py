@@ -16,6 +16,7 @@ from anyio.abc import TaskStatus
 
 from stemd.broker.base import Broker, Delivery
 from stemd.engine.engine import Engine
+from stemd.engine.leases import LeaseKeeper
 
 __all__ = ["WorkerPool", "WorkerStats"]
 
@@ -47,6 +48,9 @@ class WorkerPool:
         self._in_flight: dict[int, tuple[Delivery, float]] = {}
         self._slices = 0
         self._errors = 0
+        # The engine keeps its slices' leases from one task (its keeper, run here with
+        # the workers), or from a task per slice.
+        self.keeper = engine.leases if isinstance(engine.leases, LeaseKeeper) else None
 
     def statistics(self) -> WorkerStats:
         return WorkerStats(
@@ -55,8 +59,9 @@ class WorkerPool:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
-            # One task keeps the leases of every slice these workers run.
-            await tg.start(self.engine.leases.run)
+            if self.keeper is not None:
+                # One task keeps the leases of every slice these workers run.
+                await tg.start(self.keeper.run)
             tg.start_soon(self._heartbeats)
             for _ in range(self.concurrency):
                 tg.start_soon(self._work)

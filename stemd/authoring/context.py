@@ -1,18 +1,17 @@
 """The contexts user code receives: FlowContext, ScriptContext and StepContext.
 
-They are thin: every durable operation is delegated to the run's execution in the engine.
+They are thin: every durable operation is asked of the run's :class:`Runtime`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from stemd.authoring.runtime import Runtime, current_scope
+from stemd.authoring.steps import StepInfo, check_name, step_info
 from stemd.model import Retry, seconds
-
-if TYPE_CHECKING:
-    from stemd.engine.execution import Execution
 
 __all__ = ["FlowContext", "ScriptContext", "StepContext"]
 
@@ -37,7 +36,7 @@ def _duration(value: float | timedelta) -> float:
 class _Durable:
     """The suspending operations shared by flow and script contexts."""
 
-    _exe: Execution
+    _rt: Runtime
 
     def _scope(self) -> str:
         raise NotImplementedError
@@ -45,20 +44,21 @@ class _Durable:
     @property
     def run_id(self) -> str:
         """The id of the run being executed."""
-        return self._exe.run_id
+        return self._rt.run_id
 
     @property
     def workflow(self) -> str:
         """The name of the workflow being executed."""
-        return self._exe.workflow_name
+        return self._rt.workflow_name
 
     async def sleep(self, duration: float | timedelta) -> None:
         """Suspend the run durably for ``duration`` (seconds or a timedelta)."""
-        await self._exe.sleep_for(self._scope(), _duration(duration))
+        when = self._rt.now() + timedelta(seconds=_duration(duration))
+        await self._rt.sleep_until(self._scope(), when)
 
     async def sleep_until(self, when: datetime) -> None:
         """Suspend the run durably until ``when`` (an aware datetime)."""
-        await self._exe.sleep_until(self._scope(), when)
+        await self._rt.sleep_until(self._scope(), when)
 
     async def wait_for_event(
         self, topic: str, timeout: float | timedelta | None = None, type: Any = None
@@ -69,13 +69,13 @@ class _Durable:
             EventTimeout: on re-entry, when ``timeout`` passed before any emit.
         """
         secs = None if timeout is None else _duration(timeout)
-        return await self._exe.wait_for_event(self._scope(), topic, secs, type)
+        return await self._rt.wait_for_event(self._scope(), topic, secs, type)
 
     async def start_child(
         self, workflow: Any, params: Any = None, run_id: str | None = None
     ) -> str:
         """Start a child workflow once per run (the start is checkpointed); return its id."""
-        return await self._exe.start_child(self._scope(), workflow, params, run_id)
+        return await self._rt.start_child(self._scope(), workflow, params, run_id)
 
     async def wait_child(self, run_id: str, type: Any = None) -> Any:
         """Suspend until the child ends; return its result (decoded into ``type``).
@@ -83,24 +83,24 @@ class _Durable:
         Raises:
             ChildFailed: the child failed or was cancelled.
         """
-        return await self._exe.wait_child(self._scope(), run_id, type)
+        return await self._rt.wait_child(self._scope(), run_id, type)
 
 
 class FlowContext(_Durable):
     """What a :class:`~stemd.Flow` step receives."""
 
-    __slots__ = ("_exe", "attempt", "params", "previous_result", "step_index", "step_name")
+    __slots__ = ("_rt", "attempt", "params", "previous_result", "step_index", "step_name")
 
     def __init__(
         self,
-        exe: Execution,
+        runtime: Runtime,
         step_name: str,
         step_index: int,
         params: Any,
         previous_result: Any,
         attempt: int,
     ) -> None:
-        self._exe = exe
+        self._rt = runtime
         self.step_name = step_name
         self.step_index = step_index
         self.params = params
@@ -112,7 +112,7 @@ class FlowContext(_Durable):
 
     def take_resume_data(self) -> Any:
         """The payload that resumed this step, or ``None``; returned once per execution."""
-        return self._exe.take_resume_data(self.step_name)
+        return self._rt.take_resume_data(self.step_name)
 
     def idempotency_key(self, suffix: str = "") -> str:
         """A key stable across re-runs and retries of this step of this run."""
@@ -122,18 +122,18 @@ class FlowContext(_Durable):
 class ScriptContext(_Durable):
     """What a :func:`~stemd.script` function receives as its first argument."""
 
-    __slots__ = ("_exe",)
+    __slots__ = ("_rt",)
 
-    def __init__(self, exe: Execution) -> None:
-        self._exe = exe
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
 
     def _scope(self) -> str:
-        return self._exe.current_scope()
+        return current_scope(self._rt)
 
     @property
     def params(self) -> Any:
         """The run's params, as plain decoded values."""
-        return self._exe.plain_params()
+        return self._rt.plain_params()
 
     async def step(
         self,
@@ -143,7 +143,13 @@ class ScriptContext(_Durable):
         retry: Retry | None = None,
     ) -> T:
         """Run ``fn(*args)`` as a checkpoint named ``name`` (``name#n`` for later calls)."""
-        return await self._exe.call_step(name, fn, args, retry)  # type: ignore[no-any-return]
+        # '#' and '@' are how occurrences and internal checkpoints are named: a user name
+        # with them could collide with another checkpoint or be hidden from RunState.
+        check_name("step", name)
+        info = getattr(fn, "__stemd_step__", None)
+        if not isinstance(info, StepInfo) or info.name != name:
+            info = step_info(getattr(info, "fn", fn), name, None)
+        return await self._rt.run_step(info, args, {}, retry)  # type: ignore[no-any-return]
 
     def idempotency_key(self, suffix: str = "") -> str:
         """A key stable across re-entries of this run."""

@@ -8,6 +8,9 @@ import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from stemd.authoring.runtime import current_script
+from stemd.authoring.steps import StepInfo, check_name, step_info
+from stemd.authoring.steps import return_type as _return_type
 from stemd.model import Retry
 
 if TYPE_CHECKING:
@@ -26,45 +29,6 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 FlowStepFn = Callable[["FlowContext"], Awaitable[Any]]
-_RESERVED = ("@", "#")
-
-
-def check_name(kind: str, name: object) -> str:
-    """Return ``name`` if it is a valid workflow or step name, else raise ValueError."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{kind} name must be a non-empty string")
-    if any(ch in name for ch in _RESERVED):
-        raise ValueError(f"{kind} name {name!r} must not contain '@' or '#'")
-    return name
-
-
-def _return_type(fn: Callable[..., Any]) -> Any:
-    try:
-        return typing.get_type_hints(fn).get("return", Any)
-    except Exception:  # forward references that do not resolve: keep plain values
-        return Any
-
-
-class StepInfo:
-    """What the engine needs to know about a step function (computed once)."""
-
-    __slots__ = ("fn", "name", "retry", "return_type", "wants_context")
-
-    def __init__(self, fn: Callable[..., Awaitable[Any]], name: str, retry: Retry | None) -> None:
-        self.fn = fn
-        self.name = name
-        self.retry = retry
-        self.return_type = _return_type(fn)
-        if self.return_type is type(None):
-            self.return_type = Any
-        param = inspect.signature(fn).parameters.get("context")
-        self.wants_context = param is not None and param.kind is inspect.Parameter.KEYWORD_ONLY
-
-
-@functools.lru_cache(maxsize=4096)
-def step_info(fn: Callable[..., Awaitable[Any]], name: str, retry: Retry | None) -> StepInfo:
-    """The cached :class:`StepInfo` of ``fn`` used under ``name``."""
-    return StepInfo(fn, name, retry)
 
 
 class FlowStep:
@@ -202,12 +166,10 @@ def step(
 
         @functools.wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from stemd.engine.execution import current_script
-
-            execution = current_script()
-            if execution is None:
+            runtime = current_script()
+            if runtime is None:
                 return await func(*args, **kwargs)
-            return await execution.run_step(info, args, kwargs, retry=None)
+            return await runtime.run_step(info, args, kwargs, None)
 
         wrapper.__stemd_step__ = info  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]

@@ -9,8 +9,13 @@ from typing import Any, TextIO
 
 import msgspec
 
-from stemd.engine.engine import UNKNOWN_WORKFLOW_STEP
-from stemd.model import CheckpointInfo, RunState, RunStatus
+from stemd.model import (
+    LEGACY_UNKNOWN_WORKFLOW_STEP,
+    UNKNOWN_WORKFLOW_CODE,
+    CheckpointInfo,
+    RunState,
+    RunStatus,
+)
 from stemd.wire import WorkflowType
 
 __all__ = ["duration", "print_json", "run_detail", "runs_table", "short_json", "types_table"]
@@ -65,15 +70,20 @@ def _attempts(n: int) -> str:
     return f"{n} failed attempt{'s' if n != 1 else ''}"
 
 
+def _given_back(run: RunState) -> bool:
+    """Whether the run was last given back by a process that lacked its workflow (as
+    recorded today, or by the daemons of earlier builds)."""
+    error = run.error
+    return (
+        error is not None and error.code == UNKNOWN_WORKFLOW_CODE
+    ) or run.retried_step == LEGACY_UNKNOWN_WORKFLOW_STEP
+
+
 def _unregistered(run: RunState) -> bool:
     """Whether the run waits for a process that knows its workflow: given back, and
-    nothing of it has run since (the give-back's bookkeeping outlives it, as a retried
-    step's does)."""
-    return (
-        run.status is RunStatus.SUSPENDED
-        and run.retried_step == UNKNOWN_WORKFLOW_STEP
-        and not run.timeline
-    )
+    nothing of it has run since (the give-back's error outlives it, as a retried step's
+    does)."""
+    return run.status is RunStatus.SUSPENDED and _given_back(run) and not run.timeline
 
 
 def _retrying(run: RunState) -> bool:
@@ -81,7 +91,7 @@ def _retrying(run: RunState) -> bool:
     return (
         run.status is RunStatus.SUSPENDED
         and run.error is not None
-        and run.retried_step not in (None, UNKNOWN_WORKFLOW_STEP)
+        and run.retried_step not in (None, LEGACY_UNKNOWN_WORKFLOW_STEP)
         and run.retried_step not in run.checkpoints
         and run.wait_topic is None
         and run.wait_child is None
@@ -149,7 +159,7 @@ def types_table(workflows: Sequence[WorkflowType]) -> str:
 def _retries(run: RunState) -> str | None:
     """The retries line: which step failed how often, and what came of it."""
     step, failures = run.retried_step, run.step_failures
-    if step is None or failures < 1 or step == UNKNOWN_WORKFLOW_STEP:
+    if step is None or failures < 1 or step == LEGACY_UNKNOWN_WORKFLOW_STEP:
         return None  # given back by processes that did not know the workflow
     if step in run.checkpoints:
         return f"{step} succeeded after {_attempts(failures)}"
@@ -261,7 +271,9 @@ def run_detail(run: RunState) -> str:
             attempts = f" after {run.error.attempts} attempts" if run.error.attempts else ""
             fields.append(("error", error + attempts))
         else:  # a retry's cause, kept while the run goes on
-            attempt = f" (attempt {run.error.attempts})" if run.error.attempts else ""
+            # A give-back's count of tries is in its message already.
+            counted = run.error.attempts and run.error.code != UNKNOWN_WORKFLOW_CODE
+            attempt = f" (attempt {run.error.attempts})" if counted else ""
             fields.append(("last error", error + attempt))
     if run.policy is not None:
         fields.append(("policy", short_json(run.policy, 100)))

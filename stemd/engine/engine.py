@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import Any
 
 import anyio
+import msgspec
 import structlog
 
 from stemd.authoring.definitions import Flow, Script
@@ -20,11 +21,20 @@ from stemd.clock import Clock
 from stemd.codec import Codec, check_depth
 from stemd.engine.events import RunEvents
 from stemd.engine.execution import Aborted, Execution, Fenced, Interrupt, validate_topic
-from stemd.engine.leases import LeaseKeeper
-from stemd.engine.observer import Observer, add_observer
+from stemd.engine.leases import LeaseRenewal, SliceLeases
+from stemd.engine.observer import (
+    LostLease,
+    Observers,
+    RunChanged,
+    RunStarted,
+    SliceFinished,
+    SliceStarted,
+)
 from stemd.engine.timeline import build_timeline
 from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
 from stemd.model import (
+    LEGACY_UNKNOWN_WORKFLOW_STEP,
+    UNKNOWN_WORKFLOW_CODE,
     CancellationPolicy,
     ErrorInfo,
     Retry,
@@ -54,10 +64,33 @@ log = structlog.get_logger("stemd.engine")
 
 # A run whose workflow this process does not know is given back, to be tried again after
 # 1 s, 2 s, 4 s... at most a minute apart, until a process that knows it takes it (a rolling
-# deploy adding a workflow; a run started by a client of another code base). Its retry
-# bookkeeping names this pseudo-step, which no real step can be named.
-UNKNOWN_WORKFLOW_STEP = "@workflow"
+# deploy adding a workflow; a run started by a client of another code base). Its error says
+# so (code UNKNOWN_WORKFLOW_CODE) and counts the give-backs (``attempts``).
 _UNKNOWN_WORKFLOW_RETRY = Retry(backoff=1.0, max_backoff=60.0, jitter=False)
+
+
+def _given_back(rec: RunRecord) -> int:
+    """How many times ``rec`` was given back in a row for want of its workflow (0: it was
+    not, or a process that knows the workflow has failed a step of it since)."""
+    if rec.attempt_step == LEGACY_UNKNOWN_WORKFLOW_STEP:  # recorded by earlier builds
+        return rec.step_failures
+    error = rec.error
+    if error is not None and error.code == UNKNOWN_WORKFLOW_CODE:
+        return error.attempts or 0
+    return 0
+
+
+def _legacy_give_back(rec: RunRecord) -> tuple[ErrorInfo | None, str | None, int]:
+    """``error``, ``retried_step`` and ``step_failures`` of a run's public state, a give-back
+    recorded by earlier builds (a pseudo-step's retries) read as today's (an error code)."""
+    if rec.attempt_step != LEGACY_UNKNOWN_WORKFLOW_STEP:
+        return rec.error, rec.attempt_step, rec.step_failures
+    error = rec.error
+    if error is not None and error.type == "UnknownWorkflow" and error.step is None:
+        error = msgspec.structs.replace(
+            error, code=UNKNOWN_WORKFLOW_CODE, attempts=rec.step_failures
+        )
+    return error, None, 0
 
 
 def new_run_id() -> str:
@@ -73,13 +106,14 @@ def to_run_state(rec: RunRecord, checkpoints: Iterable[Checkpoint], codec: Codec
     """The public view of a stored run: values decoded, internal checkpoints left out of
     ``checkpoints`` (the timeline lists every one, with its time)."""
     checkpoints = list(checkpoints)
+    error, retried_step, step_failures = _legacy_give_back(rec)
     return RunState(
         run_id=rec.run_id,
         workflow=rec.workflow,
         status=rec.status,
         params=codec.decode(rec.params),
         result=codec.decode(rec.result) if rec.result is not None else None,
-        error=rec.error,
+        error=error,
         checkpoints={c.name: codec.decode(c.value) for c in checkpoints if "@" not in c.name},
         wait_topic=rec.wait_topic,
         resume_at=rec.resume_at,
@@ -97,13 +131,21 @@ def to_run_state(rec: RunRecord, checkpoints: Iterable[Checkpoint], codec: Codec
         finished_at=rec.finished_at,
         ttl=rec.ttl,
         timeline=build_timeline(rec.created_at, checkpoints, codec),
-        retried_step=rec.attempt_step,
-        step_failures=rec.step_failures,
+        retried_step=retried_step,
+        step_failures=step_failures,
     )
 
 
 class Engine:
-    """Advances runs one slice at a time; every state change goes through the Store."""
+    """Advances runs one slice at a time; every state change goes through the Store.
+
+    Everything it uses is given at construction. Besides the store, broker, codecs and
+    clock: ``events``, the channel of run status changes (run events over NATS, waiters
+    of :meth:`App.wait_for_completion`); ``observers``, to which the timer, metrics and
+    tracing subscribe (and which provide the trace context of new runs); ``leases``, how
+    the lease of a running slice is kept (default: a renewal task per slice; a worker pool
+    gives its :class:`~stemd.engine.leases.LeaseKeeper`).
+    """
 
     def __init__(
         self,
@@ -119,6 +161,8 @@ class Engine:
         events: RunEvents | None = None,
         accept_unknown: bool = False,
         codecs: Mapping[str, Codec] | None = None,
+        observers: Observers | None = None,
+        leases: LeaseRenewal | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -130,18 +174,11 @@ class Engine:
         self.owner = owner
         self.lease = lease
         self.default_queue = default_queue
-        self.events = events or RunEvents()
+        self.events = events if events is not None else RunEvents()
         self.accept_unknown = accept_unknown
-        self.on_timer: Callable[[datetime, str], None] | None = None
         self.timeout_value = codec.encode({"t": True})
-        self.observer: Observer | None = None
-        self.leases = LeaseKeeper(self)
-        # Returns the caller's traceparent; set when tracing is installed.
-        self.trace_context: Callable[[], str | None] | None = None
-
-    def add_observer(self, observer: Observer) -> None:
-        """Also tell ``observer`` what the engine does (metrics, tracing)."""
-        self.observer = add_observer(self.observer, observer)
+        self.observers = observers if observers is not None else Observers()
+        self.leases = leases if leases is not None else SliceLeases(store, clock, lease)
 
     def codec_for(self, workflow: str) -> Codec:
         """The codec that encodes the values of ``workflow``'s runs."""
@@ -156,8 +193,13 @@ class Engine:
             await self.broker.enqueue(run_id, queue, key=f"{run_id}:{token}")
 
     def _changed(self, rec: RunRecord) -> None:
-        if rec.timer_at is not None and self.on_timer is not None:
-            self.on_timer(rec.timer_at, rec.run_id)
+        hooks = self.observers.run_changed
+        if hooks:
+            event = RunChanged(
+                run_id=rec.run_id, workflow=rec.workflow, status=rec.status, timer_at=rec.timer_at
+            )
+            for hook in hooks:
+                hook(event)
         self.events.publish(
             rec.run_id,
             rec.workflow,
@@ -237,15 +279,15 @@ class Engine:
             parent_run_id=parent_run_id,
             policy=policy,
             ttl=ttl,
-            trace=trace
-            if trace is not None or self.trace_context is None
-            else self.trace_context(),
+            trace=trace if trace is not None else self.observers.trace_context(),
         )
         record.timer_at = compute_timer_at(record)
         stored, created = await self.store.create_run(record)
         if created:
-            if self.observer is not None:
-                self.observer.run_started(name)
+            if self.observers.run_started:
+                started = RunStarted(run_id=run_id, workflow=name)
+                for hook in self.observers.run_started:
+                    hook(started)
             self._changed(stored)
             await self._enqueue(run_id, queue, stored.token)
         return run_id, created
@@ -265,17 +307,39 @@ class Engine:
         self._changed(rec)
         # Bound only when a slice has something to report: binding costs on every slice.
         ids = {"run_id": run_id, "workflow": rec.workflow}
-        observer = self.observer
-        if observer is None:
+        hooks = self.observers
+        if not (hooks.slice_started or hooks.slice_finished):
             return await self._advance(claim, ids)
-        handle = observer.slice_started(rec)
+        if hooks.slice_started:
+            event = SliceStarted(
+                run_id=run_id,
+                workflow=rec.workflow,
+                attempt=rec.attempts,
+                queue=rec.queue,
+                trace=rec.trace,
+            )
+            for hook in hooks.slice_started:
+                hook(event)
         started = time.perf_counter()
         committed: list[str] = []
         try:
             return await self._advance(claim, ids, committed)
         finally:
-            outcome = committed[0] if committed else "abandoned"
-            observer.slice_finished(handle, rec.workflow, outcome, time.perf_counter() - started)
+            if hooks.slice_finished:
+                finished = SliceFinished(
+                    run_id=run_id,
+                    workflow=rec.workflow,
+                    outcome=committed[0] if committed else "abandoned",
+                    duration=time.perf_counter() - started,
+                )
+                for end in hooks.slice_finished:
+                    end(finished)
+
+    def _lease_lost(self, rec: RunRecord) -> None:
+        if self.observers.lease_lost:
+            event = LostLease(run_id=rec.run_id, workflow=rec.workflow)
+            for hook in self.observers.lease_lost:
+                hook(event)
 
     async def _advance(
         self, claim: Claim, ids: dict[str, str], committed: list[str] | None = None
@@ -287,8 +351,7 @@ class Engine:
             outcome = await self._execute(claim)
         except LeaseLost:
             log.warning("lease lost; abandoning the slice", **ids)
-            if self.observer is not None:
-                self.observer.lease_lost(rec.workflow)
+            self._lease_lost(rec)
             return None
         finally:
             if outcome is None:
@@ -305,8 +368,7 @@ class Engine:
             result = await self.store.commit(run_id, claim.token, outcome, self.clock.now())
         except LeaseLost:
             log.warning("lease lost at commit; outcome discarded", **ids, outcome=outcome.kind)
-            if self.observer is not None:
-                self.observer.lease_lost(rec.workflow)
+            self._lease_lost(rec)
             return None
         if committed is not None:
             committed.append(outcome.kind)
@@ -321,30 +383,18 @@ class Engine:
         if definition is None:
             return self._unknown_workflow(rec)
         execution = Execution(self, claim)
-        outcome: Outcome | None = None
-        if self.leases.running:
-            # The common case: the worker pool's lease keeper renews this slice's lease.
-            with anyio.CancelScope() as scope:
-                held = self.leases.hold(rec.run_id, claim.token, scope)
-                try:
-                    outcome = await self._run(definition, execution)
-                finally:
-                    self.leases.drop(held)
-        else:
-            # No keeper running (the engine driven directly): keep the lease ourselves.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_lease, claim, tg.cancel_scope, name="keep-lease")
-                outcome = await self._run(definition, execution)
-                tg.cancel_scope.cancel()
+        outcome = await self.leases.keep(
+            rec.run_id, claim.token, lambda: self._run(definition, execution)
+        )
         if outcome is None:
             raise LeaseLost(f"run {rec.run_id}: lease lost")
         return outcome
 
     def _unknown_workflow(self, rec: RunRecord) -> RetryLater:
         """Give back a run whose workflow is not registered here, to be tried again later
-        (by any process): failing it would lose it for good."""
-        again = rec.attempt_step == UNKNOWN_WORKFLOW_STEP
-        failures = rec.step_failures + 1 if again else 1
+        (by any process): failing it would lose it for good. No step failed: the steps'
+        retry bookkeeping starts afresh."""
+        failures = _given_back(rec) + 1
         delay = _UNKNOWN_WORKFLOW_RETRY.delay(failures)
         log.warning(
             "workflow not registered here; the run waits for a process that knows it",
@@ -354,14 +404,16 @@ class Engine:
             retry_in=delay,
         )
         return RetryLater(
-            step=UNKNOWN_WORKFLOW_STEP,
-            failures=failures,
+            step=None,
+            failures=0,
             resume_at=self.clock.now() + timedelta(seconds=delay),
             error=ErrorInfo(
                 type="UnknownWorkflow",
                 message=f"workflow {rec.workflow!r} is not registered in the process that "
                 f"took the run ({self.owner}); tried {failures} time"
                 f"{'s' if failures != 1 else ''}, again until one that knows it takes it",
+                attempts=failures,
+                code=UNKNOWN_WORKFLOW_CODE,
             ),
         )
 
@@ -381,21 +433,6 @@ class Engine:
             # An outage met by user code: the worker's own handling applies (the run is
             # given back, and retried).
             raise aborted.error from aborted
-
-    async def _keep_lease(self, claim: Claim, scope: anyio.CancelScope) -> None:
-        """Renew the lease while the slice runs; on loss, abort the slice (its writes
-        would be refused anyway)."""
-        interval = self.lease / 3
-        while True:
-            await self.clock.sleep(interval)
-            try:
-                await self.store.renew_lease(
-                    claim.record.run_id, claim.token, self.clock.now(), self.lease
-                )
-            except LeaseLost:
-                log.warning("lease lost while running", run_id=claim.record.run_id)
-                scope.cancel()
-                return
 
     # -- external transitions -------------------------------------------------------------
 

@@ -8,13 +8,16 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from stemd.authoring.context import FlowContext, ScriptContext, StepContext
-from stemd.authoring.definitions import Flow, Script, StepInfo, check_name, step_info
+from stemd.authoring.definitions import Flow, Script
+from stemd.authoring.runtime import current_run, frame
+from stemd.authoring.steps import StepInfo
+from stemd.clock import Clock
 from stemd.codec import Codec, convert
+from stemd.engine.observer import Observers, StepFinished, StepStarted
 from stemd.errors import (
     ChildFailed,
     EventTimeout,
@@ -32,19 +35,17 @@ from stemd.store.base import (
     Fail,
     Outcome,
     RetryLater,
+    Store,
     Suspend,
 )
-
-if TYPE_CHECKING:
-    from stemd.engine.engine import Engine
 
 __all__ = [
     "Aborted",
     "Execution",
     "Fenced",
+    "Host",
     "Interrupt",
     "current_run",
-    "current_script",
     "validate_topic",
 ]
 
@@ -135,28 +136,6 @@ def _user_error(group: BaseExceptionGroup[BaseException]) -> Exception:
     raise group
 
 
-# (execution, scope): scope "" is a script body; any other is the step being executed.
-_frame: ContextVar[tuple[Execution, str] | None] = ContextVar("stemd_frame", default=None)
-
-
-def current_run() -> tuple[str, str, str] | None:
-    """(run id, workflow, step) of the run executing in this task (step ``""`` in a script
-    body), or ``None`` outside a run: for log lines and diagnostics."""
-    frame = _frame.get()
-    if frame is None:
-        return None
-    exe, scope = frame
-    return exe.run_id, exe.workflow_name, scope
-
-
-def current_script() -> Execution | None:
-    """The script execution whose body is running in this task, if any."""
-    frame = _frame.get()
-    if frame is None or frame[1] != "":
-        return None
-    return frame[0]
-
-
 def _error(exc: BaseException, step: str | None, attempts: int | None) -> ErrorInfo:
     return ErrorInfo(type=type(exc).__name__, message=str(exc), step=step, attempts=attempts)
 
@@ -165,12 +144,39 @@ def _child_id(parent: str) -> str:
     return f"{parent[:100]}-{secrets.token_hex(8)}"
 
 
-class Execution:
-    """The state of one run during one slice, shared by its contexts."""
+class Host(Protocol):
+    """What an execution needs of the engine that runs it."""
 
-    def __init__(self, engine: Engine, claim: Claim) -> None:
-        self.engine = engine
-        self.codec: Codec = engine.codec_for(claim.record.workflow)
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def observers(self) -> Observers: ...
+
+    def codec_for(self, workflow: str) -> Codec: ...
+
+    def resolve(self, workflow: Any) -> tuple[str, Any]: ...
+
+    async def start_run(
+        self,
+        workflow: Any,
+        params: Any = None,
+        *,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> tuple[str, bool]: ...
+
+
+class Execution:
+    """The state of one run during one slice, shared by its contexts: the engine's
+    implementation of :class:`~stemd.authoring.runtime.Runtime`."""
+
+    def __init__(self, host: Host, claim: Claim) -> None:
+        self.host = host
+        self.codec: Codec = host.codec_for(claim.record.workflow)
         self.record = claim.record
         self.run_id = claim.record.run_id
         self.workflow_name = claim.record.workflow
@@ -185,8 +191,8 @@ class Execution:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _now(self) -> datetime:
-        return self.engine.clock.now()
+    def now(self) -> datetime:
+        return self.host.clock.now()
 
     def _key(self, scope: str, kind: str) -> str:
         base = f"{scope}@{kind}"
@@ -198,10 +204,6 @@ class Execution:
         """``workflow <name> step <step>`` (or ``body``) for error messages."""
         return f"workflow {self.workflow_name} " + (f"step {scope}" if scope else "body")
 
-    def current_scope(self) -> str:
-        frame = _frame.get()
-        return frame[1] if frame is not None and frame[0] is self else ""
-
     def plain_params(self) -> Any:
         if not self._params_decoded:
             self._plain_params = self.codec.decode(self.record.params)
@@ -210,8 +212,8 @@ class Execution:
 
     async def _save(self, name: str, value: bytes) -> None:
         with _for_user_code():
-            await self.engine.store.save_checkpoint(
-                self.run_id, self.token, Checkpoint(name, value), self._now()
+            await self.host.store.save_checkpoint(
+                self.run_id, self.token, Checkpoint(name, value), self.now()
             )
         self.checkpoints[name] = value
 
@@ -225,37 +227,62 @@ class Execution:
         """Run one attempt of a step and encode its value; turn an error into a retry
         or a failure (raised as :class:`Interrupt`)."""
         attempt = self._attempt(name)
-        observer = self.engine.observer
-        handle: Any = None
+        hooks = self.host.observers
+        observed = bool(hooks.step_started or hooks.step_finished)
         started = 0.0
-        if observer is not None:
-            handle = observer.step_started(self.workflow_name, name, attempt)
+        if observed:
+            if hooks.step_started:
+                event = StepStarted(
+                    run_id=self.run_id, workflow=self.workflow_name, step=name, attempt=attempt
+                )
+                for hook in hooks.step_started:
+                    hook(event)
             started = time.perf_counter()
         try:
             value = await call(attempt)
         except Interrupt:
-            if observer is not None:
-                elapsed = time.perf_counter() - started
-                observer.step_finished(handle, self.workflow_name, name, elapsed, "suspended", None)
+            if observed:
+                self._step_finished(hooks, name, attempt, started, "suspended", None)
             raise
         except BaseExceptionGroup as group:
             exc: Exception = _user_error(group)
         except Exception as caught:
             exc = caught
         else:
-            if observer is not None:
-                elapsed = time.perf_counter() - started
-                observer.step_finished(handle, self.workflow_name, name, elapsed, "ok", None)
+            if observed:
+                self._step_finished(hooks, name, attempt, started, "ok", None)
             return self.codec.encode(value)
-        if observer is not None:
-            elapsed = time.perf_counter() - started
-            observer.step_finished(handle, self.workflow_name, name, elapsed, "error", exc)
+        if observed:
+            self._step_finished(hooks, name, attempt, started, "error", exc)
         policy = retry or _NO_RETRY
         err = _error(exc, name, attempt)
         if attempt < policy.max_attempts and not getattr(exc, "non_retryable", False):
-            at = self._now() + timedelta(seconds=policy.delay(attempt))
+            at = self.now() + timedelta(seconds=policy.delay(attempt))
             raise Interrupt(RetryLater(step=name, failures=attempt, resume_at=at, error=err))
         raise Interrupt(Fail(error=err))
+
+    def _step_finished(
+        self,
+        hooks: Observers,
+        name: str,
+        attempt: int,
+        started: float,
+        result: str,
+        error: BaseException | None,
+    ) -> None:
+        if not hooks.step_finished:
+            return
+        event = StepFinished(
+            run_id=self.run_id,
+            workflow=self.workflow_name,
+            step=name,
+            attempt=attempt,
+            duration=time.perf_counter() - started,
+            result=result,
+            error=error,
+        )
+        for hook in hooks.step_finished:
+            hook(event)
 
     # -- flows ----------------------------------------------------------------------------
 
@@ -271,11 +298,11 @@ class Execution:
 
             async def call(attempt: int, st: Any = st, previous: Any = previous) -> Any:
                 ctx = FlowContext(self, st.name, st.index, params, previous, attempt)
-                token = _frame.set((self, st.name))
+                token = frame.set((self, st.name))
                 try:
                     return await st.fn(ctx)
                 finally:
-                    _frame.reset(token)
+                    frame.reset(token)
 
             encoded = await self._call_step(st.name, call, st.retry)
             if st.index == last:
@@ -298,7 +325,7 @@ class Execution:
                     error=_error(PayloadError(f"params of {script.name}: {exc}"), None, None)
                 )
             args = (params,)
-        token = _frame.set((self, ""))
+        token = frame.set((self, ""))
         try:
             value = await script.fn(ScriptContext(self), *args)
         except Interrupt:
@@ -308,26 +335,11 @@ class Execution:
         except Exception as exc:
             return Fail(error=_error(exc, None, None))
         finally:
-            _frame.reset(token)
+            frame.reset(token)
         try:
             return Complete(result=self.codec.encode(value))
         except PayloadError as exc:
             return Fail(error=_error(exc, None, None))
-
-    async def call_step(
-        self,
-        name: str,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        retry: Retry | None,
-    ) -> Any:
-        # '#' and '@' are how occurrences and internal checkpoints are named: a user name
-        # with them could collide with another checkpoint or be hidden from RunState.
-        check_name("step", name)
-        info = getattr(fn, "__stemd_step__", None)
-        if not isinstance(info, StepInfo) or info.name != name:
-            info = step_info(getattr(info, "fn", fn), name, None)
-        return await self.run_step(info, args, {}, retry)
 
     async def run_step(
         self, info: StepInfo, args: tuple[Any, ...], kwargs: dict[str, Any], retry: Retry | None
@@ -345,11 +357,11 @@ class Execution:
                 if info.wants_context:
                     ctx = StepContext(self.run_id, self.workflow_name, name, index, attempt)
                     kw = {**kwargs, "context": ctx}
-                token = _frame.set((self, name))
+                token = frame.set((self, name))
                 try:
                     return await info.fn(*args, **kw)
                 finally:
-                    _frame.reset(token)
+                    frame.reset(token)
 
             raw = await self._call_step(name, call, retry or info.retry)
             await self._save(name, raw)
@@ -361,10 +373,6 @@ class Execution:
 
     # -- suspensions ----------------------------------------------------------------------
 
-    async def sleep_for(self, scope: str, secs: float) -> None:
-        key = self._key(scope, "sleep")
-        await self._sleep(key, self._now() + timedelta(seconds=secs))
-
     async def sleep_until(self, scope: str, when: datetime) -> None:
         if not isinstance(when, datetime) or when.tzinfo is None:
             raise StemError("sleep_until needs an aware datetime")
@@ -372,7 +380,7 @@ class Execution:
 
     async def _sleep(self, key: str, when: datetime) -> None:
         raw = self.checkpoints.get(key)
-        now = self._now()
+        now = self.now()
         if raw is not None:
             wake = self.codec.decode(raw, type=datetime)
             if now >= wake:
@@ -393,7 +401,7 @@ class Execution:
             if "t" in envelope:
                 raise EventTimeout(topic)
             return convert(envelope.get("e"), type, what=f"{self._where(scope)}: event {topic!r}")
-        deadline = None if timeout is None else self._now() + timedelta(seconds=timeout)
+        deadline = None if timeout is None else self.now() + timedelta(seconds=timeout)
         raise Interrupt(Suspend(wait_topic=topic, wait_key=key, resume_at=deadline))
 
     def take_resume_data(self, scope: str) -> Any:
@@ -414,20 +422,18 @@ class Execution:
         if raw is not None:
             child_id: str = self.codec.decode(raw, type=str)
             with _for_user_code():
-                if await self.engine.store.get_run(child_id) is not None:
+                if await self.host.store.get_run(child_id) is not None:
                     return child_id
             # The id is recorded before the child is created: the slice that recorded it
             # ended before the creation. Create it now (creation is idempotent on the id).
         else:
-            self.engine.resolve(workflow)  # an unknown workflow records nothing
+            self.host.resolve(workflow)  # an unknown workflow records nothing
             # A fresh id, recorded first: a re-entry finds it and never starts a second
             # child, while a rewind that deletes the record starts a new one.
             child_id = _child_id(self.run_id) if run_id is None else validate_run_id(run_id)
             await self._save(key, self.codec.encode(child_id))
         with _for_user_code():
-            await self.engine.start_run(
-                workflow, params, run_id=child_id, parent_run_id=self.run_id
-            )
+            await self.host.start_run(workflow, params, run_id=child_id, parent_run_id=self.run_id)
         return child_id
 
     async def wait_child(self, scope: str, child_id: str, type: Any) -> Any:
@@ -435,7 +441,7 @@ class Execution:
         raw = self.checkpoints.get(key)
         if raw is None:
             with _for_user_code():
-                child = await self.engine.store.get_run(child_id)
+                child = await self.host.store.get_run(child_id)
             if child is None:
                 raise ChildFailed(child_id, "missing", "no such run")
             if not child.status.is_terminal:

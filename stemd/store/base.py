@@ -119,9 +119,10 @@ class Suspend(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RetryLater(msgspec.Struct, frozen=True, kw_only=True):
-    """A step failed and will be retried at ``resume_at``."""
+    """The run is tried again at ``resume_at``: a step failed (``step``, its ``failures``
+    so far), or, with ``step`` ``None``, the run could not be executed (``error`` says why)."""
 
-    step: str
+    step: str | None
     failures: int
     resume_at: datetime
     error: ErrorInfo

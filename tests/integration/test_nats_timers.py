@@ -13,6 +13,7 @@ from stemd.broker.jetstream import JetStreamBroker
 from stemd.clock import SystemClock
 from stemd.codec import codec_for
 from stemd.engine.engine import Engine
+from stemd.engine.observer import RunChanged
 from stemd.model import RunStatus
 from stemd.natsconn import NatsConnection
 from stemd.store.base import RunRecord, Suspend
@@ -67,8 +68,13 @@ async def test_a_scheduled_message_wakes_a_sleeping_run(nats: NatsServer) -> Non
             wake = now + timedelta(seconds=0.5)
             result = await store.commit("r1", claim.token, Suspend(resume_at=wake), now)
             assert result.record.timer_at == wake
-            assert engine.on_timer is not None
-            engine.on_timer(wake, "r1")  # what the engine does after every change
+            # What the engine does after every change: tell its observers.
+            assert engine.observers.run_changed  # the schedules subscribed
+            change = RunChanged(
+                run_id="r1", workflow="wf", status=RunStatus.SUSPENDED, timer_at=wake
+            )
+            for hook in engine.observers.run_changed:
+                hook(change)
             await wait_until(fired, schedules, what="the schedule to fire")
             assert await has_status(store, "r1", RunStatus.PENDING)
             assert clock.now() >= wake

@@ -340,7 +340,9 @@ async def test_a_run_of_a_workflow_unknown_here_waits_for_a_process_that_knows_i
         rec = await old.advance(run_id)
         assert rec is not None
         assert rec.status is RunStatus.SUSPENDED
-        assert (rec.attempt_step, rec.step_failures) == ("@workflow", tries)
+        assert rec.error is not None
+        assert (rec.error.code, rec.error.attempts) == ("unknown_workflow", tries)
+        assert (rec.attempt_step, rec.step_failures) == (None, 0)  # no step failed
         assert rec.resume_at == clock.now() + timedelta(seconds=delay)
         assert rec.error is not None and rec.error.type == "UnknownWorkflow"
         assert "old-daemon" in rec.error.message
