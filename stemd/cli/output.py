@@ -13,6 +13,7 @@ from stemd.model import (
     LEGACY_UNKNOWN_WORKFLOW_STEP,
     UNKNOWN_WORKFLOW_CODE,
     CheckpointInfo,
+    ErrorInfo,
     RunState,
     RunStatus,
 )
@@ -236,6 +237,18 @@ def _timeline(run: RunState) -> list[str]:
     return [f"timeline ({count} checkpoint{'s' if count != 1 else ''}):", *lines]
 
 
+def _error_field(run: RunState, error: ErrorInfo) -> tuple[str, str]:
+    """The ``error`` line of a failed run, or the ``last error`` of one that goes on."""
+    text = f"{error.type}: {error.message}"
+    if run.status is RunStatus.FAILED:
+        attempts = f" after {error.attempts} attempts" if error.attempts else ""
+        return "error", text + attempts
+    # A retry's cause, kept while the run goes on; a give-back's count of tries is in its
+    # message already.
+    counted = error.attempts and error.code != UNKNOWN_WORKFLOW_CODE
+    return "last error", text + (f" (attempt {error.attempts})" if counted else "")
+
+
 def run_detail(run: RunState) -> str:
     """A run's fields, then its timeline: each checkpoint with its time and duration,
     the waits between, and how the run ended."""
@@ -266,15 +279,7 @@ def run_detail(run: RunState) -> str:
     if retries is not None:
         fields.append(("retries", retries))
     if run.error is not None:
-        error = f"{run.error.type}: {run.error.message}"
-        if run.status is RunStatus.FAILED:
-            attempts = f" after {run.error.attempts} attempts" if run.error.attempts else ""
-            fields.append(("error", error + attempts))
-        else:  # a retry's cause, kept while the run goes on
-            # A give-back's count of tries is in its message already.
-            counted = run.error.attempts and run.error.code != UNKNOWN_WORKFLOW_CODE
-            attempt = f" (attempt {run.error.attempts})" if counted else ""
-            fields.append(("last error", error + attempt))
+        fields.append(_error_field(run, run.error))
     if run.policy is not None:
         fields.append(("policy", short_json(run.policy, 100)))
     if run.lease_owner:

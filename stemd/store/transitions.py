@@ -210,16 +210,23 @@ def apply_fire(rec: RunRecord, now: datetime) -> tuple[FireAction, RunRecord | N
     if run_limit is not None and rec.created_at + timedelta(seconds=run_limit) <= now:
         return "cancelled", apply_cancel(rec, "max_run_duration", now), "max_run_duration"
     if rec.status is RunStatus.SUSPENDED:
-        suspend_deadline = None
-        if policy is not None and policy.max_suspend_duration is not None and rec.suspended_at:
-            suspend_deadline = rec.suspended_at + timedelta(seconds=policy.max_suspend_duration)
-        wake = rec.resume_at is not None and rec.resume_at <= now
-        if wake and (suspend_deadline is None or rec.resume_at <= suspend_deadline):  # type: ignore[operator]
+        suspend_deadline = _suspend_deadline(rec)
+        resume_at = rec.resume_at
+        wake = resume_at is not None and resume_at <= now
+        if wake and (suspend_deadline is None or resume_at <= suspend_deadline):  # type: ignore[operator]
             return "woken", apply_event(rec, now), None
         if suspend_deadline is not None and suspend_deadline <= now:
             reason = "max_suspend_duration"
             return "cancelled", apply_cancel(rec, reason, now), reason
     return "rescheduled", _with(rec, now), None
+
+
+def _suspend_deadline(rec: RunRecord) -> datetime | None:
+    """When the run's ``max_suspend_duration`` cancels it, if it has one and is suspended."""
+    policy = rec.policy
+    if policy is None or policy.max_suspend_duration is None or rec.suspended_at is None:
+        return None
+    return rec.suspended_at + timedelta(seconds=policy.max_suspend_duration)
 
 
 def rewind_cut(names_in_order: list[str], step: str) -> list[str]:
