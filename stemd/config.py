@@ -178,7 +178,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         c = self.codec
         keyring = None
         if c.encryption is not None:
-            keyring = Keyring.from_config(dict(c.encryption.keys), c.encryption.active)
+            try:
+                keyring = Keyring.from_config(dict(c.encryption.keys), c.encryption.active)
+            except ConfigError as exc:
+                # Named as in the config file: [codec.encryption].
+                message = str(exc)
+                if message.startswith(("encryption.", "encryption:")):
+                    raise ConfigError(f"codec.{message}") from None
+                raise
         main = CodecChain(
             c.format,
             compression=c.compression,
@@ -205,6 +212,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 max_size=w.max_payload or c.max_payload,
             )
         return main, per_workflow
+
+    @property
+    def database(self) -> str | None:
+        """The absolute path of the SQLite store's file, ``None`` for other stores. A
+        relative path (``sqlite:///stemd.db``) is relative to the working directory: under
+        systemd, the unit's state directory."""
+        if not self.store.startswith("sqlite://"):
+            return None
+        return os.path.abspath(sqlite_path(self.store))
 
     @property
     def effective_nats(self) -> str | None:

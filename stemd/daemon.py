@@ -2,11 +2,13 @@
 
 Lifecycle:
 
-1. Read the config (file and ``STEMD_*``), check every URL is reachable, import the
-   workflows (config ``modules`` and ``stemd.workflows`` entry points).
+1. Read the config (file and ``STEMD_*``), import the workflows (config ``modules`` and
+   ``stemd.workflows`` entry points), read the encryption key files, bind
+   ``metrics_address``, check every URL is reachable. Anything wrong stops the daemon
+   here, before ``READY=1``, with exit status 1 and one line naming the setting.
 2. Open the App with the built-in actors, the configured extra actors, the metrics
-   endpoint (``metrics_address``) and, last, the systemd notify actor, which says
-   ``READY=1`` once all the others have started.
+   endpoint (serving on the socket bound in 1) and, last, the systemd notify actor, which
+   says ``READY=1`` once all the others have started.
 3. SIGHUP re-reads the config file and applies ``log_level``; other keys need a restart.
 4. SIGTERM or SIGINT: ``STOPPING=1``; stop taking work; slices in flight get
    ``shutdown_grace`` seconds to finish (a second signal cuts the grace short); then the
@@ -26,6 +28,7 @@ import anyio
 import msgspec
 import structlog
 
+from stemd.actors.http import listen
 from stemd.actors.notify import Notifier, SystemdNotify
 from stemd.actors.supervisor import RestartBudgetExceeded, RestartPolicy
 from stemd.app import App
@@ -186,6 +189,7 @@ class Daemon:
         self.app: App | None = None
         self._gate: _GatedBroker | None = None
         self._health_ok = True  # the last watchdog health check, for /healthz
+        self._listener: Any = None  # metrics_address, bound before the App starts
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -228,6 +232,7 @@ class Daemon:
             install_metrics(app),
             self.config.metrics_address,
             healthy=lambda: self._health_ok and (app.pool is not None or not app.workers),
+            listener=self._listener,
         )
 
     def _reload(self) -> None:
@@ -248,12 +253,33 @@ class Daemon:
     # -- running --------------------------------------------------------------------------
 
     async def serve(self) -> int:
-        """Run until SIGTERM/SIGINT; return the exit status."""
+        """Run until SIGTERM/SIGINT; return the exit status.
+
+        Raises:
+            ConfigError: found before anything starts (so before ``READY=1``): a key file
+                that cannot be read, ``metrics_address`` in use or not resolvable, a URL
+                that cannot be reached.
+        """
         config = self.config
-        await check_reachable(config)
+        codecs = config.build_codecs()  # reads the encryption key files
+        if config.metrics_address is not None:
+            # Bound here and handed to the endpoint: a port in use is an error at start,
+            # not an actor crashing until the restart budget runs out.
+            self._listener = await listen(config.metrics_address, "metrics_address")
+        try:
+            await check_reachable(config)
+            return await self._serve(codecs)
+        finally:
+            listener, self._listener = self._listener, None
+            if listener is not None:
+                with anyio.CancelScope(shield=True):
+                    await listener.aclose()
+
+    async def _serve(self, codecs: tuple[Any, dict[str, Any]]) -> int:
+        config = self.config
         broker_options = {"auth": config.nats_auth} if config.broker is not None else {}
         self._gate = _GatedBroker(broker_from_url(config.broker, **broker_options))
-        codec, workflow_codecs = config.build_codecs()
+        codec, workflow_codecs = codecs
         r = config.restart
         app = App(
             codec=codec,
@@ -286,6 +312,7 @@ class Daemon:
                     log.info(
                         "started",
                         store=redact_url(config.store),
+                        database=config.database,
                         broker=redact_url(config.broker or "in-process"),
                         nats=config.effective_nats and redact_url(config.effective_nats),
                         workflows=sorted(app.workflows),
@@ -360,8 +387,9 @@ def main(config_path: str | None = None) -> int:
     """``stemd run``: load everything, serve, return the exit status.
 
     Raises:
-        StemError: the configuration is invalid or the store cannot be opened (the CLI
-            prints it as one line).
+        StemError: the configuration is invalid, names a file that cannot be read or an
+            address that cannot be bound or reached, or the store cannot be opened (the
+            CLI prints it as one line, and exits 1).
     """
     config = load_config(config_path)
     configure_logging(config.log_level, config.log_format)

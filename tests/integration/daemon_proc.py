@@ -79,12 +79,24 @@ class NotifyListener:
             if field in msg.split("\n"):
                 return msg
 
+    def drain(self) -> list[str]:
+        """Every message received so far, reading what is still queued without waiting."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.messages.append(self.sock.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+        return self.messages
+
     def close(self) -> None:
         self.sock.close()
 
 
 class DaemonProcess:
-    """One ``stemd run`` subprocess in ``cwd``."""
+    """One ``stemd [OPTIONS] run`` subprocess in ``cwd``."""
 
     def __init__(
         self,
@@ -92,6 +104,7 @@ class DaemonProcess:
         config: Path | None,
         notify: NotifyListener | None = None,
         env: dict[str, str] | None = None,
+        options: list[str] | None = None,
     ) -> None:
         self.cwd = cwd
         full = {k: v for k, v in os.environ.items() if not k.startswith("STEMD_")}
@@ -99,7 +112,7 @@ class DaemonProcess:
         if notify is not None:
             full["NOTIFY_SOCKET"] = notify.address
         full.update(env or {})
-        argv = [sys.executable, "-m", "stemd", "run"]
+        argv = [sys.executable, "-m", "stemd", *(options or []), "run"]
         if config is not None:
             argv += ["--config", str(config)]
         self.stdout_path = cwd / f"daemon-{time.monotonic_ns()}.out"
