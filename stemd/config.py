@@ -134,6 +134,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             database). Overrides a ``?synchronous=`` in the store URL when set.
         log_level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``; SIGHUP re-reads it.
         log_format: ``auto`` (console on a TTY, JSON otherwise), ``json`` or ``console``.
+        log_drivers: the level of the libraries' own loggers (aiosqlite, nats, asyncio);
+            unset: ``warning``, or ``log_level`` when that is higher. SIGHUP re-reads it.
         metrics_address: ``HOST:PORT`` to serve Prometheus ``/metrics`` and ``/healthz`` on,
             or unset (no HTTP endpoint).
         event_loop: ``auto`` (uvloop when installed, else asyncio), ``asyncio`` or
@@ -161,6 +163,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     sqlite_synchronous: Literal["full", "normal"] | None = None
     log_level: LogLevel = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+    log_drivers: LogLevel | None = None
     metrics_address: str | None = None
     tracing: bool = False
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"

@@ -311,7 +311,14 @@ class Engine:
         if committed is not None:
             committed.append(outcome.kind)
         if isinstance(outcome, Fail):
-            log.warning("run failed", **ids, error=outcome.error.message, step=outcome.error.step)
+            log.warning(
+                "run failed",
+                **ids,
+                status="failed",
+                duration=round((self.clock.now() - rec.created_at).total_seconds(), 3),
+                error=outcome.error.message,
+                step=outcome.error.step,
+            )
         await self._after(result)
         return result.record
 
