@@ -174,7 +174,13 @@ def _load_key(key_id: str, spec: str) -> bytes:
         if spec.startswith("hex:"):
             return bytes.fromhex(spec[4:])
         if spec.startswith("file:"):
-            raw = Path(spec[5:]).read_bytes()
+            try:
+                raw = Path(spec[5:]).read_bytes()
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise ConfigError(
+                    f"encryption.keys.{key_id}: cannot read {spec[5:]}: {reason}"
+                ) from None
             if len(raw) in (16, 24, 32):
                 return raw
             return base64.b64decode(raw.strip(), validate=True)

@@ -137,6 +137,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             database). Overrides a ``?synchronous=`` in the store URL when set.
         log_level: ``debug``, ``info``, ``warning``, ``error`` or ``critical``; SIGHUP re-reads it.
         log_format: ``auto`` (console on a TTY, JSON otherwise), ``json`` or ``console``.
+        log_drivers: the level of the libraries' own loggers (aiosqlite, nats, asyncio);
+            unset: ``warning``, or ``log_level`` when that is higher. SIGHUP re-reads it.
         metrics_address: ``HOST:PORT`` to serve Prometheus ``/metrics`` and ``/healthz`` on,
             or unset (no HTTP endpoint).
         event_loop: ``auto`` (uvloop when installed, else asyncio), ``asyncio`` or
@@ -165,6 +167,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     sqlite_synchronous: Literal["full", "normal"] | None = None
     log_level: LogLevel = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+    log_drivers: LogLevel | None = None
     metrics_address: str | None = None
     tracing: bool = False
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
@@ -182,7 +185,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         c = self.codec
         keyring = None
         if c.encryption is not None:
-            keyring = Keyring.from_config(dict(c.encryption.keys), c.encryption.active)
+            try:
+                keyring = Keyring.from_config(dict(c.encryption.keys), c.encryption.active)
+            except ConfigError as exc:
+                # Named as in the config file: [codec.encryption].
+                message = str(exc)
+                if message.startswith(("encryption.", "encryption:")):
+                    raise ConfigError(f"codec.{message}") from None
+                raise
         main = CodecChain(
             c.format,
             compression=c.compression,
@@ -209,6 +219,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 max_size=w.max_payload or c.max_payload,
             )
         return main, per_workflow
+
+    @property
+    def database(self) -> str | None:
+        """The absolute path of the SQLite store's file, ``None`` for other stores. A
+        relative path (``sqlite:///stemd.db``) is relative to the working directory: under
+        systemd, the unit's state directory."""
+        if not self.store.startswith("sqlite://"):
+            return None
+        return os.path.abspath(sqlite_path(self.store))
 
     @property
     def effective_nats(self) -> str | None:

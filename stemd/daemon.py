@@ -2,12 +2,15 @@
 
 Lifecycle:
 
-1. Read the config (file and ``STEMD_*``), check every URL is reachable, import the
-   workflows (config ``modules`` and ``stemd.workflows`` entry points).
+1. Read the config (file and ``STEMD_*``), import the workflows (config ``modules`` and
+   ``stemd.workflows`` entry points), read the encryption key files, bind
+   ``metrics_address``, check every URL is reachable. Anything wrong stops the daemon
+   here, before ``READY=1``, with exit status 1 and one line naming the setting.
 2. Open the App with the built-in actors, the configured extra actors, the metrics
-   endpoint (``metrics_address``) and, last, the systemd notify actor, which says
-   ``READY=1`` once all the others have started.
-3. SIGHUP re-reads the config file and applies ``log_level``; other keys need a restart.
+   endpoint (serving on the socket bound in 1) and, last, the systemd notify actor, which
+   says ``READY=1`` once all the others have started.
+3. SIGHUP re-reads the config file and applies ``log_level`` and ``log_drivers``; other
+   keys need a restart.
 4. SIGTERM or SIGINT: ``STOPPING=1``; stop taking work; slices in flight get
    ``shutdown_grace`` seconds to finish (a second signal cuts the grace short); then the
    remaining ones are cancelled and their runs released (the next daemon re-runs only the
@@ -26,6 +29,7 @@ import anyio
 import msgspec
 import structlog
 
+from stemd.actors.http import listen
 from stemd.actors.notify import Notifier, SystemdNotify
 from stemd.actors.supervisor import RestartBudgetExceeded, RestartPolicy
 from stemd.app import App
@@ -36,6 +40,7 @@ from stemd.errors import ConfigError, StemError
 from stemd.loading import Workflow, import_object, load_workflows, use_app_dir
 from stemd.logs import configure_logging, set_level
 from stemd.natsauth import redact_url
+from stemd.runlog import RunLog
 from stemd.store import store_from_url
 from stemd.store.base import Store
 
@@ -169,6 +174,8 @@ class Daemon:
         workflows: what to register.
         config_path: the file SIGHUP re-reads (``None``: SIGHUP only logs).
         notifier: defaults to the one ``$NOTIFY_SOCKET`` names.
+        overrides: config keys set on the command line (``-v``: ``log_level``), kept
+            over what SIGHUP re-reads.
     """
 
     def __init__(
@@ -178,14 +185,17 @@ class Daemon:
         *,
         config_path: str | None = None,
         notifier: Notifier | None = None,
+        overrides: dict[str, Any] | None = None,
     ) -> None:
-        self.config = config
+        self.overrides = dict(overrides or {})
+        self.config = msgspec.structs.replace(config, **self.overrides)
         self.workflows = workflows
         self.config_path = config_path
         self.notifier = notifier or Notifier.from_environ()
         self.app: App | None = None
         self._gate: _GatedBroker | None = None
         self._health_ok = True  # the last watchdog health check, for /healthz
+        self._listener: Any = None  # metrics_address, bound before the App starts
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -208,7 +218,8 @@ class Daemon:
         return ok, why
 
     def _actor_factories(self) -> list[Callable[[App], Any]]:
-        factories: list[Callable[[App], Any]] = [
+        factories: list[Callable[[App], Any]] = [RunLog]
+        factories += [
             import_object(f"actors[{i}]", spec) for i, spec in enumerate(self.config.actors)
         ]
         if self.config.metrics_address is not None:
@@ -228,32 +239,64 @@ class Daemon:
             install_metrics(app),
             self.config.metrics_address,
             healthy=lambda: self._health_ok and (app.pool is not None or not app.workers),
+            listener=self._listener,
         )
 
     def _reload(self) -> None:
-        """SIGHUP: re-read the config file; apply ``log_level``, report what needs a restart."""
+        """SIGHUP: re-read the config file; apply ``log_level`` and ``log_drivers``, report
+        what needs a restart."""
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload failed; keeping the running configuration", error=str(exc))
             return
-        set_level(new.log_level)
+        new = msgspec.structs.replace(new, **self.overrides)
+        set_level(new.log_level, new.log_drivers)
+        live = ("log_level", "log_drivers")
         old = msgspec.structs.asdict(self.config)
         changed = sorted(
-            k for k, v in msgspec.structs.asdict(new).items() if k != "log_level" and old[k] != v
+            k for k, v in msgspec.structs.asdict(new).items() if k not in live and old[k] != v
         )
-        log.info("reloaded", log_level=new.log_level, needs_restart=changed or None)
-        self.config = msgspec.structs.replace(self.config, log_level=new.log_level)
+        log.info(
+            "reloaded",
+            log_level=new.log_level,
+            log_drivers=new.log_drivers,
+            needs_restart=changed or None,
+        )
+        self.config = msgspec.structs.replace(
+            self.config, log_level=new.log_level, log_drivers=new.log_drivers
+        )
 
     # -- running --------------------------------------------------------------------------
 
     async def serve(self) -> int:
-        """Run until SIGTERM/SIGINT; return the exit status."""
+        """Run until SIGTERM/SIGINT; return the exit status.
+
+        Raises:
+            ConfigError: found before anything starts (so before ``READY=1``): a key file
+                that cannot be read, ``metrics_address`` in use or not resolvable, a URL
+                that cannot be reached.
+        """
         config = self.config
-        await check_reachable(config)
+        codecs = config.build_codecs()  # reads the encryption key files
+        if config.metrics_address is not None:
+            # Bound here and handed to the endpoint: a port in use is an error at start,
+            # not an actor crashing until the restart budget runs out.
+            self._listener = await listen(config.metrics_address, "metrics_address")
+        try:
+            await check_reachable(config)
+            return await self._serve(codecs)
+        finally:
+            listener, self._listener = self._listener, None
+            if listener is not None:
+                with anyio.CancelScope(shield=True):
+                    await listener.aclose()
+
+    async def _serve(self, codecs: tuple[Any, dict[str, Any]]) -> int:
+        config = self.config
         broker_options = {"auth": config.nats_auth} if config.broker is not None else {}
         self._gate = _GatedBroker(broker_from_url(config.broker, **broker_options))
-        codec, workflow_codecs = config.build_codecs()
+        codec, workflow_codecs = codecs
         r = config.restart
         app = App(
             codec=codec,
@@ -286,6 +329,7 @@ class Daemon:
                     log.info(
                         "started",
                         store=redact_url(config.store),
+                        database=config.database,
                         broker=redact_url(config.broker or "in-process"),
                         nats=config.effective_nats and redact_url(config.effective_nats),
                         workflows=sorted(app.workflows),
@@ -356,23 +400,45 @@ def loop_options(event_loop: str) -> dict[str, Any]:
     return {"use_uvloop": True}
 
 
-def main(config_path: str | None = None, app_dir: str | None = None) -> int:
+def main(
+    config_path: str | None = None,
+    app_dir: str | None = None,
+    *,
+    verbose: bool = False,
+    log_drivers: str | None = None,
+) -> int:
     """``stemd run``: load everything, serve, return the exit status. The modules of
     ``app_dir`` (else the config's ``app_dir``, else the working directory) import.
 
+    Args:
+        config_path: the TOML config (``None``: ``$STEMD_CONFIG``, else the defaults).
+        verbose: log at ``debug`` whatever ``log_level`` says (``stemd -v run``).
+        log_drivers: overrides the config's ``log_drivers`` (``--log-drivers``).
+
     Raises:
-        StemError: the configuration is invalid or the store cannot be opened (the CLI
-            prints it as one line).
+        StemError: the configuration is invalid, names a file that cannot be read or an
+            address that cannot be bound or reached, or the store cannot be opened (the
+            CLI prints it as one line, and exits 1).
     """
-    config = load_config(config_path)
-    configure_logging(config.log_level, config.log_format)
+    overrides: dict[str, Any] = {}
+    if verbose:
+        overrides["log_level"] = "debug"
+    if log_drivers is not None:
+        overrides["log_drivers"] = log_drivers
+    config = msgspec.structs.replace(load_config(config_path), **overrides)
+    configure_logging(config.log_level, config.log_format, drivers=config.log_drivers)
     use_app_dir(app_dir or config.app_dir, key="--app-dir" if app_dir else "app_dir")
     workflows, sources = load_workflows(config.modules, use_entry_points=config.entry_points)
     if not workflows:
         log.warning("no workflows registered", sources=sources)
     else:
         log.info("workflows loaded", workflows=[w.name for w in workflows], sources=sources)
-    daemon = Daemon(config, workflows, config_path=config_path or os.environ.get("STEMD_CONFIG"))
+    daemon = Daemon(
+        config,
+        workflows,
+        config_path=config_path or os.environ.get("STEMD_CONFIG"),
+        overrides=overrides,
+    )
     try:
         return anyio.run(daemon.serve, backend_options=loop_options(config.event_loop))
     except StemError:

@@ -3,6 +3,10 @@
 Lines logged while a run executes carry ``run_id``, ``workflow`` and ``step``, read from
 the execution's context variable (so neither the engine nor user code has to bind them),
 and so do stdlib ``logging`` records (nats-py's, or a user's).
+
+The libraries stemd drives (aiosqlite, nats-py, asyncio) log through the stdlib at their
+own level, ``drivers``: ``warning`` unless asked for, so that ``log_level = "debug"`` (or
+``-v``) shows stemd's debug lines, not one line per SQLite statement.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from stemd.engine import execution
 
-__all__ = ["add_run_context", "configure_logging", "set_level"]
+__all__ = ["DRIVERS", "add_run_context", "configure_logging", "set_level"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -25,6 +29,9 @@ _LEVELS = {
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
 }
+
+# The stdlib loggers of the libraries stemd drives: at ``drivers`` level, not ``level``.
+DRIVERS = ("aiosqlite", "nats", "asyncio")
 
 
 def add_run_context(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
@@ -48,13 +55,20 @@ def _shared() -> list[Processor]:
     ]
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    drivers: str | None = None,
+) -> None:
     """Configure structlog and the stdlib root logger.
 
     Args:
-        level: ``debug`` … ``critical``.
+        level: ``debug`` … ``critical``: stemd's lines and the stdlib's (a user's).
         fmt: ``json``, ``console``, or ``auto`` (console when ``stream`` is a TTY).
         stream: where lines go (standard output by default).
+        drivers: the level of the :data:`DRIVERS` loggers; ``None``: ``warning``, or
+            ``level`` when that is higher.
     """
     out = stream if stream is not None else sys.stdout
     console = fmt == "console" or (fmt == "auto" and out.isatty())
@@ -88,10 +102,15 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(_LEVELS[level])
+    set_level(level, drivers)
 
 
-def set_level(level: str) -> None:
-    """Change the level of every logger, structlog's and the stdlib's, now."""
+def set_level(level: str, drivers: str | None = None) -> None:
+    """Change the level of every logger now: structlog's and the stdlib's to ``level``,
+    the :data:`DRIVERS` ones to ``drivers`` (``None``: ``warning``, or ``level`` when
+    that is higher)."""
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]))
     logging.getLogger().setLevel(_LEVELS[level])
+    driver_level = _LEVELS[drivers] if drivers is not None else max(_LEVELS[level], logging.WARNING)
+    for name in DRIVERS:
+        logging.getLogger(name).setLevel(driver_level)

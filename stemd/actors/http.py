@@ -3,21 +3,29 @@
 A deliberately small HTTP/1.0 server on anyio: one request per connection, bounded in size
 and time, at most ``max_connections`` at once (more are closed at once), so that
 misbehaving clients can neither hold the daemon nor grow its memory or its open files.
+
+The daemon binds the socket itself with :func:`listen` before it tells systemd it is
+ready, and hands it to the endpoint: a port in use or an address that does not resolve
+stops ``stemd run`` at start with one line naming the setting, instead of crashing the
+actor over and over.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 from collections.abc import Callable
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import Listener, SocketStream, TaskStatus
 
 from stemd.errors import ConfigError
 from stemd.metrics import Registry
 
-__all__ = ["HttpEndpoint", "HttpStats", "parse_address"]
+__all__ = ["HttpEndpoint", "HttpStats", "bind_error", "listen", "parse_address"]
 
 log = structlog.get_logger("stemd.http")
 
@@ -36,16 +44,50 @@ class HttpStats(msgspec.Struct, frozen=True, kw_only=True):
     port: int | None
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """``"HOST:PORT"`` → (host, port); raise ConfigError naming the key otherwise."""
+def parse_address(address: str, key: str = "metrics_address") -> tuple[str, int]:
+    """``"HOST:PORT"`` → (host, port); raise ConfigError naming ``key`` otherwise."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"metrics_address: expected HOST:PORT, got {address!r}")
+        raise ConfigError(f"{key}: expected HOST:PORT, got {address!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def bind_error(key: str, address: str, exc: OSError) -> ConfigError:
+    """The one-line error for a listening address that cannot be used:
+    ``metrics_address 127.0.0.1:9100: address already in use``."""
+    host = parse_address(address, key)[0]
+    if isinstance(exc, socket.gaierror):
+        reason = f"cannot resolve {host!r} ({exc.strerror or exc})"
+    elif exc.errno is not None and exc.errno > 0:
+        reason = os.strerror(exc.errno)
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            reason += " (ports below 1024 need privileges)"
+    else:
+        reason = str(exc)
+    return ConfigError(f"{key} {address}: {reason[:1].lower()}{reason[1:]}")
+
+
+async def listen(address: str, key: str = "metrics_address") -> Listener[SocketStream]:
+    """A TCP listener bound to ``address`` (``HOST:PORT``), ready to hand to
+    :class:`HttpEndpoint`.
+
+    Raises:
+        ConfigError: ``key address: reason`` (a port in use, a host that does not resolve
+            or is not an address of this machine, a privileged port).
+    """
+    host, port = parse_address(address, key)
+    try:
+        return await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        raise bind_error(key, address, exc) from None
+
+
 class HttpEndpoint:
-    """Serves the registry on ``address`` (port 0 picks a free port: see :attr:`port`)."""
+    """Serves the registry on ``address`` (port 0 picks a free port: see :attr:`port`).
+
+    With ``listener`` (from :func:`listen`) it serves on that socket, which its owner
+    closes; a restart of the actor serves on the same socket again, with no new bind.
+    """
 
     name = "http"
 
@@ -56,9 +98,11 @@ class HttpEndpoint:
         healthy: Callable[[], bool] | None = None,
         *,
         max_connections: int = _MAX_CONNECTIONS,
+        listener: Listener[SocketStream] | None = None,
     ) -> None:
         self.registry = registry
         self.host, self._port = parse_address(address)
+        self._listener = listener
         self.healthy = healthy or (lambda: True)
         self.port: int | None = None
         self.max_connections = max_connections
@@ -72,12 +116,20 @@ class HttpEndpoint:
         )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        if self._listener is not None:
+            await self._serve_on(self._listener, task_status)
+            return
         listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self._port)
         async with listener:
-            self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-            log.info("metrics endpoint listening", host=self.host, port=self.port)
-            task_status.started()
-            await listener.serve(self._handle)
+            await self._serve_on(listener, task_status)
+
+    async def _serve_on(
+        self, listener: Listener[SocketStream], task_status: TaskStatus[None]
+    ) -> None:
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        log.info("metrics endpoint listening", host=self.host, port=self.port)
+        task_status.started()
+        await listener.serve(self._handle)
 
     async def _handle(self, stream: SocketStream) -> None:
         if self._open >= self.max_connections:

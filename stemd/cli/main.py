@@ -38,7 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="log to standard error (client commands are silent otherwise)",
+        help=(
+            "log stemd's debug lines (client commands log to standard error and are silent "
+            "otherwise; `run` logs at debug instead of its log_level)"
+        ),
+    )
+    parser.add_argument(
+        "--log-drivers",
+        metavar="LEVEL",
+        choices=("debug", "info", "warning", "error", "critical"),
+        help=(
+            "level of the libraries' own log lines (aiosqlite, nats, asyncio); default "
+            "warning, or the config's log_drivers for `run`"
+        ),
     )
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
@@ -55,7 +67,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     if args.command != "run":
         # The daemon configures its own logging; a client command's only output is its
         # result, and its errors are one line each.
-        configure_logging("debug" if args.verbose else "critical", "console", sys.stderr)
+        level = "debug" if args.verbose else "critical"
+        configure_logging(level, "console", sys.stderr, drivers=args.log_drivers)
     try:
         status: int = args.handler(args)
         return status

@@ -11,7 +11,9 @@ __all__ = ["add_parser"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    return daemon.main(args.config, app_dir=args.app_dir)
+    return daemon.main(
+        args.config, app_dir=args.app_dir, verbose=args.verbose, log_drivers=args.log_drivers
+    )
 
 
 def add_parser(commands: Any) -> None:
@@ -22,7 +24,11 @@ def add_parser(commands: Any) -> None:
         description=(
             "Run the daemon: execute workflows until SIGTERM or SIGINT. With no config it "
             "runs embedded: SQLite in ./stemd.db, the in-process broker, and the workflows "
-            "of installed stemd.workflows entry points (the bundled examples)."
+            "of installed stemd.workflows entry points (the bundled examples). Exits 1 "
+            "with one line on standard error, before telling systemd it is ready, when it "
+            "cannot start: a bad config, an unreachable URL, an unreadable key or "
+            "certificate file, a metrics_address in use or not resolvable. `stemd -v run` "
+            "logs at debug; `stemd --log-drivers debug run` also shows the libraries' lines."
         ),
     )
     p.add_argument("--config", metavar="FILE", help="the TOML config (default: $STEMD_CONFIG)")

@@ -239,6 +239,7 @@ class Engine:
                 attempt=rec.attempts,
                 queue=rec.queue,
                 trace=rec.trace,
+                created_at=rec.created_at,
             )
             for hook in hooks.slice_started:
                 hook(event)
@@ -295,7 +296,14 @@ class Engine:
         if committed is not None:
             committed.append(outcome.kind)
         if isinstance(outcome, Fail):
-            log.warning("run failed", **ids, error=outcome.error.message, step=outcome.error.step)
+            log.warning(
+                "run failed",
+                **ids,
+                status="failed",
+                duration=round((self.clock.now() - rec.created_at).total_seconds(), 3),
+                error=outcome.error.message,
+                step=outcome.error.step,
+            )
         await self._after(result)
         return result.record
 

@@ -49,13 +49,14 @@ class RunChanged(msgspec.Struct, frozen=True, kw_only=True):
 
 class SliceStarted(msgspec.Struct, frozen=True, kw_only=True):
     """An execution slice of a just claimed run begins (``attempt``: the claims so far;
-    ``trace``: the starter's W3C ``traceparent``)."""
+    ``trace``: the starter's W3C ``traceparent``; ``created_at``: when the run was created)."""
 
     run_id: str
     workflow: str
     attempt: int
     queue: str
     trace: str | None = None
+    created_at: datetime | None = None
 
 
 class SliceFinished(msgspec.Struct, frozen=True, kw_only=True):

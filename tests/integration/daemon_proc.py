@@ -79,14 +79,26 @@ class NotifyListener:
             if field in msg.split("\n"):
                 return msg
 
+    def drain(self) -> list[str]:
+        """Every message received so far, reading what is still queued without waiting."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.messages.append(self.sock.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+        return self.messages
+
     def close(self) -> None:
         self.sock.close()
 
 
 class DaemonProcess:
-    """One ``stemd run`` subprocess in ``cwd``: ``python -m stemd run``, or with ``script``
-    the installed ``stemd`` console script (which, unlike ``-m``, does not put the working
-    directory on ``sys.path`` by itself); ``args`` are appended."""
+    """One ``stemd [OPTIONS] run`` subprocess in ``cwd``: ``python -m stemd``, or with
+    ``script`` the installed ``stemd`` console script (which, unlike ``-m``, does not put the
+    working directory on ``sys.path`` by itself); ``args`` are appended."""
 
     def __init__(
         self,
@@ -97,6 +109,7 @@ class DaemonProcess:
         *,
         script: bool = False,
         args: tuple[str, ...] = (),
+        options: list[str] | None = None,
     ) -> None:
         self.cwd = cwd
         full = {k: v for k, v in os.environ.items() if not k.startswith("STEMD_")}
@@ -106,9 +119,10 @@ class DaemonProcess:
             full["NOTIFY_SOCKET"] = notify.address
         full.update(env or {})
         if script:
-            argv = [str(Path(sys.executable).parent / "stemd"), "run"]
+            exe = [str(Path(sys.executable).parent / "stemd")]
         else:
-            argv = [sys.executable, "-m", "stemd", "run"]
+            exe = [sys.executable, "-m", "stemd"]
+        argv = [*exe, *(options or []), "run"]
         if config is not None:
             argv += ["--config", str(config)]
         argv += args

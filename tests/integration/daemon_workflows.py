@@ -94,3 +94,32 @@ class Crashy:
 def crashy(app: stemd.App) -> Crashy:
     """The factory named in the config: ``actors = ["...daemon_workflows:crashy"]``."""
     return Crashy(app)
+
+
+lifecycle = stemd.Flow("test.lifecycle")
+
+
+@lifecycle.step("flaky", retry=stemd.Retry(max_attempts=3, backoff=0.01, jitter=False))
+async def flaky(ctx: stemd.FlowContext) -> str:
+    """Fails its first ``fail`` attempts (param), then succeeds."""
+    if ctx.attempt <= int(ctx.params.get("fail", 0)):
+        raise RuntimeError(f"flaky attempt {ctx.attempt}")
+    return "ok"
+
+
+@lifecycle.step("wait")
+async def wait(ctx: stemd.FlowContext) -> str:
+    """Waits for the topic ``hold`` (param) when given; else goes straight on."""
+    topic = ctx.params.get("hold")
+    if topic:
+        await ctx.wait_for_event(topic)
+    return "done"
+
+
+doomed = stemd.Flow("test.doomed")
+
+
+@doomed.step("boom")
+async def boom(ctx: stemd.FlowContext) -> str:
+    """Always fails, with no retry."""
+    raise ValueError("doomed from the start")

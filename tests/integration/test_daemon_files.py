@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stemd.config import load_config
+from stemd.config import load_config, sqlite_path
 from stemd.testing.nats import find_nats_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,5 +162,69 @@ def test_nats_configs_fsync_before_acknowledging() -> None:
 def test_example_config_is_valid() -> None:
     """deploy/stemd.example.toml loads, and holds the documented defaults."""
     config = load_config(ROOT / "deploy" / "stemd.example.toml", environ={})
-    assert config.store == "sqlite:////var/lib/stemd/stemd.db"
+    assert config.store == "sqlite:///stemd.db"
     assert (config.concurrency, config.queue, config.broker) == (32, "workflow", None)
+
+
+def _settings(unit: str, instance: str | None = None) -> dict[str, list[str]]:
+    """The ``Key=value`` lines of a unit file (``%i`` replaced by ``instance``)."""
+    text = (ROOT / "systemd" / unit).read_text()
+    if instance is not None:
+        text = text.replace("%i", instance)
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith(("#", "[")):
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def _database_of(unit: str, instance: str | None = None) -> Path:
+    """Where the service's database is when its config is the example one: the example's
+    store, resolved from the unit's working directory (the cwd of `stemd run`)."""
+    settings = _settings(unit, instance)
+    [workdir] = settings["WorkingDirectory"]
+    [state] = settings["StateDirectory"]
+    # The working directory is the state directory, which systemd creates for the user.
+    assert Path(workdir) == Path("/var/lib") / state
+    config = load_config(ROOT / "deploy" / "stemd.example.toml", environ={})
+    return Path(workdir) / sqlite_path(config.store)
+
+
+def test_each_instance_has_its_own_database() -> None:
+    """With the example config, stemd@a and stemd@b each keep their database in their own
+    state directory, and stemd.service in /var/lib/stemd, as install.md says."""
+    a = _database_of("stemd@.service", "a")
+    b = _database_of("stemd@.service", "b")
+    assert a == Path("/var/lib/stemd/a/stemd.db")
+    assert b == Path("/var/lib/stemd/b/stemd.db")
+    assert _database_of("stemd.service") == Path("/var/lib/stemd/stemd.db")
+    install = (ROOT / "docs" / "operations" / "install.md").read_text()
+    assert "/var/lib/stemd/billing/stemd.db" in install
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_documentation_links_exist_after_install(unit: str) -> None:
+    """Every Documentation= of the units names a page that exists once install.md has been
+    followed: file:///usr/share/doc/stemd/X is docs/X, which install.md installs there."""
+    install = (ROOT / "docs" / "operations" / "install.md").read_text()
+    assert "cp -r docs/. /usr/share/doc/stemd/" in install
+    links = [link for value in _settings(unit)["Documentation"] for link in value.split()]
+    assert links
+    for link in links:
+        prefix = "file:///usr/share/doc/stemd/"
+        assert link.startswith(prefix), link
+        assert (ROOT / "docs" / link.removeprefix(prefix)).is_file(), link
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_start_limits_stop_a_restart_loop(unit: str) -> None:
+    """Restart=on-failure is bounded: StartLimitBurst restarts, RestartSec apart, fit well
+    inside StartLimitIntervalSec, so a daemon that cannot start is given up on."""
+    settings = _settings(unit)
+    assert settings["Restart"] == ["on-failure"]
+    burst = int(settings["StartLimitBurst"][0])
+    interval = float(settings["StartLimitIntervalSec"][0])
+    restart_sec = float(settings["RestartSec"][0].removesuffix("s"))
+    assert 2 <= burst <= 20
+    assert burst * restart_sec * 2 <= interval

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
 
-from stemd.actors.http import HttpEndpoint, parse_address
+from stemd.actors.http import HttpEndpoint, listen, parse_address
 from stemd.errors import ConfigError
 from stemd.metrics import Registry
 from tests.helpers import wait_until
@@ -123,6 +124,37 @@ async def test_endpoint_closes_connections_past_its_limit() -> None:
         ok = await _get(endpoint.port, b"GET /healthz HTTP/1.0\r\n\r\n")
         assert ok.startswith(b"HTTP/1.0 200")
         tg.cancel_scope.cancel()
+
+
+async def test_listen_names_the_key_and_the_address() -> None:
+    """Binding an address in use, or a host that does not resolve, is a ConfigError
+    ``key address: reason``."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        with pytest.raises(ConfigError) as caught:
+            await listen(address, "metrics_address")
+        assert str(caught.value) == f"metrics_address {address}: address already in use"
+    with pytest.raises(
+        ConfigError, match=r"^metrics_address no-such-host\.invalid:1: cannot resolve"
+    ):
+        await listen("no-such-host.invalid:1")
+
+
+async def test_endpoint_on_a_given_listener_serves_again_after_a_restart() -> None:
+    """Given a bound listener, the endpoint serves on it and leaves it open when it stops,
+    so the supervisor's restart serves the same socket again with no new bind."""
+    listener = await listen("127.0.0.1:0")
+    endpoint = HttpEndpoint(Registry(), "127.0.0.1:0", listener=listener)
+    async with listener:
+        for _ in range(2):  # first start, then a restart of the actor
+            async with anyio.create_task_group() as tg:
+                await tg.start(endpoint.run)
+                assert endpoint.port
+                ok = await _get(endpoint.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+                assert ok.startswith(b"HTTP/1.0 200")
+                tg.cancel_scope.cancel()
 
 
 @pytest.fixture

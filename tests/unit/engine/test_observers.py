@@ -93,6 +93,7 @@ async def test_each_hook_is_told_with_one_frozen_struct_in_order() -> None:
     recorder = Recorder()
     clock = ManualClock(START)
     engine = _engine(Observers(recorder), clock)
+    created = clock.now()
     run_id, _ = await engine.start_run(flow, run_id="o1", trace=TRACE)
     await engine.advance(run_id)
     seen = recorder.seen
@@ -110,7 +111,12 @@ async def test_each_hook_is_told_with_one_frozen_struct_in_order() -> None:
     ]
     assert seen[0] == RunStarted(run_id="o1", workflow="observed.flow")
     assert seen[3] == SliceStarted(
-        run_id="o1", workflow="observed.flow", attempt=1, queue="workflow", trace=TRACE
+        run_id="o1",
+        workflow="observed.flow",
+        attempt=1,
+        queue="workflow",
+        trace=TRACE,
+        created_at=created,
     )
     assert seen[4] == StepStarted(run_id="o1", workflow="observed.flow", step="first", attempt=1)
     ok, failed = seen[5], seen[7]

@@ -1,0 +1,72 @@
+"""Logging levels: stemd's lines at ``level``, the drivers' (aiosqlite, nats, asyncio) at
+their own level, ``warning`` unless asked for."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from stemd.logs import DRIVERS, configure_logging, set_level
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Put structlog, the root logger and the drivers' loggers back after each test."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    drivers = {name: logging.getLogger(name).level for name in DRIVERS}
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, driver_level in drivers.items():
+        logging.getLogger(name).setLevel(driver_level)
+
+
+def _lines(level: str, drivers: str | None) -> list[str]:
+    out = io.StringIO()
+    configure_logging(level, "json", out, drivers=drivers)
+    structlog.get_logger("stemd.test").debug("stemd debug")
+    logging.getLogger("aiosqlite").debug("executing PRAGMA")
+    logging.getLogger("nats.aio.client").info("nats info")
+    logging.getLogger("asyncio").warning("asyncio warning")
+    return out.getvalue().splitlines()
+
+
+def test_debug_shows_stemd_not_the_drivers() -> None:
+    """At debug, stemd's debug lines show; the drivers' only from warning up."""
+    text = "\n".join(_lines("debug", None))
+    assert "stemd debug" in text
+    assert "executing PRAGMA" not in text
+    assert "nats info" not in text
+    assert "asyncio warning" in text
+
+
+def test_drivers_level_is_its_own() -> None:
+    """drivers="debug" shows the drivers' debug lines, whatever stemd's level."""
+    text = "\n".join(_lines("info", "debug"))
+    assert "stemd debug" not in text
+    assert "executing PRAGMA" in text
+    assert "nats info" in text
+
+
+def test_drivers_follow_a_higher_level() -> None:
+    """With no drivers level, a stemd level above warning quiets the drivers as well."""
+    text = "\n".join(_lines("error", None))
+    assert "asyncio warning" not in text
+
+
+def test_set_level_changes_both_now() -> None:
+    """set_level (SIGHUP) applies a new level to stemd's loggers and to the drivers'."""
+    configure_logging("info", "json", io.StringIO())
+    assert logging.getLogger("aiosqlite").getEffectiveLevel() == logging.WARNING
+    set_level("debug", "debug")
+    assert logging.getLogger("aiosqlite").getEffectiveLevel() == logging.DEBUG
+    assert logging.getLogger("stemd.anything").getEffectiveLevel() == logging.DEBUG
+    set_level("info")
+    assert logging.getLogger("aiosqlite").getEffectiveLevel() == logging.WARNING
