@@ -9,7 +9,7 @@ work-queue stream ``STEM_TIMERS``, and this actor, on whichever daemon takes it,
 the run's timer through the engine (a compare-and-set in the store, so a timer fired
 twice, or found not yet due, does nothing).
 
-The in-process :class:`~stemd.actors.timer.Timer` keeps running beside it: it fires the
+The in-process timer actor (:mod:`stemd.actors.timer`) keeps running beside it: it fires the
 timers of this daemon to the millisecond (the server's scheduler fires up to ~250 ms
 late) and, by polling the store, it is the fallback for a schedule that was never
 published (a crash between commit and publish, a server without schedules).
@@ -18,8 +18,9 @@ published (a crash between commit and publish, a server without schedules).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -28,13 +29,41 @@ from anyio.abc import TaskStatus
 
 from stemd.broker.pull import JsMsg, PullConsumer
 from stemd.errors import StemError
-from stemd.natsconn import SCHEDULE, SCHEDULE_TARGET, JetStreamApiError
+from stemd.natsconn import SCHEDULE, SCHEDULE_TARGET, JetStreamApiError, NatsConnection
 
-if TYPE_CHECKING:
-    from stemd.broker.jetstream import JetStreamBroker
-    from stemd.engine.engine import Engine
+__all__ = ["ScheduleSource", "ScheduleStats", "ScheduledTimers", "Timers"]
 
-__all__ = ["ScheduleStats", "ScheduledTimers"]
+
+class ScheduleSource(Protocol):
+    """What the actor needs of the broker (a
+    :class:`~stemd.broker.jetstream.JetStreamBroker` has it)."""
+
+    @property
+    def conn(self) -> NatsConnection: ...
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def prefix(self) -> str: ...
+
+    @property
+    def storage(self) -> str: ...
+
+    @property
+    def replicas(self) -> int: ...
+
+
+class Timers(Protocol):
+    """What the actor needs of the engine (an :class:`~stemd.engine.engine.Engine` has
+    it): the hook told of every timer set, and firing a run's timer."""
+
+    on_timer: Callable[[datetime, str], None] | None
+
+    async def fire_timer(self, run_id: str) -> object:
+        """Fire the run's timer if due (a compare-and-set: twice is harmless)."""
+        ...
+
 
 log = structlog.get_logger("stemd.schedules")
 
@@ -64,7 +93,7 @@ class ScheduledTimers:
 
     name = "schedules"
 
-    def __init__(self, broker: JetStreamBroker, engine: Engine, *, concurrency: int = 8) -> None:
+    def __init__(self, broker: ScheduleSource, engine: Timers, *, concurrency: int = 8) -> None:
         self.broker = broker
         self.engine = engine
         self.concurrency = concurrency

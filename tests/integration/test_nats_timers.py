@@ -8,8 +8,8 @@ import anyio
 import pytest
 
 import stemd
-from stemd.actors.schedules import ScheduledTimers
 from stemd.broker.jetstream import JetStreamBroker
+from stemd.broker.jetstream_schedules import ScheduledTimers
 from stemd.clock import SystemClock
 from stemd.codec import codec_for
 from stemd.engine.engine import Engine
