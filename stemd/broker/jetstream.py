@@ -38,7 +38,7 @@ import anyio
 import structlog
 
 from stemd.broker.jetstream_deadletter import DeadLetters
-from stemd.broker.jetstream_schedules import ScheduledTimers
+from stemd.broker.jetstream_schedules import ScheduledTimers, WatchTimers
 from stemd.broker.pull import JsMsg, PullConsumer
 from stemd.errors import ConfigError, StemError, TransportError
 from stemd.model import validate_run_id
@@ -69,6 +69,27 @@ class EngineOps(Protocol):
     async def fire_timer(self, run_id: str) -> object:
         """Fire the run's timer if due."""
         ...
+
+
+def _timer_watch(engine: EngineOps) -> WatchTimers:
+    """How to be told of ``engine``'s timers: a hook chained to its ``on_timer``."""
+
+    def watch(hook: Callable[[datetime, str], None]) -> Callable[[], None]:
+        previous = engine.on_timer
+
+        def both(at: datetime, run_id: str) -> None:
+            if previous is not None:
+                previous(at, run_id)
+            hook(at, run_id)
+
+        engine.on_timer = both
+
+        def unwatch() -> None:
+            engine.on_timer = previous
+
+        return unwatch
+
+    return watch
 
 
 def stream_name(prefix: str, role: str) -> str:
@@ -280,7 +301,7 @@ class JetStreamBroker:
             cancel = engine.cancel if engine is not None and self.dlq_cancel else None
             out.append(DeadLetters(self, cancel))
         if self.schedules and engine is not None:
-            out.append(ScheduledTimers(self, engine))
+            out.append(ScheduledTimers(self, engine.fire_timer, _timer_watch(engine)))
         return out
 
     # -- the protocol ---------------------------------------------------------------------

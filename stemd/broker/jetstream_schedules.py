@@ -18,7 +18,7 @@ published (a crash between commit and publish, a server without schedules).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -31,7 +31,15 @@ from stemd.broker.pull import JsMsg, PullConsumer
 from stemd.errors import StemError
 from stemd.natsconn import SCHEDULE, SCHEDULE_TARGET, JetStreamApiError, NatsConnection
 
-__all__ = ["ScheduleSource", "ScheduleStats", "ScheduledTimers", "Timers"]
+__all__ = ["FireTimer", "ScheduleSource", "ScheduleStats", "ScheduledTimers", "WatchTimers"]
+
+#: Fires a run's timer if it is due (a compare-and-set: twice is harmless);
+#: ``Engine.fire_timer`` is one.
+FireTimer = Callable[[str], Awaitable[object]]
+
+#: Installs a hook told of every timer the engine sets, as (time, run id); returns what
+#: removes it.
+WatchTimers = Callable[[Callable[[datetime, str], None]], Callable[[], None]]
 
 
 class ScheduleSource(Protocol):
@@ -52,17 +60,6 @@ class ScheduleSource(Protocol):
 
     @property
     def replicas(self) -> int: ...
-
-
-class Timers(Protocol):
-    """What the actor needs of the engine (an :class:`~stemd.engine.engine.Engine` has
-    it): the hook told of every timer set, and firing a run's timer."""
-
-    on_timer: Callable[[datetime, str], None] | None
-
-    async def fire_timer(self, run_id: str) -> object:
-        """Fire the run's timer if due (a compare-and-set: twice is harmless)."""
-        ...
 
 
 log = structlog.get_logger("stemd.schedules")
@@ -87,15 +84,24 @@ class ScheduledTimers:
 
     Args:
         broker: the JetStream broker (its connection, prefix, replicas and storage).
-        engine: whose timers to schedule and fire.
+        fire_timer: fires a run's timer (the engine's).
+        watch_timers: installs the hook told of the engine's timers while the actor runs.
         concurrency: fired timers handled at once.
     """
 
     name = "schedules"
 
-    def __init__(self, broker: ScheduleSource, engine: Timers, *, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        broker: ScheduleSource,
+        fire_timer: FireTimer,
+        watch_timers: WatchTimers,
+        *,
+        concurrency: int = 8,
+    ) -> None:
         self.broker = broker
-        self.engine = engine
+        self.fire_timer = fire_timer
+        self.watch_timers = watch_timers
         self.concurrency = concurrency
         self.stream = f"{broker.stream}_TIMERS"
         self._published = 0
@@ -143,12 +149,8 @@ class ScheduledTimers:
         )
         await consumer.ensure()
         send, receive = anyio.create_memory_object_stream[tuple[datetime, str]](10_000)
-        engine = self.engine
-        previous = engine.on_timer
 
         def hook(at: datetime, run_id: str) -> None:
-            if previous is not None:
-                previous(at, run_id)
             if self._sent.get(run_id) == at:
                 return
             try:
@@ -156,7 +158,7 @@ class ScheduledTimers:
             except anyio.WouldBlock:
                 self._dropped += 1  # the timer's store polling still finds it
 
-        engine.on_timer = hook
+        unwatch = self.watch_timers(hook)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._publish_all, receive)
@@ -164,7 +166,7 @@ class ScheduledTimers:
                     tg.start_soon(self._fire_all, consumer)
                 task_status.started()
         finally:
-            engine.on_timer = previous
+            unwatch()
             send.close()
             with anyio.CancelScope(shield=True):
                 await consumer.close()
@@ -202,7 +204,7 @@ class ScheduledTimers:
     async def _fire(self, msg: JsMsg) -> None:
         run_id = msg.subject.rpartition(".")[2]
         try:
-            await self.engine.fire_timer(run_id)
+            await self.fire_timer(run_id)
         except StemError as exc:
             log.warning("scheduled timer not fired; will retry", run_id=run_id, error=str(exc))
             await msg.nak(1.0)
