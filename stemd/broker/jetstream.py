@@ -15,7 +15,7 @@
   without one (the sweeper) nothing is published while a task for that run is queued.
 - A task delivered ``max_deliver`` times is dead-lettered: the server's MAX_DELIVERIES
   advisory is captured into a small work-queue stream (so none is lost while no daemon
-  listens) and the :class:`~stemd.actors.deadletter.DeadLetters` actor copies the task to
+  listens) and the :class:`~stemd.broker.jetstream_deadletter.DeadLetters` actor copies the task to
   ``STEM_TASKS_DLQ`` (subject ``<prefix>.dlq.<queue>.<run_id>``) and deletes it from the
   work queue.
 
@@ -31,28 +31,57 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any, Protocol
 
 import anyio
 import structlog
 
+from stemd.broker.jetstream_deadletter import DeadLetters
+from stemd.broker.jetstream_schedules import ScheduledTimers, WatchTimers
 from stemd.broker.pull import JsMsg, PullConsumer
+from stemd.engine.observer import Observers, OnTimer
 from stemd.errors import ConfigError, StemError, TransportError
 from stemd.model import validate_run_id
 from stemd.natsauth import NatsAuth, redact_url
 from stemd.natsconn import MSG_ID, NatsConnection, open_connection, split_url
 from stemd.options import as_bool, convert_options, keep
 
-if TYPE_CHECKING:
-    from stemd.engine.engine import Engine
-
-__all__ = ["JetStreamBroker", "JetStreamDelivery", "stream_name"]
+__all__ = ["EngineOps", "JetStreamBroker", "JetStreamDelivery", "stream_name"]
 
 log = structlog.get_logger("stemd.broker.jetstream")
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NS = 1_000_000_000
 MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+
+class EngineOps(Protocol):
+    """What the broker's helper actors need of the engine (an
+    :class:`~stemd.engine.engine.Engine` has it): cancelling a dead-lettered run, the
+    observers to be told of every timer set through, and firing a run's timer."""
+
+    @property
+    def observers(self) -> Observers:
+        """The engine's observers."""
+        ...
+
+    async def cancel(self, run_id: str, reason: str) -> bool:
+        """Cancel the run; whether it was cancelled now."""
+        ...
+
+    async def fire_timer(self, run_id: str) -> object:
+        """Fire the run's timer if due."""
+        ...
+
+
+def _timer_watch(engine: EngineOps) -> WatchTimers:
+    """How to be told of ``engine``'s timers: an observer subscribed to it."""
+
+    def watch(hook: Callable[[datetime, str], None]) -> Callable[[], None]:
+        return engine.observers.subscribe(OnTimer(hook))
+
+    return watch
 
 
 def stream_name(prefix: str, role: str) -> str:
@@ -113,7 +142,7 @@ class JetStreamBroker:
         dlq_cancel: also cancel a dead-lettered run (with reason ``dead-lettered``), so
             that the sweeper does not hand the poison task out again.
         schedules: also hold every timer as a JetStream scheduled message (server 2.12+),
-            see :mod:`stemd.actors.schedules`.
+            see :mod:`stemd.broker.jetstream_schedules`.
         auth: credentials and TLS for the connection (``[nats_auth]``).
     """
 
@@ -256,18 +285,15 @@ class JetStreamBroker:
         if conn is not None:
             await conn.close()
 
-    def actors(self, engine: Engine | None = None) -> list[Any]:
+    def actors(self, engine: EngineOps | None = None) -> list[Any]:
         """Actors this broker needs beside the workers: the dead-letter handler and the
-        server-side timer schedules."""
+        server-side timer schedules, working for ``engine``."""
         out: list[Any] = []
         if self.dlq:
-            from stemd.actors.deadletter import DeadLetters
-
-            out.append(DeadLetters(self, engine if self.dlq_cancel else None))
+            cancel = engine.cancel if engine is not None and self.dlq_cancel else None
+            out.append(DeadLetters(self, cancel))
         if self.schedules and engine is not None:
-            from stemd.actors.schedules import ScheduledTimers
-
-            out.append(ScheduledTimers(self, engine))
+            out.append(ScheduledTimers(self, engine.fire_timer, _timer_watch(engine)))
         return out
 
     # -- the protocol ---------------------------------------------------------------------

@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 import stemd
-from stemd.actors.deadletter import DeadLetters
 from stemd.broker.jetstream import JetStreamBroker, JetStreamDelivery
+from stemd.broker.jetstream_deadletter import DeadLetters
 from stemd.natsconn import NatsConnection
 from stemd.testing.nats import NatsServer
 from tests.helpers import wait_until

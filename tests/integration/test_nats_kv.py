@@ -17,7 +17,7 @@ import stemd
 from stemd.errors import PayloadError, TransportError
 from stemd.model import RunStatus
 from stemd.natsconn import NatsConnection, PubAck
-from stemd.store import jetstream as kv
+from stemd.store import jetstream_index
 from stemd.store.base import Checkpoint, Complete, RunRecord, Suspend, compute_timer_at
 from stemd.store.jetstream import JetStreamStore
 from stemd.testing.nats import NatsServer
@@ -108,11 +108,11 @@ async def test_index_entries_left_by_a_crash_are_ignored_then_removed(
         assert [r.run_id for r in await store.runs_waiting_on("t.go")] == ["r1"]
         assert await store.runnable(T0, 10) == [("r2", "workflow")]
         assert await store.due_timers(T0 + timedelta(days=1), 10) == []
-        monkeypatch.setattr(kv, "_STALE_AFTER", timedelta(0))
+        monkeypatch.setattr(jetstream_index, "STALE_AFTER", timedelta(0))
         assert await store.deliver_event("t.go", b"{}", T0) == ["r1"]
         await store.runnable(T0, 10)
         await store.due_timers(T0 + timedelta(days=1), 10)
-        keys = await store._keys("idx.>")
+        keys = await store._bucket.keys("idx.>")
         assert not any(key in keys for key in leftovers)
         assert any(key.startswith("idx.live.r2.") for key in keys)
 

@@ -55,7 +55,7 @@ async def test_the_sweepers_pass_wakes_a_parent_its_childs_end_missed(
         raise TransportError("connection lost")
 
     # The parent's suspension is written; telling the child it is awaited fails.
-    monkeypatch.setattr(store, "_await_child", lost)
+    monkeypatch.setattr(store._waits, "await_child", lost)
     with pytest.raises(TransportError):
         await store.commit(
             "parent", claim.token, Suspend(wait_child="kid", wait_key="@join#0"), now

@@ -8,8 +8,8 @@ import anyio
 import pytest
 
 import stemd
-from stemd.actors.schedules import ScheduledTimers
 from stemd.broker.jetstream import JetStreamBroker
+from stemd.broker.jetstream_schedules import ScheduledTimers
 from stemd.clock import SystemClock
 from stemd.codec import codec_for
 from stemd.engine.engine import Engine
@@ -49,7 +49,8 @@ async def test_a_scheduled_message_wakes_a_sleeping_run(nats: NatsServer) -> Non
         owner="test",
     )
     try:
-        schedules = ScheduledTimers(broker, engine)
+        # The broker's own wiring (as an App with workers has it), without the DLQ actor.
+        (schedules,) = [a for a in broker.actors(engine) if isinstance(a, ScheduledTimers)]
         async with anyio.create_task_group() as tg:
             await tg.start(schedules.run)
             now = clock.now()

@@ -9,7 +9,7 @@ work-queue stream ``STEM_TIMERS``, and this actor, on whichever daemon takes it,
 the run's timer through the engine (a compare-and-set in the store, so a timer fired
 twice, or found not yet due, does nothing).
 
-The in-process :class:`~stemd.actors.timer.Timer` keeps running beside it: it fires the
+The in-process timer actor (:mod:`stemd.actors.timer`) keeps running beside it: it fires the
 timers of this daemon to the millisecond (the server's scheduler fires up to ~250 ms
 late) and, by polling the store, it is the fallback for a schedule that was never
 published (a crash between commit and publish, a server without schedules).
@@ -18,8 +18,9 @@ published (a crash between commit and publish, a server without schedules).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -27,15 +28,39 @@ import structlog
 from anyio.abc import TaskStatus
 
 from stemd.broker.pull import JsMsg, PullConsumer
-from stemd.engine.observer import OnTimer
 from stemd.errors import StemError
-from stemd.natsconn import SCHEDULE, SCHEDULE_TARGET, JetStreamApiError
+from stemd.natsconn import SCHEDULE, SCHEDULE_TARGET, JetStreamApiError, NatsConnection
 
-if TYPE_CHECKING:
-    from stemd.broker.jetstream import JetStreamBroker
-    from stemd.engine.engine import Engine
+__all__ = ["FireTimer", "ScheduleSource", "ScheduleStats", "ScheduledTimers", "WatchTimers"]
 
-__all__ = ["ScheduleStats", "ScheduledTimers"]
+#: Fires a run's timer if it is due (a compare-and-set: twice is harmless);
+#: ``Engine.fire_timer`` is one.
+FireTimer = Callable[[str], Awaitable[object]]
+
+#: Installs a hook told of every timer the engine sets, as (time, run id); returns what
+#: removes it.
+WatchTimers = Callable[[Callable[[datetime, str], None]], Callable[[], None]]
+
+
+class ScheduleSource(Protocol):
+    """What the actor needs of the broker (a
+    :class:`~stemd.broker.jetstream.JetStreamBroker` has it)."""
+
+    @property
+    def conn(self) -> NatsConnection: ...
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def prefix(self) -> str: ...
+
+    @property
+    def storage(self) -> str: ...
+
+    @property
+    def replicas(self) -> int: ...
+
 
 log = structlog.get_logger("stemd.schedules")
 
@@ -59,15 +84,24 @@ class ScheduledTimers:
 
     Args:
         broker: the JetStream broker (its connection, prefix, replicas and storage).
-        engine: whose timers to schedule and fire.
+        fire_timer: fires a run's timer (the engine's).
+        watch_timers: installs the hook told of the engine's timers while the actor runs.
         concurrency: fired timers handled at once.
     """
 
     name = "schedules"
 
-    def __init__(self, broker: JetStreamBroker, engine: Engine, *, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        broker: ScheduleSource,
+        fire_timer: FireTimer,
+        watch_timers: WatchTimers,
+        *,
+        concurrency: int = 8,
+    ) -> None:
         self.broker = broker
-        self.engine = engine
+        self.fire_timer = fire_timer
+        self.watch_timers = watch_timers
         self.concurrency = concurrency
         self.stream = f"{broker.stream}_TIMERS"
         self._published = 0
@@ -115,7 +149,6 @@ class ScheduledTimers:
         )
         await consumer.ensure()
         send, receive = anyio.create_memory_object_stream[tuple[datetime, str]](10_000)
-        engine = self.engine
 
         def hook(at: datetime, run_id: str) -> None:
             if self._sent.get(run_id) == at:
@@ -125,7 +158,7 @@ class ScheduledTimers:
             except anyio.WouldBlock:
                 self._dropped += 1  # the timer's store polling still finds it
 
-        unsubscribe = engine.observers.subscribe(OnTimer(hook))
+        unwatch = self.watch_timers(hook)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._publish_all, receive)
@@ -133,7 +166,7 @@ class ScheduledTimers:
                     tg.start_soon(self._fire_all, consumer)
                 task_status.started()
         finally:
-            unsubscribe()
+            unwatch()
             send.close()
             with anyio.CancelScope(shield=True):
                 await consumer.close()
@@ -171,7 +204,7 @@ class ScheduledTimers:
     async def _fire(self, msg: JsMsg) -> None:
         run_id = msg.subject.rpartition(".")[2]
         try:
-            await self.engine.fire_timer(run_id)
+            await self.fire_timer(run_id)
         except StemError as exc:
             log.warning("scheduled timer not fired; will retry", run_id=run_id, error=str(exc))
             await msg.nak(1.0)

@@ -4,15 +4,16 @@ JetStream stops delivering a message after the consumer's ``max_deliver`` and an
 with a MAX_DELIVERIES advisory, but leaves the message in the stream. The broker captures
 those advisories into a work-queue stream (they are plain NATS messages, lost if nobody
 listens); this actor takes each one, copies the task into the dead-letter stream with
-headers saying where it came from, deletes it from the work queue and, when given the
-engine, cancels the run with reason ``dead-lettered`` so that the sweeper does not hand
-the poison task out again. Several daemons share the advisory consumer: each advisory
+headers saying where it came from, deletes it from the work queue and, when given a way to
+cancel runs, cancels the run with reason ``dead-lettered`` so that the sweeper does not
+hand the poison task out again. Several daemons share the advisory consumer: each advisory
 is handled once, and every step is idempotent anyway.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import anyio
 import msgspec
@@ -21,12 +22,30 @@ from anyio.abc import TaskStatus
 
 from stemd.broker.pull import JsMsg, PullConsumer
 from stemd.errors import DECODE_ERRORS, StemError
+from stemd.natsconn import NatsConnection
 
-if TYPE_CHECKING:
-    from stemd.broker.jetstream import JetStreamBroker
-    from stemd.engine.engine import Engine
+__all__ = ["CancelRun", "DeadLetterStats", "DeadLetters", "DeadLetterSource"]
 
-__all__ = ["DeadLetterStats", "DeadLetters"]
+#: Cancels a run with a reason; whether it did (``Engine.cancel`` is one).
+CancelRun = Callable[[str, str], Awaitable[bool]]
+
+
+class DeadLetterSource(Protocol):
+    """What the actor needs of the broker (a
+    :class:`~stemd.broker.jetstream.JetStreamBroker` has it)."""
+
+    @property
+    def conn(self) -> NatsConnection: ...
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def prefix(self) -> str: ...
+
+    @property
+    def advisory_stream(self) -> str: ...
+
 
 log = structlog.get_logger("stemd.deadletter")
 
@@ -49,13 +68,18 @@ class DeadLetterStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeadLetters:
-    """Handles MAX_DELIVERIES advisories of a :class:`JetStreamBroker`."""
+    """Handles MAX_DELIVERIES advisories of a :class:`~stemd.broker.jetstream.JetStreamBroker`.
+
+    Args:
+        broker: the broker whose work queue is watched.
+        cancel: cancels a dead-lettered run (``None``: leave it be).
+    """
 
     name = "deadletters"
 
-    def __init__(self, broker: JetStreamBroker, engine: Engine | None = None) -> None:
+    def __init__(self, broker: DeadLetterSource, cancel: CancelRun | None = None) -> None:
         self.broker = broker
-        self.engine = engine
+        self.cancel = cancel
         self._dead = 0
         self._cancelled = 0
 
@@ -136,7 +160,7 @@ class DeadLetters:
             queue=queue,
             deliveries=advisory.deliveries,
         )
-        if self.engine is not None and run_id:
+        if self.cancel is not None and run_id:
             reason = f"dead-lettered after {advisory.deliveries} deliveries"
-            if await self.engine.cancel(run_id, reason):
+            if await self.cancel(run_id, reason):
                 self._cancelled += 1

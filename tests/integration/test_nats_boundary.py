@@ -1,0 +1,133 @@
+"""The NATS connection is one translation boundary: whatever goes wrong under it (no reply
+in time, a stalled or stopped server, a closed connection), only stemd's errors come out,
+so that the retry loops above it, which catch :class:`TransportError`, see every failure.
+
+A batched direct get that timed out once let a bare ``TimeoutError`` through the store's
+retry loop and into ``App.emit`` (seen in tests/chaos/test_nats_kills.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from stemd.errors import StemError, TransportError
+from stemd.natsconn import NatsConnection, open_connection
+from stemd.store.jetstream import JetStreamStore
+from stemd.testing.nats import NatsServer
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def _state(pid: int) -> str:
+    """The process's state letter in /proc (``T``: stopped)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+@contextmanager
+def stalled(server: NatsServer) -> Iterator[None]:
+    """The server process stopped (SIGSTOP) for the block: connected, and silent."""
+    pid = server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # The signal takes effect asynchronously: the server must not answer one more.
+        deadline = time.monotonic() + 5
+        while _state(pid) not in ("T", "t") and time.monotonic() < deadline:
+            time.sleep(0.001)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.fixture
+async def kv_stream(conn: NatsConnection) -> AsyncIterator[str]:
+    """A stream with direct gets allowed, holding one message on ``kv.a``."""
+    await conn.ensure_stream({"name": "KVT", "subjects": ["kv.>"], "allow_direct": True})
+    await conn.js_publish("kv.a", b"1")
+    yield "KVT"
+
+
+async def test_a_batched_direct_get_nobody_answers_is_a_transport_error(
+    conn: NatsConnection,
+) -> None:
+    """A batched direct get whose request is taken but never answered fails with
+    TransportError when its time is up (it used to raise a bare TimeoutError)."""
+    silent = await conn.subscribe("$JS.API.DIRECT.GET.SILENT")
+    try:
+        with pytest.raises(TransportError):
+            await conn.direct_get_last_many("SILENT", ["kv.>"], timeout=0.2)
+    finally:
+        await silent.unsubscribe()
+
+
+Call = Callable[[NatsConnection], Awaitable[Any]]
+
+ENTRY_POINTS: dict[str, Call] = {
+    "request": lambda c: c.request("nobody.home", b"", timeout=0.3),
+    "flush": lambda c: c.flush(timeout=0.3),
+    "js_publish": lambda c: c.js_publish("kv.b", b"", timeout=0.3),
+    "js_api": lambda c: c.js_api("STREAM.INFO.KVT", timeout=0.3),
+    "direct_get": lambda c: c.direct_get("KVT", "kv.a"),
+    "direct_get_last_many": lambda c: c.direct_get_last_many("KVT", ["kv.>"], timeout=0.3),
+    "leader_get": lambda c: c.leader_get("KVT", "kv.a"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+async def test_every_request_to_a_stalled_server_fails_as_a_transport_error(
+    nats: NatsServer, kv_stream: str, name: str
+) -> None:
+    """A request of any kind to a server that stopped answering fails with TransportError."""
+    conn = await open_connection(nats.url, name="stalled", timeout=0.3)
+    try:
+        with stalled(nats), pytest.raises(TransportError):
+            await ENTRY_POINTS[name](conn)
+    finally:
+        await conn.close()
+
+
+CLOSED: dict[str, Call] = {
+    **ENTRY_POINTS,
+    "publish": lambda c: c.publish("kv.c", b""),
+    "subscribe": lambda c: c.subscribe("kv.>"),
+    "ensure_stream": lambda c: c.ensure_stream({"name": "KVT", "subjects": ["kv.>"]}),
+    "purge_subject_nowait": lambda c: c.purge_subject_nowait("KVT", "kv.a"),
+    "delete_msg": lambda c: c.delete_msg("KVT", 1),
+    "stream_subjects": lambda c: c.stream_subjects("KVT", "kv.>"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED))
+async def test_every_call_on_a_closed_connection_fails_as_a_transport_error(
+    nats: NatsServer, name: str
+) -> None:
+    """Any call on a connection already closed fails with TransportError, never more."""
+    conn = await open_connection(nats.url, name="closed")
+    await conn.close()
+    with pytest.raises(TransportError):
+        await CLOSED[name](conn)
+
+
+async def test_a_store_listing_from_a_stalled_server_fails_as_a_store_error(
+    nats: NatsServer,
+) -> None:
+    """A listing whose batched direct get is never answered fails with a StemError (the
+    store's retry loop sees it) and the store works again once the server answers."""
+    store = JetStreamStore.from_url(nats.url, timeout=0.5, retry_for=0)
+    await store.open()
+    try:
+        with stalled(nats), pytest.raises(StemError):
+            await store.runs_waiting_on("topic")
+        assert await store.runs_waiting_on("topic") == []
+    finally:
+        await store.close()
