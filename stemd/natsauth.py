@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,24 @@ class NatsAuth(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         def name(field: str) -> str:
             return (names or {}).get(field, f"nats_auth.{field}")
 
+        self._check_settings(name)
+        if self.nkey_seed_file is not None:
+            text = _read(name("nkey_seed_file"), self.nkey_seed_file)
+            seed = next((w for w in text.split() if w.startswith("SU")), None)
+            if seed is None:
+                raise ConfigError(
+                    f"{name('nkey_seed_file')}: {self.nkey_seed_file} holds no NKey user seed "
+                    "(a line starting with 'SU')"
+                )
+            _check_seed(name("nkey_seed_file"), self.nkey_seed_file, seed)
+        if self.creds_file is not None:
+            _check_creds(name("creds_file"), self.creds_file)
+        if self.wants_tls:
+            self.ssl_context(names)
+
+    def _check_settings(self, name: Callable[[str], str]) -> None:
+        """The settings agree with each other (one way to authenticate, a user with its
+        password, a client certificate with its key); no file is read here."""
         methods = [
             f
             for f, on in (
@@ -160,19 +178,6 @@ class NatsAuth(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             missing = "tls_key_file" if self.tls_key_file is None else "tls_cert_file"
             given = "tls_cert_file" if missing == "tls_key_file" else "tls_key_file"
             raise ConfigError(f"{name(given)}: needs {name(missing)} as well (mutual TLS)")
-        if self.nkey_seed_file is not None:
-            text = _read(name("nkey_seed_file"), self.nkey_seed_file)
-            seed = next((w for w in text.split() if w.startswith("SU")), None)
-            if seed is None:
-                raise ConfigError(
-                    f"{name('nkey_seed_file')}: {self.nkey_seed_file} holds no NKey user seed "
-                    "(a line starting with 'SU')"
-                )
-            _check_seed(name("nkey_seed_file"), self.nkey_seed_file, seed)
-        if self.creds_file is not None:
-            _check_creds(name("creds_file"), self.creds_file)
-        if self.wants_tls:
-            self.ssl_context(names)
 
     def ssl_context(self, names: Mapping[str, str] | None = None) -> ssl.SSLContext:
         """A client TLS context: the CA (else the system's), the client certificate, and
