@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stemd.errors import ConfigError
 from stemd.store.base import RunRecord
 
 if TYPE_CHECKING:
-    from stemd.app import App
+    from stemd.engine.engine import Engine
 
 __all__ = [
     "TRACEPARENT",
@@ -157,7 +157,14 @@ class TracingObserver:
         span.add_event("stemd.lease_lost")
 
 
-def install_tracing(app: App, tracer_provider: Any = None) -> TracingObserver:
+class _HasEngine(Protocol):
+    """An open App (a protocol: the App imports this module)."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+
+def install_tracing(app: _HasEngine, tracer_provider: Any = None) -> TracingObserver:
     """Trace an open ``app``'s slices and steps with ``tracer_provider`` (default: the
     global one)."""
     observer = TracingObserver(tracer_provider)

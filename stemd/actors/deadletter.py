@@ -12,7 +12,7 @@ is handled once, and every step is idempotent anyway.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import msgspec
@@ -23,8 +23,8 @@ from stemd.broker.pull import JsMsg, PullConsumer
 from stemd.errors import DECODE_ERRORS, StemError
 
 if TYPE_CHECKING:
-    from stemd.broker.jetstream import JetStreamBroker
     from stemd.engine.engine import Engine
+    from stemd.natsconn import NatsConnection
 
 __all__ = ["DeadLetterStats", "DeadLetters"]
 
@@ -48,12 +48,29 @@ class DeadLetterStats(msgspec.Struct, frozen=True, kw_only=True):
     cancelled: int
 
 
+class TaskQueue(Protocol):
+    """What the actor needs of the :class:`~stemd.broker.jetstream.JetStreamBroker` that
+    owns it (a protocol: the broker makes this actor, so this module cannot import it)."""
+
+    @property
+    def conn(self) -> NatsConnection: ...
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def advisory_stream(self) -> str: ...
+
+    @property
+    def prefix(self) -> str: ...
+
+
 class DeadLetters:
-    """Handles MAX_DELIVERIES advisories of a :class:`JetStreamBroker`."""
+    """Handles MAX_DELIVERIES advisories of a :class:`~stemd.broker.jetstream.JetStreamBroker`."""
 
     name = "deadletters"
 
-    def __init__(self, broker: JetStreamBroker, engine: Engine | None = None) -> None:
+    def __init__(self, broker: TaskQueue, engine: Engine | None = None) -> None:
         self.broker = broker
         self.engine = engine
         self._dead = 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import msgspec
@@ -31,8 +31,8 @@ from stemd.errors import StemError
 from stemd.natsconn import SCHEDULE, SCHEDULE_TARGET, JetStreamApiError
 
 if TYPE_CHECKING:
-    from stemd.broker.jetstream import JetStreamBroker
     from stemd.engine.engine import Engine
+    from stemd.natsconn import NatsConnection
 
 __all__ = ["ScheduleStats", "ScheduledTimers"]
 
@@ -53,6 +53,26 @@ def _stamp(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class TimerStreams(Protocol):
+    """What the actor needs of the :class:`~stemd.broker.jetstream.JetStreamBroker` that
+    owns it (a protocol: the broker makes this actor, so this module cannot import it)."""
+
+    @property
+    def conn(self) -> NatsConnection: ...
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def prefix(self) -> str: ...
+
+    @property
+    def storage(self) -> str: ...
+
+    @property
+    def replicas(self) -> int: ...
+
+
 class ScheduledTimers:
     """Publishes the engine's timers as JetStream schedules and fires them when they come.
 
@@ -64,7 +84,7 @@ class ScheduledTimers:
 
     name = "schedules"
 
-    def __init__(self, broker: JetStreamBroker, engine: Engine, *, concurrency: int = 8) -> None:
+    def __init__(self, broker: TimerStreams, engine: Engine, *, concurrency: int = 8) -> None:
         self.broker = broker
         self.engine = engine
         self.concurrency = concurrency

@@ -9,9 +9,10 @@ from typing import Any
 import anyio
 
 from stemd.cli.output import print_json
-from stemd.config import check_reachable, config_to_builtins, config_to_toml, load_config
+from stemd.config import config_to_builtins, config_to_toml, load_config
 from stemd.loading import load_workflows, use_app_dir
 from stemd.natsauth import redact_url
+from stemd.reachability import check_reachable
 
 __all__ = ["add_parser"]
 
