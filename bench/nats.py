@@ -62,9 +62,9 @@ async def serve(url: str, store: str, concurrency: int) -> None:
         async with stemd.App(
             store=store,
             broker=url,
-            nats=url,
             workflows=[three_steps],
             concurrency=concurrency,
+            options=stemd.AppOptions(nats=url),
         ):
             print("READY", flush=True)
             async for _ in signals:

@@ -5,9 +5,12 @@ Everything in the public contract is importable from here.
 
 from __future__ import annotations
 
-from stemd.app import App
+from stemd.actors.supervisor import Actor
+from stemd.app import ActorFactory, App
 from stemd.authoring import Flow, FlowContext, Script, ScriptContext, StepContext, script, step
-from stemd.codec import Versioned
+from stemd.broker.base import Broker
+from stemd.clock import Clock
+from stemd.codec import Codec, Versioned
 from stemd.errors import (
     ChildFailed,
     ConfigError,
@@ -15,6 +18,7 @@ from stemd.errors import (
     InvalidRunId,
     LeaseLost,
     PayloadError,
+    RestartBudgetExceeded,
     RunNotFound,
     StemError,
     StepFailed,
@@ -32,14 +36,23 @@ from stemd.model import (
     RunStatus,
     WorkflowResult,
 )
+from stemd.natsauth import NatsAuth
+from stemd.options import AppOptions, RestartPolicy, Timing
+from stemd.store.base import Store
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "Actor",
+    "ActorFactory",
     "App",
+    "AppOptions",
+    "Broker",
     "CancellationPolicy",
     "CheckpointInfo",
     "ChildFailed",
+    "Clock",
+    "Codec",
     "ConfigError",
     "ErrorInfo",
     "EventTimeout",
@@ -47,7 +60,10 @@ __all__ = (
     "FlowContext",
     "InvalidRunId",
     "LeaseLost",
+    "NatsAuth",
     "PayloadError",
+    "RestartBudgetExceeded",
+    "RestartPolicy",
     "Retry",
     "RunNotFound",
     "RunState",
@@ -58,7 +74,9 @@ __all__ = (
     "StepContext",
     "StepFailed",
     "StepNotFound",
+    "Store",
     "StoreError",
+    "Timing",
     "TransportError",
     "UnknownWorkflow",
     "Versioned",

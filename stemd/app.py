@@ -1,45 +1,59 @@
-"""The App: the library entry point that wires store, broker, engine and actors."""
+"""The App: the library entry point, a facade over the store, broker, engine and actors.
+
+It owns what it opens, on one :class:`contextlib.AsyncExitStack` (first opened, last
+closed): the store, the broker, the NATS surface's connection and the task group of the
+supervisor, which runs the built-in actors (timer, sweeper, worker pool, the broker's
+own), those of the NATS surface, and the extra ones given.
+
+Its settings beyond the contract's keywords are data (:class:`~stemd.options.AppOptions`);
+the daemon's config converts to them with msgspec.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
-from anyio.abc import TaskGroup
 
-from stemd.actors.supervisor import RestartPolicy, Supervisor
+from stemd.actors.supervisor import Actor, Supervisor
 from stemd.actors.sweeper import Sweeper
 from stemd.actors.timer import Timer
 from stemd.actors.workers import WorkerPool
 from stemd.broker import broker_from_url
 from stemd.broker.base import Broker
+from stemd.broker.capabilities import HelperActors
 from stemd.clock import Clock, SystemClock
 from stemd.codec import Codec, codec_for, convert
 from stemd.engine.engine import Engine, Workflow, new_run_id, to_run_state
-from stemd.engine.execution import validate_topic
 from stemd.engine.leases import LeaseKeeper
 from stemd.engine.observer import Observers
 from stemd.errors import RunNotFound, StemError
+from stemd.identifiers import validate_run_id, validate_topic
 from stemd.model import (
     CancellationPolicy,
     RunState,
     RunStatus,
     WorkflowResult,
+    parse_status,
     seconds,
-    validate_run_id,
 )
-from stemd.natsauth import NatsAuth
+from stemd.options import AppOptions
 from stemd.store import store_from_url
-from stemd.store.base import Store, WorkflowInfo
+from stemd.store.base import RunRecord, Store, WorkflowInfo
+from stemd.urls import is_nats
 
-__all__ = ["App"]
+__all__ = ["ActorFactory", "App"]
 
 T = TypeVar("T")
+
+#: Makes an extra actor for an App, once the App is open (so it can reach the engine).
+ActorFactory = Callable[["App"], Actor]
 
 
 def _registry(workflows: Iterable[Workflow]) -> dict[str, Workflow]:
@@ -67,19 +81,28 @@ def workflow_info(wf: Workflow) -> WorkflowInfo:
     )
 
 
-def _status(value: RunStatus | str | None) -> RunStatus | None:
-    if value is None or isinstance(value, RunStatus):
-        return value
+class _Resource(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@asynccontextmanager
+async def _opened(resource: _Resource) -> AsyncIterator[None]:
+    """``resource`` open for the block; closed after it, whatever happens, in at most 10 s
+    (shielded: a cancelled App still closes its files and connections)."""
+    await resource.open()
     try:
-        return RunStatus(str(value).lower())
-    except ValueError:
-        choices = ", ".join(s.value for s in RunStatus)
-        raise StemError(f"unknown status {value!r} (one of {choices})") from None
+        yield
+    finally:
+        with anyio.move_on_after(10, shield=True):
+            await resource.close()
 
 
 class App:
     """A stemd application: registers workflows, executes them (unless ``workers=False``),
-    and starts, emits to and inspects runs.
+    and starts, emits to and inspects runs. It implements
+    :class:`~stemd.operations.Operations`, which its NATS surface serves.
 
     Use it as an async context manager::
 
@@ -93,23 +116,15 @@ class App:
         workers: execute runs here; ``False`` makes a client only.
         concurrency: runs executed at once.
         queue: the queue this app's workers take runs from (and new runs go to).
+        options: everything else that is data: timing (lease, sweep interval, shutdown
+            grace), restart budget, the NATS surface, credentials, tracing
+            (:class:`~stemd.options.AppOptions`).
         clock: time source (tests pass a :class:`stemd.testing.ManualClock`).
         codec: ``"json"`` or ``"msgpack"`` for stored values, or a Codec (e.g. a
             :class:`stemd.codec.CodecChain` with compression and encryption).
         workflow_codecs: codecs for the values of particular workflows, by name.
-        lease: seconds a worker owns a run between renewals.
-        sweep_interval: seconds between two sweeps for orphaned runnable runs.
-        actors: more actors for the supervisor (each a callable taking the App and
-            returning an object with ``name`` and ``async run(*, task_status)``), started
-            after the built-in ones, also when ``workers=False``.
-        tracing: make OpenTelemetry spans with the global tracer provider (needs the
-            ``otel`` extra); see :mod:`stemd.tracing`.
-        nats: ``"nats://HOST:PORT"`` to serve the wire protocol there: the
-            ``<prefix>.api.*`` responder, durable submission on ``<prefix>.submit.>``
-            and run events on ``<prefix>.events.run.<run_id>``.
-        prefix: the subject prefix of the wire protocol.
-        nats_auth: credentials and TLS (a :class:`stemd.natsauth.NatsAuth`) for every NATS
-            connection the App opens: a NATS store or broker given as a URL, and ``nats``.
+        actors: more actors for the supervisor (each made by a callable taking the open
+            App), started after the built-in ones, also when ``workers=False``.
     """
 
     def __init__(
@@ -121,19 +136,15 @@ class App:
         concurrency: int = 32,
         queue: str = "workflow",
         *,
+        options: AppOptions | None = None,
         clock: Clock | None = None,
         codec: str | Codec = "json",
         workflow_codecs: Mapping[str, Codec] | None = None,
-        lease: float = 30.0,
-        sweep_interval: float | None = None,
-        restart_policy: RestartPolicy | None = None,
-        owner: str | None = None,
-        actors: Iterable[Any] = (),
-        tracing: bool = False,
-        nats: str | None = None,
-        prefix: str = "stem",
-        nats_auth: NatsAuth | None = None,
+        actors: Iterable[ActorFactory] = (),
     ) -> None:
+        if options is not None and not isinstance(options, AppOptions):
+            raise StemError("options must be a stemd.AppOptions")
+        self.options = options or AppOptions()
         self._store_arg = store
         self._broker_arg = broker
         self.workflows = _registry(workflows)
@@ -143,22 +154,17 @@ class App:
         self.clock: Clock = clock or SystemClock()
         self.codec: Codec = codec_for(codec) if isinstance(codec, str) else codec
         self.workflow_codecs = dict(workflow_codecs or {})
-        self.lease = lease
-        self.sweep_interval = sweep_interval if sweep_interval is not None else lease / 2
-        self.restart_policy = restart_policy
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_run_id()[-8:]}"
+        self.owner = (
+            self.options.owner or f"{socket.gethostname()}:{os.getpid()}:{new_run_id()[-8:]}"
+        )
+        self._actor_factories = list(actors)
         self._engine: Engine | None = None
-        self._tg: TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None
+        self._drained = False
         self.supervisor: Supervisor | None = None
         self.timer: Timer | None = None
         self.sweeper: Sweeper | None = None
         self.pool: WorkerPool | None = None
-        self._extra_actors: list[Any] = list(actors)
-        self.tracing = tracing
-        self.nats = nats
-        self.prefix = prefix
-        self.nats_auth = nats_auth
-        self._nats_conn: Any = None
 
     def register(self, *workflows: Workflow) -> None:
         """Add workflows (before the app is entered)."""
@@ -181,93 +187,12 @@ class App:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> App:
-        store = (
-            store_from_url(self._store_arg, **self._nats_options(self._store_arg))
-            if isinstance(self._store_arg, str)
-            else self._store_arg
-        )
-        await store.open()
-        try:
-            if self.workers and self.workflows:
-                # What this app serves, for `stemd workflow types` and the CLI's check of
-                # the names it starts; clients (workers=False) serve nothing.
-                infos = [workflow_info(wf) for wf in self.workflows.values()]
-                await store.register_workflows(infos, self.clock.now())
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await store.close()
-            raise
-        broker: Broker | None
-        if self._broker_arg is None:
-            broker = broker_from_url(None) if self.workers else None
-        elif isinstance(self._broker_arg, str):
-            broker = broker_from_url(self._broker_arg, **self._nats_options(self._broker_arg))
-        else:
-            broker = self._broker_arg
-        try:
-            if broker is not None:
-                await broker.open()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await store.close()
-            raise
-        observers = Observers()
-        if self.tracing:
-            from stemd.tracing import TracingObserver
-
-            observers.subscribe(TracingObserver())
-        self._engine = Engine(
-            store=store,
-            broker=broker,
-            codec=self.codec,
-            codecs=self.workflow_codecs,
-            clock=self.clock,
-            workflows=self.workflows,
-            owner=self.owner,
-            lease=self.lease,
-            default_queue=self.queue,
-            accept_unknown=not self.workers and not self.workflows,
-            observers=observers,
-            # Workers keep their slices' leases from one task (see WorkerPool).
-            leases=LeaseKeeper(store, self.clock, self.lease) if self.workers else None,
-        )
-        children: list[Any] = []
-        if self.workers:
-            assert broker is not None
-            self.timer = Timer(self._engine)
-            self.sweeper = Sweeper(self._engine, broker, self.sweep_interval)
-            self.pool = WorkerPool(self._engine, broker, self.queue, self.concurrency)
-            children += [self.timer, self.sweeper, self.pool]
-            # Actors a broker needs (JetStream: the dead-letter handler).
-            children += getattr(broker, "actors", lambda engine: [])(self._engine)
-        if self.nats is not None:
-            from stemd.actors.surface import open_nats_surface
-
-            try:
-                self._nats_conn, surface = await open_nats_surface(
-                    self, self.nats, self.prefix, auth=self.nats_auth
-                )
-            except BaseException as exc:
-                await self._close(type(exc), exc, exc.__traceback__)
-                raise
-            children += surface
-        children += [factory(self) for factory in self._extra_actors]
-        if children:
-            self.supervisor = Supervisor(children, self.restart_policy)
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
-            try:
-                await self._tg.start(self.supervisor.run)
-            except BaseException as exc:
-                await self._close(type(exc), exc, exc.__traceback__)
-                raise
+        if self._stack is not None:
+            raise StemError("the App is open already")
+        async with AsyncExitStack() as stack:
+            await self._open(stack)
+            self._stack = stack.pop_all()
         return self
-
-    def _nats_options(self, url: str) -> dict[str, Any]:
-        """The options of a store or broker URL: ``auth`` for a NATS one."""
-        if self.nats_auth is not None and url.startswith(("nats://", "tls://")):
-            return {"auth": self.nats_auth}
-        return {}
 
     async def __aexit__(
         self,
@@ -275,32 +200,136 @@ class App:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        return await self._close(exc_type, exc, tb)
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return None
+        # The exit stack closes, in reverse order, what _open entered.
+        return await stack.__aexit__(exc_type, exc, tb)
 
-    async def _close(
+    async def _open(self, stack: AsyncExitStack) -> None:
+        """Open everything, each piece entered on ``stack`` (which closes it)."""
+        store = self._make_store()
+        await stack.enter_async_context(_opened(store))
+        if self.workers and self.workflows:
+            # What this app serves, for `stemd workflow types` and the CLI's check of the
+            # names it starts; clients (workers=False) serve nothing.
+            infos = [workflow_info(wf) for wf in self.workflows.values()]
+            await store.register_workflows(infos, self.clock.now())
+        broker = self._make_broker()
+        if broker is not None:
+            await stack.enter_async_context(_opened(broker))
+        self._drained = False
+        self._engine = engine = Engine(
+            store=store,
+            broker=broker,
+            codec=self.codec,
+            codecs=self.workflow_codecs,
+            clock=self.clock,
+            workflows=self.workflows,
+            owner=self.owner,
+            lease=self.options.timing.lease,
+            default_queue=self.queue,
+            accept_unknown=not self.workers and not self.workflows,
+            observers=Observers(),
+            # Workers keep their slices' leases from one task (see WorkerPool).
+            leases=(
+                LeaseKeeper(store, self.clock, self.options.timing.lease) if self.workers else None
+            ),
+        )
+        stack.callback(self._closed)
+        if self.options.tracing:
+            from stemd.tracing import install_tracing
+
+            install_tracing(self)
+        children = self._builtin_actors(engine, broker)
+        if self.options.nats is not None:
+            from stemd.actors.surface import open_nats_surface
+
+            children += await stack.enter_async_context(
+                open_nats_surface(
+                    self,
+                    engine.events,
+                    self.options.nats,
+                    self.options.prefix,
+                    decode=self.codec.decode,
+                    name=f"stemd-api:{self.owner}",
+                    auth=self.options.nats_auth,
+                )
+            )
+        children += [factory(self) for factory in self._actor_factories]
+        if children:
+            self.supervisor = Supervisor(children, self.options.restart)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            # Leaving the App stops its actors (the exit stack then waits for them).
+            stack.callback(tg.cancel_scope.cancel)
+            stack.push_async_exit(self._drain_on_exit)
+            await tg.start(self.supervisor.run)
+
+    def _make_store(self) -> Store:
+        if not isinstance(self._store_arg, str):
+            return self._store_arg
+        return store_from_url(self._store_arg, **self._nats_options(self._store_arg))
+
+    def _make_broker(self) -> Broker | None:
+        if self._broker_arg is None:
+            return broker_from_url(None) if self.workers else None
+        if isinstance(self._broker_arg, str):
+            return broker_from_url(self._broker_arg, **self._nats_options(self._broker_arg))
+        return self._broker_arg
+
+    def _builtin_actors(self, engine: Engine, broker: Broker | None) -> list[Actor]:
+        if not self.workers:
+            return []
+        assert broker is not None
+        timing = self.options.timing
+        sweep = timing.sweep_interval if timing.sweep_interval is not None else timing.lease / 2
+        self.timer = Timer(engine)
+        self.sweeper = Sweeper(engine, broker, sweep)
+        self.pool = WorkerPool(engine, broker, self.queue, self.concurrency)
+        actors: list[Actor] = [self.timer, self.sweeper, self.pool]
+        if isinstance(broker, HelperActors):
+            actors += broker.actors(engine)
+        return actors
+
+    def _nats_options(self, url: str) -> dict[str, Any]:
+        """The options of a store or broker URL: ``auth`` for a NATS one."""
+        if self.options.nats_auth is not None and is_nats(url):
+            return {"auth": self.options.nats_auth}
+        return {}
+
+    def _closed(self) -> None:
+        self._engine = None
+
+    async def _drain_on_exit(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        engine, self._engine = self._engine, None
-        tg, self._tg = self._tg, None
-        suppress: bool | None = None
-        try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                suppress = await tg.__aexit__(exc_type, exc, tb)
-        finally:
-            conn, self._nats_conn = self._nats_conn, None
-            if conn is not None:
-                with anyio.move_on_after(10, shield=True):
-                    await conn.close()
-            if engine is not None:
-                with anyio.move_on_after(10, shield=True):
-                    if engine.broker is not None:
-                        await engine.broker.close()
-                    await engine.store.close()
-        return suppress
+    ) -> bool:
+        """Leaving the App normally: give the slices in flight the shutdown grace."""
+        grace = self.options.timing.shutdown_grace
+        if exc_type is None and grace > 0 and not self._drained:
+            await self.drain(grace)
+        return False
+
+    async def drain(self, grace: float | timedelta | None = None) -> int:
+        """Stop executing, gracefully: the workers take no new run, and the slices in
+        flight get ``grace`` seconds (``None``: as long as they need) to finish and commit.
+        Return how many were still running when the grace ended; those are cancelled when
+        the App closes, and their runs released (re-run from the interrupted step by the
+        next worker that takes them).
+
+        The App stays open for everything else (start, emit, inspect); it executes nothing
+        more. Closing an App that has not drained drains it with
+        ``options.timing.shutdown_grace`` first, when that is above zero.
+        """
+        limit = seconds(grace, "grace")
+        if self._engine is None:
+            raise StemError("the App is not open: use `async with App(...) as app`")
+        self._drained = True
+        if self.pool is None:
+            return 0
+        return await self.pool.drain(limit)
 
     async def serve_forever(self) -> None:
         """Run the actors until cancelled."""
@@ -325,12 +354,42 @@ class App:
             PayloadError: ``params`` do not encode.
             InvalidRunId: ``run_id`` is not a valid run id.
         """
-        if policy is not None and not isinstance(policy, CancellationPolicy):
-            raise StemError("policy must be a stemd.CancellationPolicy")
-        run_id, _ = await self.engine.start_run(
-            workflow, params, run_id=run_id, policy=policy, ttl=seconds(ttl, "ttl"), queue=queue
+        run_id, _ = await self.start_run(
+            workflow, params, run_id=run_id, policy=policy, ttl=ttl, queue=queue
         )
         return run_id
+
+    async def start_run(
+        self,
+        workflow: Any,
+        params: Any = None,
+        *,
+        run_id: str | None = None,
+        policy: CancellationPolicy | None = None,
+        ttl: float | timedelta | None = None,
+        trace: str | None = None,
+        queue: str | None = None,
+    ) -> tuple[str, bool]:
+        """Start a run; return its id and whether it was created (``False``: a run with
+        ``run_id`` existed, and nothing was started). ``trace``: the starter's W3C
+        ``traceparent`` (default: the caller's current span, when tracing).
+
+        Raises:
+            UnknownWorkflow: the workflow is not registered.
+            PayloadError: ``params`` do not encode.
+            InvalidRunId: ``run_id`` is not a valid run id.
+        """
+        if policy is not None and not isinstance(policy, CancellationPolicy):
+            raise StemError("policy must be a stemd.CancellationPolicy")
+        return await self.engine.start_run(
+            workflow,
+            params,
+            run_id=run_id,
+            policy=policy,
+            ttl=seconds(ttl, "ttl"),
+            queue=queue,
+            trace=trace,
+        )
 
     async def get_run(self, run_id: str) -> RunState | None:
         """The state of ``run_id``, or ``None`` if there is no such run."""
@@ -395,7 +454,9 @@ class App:
         """Runs, newest first, optionally filtered by workflow and status."""
         if not isinstance(limit, int) or limit < 1:
             raise StemError("limit must be a positive integer")
-        records = await self.store.list_runs(workflow=workflow, status=_status(status), limit=limit)
+        records = await self.store.list_runs(
+            workflow=workflow, status=parse_status(status), limit=limit
+        )
         return [await self._state(r) for r in records]
 
     async def runs_waiting_on(self, topic: str) -> list[RunState]:
@@ -425,5 +486,5 @@ class App:
                 found.setdefault(wf.name, workflow_info(wf))
         return [found[name] for name in sorted(found)]
 
-    async def _state(self, rec: Any) -> RunState:
+    async def _state(self, rec: RunRecord) -> RunState:
         return to_run_state(rec, await self.store.get_checkpoints(rec.run_id), self.codec)

@@ -19,93 +19,32 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
 
-import anyio
 import msgspec
 
-from stemd.codec import Codec, CodecChain, Keyring
-from stemd.errors import ConfigError, TransportError
+from stemd.codec import Codec
+from stemd.codec_options import CodecConfig, WorkflowCodecConfig, build_codecs
+from stemd.errors import ConfigError
+from stemd.identifiers import is_prefix, is_queue
 from stemd.natsauth import NatsAuth, redact_url
+from stemd.options import AppOptions, NonNegative, Positive, RestartPolicy, Timing
+from stemd.urls import is_nats, nats_servers, sqlite_path, store_kind
 
 __all__ = [
     "DEFAULT_STORE",
-    "CodecConfig",
     "Config",
-    "EncryptionConfig",
-    "NatsAuth",
-    "WorkflowCodecConfig",
-    "RestartConfig",
-    "check_reachable",
     "config_to_builtins",
     "config_to_toml",
     "load_config",
-    "sqlite_path",
 ]
 
 DEFAULT_STORE = "sqlite:///./stemd.db"
 
-Positive = Annotated[float, msgspec.Meta(gt=0)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
-
-
-class RestartConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The supervisor's restart budget: at most ``max_restarts`` crashes of one actor within
-    ``window`` seconds, restarted ``backoff`` seconds apart (doubling up to ``max_backoff``).
-    One more crash in the window stops the daemon with a non-zero exit status."""
-
-    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 5
-    window: Positive = 60.0
-    backoff: NonNegative = 0.1
-    max_backoff: NonNegative = 5.0
-
-
-class EncryptionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """AES-GCM encryption at rest: ``keys`` maps key ids to ``"base64:..."``, ``"hex:..."`` or
-    ``"file:/path"``; new values are sealed with ``active``, and every listed key still
-    opens the values sealed with it (rotation: add the new key, make it active, keep the
-    old ones)."""
-
-    keys: dict[str, str]
-    active: str
-
-
-class CodecConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How stored values (params, checkpoints, payloads, results) are encoded.
-
-    Attributes:
-        format: ``json`` or ``msgpack``.
-        compression: ``none``, ``gzip`` or ``zstd`` (values of ``compress_threshold`` bytes
-            or more).
-        compress_threshold: smallest value, in bytes, that is compressed.
-        max_payload: largest encoded value accepted, in bytes; larger ones are refused with
-            a PayloadError before anything is written (NATS' default limit is 1 MiB).
-        encryption: encrypt every value (see :class:`EncryptionConfig`).
-    """
-
-    format: Literal["json", "msgpack"] = "json"
-    compression: Literal["none", "gzip", "zstd"] = "none"
-    compress_threshold: Annotated[int, msgspec.Meta(ge=0)] = 1024
-    max_payload: Annotated[int, msgspec.Meta(ge=64)] = 1024 * 1024
-    encryption: EncryptionConfig | None = None
-
-
-class WorkflowCodecConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A workflow's own encoding; unset fields take the daemon's ``[codec]`` values, and its
-    values are sealed with the daemon's keys when ``encrypt`` is true (the default when the
-    daemon encrypts)."""
-
-    format: Literal["json", "msgpack"] | None = None
-    compression: Literal["none", "gzip", "zstd"] | None = None
-    compress_threshold: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    max_payload: Annotated[int, msgspec.Meta(ge=64)] | None = None
-    encrypt: bool | None = None
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -172,7 +111,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     tracing: bool = False
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     actors: tuple[str, ...] = ()
-    restart: RestartConfig = msgspec.field(default_factory=RestartConfig)
+    restart: RestartPolicy = msgspec.field(default_factory=RestartPolicy)
     codec: CodecConfig = msgspec.field(default_factory=CodecConfig)
     workflow_codecs: dict[str, WorkflowCodecConfig] = msgspec.field(default_factory=dict)
 
@@ -182,43 +121,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         Raises:
             ConfigError: an unreadable or malformed key, a missing compression package.
         """
-        c = self.codec
-        keyring = None
-        if c.encryption is not None:
-            try:
-                keyring = Keyring.from_config(dict(c.encryption.keys), c.encryption.active)
-            except ConfigError as exc:
-                # Named as in the config file: [codec.encryption].
-                message = str(exc)
-                if message.startswith(("encryption.", "encryption:")):
-                    raise ConfigError(f"codec.{message}") from None
-                raise
-        main = CodecChain(
-            c.format,
-            compression=c.compression,
-            compress_threshold=c.compress_threshold,
-            keyring=keyring,
-            max_size=c.max_payload,
-        )
-        per_workflow: dict[str, Codec] = {}
-        for name, w in self.workflow_codecs.items():
-            encrypt = keyring is not None if w.encrypt is None else w.encrypt
-            if encrypt and keyring is None:
-                raise ConfigError(
-                    f"workflow_codecs.{name}.encrypt: no [codec.encryption] keys are configured"
-                )
-            per_workflow[name] = CodecChain(
-                w.format or c.format,
-                compression=w.compression or c.compression,
-                compress_threshold=(
-                    c.compress_threshold if w.compress_threshold is None else w.compress_threshold
-                ),
-                # Encrypted or not, it must read the daemon's values: keep its keys for reading.
-                keyring=keyring,
-                encrypt=encrypt,
-                max_size=w.max_payload or c.max_payload,
-            )
-        return main, per_workflow
+        return build_codecs(self.codec, self.workflow_codecs)
 
     @property
     def database(self) -> str | None:
@@ -235,9 +138,26 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         if self.nats is not None:
             return self.nats
         for url in (self.broker, self.store):
-            if url is not None and _is_nats(url):
+            if is_nats(url):
                 return url
         return None
+
+    @property
+    def timing(self) -> Timing:
+        """``lease``, ``sweep_interval`` and ``shutdown_grace``, as the App's :class:`Timing`.
+        With the in-process broker and no ``sweep_interval``, sweeps are every second: runs
+        started or resumed by another process (``stemd workflow … --store``) are only found
+        by sweeping (a cheap indexed query); with NATS they reach the workers at once."""
+        timing = msgspec.convert(self, Timing, from_attributes=True)
+        if timing.sweep_interval is None and self.broker is None:
+            timing = msgspec.structs.replace(timing, sweep_interval=1.0)
+        return timing
+
+    def app_options(self) -> AppOptions:
+        """The App's options: msgspec reads each of their fields from the key of the same
+        name (``timing`` from :attr:`timing`), and ``nats`` is :attr:`effective_nats`."""
+        resolved = msgspec.structs.replace(self, nats=self.effective_nats)
+        return msgspec.convert(resolved, AppOptions, from_attributes=True)
 
 
 # -- environment ----------------------------------------------------------------------------
@@ -259,7 +179,7 @@ def _field_types() -> dict[str, Any]:
 # Tables whose fields ``STEMD_<PREFIX><FIELD>`` sets: STEMD_RESTART_WINDOW sets
 # restart.window, STEMD_NATS_PASSWORD sets nats_auth.password.
 _ENV_TABLES: dict[str, tuple[str, type[msgspec.Struct]]] = {
-    "restart": ("restart_", RestartConfig),
+    "restart": ("restart_", RestartPolicy),
     "nats_auth": ("nats_", NatsAuth),
 }
 
@@ -379,8 +299,6 @@ def _key_message(message: str) -> str:
 
 
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-_QUEUE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
 def _check_values(config: Config) -> None:
@@ -392,34 +310,29 @@ def _check_values(config: Config) -> None:
         mod, _, attr = actor.partition(":")
         if not _MODULE.fullmatch(mod) or not _MODULE.fullmatch(attr):
             raise ConfigError(f"actors[{i}]: {actor!r} is not of the form 'module:factory'")
-    store = config.store
-    if not (store in ("memory://", "memory") or store.startswith("sqlite://") or _is_nats(store)):
-        raise ConfigError(
-            f"store: unsupported URL {redact_url(store)!r} "
-            "(use memory://, sqlite:///PATH or nats://HOST:PORT)"
-        )
-    if store.startswith("sqlite://") and (
-        not store.startswith("sqlite:///") or not sqlite_path(store)
-    ):
-        raise ConfigError(f"store: {store!r} names no file (use sqlite:///PATH)")
-    for key in ("broker", "nats"):
-        url = getattr(config, key)
-        if url is not None and not _is_nats(url):
-            raise ConfigError(f"{key}: unsupported URL {redact_url(url)!r} (use nats://HOST:PORT)")
-        if url is not None:
-            _nats_servers(key, url)
-    if _is_nats(store):
-        _nats_servers("store", store)
-    if not _QUEUE.fullmatch(config.queue):
+    _check_urls(config)
+    if not is_queue(config.queue):
         raise ConfigError(f"queue: {config.queue!r} must be 1-64 letters, digits, '-' or '_'")
-    if not _PREFIX.fullmatch(config.prefix):
+    if not is_prefix(config.prefix):
         raise ConfigError(f"prefix: {config.prefix!r} is not a valid subject prefix")
     if config.metrics_address is not None:
         _host_port("metrics_address", config.metrics_address)
 
 
-def _is_nats(url: str) -> bool:
-    return url.startswith(("nats://", "tls://"))
+def _check_urls(config: Config) -> None:
+    """The store, broker and NATS URLs have a scheme stemd knows and name a file or servers."""
+    store = config.store
+    kind = store_kind(store)
+    if kind == "sqlite" and (not store.startswith("sqlite:///") or not sqlite_path(store)):
+        raise ConfigError(f"store: {store!r} names no file (use sqlite:///PATH)")
+    for key in ("broker", "nats"):
+        url = getattr(config, key)
+        if url is not None and not is_nats(url):
+            raise ConfigError(f"{key}: unsupported URL {redact_url(url)!r} (use nats://HOST:PORT)")
+        if url is not None:
+            nats_servers(key, url)
+    if kind == "nats":
+        nats_servers("store", store)
 
 
 def _host_port(key: str, value: str) -> tuple[str, int]:
@@ -428,115 +341,6 @@ def _host_port(key: str, value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{key}: {value!r} is not HOST:PORT")
     return host, int(port)
-
-
-def _nats_servers(key: str, url: str) -> list[tuple[str, int]]:
-    """The (host, port) pairs of a NATS URL; several servers may be comma-separated."""
-    servers = []
-    for part in url.split(","):
-        part = part.strip()
-        if "://" not in part:
-            part = "nats://" + part
-        try:
-            split = urlsplit(part)
-            host, port = split.hostname, split.port or 4222
-        except ValueError as exc:
-            raise ConfigError(f"{key}: invalid NATS URL {redact_url(url)!r}: {exc}") from None
-        if not host:
-            raise ConfigError(f"{key}: invalid NATS URL {redact_url(url)!r}: no host")
-        servers.append((host, port))
-    return servers
-
-
-def sqlite_path(url: str) -> str:
-    """The file of a ``sqlite:///PATH`` URL, read as the SQLite store reads it: what follows
-    the third slash, so ``sqlite:///stemd.db`` and ``sqlite:///./stemd.db`` are relative to
-    the working directory and ``sqlite:////var/lib/stemd/stemd.db`` is absolute."""
-    return unquote(url[len("sqlite:///") :].partition("?")[0])
-
-
-# -- reachability ---------------------------------------------------------------------------
-
-
-async def check_reachable(config: Config, *, timeout: float = 2.0) -> None:
-    """Check that every URL of ``config`` can be used: a SQLite file's directory exists and
-    is writable; some server of each NATS URL accepts a connection with the credentials
-    and TLS of ``[nats_auth]`` (a NATS handshake, not only TCP).
-
-    Raises:
-        ConfigError: naming the key whose URL is unreachable or refused the credentials.
-    """
-    if config.store.startswith("sqlite://"):
-        check_sqlite("store", config.store)
-    seen: set[str] = set()
-    for key in ("store", "broker", "nats"):
-        url = getattr(config, key)
-        if url is None or not _is_nats(url) or url in seen:
-            continue
-        seen.add(url)
-        await check_nats(key, url, timeout=timeout, auth=config.nats_auth)
-
-
-def check_sqlite(key: str, url: str) -> None:
-    """Raise :class:`ConfigError` unless the database of ``url`` can be opened for writing."""
-    path = Path(sqlite_path(url))
-    directory = path.parent if str(path.parent) else Path(".")
-    if path.exists():
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise ConfigError(f"{key}: {path} is not readable and writable by this user")
-    elif not directory.is_dir():
-        raise ConfigError(f"{key}: cannot create {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}: directory {directory} is not writable by this user")
-
-
-async def check_nats(
-    key: str,
-    url: str,
-    *,
-    timeout: float = 2.0,
-    auth: NatsAuth | None = None,
-    handshake: bool = True,
-) -> None:
-    """Raise :class:`ConfigError` unless some server of ``url`` accepts a TCP connection
-    and then (with ``handshake``) a NATS connection with ``auth``: a server that refuses
-    the credentials or whose TLS certificate is not trusted is as unusable as a closed
-    port."""
-    errors: list[str] = []
-    parts = [part.strip() for part in url.split(",")]
-    for (host, port), part in zip(_nats_servers(key, url), parts, strict=True):
-        try:
-            with anyio.fail_after(timeout):
-                stream = await anyio.connect_tcp(host, port)
-            await stream.aclose()
-        except TimeoutError:
-            errors.append(f"{host}:{port} timed out")
-            continue
-        except (OSError, socket.gaierror) as exc:
-            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-            errors.append(f"{host}:{port}: {cause.strerror or cause}")
-            continue
-        if handshake:
-            await _check_handshake(key, part if "://" in part else f"nats://{part}", auth, timeout)
-        return
-    raise ConfigError(f"{key}: cannot reach {redact_url(url)} ({'; '.join(errors)})")
-
-
-async def _check_handshake(key: str, url: str, auth: NatsAuth | None, timeout: float) -> None:
-    from stemd.natsconn import open_connection  # nats-py only when there is NATS to check
-
-    try:
-        conn = await open_connection(
-            url,
-            auth=auth,
-            name="stemd-config-check",
-            timeout=timeout,
-            connect_timeout=timeout,
-            connect_attempts=1,
-        )
-    except TransportError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
-    await conn.close()
 
 
 # -- printing -------------------------------------------------------------------------------

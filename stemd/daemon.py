@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -31,18 +30,18 @@ import structlog
 
 from stemd.actors.http import listen
 from stemd.actors.notify import Notifier, SystemdNotify
-from stemd.actors.supervisor import RestartBudgetExceeded, RestartPolicy
-from stemd.app import App
-from stemd.broker import broker_from_url
-from stemd.broker.base import Broker, Delivery
-from stemd.config import Config, check_reachable, load_config
-from stemd.errors import ConfigError, StemError
+from stemd.actors.supervisor import Actor
+from stemd.app import ActorFactory, App
+from stemd.config import Config, load_config
+from stemd.errors import ConfigError, RestartBudgetExceeded, StemError
 from stemd.loading import Workflow, import_object, load_workflows, use_app_dir
 from stemd.logs import configure_logging, set_level
 from stemd.natsauth import redact_url
+from stemd.reachability import check_reachable
 from stemd.runlog import RunLog
 from stemd.store import store_from_url
 from stemd.store.base import Store
+from stemd.urls import store_kind
 
 __all__ = ["EXIT_CRASHED", "Daemon", "check_health", "main"]
 
@@ -67,103 +66,14 @@ async def check_health(app: App, timeout: float = 5.0) -> tuple[bool, str]:
     return True, "ok"
 
 
-class _TrackedDelivery:
-    """A delivery that tells its gate when the worker is done with it."""
-
-    __slots__ = ("_gate", "_inner", "run_id")
-
-    def __init__(self, inner: Delivery, gate: _GatedBroker) -> None:
-        self._inner = inner
-        self._gate = gate
-        self.run_id = inner.run_id
-
-    async def ack(self) -> None:
-        try:
-            await self._inner.ack()
-        finally:
-            self._gate.done()
-
-    async def nak(self, delay: float | None = None) -> None:
-        try:
-            await self._inner.nak(delay)
-        finally:
-            self._gate.done()
-
-    async def in_progress(self) -> None:
-        await self._inner.in_progress()
-
-
-class _GatedBroker:
-    """A broker whose ``receive`` can be shut, and which counts the deliveries in flight:
-    the daemon's way to stop taking work and wait for the slices running to finish.
-    Everything else goes to the wrapped broker."""
-
-    def __init__(self, inner: Broker) -> None:
-        self.inner = inner
-        self.shut = False
-        self.in_flight = 0
-        self._idle = anyio.Event()
-        self._waiting: set[anyio.CancelScope] = set()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def enqueue(self, run_id: str, queue: str, *, key: str | None = None) -> None:
-        await self.inner.enqueue(run_id, queue, key=key)
-
-    async def receive(self, queue: str) -> Delivery:
-        if not self.shut:
-            with anyio.CancelScope() as scope:
-                self._waiting.add(scope)
-                try:
-                    delivery = await self.inner.receive(queue)
-                finally:
-                    self._waiting.discard(scope)
-                self.in_flight += 1
-                return _TrackedDelivery(delivery, self)
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def done(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight <= 0:
-            self._idle.set()
-
-    def shut_gate(self) -> None:
-        """Workers waiting for work, and those that come back for more, wait forever."""
-        self.shut = True
-        for scope in list(self._waiting):
-            scope.cancel()
-
-    async def wait_idle(self) -> None:
-        """Return once no delivery is in flight."""
-        while self.in_flight > 0:
-            self._idle = anyio.Event()
-            await self._idle.wait()
-
-
 def _store(config: Config) -> Store:
     options: dict[str, object] = {}
-    if config.store.startswith("sqlite://") and config.sqlite_synchronous is not None:
+    kind = store_kind(config.store)
+    if kind == "sqlite" and config.sqlite_synchronous is not None:
         options["synchronous"] = config.sqlite_synchronous
-    if config.store.startswith(("nats://", "tls://")):
+    if kind == "nats":
         options["auth"] = config.nats_auth
     return store_from_url(config.store, **options)
-
-
-def _sweep_interval(config: Config) -> float | None:
-    """With the in-process broker, runs started or resumed by another process (``stemd
-    workflow … --store``) are only found by sweeping: sweep every second, a cheap indexed
-    query. With NATS, new runs reach the workers at once: the App's default (lease/2)."""
-    if config.sweep_interval is not None:
-        return config.sweep_interval
-    return 1.0 if config.broker is None else None
 
 
 class Daemon:
@@ -193,7 +103,6 @@ class Daemon:
         self.config_path = config_path
         self.notifier = notifier or Notifier.from_environ()
         self.app: App | None = None
-        self._gate: _GatedBroker | None = None
         self._health_ok = True  # the last watchdog health check, for /healthz
         self._listener: Any = None  # metrics_address, bound before the App starts
 
@@ -217,8 +126,8 @@ class Daemon:
         self._health_ok = ok
         return ok, why
 
-    def _actor_factories(self) -> list[Callable[[App], Any]]:
-        factories: list[Callable[[App], Any]] = [RunLog]
+    def _actor_factories(self) -> list[ActorFactory]:
+        factories: list[ActorFactory] = [RunLog]
         factories += [
             import_object(f"actors[{i}]", spec) for i, spec in enumerate(self.config.actors)
         ]
@@ -230,7 +139,7 @@ class Daemon:
         )
         return factories
 
-    def _metrics_endpoint(self, app: App) -> Any:
+    def _metrics_endpoint(self, app: App) -> Actor:
         from stemd.actors.http import HttpEndpoint
         from stemd.observe import install_metrics
 
@@ -294,31 +203,17 @@ class Daemon:
 
     async def _serve(self, codecs: tuple[Any, dict[str, Any]]) -> int:
         config = self.config
-        broker_options = {"auth": config.nats_auth} if config.broker is not None else {}
-        self._gate = _GatedBroker(broker_from_url(config.broker, **broker_options))
         codec, workflow_codecs = codecs
-        r = config.restart
         app = App(
-            codec=codec,
-            workflow_codecs=workflow_codecs,
             store=_store(config),
-            broker=self._gate,
+            broker=config.broker,
             workflows=self.workflows,
             concurrency=config.concurrency,
             queue=config.queue,
-            lease=config.lease,
-            sweep_interval=_sweep_interval(config),
-            restart_policy=RestartPolicy(
-                max_restarts=r.max_restarts,
-                window=r.window,
-                backoff=r.backoff,
-                max_backoff=r.max_backoff,
-            ),
+            options=config.app_options(),
+            codec=codec,
+            workflow_codecs=workflow_codecs,
             actors=self._actor_factories(),
-            nats=config.effective_nats,
-            prefix=config.prefix,
-            tracing=config.tracing,
-            nats_auth=config.nats_auth,
         )
         crashed: list[BaseException] = []
         stops = (signal.SIGTERM, signal.SIGINT)
@@ -342,7 +237,7 @@ class Daemon:
                             continue
                         log.info("stopping", signal=signal.Signals(signum).name)
                         break
-                    await self._drain(signals)
+                    await self._drain(app, signals)
             except* RestartBudgetExceeded as group:
                 crashed.extend(group.exceptions)
             finally:
@@ -356,31 +251,34 @@ class Daemon:
         self.notifier.close()
         return 0
 
-    async def _drain(self, signals: Any) -> None:
-        """Stop taking work and give the slices in flight ``shutdown_grace`` to finish."""
+    async def _drain(self, app: App, signals: Any) -> None:
+        """Stop taking work and give the slices in flight ``shutdown_grace`` to finish
+        (:meth:`App.drain`); a second SIGTERM or SIGINT cuts the grace short."""
         grace = self.config.shutdown_grace
         self.notifier.send(
             "STOPPING=1",
             f"STATUS=stopping: finishing in-flight runs (up to {grace:g}s)",
             f"EXTEND_TIMEOUT_USEC={int((grace + 10) * 1_000_000)}",
         )
-        assert self._gate is not None
-        self._gate.shut_gate()
-        with anyio.move_on_after(grace) as scope:
-            async with anyio.create_task_group() as tg:
+        busy = 0
+        cut_short = False
+        async with anyio.create_task_group() as tg:
 
-                async def second_signal() -> None:
-                    async for signum in signals:
-                        if signum != signal.SIGHUP:
-                            log.warning("second signal: not waiting for in-flight runs")
-                            tg.cancel_scope.cancel()
-                            return
+            async def second_signal() -> None:
+                nonlocal cut_short
+                async for signum in signals:
+                    if signum != signal.SIGHUP:
+                        log.warning("second signal: not waiting for in-flight runs")
+                        cut_short = True
+                        tg.cancel_scope.cancel()
+                        return
 
-                tg.start_soon(second_signal)
-                await self._gate.wait_idle()
-                tg.cancel_scope.cancel()
-        busy = self._gate.in_flight
-        if scope.cancelled_caught or busy:
+            tg.start_soon(second_signal)
+            busy = await app.drain(grace)
+            tg.cancel_scope.cancel()
+        if cut_short and app.pool is not None:
+            busy = app.pool.statistics().busy
+        if busy:
             log.warning("grace period over; releasing the runs in flight", in_flight=busy)
 
 

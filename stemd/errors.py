@@ -14,7 +14,8 @@ Every error derives from :class:`StemError`::
     ├── TransportError       the broker or NATS failed
     ├── EventTimeout         a ``wait_for_event`` whose timeout passed first
     ├── ChildFailed          a child workflow that failed or was cancelled
-    └── StepFailed           a step raised; carried as the run's recorded error
+    ├── StepFailed           a step raised; carried as the run's recorded error
+    └── RestartBudgetExceeded  an actor crashed more often than its restart policy allows
 
 Retryability is data (``non_retryable``), not a class tree.
 """
@@ -30,6 +31,7 @@ __all__ = [
     "InvalidRunId",
     "LeaseLost",
     "PayloadError",
+    "RestartBudgetExceeded",
     "RunNotFound",
     "StemError",
     "StepFailed",
@@ -125,3 +127,10 @@ class ChildFailed(StemError):
 
 class StepFailed(StemError):
     """Raised when a step exhausted its retries (the run's error records the cause)."""
+
+
+class RestartBudgetExceeded(StemError):
+    """Raised by the supervisor (out of the App) when an actor crashed more often than its
+    :class:`~stemd.options.RestartPolicy` allows; every actor is stopped with it."""
+
+    non_retryable = True

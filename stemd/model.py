@@ -5,13 +5,13 @@ from __future__ import annotations
 import enum
 import math
 import random
-import re
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from stemd.errors import InvalidRunId
+from stemd.errors import StemError
+from stemd.identifiers import validate_run_id
 
 __all__ = [
     "LEGACY_UNKNOWN_WORKFLOW_STEP",
@@ -24,23 +24,12 @@ __all__ = [
     "RunState",
     "RunStatus",
     "WorkflowResult",
+    "parse_status",
     "seconds",
     "validate_run_id",
 ]
 
 T = TypeVar("T")
-
-_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-
-
-def validate_run_id(run_id: object) -> str:
-    """Return ``run_id`` if it is a valid run id, else raise :class:`InvalidRunId`."""
-    if not isinstance(run_id, str) or _RUN_ID.fullmatch(run_id) is None:
-        raise InvalidRunId(
-            f"invalid run id {run_id!r}: use 1-128 ASCII letters, digits, '-' or '_'"
-        )
-    return run_id
-
 
 # The longest duration accepted (100 years): deadlines are computed as instants, and an
 # instant past the year 9999 cannot be represented (a run would fail at every commit).
@@ -81,6 +70,21 @@ class RunStatus(enum.StrEnum):
 
 
 _TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+def parse_status(value: RunStatus | str | None) -> RunStatus | None:
+    """``value`` as a :class:`RunStatus` (a name in any case: ``"Completed"``), ``None`` as is.
+
+    Raises:
+        StemError: not a status, naming the valid ones.
+    """
+    if value is None or isinstance(value, RunStatus):
+        return value
+    try:
+        return RunStatus(str(value).lower())
+    except ValueError:
+        choices = ", ".join(s.value for s in RunStatus)
+        raise StemError(f"unknown status {value!r} (one of {choices})") from None
 
 
 class CancellationPolicy(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from stemd.broker.capabilities import QueueDepth
 from stemd.engine.observer import (
     LostLease,
     Observer,
@@ -106,13 +107,8 @@ def install_metrics(app: App, registry: Registry | None = None) -> Registry:
             in_flight.set(stats.busy)
             concurrency.set(stats.concurrency)
             slices.set(stats.slices)
-        broker = engine.broker
-        queue_depth = getattr(broker, "depth", None)
-        if queue_depth is not None:
-            value = queue_depth(app.queue)
-            if not isinstance(value, int):
-                value = await value
-            depth.set(value, queue=app.queue)
+        if isinstance(engine.broker, QueueDepth):
+            depth.set(engine.broker.depth(app.queue), queue=app.queue)
         if app.timer is not None:
             tstats = app.timer.statistics()
             scheduled.set(tstats.scheduled)

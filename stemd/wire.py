@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from stemd.identifiers import RunId, Topic
 from stemd.model import MAX_DURATION, ErrorInfo, RunState, RunStatus
 from stemd.store.base import WorkflowInfo
 
@@ -65,11 +66,6 @@ DEFAULT_PREFIX = "stem"
 
 ErrorCode = Literal["bad_request", "unknown_workflow", "not_found", "internal"]
 
-RunId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
-Topic = Annotated[
-    str,
-    msgspec.Meta(max_length=256, pattern=r"^[A-Za-z0-9_\-=/]+(\.[A-Za-z0-9_\-=/]+)*$"),
-]
 WorkflowName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]

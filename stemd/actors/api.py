@@ -13,7 +13,7 @@ recorded with the run (its spans continue the starter's trace), a malformed one 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import msgspec
@@ -31,10 +31,8 @@ from stemd.errors import (
 )
 from stemd.model import CancellationPolicy
 from stemd.natsconn import NatsConnection, NatsMsg
+from stemd.operations import Operations
 from stemd.tracing import traceparent_from
-
-if TYPE_CHECKING:
-    from stemd.app import App
 
 __all__ = ["ApiResponder", "ApiStats"]
 
@@ -56,7 +54,7 @@ class ApiResponder:
     """The ``<prefix>.api.*`` responder actor.
 
     Args:
-        app: the App whose operations the verbs call.
+        ops: the operations the verbs call (an App).
         conn: the NATS connection to serve on.
         prefix: the subject prefix.
         queue_group: the queue group shared by all daemons.
@@ -68,7 +66,7 @@ class ApiResponder:
 
     def __init__(
         self,
-        app: App,
+        ops: Operations,
         conn: NatsConnection,
         *,
         prefix: str = wire.DEFAULT_PREFIX,
@@ -76,7 +74,7 @@ class ApiResponder:
         concurrency: int = 16,
         max_request: int = 1024 * 1024,
     ) -> None:
-        self.app = app
+        self.ops = ops
         self.conn = conn
         self.prefix = prefix
         self.queue_group = queue_group
@@ -160,44 +158,43 @@ class ApiResponder:
         return wire.encode(reply)
 
     async def _start(self, req: wire.StartRequest, *, trace: str | None) -> wire.StartReply:
-        app = self.app
         policy = None
         if req.policy is not None:
             policy = CancellationPolicy(
                 max_run_duration=req.policy.max_run_duration,
                 max_suspend_duration=req.policy.max_suspend_duration,
             )
-        run_id, created = await app.engine.start_run(
+        run_id, created = await self.ops.start_run(
             req.workflow, req.params, run_id=req.run_id, policy=policy, ttl=req.ttl, trace=trace
         )
         return wire.StartReply(run_id=run_id, created=created)
 
     async def _get(self, req: wire.GetRequest) -> wire.GetReply:
-        state = await self.app.get_run(req.run_id)
+        state = await self.ops.get_run(req.run_id)
         if state is None:
             raise _NotFound(f"no run {req.run_id}")
         return wire.GetReply(run=state)
 
     async def _list(self, req: wire.ListRequest) -> wire.ListReply:
-        runs = await self.app.list_runs(workflow=req.workflow, status=req.status, limit=req.limit)
+        runs = await self.ops.list_runs(workflow=req.workflow, status=req.status, limit=req.limit)
         return wire.ListReply(runs=runs)
 
     async def _emit(self, req: wire.EmitRequest) -> wire.EmitReply:
-        return wire.EmitReply(resumed=await self.app.emit(req.topic, req.payload))
+        return wire.EmitReply(resumed=await self.ops.emit(req.topic, req.payload))
 
     async def _waiting(self, req: wire.WaitingRequest) -> wire.WaitingReply:
-        return wire.WaitingReply(runs=await self.app.runs_waiting_on(req.topic))
+        return wire.WaitingReply(runs=await self.ops.runs_waiting_on(req.topic))
 
     async def _cancel(self, req: wire.CancelRequest) -> wire.CancelReply:
-        cancelled = await self.app.cancel_run(req.run_id, req.reason or "cancelled")
+        cancelled = await self.ops.cancel_run(req.run_id, req.reason or "cancelled")
         return wire.CancelReply(cancelled=cancelled)
 
     async def _rewind(self, req: wire.RewindRequest) -> wire.RewindReply:
-        return wire.RewindReply(rewound=await self.app.rewind_run(req.run_id, req.step))
+        return wire.RewindReply(rewound=await self.ops.rewind_run(req.run_id, req.step))
 
     async def _types(self, req: wire.TypesRequest) -> wire.TypesReply:
         # The daemon's own workflows and every one recorded in its store by any daemon
-        # sharing it (App.registered_workflows).
+        # sharing it (Operations.registered_workflows).
         return wire.TypesReply(
-            workflows=[wire.workflow_type(w) for w in await self.app.registered_workflows()]
+            workflows=[wire.workflow_type(w) for w in await self.ops.registered_workflows()]
         )

@@ -8,17 +8,20 @@ messages on ``<prefix>.events.run.<run_id>``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import anyio
 import msgspec
 import structlog
 from anyio.abc import TaskStatus
 
 from stemd import wire
-from stemd.engine.engine import Engine
 from stemd.engine.events import RunEvent
 from stemd.errors import StemError
 from stemd.model import RunStatus
 from stemd.natsconn import NatsConnection
+from stemd.operations import RunEventSource
 
 __all__ = ["EventPublisher", "EventStats"]
 
@@ -33,11 +36,12 @@ class EventStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EventPublisher:
-    """Publishes the engine's run events on ``<prefix>.events.run.<run_id>``.
+    """Publishes run events on ``<prefix>.events.run.<run_id>``.
 
     Args:
-        engine: whose events to publish.
+        events: whose events to publish (the engine's).
         conn: the NATS connection.
+        decode: decodes a completed run's stored result.
         prefix: the subject prefix.
         buffer: events held while NATS is slow; beyond it new events are dropped.
     """
@@ -46,13 +50,15 @@ class EventPublisher:
 
     def __init__(
         self,
-        engine: Engine,
+        events: RunEventSource,
         conn: NatsConnection,
         *,
+        decode: Callable[[bytes], Any],
         prefix: str = wire.DEFAULT_PREFIX,
         buffer: int = 10_000,
     ) -> None:
-        self.engine = engine
+        self.events = events
+        self.decode = decode
         self.conn = conn
         self.prefix = prefix
         self.buffer = buffer
@@ -73,7 +79,7 @@ class EventPublisher:
             except anyio.WouldBlock:
                 self._dropped += 1
 
-        stop = self.engine.events.listen(forward)
+        stop = self.events.listen(forward)
         try:
             task_status.started()
             async with receive:
@@ -88,7 +94,7 @@ class EventPublisher:
         result: object = msgspec.UNSET
         if event.status is RunStatus.COMPLETED:
             try:
-                result = self.engine.codec.decode(raw_result) if raw_result is not None else None
+                result = self.decode(raw_result) if raw_result is not None else None
             except StemError:
                 result = None
         msg = wire.RunEventMsg(

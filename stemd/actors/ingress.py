@@ -24,7 +24,6 @@ from anyio.abc import TaskStatus
 from stemd import wire
 from stemd.broker.jetstream import stream_name
 from stemd.broker.pull import JsMsg, PullConsumer
-from stemd.engine.engine import Engine
 from stemd.errors import (
     DECODE_ERRORS,
     InvalidRunId,
@@ -34,6 +33,7 @@ from stemd.errors import (
     TransportError,
 )
 from stemd.natsconn import MSG_ID, NatsConnection
+from stemd.operations import Operations
 from stemd.tracing import traceparent_from
 
 __all__ = ["Ingress", "IngressStats", "submit_stream_config"]
@@ -74,7 +74,7 @@ class Ingress:
     """The ``<prefix>.submit.>`` consumer actor.
 
     Args:
-        engine: starts the runs.
+        ops: starts the runs (an App).
         conn: the NATS connection.
         prefix: the subject prefix.
         stream: the submission stream's name (default ``<PREFIX>_SUBMIT``).
@@ -85,7 +85,7 @@ class Ingress:
 
     def __init__(
         self,
-        engine: Engine,
+        ops: Operations,
         conn: NatsConnection,
         *,
         prefix: str = wire.DEFAULT_PREFIX,
@@ -95,7 +95,7 @@ class Ingress:
         concurrency: int = 16,
         ack_wait: float = 30.0,
     ) -> None:
-        self.engine = engine
+        self.ops = ops
         self.conn = conn
         self.prefix = prefix
         self.stream = stream or stream_name(prefix, "SUBMIT")
@@ -172,7 +172,7 @@ class Ingress:
         except DECODE_ERRORS as exc:
             return await self._reject(msg, workflow, run_id, f"params are not JSON: {exc}")
         try:
-            _, created = await self.engine.start_run(
+            _, created = await self.ops.start_run(
                 workflow, params, run_id=run_id, trace=traceparent_from(msg.headers)
             )
         except (StoreError, TransportError):

@@ -12,7 +12,10 @@ import msgspec
 import structlog
 from anyio.abc import TaskStatus
 
-__all__ = ["Actor", "RestartBudgetExceeded", "RestartPolicy", "Supervisor", "SupervisorStats"]
+from stemd.errors import RestartBudgetExceeded
+from stemd.options import RestartPolicy
+
+__all__ = ["Actor", "Supervisor", "SupervisorStats"]
 
 log = structlog.get_logger("stemd.supervisor")
 
@@ -25,20 +28,6 @@ class Actor(Protocol):
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled."""
         ...
-
-
-class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    """At most ``max_restarts`` restarts within ``window`` seconds, ``backoff`` apart
-    (doubling up to ``max_backoff``)."""
-
-    max_restarts: int = 5
-    window: float = 60.0
-    backoff: float = 0.1
-    max_backoff: float = 5.0
-
-
-class RestartBudgetExceeded(Exception):
-    """Raised by the supervisor when an actor crashed more often than its policy allows."""
 
 
 class SupervisorStats(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
 
 from stemd.actors.api import ApiResponder
 from stemd.actors.events import EventPublisher
 from stemd.actors.ingress import Ingress
+from stemd.actors.supervisor import Actor
 from stemd.errors import ConfigError
+from stemd.identifiers import is_prefix
 from stemd.natsauth import NatsAuth, redact_url
-from stemd.natsconn import NatsConnection, open_connection, split_url
-
-if TYPE_CHECKING:
-    from stemd.app import App
+from stemd.natsconn import open_connection, split_url
+from stemd.operations import Operations, RunEventSource
 
 __all__ = ["open_nats_surface"]
 
-_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
-
+@asynccontextmanager
 async def open_nats_surface(
-    app: App, url: str, prefix: str, *, auth: NatsAuth | None = None
-) -> tuple[NatsConnection, list[Any]]:
-    """Connect to ``url`` (with the credentials and TLS of ``auth``) and make the actors
-    that serve ``<prefix>.api.*``, consume ``<prefix>.submit.>`` and publish
-    ``<prefix>.events.run.*`` for ``app``.
+    ops: Operations,
+    events: RunEventSource,
+    url: str,
+    prefix: str,
+    *,
+    decode: Callable[[bytes], Any],
+    name: str,
+    auth: NatsAuth | None = None,
+) -> AsyncIterator[list[Actor]]:
+    """Connect to ``url`` (with the credentials and TLS of ``auth``, as client ``name``)
+    and yield the actors that serve ``<prefix>.api.*`` and consume ``<prefix>.submit.>``
+    with ``ops``, and publish ``events`` on ``<prefix>.events.run.*`` (a completed run's
+    result decoded with ``decode``). The connection is closed on exit.
 
     The URL may carry ``replicas`` and ``storage`` for the submission stream.
 
@@ -33,7 +43,7 @@ async def open_nats_surface(
         ConfigError: the prefix or an option is invalid.
         TransportError: NATS is unreachable.
     """
-    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+    if not is_prefix(prefix):
         raise ConfigError(f"nats prefix: invalid subject prefix {prefix!r}")
     _, query = split_url(url)
     try:
@@ -43,11 +53,13 @@ async def open_nats_surface(
     storage = query.get("storage", "file")
     if storage not in ("file", "memory"):
         raise ConfigError(f"nats: storage must be 'file' or 'memory', not {storage!r}")
-    conn = await open_connection(url, name=f"stemd-api:{app.owner}", auth=auth)
-    engine = app.engine
-    actors: list[Any] = [
-        EventPublisher(engine, conn, prefix=prefix),
-        ApiResponder(app, conn, prefix=prefix),
-        Ingress(engine, conn, prefix=prefix, replicas=replicas, storage=storage),
-    ]
-    return conn, actors
+    conn = await open_connection(url, name=name, auth=auth)
+    try:
+        yield [
+            EventPublisher(events, conn, decode=decode, prefix=prefix),
+            ApiResponder(ops, conn, prefix=prefix),
+            Ingress(ops, conn, prefix=prefix, replicas=replicas, storage=storage),
+        ]
+    finally:
+        with anyio.move_on_after(10, shield=True):
+            await conn.close()

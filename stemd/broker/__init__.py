@@ -6,6 +6,7 @@ from stemd.broker.base import Broker, Delivery
 from stemd.broker.local import LocalBroker
 from stemd.errors import ConfigError
 from stemd.natsauth import redact_url
+from stemd.urls import url_kind
 
 __all__ = ("Broker", "Delivery", "LocalBroker", "broker_from_url")
 
@@ -13,9 +14,10 @@ __all__ = ("Broker", "Delivery", "LocalBroker", "broker_from_url")
 def broker_from_url(url: str | None, **options: object) -> Broker:
     """The broker named by ``url``: ``None`` for the in-process broker, or ``nats://HOST:PORT``
     (whose ``options`` may include ``auth``, a :class:`~stemd.natsauth.NatsAuth`)."""
-    if url is None or url in ("local://", "local"):
+    kind = url_kind(url) if isinstance(url, str) else None
+    if url is None or kind == "local":
         return LocalBroker()
-    if isinstance(url, str) and url.startswith(("nats://", "tls://")):
+    if kind == "nats":
         try:
             from stemd.broker.jetstream import JetStreamBroker
         except ImportError as exc:

@@ -12,6 +12,13 @@ class Delivery(Protocol):
 
     run_id: str
 
+    @property
+    def heartbeat(self) -> float | None:
+        """Seconds after which the broker hands the run to another worker unless told, with
+        :meth:`in_progress`, that the work goes on; ``None``: it never does (the worker
+        pool then sends no heartbeats)."""
+        ...
+
     async def ack(self) -> None:
         """The run was advanced and its outcome committed: forget the delivery."""
         ...

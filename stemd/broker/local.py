@@ -18,6 +18,9 @@ __all__ = ["LocalBroker"]
 class _LocalDelivery:
     __slots__ = ("_broker", "_queue", "run_id")
 
+    # Nothing redelivers a run id of this process: no heartbeats needed.
+    heartbeat: float | None = None
+
     def __init__(self, broker: LocalBroker, queue: str, run_id: str) -> None:
         self._broker = broker
         self._queue = queue

@@ -20,7 +20,6 @@ import msgspec
 from stemd import wire
 from stemd.app import App
 from stemd.codec import Codec, codec_for
-from stemd.config import check_nats, check_sqlite, sqlite_path
 from stemd.errors import (
     PayloadError,
     RunNotFound,
@@ -31,12 +30,15 @@ from stemd.errors import (
     UnknownWorkflow,
 )
 from stemd.loading import Workflow
-from stemd.model import CancellationPolicy, RunState, RunStatus, validate_run_id
+from stemd.model import CancellationPolicy, RunState, parse_status, validate_run_id
 from stemd.natsauth import NatsAuth, redact_url
 from stemd.natsconn import NatsConnection, open_connection
+from stemd.options import AppOptions
+from stemd.reachability import check_nats, check_sqlite
 from stemd.store import store_from_url
 from stemd.store.base import Store
 from stemd.tracing import trace_headers
+from stemd.urls import sqlite_path, url_kind
 
 __all__ = ["Client", "NatsClient", "StoreClient", "open_client"]
 
@@ -93,16 +95,6 @@ class Client(Protocol):
         ...
 
 
-def _status(value: str | None) -> RunStatus | None:
-    if value is None:
-        return None
-    try:
-        return RunStatus(value.lower())
-    except ValueError:
-        choices = ", ".join(s.value for s in RunStatus)
-        raise StemError(f"unknown status {value!r} (one of {choices})") from None
-
-
 # -- straight to the store ------------------------------------------------------------------
 
 
@@ -147,7 +139,7 @@ class StoreClient:
             registered = [w.name for w in await self.app.registered_workflows()]
             if workflow not in registered:
                 raise _unregistered(workflow, registered)
-        return await self.app.engine.start_run(workflow, params, run_id=run_id, policy=policy)
+        return await self.app.start_run(workflow, params, run_id=run_id, policy=policy)
 
     async def get(self, run_id: str) -> RunState | None:
         return await self.app.get_run(run_id)
@@ -155,7 +147,7 @@ class StoreClient:
     async def list_runs(
         self, workflow: str | None, status: str | None, limit: int
     ) -> list[RunState]:
-        return await self.app.list_runs(workflow=workflow, status=_status(status), limit=limit)
+        return await self.app.list_runs(workflow=workflow, status=status, limit=limit)
 
     async def emit(self, topic: str, payload: Any) -> int:
         return await self.app.emit(topic, payload)
@@ -276,7 +268,7 @@ class NatsClient:
     async def list_runs(
         self, workflow: str | None, status: str | None, limit: int
     ) -> list[RunState]:
-        st = _status(status)
+        st = parse_status(status)
         request = wire.ListRequest(
             workflow=workflow,
             status=st.value if st else None,
@@ -386,7 +378,8 @@ async def open_client(
         return
     assert store is not None
     opened: str | Store = store
-    if store.startswith("sqlite://"):
+    kind = url_kind(store)
+    if kind == "sqlite":
         if create_store or await anyio.Path(sqlite_path(store)).exists():
             check_sqlite("--store", store)  # for its messages (permissions, directory)
         if not create_store:
@@ -400,7 +393,7 @@ async def open_client(
                     f"--store: {exc} (is this the directory the daemon runs in? "
                     f"give --store sqlite:///PATH{missing_hint})"
                 ) from None
-    elif store.startswith(("nats://", "tls://")):
+    elif kind == "nats":
         await check_nats("--store", store, timeout=timeout, handshake=False)
     codec, per_workflow = codecs if codecs is not None else (codec_for("json"), {})
     async with App(
@@ -409,6 +402,6 @@ async def open_client(
         workflows=workflows,
         codec=codec,
         workflow_codecs=per_workflow,
-        nats_auth=auth,
+        options=AppOptions(nats_auth=auth),
     ) as app:
         yield StoreClient(app)

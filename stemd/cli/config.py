@@ -17,15 +17,10 @@ import anyio
 
 from stemd.actors.http import bind_error, parse_address
 from stemd.cli.output import print_json
-from stemd.config import (
-    Config,
-    check_reachable,
-    config_to_builtins,
-    config_to_toml,
-    load_config,
-)
+from stemd.config import Config, config_to_builtins, config_to_toml, load_config
 from stemd.loading import load_workflows, use_app_dir
 from stemd.natsauth import redact_url
+from stemd.reachability import check_reachable
 
 __all__ = ["add_parser"]
 

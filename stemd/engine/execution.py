@@ -4,7 +4,6 @@ completes, suspends or fails, and return that outcome for the engine to commit."
 from __future__ import annotations
 
 import contextlib
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,6 +26,7 @@ from stemd.errors import (
     StoreError,
     TransportError,
 )
+from stemd.identifiers import validate_topic
 from stemd.model import ErrorInfo, Retry, RunStatus, validate_run_id
 from stemd.store.base import (
     Checkpoint,
@@ -50,17 +50,6 @@ __all__ = [
 ]
 
 _NO_RETRY = Retry()
-_TOPIC = re.compile(r"[A-Za-z0-9_\-=/]+(\.[A-Za-z0-9_\-=/]+)*")
-
-
-def validate_topic(topic: object) -> str:
-    """Return ``topic`` if it is a valid event topic, else raise :class:`StemError`."""
-    if not isinstance(topic, str) or len(topic) > 256 or _TOPIC.fullmatch(topic) is None:
-        raise StemError(
-            f"invalid topic {topic!r}: use dot-separated tokens of letters, digits, '-', '_', "
-            "'/', '=' (at most 256 characters)"
-        )
-    return topic
 
 
 class Interrupt(BaseException):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from stemd.errors import ConfigError
-from stemd.natsauth import redact_url
 from stemd.store.base import Store
 from stemd.store.memory import MemoryStore
+from stemd.urls import store_kind
 
 __all__ = ("MemoryStore", "Store", "store_from_url")
 
@@ -17,21 +17,17 @@ def store_from_url(url: str, **options: object) -> Store:
     :class:`~stemd.natsauth.NatsAuth`)."""
     if not isinstance(url, str):
         raise ConfigError(f"store: expected a URL string, got {type(url).__name__}")
-    if url == "memory://" or url == "memory":
+    kind = store_kind(url)
+    if kind == "memory":
         return MemoryStore()
-    if url.startswith("sqlite://"):
+    if kind == "sqlite":
         try:
             from stemd.store.sqlite import SqliteStore
         except ImportError as exc:  # pragma: no cover - the module ships with stemd
             raise ConfigError(f"store: SQLite store unavailable: {exc}") from exc
         return SqliteStore.from_url(url, **options)
-    if url.startswith(("nats://", "tls://")):
-        try:
-            from stemd.store.jetstream import JetStreamStore
-        except ImportError as exc:
-            raise ConfigError(f"store: JetStream KV store unavailable: {exc}") from exc
-        return JetStreamStore.from_url(url, **options)
-    raise ConfigError(
-        f"store: unsupported URL {redact_url(url)!r} "
-        "(use memory://, sqlite:///PATH or nats://HOST:PORT)"
-    )
+    try:
+        from stemd.store.jetstream import JetStreamStore
+    except ImportError as exc:
+        raise ConfigError(f"store: JetStream KV store unavailable: {exc}") from exc
+    return JetStreamStore.from_url(url, **options)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 import aiosqlite
 import anyio
@@ -44,6 +44,7 @@ from stemd.store.base import (
 )
 from stemd.store.sqlite_schema import RUN_COLUMNS, from_us, migrate, record_from_row, to_us
 from stemd.store.sqlite_writer import Writer, WriterStats, is_busy, while_busy
+from stemd.urls import sqlite_path
 
 __all__ = ["SqliteStore"]
 
@@ -131,8 +132,8 @@ class SqliteStore:
         keyword ``options`` override the query."""
         if not url.startswith("sqlite:///"):
             raise ConfigError(f"store: expected sqlite:///PATH, got {url!r}")
-        rest, _, query = url[len("sqlite:///") :].partition("?")
-        path = unquote(rest)
+        path = sqlite_path(url)
+        query = url.partition("?")[2]
         merged: dict[str, Any] = {**dict(parse_qsl(query, keep_blank_values=True)), **options}
         kinds: dict[str, Callable[[Any], Any]] = {
             "synchronous": str,

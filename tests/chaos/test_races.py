@@ -61,7 +61,11 @@ async def apps(kind: str, tmp: Path) -> AsyncIterator[tuple[stemd.App, stemd.App
     """A worker App and two client Apps on one store of ``kind`` (one App for memory,
     which no other App can share)."""
     if kind == "memory":
-        async with stemd.App(store=MemoryStore(), workflows=WORKFLOWS, lease=2.0) as app:
+        async with stemd.App(
+            store=MemoryStore(),
+            workflows=WORKFLOWS,
+            options=stemd.AppOptions(timing=stemd.Timing(lease=2.0)),
+        ) as app:
             yield app, app, app
         return
     broker: str | None = None
@@ -72,7 +76,12 @@ async def apps(kind: str, tmp: Path) -> AsyncIterator[tuple[stemd.App, stemd.App
         store = f"{server.url}?bucket=race{secrets.token_hex(4)}"
         broker = f"{server.url}?stream=RACE{secrets.token_hex(4)}&prefix=r{secrets.token_hex(4)}"
     async with (
-        stemd.App(store=store, broker=broker, workflows=WORKFLOWS, lease=2.0) as worker,
+        stemd.App(
+            store=store,
+            broker=broker,
+            workflows=WORKFLOWS,
+            options=stemd.AppOptions(timing=stemd.Timing(lease=2.0)),
+        ) as worker,
         stemd.App(store=store, broker=broker, workers=False) as one,
         stemd.App(store=store, broker=broker, workers=False) as two,
     ):

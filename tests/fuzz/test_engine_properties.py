@@ -155,7 +155,12 @@ async def execute(steps: list[Op], crashes: list[tuple[int, str]]) -> tuple[stem
     for _ in range(apps_left):
         store = DeadableStore(shared)
         world.dying = store
-        app = stemd.App(store=store, workflows=[plan], clock=clock, lease=LEASE)  # type: ignore[arg-type]
+        app = stemd.App(
+            store=store,  # type: ignore[arg-type]
+            workflows=[plan],
+            clock=clock,
+            options=stemd.AppOptions(timing=stemd.Timing(lease=LEASE)),
+        )
         await app.__aenter__()
         try:
             if not started:

@@ -68,12 +68,13 @@ async def main() -> None:
         async with stemd.App(
             store=store,
             broker=broker,
-            nats=url,
             workflows=workflows,
             concurrency=ARGS.concurrency,
-            lease=ARGS.lease,
-            sweep_interval=1.0,
-            owner=ARGS.name,
+            options=stemd.AppOptions(
+                nats=url,
+                timing=stemd.Timing(lease=ARGS.lease, sweep_interval=1.0),
+                owner=ARGS.name,
+            ),
         ):
             print("READY", flush=True)
             async for _ in signals:

@@ -72,7 +72,7 @@ async def main() -> None:
     async with stemd.App(
         store=f"sqlite:///{ARGS.db}",
         workflows=[crash, burst],
-        lease=ARGS.lease,
+        options=stemd.AppOptions(timing=stemd.Timing(lease=ARGS.lease)),
         concurrency=ARGS.concurrency,
     ) as app:
         await anyio.Path(ARGS.ready).touch()

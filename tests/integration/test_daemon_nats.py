@@ -50,7 +50,7 @@ async def test_every_command_through_the_api(
     """start, get, list, waiting, emit, wait, rewind and cancel work over --nats."""
     n = ["--nats", nats.url]
     store = f"sqlite:///{tmp_path / 'stemd.db'}"
-    async with stemd.App(store=store, workflows=EXAMPLES, nats=nats.url):
+    async with stemd.App(store=store, workflows=EXAMPLES, options=stemd.AppOptions(nats=nats.url)):
         status, out, _ = await cli(
             capsys, "workflow", "start", "approvals.flow", "--params", DRAFT, "--run-id", "d7", *n
         )

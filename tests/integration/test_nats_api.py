@@ -40,7 +40,9 @@ async def approve(ctx: stemd.FlowContext) -> Any:
 @pytest.fixture
 async def app(nats: NatsServer) -> AsyncIterator[stemd.App]:
     """A daemon on the test's nats-server: KV store, JetStream broker, wire protocol."""
-    async with stemd.App(store=nats.url, broker=nats.url, nats=nats.url, workflows=[flow]) as a:
+    async with stemd.App(
+        store=nats.url, broker=nats.url, workflows=[flow], options=stemd.AppOptions(nats=nats.url)
+    ) as a:
         yield a
 
 
@@ -256,7 +258,9 @@ async def test_two_responders_answer_each_request_once(
     nats: NatsServer, app: stemd.App, conn: NatsConnection
 ) -> None:
     """Two daemons share the API in a queue group: every request gets one reply."""
-    async with stemd.App(store=nats.url, broker=nats.url, nats=nats.url, workflows=[flow]):
+    async with stemd.App(
+        store=nats.url, broker=nats.url, workflows=[flow], options=stemd.AppOptions(nats=nats.url)
+    ):
         inbox = conn.new_inbox()
         sub = await conn.subscribe(inbox)
         for _ in range(20):
@@ -290,9 +294,8 @@ async def test_deployments_with_their_own_prefix_share_one_nats(
         return stemd.App(
             store=f"{nats.url}?bucket={name}",
             broker=f"{nats.url}?prefix={name}",
-            nats=nats.url,
-            prefix=name,
             workflows=[flow],
+            options=stemd.AppOptions(nats=nats.url, prefix=name),
         )
 
     async with deployment("alpha") as alpha, deployment("beta") as beta:

@@ -216,7 +216,11 @@ async def test_password_from_the_environment(
     auth = NatsAuth(user="ana", password="pw-env")
     async with (
         server_with(tmp_path, conf) as server,
-        stemd.App(store="memory://", workflows=[square], nats=server.url, nats_auth=auth),
+        stemd.App(
+            store="memory://",
+            workflows=[square],
+            options=stemd.AppOptions(nats=server.url, nats_auth=auth),
+        ),
     ):
         monkeypatch.setenv("STEMD_NATS_PASSWORD", "pw-env")
         status, out, err = await cli(
@@ -362,7 +366,10 @@ async def test_tls_handshake_first(
     async with server_with(tmp_path, tls_conf(pki, "  handshake_first: true\n"), "tls") as server:
         auth = NatsAuth(tls_ca_file=str(pki.ca.cert), tls_handshake_first=True)
         async with stemd.App(
-            store=server.url, broker=server.url, workflows=[square], nats=server.url, nats_auth=auth
+            store=server.url,
+            broker=server.url,
+            workflows=[square],
+            options=stemd.AppOptions(nats=server.url, nats_auth=auth),
         ) as app:
             run_id = await app.start_workflow(square, {"n": 3})
             assert (await app.wait_for_completion(run_id, timeout=20)).value == 9
@@ -395,9 +402,10 @@ async def test_least_privilege_users(
         async with stemd.App(
             store=url,
             broker=url,
-            nats=url,
             workflows=[square, approvals],
-            nats_auth=NatsAuth(user="stemd", password="stemd-pw"),
+            options=stemd.AppOptions(
+                nats=url, nats_auth=NatsAuth(user="stemd", password="stemd-pw")
+            ),
         ):
             client = ["--nats", url, "--nats-user", "submitter", "--nats-password", "submitter-pw"]
             status, out, err = await cli(

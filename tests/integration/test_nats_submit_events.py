@@ -46,7 +46,9 @@ async def wait(ctx: stemd.FlowContext) -> Any:
 
 @asynccontextmanager
 async def daemon(url: str) -> AsyncIterator[stemd.App]:
-    async with stemd.App(store=url, broker=url, nats=url, workflows=[flow, waiter]) as app:
+    async with stemd.App(
+        store=url, broker=url, workflows=[flow, waiter], options=stemd.AppOptions(nats=url)
+    ) as app:
         yield app
 
 

@@ -45,7 +45,9 @@ async def only(ctx: stemd.FlowContext) -> Any:
 @pytest.fixture
 async def app(nats: NatsServer) -> AsyncIterator[stemd.App]:
     """A daemon on the test's nats-server: API, durable submission, KV store."""
-    async with stemd.App(store=nats.url, broker=nats.url, nats=nats.url, workflows=[flow]) as a:
+    async with stemd.App(
+        store=nats.url, broker=nats.url, workflows=[flow], options=stemd.AppOptions(nats=nats.url)
+    ) as a:
         yield a
 
 

@@ -64,7 +64,10 @@ async def app(nats: NatsServer) -> AsyncIterator[stemd.App]:
     """A daemon on the test's nats-server (KV store, JetStream broker, wire protocol)
     serving a flow and a script."""
     async with stemd.App(
-        store=nats.url, broker=nats.url, nats=nats.url, workflows=[review, script]
+        store=nats.url,
+        broker=nats.url,
+        workflows=[review, script],
+        options=stemd.AppOptions(nats=nats.url),
     ) as a:
         yield a
 

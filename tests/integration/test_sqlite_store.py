@@ -398,7 +398,11 @@ async def test_a_daemon_starts_runs_of_another_process_promptly(tmp_path: Path) 
     daemon sees both within a fraction of a second, well before its periodic sweep."""
     url = f"sqlite:///{tmp_path / 'x.db'}"
     async with (
-        stemd.App(store=url, workflows=[flow], sweep_interval=3600) as daemon,
+        stemd.App(
+            store=url,
+            workflows=[flow],
+            options=stemd.AppOptions(timing=stemd.Timing(sweep_interval=3600)),
+        ) as daemon,
         stemd.App(store=url, workflows=[flow], workers=False) as client,
     ):
         run_id = await client.start_workflow("sqlite.flow")

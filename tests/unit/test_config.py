@@ -8,15 +8,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from stemd.config import (
-    DEFAULT_STORE,
-    Config,
-    check_reachable,
-    config_to_toml,
-    load_config,
-    sqlite_path,
-)
+from stemd.config import DEFAULT_STORE, Config, config_to_toml, load_config
 from stemd.errors import ConfigError
+from stemd.reachability import check_reachable
+from stemd.urls import sqlite_path
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -31,9 +31,10 @@ def _in(module: str, prefixes: tuple[str, ...]) -> bool:
 def test_authoring_imports_nothing_of_the_engine_or_outer_layers(
     graph: grimp.ImportGraph,
 ) -> None:
-    """stemd.authoring imports (directly or not) only the data model and the errors."""
+    """stemd.authoring imports (directly or not) only the data model, its identifier
+    patterns and the errors."""
     imported = graph.find_upstream_modules("stemd.authoring", as_package=True)
-    assert sorted(imported) == ["stemd.errors", "stemd.model"]
+    assert sorted(imported) == ["stemd.errors", "stemd.identifiers", "stemd.model"]
 
 
 def test_authoring_engine_and_their_observers_are_in_no_import_cycle(

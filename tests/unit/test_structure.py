@@ -46,6 +46,8 @@ def test_the_package_has_no_import_cycle() -> None:
     cycles = set()
     for module in graph.modules:
         for imported in graph.find_modules_directly_imported_by(module):
-            if imported != "stemd" and graph.find_shortest_chain(importer=imported, imported=module):
+            if imported != "stemd" and graph.find_shortest_chain(
+                importer=imported, imported=module
+            ):
                 cycles.add(tuple(sorted((module, imported))))
     assert sorted(cycles) == []

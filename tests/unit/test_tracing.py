@@ -105,9 +105,9 @@ async def test_without_tracing_runs_record_no_trace() -> None:
 
 
 async def test_app_with_tracing_records_the_callers_trace_context() -> None:
-    """App(tracing=True) stores the starter's traceparent with the run (and its children's
+    """AppOptions(tracing=True) stores the starter's traceparent with the run (and its children's
     starts carry it on)."""
-    async with open_app(traced_child, tracing=True) as app:
+    async with open_app(traced_child, options=stemd.AppOptions(tracing=True)) as app:
         with user_tracer.start_as_current_span("submit") as span:
             run_id = await app.start_workflow(traced_child, {})
         rec = await app.store.get_run(run_id)

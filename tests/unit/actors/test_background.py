@@ -68,7 +68,12 @@ async def test_sweeper_picks_up_runs_made_runnable_elsewhere() -> None:
     flow = _flow("elsewhere.flow", calls)
     store = MemoryStore()
     clock = ManualClock(START)
-    async with open_app(flow, store=store, clock=clock, sweep_interval=5) as app:
+    async with open_app(
+        flow,
+        store=store,
+        clock=clock,
+        options=stemd.AppOptions(timing=stemd.Timing(sweep_interval=5)),
+    ) as app:
         await store.create_run(_record("late", "elsewhere.flow", START))  # not enqueued
         result = await app.wait_for_completion("late", timeout=0.05)
         assert result.timed_out

@@ -6,7 +6,8 @@ import anyio
 import pytest
 from anyio.abc import TaskStatus
 
-from stemd.actors.supervisor import RestartBudgetExceeded, RestartPolicy, Supervisor
+from stemd import RestartBudgetExceeded, RestartPolicy
+from stemd.actors.supervisor import Supervisor
 
 pytestmark = pytest.mark.anyio
 

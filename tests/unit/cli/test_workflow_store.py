@@ -58,7 +58,11 @@ def drive(store: str, run_id: str, *statuses: str) -> stemd.RunState:
     """Execute runs with a worker App on the same store until ``run_id`` is in ``statuses``."""
 
     async def main() -> stemd.RunState:
-        async with stemd.App(store=store, workflows=EXAMPLES, sweep_interval=0.02) as app:
+        async with stemd.App(
+            store=store,
+            workflows=EXAMPLES,
+            options=stemd.AppOptions(timing=stemd.Timing(sweep_interval=0.02)),
+        ) as app:
             with anyio.fail_after(20):
                 while True:
                     state = await app.get_run(run_id)

@@ -44,7 +44,7 @@ async def test_a_script_swallowing_exceptions_stops_at_its_first_refused_checkpo
         return ok
 
     # A long lease: the lease keeper would only notice the loss much later.
-    async with open_app(swallow, lease=300.0) as app:
+    async with open_app(swallow, options=stemd.AppOptions(timing=stemd.Timing(lease=300.0))) as app:
         run_id = await app.start_workflow("swallow.all")
         await entered.wait()
         assert await app.cancel_run(run_id, reason="stop")
@@ -82,7 +82,9 @@ async def test_a_flow_step_swallowing_exceptions_stops_at_a_refused_child_start(
         after.append("went on")
         return "spawned"
 
-    async with open_app(flow, child, lease=300.0) as app:
+    async with open_app(
+        flow, child, options=stemd.AppOptions(timing=stemd.Timing(lease=300.0))
+    ) as app:
         run_id = await app.start_workflow("swallow.flow")
         await entered.wait()
         assert await app.cancel_run(run_id, reason="stop")

@@ -222,7 +222,9 @@ async def test_app_takes_over_a_run_whose_worker_died() -> None:
     claim = await store.claim(run_id, "dead", clock.now(), LEASE)
     assert claim is not None
     await store.save_checkpoint(run_id, claim.token, Checkpoint("a", b'"A"'), clock.now())
-    async with open_app(flow, store=store, clock=clock, lease=LEASE) as app:
+    async with open_app(
+        flow, store=store, clock=clock, options=stemd.AppOptions(timing=stemd.Timing(lease=LEASE))
+    ) as app:
         result = await app.wait_for_completion(run_id, timeout=0.05)
         assert result.timed_out
         assert result.status is RunStatus.RUNNING
@@ -307,8 +309,18 @@ async def test_two_apps_on_one_store_execute_each_step_once() -> None:
     store = MemoryStore()
     clock = ManualClock(START)
     async with (
-        open_app(flow, store=store, clock=clock, sweep_interval=1) as one,
-        open_app(flow, store=store, clock=clock, sweep_interval=1) as two,
+        open_app(
+            flow,
+            store=store,
+            clock=clock,
+            options=stemd.AppOptions(timing=stemd.Timing(sweep_interval=1)),
+        ) as one,
+        open_app(
+            flow,
+            store=store,
+            clock=clock,
+            options=stemd.AppOptions(timing=stemd.Timing(sweep_interval=1)),
+        ) as two,
     ):
         ids = [await (one if n % 2 else two).start_workflow(flow) for n in range(100)]
         for run_id in ids:

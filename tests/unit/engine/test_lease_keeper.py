@@ -38,7 +38,9 @@ async def test_a_slice_longer_than_its_lease_keeps_it() -> None:
     completes without being taken over."""
     gate.__init__()
     clock = ManualClock()
-    async with open_app(slow, clock=clock, lease=3.0) as app:
+    async with open_app(
+        slow, clock=clock, options=stemd.AppOptions(timing=stemd.Timing(lease=3.0))
+    ) as app:
         assert app.engine.leases.running
         run_id = await app.start_workflow(slow)
         state = await wait_status(app, run_id, stemd.RunStatus.RUNNING)
@@ -69,7 +71,13 @@ async def test_a_fenced_slice_is_stopped_by_the_keeper() -> None:
     refused and the slice is cancelled before its step goes on."""
     gate.__init__()
     clock = ManualClock()
-    async with open_app(slow, clock=clock, lease=3.0, workers=True, concurrency=1) as app:
+    async with open_app(
+        slow,
+        clock=clock,
+        options=stemd.AppOptions(timing=stemd.Timing(lease=3.0)),
+        workers=True,
+        concurrency=1,
+    ) as app:
         run_id = await app.start_workflow(slow)
         await wait_status(app, run_id, stemd.RunStatus.RUNNING)
         rec = await app.store.get_run(run_id)
