@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import stemd
 from bench.workflows import three_steps
-from stemd.model import RunStatus
-from stemd.store.base import RunRecord
-from stemd.store.sqlite import SqliteStore
-from stemd.store.sqlite_schema import RUN_COLUMNS, record_to_row
+from stemd._model import RunStatus
+from stemd._store.base import RunRecord
+from stemd._store.sqlite import SqliteStore
+from stemd._store.sqlite_schema import RUN_COLUMNS, record_to_row
 
 flow = three_steps
 

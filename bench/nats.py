@@ -48,8 +48,8 @@ sys.path.insert(0, str(_HERE.parent))
 
 import stemd  # noqa: E402
 from bench.workflows import three_steps  # noqa: E402
-from stemd.natsconn import NatsConnection, open_connection  # noqa: E402
-from stemd.testing.nats import nats_server  # noqa: E402
+from stemd._natsconn import NatsConnection, open_connection  # noqa: E402
+from stemd.testing._nats import nats_server  # noqa: E402
 
 FLOW = three_steps.name
 

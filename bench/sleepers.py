@@ -42,7 +42,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import stemd  # noqa: E402
 from bench.daemons import Daemon, cpu_seconds, percentile, rss_kib, write_config  # noqa: E402
-from stemd.testing.nats import nats_server  # noqa: E402
+from stemd.testing._nats import nats_server  # noqa: E402
 
 
 def lines(path: Path) -> list[str]:

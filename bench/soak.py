@@ -37,7 +37,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import stemd  # noqa: E402
 from bench.daemons import Daemon, open_files, rss_kib, write_config  # noqa: E402
-from stemd.testing.nats import NatsServer, nats_server  # noqa: E402
+from stemd.testing._nats import NatsServer, nats_server  # noqa: E402
 
 
 def ended(path: Path) -> int:

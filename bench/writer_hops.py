@@ -32,7 +32,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stemd.store.sqlite_writer import Writer
+from stemd._store.sqlite_writer import Writer
 
 SCHEMA = (
     "CREATE TABLE runs (run_id TEXT PRIMARY KEY, token INTEGER, updated_at INTEGER);"

@@ -5,19 +5,21 @@ Everything in the public contract is importable from here.
 
 from __future__ import annotations
 
-from stemd.actors.supervisor import Actor
-from stemd.app import ActorFactory, App
-from stemd.authoring import Flow, FlowContext, Script, ScriptContext, StepContext, script, step
-from stemd.broker.base import Broker
-from stemd.clock import Clock
-from stemd.codec import Codec, Versioned
-from stemd.errors import (
+from stemd._actors.supervisor import Actor
+from stemd._app import ActorFactory, App
+from stemd._authoring import Flow, FlowContext, Script, ScriptContext, StepContext, script, step
+from stemd._broker.base import Broker
+from stemd._clock import Clock
+from stemd._codec import Codec, Versioned
+from stemd._errors import (
     ChildFailed,
     ConfigError,
     EventTimeout,
     InvalidRunId,
     LeaseLost,
+    NoResponders,
     PayloadError,
+    PermissionDenied,
     RestartBudgetExceeded,
     RunNotFound,
     StemError,
@@ -27,7 +29,7 @@ from stemd.errors import (
     TransportError,
     UnknownWorkflow,
 )
-from stemd.model import (
+from stemd._model import (
     CancellationPolicy,
     CheckpointInfo,
     ErrorInfo,
@@ -36,9 +38,10 @@ from stemd.model import (
     RunStatus,
     WorkflowResult,
 )
-from stemd.natsauth import NatsAuth
-from stemd.options import AppOptions, RestartPolicy, Timing
-from stemd.store.base import Store
+from stemd._natsauth import NatsAuth
+from stemd._operations import Operations
+from stemd._options import AppOptions, RestartPolicy, Timing
+from stemd._store.base import Store, WorkflowInfo
 
 __version__ = "0.1.0"
 
@@ -61,9 +64,12 @@ __all__ = (
     "InvalidRunId",
     "LeaseLost",
     "NatsAuth",
+    "NoResponders",
+    "Operations",
     "PayloadError",
     "RestartBudgetExceeded",
     "RestartPolicy",
+    "PermissionDenied",
     "Retry",
     "RunNotFound",
     "RunState",
@@ -80,6 +86,7 @@ __all__ = (
     "TransportError",
     "UnknownWorkflow",
     "Versioned",
+    "WorkflowInfo",
     "WorkflowResult",
     "__version__",
     "script",

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from stemd.cli.main import main
+from stemd._cli.main import main
 
 main()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from stemd.store.base import Store
+from stemd._store.base import Store
 from tests.stores import STORE_FACTORIES, StoreFactory
 
 

@@ -15,7 +15,7 @@ writers the same rules:
   import it, as the tutorial's program imports ``approvals``). A ``# test_NAME.py`` file
   is a test module: pytest runs it in a subprocess, and it must pass (at least one test
   passed, none failed or skipped); a block that defines ``test_*`` functions must be one.
-- ```` ```toml ````: a stemd configuration, loaded with ``stemd.config.load_config`` (files
+- ```` ```toml ````: a stemd configuration, loaded with ``stemd._config.load_config`` (files
   it names under ``[nats_auth]`` are not read: they live on the target machine).
 - ```` ```sh ```` (``bash``, ``shell``): run with ``bash -euo pipefail`` in the page's
   directory, with the venv's ``bin`` first on ``PATH`` and ``.venv/bin`` there a link to
@@ -309,8 +309,8 @@ def _pytest_module(state: _PageState, name: str) -> str | None:
 
 
 def _toml(example: Example, block: Block) -> str | None:
-    from stemd.config import load_config
-    from stemd.errors import ConfigError
+    from stemd._config import load_config
+    from stemd._errors import ConfigError
 
     tomllib.loads(block.source)
     if not block.runs:

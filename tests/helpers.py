@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 import stemd
-from stemd.store.base import Store
+from stemd._store.base import Store
 from stemd.testing import ManualClock
 
 __all__ = ["RUN_STATE_CONTRACT_FIELDS", "open_app", "wait_status", "wait_until"]

@@ -30,10 +30,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
-from stemd.store import store_from_url
-from stemd.store.base import Store
-from stemd.store.jetstream import JetStreamStore
-from stemd.testing.nats import NatsServer
+from stemd._store import store_from_url
+from stemd._store.base import Store
+from stemd._store.jetstream import JetStreamStore
+from stemd.testing._nats import NatsServer
 
 __all__ = ["STORE_FACTORIES", "StoreFactory"]
 

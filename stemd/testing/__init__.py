@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stemd.testing.clock import ManualClock
-from stemd.testing.nats import NatsServer, NatsServerError, nats_server
+from stemd.testing._clock import ManualClock
+from stemd.testing._nats import NatsServer, NatsServerError, nats_server
 
 __all__ = ("ManualClock", "NatsServer", "NatsServerError", "nats_server")

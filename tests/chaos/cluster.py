@@ -15,8 +15,8 @@ from typing import Any
 
 import anyio
 
-from stemd.natsconn import NatsConnection
-from stemd.testing.nats import NatsServer
+from stemd._natsconn import NatsConnection
+from stemd.testing._nats import NatsServer
 
 __all__ = ["ClusterNode", "nats_cluster", "stream_cluster"]
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import anyio
 
 import stemd
-from stemd.errors import StemError
+from stemd._errors import StemError
 from tests.chaos.workflows import CHILD_RESULT, expected_result, topic
 from tests.integration.daemon_proc import DaemonProcess, NotifyListener
 

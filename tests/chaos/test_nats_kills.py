@@ -23,7 +23,7 @@ import anyio
 import pytest
 
 import stemd
-from stemd.testing.nats import nats_server
+from stemd.testing._nats import nats_server
 from tests.chaos.cluster import nats_cluster, stream_cluster
 from tests.chaos.harness import (
     MODULE,

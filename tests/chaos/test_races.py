@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 import stemd
-from stemd.store.memory import MemoryStore
+from stemd._store.memory import MemoryStore
 from tests.chaos.harness import chaos_rng, scale
 from tests.helpers import wait_status, wait_until
 from tests.stores import shared_nats_server

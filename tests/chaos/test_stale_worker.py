@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import stemd
-from stemd.testing.nats import nats_server
+from stemd.testing._nats import nats_server
 from tests.chaos.harness import MODULE, Daemon, read_effects, scale
 from tests.helpers import wait_until
 from tests.integration.daemon_proc import write_config

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import stemd
-from stemd.errors import StoreError
-from stemd.store.memory import MemoryStore
+from stemd._errors import StoreError
+from stemd._store.memory import MemoryStore
 from stemd.testing import ManualClock
 from tests.chaos.harness import scale
 

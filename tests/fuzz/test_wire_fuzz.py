@@ -30,11 +30,11 @@ from anyio.from_thread import BlockingPortal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stemd import wire
-from stemd.errors import TransportError
-from stemd.natsconn import MSG_ID, JetStreamApiError, NatsConnection, open_connection
-from stemd.store.sqlite_schema import to_us
-from stemd.testing.nats import nats_server
+from stemd import _wire as wire
+from stemd._errors import TransportError
+from stemd._natsconn import MSG_ID, JetStreamApiError, NatsConnection, open_connection
+from stemd._store.sqlite_schema import to_us
+from stemd.testing._nats import nats_server
 from tests.chaos.harness import Daemon, scale
 from tests.integration.daemon_proc import write_config
 

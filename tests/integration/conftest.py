@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from stemd.natsconn import NatsConnection, open_connection
-from stemd.testing.nats import NatsServer, nats_server
+from stemd._natsconn import NatsConnection, open_connection
+from stemd.testing._nats import NatsServer, nats_server
 
 
 @pytest.fixture

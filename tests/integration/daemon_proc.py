@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import stemd
-from stemd.cli.main import run_cli
+from stemd._cli.main import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = "tests.integration.daemon_workflows"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from stemd.cli.main import run_cli
+from stemd._cli.main import run_cli
 from tests.integration.daemon_proc import DaemonProcess, NotifyListener, write_config
 
 pytestmark = pytest.mark.timeout(90)

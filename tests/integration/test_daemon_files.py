@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from stemd.config import load_config, sqlite_path
-from stemd.testing.nats import find_nats_server
+from stemd._config import load_config, sqlite_path
+from stemd.testing._nats import find_nats_server
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ("stemd.service", "stemd@.service")

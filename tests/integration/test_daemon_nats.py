@@ -14,8 +14,8 @@ import structlog
 from stemd_examples import approvals, fanout, flaky, signup, square
 
 import stemd
-from stemd.cli.main import run_cli
-from stemd.testing.nats import NatsServer
+from stemd._cli.main import run_cli
+from stemd.testing._nats import NatsServer
 from tests.integration.daemon_proc import DaemonProcess, NotifyListener, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 import stemd
-from stemd.codec import CodecChain, Keyring
-from stemd.config import load_config
-from stemd.errors import PayloadError
-from stemd.testing.nats import NatsServer
+from stemd._codec import CodecChain, Keyring
+from stemd._config import load_config
+from stemd._errors import PayloadError
+from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 

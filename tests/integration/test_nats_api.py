@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 import stemd
-from stemd.natsconn import NatsConnection
-from stemd.testing.nats import NatsServer
+from stemd._natsconn import NatsConnection
+from stemd.testing._nats import NatsServer
 from tests.helpers import RUN_STATE_CONTRACT_FIELDS, wait_status
 
 pytestmark = pytest.mark.anyio

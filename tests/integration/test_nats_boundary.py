@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from stemd.errors import StemError, TransportError
-from stemd.natsconn import NatsConnection, open_connection
-from stemd.store.jetstream import JetStreamStore
-from stemd.testing.nats import NatsServer
+from stemd._errors import StemError, TransportError
+from stemd._natsconn import NatsConnection, open_connection
+from stemd._store.jetstream import JetStreamStore
+from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 

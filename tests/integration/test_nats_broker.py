@@ -11,10 +11,10 @@ import anyio
 import pytest
 
 import stemd
-from stemd.broker.jetstream import JetStreamBroker, JetStreamDelivery
-from stemd.broker.jetstream_deadletter import DeadLetters
-from stemd.natsconn import NatsConnection
-from stemd.testing.nats import NatsServer
+from stemd._broker.jetstream import JetStreamBroker, JetStreamDelivery
+from stemd._broker.jetstream_deadletter import DeadLetters
+from stemd._natsconn import NatsConnection
+from stemd.testing._nats import NatsServer
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

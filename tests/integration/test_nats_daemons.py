@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 import stemd
-from stemd.testing.nats import NatsServer
+from stemd.testing._nats import NatsServer
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

@@ -14,13 +14,13 @@ import msgspec
 import pytest
 
 import stemd
-from stemd.errors import PayloadError, TransportError
-from stemd.model import RunStatus
-from stemd.natsconn import NatsConnection, PubAck
-from stemd.store import jetstream_index
-from stemd.store.base import Checkpoint, Complete, RunRecord, Suspend, compute_timer_at
-from stemd.store.jetstream import JetStreamStore
-from stemd.testing.nats import NatsServer
+from stemd._errors import PayloadError, TransportError
+from stemd._model import RunStatus
+from stemd._natsconn import NatsConnection, PubAck
+from stemd._store import jetstream_index
+from stemd._store.base import Checkpoint, Complete, RunRecord, Suspend, compute_timer_at
+from stemd._store.jetstream import JetStreamStore
+from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stemd.errors import TransportError
-from stemd.model import RunStatus
-from stemd.store.base import Complete, RunRecord, Suspend
-from stemd.store.jetstream import JetStreamStore
-from stemd.testing.nats import NatsServer
+from stemd._errors import TransportError
+from stemd._model import RunStatus
+from stemd._store.base import Complete, RunRecord, Suspend
+from stemd._store.jetstream import JetStreamStore
+from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 

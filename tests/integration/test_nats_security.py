@@ -19,10 +19,10 @@ import structlog
 from stemd_examples import approvals, square
 
 import stemd
-from stemd.cli.main import run_cli
-from stemd.natsauth import NatsAuth
-from stemd.natsconn import MSG_ID, PermissionDenied, open_connection
-from stemd.testing.nats import NatsServer, nats_server
+from stemd._cli.main import run_cli
+from stemd._natsauth import NatsAuth
+from stemd._natsconn import MSG_ID, PermissionDenied, open_connection
+from stemd.testing._nats import NatsServer, nats_server
 from tests.integration.daemon_proc import DaemonProcess, NotifyListener, write_config
 from tests.nats_pki import Pem, make_ca, make_cert, make_nkey, make_operator
 

@@ -14,9 +14,9 @@ import pytest
 from anyio.abc import TaskStatus
 
 import stemd
-from stemd.actors.ingress import submit_stream_config
-from stemd.natsconn import NatsConnection
-from stemd.testing.nats import NatsServer
+from stemd._actors.ingress import submit_stream_config
+from stemd._natsconn import NatsConnection
+from stemd.testing._nats import NatsServer
 from tests.helpers import wait_status, wait_until
 
 pytestmark = pytest.mark.anyio

@@ -8,17 +8,17 @@ import anyio
 import pytest
 
 import stemd
-from stemd.broker.jetstream import JetStreamBroker
-from stemd.broker.jetstream_schedules import ScheduledTimers
-from stemd.clock import SystemClock
-from stemd.codec import codec_for
-from stemd.engine.engine import Engine
-from stemd.engine.observer import RunChanged
-from stemd.model import RunStatus
-from stemd.natsconn import NatsConnection
-from stemd.store.base import RunRecord, Suspend
-from stemd.store.jetstream import JetStreamStore
-from stemd.testing.nats import NatsServer
+from stemd._broker.jetstream import JetStreamBroker
+from stemd._broker.jetstream_schedules import ScheduledTimers
+from stemd._clock import SystemClock
+from stemd._codec import codec_for
+from stemd._engine.engine import Engine
+from stemd._engine.observer import RunChanged
+from stemd._model import RunStatus
+from stemd._natsconn import NatsConnection
+from stemd._store.base import RunRecord, Suspend
+from stemd._store.jetstream import JetStreamStore
+from stemd.testing._nats import NatsServer
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

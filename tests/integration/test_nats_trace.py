@@ -13,9 +13,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 import stemd
-from stemd.cli.client import NatsClient
-from stemd.natsconn import NatsConnection
-from stemd.testing.nats import NatsServer
+from stemd._cli.client import NatsClient
+from stemd._natsconn import NatsConnection
+from stemd.testing._nats import NatsServer
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from stemd.broker.pull import PullConsumer
-from stemd.natsconn import NatsConnection
+from stemd._broker.pull import PullConsumer
+from stemd._natsconn import NatsConnection
 
 pytestmark = pytest.mark.anyio
 

@@ -15,9 +15,9 @@ import pytest
 import structlog
 
 import stemd
-from stemd.cli.main import run_cli
-from stemd.natsconn import NatsConnection
-from stemd.testing.nats import NatsServer
+from stemd._cli.main import run_cli
+from stemd._natsconn import NatsConnection
+from stemd.testing._nats import NatsServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 

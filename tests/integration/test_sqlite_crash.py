@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 import stemd
-from stemd.store.sqlite_schema import RUN_COLUMNS, record_from_row
+from stemd._store.sqlite_schema import RUN_COLUMNS, record_from_row
 from tests.helpers import wait_until
 from tests.integration.sqlite_daemon import BURST_STEPS, CRASH_STEPS
 

@@ -15,13 +15,13 @@ import anyio
 import pytest
 
 import stemd
-from stemd.errors import ConfigError, LeaseLost, StoreError
-from stemd.model import RunStatus
-from stemd.store import sqlite_ops as ops
-from stemd.store import store_from_url
-from stemd.store.base import Checkpoint, Complete, RunRecord, Suspend
-from stemd.store.sqlite import _COLS, _DUE, _RUNNABLE, _WAITING, SqliteStore
-from stemd.store.sqlite_schema import migrations, to_us
+from stemd._errors import ConfigError, LeaseLost, StoreError
+from stemd._model import RunStatus
+from stemd._store import sqlite_ops as ops
+from stemd._store import store_from_url
+from stemd._store.base import Checkpoint, Complete, RunRecord, Suspend
+from stemd._store.sqlite import _COLS, _DUE, _RUNNABLE, _WAITING, SqliteStore
+from stemd._store.sqlite_schema import migrations, to_us
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

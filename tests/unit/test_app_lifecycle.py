@@ -9,13 +9,13 @@ import msgspec
 import pytest
 
 import stemd
-from stemd.actors.api import ApiResponder
-from stemd.broker.capabilities import HelperActors, QueueDepth
-from stemd.broker.jetstream import JetStreamBroker
-from stemd.broker.local import LocalBroker
-from stemd.config import Config
-from stemd.store.base import WorkflowInfo
-from stemd.store.memory import MemoryStore
+from stemd._actors.api import ApiResponder
+from stemd._broker.capabilities import HelperActors, QueueDepth
+from stemd._broker.jetstream import JetStreamBroker
+from stemd._broker.local import LocalBroker
+from stemd._config import Config
+from stemd._store.base import WorkflowInfo
+from stemd._store.memory import MemoryStore
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

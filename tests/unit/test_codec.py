@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from stemd.codec import CodecChain, Keyring, codec_for
-from stemd.errors import ConfigError, PayloadError
+from stemd._codec import CodecChain, Keyring, codec_for
+from stemd._errors import ConfigError, PayloadError
 
 
 class Order(msgspec.Struct):

@@ -8,10 +8,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from stemd.config import DEFAULT_STORE, Config, config_to_toml, load_config
-from stemd.errors import ConfigError
-from stemd.reachability import check_reachable
-from stemd.urls import sqlite_path
+from stemd._config import DEFAULT_STORE, Config, config_to_toml, load_config
+from stemd._errors import ConfigError
+from stemd._reachability import check_reachable
+from stemd._urls import sqlite_path
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -172,7 +172,7 @@ async def test_unreachable_urls_name_their_key(tmp_path: Path) -> None:
 
 def test_event_loop_options() -> None:
     """event_loop picks uvloop when installed (auto) or asked, asyncio when asked."""
-    from stemd.daemon import loop_options
+    from stemd._daemon import loop_options
 
     assert loop_options("asyncio") == {}
     assert loop_options("auto") == {"use_uvloop": True}  # uvloop is a test dependency

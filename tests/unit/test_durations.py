@@ -9,7 +9,7 @@ import math
 import pytest
 
 import stemd
-from stemd.model import MAX_DURATION, seconds
+from stemd._model import MAX_DURATION, seconds
 from tests.helpers import open_app
 
 pytestmark = pytest.mark.anyio

@@ -8,14 +8,14 @@ import pytest
 
 # The modules that must take part in no import cycle.
 ACYCLIC = (
-    "stemd.authoring",
-    "stemd.engine",
-    "stemd.actors.timer",
-    "stemd.actors.sweeper",
-    "stemd.actors.workers",
-    "stemd.tracing",
-    "stemd.metrics",
-    "stemd.observe",
+    "stemd._authoring",
+    "stemd._engine",
+    "stemd._actors.timer",
+    "stemd._actors.sweeper",
+    "stemd._actors.workers",
+    "stemd._tracing",
+    "stemd._metrics",
+    "stemd._observe",
 )
 
 
@@ -31,10 +31,10 @@ def _in(module: str, prefixes: tuple[str, ...]) -> bool:
 def test_authoring_imports_nothing_of_the_engine_or_outer_layers(
     graph: grimp.ImportGraph,
 ) -> None:
-    """stemd.authoring imports (directly or not) only the data model, its identifier
+    """stemd._authoring imports (directly or not) only the data model, its identifier
     patterns and the errors."""
-    imported = graph.find_upstream_modules("stemd.authoring", as_package=True)
-    assert sorted(imported) == ["stemd.errors", "stemd.identifiers", "stemd.model"]
+    imported = graph.find_upstream_modules("stemd._authoring", as_package=True)
+    assert sorted(imported) == ["stemd._errors", "stemd._identifiers", "stemd._model"]
 
 
 def test_authoring_engine_and_their_observers_are_in_no_import_cycle(

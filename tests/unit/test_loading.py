@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from stemd.errors import ConfigError
-from stemd.loading import import_object, load_workflows
+from stemd._errors import ConfigError
+from stemd._loading import import_object, load_workflows
 
 
 def _module(tmp_path: Path, name: str, body: str) -> None:
@@ -76,6 +76,6 @@ def test_two_workflows_with_one_name_are_refused(
 
 def test_import_object_finds_a_factory() -> None:
     """``module:attribute`` names a callable; anything else is a ConfigError."""
-    assert import_object("actors[0]", "stemd.loading:load_workflows") is load_workflows
+    assert import_object("actors[0]", "stemd._loading:load_workflows") is load_workflows
     with pytest.raises(ConfigError, match="has no attribute"):
-        import_object("actors[0]", "stemd.loading:nothing_here")
+        import_object("actors[0]", "stemd._loading:nothing_here")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from stemd.logs import DRIVERS, configure_logging, set_level
+from stemd._logs import DRIVERS, configure_logging, set_level
 
 
 @pytest.fixture(autouse=True)

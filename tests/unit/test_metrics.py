@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 import anyio
 import pytest
 
-from stemd.actors.http import HttpEndpoint, listen, parse_address
-from stemd.errors import ConfigError
-from stemd.metrics import Registry
+from stemd._actors.http import HttpEndpoint, listen, parse_address
+from stemd._errors import ConfigError
+from stemd._metrics import Registry
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -6,11 +6,11 @@ import msgspec
 import pytest
 
 import stemd
-from stemd import wire
-from stemd.errors import ConfigError
-from stemd.identifiers import is_prefix, is_queue, validate_run_id, validate_topic
-from stemd.model import parse_status
-from stemd.urls import is_nats, nats_servers, store_kind, url_kind
+from stemd import _wire as wire
+from stemd._errors import ConfigError
+from stemd._identifiers import is_prefix, is_queue, validate_run_id, validate_topic
+from stemd._model import parse_status
+from stemd._urls import is_nats, nats_servers, store_kind, url_kind
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ from pathlib import Path
 import nkeys
 import pytest
 
-from stemd.config import Config, config_to_builtins, config_to_toml, load_config
-from stemd.errors import ConfigError
-from stemd.natsauth import NatsAuth, redact_url, url_has_credentials
+from stemd._config import Config, config_to_builtins, config_to_toml, load_config
+from stemd._errors import ConfigError
+from stemd._natsauth import NatsAuth, redact_url, url_has_credentials
 from tests.nats_pki import creds_text, make_ca, make_cert, make_nkey
 
 

@@ -8,9 +8,9 @@ import msgspec
 import pytest
 
 import stemd
-from stemd import wire
-from stemd.codec import MAX_DEPTH, check_depth, codec_for
-from stemd.errors import PayloadError
+from stemd import _wire as wire
+from stemd._codec import MAX_DEPTH, check_depth, codec_for
+from stemd._errors import PayloadError
 from tests.helpers import open_app
 
 pytestmark = pytest.mark.anyio

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import stemd
-from stemd.observe import install_metrics
+from stemd._observe import install_metrics
 from stemd.testing import ManualClock
 from tests.helpers import open_app
 

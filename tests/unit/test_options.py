@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stemd.errors import ConfigError
-from stemd.options import as_bool, convert_options, keep
+from stemd._errors import ConfigError
+from stemd._options import as_bool, convert_options, keep
 
 
 def test_options_are_converted_by_kind() -> None:

@@ -12,7 +12,7 @@ import structlog
 from structlog.testing import LogCapture
 
 import stemd
-from stemd.runlog import RunLog
+from stemd._runlog import RunLog
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status, wait_until
 

@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import stemd
+from stemd._tracing import install_tracing, trace_headers, traceparent_from
 from stemd.testing import ManualClock
-from stemd.tracing import install_tracing, trace_headers, traceparent_from
 from tests.helpers import open_app, wait_status, wait_until
 
 pytestmark = pytest.mark.anyio

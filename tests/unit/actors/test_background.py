@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 import stemd
-from stemd.model import RunStatus
-from stemd.store.base import Claim, RunRecord, Suspend, compute_timer_at
-from stemd.store.memory import MemoryStore
+from stemd._model import RunStatus
+from stemd._store.base import Claim, RunRecord, Suspend, compute_timer_at
+from stemd._store.memory import MemoryStore
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status, wait_until
 
@@ -240,7 +240,7 @@ async def test_local_broker_nak_requeues_after_the_delay_without_blocking() -> N
     """A naked local delivery comes back after its delay; nak itself returns at once."""
     import time
 
-    from stemd.broker.local import LocalBroker
+    from stemd._broker.local import LocalBroker
 
     broker = LocalBroker()
     await broker.enqueue("r1", "q")

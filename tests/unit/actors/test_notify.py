@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from stemd.actors.notify import Notifier, SystemdNotify
+from stemd._actors.notify import Notifier, SystemdNotify
 
 
 @pytest.fixture

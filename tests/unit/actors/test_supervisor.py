@@ -7,7 +7,7 @@ import pytest
 from anyio.abc import TaskStatus
 
 from stemd import RestartBudgetExceeded, RestartPolicy
-from stemd.actors.supervisor import Supervisor
+from stemd._actors.supervisor import Supervisor
 
 pytestmark = pytest.mark.anyio
 

@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 import stemd
-from stemd.store.base import FireResult
-from stemd.store.memory import MemoryStore
+from stemd._store.base import FireResult
+from stemd._store.memory import MemoryStore
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status
 

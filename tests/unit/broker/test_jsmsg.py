@@ -6,8 +6,8 @@ from typing import cast
 
 import pytest
 
-from stemd.broker.pull import JsMsg
-from stemd.natsconn import NatsConnection, NatsMsg
+from stemd._broker.pull import JsMsg
+from stemd._natsconn import NatsConnection, NatsMsg
 
 
 def message(reply: str) -> JsMsg:

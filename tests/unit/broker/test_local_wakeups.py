@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from stemd.broker.local import LocalBroker
+from stemd._broker.local import LocalBroker
 
 pytestmark = pytest.mark.anyio
 

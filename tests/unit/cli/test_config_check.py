@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stemd.cli.main import run_cli
+from stemd._cli.main import run_cli
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stemd.cli.main import run_cli
+from stemd._cli.main import run_cli
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from stemd.cli.output import duration, run_detail
-from stemd.model import CheckpointInfo, ErrorInfo, RunState, RunStatus
+from stemd._cli.output import duration, run_detail
+from stemd._model import CheckpointInfo, ErrorInfo, RunState, RunStatus
 
 T0 = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
 

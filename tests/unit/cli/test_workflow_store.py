@@ -15,7 +15,7 @@ import pytest
 from stemd_examples import approvals, fanout, flaky, signup, square
 
 import stemd
-from stemd.cli.main import run_cli
+from stemd._cli.main import run_cli
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 
 import stemd
-from stemd.store.base import RunRecord
-from stemd.store.memory import MemoryStore
+from stemd._store.base import RunRecord
+from stemd._store.memory import MemoryStore
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status, wait_until
 

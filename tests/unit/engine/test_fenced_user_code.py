@@ -12,8 +12,8 @@ import anyio
 import pytest
 
 import stemd
-from stemd.errors import StoreError
-from stemd.store.memory import MemoryStore
+from stemd._errors import StoreError
+from stemd._store.memory import MemoryStore
 from tests.helpers import open_app, wait_until
 
 pytestmark = pytest.mark.anyio

@@ -10,10 +10,10 @@ import anyio
 import pytest
 
 import stemd
-from stemd.codec import codec_for
-from stemd.engine.engine import Engine
-from stemd.store.base import Checkpoint
-from stemd.store.memory import MemoryStore
+from stemd._codec import codec_for
+from stemd._engine.engine import Engine
+from stemd._store.base import Checkpoint
+from stemd._store.memory import MemoryStore
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status, wait_until
 

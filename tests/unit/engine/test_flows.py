@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 import stemd
-from stemd.store.memory import MemoryStore
+from stemd._store.memory import MemoryStore
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status, wait_until
 

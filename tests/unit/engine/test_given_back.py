@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import stemd
-from stemd.cli.output import run_detail, runs_table
-from stemd.codec import codec_for
-from stemd.engine.engine import Engine
-from stemd.model import ErrorInfo, RunState
-from stemd.store.base import RetryLater, Store
+from stemd._cli.output import run_detail, runs_table
+from stemd._codec import codec_for
+from stemd._engine.engine import Engine
+from stemd._model import ErrorInfo, RunState
+from stemd._store.base import RetryLater, Store
 from stemd.testing import ManualClock
 
 pytestmark = pytest.mark.anyio

@@ -10,9 +10,9 @@ import msgspec
 import pytest
 
 import stemd
-from stemd.codec import codec_for
-from stemd.engine.engine import Engine
-from stemd.engine.observer import (
+from stemd._codec import codec_for
+from stemd._engine.engine import Engine
+from stemd._engine.observer import (
     LostLease,
     Observer,
     Observers,
@@ -23,7 +23,7 @@ from stemd.engine.observer import (
     StepFinished,
     StepStarted,
 )
-from stemd.store.memory import MemoryStore
+from stemd._store.memory import MemoryStore
 from stemd.testing import ManualClock
 
 pytestmark = pytest.mark.anyio

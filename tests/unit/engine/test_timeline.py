@@ -10,9 +10,9 @@ import msgspec
 import pytest
 
 import stemd
-from stemd.codec import codec_for
-from stemd.engine.timeline import build_timeline
-from stemd.store.base import Checkpoint
+from stemd._codec import codec_for
+from stemd._engine.timeline import build_timeline
+from stemd._store.base import Checkpoint
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status, wait_until
 

@@ -77,7 +77,7 @@ async def test_unknown_version_fails_the_step_with_a_clear_error() -> None:
 def test_results_decode_through_versioned_and_unversioned_values_need_a_legacy() -> None:
     """wait_for_completion-style decoding accepts Versioned; without a legacy version,
     unversioned values are refused."""
-    from stemd.codec import CodecChain
+    from stemd._codec import CodecChain
 
     codec = CodecChain()
     raw = codec.encode(orders.wrap(OrderV2(id="a", amount=2.0, currency="EUR")))

@@ -9,9 +9,9 @@ import anyio
 import nats.errors
 import pytest
 
-from stemd.errors import StemError, TransportError
-from stemd.natsconn import NatsConnection, NoResponders, Subscription, open_connection
-from stemd.natsconn.boundary import FOREIGN, boundary, is_entry_point, translate
+from stemd._errors import StemError, TransportError
+from stemd._natsconn import NatsConnection, NoResponders, Subscription, open_connection
+from stemd._natsconn.boundary import FOREIGN, boundary, is_entry_point, translate
 
 pytestmark = pytest.mark.anyio
 

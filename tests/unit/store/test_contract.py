@@ -1,6 +1,6 @@
 """The Store contract: one suite, run against every kind of store (see tests/stores.py).
 
-Everything here goes through the :class:`stemd.store.base.Store` protocol only, with time
+Everything here goes through the :class:`stemd._store.base.Store` protocol only, with time
 passed in explicitly, so that every backend is held to the same behaviour.
 """
 
@@ -13,9 +13,9 @@ import anyio
 import msgspec
 import pytest
 
-from stemd.errors import LeaseLost
-from stemd.model import CancellationPolicy, ErrorInfo, RunStatus
-from stemd.store.base import (
+from stemd._errors import LeaseLost
+from stemd._model import CancellationPolicy, ErrorInfo, RunStatus
+from stemd._store.base import (
     Checkpoint,
     Claim,
     Complete,

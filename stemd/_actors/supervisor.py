@@ -1,0 +1,97 @@
+"""The supervisor: owns every actor in one task group and restarts the ones that crash."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskStatus
+
+from stemd._actor import Actor
+from stemd._errors import RestartBudgetExceeded
+from stemd._options import RestartPolicy
+
+__all__ = ["Actor", "Supervisor", "SupervisorStats"]
+
+log = structlog.get_logger("stemd.supervisor")
+
+
+class SupervisorStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Restarts so far, per actor."""
+
+    restarts: dict[str, int]
+
+
+class Supervisor:
+    """Starts actors, waits until each is ready, restarts crashed ones within budget.
+
+    A crash past the budget raises :class:`RestartBudgetExceeded` out of :meth:`run`, which
+    stops every actor: the daemon then exits non-zero and systemd restarts it.
+    """
+
+    name = "supervisor"
+
+    def __init__(
+        self,
+        actors: list[Any],
+        policy: RestartPolicy | None = None,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> None:
+        self._actors = actors
+        self.policy = policy or RestartPolicy()
+        self._restarts: dict[str, int] = {getattr(a, "name", repr(a)): 0 for a in actors}
+        self._on_restart = on_restart
+
+    def statistics(self) -> SupervisorStats:
+        return SupervisorStats(restarts=dict(self._restarts))
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            for actor in self._actors:
+                await tg.start(self._supervise, actor)
+            task_status.started()
+
+    async def _supervise(
+        self, actor: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        name: str = getattr(actor, "name", repr(actor))
+        crashes: deque[float] = deque()
+        backoff = self.policy.backoff
+        status = _OnceStatus(task_status)
+        while True:
+            try:
+                await actor.run(task_status=status)
+                return
+            except Exception as exc:
+                now = time.monotonic()
+                crashes.append(now)
+                while crashes and crashes[0] < now - self.policy.window:
+                    crashes.popleft()
+                if len(crashes) > self.policy.max_restarts:
+                    log.error("actor crashed past its restart budget", actor=name, error=repr(exc))
+                    raise RestartBudgetExceeded(f"actor {name} crashed: {exc!r}") from exc
+                log.warning("actor crashed; restarting", actor=name, error=repr(exc))
+                self._restarts[name] = self._restarts.get(name, 0) + 1
+                if self._on_restart is not None:
+                    self._on_restart(name)
+                await anyio.sleep(backoff)
+                backoff = min(self.policy.max_backoff, backoff * 2)
+
+
+class _OnceStatus:
+    """Passes the first ``started()`` through to the supervisor's own task status and
+    ignores the ones of restarted actors."""
+
+    def __init__(self, inner: TaskStatus[None]) -> None:
+        self._inner = inner
+        self._done = False
+
+    def started(self, value: None = None) -> None:
+        if not self._done:
+            self._done = True
+            self._inner.started()

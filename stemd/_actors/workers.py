@@ -1,0 +1,153 @@
+"""The worker pool: N concurrent executors fed by the broker.
+
+A delivery acknowledged late is handed to someone else (JetStream's ``ack_wait``): a
+delivery whose ``heartbeat`` is set (seconds) gets ``in_progress()`` that often while its
+run is being advanced, from one ticker task for the whole pool.
+
+Draining (:meth:`WorkerPool.drain`, what a graceful shutdown does): the workers stop taking
+deliveries — those waiting for one stop waiting — and the slices in flight get a grace
+period to finish, commit and acknowledge their delivery. Whatever still runs when the
+pool is cancelled afterwards is released by the engine, and re-run from the interrupted
+step by whoever takes the run next.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskStatus
+
+from stemd._broker.base import Broker, Delivery
+from stemd._engine.engine import Engine
+from stemd._engine.leases import LeaseKeeper
+
+__all__ = ["WorkerPool", "WorkerStats"]
+
+log = structlog.get_logger("stemd.workers")
+
+
+class WorkerStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters of a worker pool (``draining``: it takes no more deliveries)."""
+
+    concurrency: int
+    busy: int
+    slices: int
+    errors: int
+    draining: bool = False
+
+
+class WorkerPool:
+    """``concurrency`` tasks, each taking a delivery, advancing its run, then acking it."""
+
+    name = "workers"
+
+    def __init__(self, engine: Engine, broker: Broker, queue: str, concurrency: int) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.engine = engine
+        self.broker = broker
+        self.queue = queue
+        self.concurrency = concurrency
+        self._busy = 0
+        # Deliveries taken and not yet acknowledged (or handed back), with the time of
+        # their last heartbeat.
+        self._in_flight: dict[int, tuple[Delivery, float]] = {}
+        self._slices = 0
+        self._errors = 0
+        # The engine keeps its slices' leases from one task (its keeper, run here with
+        # the workers), or from a task per slice.
+        self.keeper = engine.leases if isinstance(engine.leases, LeaseKeeper) else None
+        self._draining = False
+        self._receiving: set[anyio.CancelScope] = set()
+        self._settled: anyio.Event | None = None
+
+    def statistics(self) -> WorkerStats:
+        return WorkerStats(
+            concurrency=self.concurrency,
+            busy=self._busy,
+            slices=self._slices,
+            errors=self._errors,
+            draining=self._draining,
+        )
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            if self.keeper is not None:
+                # One task keeps the leases of every slice these workers run.
+                await tg.start(self.keeper.run)
+            tg.start_soon(self._heartbeats)
+            for _ in range(self.concurrency):
+                tg.start_soon(self._work)
+            task_status.started()
+
+    async def drain(self, grace: float | None = None) -> int:
+        """Take no more deliveries, and wait up to ``grace`` seconds (``None``: as long as
+        it takes) for the slices in flight to finish and be acknowledged. Return how many
+        are still in flight; they run on until the pool is cancelled. Draining is for good:
+        the pool takes no delivery after it."""
+        self._draining = True
+        for scope in list(self._receiving):
+            scope.cancel()
+        with anyio.move_on_after(grace):
+            while self._in_flight:
+                self._settled = anyio.Event()
+                await self._settled.wait()
+        return len(self._in_flight)
+
+    async def _heartbeats(self) -> None:
+        """Tell the broker about slices running longer than their delivery's heartbeat."""
+        while True:
+            beats = [d.heartbeat or 0.0 for d, _ in self._in_flight.values()]
+            tick = min((b for b in beats if b > 0), default=2.0) / 2
+            await anyio.sleep(tick)
+            now = time.monotonic()
+            for key, (delivery, last) in list(self._in_flight.items()):
+                beat = delivery.heartbeat
+                if beat and now - last >= beat and key in self._in_flight:
+                    self._in_flight[key] = (delivery, now)
+                    try:
+                        await delivery.in_progress()
+                    except Exception as exc:
+                        log.warning("in_progress failed", run_id=delivery.run_id, error=repr(exc))
+
+    async def _work(self) -> None:
+        while (delivery := await self._receive()) is not None:
+            self._in_flight[id(delivery)] = (delivery, time.monotonic())
+            try:
+                await self._advance(delivery)
+            finally:
+                self._in_flight.pop(id(delivery), None)
+                if self._settled is not None:
+                    self._settled.set()
+
+    async def _receive(self) -> Delivery | None:
+        """The next delivery, or ``None`` once the pool drains."""
+        if self._draining:
+            return None
+        with anyio.CancelScope() as scope:
+            self._receiving.add(scope)
+            try:
+                return await self.broker.receive(self.queue)
+            finally:
+                self._receiving.discard(scope)
+        return None  # drain() cancelled the wait
+
+    async def _advance(self, delivery: Delivery) -> None:
+        self._busy += 1
+        try:
+            await self.engine.advance(delivery.run_id)
+            self._slices += 1
+        except Exception as exc:
+            # A store or broker failure: the run stays in the store and the sweeper
+            # or a redelivery picks it up again. Never let one run kill the worker.
+            self._errors += 1
+            log.exception("slice failed", run_id=delivery.run_id, error=repr(exc))
+            with anyio.CancelScope(shield=True):
+                await delivery.nak(1.0)
+            return
+        finally:
+            self._busy -= 1
+        await delivery.ack()

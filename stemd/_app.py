@@ -1,0 +1,490 @@
+"""The App: the library entry point, a facade over the store, broker, engine and actors.
+
+It owns what it opens, on one :class:`contextlib.AsyncExitStack` (first opened, last
+closed): the store, the broker, the NATS surface's connection and the task group of the
+supervisor, which runs the built-in actors (timer, sweeper, worker pool, the broker's
+own), those of the NATS surface, and the extra ones given.
+
+Its settings beyond the contract's keywords are data (:class:`~stemd._options.AppOptions`);
+the daemon's config converts to them with msgspec.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+import anyio
+
+from stemd._actors.supervisor import Actor, Supervisor
+from stemd._actors.sweeper import Sweeper
+from stemd._actors.timer import Timer
+from stemd._actors.workers import WorkerPool
+from stemd._broker import broker_from_url
+from stemd._broker.base import Broker
+from stemd._broker.capabilities import HelperActors
+from stemd._clock import Clock, SystemClock
+from stemd._codec import Codec, codec_for, convert
+from stemd._engine.engine import Engine, Workflow, new_run_id, to_run_state
+from stemd._engine.leases import LeaseKeeper
+from stemd._engine.observer import Observers
+from stemd._errors import RunNotFound, StemError
+from stemd._identifiers import validate_run_id, validate_topic
+from stemd._model import (
+    CancellationPolicy,
+    RunState,
+    RunStatus,
+    WorkflowResult,
+    parse_status,
+    seconds,
+)
+from stemd._options import AppOptions
+from stemd._store import store_from_url
+from stemd._store.base import RunRecord, Store, WorkflowInfo
+from stemd._urls import is_nats
+
+__all__ = ["ActorFactory", "App"]
+
+T = TypeVar("T")
+
+#: Makes an extra actor for an App, once the App is open (so it can reach the engine).
+ActorFactory = Callable[["App"], Actor]
+
+
+def _registry(workflows: Iterable[Workflow]) -> dict[str, Workflow]:
+    out: dict[str, Workflow] = {}
+    for wf in workflows:
+        name = getattr(wf, "name", None)
+        if not isinstance(name, str) or getattr(wf, "kind", None) not in ("flow", "script"):
+            raise TypeError(f"not a workflow (Flow or @stemd.script): {wf!r}")
+        if name in out and out[name] is not wf:
+            raise ValueError(f"two workflows are named {name!r}")
+        out[name] = wf
+    return out
+
+
+def workflow_info(wf: Workflow) -> WorkflowInfo:
+    """What the store records about a workflow served here: its name, kind, version and,
+    for a flow, its declared steps in order."""
+    steps = getattr(wf, "steps", None) if wf.kind == "flow" else None
+    version = getattr(wf, "version", None)
+    return WorkflowInfo(
+        name=wf.name,
+        kind="flow" if wf.kind == "flow" else "script",
+        steps=None if steps is None else tuple(getattr(s, "name", str(s)) for s in steps),
+        version=version if isinstance(version, (str, int)) else None,
+    )
+
+
+class _Resource(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@asynccontextmanager
+async def _opened(resource: _Resource) -> AsyncIterator[None]:
+    """``resource`` open for the block; closed after it, whatever happens, in at most 10 s
+    (shielded: a cancelled App still closes its files and connections)."""
+    await resource.open()
+    try:
+        yield
+    finally:
+        with anyio.move_on_after(10, shield=True):
+            await resource.close()
+
+
+class App:
+    """A stemd application: registers workflows, executes them (unless ``workers=False``),
+    and starts, emits to and inspects runs. It implements
+    :class:`~stemd._operations.Operations`, which its NATS surface serves.
+
+    Use it as an async context manager::
+
+        async with stemd.App(store="sqlite:///./stemd.db", workflows=[flow]) as app:
+            run_id = await app.start_workflow("approvals.flow", params={...})
+
+    Args:
+        store: ``"memory://"``, ``"sqlite:///PATH"``, ``"nats://HOST:PORT"`` or a Store.
+        broker: ``None`` for the in-process broker, ``"nats://HOST:PORT"`` or a Broker.
+        workflows: the Flow and script objects this app knows.
+        workers: execute runs here; ``False`` makes a client only.
+        concurrency: runs executed at once.
+        queue: the queue this app's workers take runs from (and new runs go to).
+        options: everything else that is data: timing (lease, sweep interval, shutdown
+            grace), restart budget, the NATS surface, credentials, tracing
+            (:class:`~stemd._options.AppOptions`).
+        clock: time source (tests pass a :class:`stemd.testing.ManualClock`).
+        codec: ``"json"`` or ``"msgpack"`` for stored values, or a Codec (e.g. a
+            :class:`stemd._codec.CodecChain` with compression and encryption).
+        workflow_codecs: codecs for the values of particular workflows, by name.
+        actors: more actors for the supervisor (each made by a callable taking the open
+            App), started after the built-in ones, also when ``workers=False``.
+    """
+
+    def __init__(
+        self,
+        store: str | Store = "memory://",
+        broker: str | Broker | None = None,
+        workflows: Iterable[Workflow] = (),
+        workers: bool = True,
+        concurrency: int = 32,
+        queue: str = "workflow",
+        *,
+        options: AppOptions | None = None,
+        clock: Clock | None = None,
+        codec: str | Codec = "json",
+        workflow_codecs: Mapping[str, Codec] | None = None,
+        actors: Iterable[ActorFactory] = (),
+    ) -> None:
+        if options is not None and not isinstance(options, AppOptions):
+            raise StemError("options must be a stemd.AppOptions")
+        self.options = options or AppOptions()
+        self._store_arg = store
+        self._broker_arg = broker
+        self.workflows = _registry(workflows)
+        self.workers = workers
+        self.concurrency = concurrency
+        self.queue = queue
+        self.clock: Clock = clock or SystemClock()
+        self.codec: Codec = codec_for(codec) if isinstance(codec, str) else codec
+        self.workflow_codecs = dict(workflow_codecs or {})
+        self.owner = (
+            self.options.owner or f"{socket.gethostname()}:{os.getpid()}:{new_run_id()[-8:]}"
+        )
+        self._actor_factories = list(actors)
+        self._engine: Engine | None = None
+        self._stack: AsyncExitStack | None = None
+        self._drained = False
+        self.supervisor: Supervisor | None = None
+        self.timer: Timer | None = None
+        self.sweeper: Sweeper | None = None
+        self.pool: WorkerPool | None = None
+
+    def register(self, *workflows: Workflow) -> None:
+        """Add workflows (before the app is entered)."""
+        merged = _registry([*self.workflows.values(), *workflows])
+        self.workflows.clear()
+        self.workflows.update(merged)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (only while the app is open)."""
+        if self._engine is None:
+            raise StemError("the App is not open: use `async with App(...) as app`")
+        return self._engine
+
+    @property
+    def store(self) -> Store:
+        """The store (only while the app is open)."""
+        return self.engine.store
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> App:
+        if self._stack is not None:
+            raise StemError("the App is open already")
+        async with AsyncExitStack() as stack:
+            await self._open(stack)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return None
+        # The exit stack closes, in reverse order, what _open entered.
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    async def _open(self, stack: AsyncExitStack) -> None:
+        """Open everything, each piece entered on ``stack`` (which closes it)."""
+        store = self._make_store()
+        await stack.enter_async_context(_opened(store))
+        if self.workers and self.workflows:
+            # What this app serves, for `stemd workflow types` and the CLI's check of the
+            # names it starts; clients (workers=False) serve nothing.
+            infos = [workflow_info(wf) for wf in self.workflows.values()]
+            await store.register_workflows(infos, self.clock.now())
+        broker = self._make_broker()
+        if broker is not None:
+            await stack.enter_async_context(_opened(broker))
+        self._drained = False
+        self._engine = engine = Engine(
+            store=store,
+            broker=broker,
+            codec=self.codec,
+            codecs=self.workflow_codecs,
+            clock=self.clock,
+            workflows=self.workflows,
+            owner=self.owner,
+            lease=self.options.timing.lease,
+            default_queue=self.queue,
+            accept_unknown=not self.workers and not self.workflows,
+            observers=Observers(),
+            # Workers keep their slices' leases from one task (see WorkerPool).
+            leases=(
+                LeaseKeeper(store, self.clock, self.options.timing.lease) if self.workers else None
+            ),
+        )
+        stack.callback(self._closed)
+        if self.options.tracing:
+            from stemd._tracing import install_tracing
+
+            install_tracing(self)
+        children = self._builtin_actors(engine, broker)
+        if self.options.nats is not None:
+            from stemd._actors.surface import open_nats_surface
+
+            children += await stack.enter_async_context(
+                open_nats_surface(
+                    self,
+                    engine.events,
+                    self.options.nats,
+                    self.options.prefix,
+                    decode=self.codec.decode,
+                    name=f"stemd-api:{self.owner}",
+                    auth=self.options.nats_auth,
+                )
+            )
+        children += [factory(self) for factory in self._actor_factories]
+        if children:
+            self.supervisor = Supervisor(children, self.options.restart)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            # Leaving the App stops its actors (the exit stack then waits for them).
+            stack.callback(tg.cancel_scope.cancel)
+            stack.push_async_exit(self._drain_on_exit)
+            await tg.start(self.supervisor.run)
+
+    def _make_store(self) -> Store:
+        if not isinstance(self._store_arg, str):
+            return self._store_arg
+        return store_from_url(self._store_arg, **self._nats_options(self._store_arg))
+
+    def _make_broker(self) -> Broker | None:
+        if self._broker_arg is None:
+            return broker_from_url(None) if self.workers else None
+        if isinstance(self._broker_arg, str):
+            return broker_from_url(self._broker_arg, **self._nats_options(self._broker_arg))
+        return self._broker_arg
+
+    def _builtin_actors(self, engine: Engine, broker: Broker | None) -> list[Actor]:
+        if not self.workers:
+            return []
+        assert broker is not None
+        timing = self.options.timing
+        sweep = timing.sweep_interval if timing.sweep_interval is not None else timing.lease / 2
+        self.timer = Timer(engine)
+        self.sweeper = Sweeper(engine, broker, sweep)
+        self.pool = WorkerPool(engine, broker, self.queue, self.concurrency)
+        actors: list[Actor] = [self.timer, self.sweeper, self.pool]
+        if isinstance(broker, HelperActors):
+            actors += broker.actors(engine)
+        return actors
+
+    def _nats_options(self, url: str) -> dict[str, Any]:
+        """The options of a store or broker URL: ``auth`` for a NATS one."""
+        if self.options.nats_auth is not None and is_nats(url):
+            return {"auth": self.options.nats_auth}
+        return {}
+
+    def _closed(self) -> None:
+        self._engine = None
+
+    async def _drain_on_exit(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Leaving the App normally: give the slices in flight the shutdown grace."""
+        grace = self.options.timing.shutdown_grace
+        if exc_type is None and grace > 0 and not self._drained:
+            await self.drain(grace)
+        return False
+
+    async def drain(self, grace: float | timedelta | None = None) -> int:
+        """Stop executing, gracefully: the workers take no new run, and the slices in
+        flight get ``grace`` seconds (``None``: as long as they need) to finish and commit.
+        Return how many were still running when the grace ended; those are cancelled when
+        the App closes, and their runs released (re-run from the interrupted step by the
+        next worker that takes them).
+
+        The App stays open for everything else (start, emit, inspect); it executes nothing
+        more. Closing an App that has not drained drains it with
+        ``options.timing.shutdown_grace`` first, when that is above zero.
+        """
+        limit = seconds(grace, "grace")
+        if self._engine is None:
+            raise StemError("the App is not open: use `async with App(...) as app`")
+        self._drained = True
+        if self.pool is None:
+            return 0
+        return await self.pool.drain(limit)
+
+    async def serve_forever(self) -> None:
+        """Run the actors until cancelled."""
+        await anyio.sleep_forever()
+
+    # -- the API --------------------------------------------------------------------------
+
+    async def start_workflow(
+        self,
+        workflow: Any,
+        params: Any = None,
+        run_id: str | None = None,
+        policy: CancellationPolicy | None = None,
+        ttl: float | timedelta | None = None,
+        *,
+        queue: str | None = None,
+    ) -> str:
+        """Start a run; return its id. With a ``run_id`` that exists, start nothing.
+
+        Raises:
+            UnknownWorkflow: the workflow is not registered.
+            PayloadError: ``params`` do not encode.
+            InvalidRunId: ``run_id`` is not a valid run id.
+        """
+        run_id, _ = await self.start_run(
+            workflow, params, run_id=run_id, policy=policy, ttl=ttl, queue=queue
+        )
+        return run_id
+
+    async def start_run(
+        self,
+        workflow: Any,
+        params: Any = None,
+        *,
+        run_id: str | None = None,
+        policy: CancellationPolicy | None = None,
+        ttl: float | timedelta | None = None,
+        trace: str | None = None,
+        queue: str | None = None,
+    ) -> tuple[str, bool]:
+        """Start a run; return its id and whether it was created (``False``: a run with
+        ``run_id`` existed, and nothing was started). ``trace``: the starter's W3C
+        ``traceparent`` (default: the caller's current span, when tracing).
+
+        Raises:
+            UnknownWorkflow: the workflow is not registered.
+            PayloadError: ``params`` do not encode.
+            InvalidRunId: ``run_id`` is not a valid run id.
+        """
+        if policy is not None and not isinstance(policy, CancellationPolicy):
+            raise StemError("policy must be a stemd.CancellationPolicy")
+        return await self.engine.start_run(
+            workflow,
+            params,
+            run_id=run_id,
+            policy=policy,
+            ttl=seconds(ttl, "ttl"),
+            queue=queue,
+            trace=trace,
+        )
+
+    async def get_run(self, run_id: str) -> RunState | None:
+        """The state of ``run_id``, or ``None`` if there is no such run."""
+        validate_run_id(run_id)
+        return await self.engine.state(run_id)
+
+    async def wait_for_completion(
+        self, run_id: str, timeout: float | timedelta | None = None, type: Any = None
+    ) -> WorkflowResult[Any]:
+        """Wait until the run completes, fails or is cancelled, or ``timeout`` passes.
+
+        Raises:
+            RunNotFound: there is no such run.
+        """
+        validate_run_id(run_id)
+        engine = self.engine
+        limit = seconds(timeout, "timeout")
+        poll = 0.01
+        rec = None
+        with anyio.move_on_after(limit):
+            while True:
+                ended = engine.events.ended(run_id)
+                rec = await engine.store.get_run(run_id)
+                if rec is None:
+                    raise RunNotFound(f"no run {run_id}")
+                if rec.status.is_terminal:
+                    break
+                # Runs finished by another process are seen by polling, with backoff.
+                with anyio.move_on_after(poll):
+                    await ended.wait()
+                poll = min(poll * 2, 0.5)
+        if rec is None:
+            rec = await engine.store.get_run(run_id)
+            if rec is None:
+                raise RunNotFound(f"no run {run_id}")
+        state = to_run_state(rec, await engine.store.get_checkpoints(run_id), self.codec)
+        value = None
+        if rec.status is RunStatus.COMPLETED and rec.result is not None:
+            if type is None:
+                value = state.result
+            else:
+                value = convert(state.result, type, what=f"result of run {run_id}")
+        return WorkflowResult(
+            run_id=run_id,
+            status=rec.status,
+            value=value,
+            error=rec.error,
+            state=state,
+            timed_out=not rec.status.is_terminal,
+        )
+
+    async def emit(self, topic: str, payload: Any = None) -> int:
+        """Deliver ``payload`` to every run waiting on ``topic`` now; return how many."""
+        return await self.engine.emit(topic, payload)
+
+    async def list_runs(
+        self,
+        workflow: str | None = None,
+        status: RunStatus | str | None = None,
+        limit: int = 100,
+    ) -> list[RunState]:
+        """Runs, newest first, optionally filtered by workflow and status."""
+        if not isinstance(limit, int) or limit < 1:
+            raise StemError("limit must be a positive integer")
+        records = await self.store.list_runs(
+            workflow=workflow, status=parse_status(status), limit=limit
+        )
+        return [await self._state(r) for r in records]
+
+    async def runs_waiting_on(self, topic: str) -> list[RunState]:
+        """Runs suspended waiting for an event on ``topic``."""
+        validate_topic(topic)
+        return [await self._state(r) for r in await self.store.runs_waiting_on(topic)]
+
+    async def cancel_run(self, run_id: str, reason: str = "cancelled") -> bool:
+        """Cancel a run (and its unfinished children); ``False`` if unknown or ended."""
+        return await self.engine.cancel(run_id, reason)
+
+    async def rewind_run(self, run_id: str, step: str) -> bool:
+        """Re-run ``run_id`` from ``step`` on: its checkpoints and later ones are deleted.
+
+        Raises:
+            StepNotFound: the run has no such step.
+        """
+        return await self.engine.rewind(run_id, step)
+
+    async def registered_workflows(self) -> list[WorkflowInfo]:
+        """The workflows served here and those recorded in the store by every app with
+        workers (a daemon) that has used it, by name. A store records a workflow when such
+        an app starts, and never forgets it."""
+        found = {w.name: w for w in await self.store.registered_workflows()}
+        if self.workers:
+            for wf in self.workflows.values():
+                found.setdefault(wf.name, workflow_info(wf))
+        return [found[name] for name in sorted(found)]
+
+    async def _state(self, rec: RunRecord) -> RunState:
+        return to_run_state(rec, await self.store.get_checkpoints(rec.run_id), self.codec)

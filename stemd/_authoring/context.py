@@ -1,0 +1,175 @@
+"""The contexts user code receives: FlowContext, ScriptContext and StepContext.
+
+They are thin: every durable operation is asked of the run's :class:`Runtime`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from stemd._authoring.runtime import Runtime, current_scope
+from stemd._authoring.steps import StepInfo, check_name, step_info
+from stemd._model import Retry, seconds
+
+__all__ = ["FlowContext", "ScriptContext", "StepContext"]
+
+T = TypeVar("T")
+
+
+def _key(workflow: str, run_id: str, scope: str, suffix: str) -> str:
+    key = f"{workflow}/{run_id}"
+    if scope:
+        key += f"/{scope}"
+    if suffix:
+        key += f"/{suffix}"
+    return key
+
+
+def _duration(value: float | timedelta) -> float:
+    secs = seconds(value, "sleep duration")
+    assert secs is not None
+    return secs
+
+
+class _Durable:
+    """The suspending operations shared by flow and script contexts."""
+
+    _rt: Runtime
+
+    def _scope(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run being executed."""
+        return self._rt.run_id
+
+    @property
+    def workflow(self) -> str:
+        """The name of the workflow being executed."""
+        return self._rt.workflow_name
+
+    async def sleep(self, duration: float | timedelta) -> None:
+        """Suspend the run durably for ``duration`` (seconds or a timedelta)."""
+        when = self._rt.now() + timedelta(seconds=_duration(duration))
+        await self._rt.sleep_until(self._scope(), when)
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Suspend the run durably until ``when`` (an aware datetime)."""
+        await self._rt.sleep_until(self._scope(), when)
+
+    async def wait_for_event(
+        self, topic: str, timeout: float | timedelta | None = None, type: Any = None
+    ) -> Any:
+        """Suspend until ``topic`` is emitted; return its payload (decoded into ``type``).
+
+        Raises:
+            EventTimeout: on re-entry, when ``timeout`` passed before any emit.
+        """
+        secs = None if timeout is None else _duration(timeout)
+        return await self._rt.wait_for_event(self._scope(), topic, secs, type)
+
+    async def start_child(
+        self, workflow: Any, params: Any = None, run_id: str | None = None
+    ) -> str:
+        """Start a child workflow once per run (the start is checkpointed); return its id."""
+        return await self._rt.start_child(self._scope(), workflow, params, run_id)
+
+    async def wait_child(self, run_id: str, type: Any = None) -> Any:
+        """Suspend until the child ends; return its result (decoded into ``type``).
+
+        Raises:
+            ChildFailed: the child failed or was cancelled.
+        """
+        return await self._rt.wait_child(self._scope(), run_id, type)
+
+
+class FlowContext(_Durable):
+    """What a :class:`~stemd.Flow` step receives."""
+
+    __slots__ = ("_rt", "attempt", "params", "previous_result", "step_index", "step_name")
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        step_name: str,
+        step_index: int,
+        params: Any,
+        previous_result: Any,
+        attempt: int,
+    ) -> None:
+        self._rt = runtime
+        self.step_name = step_name
+        self.step_index = step_index
+        self.params = params
+        self.previous_result = previous_result
+        self.attempt = attempt
+
+    def _scope(self) -> str:
+        return self.step_name
+
+    def take_resume_data(self) -> Any:
+        """The payload that resumed this step, or ``None``; returned once per execution."""
+        return self._rt.take_resume_data(self.step_name)
+
+    def idempotency_key(self, suffix: str = "") -> str:
+        """A key stable across re-runs and retries of this step of this run."""
+        return _key(self.workflow, self.run_id, self.step_name, suffix)
+
+
+class ScriptContext(_Durable):
+    """What a :func:`~stemd.script` function receives as its first argument."""
+
+    __slots__ = ("_rt",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    def _scope(self) -> str:
+        return current_scope(self._rt)
+
+    @property
+    def params(self) -> Any:
+        """The run's params, as plain decoded values."""
+        return self._rt.plain_params()
+
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        retry: Retry | None = None,
+    ) -> T:
+        """Run ``fn(*args)`` as a checkpoint named ``name`` (``name#n`` for later calls)."""
+        # '#' and '@' are how occurrences and internal checkpoints are named: a user name
+        # with them could collide with another checkpoint or be hidden from RunState.
+        check_name("step", name)
+        info = getattr(fn, "__stemd_step__", None)
+        if not isinstance(info, StepInfo) or info.name != name:
+            info = step_info(getattr(info, "fn", fn), name, None)
+        return await self._rt.run_step(info, args, {}, retry)  # type: ignore[no-any-return]
+
+    def idempotency_key(self, suffix: str = "") -> str:
+        """A key stable across re-entries of this run."""
+        return _key(self.workflow, self.run_id, "", suffix)
+
+
+class StepContext:
+    """What a step function declaring a keyword-only ``context`` parameter receives."""
+
+    __slots__ = ("attempt", "run_id", "step_index", "step_name", "workflow")
+
+    def __init__(
+        self, run_id: str, workflow: str, step_name: str, step_index: int, attempt: int
+    ) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.step_name = step_name
+        self.step_index = step_index
+        self.attempt = attempt
+
+    def idempotency_key(self, suffix: str = "") -> str:
+        """A key stable across re-runs and retries of this step of this run."""
+        return _key(self.workflow, self.run_id, self.step_name, suffix)

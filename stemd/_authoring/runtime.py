@@ -1,0 +1,105 @@
+"""What a context may ask of the run it executes, and which run executes in this task.
+
+The contexts (:mod:`stemd._authoring.context`) and ``@stemd.step`` are thin: every durable
+operation is asked of the run's :class:`Runtime`. The engine implements it (one per
+execution slice) and sets :data:`frame` around the user code it runs. This layer knows
+nothing of the engine.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from datetime import datetime
+from typing import Any, Protocol
+
+from stemd._authoring.steps import StepInfo
+from stemd._model import Retry
+
+__all__ = ["Runtime", "current_run", "current_scope", "current_script", "frame"]
+
+
+class Runtime(Protocol):
+    """The run being executed, as its contexts see it.
+
+    ``scope`` is where a call is made: the step being executed, or ``""`` in a script's
+    body. Suspending calls end the slice (they raise; the run resumes later and the
+    same call then returns at once).
+    """
+
+    @property
+    def run_id(self) -> str:
+        """The id of the run."""
+        ...
+
+    @property
+    def workflow_name(self) -> str:
+        """The name of the run's workflow."""
+        ...
+
+    def now(self) -> datetime:
+        """The engine's clock."""
+        ...
+
+    def plain_params(self) -> Any:
+        """The run's params, as plain decoded values."""
+        ...
+
+    def take_resume_data(self, scope: str) -> Any:
+        """The payload that resumed ``scope``, or ``None``; once per slice."""
+        ...
+
+    async def run_step(
+        self,
+        info: StepInfo,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retry: Retry | None,
+    ) -> Any:
+        """Run ``info.fn(*args, **kwargs)`` as the run's next checkpoint of that name (or
+        return its recorded value)."""
+        ...
+
+    async def sleep_until(self, scope: str, when: datetime) -> None:
+        """Suspend until ``when``."""
+        ...
+
+    async def wait_for_event(self, scope: str, topic: str, timeout: float | None, type: Any) -> Any:
+        """Suspend until ``topic`` is emitted (or ``timeout`` seconds pass)."""
+        ...
+
+    async def start_child(self, scope: str, workflow: Any, params: Any, run_id: str | None) -> str:
+        """Start a child run once per run; return its id."""
+        ...
+
+    async def wait_child(self, scope: str, run_id: str, type: Any) -> Any:
+        """Suspend until the child ends; return its result."""
+        ...
+
+
+# (runtime, scope) of the run executing in this task: scope "" is a script body; any
+# other is the step being executed. Set by the engine around the user code it runs.
+frame: ContextVar[tuple[Runtime, str] | None] = ContextVar("stemd_frame", default=None)
+
+
+def current_run() -> tuple[str, str, str] | None:
+    """(run id, workflow, step) of the run executing in this task (step ``""`` in a script
+    body), or ``None`` outside a run: for log lines and diagnostics."""
+    current = frame.get()
+    if current is None:
+        return None
+    runtime, scope = current
+    return runtime.run_id, runtime.workflow_name, scope
+
+
+def current_script() -> Runtime | None:
+    """The script run whose body is executing in this task, if any."""
+    current = frame.get()
+    if current is None or current[1] != "":
+        return None
+    return current[0]
+
+
+def current_scope(runtime: Runtime) -> str:
+    """Where ``runtime``'s code is executing in this task: a step, or ``""`` (the body)."""
+    current = frame.get()
+    return current[1] if current is not None and current[0] is runtime else ""

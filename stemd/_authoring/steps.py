@@ -1,0 +1,54 @@
+"""Names and step functions: what the engine needs to know about a step, computed once."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from stemd._model import Retry
+
+__all__ = ["StepInfo", "check_name", "return_type", "step_info"]
+
+_RESERVED = ("@", "#")
+
+
+def check_name(kind: str, name: object) -> str:
+    """Return ``name`` if it is a valid workflow or step name, else raise ValueError."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{kind} name must be a non-empty string")
+    if any(ch in name for ch in _RESERVED):
+        raise ValueError(f"{kind} name {name!r} must not contain '@' or '#'")
+    return name
+
+
+def return_type(fn: Callable[..., Any]) -> Any:
+    """The annotated return type of ``fn``; ``Any`` when it has none that resolves."""
+    try:
+        return typing.get_type_hints(fn).get("return", Any)
+    except Exception:  # forward references that do not resolve: keep plain values
+        return Any
+
+
+class StepInfo:
+    """What the engine needs to know about a step function (computed once)."""
+
+    __slots__ = ("fn", "name", "retry", "return_type", "wants_context")
+
+    def __init__(self, fn: Callable[..., Awaitable[Any]], name: str, retry: Retry | None) -> None:
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        self.return_type = return_type(fn)
+        if self.return_type is type(None):
+            self.return_type = Any
+        param = inspect.signature(fn).parameters.get("context")
+        self.wants_context = param is not None and param.kind is inspect.Parameter.KEYWORD_ONLY
+
+
+@functools.lru_cache(maxsize=4096)
+def step_info(fn: Callable[..., Awaitable[Any]], name: str, retry: Retry | None) -> StepInfo:
+    """The cached :class:`StepInfo` of ``fn`` used under ``name``."""
+    return StepInfo(fn, name, retry)

@@ -1,0 +1,53 @@
+"""What some brokers can do beyond the :class:`~stemd._broker.base.Broker` protocol.
+
+Each capability is a named, runtime-checkable protocol: the App and its actors ask
+``isinstance(broker, QueueDepth)``, never ``getattr``. (A delivery's heartbeat is part of
+:class:`~stemd._broker.base.Delivery` itself: ``None`` when the broker needs none.)
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from stemd._actor import Actor
+from stemd._engine.observer import Observers
+
+__all__ = ["EngineOps", "HelperActors", "QueueDepth"]
+
+
+class EngineOps(Protocol):
+    """What the broker's helper actors need of the engine (an
+    :class:`~stemd._engine.engine.Engine` has it): cancelling a dead-lettered run, the
+    observers to be told of every timer set through, and firing a run's timer."""
+
+    @property
+    def observers(self) -> Observers:
+        """The engine's observers."""
+        ...
+
+    async def cancel(self, run_id: str, reason: str) -> bool:
+        """Cancel the run; whether it was cancelled now."""
+        ...
+
+    async def fire_timer(self, run_id: str) -> object:
+        """Fire the run's timer if due."""
+        ...
+
+
+@runtime_checkable
+class QueueDepth(Protocol):
+    """A broker that knows how many run ids wait in a queue (the in-process one)."""
+
+    def depth(self, queue: str) -> int:
+        """Run ids waiting in ``queue`` (not those being worked on)."""
+        ...
+
+
+@runtime_checkable
+class HelperActors(Protocol):
+    """A broker that needs actors of its own beside the workers (JetStream: the
+    dead-letter handler and the server-side timer schedules)."""
+
+    def actors(self, engine: EngineOps) -> list[Actor]:
+        """The actors to run, under the App's supervisor, while the broker is open."""
+        ...

@@ -1,0 +1,407 @@
+"""The CLI's two ways to reach runs, behind one interface (:class:`Client`):
+
+- :class:`StoreClient`: straight to the store, through ``App(store=URL, workers=False)``;
+  works with no daemon up.
+- :class:`NatsClient`: request/reply on ``<prefix>.api.<verb>`` with JSON bodies, as
+  CONTRACT.md section 3 specifies; a daemon connected to that NATS answers. It talks to NATS
+  through :mod:`stemd._natsconn`, whose errors are already :class:`~stemd._errors.StemError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import anyio
+import msgspec
+
+from stemd import _wire as wire
+from stemd._app import App
+from stemd._codec import Codec, codec_for
+from stemd._errors import (
+    PayloadError,
+    RunNotFound,
+    StemError,
+    StepNotFound,
+    StoreError,
+    TransportError,
+    UnknownWorkflow,
+)
+from stemd._loading import Workflow
+from stemd._model import CancellationPolicy, RunState, parse_status, validate_run_id
+from stemd._natsauth import NatsAuth, redact_url
+from stemd._natsconn import NatsConnection, open_connection
+from stemd._options import AppOptions
+from stemd._reachability import check_nats, check_sqlite
+from stemd._store import store_from_url
+from stemd._store.base import Store
+from stemd._tracing import trace_headers
+from stemd._urls import sqlite_path, url_kind
+
+__all__ = ["Client", "NatsClient", "StoreClient", "open_client"]
+
+
+class Client(Protocol):
+    """What every ``stemd workflow`` command needs."""
+
+    async def start(
+        self,
+        workflow: str,
+        params: Any,
+        run_id: str | None,
+        policy: CancellationPolicy | None,
+        *,
+        force: bool = False,
+    ) -> tuple[str, bool]:
+        """Start a run; return its id and whether it was created (``False``: it existed).
+        ``force``: start a workflow no daemon has registered (straight to the store)."""
+        ...
+
+    async def get(self, run_id: str) -> RunState | None:
+        """The run, or ``None``."""
+        ...
+
+    async def list_runs(
+        self, workflow: str | None, status: str | None, limit: int
+    ) -> list[RunState]:
+        """Runs, newest first."""
+        ...
+
+    async def emit(self, topic: str, payload: Any) -> int:
+        """Resume the runs waiting on ``topic``; return how many."""
+        ...
+
+    async def waiting(self, topic: str) -> list[RunState]:
+        """Runs waiting on ``topic``."""
+        ...
+
+    async def cancel(self, run_id: str, reason: str) -> bool:
+        """Cancel the run; ``False`` if unknown or already ended."""
+        ...
+
+    async def rewind(self, run_id: str, step: str) -> bool:
+        """Re-run from ``step``; ``False`` if the run is unknown."""
+        ...
+
+    async def wait(self, run_id: str, timeout: float | None) -> tuple[RunState, bool]:
+        """Wait until the run ends or ``timeout`` passes; return its state and whether the
+        timeout passed first."""
+        ...
+
+    async def types(self) -> list[wire.WorkflowType]:
+        """The registered workflows, by name."""
+        ...
+
+
+# -- straight to the store ------------------------------------------------------------------
+
+
+def _unregistered(workflow: str, registered: list[str]) -> UnknownWorkflow:
+    """The error for a start of ``workflow``, which no daemon registered in the store."""
+    force = "or pass --force to start it before any daemon serving it has run"
+    if not registered:
+        return UnknownWorkflow(
+            f"unknown workflow {workflow!r}: no daemon has run with this store yet, so it "
+            f"knows no workflow (is this the right store?); start `stemd run` with it, {force}"
+        )
+    close = difflib.get_close_matches(workflow, registered, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    shown = ", ".join(registered[:10]) + (", …" if len(registered) > 10 else "")
+    return UnknownWorkflow(
+        f"unknown workflow {workflow!r}: no daemon has registered it in this store "
+        f"(registered: {shown}); {hint}check the name, {force}"
+    )
+
+
+class StoreClient:
+    """A :class:`Client` over an open ``App(workers=False)``.
+
+    A start is refused, before anything is written, when the workflow is neither known to
+    the app (the config's modules) nor registered in the store by some daemon, unless
+    forced.
+    """
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def start(
+        self,
+        workflow: str,
+        params: Any,
+        run_id: str | None,
+        policy: CancellationPolicy | None,
+        *,
+        force: bool = False,
+    ) -> tuple[str, bool]:
+        if not force and not self.app.workflows:
+            registered = [w.name for w in await self.app.registered_workflows()]
+            if workflow not in registered:
+                raise _unregistered(workflow, registered)
+        return await self.app.start_run(workflow, params, run_id=run_id, policy=policy)
+
+    async def get(self, run_id: str) -> RunState | None:
+        return await self.app.get_run(run_id)
+
+    async def list_runs(
+        self, workflow: str | None, status: str | None, limit: int
+    ) -> list[RunState]:
+        return await self.app.list_runs(workflow=workflow, status=status, limit=limit)
+
+    async def emit(self, topic: str, payload: Any) -> int:
+        return await self.app.emit(topic, payload)
+
+    async def waiting(self, topic: str) -> list[RunState]:
+        return await self.app.runs_waiting_on(topic)
+
+    async def cancel(self, run_id: str, reason: str) -> bool:
+        return await self.app.cancel_run(run_id, reason=reason)
+
+    async def rewind(self, run_id: str, step: str) -> bool:
+        return await self.app.rewind_run(run_id, step)
+
+    async def wait(self, run_id: str, timeout: float | None) -> tuple[RunState, bool]:
+        result = await self.app.wait_for_completion(run_id, timeout=timeout)
+        assert result.state is not None
+        return result.state, result.timed_out
+
+    async def types(self) -> list[wire.WorkflowType]:
+        return [wire.workflow_type(w) for w in await self.app.registered_workflows()]
+
+
+# -- through a daemon, over NATS ------------------------------------------------------------
+
+
+_ERRORS: dict[str, type[StemError]] = {
+    "unknown_workflow": UnknownWorkflow,
+    "not_found": RunNotFound,
+    "bad_request": StemError,
+}
+
+
+class NatsClient:
+    """A :class:`Client` speaking to a daemon over NATS request/reply.
+
+    Args:
+        conn: an open connection.
+        url: its URL, for messages.
+        prefix: the subject prefix (``stem``).
+        timeout: seconds to wait for each reply.
+    """
+
+    def __init__(
+        self, conn: NatsConnection, url: str, prefix: str = "stem", timeout: float = 5.0
+    ) -> None:
+        self.conn = conn
+        self.url = url
+        self.prefix = prefix
+        self.timeout = timeout
+
+    async def _request(self, verb: str, request: msgspec.Struct) -> Any:
+        """Send ``request`` on ``<prefix>.api.<verb>``; return the decoded reply, or raise
+        the error the daemon answered with."""
+        subject = wire.api_subject(self.prefix, verb)
+        try:
+            data = wire.encode(request)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise PayloadError(f"cannot encode the request as JSON: {exc}") from None
+        try:
+            # The caller's trace context travels in a `traceparent` header: a run started
+            # here continues the caller's trace.
+            msg = await self.conn.request(
+                subject, data, headers=trace_headers(), timeout=self.timeout
+            )
+        except TransportError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, TimeoutError) or type(cause).__name__ == "NoRespondersError":
+                raise TransportError(
+                    f"no stemd daemon answered on {subject} at {self.url} within "
+                    f"{self.timeout:g}s (is `stemd run` running with this NATS?)"
+                ) from None
+            raise
+        try:
+            reply = wire.decode_reply(verb, msg.data)
+        except msgspec.DecodeError as exc:
+            raise TransportError(f"unexpected reply on {subject}: {exc}") from None
+        if isinstance(reply, wire.ErrorReply):
+            err = reply.error
+            if err.code == "internal":
+                raise StemError(f"the daemon failed: {err.message}")
+            raise _ERRORS.get(err.code, StemError)(err.message or err.code)
+        return reply
+
+    async def start(
+        self,
+        workflow: str,
+        params: Any,
+        run_id: str | None,
+        policy: CancellationPolicy | None,
+        *,
+        force: bool = False,
+    ) -> tuple[str, bool]:
+        if force:
+            raise StemError(
+                "--force works with --store only: over --nats the daemon decides, and it "
+                "refuses a workflow it does not serve"
+            )
+        if run_id is not None:
+            validate_run_id(run_id)
+        body = None
+        if policy is not None:
+            body = wire.PolicyBody(
+                max_run_duration=policy.max_run_duration,
+                max_suspend_duration=policy.max_suspend_duration,
+            )
+        request = wire.StartRequest(workflow=workflow, params=params, run_id=run_id, policy=body)
+        reply: wire.StartReply = await self._request("start", request)
+        return reply.run_id, reply.created
+
+    async def get(self, run_id: str) -> RunState | None:
+        validate_run_id(run_id)
+        try:
+            reply: wire.GetReply = await self._request("get", wire.GetRequest(run_id=run_id))
+        except RunNotFound:
+            return None
+        return reply.run
+
+    async def list_runs(
+        self, workflow: str | None, status: str | None, limit: int
+    ) -> list[RunState]:
+        st = parse_status(status)
+        request = wire.ListRequest(
+            workflow=workflow,
+            status=st.value if st else None,
+            limit=limit,
+        )
+        reply: wire.ListReply = await self._request("list", request)
+        return reply.runs
+
+    async def emit(self, topic: str, payload: Any) -> int:
+        request = wire.EmitRequest(topic=topic, payload=payload)
+        reply: wire.EmitReply = await self._request("emit", request)
+        return reply.resumed
+
+    async def waiting(self, topic: str) -> list[RunState]:
+        reply: wire.WaitingReply = await self._request("waiting", wire.WaitingRequest(topic=topic))
+        return reply.runs
+
+    async def cancel(self, run_id: str, reason: str) -> bool:
+        validate_run_id(run_id)
+        request = wire.CancelRequest(run_id=run_id, reason=reason)
+        try:
+            reply: wire.CancelReply = await self._request("cancel", request)
+        except RunNotFound:
+            return False
+        return reply.cancelled
+
+    async def rewind(self, run_id: str, step: str) -> bool:
+        validate_run_id(run_id)
+        request = wire.RewindRequest(run_id=run_id, step=step)
+        try:
+            reply: wire.RewindReply = await self._request("rewind", request)
+        except RunNotFound as exc:
+            # An unknown run is ``rewound: false``; not_found here means an unknown step.
+            raise StepNotFound(str(exc)) from None
+        return reply.rewound
+
+    async def wait(self, run_id: str, timeout: float | None) -> tuple[RunState, bool]:
+        """Listen to ``<prefix>.events.run.<id>`` and re-read the run on each event (and
+        every second, in case an event was missed) until it has ended."""
+        validate_run_id(run_id)
+        sub = await self.conn.subscribe(wire.event_subject(self.prefix, run_id), buffer=16)
+        state: RunState | None = None
+        try:
+            with anyio.move_on_after(timeout if timeout is not None else float("inf")):
+                while True:
+                    state = await self.get(run_id)
+                    if state is None:
+                        raise RunNotFound(f"no run {run_id}")
+                    if state.status.is_terminal:
+                        return state, False
+                    with anyio.move_on_after(1.0):
+                        await sub.receive()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()
+        state = await self.get(run_id) or state
+        if state is None:
+            raise RunNotFound(f"no run {run_id}")
+        return state, not state.status.is_terminal
+
+    async def types(self) -> list[wire.WorkflowType]:
+        reply: wire.TypesReply = await self._request("types", wire.TypesRequest())
+        return reply.workflows
+
+
+@asynccontextmanager
+async def open_client(
+    *,
+    store: str | None = None,
+    nats_url: str | None = None,
+    workflows: Iterable[Workflow] = (),
+    prefix: str = "stem",
+    timeout: float = 5.0,
+    codecs: tuple[Codec, dict[str, Codec]] | None = None,
+    auth: NatsAuth | None = None,
+    create_store: bool = True,
+    missing_hint: str = "",
+) -> AsyncIterator[Client]:
+    """A :class:`Client` over ``nats_url`` if given, else straight to ``store``; ``auth``
+    gives the credentials and TLS of a NATS connection. With ``create_store=False`` a
+    SQLite store must exist already: a missing file is an error (ending with
+    ``missing_hint``) and none is created.
+
+    Raises:
+        ConfigError: the store or NATS cannot be reached (naming ``--store``/``--nats``).
+        StoreError: ``create_store=False`` and there is no SQLite file at the store's path.
+        TransportError: NATS refused the credentials or the TLS handshake failed.
+    """
+    if nats_url is not None:
+        # TCP first, for the plain "cannot reach" message; the handshake is the real open.
+        await check_nats("--nats", nats_url, timeout=timeout, handshake=False)
+        try:
+            conn = await open_connection(
+                nats_url,
+                auth=auth,
+                name="stemd-cli",
+                timeout=timeout,
+                connect_timeout=min(timeout, 2.0),
+                connect_attempts=1,
+            )
+        except TransportError as exc:
+            raise TransportError(f"--nats: {exc}") from None
+        try:
+            yield NatsClient(conn, redact_url(nats_url), prefix=prefix, timeout=timeout)
+        finally:
+            await conn.close()
+        return
+    assert store is not None
+    opened: str | Store = store
+    kind = url_kind(store)
+    if kind == "sqlite":
+        if create_store or await anyio.Path(sqlite_path(store)).exists():
+            check_sqlite("--store", store)  # for its messages (permissions, directory)
+        if not create_store:
+            # SQLite itself refuses to open a missing file in this mode: no file is
+            # created, whatever happens between a look and the open.
+            opened = store_from_url(store, create=False)
+            try:
+                await opened.open()
+            except StoreError as exc:
+                raise StoreError(
+                    f"--store: {exc} (is this the directory the daemon runs in? "
+                    f"give --store sqlite:///PATH{missing_hint})"
+                ) from None
+    elif kind == "nats":
+        await check_nats("--store", store, timeout=timeout, handshake=False)
+    codec, per_workflow = codecs if codecs is not None else (codec_for("json"), {})
+    async with App(
+        store=opened,
+        workers=False,
+        workflows=workflows,
+        codec=codec,
+        workflow_codecs=per_workflow,
+        options=AppOptions(nats_auth=auth),
+    ) as app:
+        yield StoreClient(app)

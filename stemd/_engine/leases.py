@@ -1,0 +1,141 @@
+"""Keeping a slice's lease while it runs: two strategies, one chosen at construction.
+
+- :class:`LeaseKeeper`: one task renewing the leases of every slice this process runs (a
+  worker pool runs it). Most slices end long before their first renewal, so a task per
+  slice would be pure cost on the hot path: the keeper holds the slices in flight and
+  renews, every ``lease/6`` seconds, those not renewed for ``lease/3``.
+- :class:`SliceLeases`: a renewal task per slice, every ``lease/3`` seconds, for an engine
+  driven directly (no worker pool, so no keeper task).
+
+Either way a refused renewal cancels the slice (its writes would be refused anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Protocol, TypeVar
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from stemd._clock import Clock
+from stemd._errors import LeaseLost
+from stemd._store.base import Store
+
+__all__ = ["Held", "LeaseKeeper", "LeaseRenewal", "SliceLeases"]
+
+log = structlog.get_logger("stemd.leases")
+
+T = TypeVar("T")
+
+
+class LeaseRenewal(Protocol):
+    """How the engine keeps the lease of a slice while it runs."""
+
+    async def keep(self, run_id: str, token: int, work: Callable[[], Awaitable[T]]) -> T | None:
+        """Run ``work()`` while the lease of ``run_id`` (claimed with ``token``) is kept;
+        return its result, or ``None`` when the lease was lost and ``work`` cancelled."""
+        ...
+
+
+class Held:
+    """A slice whose lease is being kept."""
+
+    __slots__ = ("lost", "renewed", "run_id", "scope", "token")
+
+    def __init__(self, run_id: str, token: int, scope: anyio.CancelScope, now: datetime) -> None:
+        self.run_id = run_id
+        self.token = token
+        self.scope = scope
+        self.renewed = now
+        self.lost = False
+
+
+class LeaseKeeper:
+    """Keeps the leases of the slices in flight from one task, :meth:`run` (see the module
+    docstring). Its slices are renewed only while that task runs."""
+
+    name = "leases"
+
+    def __init__(self, store: Store, clock: Clock, lease: float) -> None:
+        self.store = store
+        self.clock = clock
+        self.lease = lease
+        self._held: set[Held] = set()
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        """Whether the renewing task runs."""
+        return self._running
+
+    async def keep(self, run_id: str, token: int, work: Callable[[], Awaitable[T]]) -> T | None:
+        result: T | None = None
+        with anyio.CancelScope() as scope:
+            held = Held(run_id, token, scope, self.clock.now())
+            self._held.add(held)
+            try:
+                result = await work()
+            finally:
+                self._held.discard(held)
+        return result
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._running = True
+        try:
+            task_status.started()
+            while True:
+                await self.clock.sleep(self.lease / 6)
+                await self.renew_due()
+        finally:
+            self._running = False
+
+    async def renew_due(self) -> None:
+        """Renew every held lease not renewed for a third of the lease."""
+        now = self.clock.now()
+        every = self.lease / 3
+        for held in list(self._held):
+            if held not in self._held or (now - held.renewed).total_seconds() < every:
+                continue
+            try:
+                await self.store.renew_lease(held.run_id, held.token, now, self.lease)
+            except LeaseLost:
+                log.warning("lease lost while running", run_id=held.run_id)
+                held.lost = True
+                held.scope.cancel()
+            except Exception as exc:
+                # An outage: keep trying; if it lasts past the lease, another owner may
+                # take the run over and this slice's writes will be refused.
+                log.warning("lease renewal failed", run_id=held.run_id, error=repr(exc))
+            else:
+                held.renewed = now
+
+
+class SliceLeases:
+    """Renews each slice's lease from a task of its own (see the module docstring)."""
+
+    def __init__(self, store: Store, clock: Clock, lease: float) -> None:
+        self.store = store
+        self.clock = clock
+        self.lease = lease
+
+    async def keep(self, run_id: str, token: int, work: Callable[[], Awaitable[T]]) -> T | None:
+        result: T | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._renew, run_id, token, tg.cancel_scope, name="keep-lease")
+            result = await work()
+            tg.cancel_scope.cancel()
+        return result
+
+    async def _renew(self, run_id: str, token: int, scope: anyio.CancelScope) -> None:
+        interval = self.lease / 3
+        while True:
+            await self.clock.sleep(interval)
+            try:
+                await self.store.renew_lease(run_id, token, self.clock.now(), self.lease)
+            except LeaseLost:
+                log.warning("lease lost while running", run_id=run_id)
+                scope.cancel()
+                return

@@ -1,0 +1,88 @@
+"""What the surfaces of an App may do with runs: the verbs of the NATS API and of durable
+submission, as one protocol.
+
+The actors that serve an App to the outside (the API responder, the ingress, the NATS
+surface that makes them) take an :class:`Operations` (and the publisher of run events a
+:class:`RunEventSource`), never the App or its engine: :class:`stemd.App` implements
+:class:`Operations`, and a test can hand them anything that does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from stemd._engine.events import RunEvent
+from stemd._model import CancellationPolicy, RunState, RunStatus
+from stemd._store.base import WorkflowInfo
+
+__all__ = ["EventListener", "Operations", "RunEventSource"]
+
+#: Called with every status change of a run and, for a completed run, its encoded result.
+EventListener = Callable[[RunEvent, "bytes | None"], None]
+
+
+class Operations(Protocol):
+    """The operations on runs that a surface (NATS API, ingress) offers.
+
+    Every method validates its arguments and raises a :class:`~stemd._errors.StemError`
+    (``UnknownWorkflow``, ``InvalidRunId``, ``RunNotFound``, ``StepNotFound``...) before
+    anything is written.
+    """
+
+    async def start_run(
+        self,
+        workflow: str,
+        params: Any = None,
+        *,
+        run_id: str | None = None,
+        policy: CancellationPolicy | None = None,
+        ttl: float | None = None,
+        trace: str | None = None,
+    ) -> tuple[str, bool]:
+        """Start a run; return its id and whether it was created (``False``: a run with
+        that id existed, and nothing was started). ``trace``: the starter's W3C
+        ``traceparent``, recorded with the run."""
+        ...
+
+    async def get_run(self, run_id: str) -> RunState | None:
+        """The state of ``run_id``, or ``None``."""
+        ...
+
+    async def list_runs(
+        self,
+        workflow: str | None = None,
+        status: RunStatus | str | None = None,
+        limit: int = 100,
+    ) -> list[RunState]:
+        """Runs, newest first."""
+        ...
+
+    async def emit(self, topic: str, payload: Any = None) -> int:
+        """Resume every run waiting on ``topic``; return how many."""
+        ...
+
+    async def runs_waiting_on(self, topic: str) -> list[RunState]:
+        """Runs suspended waiting for an event on ``topic``."""
+        ...
+
+    async def cancel_run(self, run_id: str, reason: str = "cancelled") -> bool:
+        """Cancel a run; ``False`` if it is unknown or has ended."""
+        ...
+
+    async def rewind_run(self, run_id: str, step: str) -> bool:
+        """Re-run ``run_id`` from ``step`` on; ``False`` if the run is unknown."""
+        ...
+
+    async def registered_workflows(self) -> list[WorkflowInfo]:
+        """The workflows served here or recorded in the store, by name."""
+        ...
+
+
+class RunEventSource(Protocol):
+    """Where the status changes of runs can be listened to (the engine's
+    :class:`~stemd._engine.events.RunEvents`)."""
+
+    def listen(self, fn: EventListener) -> Callable[[], None]:
+        """Call ``fn`` on every status change; return a function that stops it."""
+        ...

@@ -1,0 +1,334 @@
+"""The Store protocol and the records it persists.
+
+A store keeps runs (one :class:`RunRecord` each) and their checkpoints (ordered
+``(name, bytes)`` pairs). Values are opaque bytes, encoded by the engine's codec.
+Every write by a worker is conditional on the fencing token it got from :meth:`Store.claim`;
+a write with a stale token raises :class:`~stemd._errors.LeaseLost` and changes nothing.
+
+Time is always passed in (``now``): stores never read a clock of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Literal, Protocol, runtime_checkable
+
+import msgspec
+
+from stemd._model import CancellationPolicy, ErrorInfo, RunStatus
+
+__all__ = [
+    "Checkpoint",
+    "Claim",
+    "CommitResult",
+    "Complete",
+    "ExternalChanges",
+    "Fail",
+    "FireResult",
+    "Outcome",
+    "Release",
+    "RetryLater",
+    "RunRecord",
+    "Store",
+    "Suspend",
+    "WorkflowInfo",
+    "base_step_name",
+    "compute_timer_at",
+]
+
+
+class RunRecord(msgspec.Struct, kw_only=True):
+    """The durable state of one run (without its checkpoints)."""
+
+    run_id: str
+    workflow: str
+    status: RunStatus
+    params: bytes
+    created_at: datetime
+    updated_at: datetime
+    queue: str = "workflow"
+    result: bytes | None = None
+    error: ErrorInfo | None = None
+    parent_run_id: str | None = None
+    policy: CancellationPolicy | None = None
+    ttl: float | None = None
+    # Suspension: what the run waits for, and the checkpoint its wait result goes to.
+    wait_topic: str | None = None
+    wait_key: str | None = None
+    wait_child: str | None = None
+    resume_at: datetime | None = None
+    suspended_at: datetime | None = None
+    # The wait that most recently resumed the run (its result is in checkpoint ``resume_key``).
+    resume_key: str | None = None
+    # The next instant the timer must look at this run (wake, deadline, retention).
+    timer_at: datetime | None = None
+    finished_at: datetime | None = None
+    cancel_reason: str | None = None
+    # Ownership: a lease and a fencing token bumped by every claim and external transition.
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    token: int = 0
+    attempts: int = 0
+    # Retry bookkeeping: failed attempts so far of the step named ``attempt_step``.
+    attempt_step: str | None = None
+    step_failures: int = 0
+    # W3C trace context (``traceparent``) of whoever started the run, for tracing.
+    trace: str | None = None
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """A named, stored value of a run.
+
+    ``at`` is when the store recorded it: the ``now`` of the write that stored it (a
+    checkpoint saved, committed with an outcome, an event delivered, a wait timed out).
+    Stores set it on what they return and ignore it on what they are given; it is ``None``
+    for a checkpoint stored by a stemd that did not record times.
+    """
+
+    name: str
+    value: bytes
+    at: datetime | None = None
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """A successful claim: the run as claimed and everything recorded for it."""
+
+    token: int
+    record: RunRecord
+    checkpoints: list[Checkpoint]
+
+
+class Complete(msgspec.Struct, frozen=True, kw_only=True):
+    """The run finished with ``result``; ``checkpoints`` are written in the same commit."""
+
+    result: bytes
+    checkpoints: tuple[Checkpoint, ...] = ()
+    kind: Literal["complete"] = "complete"
+
+
+class Suspend(msgspec.Struct, frozen=True, kw_only=True):
+    """The run waits: until ``resume_at``, for an event on ``wait_topic``, or for a child."""
+
+    checkpoints: tuple[Checkpoint, ...] = ()
+    resume_at: datetime | None = None
+    wait_topic: str | None = None
+    wait_key: str | None = None
+    wait_child: str | None = None
+    kind: Literal["suspend"] = "suspend"
+
+
+class RetryLater(msgspec.Struct, frozen=True, kw_only=True):
+    """The run is tried again at ``resume_at``: a step failed (``step``, its ``failures``
+    so far), or, with ``step`` ``None``, the run could not be executed (``error`` says why)."""
+
+    step: str | None
+    failures: int
+    resume_at: datetime
+    error: ErrorInfo
+    kind: Literal["retry"] = "retry"
+
+
+class Fail(msgspec.Struct, frozen=True, kw_only=True):
+    """The run failed for good."""
+
+    error: ErrorInfo
+    kind: Literal["fail"] = "fail"
+
+
+class Release(msgspec.Struct, frozen=True, kw_only=True):
+    """Give the run back unchanged (shutdown): it is runnable again at once."""
+
+    kind: Literal["release"] = "release"
+
+
+Outcome = Complete | Suspend | RetryLater | Fail | Release
+
+
+class WorkflowInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A workflow that a daemon (an App with workers) serves, as recorded in its store.
+
+    ``steps`` are a flow's declared step names in order (``None`` for a script: its code
+    is its plan). ``version`` is the workflow's declared version, ``None`` when it has
+    none. ``registered_at`` is the ``now`` of the last registration: stores set it on what
+    they return and ignore it on what they are given.
+    """
+
+    name: str
+    kind: Literal["flow", "script"]
+    steps: tuple[str, ...] | None = None
+    version: str | int | None = None
+    registered_at: datetime | None = None
+
+
+class CommitResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a commit, cancel or timer firing changed."""
+
+    record: RunRecord
+    # Runs made runnable as a consequence (parents waiting on this run).
+    woken: tuple[str, ...] = ()
+
+
+class FireResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What the timer did to a run whose timer came due."""
+
+    action: Literal["none", "woken", "cancelled", "deleted", "rescheduled"]
+    record: RunRecord | None = None
+    woken: tuple[str, ...] = ()
+
+
+def base_step_name(checkpoint_name: str) -> str:
+    """The step a checkpoint belongs to: ``poll#2`` → ``poll``; ``review@event#0`` → ``review``."""
+    return checkpoint_name.partition("@")[0].partition("#")[0]
+
+
+def _plus(at: datetime | None, secs: float | None) -> datetime | None:
+    if at is None or secs is None:
+        return None
+    return at + timedelta(seconds=secs)
+
+
+def compute_timer_at(rec: RunRecord) -> datetime | None:
+    """The next instant the timer must examine ``rec``: the earliest of its wake time,
+    its policy deadlines and its retention expiry."""
+    if rec.status.is_terminal:
+        return _plus(rec.finished_at, rec.ttl)
+    candidates: list[datetime] = []
+    policy = rec.policy
+    if policy is not None:
+        deadline = _plus(rec.created_at, policy.max_run_duration)
+        if deadline is not None:
+            candidates.append(deadline)
+    if rec.status is RunStatus.SUSPENDED:
+        if rec.resume_at is not None:
+            candidates.append(rec.resume_at)
+        if policy is not None:
+            deadline = _plus(rec.suspended_at, policy.max_suspend_duration)
+            if deadline is not None:
+                candidates.append(deadline)
+    return min(candidates) if candidates else None
+
+
+class Store(Protocol):
+    """Durable state of runs. Every method is atomic.
+
+    Implementations: :mod:`stemd._store.memory`, :mod:`stemd._store.sqlite`,
+    :mod:`stemd._store.jetstream`. All pass the same contract suite.
+    """
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and release every resource."""
+        ...
+
+    async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
+        """Insert ``record`` unless its run id exists; return the stored run and whether
+        it was created."""
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run, or ``None``."""
+        ...
+
+    async def get_checkpoints(self, run_id: str) -> list[Checkpoint]:
+        """The run's checkpoints in the order they were written."""
+        ...
+
+    async def claim(self, run_id: str, owner: str, now: datetime, lease: float) -> Claim | None:
+        """Take the run for execution, or return ``None`` when it is not runnable.
+
+        Runnable: PENDING or RUNNING, with no live lease, and no wake time in the future.
+        A claim sets RUNNING, the lease, bumps the token and counts an attempt.
+        """
+        ...
+
+    async def renew_lease(self, run_id: str, token: int, now: datetime, lease: float) -> None:
+        """Extend the lease; raise LeaseLost if ``token`` is no longer the run's."""
+        ...
+
+    async def save_checkpoint(
+        self, run_id: str, token: int, checkpoint: Checkpoint, now: datetime
+    ) -> None:
+        """Record a checkpoint (replacing one of the same name); raise LeaseLost if stale."""
+        ...
+
+    async def commit(
+        self, run_id: str, token: int, outcome: Outcome, now: datetime
+    ) -> CommitResult:
+        """Apply the outcome of an execution slice; raise LeaseLost if ``token`` is stale.
+
+        A terminal outcome also wakes the runs suspended on this run as a child. A suspend
+        on a child that has already ended leaves the run runnable instead.
+        """
+        ...
+
+    async def deliver_event(
+        self, topic: str, value: bytes, now: datetime, limit: int = 1000
+    ) -> list[str]:
+        """For each run suspended on ``topic``: store ``value`` as the checkpoint of its
+        wait and make it runnable, atomically; return the ids of the runs resumed."""
+        ...
+
+    async def due_timers(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
+        """Runs whose timer is at or before ``until``, earliest first."""
+        ...
+
+    async def fire_timer(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:
+        """Act on a due timer: delete an expired finished run, cancel a run past a policy
+        deadline, or wake a run whose ``resume_at`` passed (an event wait gets
+        ``timeout_value`` as its result). A timer not yet due does nothing."""
+        ...
+
+    async def cancel(self, run_id: str, reason: str, now: datetime) -> CommitResult | None:
+        """Cancel a run that has not ended; ``None`` if it is unknown or already ended."""
+        ...
+
+    async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
+        """Delete the checkpoints of ``step`` and every later one and make the run
+        runnable at once; ``None`` if the run is unknown."""
+        ...
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: RunStatus | None = None,
+        parent_run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        """Runs, newest first, filtered."""
+        ...
+
+    async def runs_waiting_on(self, topic: str, limit: int = 1000) -> list[RunRecord]:
+        """Runs suspended on ``topic``."""
+        ...
+
+    async def runnable(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        """(run id, queue) of runs that could be claimed now (the sweeper's query)."""
+        ...
+
+    async def register_workflows(self, workflows: Sequence[WorkflowInfo], now: datetime) -> None:
+        """Record ``workflows`` as served, each registered at ``now``, replacing what was
+        recorded under their names; other workflows stay recorded (never forgotten)."""
+        ...
+
+    async def registered_workflows(self) -> list[WorkflowInfo]:
+        """Every workflow ever registered in this store, by name."""
+        ...
+
+
+@runtime_checkable
+class ExternalChanges(Protocol):
+    """A store shared with other processes that can tell cheaply when one of them wrote.
+
+    The sweeper polls it (every ~100 ms) and sweeps when it moves, so that runs created or
+    made runnable by another process (a CLI, another daemon) start promptly.
+    """
+
+    async def external_changes(self) -> int:
+        """A counter that moves whenever another process has committed since the last
+        call (it may also move spuriously; it never stays put after such a commit)."""
+        ...

@@ -1,0 +1,62 @@
+"""Listings of the JetStream KV store: runs by workflow, status or parent, newest first,
+and the runs ready to advance."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from stemd._model import RunStatus
+from stemd._store.base import RunRecord
+from stemd._store.jetstream_doc import Doc
+from stemd._store.jetstream_index import Index
+from stemd._store.transitions import is_runnable
+
+__all__ = ["list_runs", "runnable"]
+
+
+async def list_runs(
+    index: Index,
+    *,
+    workflow: str | None,
+    status: RunStatus | None,
+    parent_run_id: str | None,
+    limit: int,
+) -> list[RunRecord]:
+    """The runs matching every filter given, newest first, at most ``limit`` (see
+    :meth:`~stemd._store.base.Store.list_runs`). The children of a run are listed by
+    index; any other listing reads every document."""
+    if parent_run_id is not None:
+        found = await index.indexed(f"idx.parent.{parent_run_id}.*.*", "parent")
+        docs = [doc for _, _, doc in found]
+    else:
+        docs = [doc for _, doc in (await index.records.read_all()).values()]
+    docs.sort(key=lambda d: d.order, reverse=True)
+    out: list[RunRecord] = []
+    for doc in docs:
+        if _matches(doc, workflow, status, parent_run_id):
+            out.append(doc.rec)
+            if len(out) >= limit:
+                break
+    return out
+
+
+def _matches(
+    doc: Doc, workflow: str | None, status: RunStatus | None, parent_run_id: str | None
+) -> bool:
+    rec = doc.rec
+    return (
+        (workflow is None or rec.workflow == workflow)
+        and (status is None or rec.status is status)
+        and (parent_run_id is None or rec.parent_run_id == parent_run_id)
+    )
+
+
+async def runnable(index: Index, now: datetime, limit: int) -> list[tuple[str, str]]:
+    """Up to ``limit`` live runs ready to advance at ``now``, as (run id, queue)."""
+    out = []
+    for run_id, _, doc in await index.indexed("idx.live.*.*", "live"):
+        if is_runnable(doc.rec, now):
+            out.append((run_id, doc.rec.queue))
+            if len(out) >= limit:
+                break
+    return out

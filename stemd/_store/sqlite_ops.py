@@ -1,0 +1,332 @@
+"""The SQLite store's write operations, run by the writer inside a transaction.
+
+Each is a plain function of the writer's connection. They mirror
+:class:`~stemd._store.memory.MemoryStore` exactly and decide nothing themselves: every
+change of a record comes from :mod:`stemd._store.transitions`. A refusal (``LeaseLost``)
+is raised before anything is written, as the writer's batching requires.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from stemd._errors import LeaseLost
+from stemd._model import RunStatus
+from stemd._store.base import (
+    Checkpoint,
+    Claim,
+    CommitResult,
+    Complete,
+    FireResult,
+    Outcome,
+    RunRecord,
+    Suspend,
+    WorkflowInfo,
+)
+from stemd._store.sqlite_schema import (
+    RUN_COLUMNS,
+    from_us,
+    record_from_row,
+    record_to_row,
+    to_us,
+)
+from stemd._store.transitions import (
+    apply_cancel,
+    apply_claim,
+    apply_event,
+    apply_fire,
+    apply_outcome,
+    apply_rewind,
+    is_runnable,
+    rewind_cut,
+)
+
+__all__ = [
+    "cancel",
+    "checkpoint_from_row",
+    "checkpoints",
+    "claim",
+    "commit",
+    "create_run",
+    "data_version",
+    "deliver_event",
+    "fire_timer",
+    "register_workflows",
+    "renew_lease",
+    "rewind",
+    "save_checkpoint",
+    "workflow_from_row",
+]
+
+_COLS = ", ".join(RUN_COLUMNS)
+SELECT_RUN = f"SELECT {_COLS} FROM runs WHERE run_id = ?"
+SELECT_CHECKPOINTS = "SELECT name, value, written_at FROM checkpoints WHERE run_id = ? ORDER BY seq"
+_INSERT_RUN = (
+    f"INSERT INTO runs ({_COLS}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
+    " ON CONFLICT (run_id) DO NOTHING"
+)
+_UPSERT_CHECKPOINT = (
+    "INSERT INTO checkpoints (run_id, name, value, written_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (run_id, name) DO UPDATE"
+    " SET value = excluded.value, written_at = excluded.written_at"
+)
+_TOUCH_OWNED = (
+    "UPDATE runs SET updated_at = ? WHERE run_id = ? AND token = ? AND status = 'running'"
+)
+_RENEW = (
+    "UPDATE runs SET lease_expires_at = ?, updated_at = ?"
+    " WHERE run_id = ? AND token = ? AND status = 'running'"
+)
+_WAITING_ON_CHILD = (
+    f"SELECT {_COLS} FROM runs"
+    " WHERE wait_child = ? AND status = 'suspended' AND wait_child IS NOT NULL ORDER BY run_id"
+)
+_WAITING_ON_TOPIC = (
+    f"SELECT {_COLS} FROM runs"
+    " WHERE wait_topic = ? AND status = 'suspended' AND wait_topic IS NOT NULL"
+    " ORDER BY seq LIMIT ?"
+)
+SELECT_WORKFLOWS = "SELECT name, kind, steps, version, registered_at FROM workflows ORDER BY name"
+_UPSERT_WORKFLOW = (
+    "INSERT INTO workflows (name, kind, steps, version, registered_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, steps = excluded.steps,"
+    " version = excluded.version, registered_at = excluded.registered_at"
+)
+_steps_decoder = msgspec.json.Decoder(tuple[str, ...])
+_UPDATES: dict[tuple[int, ...], str] = {}
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _update(db: sqlite3.Connection, old: tuple[Any, ...], new: RunRecord) -> None:
+    """Write the columns of ``new`` that differ from the stored row ``old``."""
+    row = record_to_row(new)
+    changed = tuple(i for i in range(len(row)) if row[i] != old[i])
+    if not changed:
+        return
+    sql = _UPDATES.get(changed)
+    if sql is None:
+        sets = ", ".join(f"{RUN_COLUMNS[i]} = ?" for i in changed)
+        sql = _UPDATES[changed] = f"UPDATE runs SET {sets} WHERE run_id = ?"
+    db.execute(sql, (*(row[i] for i in changed), new.run_id))
+
+
+def _row(db: sqlite3.Connection, run_id: str) -> tuple[Any, ...] | None:
+    row: tuple[Any, ...] | None = db.execute(SELECT_RUN, (run_id,)).fetchone()
+    return row
+
+
+def _lease_lost(run_id: str) -> LeaseLost:
+    return LeaseLost(f"run {run_id} is no longer owned by this worker")
+
+
+def _owned(db: sqlite3.Connection, run_id: str, token: int) -> tuple[tuple[Any, ...], RunRecord]:
+    row = _row(db, run_id)
+    if row is None:
+        raise _lease_lost(run_id)
+    rec = record_from_row(row)
+    if rec.token != token or rec.status is not RunStatus.RUNNING:
+        raise _lease_lost(run_id)
+    return row, rec
+
+
+def _put_checkpoint(
+    db: sqlite3.Connection, run_id: str, name: str, value: bytes, now: datetime
+) -> None:
+    db.execute(_UPSERT_CHECKPOINT, (run_id, name, value, to_us(now)))
+
+
+def checkpoint_from_row(row: tuple[Any, ...] | sqlite3.Row) -> Checkpoint:
+    """The Checkpoint of a row selected by :data:`SELECT_CHECKPOINTS`."""
+    name, value, written_at = row
+    return Checkpoint(name, value, None if written_at is None else from_us(written_at))
+
+
+def checkpoints(db: sqlite3.Connection, run_id: str) -> list[Checkpoint]:
+    """The run's checkpoints in write order."""
+    return [checkpoint_from_row(r) for r in db.execute(SELECT_CHECKPOINTS, (run_id,))]
+
+
+def _wake_parents(db: sqlite3.Connection, child_id: str, now: datetime) -> tuple[str, ...]:
+    woken = []
+    for row in db.execute(_WAITING_ON_CHILD, (child_id,)).fetchall():
+        _update(db, row, apply_event(record_from_row(row), now))
+        woken.append(row[0])
+    return tuple(woken)
+
+
+# -- the operations --------------------------------------------------------------------
+
+
+def data_version(db: sqlite3.Connection) -> int:
+    """``PRAGMA data_version`` of the writer's connection: it moves only when another
+    connection (another process) commits."""
+    (version,) = db.execute("PRAGMA data_version").fetchone()
+    return int(version)
+
+
+def register_workflows(
+    db: sqlite3.Connection, workflows: Sequence[WorkflowInfo], now: datetime
+) -> None:
+    at = to_us(now)
+    db.executemany(
+        _UPSERT_WORKFLOW,
+        [
+            (
+                w.name,
+                w.kind,
+                None if w.steps is None else msgspec.json.encode(w.steps).decode(),
+                w.version,
+                at,
+            )
+            for w in workflows
+        ],
+    )
+
+
+def workflow_from_row(row: tuple[Any, ...] | sqlite3.Row) -> WorkflowInfo:
+    """The WorkflowInfo of a row selected by :data:`SELECT_WORKFLOWS`."""
+    name, kind, steps, version, registered_at = row
+    return WorkflowInfo(
+        name=name,
+        kind=kind,
+        steps=None if steps is None else _steps_decoder.decode(steps),
+        version=version,
+        registered_at=from_us(registered_at),
+    )
+
+
+def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bool]:
+    if db.execute(_INSERT_RUN, record_to_row(record)).rowcount == 1:
+        return record, True
+    row = _row(db, record.run_id)
+    assert row is not None  # the conflict was on this run id, inside this transaction
+    return record_from_row(row), False
+
+
+def claim(
+    db: sqlite3.Connection, run_id: str, owner: str, now: datetime, lease: float
+) -> Claim | None:
+    row = _row(db, run_id)
+    if row is None:
+        return None
+    rec = record_from_row(row)
+    if not is_runnable(rec, now):
+        return None
+    new = apply_claim(rec, owner, now, lease)
+    _update(db, row, new)
+    # Token 0: never claimed, resumed, cancelled or rewound, so nothing can have written
+    # a checkpoint yet (the first claim of every run skips the query).
+    cps = checkpoints(db, run_id) if rec.token else []
+    return Claim(token=new.token, record=new, checkpoints=cps)
+
+
+def renew_lease(
+    db: sqlite3.Connection, run_id: str, token: int, now: datetime, lease: float
+) -> None:
+    expires = to_us(now + timedelta(seconds=lease))
+    if db.execute(_RENEW, (expires, to_us(now), run_id, token)).rowcount != 1:
+        raise _lease_lost(run_id)
+
+
+def save_checkpoint(
+    db: sqlite3.Connection, run_id: str, token: int, checkpoint: Checkpoint, now: datetime
+) -> None:
+    # The ownership check is the conditional update itself: on a stale token it changes
+    # nothing and the refusal happens before any write.
+    if db.execute(_TOUCH_OWNED, (to_us(now), run_id, token)).rowcount != 1:
+        raise _lease_lost(run_id)
+    _put_checkpoint(db, run_id, checkpoint.name, checkpoint.value, now)
+
+
+def commit(
+    db: sqlite3.Connection, run_id: str, token: int, outcome: Outcome, now: datetime
+) -> CommitResult:
+    row, rec = _owned(db, run_id, token)
+    child_ended = False
+    if isinstance(outcome, Suspend) and outcome.wait_child is not None:
+        child = _row(db, outcome.wait_child)
+        child_ended = child is None or RunStatus(child[2]).is_terminal
+    if isinstance(outcome, (Complete, Suspend)):
+        for cp in outcome.checkpoints:
+            _put_checkpoint(db, run_id, cp.name, cp.value, now)
+    new = apply_outcome(rec, outcome, now, child_ended=child_ended)
+    _update(db, row, new)
+    woken = _wake_parents(db, run_id, now) if new.status.is_terminal else ()
+    return CommitResult(record=new, woken=woken)
+
+
+def deliver_event(
+    db: sqlite3.Connection, topic: str, value: bytes, now: datetime, limit: int
+) -> list[str]:
+    resumed = []
+    for row in db.execute(_WAITING_ON_TOPIC, (topic, limit)).fetchall():
+        rec = record_from_row(row)
+        if rec.wait_key is not None:
+            _put_checkpoint(db, rec.run_id, rec.wait_key, value, now)
+        _update(db, row, apply_event(rec, now))
+        resumed.append(rec.run_id)
+    return resumed
+
+
+def _delete(db: sqlite3.Connection, run_id: str) -> None:
+    db.execute("DELETE FROM checkpoints WHERE run_id = ?", (run_id,))
+    db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+
+
+def fire_timer(
+    db: sqlite3.Connection, run_id: str, now: datetime, timeout_value: bytes
+) -> FireResult:
+    row = _row(db, run_id)
+    if row is None:
+        return FireResult(action="none")
+    rec = record_from_row(row)
+    action, new, _ = apply_fire(rec, now)
+    if action == "none":
+        return FireResult(action="none", record=rec)
+    if action == "deleted" or new is None:
+        _delete(db, run_id)
+        return FireResult(action="deleted")
+    if action == "woken" and new.resume_key is not None:
+        _put_checkpoint(db, run_id, new.resume_key, timeout_value, now)
+    _update(db, row, new)
+    woken = _wake_parents(db, run_id, now) if action == "cancelled" else ()
+    return FireResult(action=action, record=new, woken=woken)
+
+
+def cancel(db: sqlite3.Connection, run_id: str, reason: str, now: datetime) -> CommitResult | None:
+    row = _row(db, run_id)
+    if row is None:
+        return None
+    rec = record_from_row(row)
+    if rec.status.is_terminal:
+        return None
+    new = apply_cancel(rec, reason, now)
+    _update(db, row, new)
+    return CommitResult(record=new, woken=_wake_parents(db, run_id, now))
+
+
+def rewind(db: sqlite3.Connection, run_id: str, step: str, now: datetime) -> RunRecord | None:
+    row = _row(db, run_id)
+    if row is None:
+        return None
+    names = [
+        name
+        for (name,) in db.execute(
+            "SELECT name FROM checkpoints WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
+    ]
+    cut = rewind_cut(names, step)
+    if cut:
+        db.executemany(
+            "DELETE FROM checkpoints WHERE run_id = ? AND name = ?", [(run_id, n) for n in cut]
+        )
+    new = apply_rewind(record_from_row(row), now)
+    _update(db, row, new)
+    return new

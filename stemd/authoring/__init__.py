@@ -1,8 +1,0 @@
-"""Authoring: how workflows are declared. Pure Python, no I/O."""
-
-from __future__ import annotations
-
-from stemd.authoring.context import FlowContext, ScriptContext, StepContext
-from stemd.authoring.definitions import Flow, Script, script, step
-
-__all__ = ("Flow", "FlowContext", "Script", "ScriptContext", "StepContext", "script", "step")
