@@ -6,7 +6,18 @@ Everything in the public contract is importable from here.
 from __future__ import annotations
 
 from stemd.app import App
-from stemd.authoring import Flow, FlowContext, Script, ScriptContext, StepContext, script, step
+from stemd.authoring import (
+    Event,
+    Flow,
+    FlowContext,
+    Script,
+    ScriptContext,
+    StepContext,
+    handle,
+    script,
+    step,
+    workflow,
+)
 from stemd.codec import Versioned
 from stemd.errors import (
     ChildFailed,
@@ -42,6 +53,7 @@ __all__ = (
     "ChildFailed",
     "ConfigError",
     "ErrorInfo",
+    "Event",
     "EventTimeout",
     "Flow",
     "FlowContext",
@@ -64,6 +76,8 @@ __all__ = (
     "Versioned",
     "WorkflowResult",
     "__version__",
+    "handle",
     "script",
     "step",
+    "workflow",
 )

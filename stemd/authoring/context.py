@@ -5,9 +5,12 @@ They are thin: every durable operation is asked of the run's :class:`Runtime`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic
+
+from typing_extensions import TypeVar
 
 from stemd.authoring.runtime import Runtime, current_scope
 from stemd.authoring.steps import StepInfo, check_name, step_info
@@ -16,6 +19,7 @@ from stemd.model import Retry, seconds
 __all__ = ["FlowContext", "ScriptContext", "StepContext"]
 
 T = TypeVar("T")
+P = TypeVar("P", default=Any)
 
 
 def _key(workflow: str, run_id: str, scope: str, suffix: str) -> str:
@@ -86,17 +90,30 @@ class _Durable:
         return await self._rt.wait_child(self._scope(), run_id, type)
 
 
-class FlowContext(_Durable):
-    """What a :class:`~stemd.Flow` step receives."""
+class FlowContext(_Durable, Generic[P]):
+    """What a :class:`~stemd.Flow` step receives.
 
-    __slots__ = ("_rt", "attempt", "params", "previous_result", "step_index", "step_name")
+    ``params`` are the run's params, decoded into the flow's params type when it declares
+    one (``FlowContext[P]``).
+    """
+
+    __slots__ = (
+        "_rt",
+        "attempt",
+        "params",
+        "previous_result",
+        "step_index",
+        "step_name",
+    )
+
+    params: P
 
     def __init__(
         self,
         runtime: Runtime,
         step_name: str,
         step_index: int,
-        params: Any,
+        params: P,
         previous_result: Any,
         attempt: int,
     ) -> None:
@@ -147,6 +164,9 @@ class ScriptContext(_Durable):
         # with them could collide with another checkpoint or be hidden from RunState.
         check_name("step", name)
         info = getattr(fn, "__stemd_step__", None)
+        if isinstance(info, StepInfo) and inspect.ismethod(fn):
+            # A @stemd.step method, bound: its StepInfo holds the plain function.
+            args = (fn.__self__, *args)
         if not isinstance(info, StepInfo) or info.name != name:
             info = step_info(getattr(info, "fn", fn), name, None)
         return await self._rt.run_step(info, args, {}, retry)  # type: ignore[no-any-return]

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import structlog
 
+from stemd.authoring.classes import definition_of
 from stemd.authoring.definitions import Flow, Script
 from stemd.broker.base import Broker
 from stemd.clock import Clock
@@ -54,7 +55,7 @@ from stemd.store.base import (
 
 __all__ = ["Engine", "Workflow", "new_run_id", "to_run_state"]
 
-Workflow = Flow | Script
+Workflow = Flow[Any, Any] | Script[Any, Any]
 log = structlog.get_logger("stemd.engine")
 
 
@@ -148,7 +149,9 @@ class Engine:
     # -- starting -------------------------------------------------------------------------
 
     def resolve(self, workflow: Any) -> tuple[str, Workflow | None]:
-        """The name and definition of ``workflow`` (a name or a Flow/Script)."""
+        """The name and definition of ``workflow`` (a name, a Flow/Script or a
+        ``@stemd.workflow`` class)."""
+        workflow = definition_of(workflow)
         if isinstance(workflow, (Flow, Script)):
             # A definition this engine was not given would be written, then fail on the
             # first worker that knows no such name: refuse it up front, like a bad name.
@@ -187,6 +190,13 @@ class Engine:
         if raw is None:
             check_depth(params, "params")
             raw = self.codec_for(name).encode(params)
+        params_type = getattr(definition, "params_type", Any)
+        if params_type is not Any:
+            # Refused here, with nothing written, rather than failing the run on a worker.
+            try:
+                self.codec_for(name).decode(raw, type=params_type)
+            except PayloadError as exc:
+                raise PayloadError(f"params of {name}: {exc}") from None
         if queue is None:
             queue = getattr(definition, "queue", None) or self.default_queue
         now = self.clock.now()

@@ -286,8 +286,15 @@ class Execution:
 
     # -- flows ----------------------------------------------------------------------------
 
-    async def run_flow(self, flow: Flow) -> Outcome:
-        params = self.plain_params()
+    async def run_flow(self, flow: Flow[Any, Any]) -> Outcome:
+        params: Any
+        if flow.params_type is Any:
+            params = self.plain_params()
+        else:
+            try:
+                params = self.codec.decode(self.record.params, type=flow.params_type)
+            except PayloadError as exc:
+                return Fail(error=_error(PayloadError(f"params of {flow.name}: {exc}"), None, None))
         previous: Any = None
         last = len(flow.steps) - 1
         for st in flow.steps:
@@ -315,7 +322,7 @@ class Execution:
 
     # -- scripts --------------------------------------------------------------------------
 
-    async def run_script(self, script: Script) -> Outcome:
+    async def run_script(self, script: Script[Any, Any]) -> Outcome:
         args: tuple[Any, ...] = ()
         if script.takes_params:
             try:
