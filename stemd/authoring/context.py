@@ -94,12 +94,19 @@ class FlowContext(_Durable, Generic[P]):
     """What a :class:`~stemd.Flow` step receives.
 
     ``params`` are the run's params, decoded into the flow's params type when it declares
-    one (``FlowContext[P]``).
+    one (``FlowContext[P]``). ``iteration`` counts the entries of this step in this run:
+    1 on the first, then one more for each time the step ended its execution slice and
+    was entered again, as recorded: each suspension of the step (a sleep, an event wait,
+    a child wait) and each failed attempt (a retry). It is read from the run's recorded
+    state, so every process sees the same number; an execution lost to a crash or given
+    back at shutdown ended nothing durably and is not counted, and a rewind to or before
+    the step starts it at 1 again.
     """
 
     __slots__ = (
         "_rt",
         "attempt",
+        "iteration",
         "params",
         "previous_result",
         "step_index",
@@ -116,6 +123,7 @@ class FlowContext(_Durable, Generic[P]):
         params: P,
         previous_result: Any,
         attempt: int,
+        iteration: int = 1,
     ) -> None:
         self._rt = runtime
         self.step_name = step_name
@@ -123,6 +131,7 @@ class FlowContext(_Durable, Generic[P]):
         self.params = params
         self.previous_result = previous_result
         self.attempt = attempt
+        self.iteration = iteration
 
     def _scope(self) -> str:
         return self.step_name

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+import msgspec
+
 from stemd.authoring.context import FlowContext, ScriptContext, StepContext
 from stemd.authoring.definitions import Flow, Script
 from stemd.authoring.runtime import current_run, frame
@@ -286,6 +288,11 @@ class Execution:
 
     # -- flows ----------------------------------------------------------------------------
 
+    def _entries(self, step: str) -> int:
+        """How many times ``step`` ended a slice by suspending, as recorded."""
+        prefix = f"{step}@entry#"
+        return sum(1 for name in self.checkpoints if name.startswith(prefix))
+
     async def run_flow(self, flow: Flow[Any, Any]) -> Outcome:
         params: Any
         if flow.params_type is Any:
@@ -302,16 +309,35 @@ class Execution:
             if raw is not None:
                 previous = self.codec.decode(raw)
                 continue
+            suspended = self._entries(st.name)
 
-            async def call(attempt: int, st: Any = st, previous: Any = previous) -> Any:
-                ctx = FlowContext(self, st.name, st.index, params, previous, attempt)
+            async def call(
+                attempt: int, st: Any = st, previous: Any = previous, suspended: int = suspended
+            ) -> Any:
+                # Entries so far: the first, one per recorded suspension, one per retry.
+                iteration = suspended + attempt
+                ctx = FlowContext(self, st.name, st.index, params, previous, attempt, iteration)
                 token = frame.set((self, st.name))
                 try:
                     return await st.fn(ctx)
                 finally:
                     frame.reset(token)
 
-            encoded = await self._call_step(st.name, call, st.retry)
+            try:
+                encoded = await self._call_step(st.name, call, st.retry)
+            except Interrupt as stop:
+                if not isinstance(stop.outcome, Suspend):
+                    raise
+                # The suspension is recorded with the step's count of them, in the same
+                # commit, so that FlowContext.iteration reads the same in every process.
+                marker = Checkpoint(
+                    f"{st.name}@entry#{suspended}",
+                    self.codec.encode(suspended + self._attempt(st.name)),
+                )
+                outcome = msgspec.structs.replace(
+                    stop.outcome, checkpoints=(*stop.outcome.checkpoints, marker)
+                )
+                raise Interrupt(outcome) from None
             if st.index == last:
                 return Complete(result=encoded, checkpoints=(Checkpoint(st.name, encoded),))
             await self._save(st.name, encoded)
