@@ -37,7 +37,6 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 P = TypeVar("P", default=Any)
 R = TypeVar("R", default=Any)
-FlowStepFn = Callable[["FlowContext[Any]"], Awaitable[Any]]
 
 
 class FlowStep:
