@@ -225,3 +225,10 @@ async def test_a_child_started_with_params_of_the_wrong_type_fails_the_step() ->
     assert result.is_failed and result.error is not None
     assert result.error.type == "PayloadError" and result.error.step == "spawn"
     assert runs == []
+
+
+@pytest.mark.parametrize("name", ["Event", "workflow", "handle"])
+def test_the_new_names_are_exported(name: str) -> None:
+    """Event, workflow and handle are attributes of stemd and listed in __all__."""
+    assert hasattr(stemd, name)
+    assert name in stemd.__all__
