@@ -61,45 +61,47 @@ def _fail(cls: type, why: str) -> TypeError:
     return TypeError(f"@stemd.workflow class {cls.__qualname__}: {why}")
 
 
+def _run_signature(cls: type) -> tuple[Callable[..., Any], str | None, bool]:
+    """``cls.run``, the name of its params parameter (``None``: it takes none) and whether
+    it declares the keyword-only ``context``; a TypeError for any other shape."""
+    run = inspect.getattr_static(cls, "run", None)
+    if not inspect.iscoroutinefunction(run):
+        raise _fail(cls, "it needs an `async def run(self, ...)` method")
+    params = list(inspect.signature(run).parameters.values())[1:]  # after self
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [p.name for p in params if p.kind in kinds]
+    keyword = {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    if "context" in positional:
+        raise _fail(
+            cls,
+            "run's `context` must be keyword-only: `*, context: stemd.ScriptContext | None = None`",
+        )
+    if len(positional) > 1 or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        raise _fail(cls, "run takes at most one parameter after self: the params")
+    for p in keyword.values():
+        if p.name != "context" and p.default is inspect.Parameter.empty:
+            raise _fail(cls, f"run's keyword-only {p.name!r} is never given: add a default")
+    return run, (positional[0] if positional else None), "context" in keyword
+
+
+def _check_constructible(cls: type) -> None:
+    try:
+        inspect.signature(cls).bind()
+    except TypeError:
+        raise _fail(
+            cls, "it is built with no arguments (an instance per execution): `cls()` fails"
+        ) from None
+    except ValueError:  # no signature to inspect (a builtin base): found out at run time
+        pass
+
+
 class ClassScript(Script[Any, Any]):
     """The script a ``@stemd.workflow`` class defines: each execution builds an instance
     and awaits its ``run``."""
 
     def __init__(self, name: str, cls: type, *, queue: str | None = None) -> None:
-        run = inspect.getattr_static(cls, "run", None)
-        if not inspect.iscoroutinefunction(run):
-            raise _fail(cls, "it needs an `async def run(self, ...)` method")
-        params = list(inspect.signature(run).parameters.values())[1:]  # after self
-        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        positional = [p for p in params if p.kind in kinds]
-        context = next((p for p in params if p.name == "context"), None)
-        if context is not None and context.kind is not inspect.Parameter.KEYWORD_ONLY:
-            raise _fail(
-                cls,
-                "run's `context` must be keyword-only: "
-                "`*, context: stemd.ScriptContext | None = None`",
-            )
-        if len(positional) > 1 or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-            raise _fail(cls, "run takes at most one parameter after self: the params")
-        required = [
-            p.name
-            for p in params
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-            and p.name != "context"
-            and p.default is inspect.Parameter.empty
-        ]
-        if required:
-            raise _fail(cls, f"run's keyword-only {required[0]!r} is never given: add a default")
-        try:
-            inspect.signature(cls).bind()
-        except TypeError:
-            raise _fail(
-                cls, "it is built with no arguments (an instance per execution): `cls()` fails"
-            ) from None
-        except ValueError:  # no signature to inspect (a builtin base): try at run time
-            pass
-        wants_context = context is not None
-        takes_params = bool(positional)
+        run, params_name, wants_context = _run_signature(cls)
+        _check_constructible(cls)
 
         async def body(ctx: ScriptContext, *args: Any) -> Any:
             instance = cls()
@@ -107,7 +109,7 @@ class ClassScript(Script[Any, Any]):
                 return await instance.run(*args, context=ctx)
             return await instance.run(*args)
 
-        if takes_params:
+        if params_name is not None:
 
             async def fn(ctx: ScriptContext, params: Any) -> Any:
                 return await body(ctx, params)
@@ -123,10 +125,9 @@ class ClassScript(Script[Any, Any]):
             hints = typing.get_type_hints(run)
         except Exception:  # forward references that do not resolve: plain values
             hints = {}
-        if takes_params:
-            self.params_type = hints.get(positional[0].name, Any)
-        returned = hints.get("return", Any)
-        self.return_type = self.result_type = returned
+        if params_name is not None:
+            self.params_type = hints.get(params_name, Any)
+        self.return_type = self.result_type = hints.get("return", Any)
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__module__ = cls.__module__

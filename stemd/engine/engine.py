@@ -29,6 +29,7 @@ from stemd.engine.observer import (
     SliceFinished,
     SliceStarted,
 )
+from stemd.engine.params import check_params
 from stemd.engine.views import UNKNOWN_WORKFLOW_RETRY, given_back, new_run_id, to_run_state
 from stemd.errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
 from stemd.model import (
@@ -190,13 +191,7 @@ class Engine:
         if raw is None:
             check_depth(params, "params")
             raw = self.codec_for(name).encode(params)
-        params_type = getattr(definition, "params_type", Any)
-        if params_type is not Any:
-            # Refused here, with nothing written, rather than failing the run on a worker.
-            try:
-                self.codec_for(name).decode(raw, type=params_type)
-            except PayloadError as exc:
-                raise PayloadError(f"params of {name}: {exc}") from None
+        check_params(name, definition, raw, self.codec_for(name))
         if queue is None:
             queue = getattr(definition, "queue", None) or self.default_queue
         now = self.clock.now()

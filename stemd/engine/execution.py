@@ -11,15 +11,15 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-import msgspec
-
 from stemd.authoring.context import FlowContext, ScriptContext, StepContext
 from stemd.authoring.definitions import Flow, Script
 from stemd.authoring.runtime import current_run, frame
 from stemd.authoring.steps import StepInfo
 from stemd.clock import Clock
 from stemd.codec import Codec, convert
+from stemd.engine.entries import entries, with_entry
 from stemd.engine.observer import Observers, StepFinished, StepStarted
+from stemd.engine.params import decode_params
 from stemd.errors import (
     ChildFailed,
     EventTimeout,
@@ -288,20 +288,10 @@ class Execution:
 
     # -- flows ----------------------------------------------------------------------------
 
-    def _entries(self, step: str) -> int:
-        """How many times ``step`` ended a slice by suspending, as recorded."""
-        prefix = f"{step}@entry#"
-        return sum(1 for name in self.checkpoints if name.startswith(prefix))
-
     async def run_flow(self, flow: Flow[Any, Any]) -> Outcome:
-        params: Any
-        if flow.params_type is Any:
-            params = self.plain_params()
-        else:
-            try:
-                params = self.codec.decode(self.record.params, type=flow.params_type)
-            except PayloadError as exc:
-                return Fail(error=_error(PayloadError(f"params of {flow.name}: {exc}"), None, None))
+        params = self.plain_params()
+        if flow.params_type is not Any:
+            params = decode_params(flow.name, flow.params_type, self.record.params, self.codec)
         previous: Any = None
         last = len(flow.steps) - 1
         for st in flow.steps:
@@ -309,14 +299,13 @@ class Execution:
             if raw is not None:
                 previous = self.codec.decode(raw)
                 continue
-            suspended = self._entries(st.name)
+            suspended = entries(self.checkpoints, st.name)
 
             async def call(
-                attempt: int, st: Any = st, previous: Any = previous, suspended: int = suspended
+                attempt: int, st: Any = st, previous: Any = previous, n: int = suspended
             ) -> Any:
-                # Entries so far: the first, one per recorded suspension, one per retry.
-                iteration = suspended + attempt
-                ctx = FlowContext(self, st.name, st.index, params, previous, attempt, iteration)
+                # Entered once, then again after each recorded suspension and each retry.
+                ctx = FlowContext(self, st.name, st.index, params, previous, attempt, n + attempt)
                 token = frame.set((self, st.name))
                 try:
                     return await st.fn(ctx)
@@ -326,18 +315,10 @@ class Execution:
             try:
                 encoded = await self._call_step(st.name, call, st.retry)
             except Interrupt as stop:
-                if not isinstance(stop.outcome, Suspend):
-                    raise
-                # The suspension is recorded with the step's count of them, in the same
-                # commit, so that FlowContext.iteration reads the same in every process.
-                marker = Checkpoint(
-                    f"{st.name}@entry#{suspended}",
-                    self.codec.encode(suspended + self._attempt(st.name)),
-                )
-                outcome = msgspec.structs.replace(
-                    stop.outcome, checkpoints=(*stop.outcome.checkpoints, marker)
-                )
-                raise Interrupt(outcome) from None
+                if isinstance(stop.outcome, Suspend):  # recorded for FlowContext.iteration
+                    entry = self.codec.encode(suspended + self._attempt(st.name))
+                    stop.outcome = with_entry(stop.outcome, st.name, suspended, entry)
+                raise
             if st.index == last:
                 return Complete(result=encoded, checkpoints=(Checkpoint(st.name, encoded),))
             await self._save(st.name, encoded)
