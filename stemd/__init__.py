@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from stemd._actors.supervisor import Actor
 from stemd._app import ActorFactory, App
-from stemd._authoring import Flow, FlowContext, Script, ScriptContext, StepContext, script, step
+from stemd._authoring import (
+    Event,
+    Flow,
+    FlowContext,
+    Script,
+    ScriptContext,
+    StepContext,
+    handle,
+    script,
+    step,
+    workflow,
+)
 from stemd._broker.base import Broker
 from stemd._clock import Clock
 from stemd._codec import Codec, Versioned
@@ -58,6 +69,7 @@ __all__ = (
     "Codec",
     "ConfigError",
     "ErrorInfo",
+    "Event",
     "EventTimeout",
     "Flow",
     "FlowContext",
@@ -89,6 +101,8 @@ __all__ = (
     "WorkflowInfo",
     "WorkflowResult",
     "__version__",
+    "handle",
     "script",
     "step",
+    "workflow",
 )

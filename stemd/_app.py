@@ -25,6 +25,7 @@ from stemd._actors.supervisor import Actor, Supervisor
 from stemd._actors.sweeper import Sweeper
 from stemd._actors.timer import Timer
 from stemd._actors.workers import WorkerPool
+from stemd._authoring.classes import definition_of
 from stemd._broker import broker_from_url
 from stemd._broker.base import Broker
 from stemd._broker.capabilities import HelperActors
@@ -56,12 +57,13 @@ T = TypeVar("T")
 ActorFactory = Callable[["App"], Actor]
 
 
-def _registry(workflows: Iterable[Workflow]) -> dict[str, Workflow]:
+def _registry(workflows: Iterable[Workflow | type]) -> dict[str, Workflow]:
     out: dict[str, Workflow] = {}
-    for wf in workflows:
+    for given in workflows:
+        wf = definition_of(given)  # a @stemd.workflow class: the script it defines
         name = getattr(wf, "name", None)
         if not isinstance(name, str) or getattr(wf, "kind", None) not in ("flow", "script"):
-            raise TypeError(f"not a workflow (Flow or @stemd.script): {wf!r}")
+            raise TypeError(f"not a workflow (Flow, @stemd.script or @stemd.workflow): {wf!r}")
         if name in out and out[name] is not wf:
             raise ValueError(f"two workflows are named {name!r}")
         out[name] = wf
@@ -112,7 +114,8 @@ class App:
     Args:
         store: ``"memory://"``, ``"sqlite:///PATH"``, ``"nats://HOST:PORT"`` or a Store.
         broker: ``None`` for the in-process broker, ``"nats://HOST:PORT"`` or a Broker.
-        workflows: the Flow and script objects this app knows.
+        workflows: the Flow and script objects and ``@stemd.workflow`` classes this app
+            knows.
         workers: execute runs here; ``False`` makes a client only.
         concurrency: runs executed at once.
         queue: the queue this app's workers take runs from (and new runs go to).
@@ -131,7 +134,7 @@ class App:
         self,
         store: str | Store = "memory://",
         broker: str | Broker | None = None,
-        workflows: Iterable[Workflow] = (),
+        workflows: Iterable[Workflow | type] = (),
         workers: bool = True,
         concurrency: int = 32,
         queue: str = "workflow",
@@ -166,7 +169,7 @@ class App:
         self.sweeper: Sweeper | None = None
         self.pool: WorkerPool | None = None
 
-    def register(self, *workflows: Workflow) -> None:
+    def register(self, *workflows: Workflow | type) -> None:
         """Add workflows (before the app is entered)."""
         merged = _registry([*self.workflows.values(), *workflows])
         self.workflows.clear()

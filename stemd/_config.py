@@ -51,7 +51,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """The effective configuration of a daemon (and of the CLI's ``--store`` mode).
 
     Attributes:
-        modules: modules to import; every Flow and script at their top level is registered.
+        modules: modules to import; every Flow, script and @stemd.workflow class at their
+            top level is registered.
         app_dir: the directory put first on ``sys.path`` before anything is imported, so
             that the modules in it import (as uvicorn's ``--app-dir``); unset: the working
             directory the command starts in. ``stemd run --app-dir`` overrides it.

@@ -17,6 +17,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from stemd._authoring.classes import definition_of
 from stemd._authoring.definitions import Flow, Script
 from stemd._errors import ConfigError
 
@@ -30,13 +31,19 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "stemd.workflows"
 
-Workflow = Flow | Script
+Workflow = Flow[Any, Any] | Script[Any, Any]
+
+
+def _workflow(value: Any) -> Workflow | None:
+    """The workflow ``value`` is or defines (a ``@stemd.workflow`` class), if any."""
+    found = definition_of(value)
+    return found if isinstance(found, (Flow, Script)) else None
 
 
 def workflows_in(module: types.ModuleType) -> list[Workflow]:
-    """Every Flow and script bound to a name at the top level of ``module``, in the order
-    the module defines them."""
-    return [value for value in vars(module).values() if isinstance(value, (Flow, Script))]
+    """Every Flow, script and ``@stemd.workflow`` class bound to a name at the top level
+    of ``module``, in the order the module defines them."""
+    return [wf for value in vars(module).values() if (wf := _workflow(value)) is not None]
 
 
 _app_dir: list[Path] = []  # the app directory in use, for messages
@@ -83,10 +90,13 @@ def _from_object(key: str, obj: Any) -> list[Workflow]:
     """Workflows from what an entry point names: a module, a workflow, or a list of them."""
     if isinstance(obj, types.ModuleType):
         return workflows_in(obj)
-    if isinstance(obj, (Flow, Script)):
-        return [obj]
-    if isinstance(obj, (list, tuple)) and all(isinstance(w, (Flow, Script)) for w in obj):
-        return list(obj)
+    single = _workflow(obj)
+    if single is not None:
+        return [single]
+    if isinstance(obj, (list, tuple)):
+        found = [_workflow(w) for w in obj]
+        if all(wf is not None for wf in found):
+            return [wf for wf in found if wf is not None]
     raise ConfigError(f"{key}: names {obj!r}, which is neither a module nor a workflow")
 
 

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from stemd._authoring.classes import handle, workflow
 from stemd._authoring.context import FlowContext, ScriptContext, StepContext
 from stemd._authoring.definitions import Flow, Script, script, step
+from stemd._authoring.handles import Event
 
-__all__ = ("Flow", "FlowContext", "Script", "ScriptContext", "StepContext", "script", "step")
+__all__ = (
+    "Event",
+    "Flow",
+    "FlowContext",
+    "Script",
+    "ScriptContext",
+    "StepContext",
+    "handle",
+    "script",
+    "step",
+    "workflow",
+)

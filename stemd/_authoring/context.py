@@ -5,9 +5,12 @@ They are thin: every durable operation is asked of the run's :class:`Runtime`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic
+
+from typing_extensions import TypeVar
 
 from stemd._authoring.runtime import Runtime, current_scope
 from stemd._authoring.steps import StepInfo, check_name, step_info
@@ -16,6 +19,7 @@ from stemd._model import Retry, seconds
 __all__ = ["FlowContext", "ScriptContext", "StepContext"]
 
 T = TypeVar("T")
+P = TypeVar("P", default=Any)
 
 
 def _key(workflow: str, run_id: str, scope: str, suffix: str) -> str:
@@ -86,19 +90,40 @@ class _Durable:
         return await self._rt.wait_child(self._scope(), run_id, type)
 
 
-class FlowContext(_Durable):
-    """What a :class:`~stemd.Flow` step receives."""
+class FlowContext(_Durable, Generic[P]):
+    """What a :class:`~stemd.Flow` step receives.
 
-    __slots__ = ("_rt", "attempt", "params", "previous_result", "step_index", "step_name")
+    ``params`` are the run's params, decoded into the flow's params type when it declares
+    one (``FlowContext[P]``). ``iteration`` counts the entries of this step in this run:
+    1 on the first, then one more for each time the step ended its execution slice and
+    was entered again, as recorded: each suspension of the step (a sleep, an event wait,
+    a child wait) and each failed attempt (a retry). It is read from the run's recorded
+    state, so every process sees the same number; an execution lost to a crash or given
+    back at shutdown ended nothing durably and is not counted, and a rewind to or before
+    the step starts it at 1 again.
+    """
+
+    __slots__ = (
+        "_rt",
+        "attempt",
+        "iteration",
+        "params",
+        "previous_result",
+        "step_index",
+        "step_name",
+    )
+
+    params: P
 
     def __init__(
         self,
         runtime: Runtime,
         step_name: str,
         step_index: int,
-        params: Any,
+        params: P,
         previous_result: Any,
         attempt: int,
+        iteration: int = 1,
     ) -> None:
         self._rt = runtime
         self.step_name = step_name
@@ -106,6 +131,7 @@ class FlowContext(_Durable):
         self.params = params
         self.previous_result = previous_result
         self.attempt = attempt
+        self.iteration = iteration
 
     def _scope(self) -> str:
         return self.step_name
@@ -147,6 +173,9 @@ class ScriptContext(_Durable):
         # with them could collide with another checkpoint or be hidden from RunState.
         check_name("step", name)
         info = getattr(fn, "__stemd_step__", None)
+        if isinstance(info, StepInfo) and inspect.ismethod(fn):
+            # A @stemd.step method, bound: its StepInfo holds the plain function.
+            args = (fn.__self__, *args)
         if not isinstance(info, StepInfo) or info.name != name:
             info = step_info(getattr(info, "fn", fn), name, None)
         return await self._rt.run_step(info, args, {}, retry)  # type: ignore[no-any-return]

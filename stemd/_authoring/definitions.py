@@ -1,4 +1,8 @@
-"""Workflow definitions: :class:`Flow` (declared steps) and :class:`Script` (code is the plan)."""
+"""Workflow definitions: :class:`Flow` (declared steps) and :class:`Script` (code is the plan).
+
+Both are generic in the type of their params (``P``) and of their result (``R``), and are
+their own typed handles (:class:`~stemd._authoring.handles.Handle`): ``flow.start(app, p)``.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ import functools
 import inspect
 import typing
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
+from typing_extensions import TypeVar
+
+from stemd._authoring.handles import Handle
 from stemd._authoring.runtime import current_script
 from stemd._authoring.steps import StepInfo, check_name, step_info
 from stemd._authoring.steps import return_type as _return_type
@@ -28,7 +35,8 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-FlowStepFn = Callable[["FlowContext"], Awaitable[Any]]
+P = TypeVar("P", default=Any)
+R = TypeVar("R", default=Any)
 
 
 class FlowStep:
@@ -40,7 +48,7 @@ class FlowStep:
         self,
         name: str,
         index: int,
-        fn: Callable[[FlowContext], Awaitable[Any]],
+        fn: Callable[[FlowContext[Any]], Awaitable[Any]],
         retry: Retry | None,
     ) -> None:
         self.name = name
@@ -49,7 +57,7 @@ class FlowStep:
         self.retry = retry
 
 
-class Flow:
+class Flow(Handle[P, R]):
     """A workflow whose plan is its declared steps, run in declaration order.
 
     Example::
@@ -58,24 +66,79 @@ class Flow:
 
         @approvals.step("draft")
         async def draft(ctx: stemd.FlowContext) -> str: ...
+
+    Args:
+        name: the workflow's name.
+        queue: the queue its runs go to (default: the App's).
+        params: the type of its params (a ``msgspec.Struct``, a dataclass, any type
+            msgspec decodes): steps get ``ctx.params`` decoded into it, and a start with
+            params that do not fit it is refused with :class:`~stemd.PayloadError`.
+        result: the type of its result (the last step's value), into which
+            :meth:`start_and_wait` decodes it.
     """
 
     kind = "flow"
 
-    def __init__(self, name: str, *, queue: str | None = None) -> None:
+    @overload
+    def __init__(
+        self: Flow[Any, Any],
+        name: str,
+        *,
+        queue: str | None = None,
+        params: None = None,
+        result: None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Flow[P, Any],
+        name: str,
+        *,
+        queue: str | None = None,
+        params: type[P],
+        result: None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Flow[Any, R],
+        name: str,
+        *,
+        queue: str | None = None,
+        params: None = None,
+        result: type[R],
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        name: str,
+        *,
+        queue: str | None = None,
+        params: type[P],
+        result: type[R],
+    ) -> None: ...
+
+    def __init__(
+        self, name: str, *, queue: str | None = None, params: Any = None, result: Any = None
+    ) -> None:
         self.name = check_name("workflow", name)
         self.queue = queue
+        self.params_type = Any if params is None else params
+        self.result_type = Any if result is None else result
         self.steps: list[FlowStep] = []
         self._by_name: dict[str, FlowStep] = {}
 
     def step(
         self, name: str | None = None, *, retry: Retry | None = None
-    ) -> Callable[[FlowStepFn], FlowStepFn]:
+    ) -> Callable[
+        [Callable[[FlowContext[P]], Awaitable[Any]]], Callable[[FlowContext[P]], Awaitable[Any]]
+    ]:
         """Declare the next step; ``name`` defaults to the function's name."""
 
         def register(
-            fn: Callable[[FlowContext], Awaitable[Any]],
-        ) -> Callable[[FlowContext], Awaitable[Any]]:
+            fn: Callable[[FlowContext[P]], Awaitable[Any]],
+        ) -> Callable[[FlowContext[P]], Awaitable[Any]]:
             if not inspect.iscoroutinefunction(fn):
                 raise TypeError(f"flow step {fn!r} must be an async function")
             step_name = check_name("step", name or fn.__name__)
@@ -96,8 +159,12 @@ class Flow:
         return f"Flow({self.name!r}, steps={[s.name for s in self.steps]!r})"
 
 
-class Script:
-    """A workflow whose plan is its code: see :func:`script`."""
+class Script(Handle[P, R]):
+    """A workflow whose plan is its code: see :func:`script`.
+
+    Its params type is the annotation of the function's second parameter (``Any`` when
+    it has none), its result type the return annotation.
+    """
 
     kind = "script"
 
@@ -113,8 +180,9 @@ class Script:
         if not params:
             raise TypeError(f"script {name!r} must accept a ScriptContext as first parameter")
         self.takes_params = len(params) >= 2
-        self.params_type: Any = Any
+        self.params_type = Any
         self.return_type = _return_type(fn)
+        self.result_type = self.return_type
         if self.takes_params:
             try:
                 hints = typing.get_type_hints(fn)
@@ -130,12 +198,27 @@ class Script:
         return f"Script({self.name!r})"
 
 
-def script(
-    name: str | None = None, *, queue: str | None = None
-) -> Callable[[Callable[..., Awaitable[Any]]], Script]:
-    """Declare a script workflow: ``@stemd.script("user.signup")``."""
+class _ScriptDecorator(Protocol):
+    """What ``@stemd.script(...)`` returns: typed from the function it decorates."""
 
-    def register(fn: Callable[..., Awaitable[Any]]) -> Script:
+    @overload
+    def __call__(self, fn: Callable[[ScriptContext], Awaitable[R]], /) -> Script[None, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[[ScriptContext, P], Awaitable[R]], /) -> Script[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[..., Awaitable[Any]], /) -> Script[Any, Any]: ...
+
+
+def script(name: str | None = None, *, queue: str | None = None) -> _ScriptDecorator:
+    """Declare a script workflow: ``@stemd.script("user.signup")``.
+
+    The script object is typed from the function: ``Script[P, R]`` with ``P`` the
+    annotation of its second parameter and ``R`` its return annotation.
+    """
+
+    def register(fn: Callable[..., Awaitable[Any]]) -> Script[Any, Any]:
         return Script(name or fn.__name__, fn, queue=queue)
 
     return register

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import structlog
 
+from stemd._authoring.classes import definition_of
 from stemd._authoring.definitions import Flow, Script
 from stemd._broker.base import Broker
 from stemd._clock import Clock
@@ -28,6 +29,7 @@ from stemd._engine.observer import (
     SliceFinished,
     SliceStarted,
 )
+from stemd._engine.params import check_params
 from stemd._engine.views import UNKNOWN_WORKFLOW_RETRY, given_back, new_run_id, to_run_state
 from stemd._errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
 from stemd._model import (
@@ -54,7 +56,7 @@ from stemd._store.base import (
 
 __all__ = ["Engine", "Workflow", "new_run_id", "to_run_state"]
 
-Workflow = Flow | Script
+Workflow = Flow[Any, Any] | Script[Any, Any]
 log = structlog.get_logger("stemd.engine")
 
 
@@ -148,7 +150,9 @@ class Engine:
     # -- starting -------------------------------------------------------------------------
 
     def resolve(self, workflow: Any) -> tuple[str, Workflow | None]:
-        """The name and definition of ``workflow`` (a name or a Flow/Script)."""
+        """The name and definition of ``workflow`` (a name, a Flow/Script or a
+        ``@stemd.workflow`` class)."""
+        workflow = definition_of(workflow)
         if isinstance(workflow, (Flow, Script)):
             # A definition this engine was not given would be written, then fail on the
             # first worker that knows no such name: refuse it up front, like a bad name.
@@ -187,6 +191,7 @@ class Engine:
         if raw is None:
             check_depth(params, "params")
             raw = self.codec_for(name).encode(params)
+        check_params(name, definition, raw, self.codec_for(name))
         if queue is None:
             queue = getattr(definition, "queue", None) or self.default_queue
         now = self.clock.now()

@@ -16,7 +16,9 @@ from stemd._authoring.runtime import current_run, frame
 from stemd._authoring.steps import StepInfo
 from stemd._clock import Clock
 from stemd._codec import Codec, convert
+from stemd._engine.entries import entries, with_entry
 from stemd._engine.observer import Observers, StepFinished, StepStarted
+from stemd._engine.params import decode_params
 from stemd._errors import (
     ChildFailed,
     EventTimeout,
@@ -275,8 +277,10 @@ class Execution:
 
     # -- flows ----------------------------------------------------------------------------
 
-    async def run_flow(self, flow: Flow) -> Outcome:
+    async def run_flow(self, flow: Flow[Any, Any]) -> Outcome:
         params = self.plain_params()
+        if flow.params_type is not Any:
+            params = decode_params(flow.name, flow.params_type, self.record.params, self.codec)
         previous: Any = None
         last = len(flow.steps) - 1
         for st in flow.steps:
@@ -284,16 +288,26 @@ class Execution:
             if raw is not None:
                 previous = self.codec.decode(raw)
                 continue
+            suspended = entries(self.checkpoints, st.name)
 
-            async def call(attempt: int, st: Any = st, previous: Any = previous) -> Any:
-                ctx = FlowContext(self, st.name, st.index, params, previous, attempt)
+            async def call(
+                attempt: int, st: Any = st, previous: Any = previous, n: int = suspended
+            ) -> Any:
+                # Entered once, then again after each recorded suspension and each retry.
+                ctx = FlowContext(self, st.name, st.index, params, previous, attempt, n + attempt)
                 token = frame.set((self, st.name))
                 try:
                     return await st.fn(ctx)
                 finally:
                     frame.reset(token)
 
-            encoded = await self._call_step(st.name, call, st.retry)
+            try:
+                encoded = await self._call_step(st.name, call, st.retry)
+            except Interrupt as stop:
+                if isinstance(stop.outcome, Suspend):  # recorded for FlowContext.iteration
+                    entry = self.codec.encode(suspended + self._attempt(st.name))
+                    stop.outcome = with_entry(stop.outcome, st.name, suspended, entry)
+                raise
             if st.index == last:
                 return Complete(result=encoded, checkpoints=(Checkpoint(st.name, encoded),))
             await self._save(st.name, encoded)
@@ -304,7 +318,7 @@ class Execution:
 
     # -- scripts --------------------------------------------------------------------------
 
-    async def run_script(self, script: Script) -> Outcome:
+    async def run_script(self, script: Script[Any, Any]) -> Outcome:
         args: tuple[Any, ...] = ()
         if script.takes_params:
             try:

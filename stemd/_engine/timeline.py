@@ -4,6 +4,8 @@ run took to get there, and what each wait was, for people inspecting the run.
 Internal checkpoints (``<step>@<kind>#<n>``) are the run's waits: a sleep's wake time,
 an event's payload or timeout marker, a child's run id, a child's end. Their values are
 the engine's own envelopes; here they become a few words (:attr:`CheckpointInfo.detail`).
+A flow step's suspension count (``<step>@entry#<n>``, what ``FlowContext.iteration`` is
+read from) repeats the wait it follows and is left out.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def build_timeline(
         step, at_sign, rest = cp.name.partition("@")
         if at_sign:
             raw_kind = rest.partition("#")[0]
+            if raw_kind == "entry":
+                continue
             kind = _KINDS.get(raw_kind, raw_kind)
             detail = _detail(kind, cp.value, codec)
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -49,10 +51,25 @@ async def test_event_payload_of_wrong_shape_fails_the_run_naming_step_and_field(
     assert "$.level" in result.error.message
 
 
-async def test_script_params_of_wrong_shape_fail_naming_the_field() -> None:
-    """Params that do not decode into the script's annotation fail the run naming the field."""
+async def test_script_params_of_wrong_shape_are_refused_at_start_naming_the_field() -> None:
+    """Params that do not decode into the script's annotation are refused at start with
+    a PayloadError naming the workflow and the field; no run is written."""
     async with open_app(signup) as app:
-        run_id = await app.start_workflow(signup, {"email": "a@b.c", "age": "old"})
+        with pytest.raises(stemd.PayloadError, match=r"typed\.signup.*\$\.age"):
+            await app.start_workflow(signup, {"email": "a@b.c", "age": "old"}, run_id="bad-1")
+        assert await app.get_run("bad-1") is None
+        assert await app.list_runs() == []
+
+
+async def test_script_params_written_by_a_client_that_knows_no_type_fail_the_run(
+    tmp_path: Path,
+) -> None:
+    """A run started by a client that does not know the workflow (no type to check) and
+    whose params do not decode fails on the worker, naming the workflow and the field."""
+    store = f"sqlite:///{tmp_path}/p.db"
+    async with stemd.App(store=store, workers=False) as client:
+        run_id = await client.start_workflow("typed.signup", {"email": "a@b.c", "age": "old"})
+    async with open_app(signup, store=store) as app:
         result = await app.wait_for_completion(run_id, timeout=5)
     assert result.is_failed and result.error is not None
     assert "typed.signup" in result.error.message and "$.age" in result.error.message

@@ -269,19 +269,20 @@ async def test_script_params_decode_into_a_dataclass() -> None:
         assert (await app.wait_for_completion(run_id, timeout=5)).value == 8
 
 
-async def test_script_params_that_do_not_decode_fail_the_run() -> None:
-    """Params that do not fit the annotated type fail the run with a PayloadError."""
+async def test_script_params_that_do_not_decode_are_refused_at_start() -> None:
+    """Params that do not fit the annotated type are refused at start with a PayloadError,
+    and nothing is written."""
 
     @stemd.script("bad-params.script")
     async def typed(ctx: stemd.ScriptContext, p: SignupParams) -> str:
         return p.email
 
     async with open_app(typed) as app:
-        run_id = await app.start_workflow(typed, params={"mail": "oops"})
-        result = await app.wait_for_completion(run_id, timeout=5)
-    assert result.is_failed
-    assert result.error is not None
-    assert result.error.type == "PayloadError"
+        with pytest.raises(stemd.PayloadError, match=r"bad-params\.script"):
+            await app.start_workflow(typed, params={"mail": "oops"})
+        with pytest.raises(stemd.PayloadError):
+            await app.start_workflow("bad-params.script", params=None)
+        assert await app.list_runs() == []
 
 
 async def test_script_with_plain_params_and_without_params() -> None:
