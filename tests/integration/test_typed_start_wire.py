@@ -35,7 +35,8 @@ async def describe(ctx: stemd.FlowContext[Order]) -> str:
 @pytest.fixture
 async def app(nats: NatsServer) -> AsyncIterator[stemd.App]:
     """A daemon on the test's nats-server serving the wire protocol."""
-    async with stemd.App(store=nats.url, broker=nats.url, nats=nats.url, workflows=[flow]) as a:
+    options = stemd.AppOptions(nats=nats.url)
+    async with stemd.App(store=nats.url, broker=nats.url, workflows=[flow], options=options) as a:
         yield a
 
 
