@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiosqlite
@@ -32,7 +31,12 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from typing import TYPE_CHECKING
+
 from stemd._store.sqlite_writer import Writer
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 SCHEMA = (
     "CREATE TABLE runs (run_id TEXT PRIMARY KEY, token INTEGER, updated_at INTEGER);"

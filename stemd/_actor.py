@@ -3,10 +3,12 @@ makes actors (the actors, the brokers' helper actors, users' extra actors)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
-from anyio.abc import TaskStatus
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
 
 __all__ = ["Actor"]
 

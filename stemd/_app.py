@@ -15,9 +15,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import timedelta
-from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 
@@ -27,7 +25,6 @@ from stemd._actors.timer import Timer
 from stemd._actors.workers import WorkerPool
 from stemd._authoring.classes import definition_of
 from stemd._broker import broker_from_url
-from stemd._broker.base import Broker
 from stemd._broker.capabilities import HelperActors
 from stemd._clock import Clock, SystemClock
 from stemd._codec import Codec, codec_for, convert
@@ -48,6 +45,12 @@ from stemd._options import AppOptions
 from stemd._store import store_from_url
 from stemd._store.base import RunRecord, Store, WorkflowInfo
 from stemd._urls import is_nats
+
+if TYPE_CHECKING:
+    from datetime import timedelta
+    from types import TracebackType
+
+    from stemd._broker.base import Broker
 
 __all__ = ["ActorFactory", "App"]
 

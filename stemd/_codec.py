@@ -16,13 +16,15 @@ from __future__ import annotations
 import base64
 import gzip
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import msgspec
 
 from stemd._errors import ConfigError, PayloadError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "MAX_DEPTH",

@@ -6,13 +6,15 @@ See docs/reference/config.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 
 from stemd._codec import Codec, CodecChain, Keyring
 from stemd._errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["CodecConfig", "EncryptionConfig", "WorkflowCodecConfig", "build_codecs"]
 

@@ -20,19 +20,22 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from stemd._codec import Codec
 from stemd._codec_options import CodecConfig, WorkflowCodecConfig, build_codecs
 from stemd._errors import ConfigError
 from stemd._identifiers import is_prefix, is_queue
 from stemd._natsauth import NatsAuth, redact_url
 from stemd._options import AppOptions, NonNegative, Positive, RestartPolicy, Timing
 from stemd._urls import is_nats, nats_servers, sqlite_path, store_kind
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from stemd._codec import Codec
 
 __all__ = [
     "DEFAULT_STORE",
@@ -230,7 +233,7 @@ def _optional(typ: Any) -> bool:
 
 
 def _plain(message: str) -> str:
-    """msgspec's message without its ``- at `$...``` suffix, and lower-cased first letter."""
+    """Msgspec's message without its ``- at `$...``` suffix, and lower-cased first letter."""
     message = re.sub(r" - at `\$[^`]*`$", "", message)
     return message[:1].lower() + message[1:]
 

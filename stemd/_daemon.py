@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -30,7 +30,6 @@ import structlog
 
 from stemd._actors.http import listen
 from stemd._actors.notify import Notifier, SystemdNotify
-from stemd._actors.supervisor import Actor
 from stemd._app import ActorFactory, App
 from stemd._config import Config, load_config
 from stemd._errors import ConfigError, RestartBudgetExceeded, StemError
@@ -40,8 +39,11 @@ from stemd._natsauth import redact_url
 from stemd._reachability import check_reachable
 from stemd._runlog import RunLog
 from stemd._store import store_from_url
-from stemd._store.base import Store
 from stemd._urls import store_kind
+
+if TYPE_CHECKING:
+    from stemd._actors.supervisor import Actor
+    from stemd._store.base import Store
 
 __all__ = ["EXIT_CRASHED", "Daemon", "check_health", "main"]
 
@@ -283,7 +285,7 @@ class Daemon:
 
 
 def loop_options(event_loop: str) -> dict[str, Any]:
-    """anyio's backend options for ``event_loop``: uvloop when asked for, or when ``auto``
+    """Anyio's backend options for ``event_loop``: uvloop when asked for, or when ``auto``
     and uvloop is installed (it cuts the daemon's CPU per workflow by 10-20 %)."""
     if event_loop == "asyncio":
         return {}
@@ -310,6 +312,7 @@ def main(
 
     Args:
         config_path: the TOML config (``None``: ``$STEMD_CONFIG``, else the defaults).
+        app_dir: where the workflow modules are imported from (``stemd run --app-dir``).
         verbose: log at ``debug`` whatever ``log_level`` says (``stemd -v run``).
         log_drivers: overrides the config's ``log_drivers`` (``--log-drivers``).
 

@@ -12,14 +12,16 @@ import importlib
 import os
 import sys
 import types
-from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stemd._authoring.classes import definition_of
 from stemd._authoring.definitions import Flow, Script
 from stemd._errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 __all__ = [
     "ENTRY_POINT_GROUP",

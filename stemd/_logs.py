@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
 
 from stemd._engine import execution
+
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = ["DRIVERS", "add_run_context", "configure_logging", "set_level"]
 

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from stemd._errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 __all__ = ["NatsAuth", "redact_url", "url_has_credentials"]
 

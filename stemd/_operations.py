@@ -10,11 +10,13 @@ surface that makes them) take an :class:`Operations` (and the publisher of run e
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stemd._engine.events import RunEvent
-from stemd._model import CancellationPolicy, RunState, RunStatus
-from stemd._store.base import WorkflowInfo
+
+if TYPE_CHECKING:
+    from stemd._model import CancellationPolicy, RunState, RunStatus
+    from stemd._store.base import WorkflowInfo
 
 __all__ = ["EventListener", "Operations", "RunEventSource"]
 

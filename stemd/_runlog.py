@@ -23,19 +23,21 @@ from __future__ import annotations
 
 import contextvars
 from collections import deque
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import anyio
 import structlog
-from anyio.abc import TaskStatus
 
-from stemd._engine.events import RunEvent
 from stemd._engine.observer import Observer, SliceFinished, SliceStarted, StepFinished
 from stemd._model import RunStatus
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from anyio.abc import TaskStatus
+
     from stemd._app import App
+    from stemd._engine.events import RunEvent
 
 __all__ = ["RunLog"]
 

@@ -14,9 +14,8 @@ starter's trace context even when the daemon does not trace.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stemd._engine.observer import (
     LostLease,
@@ -28,6 +27,9 @@ from stemd._engine.observer import (
     StepStarted,
 )
 from stemd._errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "TRACEPARENT",

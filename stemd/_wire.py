@@ -17,13 +17,15 @@ Reference: docs/reference/wire.md.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
 from stemd._identifiers import RunId, Topic
 from stemd._model import MAX_DURATION, ErrorInfo, RunState, RunStatus
-from stemd._store.base import WorkflowInfo
+
+if TYPE_CHECKING:
+    from stemd._store.base import WorkflowInfo
 
 __all__ = [
     "DEFAULT_PREFIX",

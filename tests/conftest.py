@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import structlog
 
-from stemd._store.base import Store
 from tests.stores import STORE_FACTORIES, StoreFactory
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from stemd._store.base import Store
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def anyio_backend() -> str:
-    """stemd runs on anyio's asyncio backend (nats-py and aiosqlite are asyncio libraries)."""
+    """Stemd runs on anyio's asyncio backend (nats-py and aiosqlite are asyncio libraries)."""
     return "asyncio"
 
 

@@ -48,14 +48,17 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sybil import Document, Example, Region, Sybil
 from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer, FencedCodeBlockLexer
-from sybil.region import Lexeme
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from sybil.region import Lexeme
 
 __all__ = ["DOCS", "ROOT", "Block", "doc_paths", "evaluate_document", "is_doc"]
 

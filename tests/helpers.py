@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 import stemd
-from stemd._store.base import Store
-from stemd.testing import ManualClock
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from stemd._store.base import Store
+    from stemd.testing import ManualClock
 
 __all__ = ["RUN_STATE_CONTRACT_FIELDS", "open_app", "wait_status", "wait_until"]
 

@@ -13,12 +13,11 @@ recorded with the run (its spans continue the starter's trace), a malformed one 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskStatus
 
 from stemd import _wire as wire
 from stemd._errors import (
@@ -30,9 +29,13 @@ from stemd._errors import (
     UnknownWorkflow,
 )
 from stemd._model import CancellationPolicy
-from stemd._natsconn import NatsConnection, NatsMsg
-from stemd._operations import Operations
 from stemd._tracing import traceparent_from
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
+    from stemd._natsconn import NatsConnection, NatsMsg
+    from stemd._operations import Operations
 
 __all__ = ["ApiResponder", "ApiStats"]
 

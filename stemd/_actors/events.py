@@ -8,20 +8,24 @@ messages on ``<prefix>.events.run.<run_id>``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskStatus
 
 from stemd import _wire as wire
 from stemd._engine.events import RunEvent
 from stemd._errors import StemError
 from stemd._model import RunStatus
-from stemd._natsconn import NatsConnection
-from stemd._operations import RunEventSource
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.abc import TaskStatus
+
+    from stemd._natsconn import NatsConnection
+    from stemd._operations import RunEventSource
 
 __all__ = ["EventPublisher", "EventStats"]
 

@@ -15,15 +15,20 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import Listener, SocketStream, TaskStatus
 
 from stemd._errors import ConfigError
-from stemd._metrics import Registry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.abc import Listener, SocketStream, TaskStatus
+
+    from stemd._metrics import Registry
 
 __all__ = ["HttpEndpoint", "HttpStats", "bind_error", "listen", "parse_address"]
 

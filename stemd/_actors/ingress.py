@@ -14,12 +14,11 @@ trace); a malformed one is ignored.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskStatus
 
 from stemd import _wire as wire
 from stemd._broker.jetstream import stream_name
@@ -33,8 +32,12 @@ from stemd._errors import (
     TransportError,
 )
 from stemd._natsconn import MSG_ID, NatsConnection
-from stemd._operations import Operations
 from stemd._tracing import traceparent_from
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
+    from stemd._operations import Operations
 
 __all__ = ["Ingress", "IngressStats", "submit_stream_config"]
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from anyio.abc import TaskStatus
 
 __all__ = ["Notifier", "NotifyStats", "SystemdNotify"]
 

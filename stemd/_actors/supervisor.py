@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskStatus
 
 from stemd._actor import Actor
 from stemd._errors import RestartBudgetExceeded
 from stemd._options import RestartPolicy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.abc import TaskStatus
 
 __all__ = ["Actor", "Supervisor", "SupervisorStats"]
 

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from stemd._actors.api import ApiResponder
 from stemd._actors.events import EventPublisher
 from stemd._actors.ingress import Ingress
-from stemd._actors.supervisor import Actor
 from stemd._errors import ConfigError
 from stemd._identifiers import is_prefix
 from stemd._natsauth import NatsAuth, redact_url
 from stemd._natsconn import open_connection, split_url
-from stemd._operations import Operations, RunEventSource
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from stemd._actors.supervisor import Actor
+    from stemd._operations import Operations, RunEventSource
 
 __all__ = ["open_nats_surface"]
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anyio
 import msgspec
-from anyio.abc import TaskStatus
 
-from stemd._broker.base import Broker
-from stemd._engine.engine import Engine
 from stemd._store.base import ExternalChanges
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
+    from stemd._broker.base import Broker
+    from stemd._engine.engine import Engine
 
 __all__ = ["Sweeper", "SweeperStats"]
 

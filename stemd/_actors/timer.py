@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import heapq
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskStatus
 
-from stemd._engine.engine import Engine
 from stemd._engine.observer import OnTimer
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
+    from stemd._engine.engine import Engine
 
 __all__ = ["Timer", "TimerStats"]
 

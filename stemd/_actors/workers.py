@@ -14,15 +14,19 @@ step by whoever takes the run next.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskStatus
 
-from stemd._broker.base import Broker, Delivery
-from stemd._engine.engine import Engine
 from stemd._engine.leases import LeaseKeeper
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
+    from stemd._broker.base import Broker, Delivery
+    from stemd._engine.engine import Engine
 
 __all__ = ["WorkerPool", "WorkerStats"]
 

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from stemd._authoring.definitions import Flow, Script
 from stemd._authoring.steps import check_name
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from stemd._authoring.context import ScriptContext
 
 __all__ = ["ClassScript", "definition_of", "handle", "workflow"]

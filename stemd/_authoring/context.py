@@ -6,15 +6,17 @@ They are thin: every durable operation is asked of the run's :class:`Runtime`.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, Generic
+from typing import TYPE_CHECKING, Any, Generic
 
 from typing_extensions import TypeVar
 
 from stemd._authoring.runtime import Runtime, current_scope
 from stemd._authoring.steps import StepInfo, check_name, step_info
 from stemd._model import Retry, seconds
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 __all__ = ["FlowContext", "ScriptContext", "StepContext"]
 

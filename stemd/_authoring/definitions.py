@@ -18,10 +18,10 @@ from stemd._authoring.handles import Handle
 from stemd._authoring.runtime import current_script
 from stemd._authoring.steps import StepInfo, check_name, step_info
 from stemd._authoring.steps import return_type as _return_type
-from stemd._model import Retry
 
 if TYPE_CHECKING:
     from stemd._authoring.context import FlowContext, ScriptContext
+    from stemd._model import Retry
 
 __all__ = [
     "Flow",

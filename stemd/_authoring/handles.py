@@ -14,15 +14,18 @@ App or the engine, and anything shaped like them (a test double, a client) will 
 
 from __future__ import annotations
 
-import builtins
-from datetime import timedelta
-from typing import Any, Generic, Protocol, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, overload
 
 import msgspec
 from typing_extensions import TypeVar
 
 from stemd._errors import PayloadError
-from stemd._model import CancellationPolicy, WorkflowResult
+
+if TYPE_CHECKING:
+    import builtins
+    from datetime import timedelta
+
+    from stemd._model import CancellationPolicy, WorkflowResult
 
 __all__ = ["Emitter", "Event", "Handle", "Sender", "Starter", "Waiter"]
 

@@ -9,11 +9,13 @@ nothing of the engine.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from stemd._authoring.steps import StepInfo
-from stemd._model import Retry
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from stemd._authoring.steps import StepInfo
+    from stemd._model import Retry
 
 __all__ = ["Runtime", "current_run", "current_scope", "current_script", "frame"]
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from stemd._model import Retry
+if typing.TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from stemd._model import Retry
 
 __all__ = ["StepInfo", "check_name", "return_type", "step_info"]
 

@@ -7,10 +7,11 @@ Each capability is a named, runtime-checkable protocol: the App and its actors a
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from stemd._actor import Actor
-from stemd._engine.observer import Observers
+if TYPE_CHECKING:
+    from stemd._actor import Actor
+    from stemd._engine.observer import Observers
 
 __all__ = ["EngineOps", "HelperActors", "QueueDepth"]
 

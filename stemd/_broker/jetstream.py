@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -47,6 +45,10 @@ from stemd._model import validate_run_id
 from stemd._natsauth import NatsAuth, redact_url
 from stemd._natsconn import MSG_ID, NatsConnection, open_connection, split_url
 from stemd._options import as_bool, convert_options, keep
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import datetime
 
 __all__ = ["EngineOps", "JetStreamBroker", "JetStreamDelivery", "stream_name"]
 

@@ -13,16 +13,19 @@ is handled once, and every step is idempotent anyway.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskStatus
 
 from stemd._broker.pull import JsMsg, PullConsumer
 from stemd._errors import DECODE_ERRORS, StemError
-from stemd._natsconn import NatsConnection
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
+    from stemd._natsconn import NatsConnection
 
 __all__ = ["CancelRun", "DeadLetterStats", "DeadLetters", "DeadLetterSource"]
 

@@ -20,16 +20,18 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskStatus
 
 from stemd._broker.pull import JsMsg, PullConsumer
 from stemd._errors import StemError
 from stemd._natsconn import SCHEDULE, SCHEDULE_TARGET, JetStreamApiError, NatsConnection
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
 
 __all__ = ["FireTimer", "ScheduleSource", "ScheduleStats", "ScheduledTimers", "WatchTimers"]
 

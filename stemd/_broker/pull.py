@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -25,7 +25,9 @@ import structlog
 
 from stemd._errors import TransportError
 from stemd._model import Retry
-from stemd._natsconn import NatsConnection, NatsMsg, Subscription
+
+if TYPE_CHECKING:
+    from stemd._natsconn import NatsConnection, NatsMsg, Subscription
 
 __all__ = ["JsMsg", "PullConsumer", "PullStats"]
 

@@ -1,4 +1,4 @@
-"""The CLI's two ways to reach runs, behind one interface (:class:`Client`):
+"""The CLI's two ways to reach runs, behind one interface (:class:`Client`).
 
 - :class:`StoreClient`: straight to the store, through ``App(store=URL, workers=False)``;
   works with no daemon up.
@@ -10,9 +10,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import msgspec
@@ -29,16 +28,20 @@ from stemd._errors import (
     TransportError,
     UnknownWorkflow,
 )
-from stemd._loading import Workflow
 from stemd._model import CancellationPolicy, RunState, parse_status, validate_run_id
 from stemd._natsauth import NatsAuth, redact_url
 from stemd._natsconn import NatsConnection, open_connection
 from stemd._options import AppOptions
 from stemd._reachability import check_nats, check_sqlite
 from stemd._store import store_from_url
-from stemd._store.base import Store
 from stemd._tracing import trace_headers
 from stemd._urls import sqlite_path, url_kind
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+
+    from stemd._loading import Workflow
+    from stemd._store.base import Store
 
 __all__ = ["Client", "NatsClient", "StoreClient", "open_client"]
 

@@ -8,10 +8,9 @@ A ``metrics_address`` in use is only a warning here: it may be this config's own
 
 from __future__ import annotations
 
-import argparse
 import errno
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -21,6 +20,9 @@ from stemd._config import Config, config_to_builtins, config_to_toml, load_confi
 from stemd._loading import load_workflows, use_app_dir
 from stemd._natsauth import redact_url
 from stemd._reachability import check_reachable
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["add_parser"]
 

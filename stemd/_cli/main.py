@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from stemd import __version__
 from stemd._cli import config, run, workflow
 from stemd._errors import StemError
 from stemd._logs import configure_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["build_parser", "main", "run_cli"]
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
@@ -17,7 +16,11 @@ from stemd._model import (
     RunState,
     RunStatus,
 )
-from stemd._wire import WorkflowType
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from stemd._wire import WorkflowType
 
 __all__ = ["duration", "print_json", "run_detail", "runs_table", "short_json", "types_table"]
 

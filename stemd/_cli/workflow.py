@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -25,7 +25,9 @@ from stemd._config import Config, load_config
 from stemd._errors import DECODE_ERRORS, ConfigError, PayloadError, RunNotFound, StemError
 from stemd._loading import Workflow, load_workflows, use_app_dir
 from stemd._model import CancellationPolicy, RunStatus, seconds, validate_run_id
-from stemd._natsauth import NatsAuth
+
+if TYPE_CHECKING:
+    from stemd._natsauth import NatsAuth
 
 __all__ = ["EXIT_CANCELLED", "EXIT_FAILED", "EXIT_TIMED_OUT", "add_parser"]
 

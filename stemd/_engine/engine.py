@@ -6,17 +6,14 @@ It knows nothing of SQLite or NATS; the actors and the App drive it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
 
 from stemd._authoring.classes import definition_of
 from stemd._authoring.definitions import Flow, Script
-from stemd._broker.base import Broker
-from stemd._clock import Clock
 from stemd._codec import Codec, check_depth
 from stemd._engine.events import RunEvents
 from stemd._engine.execution import Aborted, Execution, Fenced, Interrupt, validate_topic
@@ -53,6 +50,12 @@ from stemd._store.base import (
     base_step_name,
     compute_timer_at,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from stemd._broker.base import Broker
+    from stemd._clock import Clock
 
 __all__ = ["Engine", "Workflow", "new_run_id", "to_run_state"]
 

@@ -10,11 +10,14 @@ give-back) leaves no record and is not counted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from stemd._store.base import Checkpoint, Suspend
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = ["entries", "with_entry"]
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 
 from stemd._model import ErrorInfo, RunStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["RunEvent", "RunEvents"]
 

@@ -6,15 +6,11 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stemd._authoring.context import FlowContext, ScriptContext, StepContext
-from stemd._authoring.definitions import Flow, Script
 from stemd._authoring.runtime import current_run, frame
-from stemd._authoring.steps import StepInfo
-from stemd._clock import Clock
 from stemd._codec import Codec, convert
 from stemd._engine.entries import entries, with_entry
 from stemd._engine.observer import Observers, StepFinished, StepStarted
@@ -40,6 +36,13 @@ from stemd._store.base import (
     Store,
     Suspend,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+
+    from stemd._authoring.definitions import Flow, Script
+    from stemd._authoring.steps import StepInfo
+    from stemd._clock import Clock
 
 __all__ = [
     "Aborted",

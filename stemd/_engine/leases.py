@@ -12,17 +12,21 @@ Either way a refused renewal cancels the slice (its writes would be refused anyw
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
 import structlog
-from anyio.abc import TaskStatus
 
-from stemd._clock import Clock
 from stemd._errors import LeaseLost
-from stemd._store.base import Store
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from datetime import datetime
+
+    from anyio.abc import TaskStatus
+
+    from stemd._clock import Clock
+    from stemd._store.base import Store
 
 __all__ = ["Held", "LeaseKeeper", "LeaseRenewal", "SliceLeases"]
 

@@ -9,12 +9,15 @@ engine nothing (not even its struct).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from stemd._model import RunStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 __all__ = [
     "LostLease",

@@ -4,10 +4,12 @@ nothing written, and decoded for a flow's steps."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stemd._codec import Codec
 from stemd._errors import PayloadError
+
+if TYPE_CHECKING:
+    from stemd._codec import Codec
 
 __all__ = ["check_params", "decode_params"]
 

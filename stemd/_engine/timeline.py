@@ -10,14 +10,17 @@ read from) repeats the wait it follows and is left out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stemd._codec import Codec
 from stemd._errors import PayloadError
 from stemd._model import CheckpointInfo, RunStatus
 from stemd._store.base import Checkpoint, base_step_name
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from stemd._codec import Codec
 
 __all__ = ["build_timeline"]
 

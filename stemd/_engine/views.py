@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from stemd._codec import Codec
 from stemd._engine.timeline import build_timeline
 from stemd._model import (
     LEGACY_UNKNOWN_WORKFLOW_STEP,
@@ -18,7 +17,12 @@ from stemd._model import (
     Retry,
     RunState,
 )
-from stemd._store.base import Checkpoint, RunRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from stemd._codec import Codec
+    from stemd._store.base import Checkpoint, RunRecord
 
 __all__ = ["UNKNOWN_WORKFLOW_RETRY", "given_back", "new_run_id", "to_run_state"]
 

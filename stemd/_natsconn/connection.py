@@ -12,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from stemd._natsauth import redact_url
 from stemd._natsconn.boundary import PermissionDenied, boundary, suppressed
 from stemd._natsconn.messages import ConnectionEvent, NatsMsg, detach
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = ["CoreConnection", "Subscription"]
 

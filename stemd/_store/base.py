@@ -10,13 +10,15 @@ Time is always passed in (``now``): stores never read a clock of their own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import msgspec
 
 from stemd._model import CancellationPolicy, ErrorInfo, RunStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "Checkpoint",

@@ -45,9 +45,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import msgspec
@@ -85,6 +84,9 @@ from stemd._store.transitions import (
     is_runnable,
     rewind_cut,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
 
 __all__ = ["JetStreamStore"]
 

@@ -5,8 +5,7 @@ conditional writes whose lost answer is read back. Nothing here knows what a run
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import structlog
@@ -19,6 +18,9 @@ from stemd._natsconn import (
     StoredMsg,
     WrongLastSequence,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterable
 
 __all__ = ["Bucket", "transient"]
 

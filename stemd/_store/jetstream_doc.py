@@ -4,14 +4,17 @@ and the index entries a run's record calls for (see :mod:`stemd._store.jetstream
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from stemd._errors import DECODE_ERRORS, StoreError
 from stemd._model import RunStatus
 from stemd._store.base import Checkpoint, RunRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = [
     "Doc",

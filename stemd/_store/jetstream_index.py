@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 
 from stemd._natsconn import WrongLastSequence
 from stemd._store import jetstream_doc as docs
-from stemd._store.jetstream_bucket import Bucket
-from stemd._store.jetstream_doc import Doc
-from stemd._store.jetstream_records import Records
+
+if TYPE_CHECKING:
+    from stemd._store.jetstream_bucket import Bucket
+    from stemd._store.jetstream_doc import Doc
+    from stemd._store.jetstream_records import Records
 
 __all__ = ["STALE_AFTER", "Index"]
 

@@ -3,13 +3,17 @@ and the runs ready to advance."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import TYPE_CHECKING
 
-from stemd._model import RunStatus
-from stemd._store.base import RunRecord
-from stemd._store.jetstream_doc import Doc
-from stemd._store.jetstream_index import Index
 from stemd._store.transitions import is_runnable
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from stemd._model import RunStatus
+    from stemd._store.base import RunRecord
+    from stemd._store.jetstream_doc import Doc
+    from stemd._store.jetstream_index import Index
 
 __all__ = ["list_runs", "runnable"]
 

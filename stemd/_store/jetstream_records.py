@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from stemd._errors import LeaseLost, PayloadError, StoreError
 from stemd._natsconn import StoredMsg, WrongLastSequence
 from stemd._store import jetstream_doc as docs
-from stemd._store.jetstream_bucket import Bucket
 from stemd._store.jetstream_doc import Doc
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from stemd._store.jetstream_bucket import Bucket
 
 __all__ = ["MAX_TRIES", "Records"]
 

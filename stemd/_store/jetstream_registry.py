@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import structlog
 
 from stemd._errors import DECODE_ERRORS
-from stemd._natsconn import NatsConnection, StoredMsg
 from stemd._store.base import WorkflowInfo
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from stemd._natsconn import NatsConnection, StoredMsg
 
 __all__ = ["key", "register_workflows", "registered_workflows"]
 

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import copy
 import time
-from datetime import datetime
+from typing import TYPE_CHECKING
 
 from stemd._errors import StoreError
 from stemd._natsconn import WrongLastSequence
 from stemd._store import jetstream_doc as docs
 from stemd._store.base import FireResult, RunRecord
-from stemd._store.jetstream_doc import Doc
-from stemd._store.jetstream_index import Index
 from stemd._store.jetstream_records import MAX_TRIES, Found, Records
-from stemd._store.jetstream_waits import Waits
 from stemd._store.transitions import FireAction, apply_fire
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from stemd._store.jetstream_doc import Doc
+    from stemd._store.jetstream_index import Index
+    from stemd._store.jetstream_waits import Waits
 
 __all__ = ["RECHECK_AFTER", "Timers"]
 

@@ -12,17 +12,21 @@ lagging replica may not show yet the wait its entry was written for.
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import TYPE_CHECKING
 
 import structlog
 
 from stemd._model import RunStatus
 from stemd._store import jetstream_doc as docs
-from stemd._store.base import RunRecord
-from stemd._store.jetstream_doc import Doc
-from stemd._store.jetstream_index import Index
-from stemd._store.jetstream_records import Records
 from stemd._store.transitions import apply_event
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from stemd._store.base import RunRecord
+    from stemd._store.jetstream_doc import Doc
+    from stemd._store.jetstream_index import Index
+    from stemd._store.jetstream_records import Records
 
 __all__ = ["Waits"]
 

@@ -20,10 +20,8 @@ that exists; a missing file is a :class:`~stemd._errors.StoreError` and nothing 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import aiosqlite
@@ -33,18 +31,23 @@ from stemd._errors import ConfigError, StoreError
 from stemd._model import RunStatus
 from stemd._options import as_bool, convert_options
 from stemd._store import sqlite_ops as ops
-from stemd._store.base import (
-    Checkpoint,
-    Claim,
-    CommitResult,
-    FireResult,
-    Outcome,
-    RunRecord,
-    WorkflowInfo,
-)
 from stemd._store.sqlite_schema import RUN_COLUMNS, from_us, migrate, record_from_row, to_us
 from stemd._store.sqlite_writer import Writer, WriterStats, is_busy, while_busy
 from stemd._urls import sqlite_path
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from datetime import datetime
+
+    from stemd._store.base import (
+        Checkpoint,
+        Claim,
+        CommitResult,
+        FireResult,
+        Outcome,
+        RunRecord,
+        WorkflowInfo,
+    )
 
 __all__ = ["SqliteStore"]
 

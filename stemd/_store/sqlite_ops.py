@@ -8,10 +8,8 @@ is raised before anything is written, as the writer's batching requires.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -45,6 +43,10 @@ from stemd._store.transitions import (
     is_runnable,
     rewind_cut,
 )
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Sequence
 
 __all__ = [
     "cancel",

@@ -25,15 +25,17 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from queue import Empty, SimpleQueue
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import msgspec
 import structlog
 
 from stemd._errors import StemError, StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["Writer", "WriterStats", "is_busy", "while_busy"]
 

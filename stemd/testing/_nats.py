@@ -31,10 +31,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 __all__ = ["NatsServer", "NatsServerError", "find_nats_server", "nats_server"]
 

@@ -9,14 +9,17 @@ import json
 import re
 import socket
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from stemd._natsconn import NatsConnection
 from stemd.testing._nats import NatsServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from stemd._natsconn import NatsConnection
 
 __all__ = ["ClusterNode", "nats_cluster", "stream_cluster"]
 

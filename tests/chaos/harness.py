@@ -14,11 +14,9 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -26,6 +24,10 @@ import stemd
 from stemd._errors import StemError
 from tests.chaos.workflows import CHILD_RESULT, expected_result, topic
 from tests.integration.daemon_proc import DaemonProcess, NotifyListener
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+    from pathlib import Path
 
 __all__ = [
     "LONG",
@@ -418,7 +420,8 @@ async def check_runs(
             f"seed {seed}: {plan.run_id} has {len(kids)} children"
         )
         for kid in kids:
-            assert kid.status is stemd.RunStatus.COMPLETED and kid.result == CHILD_RESULT
+            assert kid.status is stemd.RunStatus.COMPLETED
+            assert kid.result == CHILD_RESULT
             expected_steps |= {(kid.run_id, s) for s in ("c1", "c2", "c3")}
         fails = plan.params["fails"]
         retried = "f3" if plan.workflow == "chaos.flow" else "flaky"

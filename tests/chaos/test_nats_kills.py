@@ -13,11 +13,10 @@ once, and only steps interrupted by a fault run again.
 from __future__ import annotations
 
 import contextlib
-import random
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -41,6 +40,10 @@ from tests.chaos.harness import (
 )
 from tests.helpers import wait_until
 from tests.integration.daemon_proc import write_config
+
+if TYPE_CHECKING:
+    import random
+    from collections.abc import AsyncIterator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(scale(300, 3600))]
 

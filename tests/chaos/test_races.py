@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -20,6 +18,10 @@ from stemd._store.memory import MemoryStore
 from tests.chaos.harness import chaos_rng, scale
 from tests.helpers import wait_status, wait_until
 from tests.stores import shared_nats_server
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(scale(120, 900))]
 

@@ -6,7 +6,7 @@ checkpoint was committed ever runs again."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -27,6 +27,9 @@ from tests.chaos.harness import (
 )
 from tests.helpers import wait_until
 from tests.integration.daemon_proc import write_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 RUNS = scale(300, 1000)
 CYCLES = scale(4, 25)

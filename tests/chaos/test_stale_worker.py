@@ -7,8 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,6 +16,10 @@ from stemd.testing._nats import nats_server
 from tests.chaos.harness import MODULE, Daemon, read_effects, scale
 from tests.helpers import wait_until
 from tests.integration.daemon_proc import write_config
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(scale(120, 600))]
 

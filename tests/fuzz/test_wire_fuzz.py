@@ -17,16 +17,13 @@ import contextlib
 import sqlite3
 import string
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import msgspec
 import pytest
-from anyio.from_thread import BlockingPortal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +34,12 @@ from stemd._store.sqlite_schema import to_us
 from stemd.testing._nats import nats_server
 from tests.chaos.harness import Daemon, scale
 from tests.integration.daemon_proc import write_config
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from pathlib import Path
+
+    from anyio.from_thread import BlockingPortal
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(scale(400, 3600))]
 
@@ -429,4 +432,5 @@ async def submit(target: Target, workflow: str, body: bytes, head: Any) -> None:
     assert run_id in created, (workflow, body, head, created)
     reply = await target.conn.request("stem.api.get", wire.encode({"run_id": run_id}))
     state = wire.decode_reply("get", reply.data).run
-    assert state.workflow == workflow and state.params == params
+    assert state.workflow == workflow
+    assert state.params == params

@@ -6,12 +6,15 @@ A test that needs NATS and cannot start it fails: nats-server comes from the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from stemd._natsconn import NatsConnection, open_connection
 from stemd.testing._nats import NatsServer, nats_server
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 @pytest.fixture

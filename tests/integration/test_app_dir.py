@@ -8,14 +8,17 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import structlog
 
 from stemd._cli.main import run_cli
 from tests.integration.daemon_proc import DaemonProcess, NotifyListener, write_config
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.timeout(90)
 

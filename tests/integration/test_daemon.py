@@ -6,8 +6,7 @@ import json
 import logging
 import signal
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import structlog
@@ -21,6 +20,10 @@ from tests.integration.daemon_proc import (
     wait_file,
     write_config,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.timeout(90)
 

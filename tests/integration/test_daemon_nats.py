@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -15,8 +14,13 @@ from stemd_examples import approvals, fanout, flaky, signup, square
 
 import stemd
 from stemd._cli.main import run_cli
-from stemd.testing._nats import NatsServer
 from tests.integration.daemon_proc import DaemonProcess, NotifyListener, write_config
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from stemd.testing._nats import NatsServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 

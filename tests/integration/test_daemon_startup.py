@@ -6,12 +6,15 @@ actor is restarted over it and systemd is never told the daemon is ready."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.integration.daemon_proc import MODULE, DaemonProcess, NotifyListener, write_config
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.timeout(90)
 

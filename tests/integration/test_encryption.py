@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -11,7 +12,9 @@ import stemd
 from stemd._codec import CodecChain, Keyring
 from stemd._config import load_config
 from stemd._errors import PayloadError
-from stemd.testing._nats import NatsServer
+
+if TYPE_CHECKING:
+    from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 
@@ -80,7 +83,8 @@ async def test_encrypted_sqlite_file_holds_no_plaintext(tmp_path: Path) -> None:
             await reader.get_run(state.run_id)
     async with stemd.App(store=f"sqlite:///{db}/stemd.db", workers=False, codec=codec) as r2:
         again = await r2.get_run(state.run_id)
-        assert again is not None and again.checkpoints["open"].startswith("RESULT-9a7e")
+        assert again is not None
+        assert again.checkpoints["open"].startswith("RESULT-9a7e")
 
 
 async def test_encrypted_kv_values_hold_no_plaintext(nats: NatsServer) -> None:
@@ -131,7 +135,8 @@ encrypt = false
         parent = await app.start_workflow(vault, {"card": "c"})
         child_rec = await app.store.get_run(child)
         parent_rec = await app.store.get_run(parent)
-        assert child_rec is not None and parent_rec is not None
+        assert child_rec is not None
+        assert parent_rec is not None
         assert child_rec.params.startswith(b"\xffS1mg\x00")  # msgpack, gzip, not sealed
         assert parent_rec.params.startswith(b"\xffS1jg\x02k1")  # json, gzip, sealed with k1
 

@@ -7,16 +7,19 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
 import stemd
-from stemd._natsconn import NatsConnection
-from stemd.testing._nats import NatsServer
 from tests.helpers import RUN_STATE_CONTRACT_FIELDS, wait_status
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from stemd._natsconn import NatsConnection
+    from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 
@@ -59,7 +62,7 @@ async def run_count(app: stemd.App) -> int:
 async def test_start_is_idempotent_and_get_returns_the_contract_fields(
     app: stemd.App, conn: NatsConnection
 ) -> None:
-    """start creates once per run id; get returns the contract's RunState JSON."""
+    """Start creates once per run id; get returns the contract's RunState JSON."""
     body = {
         "workflow": "api.flow",
         "params": {"doc": 42},
@@ -88,15 +91,16 @@ async def test_start_is_idempotent_and_get_returns_the_contract_fields(
 
 
 async def test_start_without_run_id_generates_one(app: stemd.App, conn: NatsConnection) -> None:
-    """start without run_id makes a new run each time."""
+    """Start without run_id makes a new run each time."""
     first = await call(conn, "start", {"workflow": "api.flow"})
     second = await call(conn, "start", {"workflow": "api.flow"})
-    assert first["created"] and second["created"]
+    assert first["created"]
+    assert second["created"]
     assert first["run_id"] != second["run_id"]
 
 
 async def test_waiting_emit_and_completion(app: stemd.App, conn: NatsConnection) -> None:
-    """waiting lists the waiter; emit resumes it and the run completes with the payload."""
+    """Waiting lists the waiter; emit resumes it and the run completes with the payload."""
     await call(conn, "start", {"workflow": "api.flow", "params": 1, "run_id": "w1"})
     await wait_status(app, "w1", stemd.RunStatus.SUSPENDED)
     waiting = await call(conn, "waiting", {"topic": "api.approve"})
@@ -113,7 +117,7 @@ async def test_waiting_emit_and_completion(app: stemd.App, conn: NatsConnection)
 
 
 async def test_list_filters_newest_first(app: stemd.App, conn: NatsConnection) -> None:
-    """list filters by workflow and status, newest first, at most limit."""
+    """List filters by workflow and status, newest first, at most limit."""
     for i in range(3):
         await call(conn, "start", {"workflow": "api.flow", "run_id": f"l{i}"})
     for i in range(3):
@@ -127,7 +131,7 @@ async def test_list_filters_newest_first(app: stemd.App, conn: NatsConnection) -
 
 
 async def test_cancel(app: stemd.App, conn: NatsConnection) -> None:
-    """cancel ends a live run once; cancelling it again or an unknown run says false."""
+    """Cancel ends a live run once; cancelling it again or an unknown run says false."""
     await call(conn, "start", {"workflow": "api.flow", "run_id": "c1"})
     await wait_status(app, "c1", stemd.RunStatus.SUSPENDED)
     assert await call(conn, "cancel", {"run_id": "c1", "reason": "operator"}) == {"cancelled": True}
@@ -139,7 +143,7 @@ async def test_cancel(app: stemd.App, conn: NatsConnection) -> None:
 
 
 async def test_rewind(app: stemd.App, conn: NatsConnection) -> None:
-    """rewind re-runs a step; an unknown run says false, an unknown step is not_found."""
+    """Rewind re-runs a step; an unknown run says false, an unknown step is not_found."""
     await call(conn, "start", {"workflow": "api.flow", "params": "p", "run_id": "rw"})
     await wait_status(app, "rw", stemd.RunStatus.SUSPENDED)
     assert await call(conn, "rewind", {"run_id": "rw", "step": "prepare"}) == {"rewound": True}
@@ -208,7 +212,8 @@ async def test_bad_requests_get_a_contract_error_and_change_nothing(
     reply = await call(conn, verb, body)
     assert set(reply) == {"error"}
     assert reply["error"]["code"] == code
-    assert isinstance(reply["error"]["message"], str) and reply["error"]["message"]
+    assert isinstance(reply["error"]["message"], str)
+    assert reply["error"]["message"]
     assert await run_count(app) == before
 
 

@@ -13,14 +13,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from stemd._errors import StemError, TransportError
 from stemd._natsconn import NatsConnection, open_connection
 from stemd._store.jetstream import JetStreamStore
-from stemd.testing._nats import NatsServer
+
+if TYPE_CHECKING:
+    from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 
@@ -54,7 +56,7 @@ async def kv_stream(conn: NatsConnection) -> AsyncIterator[str]:
     """A stream with direct gets allowed, holding one message on ``kv.a``."""
     await conn.ensure_stream({"name": "KVT", "subjects": ["kv.>"], "allow_direct": True})
     await conn.js_publish("kv.a", b"1")
-    yield "KVT"
+    return "KVT"
 
 
 async def test_a_batched_direct_get_nobody_answers_is_a_transport_error(

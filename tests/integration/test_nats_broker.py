@@ -3,9 +3,8 @@ deduplication and dead letters."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -13,9 +12,13 @@ import pytest
 import stemd
 from stemd._broker.jetstream import JetStreamBroker, JetStreamDelivery
 from stemd._broker.jetstream_deadletter import DeadLetters
-from stemd._natsconn import NatsConnection
-from stemd.testing._nats import NatsServer
 from tests.helpers import wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from stemd._natsconn import NatsConnection
+    from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 

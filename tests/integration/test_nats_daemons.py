@@ -10,15 +10,19 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
 
 import stemd
-from stemd.testing._nats import NatsServer
 from tests.helpers import wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from stemd.testing._nats import NatsServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -4,10 +4,9 @@ limit, NATS outages, and timers driven through a daemon."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -20,7 +19,11 @@ from stemd._natsconn import NatsConnection, PubAck
 from stemd._store import jetstream_index
 from stemd._store.base import Checkpoint, Complete, RunRecord, Suspend, compute_timer_at
 from stemd._store.jetstream import JetStreamStore
-from stemd.testing._nats import NatsServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 

@@ -5,8 +5,8 @@ chaos test (tests/chaos/test_nats_kills.py), where a flag write failed mid-failo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,7 +14,11 @@ from stemd._errors import TransportError
 from stemd._model import RunStatus
 from stemd._store.base import Complete, RunRecord, Suspend
 from stemd._store.jetstream import JetStreamStore
-from stemd.testing._nats import NatsServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 
@@ -66,9 +70,11 @@ async def test_the_sweepers_pass_wakes_a_parent_its_childs_end_missed(
     ended = await store.commit("kid", kid.token, Complete(result=b"1"), now)
     assert ended.woken == ()
     state = await store.get_run("parent")
-    assert state is not None and state.status is RunStatus.SUSPENDED
+    assert state is not None
+    assert state.status is RunStatus.SUSPENDED
 
     store._next_audit = 0.0
     assert ("parent", "workflow") in await store.runnable(now, 100)
     state = await store.get_run("parent")
-    assert state is not None and state.status is RunStatus.PENDING
+    assert state is not None
+    assert state.status is RunStatus.PENDING

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-from anyio.abc import TaskStatus
 
 import stemd
 from stemd._actors.ingress import submit_stream_config
-from stemd._natsconn import NatsConnection
-from stemd.testing._nats import NatsServer
 from tests.helpers import wait_status, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from anyio.abc import TaskStatus
+
+    from stemd._natsconn import NatsConnection
+    from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -15,11 +16,13 @@ from stemd._codec import codec_for
 from stemd._engine.engine import Engine
 from stemd._engine.observer import RunChanged
 from stemd._model import RunStatus
-from stemd._natsconn import NatsConnection
 from stemd._store.base import RunRecord, Suspend
 from stemd._store.jetstream import JetStreamStore
-from stemd.testing._nats import NatsServer
 from tests.helpers import wait_until
+
+if TYPE_CHECKING:
+    from stemd._natsconn import NatsConnection
+    from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 

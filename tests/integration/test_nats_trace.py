@@ -5,8 +5,7 @@ sends its caller's."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from opentelemetry import trace
@@ -14,9 +13,13 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import stemd
 from stemd._cli.client import NatsClient
-from stemd._natsconn import NatsConnection
-from stemd.testing._nats import NatsServer
 from tests.helpers import wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from stemd._natsconn import NatsConnection
+    from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 

@@ -4,10 +4,14 @@ to a pull request has) is still delivered, not mistaken for a status reply and d
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from stemd._broker.pull import PullConsumer
-from stemd._natsconn import NatsConnection
+
+if TYPE_CHECKING:
+    from stemd._natsconn import NatsConnection
 
 pytestmark = pytest.mark.anyio
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -16,8 +15,12 @@ import structlog
 
 import stemd
 from stemd._cli.main import run_cli
-from stemd._natsconn import NatsConnection
-from stemd.testing._nats import NatsServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from stemd._natsconn import NatsConnection
+    from stemd.testing._nats import NatsServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 

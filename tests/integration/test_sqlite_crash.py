@@ -9,9 +9,9 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -20,6 +20,9 @@ import stemd
 from stemd._store.sqlite_schema import RUN_COLUMNS, record_from_row
 from tests.helpers import wait_until
 from tests.integration.sqlite_daemon import BURST_STEPS, CRASH_STEPS
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -190,7 +193,8 @@ async def test_sigkill_during_a_burst_of_commits_loses_and_corrupts_nothing(
                 done = names.get(rec.run_id, [])
                 assert done == list(BURST_STEPS[: len(done)]), (rec.run_id, done)
                 if rec.status is stemd.RunStatus.COMPLETED:
-                    assert done == list(BURST_STEPS) and rec.result == b'"b4-ok"'
+                    assert done == list(BURST_STEPS)
+                    assert rec.result == b'"b4-ok"'
                 else:
                     assert rec.status in (stemd.RunStatus.PENDING, stemd.RunStatus.RUNNING)
                     assert len(done) < len(BURST_STEPS)

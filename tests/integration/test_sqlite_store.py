@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -23,6 +22,9 @@ from stemd._store.base import Checkpoint, Complete, RunRecord, Suspend
 from stemd._store.sqlite import _COLS, _DUE, _RUNNABLE, _WAITING, SqliteStore
 from stemd._store.sqlite_schema import migrations, to_us
 from tests.helpers import wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 pytestmark = pytest.mark.anyio
 
@@ -71,7 +73,8 @@ def test_url_gives_path_and_options() -> None:
     absolute = SqliteStore.from_url("sqlite:////var/lib/stemd/x.db?synchronous=NORMAL")
     assert absolute.path == Path("/var/lib/stemd/x.db")
     keyword = store_from_url("sqlite:////tmp/x.db?synchronous=NORMAL", synchronous="FULL")
-    assert isinstance(keyword, SqliteStore) and keyword.synchronous == "FULL"
+    assert isinstance(keyword, SqliteStore)
+    assert keyword.synchronous == "FULL"
     assert SqliteStore.from_url("sqlite:////tmp/x.db").synchronous == "FULL"
 
 
@@ -183,7 +186,9 @@ async def test_runs_survive_a_reopen(tmp_path: Path) -> None:
         await store.save_checkpoint("r1", claim.token, Checkpoint("s", b"1"), NOW)
     async with opened(path) as store:
         rec = await store.get_run("r1")
-        assert rec is not None and rec.status is RunStatus.RUNNING and rec.params == b'{"a":1}'
+        assert rec is not None
+        assert rec.status is RunStatus.RUNNING
+        assert rec.params == b'{"a":1}'
         assert await store.get_checkpoints("r1") == [Checkpoint("s", b"1", NOW)]
 
 
@@ -412,7 +417,8 @@ async def test_a_daemon_starts_runs_of_another_process_promptly(tmp_path: Path) 
         assert await client.emit("sqlite.go", "go") == 1
         result = await client.wait_for_completion(run_id, timeout=5)
         assert result.value == "1+go"
-        assert daemon.sweeper is not None and daemon.sweeper.statistics().external >= 2
+        assert daemon.sweeper is not None
+        assert daemon.sweeper.statistics().external >= 2
 
 
 # -- indexes -----------------------------------------------------------------------------
@@ -464,7 +470,8 @@ async def test_commit_and_wake_through_sqlite(tmp_path: Path) -> None:
         result = await store.commit("child", child.token, Complete(result=b"1"), later)
         assert result.woken == ("parent",)
         rec = await store.get_run("parent")
-        assert rec is not None and rec.status is RunStatus.PENDING
+        assert rec is not None
+        assert rec.status is RunStatus.PENDING
 
 
 def _sync_level(db: sqlite3.Connection) -> int:

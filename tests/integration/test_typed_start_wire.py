@@ -5,15 +5,18 @@ start a run whose steps get them decoded (real nats-server, JetStream KV store).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
 
 import stemd
-from stemd._natsconn import NatsConnection
-from stemd.testing._nats import NatsServer
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from stemd._natsconn import NatsConnection
+    from stemd.testing._nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 import importlib
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
 import stemd
 from tests.integration.daemon_proc import DaemonProcess, NotifyListener, write_config
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.timeout(120)
 

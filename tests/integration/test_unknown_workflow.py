@@ -4,12 +4,15 @@ lost (SQLite file, real time)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import stemd
 from tests.helpers import open_app, wait_status
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +45,8 @@ async def test_a_run_taken_by_a_daemon_without_its_workflow_is_run_by_one_with_i
         async with open_app(old_flow, store=store):
             run_id = await client.start_workflow("added.flow", {"n": 4}, run_id="new-1")
             state = await wait_status(client, run_id, stemd.RunStatus.SUSPENDED)
-            assert state.error is not None and state.error.type == "UnknownWorkflow"
+            assert state.error is not None
+            assert state.error.type == "UnknownWorkflow"
             assert "'added.flow' is not registered" in state.error.message
             assert state.resume_at is not None
         async with open_app(old_flow, added, store=store):

@@ -58,10 +58,13 @@ async def test_drain_lets_the_step_in_flight_commit_and_claims_no_new_run() -> N
             release.set()
         done = await app.get_run(first)
         waiting = await app.get_run(second)
-    assert done is not None and done.status is stemd.RunStatus.COMPLETED
+    assert done is not None
+    assert done.status is stemd.RunStatus.COMPLETED
     assert done.checkpoints == {"work": "done"}
-    assert waiting is not None and waiting.status is stemd.RunStatus.PENDING
-    assert waiting.attempts == 0 and waiting.lease_owner is None
+    assert waiting is not None
+    assert waiting.status is stemd.RunStatus.PENDING
+    assert waiting.attempts == 0
+    assert waiting.lease_owner is None
 
 
 async def test_closing_with_a_shutdown_grace_finishes_the_step_in_flight() -> None:
@@ -83,7 +86,8 @@ async def test_closing_with_a_shutdown_grace_finishes_the_step_in_flight() -> No
 
         tg.start_soon(release_once_draining)
     rec = await store.get_run(run_id)
-    assert rec is not None and rec.status is stemd.RunStatus.COMPLETED
+    assert rec is not None
+    assert rec.status is stemd.RunStatus.COMPLETED
 
 
 async def test_a_drain_whose_grace_ends_releases_the_run_on_close() -> None:
@@ -96,7 +100,8 @@ async def test_a_drain_whose_grace_ends_releases_the_run_on_close() -> None:
         await entered.wait()
         assert await app.drain(grace=0.01) == 1
     rec = await store.get_run(run_id)
-    assert rec is not None and rec.status is stemd.RunStatus.PENDING
+    assert rec is not None
+    assert rec.status is stemd.RunStatus.PENDING
     assert rec.lease_owner is None
 
 

@@ -94,7 +94,8 @@ def test_compression_only_above_threshold() -> None:
     chain = CodecChain(compression="gzip", compress_threshold=100)
     assert chain.encode("short")[4:5] == b"n"
     big = chain.encode("y" * 10_000)
-    assert big[4:5] == b"g" and len(big) < 1000
+    assert big[4:5] == b"g"
+    assert len(big) < 1000
 
 
 def test_key_rotation_keeps_old_values_readable() -> None:
@@ -103,7 +104,8 @@ def test_key_rotation_keeps_old_values_readable() -> None:
     old = CodecChain(keyring=Keyring({"k1": k1}, "k1")).encode("secret")
     rotated = CodecChain(keyring=Keyring({"k1": k1, "k2": k2}, "k2"))
     new = rotated.encode("secret")
-    assert b"k2" in new[:10] and b"k1" in old[:10]
+    assert b"k2" in new[:10]
+    assert b"k1" in old[:10]
     assert rotated.decode(old) == rotated.decode(new) == "secret"
 
 

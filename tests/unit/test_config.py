@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
@@ -12,6 +12,9 @@ from stemd._config import DEFAULT_STORE, Config, config_to_toml, load_config
 from stemd._errors import ConfigError
 from stemd._reachability import check_reachable
 from stemd._urls import sqlite_path
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -54,7 +54,8 @@ def _tagged_fences(text: str) -> list[str]:
 def test_every_tagged_block_of_the_docs_is_collected() -> None:
     """Each page's tagged code blocks are all collected: each is run, or marked with a reason."""
     pages = doc_paths()
-    assert ROOT_README in pages and len(pages) > 20
+    assert ROOT_README in pages
+    assert len(pages) > 20
     for path in pages:
         assert is_doc(path)
         text = path.read_text(encoding="utf-8")
@@ -83,7 +84,8 @@ def test_the_docs_keep_a_floor_of_blocks_that_run() -> None:
     assert len([b for b in blocks if b.language == "toml"]) >= MIN_TOML_RUN
     assert len([b for b in blocks if b.language in ("sh", "console")]) >= MIN_SHELL_RUN
     readme = [b for b in _blocks(ROOT_README) if b.language == "python"]
-    assert readme and all(b.runs for b in readme)
+    assert readme
+    assert all(b.runs for b in readme)
     example = next(b for b in readme if "async def main" in b.source)
     assert "anyio.run(main)" in example.source
 
@@ -96,7 +98,8 @@ def test_a_failing_python_block_fails(tmp_path: Path) -> None:
         "```python\nassert x == 1\n```\n",
     )
     first, broken, last = _outcomes(page)
-    assert first is None and last is None
+    assert first is None
+    assert last is None
     assert isinstance(broken, RuntimeError)
 
 
@@ -107,7 +110,8 @@ def test_an_async_main_that_is_never_run_fails(tmp_path: Path) -> None:
         tmp_path, f"```python\n{program}```\n\n```python\n{program}\nanyio.run(main)\n```\n"
     )
     never_run, run = _outcomes(page)
-    assert isinstance(never_run, str) and "never runs it" in never_run
+    assert isinstance(never_run, str)
+    assert "never runs it" in never_run
     assert run is None
 
 
@@ -122,8 +126,10 @@ def test_promised_output_is_checked(tmp_path: Path) -> None:
     )
     good, wrong, wrong_below = _outcomes(page)
     assert good is None
-    assert isinstance(wrong, str) and "approved-by:ana" in wrong
-    assert isinstance(wrong_below, str) and "'2'" in wrong_below
+    assert isinstance(wrong, str)
+    assert "approved-by:ana" in wrong
+    assert isinstance(wrong_below, str)
+    assert "'2'" in wrong_below
 
 
 def test_a_file_block_is_written_and_imported_by_later_blocks(tmp_path: Path) -> None:
@@ -155,7 +161,8 @@ def test_a_page_runs_in_its_own_directory(tmp_path: Path) -> None:
     outcomes = evaluate_document(page)
     assert [o for _, o in outcomes] == [None, None]
     assert os.getcwd() == cwd
-    assert not (tmp_path / "stemd.db").exists() and not Path(cwd, "stemd.db").exists()
+    assert not (tmp_path / "stemd.db").exists()
+    assert not Path(cwd, "stemd.db").exists()
 
 
 def test_a_test_module_block_runs_under_pytest(tmp_path: Path) -> None:
@@ -173,16 +180,20 @@ def test_a_test_module_block_runs_under_pytest(tmp_path: Path) -> None:
     )
     good, bad, empty, skips = _outcomes(page)
     assert good is None
-    assert isinstance(bad, str) and "1 failed" in bad
-    assert isinstance(empty, str) and "exited 5" in empty
-    assert isinstance(skips, str) and "skipped" in skips
+    assert isinstance(bad, str)
+    assert "1 failed" in bad
+    assert isinstance(empty, str)
+    assert "exited 5" in empty
+    assert isinstance(skips, str)
+    assert "skipped" in skips
 
 
 def test_tests_outside_a_test_module_fail(tmp_path: Path) -> None:
     """A python block defining test functions that nothing would run fails."""
     page = _page(tmp_path, "```python\nasync def test_x() -> None:\n    assert False\n```\n")
     [outcome] = _outcomes(page)
-    assert isinstance(outcome, str) and "test_NAME.py" in outcome
+    assert isinstance(outcome, str)
+    assert "test_NAME.py" in outcome
 
 
 def test_toml_blocks_are_loaded_as_stemd_configuration(tmp_path: Path) -> None:
@@ -196,9 +207,12 @@ def test_toml_blocks_are_loaded_as_stemd_configuration(tmp_path: Path) -> None:
         "<!-- fragment: broken -->\n```toml\n[project\n```\n",
     )
     good, unknown, wrong_type, fragment, broken_fragment = _outcomes(page)
-    assert good is None and fragment is None
-    assert isinstance(unknown, str) and "colour" in unknown
-    assert isinstance(wrong_type, str) and "concurrency" in wrong_type
+    assert good is None
+    assert fragment is None
+    assert isinstance(unknown, str)
+    assert "colour" in unknown
+    assert isinstance(wrong_type, str)
+    assert "concurrency" in wrong_type
     assert broken_fragment is not None
 
 
@@ -213,8 +227,10 @@ def test_shell_blocks_must_exit_zero(tmp_path: Path) -> None:
         "<!-- not run: broken -->\n```sh\nif then fi (\n```\n",
     )
     good, failing, not_run, broken = _outcomes(page)
-    assert good is None and not_run is None
-    assert isinstance(failing, str) and "exited 1" in failing
+    assert good is None
+    assert not_run is None
+    assert isinstance(failing, str)
+    assert "exited 1" in failing
     assert isinstance(broken, str)
 
 
@@ -229,10 +245,14 @@ def test_console_blocks_check_output_and_exit_status(tmp_path: Path) -> None:
         "```console\n$ false\n```\n",
     )
     good, wrong_output, error_shown, error_but_zero, failing = _outcomes(page)
-    assert good is None and error_shown is None
-    assert isinstance(wrong_output, str) and "ho" in wrong_output
-    assert isinstance(error_but_zero, str) and "exited 0" in error_but_zero
-    assert isinstance(failing, str) and "exited 1" in failing
+    assert good is None
+    assert error_shown is None
+    assert isinstance(wrong_output, str)
+    assert "ho" in wrong_output
+    assert isinstance(error_but_zero, str)
+    assert "exited 0" in error_but_zero
+    assert isinstance(failing, str)
+    assert "exited 1" in failing
 
 
 def test_fragments_are_compiled(tmp_path: Path) -> None:
@@ -266,7 +286,8 @@ def test_examples_are_reported_with_their_page_line(tmp_path: Path) -> None:
     """A failing block's traceback points at its line in the page."""
     page = _page(tmp_path, "# Title\n\ntext\n\n```python\nx = 1\nraise KeyError('k')\n```\n")
     [(example, outcome)] = evaluate_document(page)
-    assert isinstance(example, Example) and example.line == 5
+    assert isinstance(example, Example)
+    assert example.line == 5
     assert isinstance(outcome, KeyError)
     assert outcome.__traceback__ is not None
     frames = []

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from stemd._errors import ConfigError
 from stemd._loading import import_object, load_workflows
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _module(tmp_path: Path, name: str, body: str) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import structlog
 
 from stemd._logs import DRIVERS, configure_logging, set_level
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -12,6 +12,9 @@ from stemd._actors.http import HttpEndpoint, listen, parse_address
 from stemd._errors import ConfigError
 from stemd._metrics import Registry
 from tests.helpers import wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 pytestmark = pytest.mark.anyio
 

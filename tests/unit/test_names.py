@@ -42,7 +42,9 @@ def test_store_kind_refuses_what_is_not_a_store_with_the_key_and_masked_credenti
 
 def test_nats_urls_and_their_servers() -> None:
     """nats:// and tls:// are NATS; servers default to port 4222 and to the nats scheme."""
-    assert is_nats("tls://h:1") and not is_nats("sqlite:///x") and not is_nats(None)
+    assert is_nats("tls://h:1")
+    assert not is_nats("sqlite:///x")
+    assert not is_nats(None)
     assert nats_servers("nats", "nats://a:1, b") == [("a", 1), ("b", 4222)]
     with pytest.raises(ConfigError, match=r"^broker: invalid NATS URL"):
         nats_servers("broker", "nats://:1")
@@ -70,8 +72,12 @@ def test_the_wire_types_use_the_same_run_id_and_topic_patterns() -> None:
 
 def test_queue_and_prefix_names() -> None:
     """Queues are 1-64 name characters; prefixes dot-separated tokens of them."""
-    assert is_queue("workflow") and not is_queue("") and not is_queue("a.b")
-    assert is_prefix("acme.prod") and not is_prefix("acme.") and not is_prefix("a b")
+    assert is_queue("workflow")
+    assert not is_queue("")
+    assert not is_queue("a.b")
+    assert is_prefix("acme.prod")
+    assert not is_prefix("acme.")
+    assert not is_prefix("a b")
 
 
 def test_parse_status_reads_any_case_and_names_the_choices() -> None:

@@ -4,8 +4,7 @@ retry, each with its run, workflow and status (and duration, step, attempt)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import structlog
@@ -15,6 +14,9 @@ import stemd
 from stemd._runlog import RunLog
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.anyio
 

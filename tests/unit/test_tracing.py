@@ -77,13 +77,15 @@ async def test_slices_and_steps_are_spans_in_the_starters_trace() -> None:
     spans = exporter.get_finished_spans()
     names = [s.name for s in spans]
     assert names.count("stemd.step call-api") == 2
-    assert "stemd.run traced.child" in names and "stemd.step nap" in names
+    assert "stemd.run traced.child" in names
+    assert "stemd.step nap" in names
     stemd_spans = [s for s in spans if s.name.startswith("stemd.")]
     assert {s.context.trace_id for s in stemd_spans} == {trace_id}
 
     by_id = {s.context.span_id: s for s in spans}
     failed = [s for s in spans if s.name == "stemd.step call-api" and not s.status.is_ok]
-    assert len(failed) == 1 and failed[0].status.status_code is StatusCode.ERROR
+    assert len(failed) == 1
+    assert failed[0].status.status_code is StatusCode.ERROR
     assert failed[0].attributes["stemd.step.result"] == "error"
     for user_span in (s for s in spans if s.name == "http GET /inventory"):
         assert user_span.parent is not None
@@ -92,7 +94,9 @@ async def test_slices_and_steps_are_spans_in_the_starters_trace() -> None:
         assert step_span.parent is not None
         assert by_id[step_span.parent.span_id].name.startswith("stemd.run")
     outcomes = [s.attributes["stemd.outcome"] for s in spans if s.name == "stemd.run traced.flow"]
-    assert outcomes[0] == "retry" and outcomes[-1] == "complete" and "suspend" in outcomes
+    assert outcomes[0] == "retry"
+    assert outcomes[-1] == "complete"
+    assert "suspend" in outcomes
 
 
 async def test_without_tracing_runs_record_no_trace() -> None:
@@ -101,7 +105,8 @@ async def test_without_tracing_runs_record_no_trace() -> None:
         with user_tracer.start_as_current_span("outside"):
             run_id = await app.start_workflow(traced_child, {})
         rec = await app.store.get_run(run_id)
-        assert rec is not None and rec.trace is None
+        assert rec is not None
+        assert rec.trace is None
 
 
 async def test_app_with_tracing_records_the_callers_trace_context() -> None:
@@ -112,7 +117,8 @@ async def test_app_with_tracing_records_the_callers_trace_context() -> None:
             run_id = await app.start_workflow(traced_child, {})
         rec = await app.store.get_run(run_id)
     trace_hex = format(span.get_span_context().trace_id, "032x")
-    assert rec is not None and rec.trace is not None
+    assert rec is not None
+    assert rec.trace is not None
     assert rec.trace.startswith(f"00-{trace_hex}-")
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import anyio
 import pytest
-from anyio.abc import TaskStatus
 
 from stemd import RestartBudgetExceeded, RestartPolicy
 from stemd._actors.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
 
 pytestmark = pytest.mark.anyio
 

@@ -4,17 +4,20 @@ later ones being loaded from the store in time, however many a refill may load."
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
 import stemd
-from stemd._store.base import FireResult
 from stemd._store.memory import MemoryStore
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from stemd._store.base import FireResult
 
 pytestmark = pytest.mark.anyio
 
@@ -75,7 +78,8 @@ async def test_a_wake_up_beyond_the_horizon_is_not_held_and_still_fires() -> Non
     async with open_app(long_nap, clock=clock) as app:
         run_id = await app.start_workflow("long.nap", 3600)
         await wait_status(app, run_id, stemd.RunStatus.SUSPENDED)
-        assert app.timer is not None and app.timer.statistics().scheduled == 0
+        assert app.timer is not None
+        assert app.timer.statistics().scheduled == 0
         clock.advance(3600)
         assert (await app.wait_for_completion(run_id, timeout=5)).value == "awake"
 

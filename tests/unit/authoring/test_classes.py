@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
@@ -14,6 +13,9 @@ import stemd
 from stemd._loading import load_workflows
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -99,7 +101,7 @@ async def test_run_is_the_body_and_step_methods_are_checkpoints() -> None:
 
 
 async def test_contexts_are_injected_only_where_declared() -> None:
-    """run gets a ScriptContext through its keyword-only context, a step method a
+    """Run gets a ScriptContext through its keyword-only context, a step method a
     StepContext; a run that declares none takes none."""
     clock = ManualClock()
     async with open_app(Checkout, Plain, clock=clock) as app:
@@ -111,7 +113,8 @@ async def test_contexts_are_injected_only_where_declared() -> None:
     assert plain.value == "hello"
     script_ctx, step_ctx = contexts[0], contexts[-1]
     assert isinstance(script_ctx, stemd.ScriptContext)
-    assert script_ctx.run_id == run_id and script_ctx.workflow == "classes.checkout"
+    assert script_ctx.run_id == run_id
+    assert script_ctx.workflow == "classes.checkout"
     assert isinstance(step_ctx, stemd.StepContext)
     assert (step_ctx.run_id, step_ctx.step_name, step_ctx.step_index) == (run_id, "ship-it", 1)
 
@@ -122,8 +125,10 @@ async def test_the_class_is_its_typed_handle_and_registers_by_name() -> None:
     assert isinstance(Checkout, type)
     definition = stemd.handle(Checkout)
     assert isinstance(definition, stemd.Script)
-    assert definition.name == "classes.checkout" and definition.kind == "script"
-    assert definition.params_type is Order and definition.result_type is Receipt
+    assert definition.name == "classes.checkout"
+    assert definition.kind == "script"
+    assert definition.params_type is Order
+    assert definition.result_type is Receipt
     assert Checkout.start == definition.start  # type: ignore[attr-defined]
     async with open_app(Plain) as app:
         by_class = await Plain.start_and_wait(app, timeout=5)  # type: ignore[attr-defined]
@@ -162,13 +167,15 @@ async def test_a_bound_step_method_given_to_ctx_step() -> None:
         result = await stemd.handle(Explicit).start_and_wait(app, 3, timeout=5)
         state = await app.get_run(result.run_id)
     assert result.value == 12
-    assert state is not None and state.checkpoints == {"double": 6, "again": 12}
+    assert state is not None
+    assert state.checkpoints == {"double": 6, "again": 12}
 
 
 async def test_methods_are_plain_coroutines_outside_a_run() -> None:
     """Outside a run the class is an ordinary class: run and its steps just run."""
     receipt = await Plain().run()
-    assert receipt == "hello" and calls["hello"] == 1
+    assert receipt == "hello"
+    assert calls["hello"] == 1
 
 
 def test_the_name_defaults_to_the_class_name() -> None:
@@ -278,4 +285,5 @@ flow = stemd.Flow("c.flow")
     found, _ = load_workflows(["wf_mod_classes"], use_entry_points=False)
     assert sorted(w.name for w in found) == ["c.flow", "c.orders"]
     orders = next(w for w in found if w.name == "c.orders")
-    assert isinstance(orders, stemd.Script) and orders.kind == "script"
+    assert isinstance(orders, stemd.Script)
+    assert orders.kind == "script"

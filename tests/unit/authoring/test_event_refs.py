@@ -72,7 +72,8 @@ async def test_emit_refuses_a_value_that_does_not_fit_the_type() -> None:
         with pytest.raises(stemd.PayloadError, match=r"refs\.orders\.paid"):
             await paid.emit(app, {"order_id": "o-1", "amount": "lots"})  # type: ignore[arg-type]
         state = await app.get_run(run_id)
-        assert state is not None and state.status is RunStatus.SUSPENDED
+        assert state is not None
+        assert state.status is RunStatus.SUSPENDED
         assert [r.run_id for r in await app.runs_waiting_on(paid.topic)] == [run_id]
 
 
@@ -111,7 +112,8 @@ def test_an_event_needs_a_topic() -> None:
         stemd.Event("")
     with pytest.raises(ValueError, match="topic"):
         stemd.Event(None)  # type: ignore[call-overload]
-    assert paid.topic == "refs.orders.paid" and paid.type is Paid
+    assert paid.topic == "refs.orders.paid"
+    assert paid.type is Paid
     assert repr(paid) == "Event('refs.orders.paid', Paid)"
 
 
@@ -128,7 +130,8 @@ async def test_send_delivers_to_the_one_run_addressed() -> None:
         result = await app.wait_for_completion(run_id, timeout=5)
         assert result.value == "o-3:3"
         state = await app.get_run(other)
-    assert state is not None and state.status is RunStatus.SUSPENDED
+    assert state is not None
+    assert state.status is RunStatus.SUSPENDED
 
 
 async def test_send_refuses_a_value_that_does_not_fit_before_calling_the_app() -> None:

@@ -146,7 +146,8 @@ async def test_a_typed_flow_whose_stored_params_do_not_decode_fails_naming_it(
         run_id = await client.start_workflow("handles.orders", {"order_id": 7})
     async with open_app(orders, store=store) as app:
         result = await app.wait_for_completion(run_id, timeout=5)
-    assert result.is_failed and result.error is not None
+    assert result.is_failed
+    assert result.error is not None
     assert result.error.type == "PayloadError"
     assert "params of handles.orders" in result.error.message
     assert seen_params == []
@@ -168,7 +169,7 @@ async def test_script_handles_are_typed_from_the_function() -> None:
 
 
 async def test_start_forwards_the_start_options() -> None:
-    """start takes start_workflow's options: a given run_id is used, and starting it
+    """Start takes start_workflow's options: a given run_id is used, and starting it
     again returns it and starts nothing; policy and ttl are recorded."""
     policy = stemd.CancellationPolicy(max_run_duration=3600)
     async with open_app(total) as app:
@@ -176,9 +177,12 @@ async def test_start_forwards_the_start_options() -> None:
         run_id = await total.start(app, params, run_id="order-o-1", policy=policy, ttl=60)
         assert run_id == "order-o-1"
         again = await total.start_and_wait(app, params, timeout=5, run_id="order-o-1")
-        assert again.run_id == "order-o-1" and again.is_completed
+        assert again.run_id == "order-o-1"
+        assert again.is_completed
         state = await app.get_run(run_id)
-        assert state is not None and state.policy == policy and state.ttl == 60
+        assert state is not None
+        assert state.policy == policy
+        assert state.ttl == 60
         assert len(await app.list_runs()) == 1
 
 
@@ -222,8 +226,10 @@ async def test_a_child_started_with_params_of_the_wrong_type_fails_the_step() ->
     async with open_app(parent, total) as app:
         result = await parent.start_and_wait(app, timeout=5)
         runs = await app.list_runs(workflow="handles.total")
-    assert result.is_failed and result.error is not None
-    assert result.error.type == "PayloadError" and result.error.step == "spawn"
+    assert result.is_failed
+    assert result.error is not None
+    assert result.error.type == "PayloadError"
+    assert result.error.step == "spawn"
     assert runs == []
 
 

@@ -12,7 +12,7 @@ from stemd._natsconn import NatsConnection, NatsMsg
 
 def message(reply: str) -> JsMsg:
     # The connection is only used to acknowledge; these tests never do.
-    return JsMsg(cast(NatsConnection, None), NatsMsg("stem.submit.x", b"", reply))
+    return JsMsg(cast("NatsConnection", None), NatsMsg("stem.submit.x", b"", reply))
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,7 @@ for its process)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -14,6 +13,10 @@ import structlog
 from stemd_examples import approvals, fanout, flaky, signup, square
 
 import stemd
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 EXAMPLES = [approvals, fanout, flaky, signup, square]
 

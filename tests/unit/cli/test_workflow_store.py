@@ -7,8 +7,7 @@ import json
 import os
 import re
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -16,6 +15,9 @@ from stemd_examples import approvals, fanout, flaky, signup, square
 
 import stemd
 from stemd._cli.main import run_cli
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -87,7 +87,9 @@ async def test_wait_for_completion_times_out() -> None:
         assert result.timed_out
         assert result.status is RunStatus.SUSPENDED
         assert result.value is None
-        assert not (result.is_completed or result.is_failed or result.is_cancelled)
+        assert not (result.is_completed)
+        assert not (result.is_failed)
+        assert not (result.is_cancelled)
         await app.emit("slow.flow.go", "now")
         done = await app.wait_for_completion(run_id, timeout=timedelta(seconds=5))
     assert not done.timed_out
@@ -404,7 +406,7 @@ async def test_values_round_trip(kind: str, value: Any, typ: Any, codec: str) ->
 
 
 async def test_emit_of_a_payload_that_does_not_encode_resumes_nothing() -> None:
-    """emit of an unencodable payload raises PayloadError and the waiters keep waiting."""
+    """Emit of an unencodable payload raises PayloadError and the waiters keep waiting."""
     flow = _waiting_flow("bad-emit.flow")
     async with open_app(flow) as app:
         run_id = await app.start_workflow(flow)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 import pytest
 
 import stemd
-from stemd._store.base import RunRecord
 from stemd._store.memory import MemoryStore
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status, wait_until
+
+if TYPE_CHECKING:
+    from stemd._store.base import RunRecord
 
 pytestmark = pytest.mark.anyio
 

@@ -56,7 +56,8 @@ async def test_a_script_swallowing_exceptions_stops_at_its_first_refused_checkpo
 
         await wait_until(idle, what="the slice to end")
         state = await app.get_run(run_id)
-        assert state is not None and state.status is stemd.RunStatus.CANCELLED
+        assert state is not None
+        assert state.status is stemd.RunStatus.CANCELLED
         assert state.checkpoints == {}
     assert done == [0]
 

@@ -356,7 +356,8 @@ async def test_a_run_of_a_workflow_unknown_here_waits_for_a_process_that_knows_i
         assert (rec.error.code, rec.error.attempts) == ("unknown_workflow", tries)
         assert (rec.attempt_step, rec.step_failures) == (None, 0)  # no step failed
         assert rec.resume_at == clock.now() + timedelta(seconds=delay)
-        assert rec.error is not None and rec.error.type == "UnknownWorkflow"
+        assert rec.error is not None
+        assert rec.error.type == "UnknownWorkflow"
         assert "old-daemon" in rec.error.message
         assert await old.advance(run_id) is None  # not before its time
         clock.advance(delay)
@@ -379,7 +380,8 @@ async def test_the_wait_for_an_unknown_workflow_is_at_most_a_minute() -> None:
     delays = []
     for _ in range(9):
         rec = await engine.advance(run_id)
-        assert rec is not None and rec.resume_at is not None
+        assert rec is not None
+        assert rec.resume_at is not None
         delays.append((rec.resume_at - clock.now()).total_seconds())
         clock.advance(delays[-1])
         assert await engine.fire_timer(run_id) == "woken"

@@ -58,7 +58,8 @@ async def test_a_give_back_is_an_error_with_a_code_not_a_step(store: Store) -> N
     run_id, _ = await old.start_run("given.back", run_id="g1")
     for tries, delay in [(1, 1.0), (2, 2.0)]:
         rec = await old.advance(run_id)
-        assert rec is not None and rec.status is stemd.RunStatus.SUSPENDED
+        assert rec is not None
+        assert rec.status is stemd.RunStatus.SUSPENDED
         assert (rec.attempt_step, rec.step_failures) == (None, 0)
         state = await old.state(run_id)
         assert state is not None
@@ -107,7 +108,8 @@ async def test_a_give_back_stored_by_an_earlier_build_reads_as_todays(store: Sto
     clock.advance(4)
     assert await old.fire_timer(run_id) == "woken"
     rec = await old.advance(run_id)
-    assert rec is not None and rec.error is not None
+    assert rec is not None
+    assert rec.error is not None
     assert (rec.error.code, rec.error.attempts) == ("unknown_workflow", 4)
     assert (rec.attempt_step, rec.step_failures) == (None, 0)
     assert rec.resume_at == clock.now() + timedelta(seconds=8)
@@ -116,5 +118,6 @@ async def test_a_give_back_stored_by_an_earlier_build_reads_as_todays(store: Sto
     assert await old.fire_timer(run_id) == "woken"
     new = _engine(store, clock, "new-daemon", added)
     done = await new.advance(run_id)
-    assert done is not None and done.status is stemd.RunStatus.COMPLETED
+    assert done is not None
+    assert done.status is stemd.RunStatus.COMPLETED
     assert done.error is None

@@ -3,14 +3,16 @@ from the run's recorded state (CONTRACT §5)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import stemd
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status, wait_until
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -179,4 +181,5 @@ async def test_iteration_is_read_from_the_store_by_another_app(tmp_path: Path) -
     async with open_app(flow, clock=clock, store=store) as app:
         state = await _advance_until_done(app, clock, run_id)
     assert seen[2:] == [("poll", 3), ("poll", 4), ("after", 1)]
-    assert state.result == 1 and state.checkpoints["poll"] == 4
+    assert state.result == 1
+    assert state.checkpoints["poll"] == 4

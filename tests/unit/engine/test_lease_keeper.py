@@ -62,8 +62,10 @@ async def test_a_slice_longer_than_its_lease_keeps_it() -> None:
         assert await app.store.claim(run_id, "intruder", clock.now(), 3.0) is None
         gate.event.set()
         result = await app.wait_for_completion(run_id, timeout=5)
-    assert result.value == "done" and gate.after == 1
-    assert result.state is not None and result.state.attempts == 1
+    assert result.value == "done"
+    assert gate.after == 1
+    assert result.state is not None
+    assert result.state.attempts == 1
 
 
 async def test_a_fenced_slice_is_stopped_by_the_keeper() -> None:

@@ -138,7 +138,9 @@ async def test_observers_subscribe_and_unsubscribe_at_any_time() -> None:
     observers = Observers()
     clock = ManualClock(START)
     engine = _engine(observers, clock)
-    assert not (observers.run_changed or observers.step_finished or observers.trace_contexts)
+    assert not (observers.run_changed)
+    assert not (observers.step_finished)
+    assert not (observers.trace_contexts)
 
     class Steps(Observer):
         def __init__(self) -> None:
@@ -149,7 +151,9 @@ async def test_observers_subscribe_and_unsubscribe_at_any_time() -> None:
 
     steps = Steps()
     unsubscribe = observers.subscribe(steps)
-    assert observers.step_finished and not observers.step_started and not observers.run_changed
+    assert observers.step_finished
+    assert not observers.step_started
+    assert not observers.run_changed
     run_id, _ = await engine.start_run(flow)
     await engine.advance(run_id)
     assert steps.steps == ["first:ok", "second:error"]
@@ -158,7 +162,8 @@ async def test_observers_subscribe_and_unsubscribe_at_any_time() -> None:
     clock.advance(1)
     assert await engine.fire_timer(run_id) == "woken"
     rec = await engine.advance(run_id)
-    assert rec is not None and rec.status is stemd.RunStatus.COMPLETED
+    assert rec is not None
+    assert rec.status is stemd.RunStatus.COMPLETED
     assert steps.steps == ["first:ok", "second:error"]
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
 
 import stemd
 from tests.helpers import open_app, wait_status
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +48,8 @@ async def test_event_payload_of_wrong_shape_fails_the_run_naming_step_and_field(
         await wait_status(app, run_id, stemd.RunStatus.SUSPENDED)
         assert await app.emit("typed.decision", {"approved_by": "ana", "level": "high"}) == 1
         result = await app.wait_for_completion(run_id, timeout=5)
-    assert result.is_failed and result.error is not None
+    assert result.is_failed
+    assert result.error is not None
     assert result.error.type == "PayloadError"
     assert "workflow typed.flow step review" in result.error.message
     assert "$.level" in result.error.message
@@ -71,8 +75,10 @@ async def test_script_params_written_by_a_client_that_knows_no_type_fail_the_run
         run_id = await client.start_workflow("typed.signup", {"email": "a@b.c", "age": "old"})
     async with open_app(signup, store=store) as app:
         result = await app.wait_for_completion(run_id, timeout=5)
-    assert result.is_failed and result.error is not None
-    assert "typed.signup" in result.error.message and "$.age" in result.error.message
+    assert result.is_failed
+    assert result.error is not None
+    assert "typed.signup" in result.error.message
+    assert "$.age" in result.error.message
 
 
 async def test_wait_for_completion_type_mismatch_is_payload_error() -> None:

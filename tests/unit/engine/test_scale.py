@@ -131,7 +131,7 @@ async def _all_waiting(app: stemd.App, topic: str) -> bool:
 
 
 async def test_emit_resumes_every_waiter_beyond_one_store_batch() -> None:
-    """emit delivers to every waiter of the topic, however many there are, each once."""
+    """Emit delivers to every waiter of the topic, however many there are, each once."""
     store = MemoryStore()
     clock = ManualClock()
     flow = stemd.Flow("batch.flow")

@@ -40,7 +40,7 @@ async def _still_suspended(app: stemd.App, run_id: str) -> None:
 
 
 async def test_sleep_suspends_until_its_wake_time() -> None:
-    """sleep suspends the run until its wake time, then the step re-enters and sleep is None."""
+    """Sleep suspends the run until its wake time, then the step re-enters and sleep is None."""
     entries = Counter[str]()
     returned: list[Any] = []
     flow = stemd.Flow("sleep.flow")
@@ -68,7 +68,7 @@ async def test_sleep_suspends_until_its_wake_time() -> None:
 
 
 async def test_sleep_accepts_a_timedelta() -> None:
-    """sleep takes a timedelta as well as seconds."""
+    """Sleep takes a timedelta as well as seconds."""
     flow = stemd.Flow("sleep-td.flow")
 
     @flow.step("nap")
@@ -373,7 +373,7 @@ async def test_suspension_escapes_a_broad_except() -> None:
 
 
 async def test_invalid_topic_is_rejected() -> None:
-    """emit and wait_for_event refuse topics that are not dot-separated tokens."""
+    """Emit and wait_for_event refuse topics that are not dot-separated tokens."""
     flow = stemd.Flow("badtopic.flow")
 
     @flow.step("wait")

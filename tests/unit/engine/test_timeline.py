@@ -89,7 +89,8 @@ async def test_the_timeline_lists_steps_and_waits_with_times_and_durations() -> 
         state = await app.get_run(run_id)
         assert state is not None
         assert state.step_failures == 1
-        assert state.error is not None and state.error.message == "card declined #1"
+        assert state.error is not None
+        assert state.error.message == "card declined #1"
         clock.advance(1)
         result = await app.wait_for_completion(run_id, timeout=5)
     assert result.is_completed

@@ -70,7 +70,8 @@ async def test_unknown_version_fails_the_step_with_a_clear_error() -> None:
         await wait_status(app, run_id, stemd.RunStatus.SUSPENDED)
         await app.emit("versioned.order", orders.wrap({"id": "x"}, version=7))
         result = await app.wait_for_completion(run_id, timeout=5)
-    assert result.is_failed and result.error is not None
+    assert result.is_failed
+    assert result.error is not None
     assert "unknown schema version 7 (known: 1, 2)" in result.error.message
 
 

@@ -235,7 +235,7 @@ async def test_stale_token_cannot_save_a_checkpoint(store: Store) -> None:
 
 
 async def test_stale_token_cannot_commit(store: Store) -> None:
-    """commit with a stale token raises LeaseLost and leaves the run as it was."""
+    """Commit with a stale token raises LeaseLost and leaves the run as it was."""
     first = await started(store)
     second = await store.claim("r1", "w2", at(LEASE + 1), LEASE)
     assert second is not None
@@ -893,7 +893,7 @@ async def test_runs_waiting_on_lists_only_that_topic(store: Store) -> None:
 
 
 async def test_runnable_lists_claimable_runs_only(store: Store) -> None:
-    """runnable lists pending runs and runs with an expired lease, with their queue."""
+    """Runnable lists pending runs and runs with an expired lease, with their queue."""
     await store.create_run(record("pending", queue="q1"))
     await started(store, "leased")
     await started(store, "expired", now=at(-100))
