@@ -1,5 +1,6 @@
-"""Daemons on NATS (JetStream KV store, work-queue broker) under faults while hundreds of
-runs sleep, wait for events, retry failing steps and wait for children:
+"""Daemons on NATS (JetStream KV store, work-queue broker) under faults.
+
+Hundreds of runs sleep, wait for events, retry failing steps and wait for children while:
 
 - two daemons, one of them SIGKILLed at a random point in each cycle and restarted, then
   nats-server itself SIGKILLed and restarted mid-load;

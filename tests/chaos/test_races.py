@@ -135,7 +135,8 @@ async def test_emit_racing_the_timeout_ends_one_way(kind: str, tmp_path: Path) -
                 assert result.value == {"got": run_id}, (seed, run_id, result.value)
                 outcomes["payload"] += 1
             else:
-                assert told[run_id] == 0 and result.value == "timeout", (seed, run_id)
+                assert told[run_id] == 0, (seed, run_id)
+                assert result.value == "timeout", (seed, run_id)
                 outcomes["timeout"] += 1
     print(f"emit vs timeout [{kind}]: seed={seed} {outcomes}")
 
@@ -171,10 +172,12 @@ async def test_cancel_racing_completion_ends_one_way(kind: str, tmp_path: Path) 
             state = result.state
             if told[run_id]:
                 assert result.is_cancelled, (seed, run_id, state)
-                assert state.cancel_reason == "race" and state.result is None, (seed, state)
+                assert state.cancel_reason == "race", (seed, state)
+                assert state.result is None, (seed, state)
                 outcomes["cancelled"] += 1
             else:
-                assert result.is_completed and result.value == "finished", (seed, state)
+                assert result.is_completed, (seed, state)
+                assert result.value == "finished", (seed, state)
                 assert state.cancel_reason is None, (seed, state)
                 assert set(state.checkpoints) == {"a", "b"}, (seed, state)
                 outcomes["completed"] += 1

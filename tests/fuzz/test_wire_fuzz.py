@@ -314,7 +314,8 @@ def check_reply(verb: str, body: bytes, data: bytes) -> str | None:
     decoded = msgspec.json.decode(data)
     if isinstance(decoded, dict) and "error" in decoded:
         error = decoded["error"]
-        assert set(error) == {"code", "message"} and isinstance(error["message"], str), decoded
+        assert set(error) == {"code", "message"}, decoded
+        assert isinstance(error["message"], str), decoded
         assert error["code"] in CONTRACT_ERRORS, (verb, body[:300], decoded)
         return str(error["code"])
     assert decodes(verb, body), (verb, body[:300], data[:300])

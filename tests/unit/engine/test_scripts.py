@@ -406,7 +406,7 @@ async def test_script_requires_an_async_function_with_a_context() -> None:
         async def noargs() -> None:
             return None
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="step name 'bad#name' must not contain"):
 
         @stemd.step(name="bad#name")
         async def bad() -> None:
