@@ -53,10 +53,12 @@ BUCKET = "runs"
 
 
 def store_url(url: str, replicas: int) -> str:
+    """The KV store URL on ``url``, with ``replicas`` replicas and retries through failovers."""
     return f"{url}?bucket={BUCKET}&replicas={replicas}&timeout=2&retry_for=30"
 
 
 def broker_url(url: str, replicas: int) -> str:
+    """The broker URL on ``url``, with ``replicas`` replicas and retries through failovers."""
     return f"{url}?replicas={replicas}&ack_wait=2&timeout=2&publish_retry=30"
 
 
@@ -109,6 +111,7 @@ async def finish(
     seed: int,
     timeout: float,
 ) -> dict[str, int]:
+    """Wait for every run and the emitter to end, then check the runs; return the outcomes."""
     total = len(plans) + sum(1 for p in plans if p.params["child"])
     await wait_ended(client, total, timeout=timeout)
     await wait_until(_done, emitter, timeout=15, what="the emitter to finish")

@@ -42,6 +42,7 @@ async def wait_event(ctx: stemd.ScriptContext, params: dict[str, Any]) -> Any:
 
 
 async def busy(seconds: float) -> str:
+    """Sleep ``seconds``, then return ``"done"``."""
     await anyio.sleep(seconds)
     return "done"
 
@@ -91,6 +92,7 @@ async def apps(kind: str, tmp: Path) -> AsyncIterator[tuple[stemd.App, stemd.App
 
 
 async def all_suspended(app: stemd.App, ids: list[str]) -> dict[str, stemd.RunState]:
+    """Wait until each of ``ids`` is suspended; return their states."""
     return {
         run_id: await wait_status(app, run_id, stemd.RunStatus.SUSPENDED, timeout=60)
         for run_id in ids
@@ -98,11 +100,13 @@ async def all_suspended(app: stemd.App, ids: list[str]) -> dict[str, stemd.RunSt
 
 
 async def claimed(app: stemd.App, run_id: str) -> bool:
+    """Whether ``run_id`` has been claimed at least once."""
     state = await app.get_run(run_id)
     return state is not None and state.attempts >= 1
 
 
 async def sleep_until(at: datetime) -> None:
+    """Sleep until the wall-clock instant ``at`` (not at all if it is past)."""
     await anyio.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()))
 
 

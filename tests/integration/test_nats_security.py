@@ -296,6 +296,7 @@ def pki(tmp_path: Path) -> Pki:
 
 
 def tls_conf(pki: Pki, extra: str = "") -> str:
+    """A nats-server ``tls`` block with the test PKI's server certificate and ``extra``."""
     return f'tls {{\n  cert_file: "{pki.server.cert}"\n  key_file: "{pki.server.key}"\n{extra}}}\n'
 
 

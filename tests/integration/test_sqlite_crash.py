@@ -61,6 +61,7 @@ class Daemon:
 
 @contextmanager
 def daemons() -> Iterator[list[Daemon]]:
+    """A list to add daemons to; each is stopped on exit."""
     started: list[Daemon] = []
     try:
         yield started
@@ -90,6 +91,7 @@ def checkpointed(db_path: Path) -> set[tuple[str, str]]:
 
 
 def statuses(db_path: Path) -> Counter[str]:
+    """How many runs the database holds in each status."""
     db = sqlite3.connect(db_path)
     try:
         return Counter(s for (s,) in db.execute("SELECT status FROM runs"))

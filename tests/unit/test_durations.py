@@ -19,6 +19,7 @@ flow = stemd.Flow("durations.flow")
 
 @flow.step("only")
 async def only(ctx: stemd.FlowContext) -> str:
+    """Returns ``"ok"``."""
     return "ok"
 
 

@@ -162,4 +162,5 @@ async def test_endpoint_on_a_given_listener_serves_again_after_a_restart() -> No
 
 @pytest.fixture
 def anyio_backend() -> str:
+    """These tests run on asyncio only."""
     return "asyncio"
