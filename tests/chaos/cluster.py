@@ -54,7 +54,9 @@ def substitute(tmp: Path) -> list[tuple[str, Path, int, int]]:
         name = re.search(r"^server_name:\s*(\S+)", text, re.MULTILINE)
         client = re.search(r"^listen:\s*127\.0\.0\.1:(\d+)", text, re.MULTILINE)
         http = re.search(r"^http:\s*127\.0\.0\.1:(\d+)", text, re.MULTILINE)
-        assert name and client and http, f"{path}: no server_name, listen or http"
+        assert name, f"{path}: no server_name"
+        assert client, f"{path}: no listen"
+        assert http, f"{path}: no http"
         store = tmp / name[1]
         store.mkdir()
         text = _ADDRESS.sub(lambda m: f"127.0.0.1:{mapping[int(m[1])]}", text)

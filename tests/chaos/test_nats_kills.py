@@ -1,5 +1,6 @@
-"""Daemons on NATS (JetStream KV store, work-queue broker) under faults while hundreds of
-runs sleep, wait for events, retry failing steps and wait for children:
+"""Daemons on NATS (JetStream KV store, work-queue broker) under faults.
+
+Hundreds of runs sleep, wait for events, retry failing steps and wait for children while:
 
 - two daemons, one of them SIGKILLed at a random point in each cycle and restarted, then
   nats-server itself SIGKILLed and restarted mid-load;
@@ -52,10 +53,12 @@ BUCKET = "runs"
 
 
 def store_url(url: str, replicas: int) -> str:
+    """The KV store URL on ``url``, with ``replicas`` replicas and retries through failovers."""
     return f"{url}?bucket={BUCKET}&replicas={replicas}&timeout=2&retry_for=30"
 
 
 def broker_url(url: str, replicas: int) -> str:
+    """The broker URL on ``url``, with ``replicas`` replicas and retries through failovers."""
     return f"{url}?replicas={replicas}&ack_wait=2&timeout=2&publish_retry=30"
 
 
@@ -108,6 +111,7 @@ async def finish(
     seed: int,
     timeout: float,
 ) -> dict[str, int]:
+    """Wait for every run and the emitter to end, then check the runs; return the outcomes."""
     total = len(plans) + sum(1 for p in plans if p.params["child"])
     await wait_ended(client, total, timeout=timeout)
     await wait_until(_done, emitter, timeout=15, what="the emitter to finish")

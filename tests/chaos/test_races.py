@@ -42,6 +42,7 @@ async def wait_event(ctx: stemd.ScriptContext, params: dict[str, Any]) -> Any:
 
 
 async def busy(seconds: float) -> str:
+    """Sleep ``seconds``, then return ``"done"``."""
     await anyio.sleep(seconds)
     return "done"
 
@@ -91,6 +92,7 @@ async def apps(kind: str, tmp: Path) -> AsyncIterator[tuple[stemd.App, stemd.App
 
 
 async def all_suspended(app: stemd.App, ids: list[str]) -> dict[str, stemd.RunState]:
+    """Wait until each of ``ids`` is suspended; return their states."""
     return {
         run_id: await wait_status(app, run_id, stemd.RunStatus.SUSPENDED, timeout=60)
         for run_id in ids
@@ -98,11 +100,13 @@ async def all_suspended(app: stemd.App, ids: list[str]) -> dict[str, stemd.RunSt
 
 
 async def claimed(app: stemd.App, run_id: str) -> bool:
+    """Whether ``run_id`` has been claimed at least once."""
     state = await app.get_run(run_id)
     return state is not None and state.attempts >= 1
 
 
 async def sleep_until(at: datetime) -> None:
+    """Sleep until the wall-clock instant ``at`` (not at all if it is past)."""
     await anyio.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()))
 
 
@@ -135,7 +139,8 @@ async def test_emit_racing_the_timeout_ends_one_way(kind: str, tmp_path: Path) -
                 assert result.value == {"got": run_id}, (seed, run_id, result.value)
                 outcomes["payload"] += 1
             else:
-                assert told[run_id] == 0 and result.value == "timeout", (seed, run_id)
+                assert told[run_id] == 0, (seed, run_id)
+                assert result.value == "timeout", (seed, run_id)
                 outcomes["timeout"] += 1
     print(f"emit vs timeout [{kind}]: seed={seed} {outcomes}")
 
@@ -171,10 +176,12 @@ async def test_cancel_racing_completion_ends_one_way(kind: str, tmp_path: Path) 
             state = result.state
             if told[run_id]:
                 assert result.is_cancelled, (seed, run_id, state)
-                assert state.cancel_reason == "race" and state.result is None, (seed, state)
+                assert state.cancel_reason == "race", (seed, state)
+                assert state.result is None, (seed, state)
                 outcomes["cancelled"] += 1
             else:
-                assert result.is_completed and result.value == "finished", (seed, state)
+                assert result.is_completed, (seed, state)
+                assert result.value == "finished", (seed, state)
                 assert state.cancel_reason is None, (seed, state)
                 assert set(state.checkpoints) == {"a", "b"}, (seed, state)
                 outcomes["completed"] += 1

@@ -314,7 +314,8 @@ def check_reply(verb: str, body: bytes, data: bytes) -> str | None:
     decoded = msgspec.json.decode(data)
     if isinstance(decoded, dict) and "error" in decoded:
         error = decoded["error"]
-        assert set(error) == {"code", "message"} and isinstance(error["message"], str), decoded
+        assert set(error) == {"code", "message"}, decoded
+        assert isinstance(error["message"], str), decoded
         assert error["code"] in CONTRACT_ERRORS, (verb, body[:300], decoded)
         return str(error["code"])
     assert decodes(verb, body), (verb, body[:300], data[:300])
@@ -345,6 +346,7 @@ def test_api_requests_get_contract_replies_and_errors_change_nothing(
 
 
 async def send_request(target: Target, verb: str, body: bytes, head: Any) -> None:
+    """Send one API request and check its reply, and that an error reply changed nothing."""
     before = target.snapshot()
     try:
         reply = await target.conn.request(f"stem.api.{verb}", body, headers=head, timeout=20)
@@ -364,6 +366,7 @@ async def send_request(target: Target, verb: str, body: bytes, head: Any) -> Non
 
 
 def submit_subjects() -> st.SearchStrategy[str]:
+    """Submission subjects: the registered workflows and random dotted names."""
     token = st.text(alphabet=SAFE + "-_", min_size=1, max_size=12)
     made = st.lists(token, min_size=1, max_size=3).map(".".join)
     return st.sampled_from(list(WORKFLOWS)) | made
@@ -400,6 +403,7 @@ def test_submissions_become_runs_or_change_nothing(target: Target, data: st.Data
 
 
 async def submit(target: Target, workflow: str, body: bytes, head: Any) -> None:
+    """Publish one submission and check it started one run or was refused changing nothing."""
     before = target.snapshot()
     try:
         ack = await target.conn.js_publish(f"stem.submit.{workflow}", body, headers=head)

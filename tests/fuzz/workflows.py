@@ -26,4 +26,5 @@ async def wait_step(ctx: stemd.FlowContext) -> Any:
 
 @wait.step("done")
 async def done_step(ctx: stemd.FlowContext) -> Any:
+    """Returns the event's payload."""
     return {"got": ctx.previous_result}

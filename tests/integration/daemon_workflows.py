@@ -67,6 +67,7 @@ async def block(ctx: stemd.FlowContext) -> str:
 
 @blocking.step("after")
 async def after(ctx: stemd.FlowContext) -> str:
+    """Records that it ran."""
     _append(ctx.params["file"], f"{ctx.run_id} after")
     return "after"
 

@@ -26,6 +26,7 @@ ARGS = argparse.Namespace()
 
 
 def effect(ctx: stemd.FlowContext, started: float) -> None:
+    """Append the step's effect (run, step, daemon, start, end) to the effects file."""
     line = f"{ctx.run_id} {ctx.step_name} {ARGS.name} {started:.6f} {time.time():.6f}\n"
     fd = os.open(ARGS.effects, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -35,6 +36,7 @@ def effect(ctx: stemd.FlowContext, started: float) -> None:
 
 
 def make_flow(name: str, pause: float) -> stemd.Flow:
+    """A flow of steps one, two, three, each pausing ``pause`` seconds and recording its effect."""
     flow = stemd.Flow(name)
 
     async def step(ctx: stemd.FlowContext) -> int:
@@ -50,6 +52,7 @@ def make_flow(name: str, pause: float) -> stemd.Flow:
 
 
 async def main() -> None:
+    """Run a daemon on NATS from the command line; print READY once it serves."""
     # Logs go to stderr: stdout is for the READY line the test waits for.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     parser = argparse.ArgumentParser()

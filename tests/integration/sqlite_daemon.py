@@ -39,6 +39,7 @@ def effect(run_id: str, step: str) -> None:
 
 
 def make_flow(name: str, steps: tuple[str, ...]) -> stemd.Flow:
+    """A flow of ``steps``, each recording its effect and blocking if the run says so."""
     flow = stemd.Flow(name)
 
     def make_step(step: str) -> None:
@@ -59,6 +60,7 @@ burst = make_flow("burst.flow", BURST_STEPS)
 
 
 async def main() -> None:
+    """Run a daemon on a SQLite file from the command line; touch the ready file once it serves."""
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     parser = argparse.ArgumentParser()
     parser.add_argument("db")

@@ -64,6 +64,7 @@ def project(tmp_path: Path) -> Path:
 
 
 def config(directory: Path, store: str, **extra: object) -> Path:
+    """A ``stemd.toml`` in ``directory`` loading the test module with ``store``."""
     return write_config(
         directory / "stemd.toml",
         modules=[MODULE],
@@ -90,6 +91,7 @@ def ready(daemon: DaemonProcess, notify: NotifyListener, timeout: float = 30.0) 
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run ``stemd ARGV``; return its exit status, stdout and stderr."""
     capsys.readouterr()
     status = run_cli(list(argv))
     out, err = capsys.readouterr()

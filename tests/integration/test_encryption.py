@@ -25,11 +25,13 @@ vault = stemd.Flow("vault.flow")
 
 @vault.step("open")
 async def open_step(ctx: stemd.FlowContext) -> str:
+    """Returns a result holding the secret card number."""
     return "RESULT-9a7e-secret:" + ctx.params["card"]
 
 
 @vault.step("approve")
 async def approve(ctx: stemd.FlowContext) -> str:
+    """Waits for approval and for a child holding a secret note; returns the approver."""
     payload = await ctx.wait_for_event("vault.approve")
     child = await ctx.start_child(vault_child, {"note": "CHILD-77aa-secret"})
     await ctx.wait_child(child)
@@ -38,6 +40,7 @@ async def approve(ctx: stemd.FlowContext) -> str:
 
 @stemd.script("vault.child")
 async def vault_child(ctx: stemd.ScriptContext, params: dict[str, str]) -> str:
+    """Returns its secret note."""
     return params["note"]
 
 

@@ -31,11 +31,13 @@ flow = stemd.Flow("api.flow")
 
 @flow.step("prepare")
 async def prepare(ctx: stemd.FlowContext) -> Any:
+    """Returns the params."""
     return ctx.params
 
 
 @flow.step("approve")
 async def approve(ctx: stemd.FlowContext) -> Any:
+    """Waits for the approval event; returns it with the params."""
     decision = await ctx.wait_for_event("api.approve")
     return {"params": ctx.previous_result, "decision": decision}
 
@@ -50,12 +52,14 @@ async def app(nats: NatsServer) -> AsyncIterator[stemd.App]:
 
 
 async def call(conn: NatsConnection, verb: str, body: Any) -> Any:
+    """Send ``body`` to the API verb ``verb``; return the decoded reply."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     reply = await conn.request(f"stem.api.{verb}", data, timeout=5)
     return json.loads(reply.data)
 
 
 async def run_count(app: stemd.App) -> int:
+    """How many runs the store holds."""
     return len(await app.list_runs(limit=10_000))
 
 

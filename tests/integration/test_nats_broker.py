@@ -25,6 +25,7 @@ pytestmark = pytest.mark.anyio
 
 @asynccontextmanager
 async def open_broker(url: str, **options: Any) -> AsyncIterator[JetStreamBroker]:
+    """An opened JetStream broker on ``url``, closed on exit."""
     broker = JetStreamBroker.from_url(url, **options)
     await broker.open()
     try:
@@ -34,24 +35,29 @@ async def open_broker(url: str, **options: Any) -> AsyncIterator[JetStreamBroker
 
 
 async def stream_messages(conn: NatsConnection, stream: str = "STEM_TASKS") -> int:
+    """How many messages ``stream`` holds."""
     info = await conn.js_api(f"STREAM.INFO.{stream}")
     return int(info["state"]["messages"])
 
 
 async def has_messages(conn: NatsConnection, stream: str, count: int) -> bool:
+    """Whether ``stream`` holds exactly ``count`` messages."""
     return await stream_messages(conn, stream) == count
 
 
 async def never_receives(broker: JetStreamBroker, queue: str) -> None:
+    """Fail if ``queue`` delivers anything (run it under a time limit)."""
     delivery = await broker.receive(queue)
     raise AssertionError(f"{delivery.run_id} delivered again")
 
 
 async def holds(predicate: Any) -> bool:
+    """Whether ``predicate()`` is true."""
     return bool(predicate())
 
 
 async def receive(broker: JetStreamBroker, queue: str, timeout: float) -> JetStreamDelivery | None:
+    """The next delivery of ``queue``, or None after ``timeout`` seconds."""
     with anyio.move_on_after(timeout):
         return await broker.receive(queue)
     return None

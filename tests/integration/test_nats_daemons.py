@@ -82,6 +82,7 @@ class Daemon:
 
 @contextlib.asynccontextmanager
 async def daemons(url: str, effects: Path, *names: str, **opts: str) -> AsyncIterator[list[Daemon]]:
+    """Daemon processes named ``names``, started together and stopped on exit."""
     args = [x for key, value in opts.items() for x in (f"--{key.replace('_', '-')}", value)]
     started = [Daemon(url, effects, name, *args) for name in names]
     try:
@@ -103,6 +104,7 @@ async def client(url: str) -> AsyncIterator[stemd.App]:
 
 
 async def start_runs(app: stemd.App, workflow: str, count: int) -> list[str]:
+    """Start ``count`` runs of ``workflow`` concurrently; return their ids."""
     ids = [f"run-{i:04d}" for i in range(count)]
     limit = anyio.Semaphore(32)
 
@@ -117,6 +119,7 @@ async def start_runs(app: stemd.App, workflow: str, count: int) -> list[str]:
 
 
 async def wait_completed(app: stemd.App, count: int, timeout: float) -> None:
+    """Wait until ``count`` runs are completed; fail after ``timeout`` seconds."""
     done = 0
     try:
         with anyio.fail_after(timeout):
@@ -142,6 +145,7 @@ async def effect_lines(path: Path, text: str, count: int) -> bool:
 
 
 def effects_by_run(path: Path) -> Iterator[tuple[str, list[tuple[str, str, float, float]]]]:
+    """Each run's effects (step, daemon, start, end) from ``path``, in order of start."""
     runs: dict[str, list[tuple[str, str, float, float]]] = defaultdict(list)
     for line in path.read_text().splitlines():
         run_id, step, daemon, start, end = line.split()

@@ -31,6 +31,7 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def record(run_id: str, **fields: Any) -> RunRecord:
+    """A pending run record with ``fields`` and its timer index set."""
     fields.setdefault("params", b"{}")
     rec = RunRecord(
         run_id=run_id,
@@ -46,6 +47,7 @@ def record(run_id: str, **fields: Any) -> RunRecord:
 
 @asynccontextmanager
 async def open_store(url: str, **options: Any) -> AsyncIterator[JetStreamStore]:
+    """An opened JetStream KV store on ``url``, closed on exit."""
     store = JetStreamStore.from_url(url, **options)
     await store.open()
     try:
@@ -222,12 +224,14 @@ sleeper = stemd.Flow("sleeper.flow")
 
 @sleeper.step("nap")
 async def nap(ctx: stemd.FlowContext) -> str:
+    """Sleeps durably for 0.3 s."""
     await ctx.sleep(0.3)
     return "rested"
 
 
 @sleeper.step("wait")
 async def wait_briefly(ctx: stemd.FlowContext) -> str:
+    """Waits 0.3 s for an event that never comes."""
     try:
         await ctx.wait_for_event("never", timeout=0.3)
     except stemd.EventTimeout:
@@ -270,11 +274,13 @@ child_flow = stemd.Flow("child.flow")
 
 @child_flow.step("double")
 async def double(ctx: stemd.FlowContext) -> int:
+    """Returns twice its params."""
     return int(ctx.params) * 2
 
 
 @stemd.script("parent.script")
 async def parent_script(ctx: stemd.ScriptContext, count: int) -> list[int]:
+    """Starts ``count`` children, then waits for each; returns their results."""
     children = [await ctx.start_child("child.flow", i) for i in range(count)]
     return [await ctx.wait_child(child, type=int) for child in children]
 

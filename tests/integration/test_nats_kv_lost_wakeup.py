@@ -25,6 +25,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 async def store(nats: NatsServer) -> AsyncIterator[JetStreamStore]:
+    """An opened JetStream KV store on its own bucket."""
     opened = JetStreamStore.from_url(f"{nats.url}?bucket=lost")
     await opened.open()
     try:
@@ -34,6 +35,7 @@ async def store(nats: NatsServer) -> AsyncIterator[JetStreamStore]:
 
 
 def record(run_id: str, now: datetime, parent: str | None = None) -> RunRecord:
+    """A pending run record created at ``now``, child of ``parent`` if given."""
     return RunRecord(
         run_id=run_id,
         workflow="w",

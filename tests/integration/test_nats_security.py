@@ -54,7 +54,8 @@ async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str,
 
 def one_clear_line(err: str, *needles: str) -> str:
     """``err`` is exactly one ``stemd:`` line holding every needle; return it."""
-    assert err.count("\n") == 1 and err.startswith("stemd: "), err
+    assert err.count("\n") == 1, err
+    assert err.startswith("stemd: "), err
     for needle in needles:
         assert needle in err, err
     return err
@@ -295,6 +296,7 @@ def pki(tmp_path: Path) -> Pki:
 
 
 def tls_conf(pki: Pki, extra: str = "") -> str:
+    """A nats-server ``tls`` block with the test PKI's server certificate and ``extra``."""
     return f'tls {{\n  cert_file: "{pki.server.cert}"\n  key_file: "{pki.server.key}"\n{extra}}}\n'
 
 

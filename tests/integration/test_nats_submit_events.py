@@ -30,11 +30,13 @@ flow = stemd.Flow("orders.flow")
 
 @flow.step("take")
 async def take(ctx: stemd.FlowContext) -> Any:
+    """Returns the params."""
     return ctx.params
 
 
 @flow.step("ship")
 async def ship(ctx: stemd.FlowContext) -> Any:
+    """Fails when the params are ``"boom"``; otherwise ships."""
     if ctx.params == "boom":
         raise RuntimeError("out of stock")
     return {"shipped": ctx.previous_result}
@@ -45,11 +47,13 @@ waiter = stemd.Flow("waiter.flow")
 
 @waiter.step("wait")
 async def wait(ctx: stemd.FlowContext) -> Any:
+    """Waits for an event that never comes."""
     return await ctx.wait_for_event("never.comes")
 
 
 @asynccontextmanager
 async def daemon(url: str) -> AsyncIterator[stemd.App]:
+    """A daemon on ``url`` serving the API and the submission stream."""
     async with stemd.App(
         store=url, broker=url, workflows=[flow, waiter], options=stemd.AppOptions(nats=url)
     ) as app:
@@ -57,11 +61,13 @@ async def daemon(url: str) -> AsyncIterator[stemd.App]:
 
 
 async def submit(conn: NatsConnection, workflow: str, body: bytes, run_id: str | None) -> None:
+    """Publish a submission of ``workflow``, with ``run_id`` as its message id if given."""
     headers = {"Nats-Msg-Id": run_id} if run_id is not None else None
     await conn.js_publish(f"stem.submit.{workflow}", body, headers=headers)
 
 
 async def count_runs(app: stemd.App, count: int) -> bool:
+    """Whether there are at least ``count`` runs."""
     return len(await app.list_runs(limit=1000)) >= count
 
 
@@ -189,6 +195,7 @@ async def test_subjects_that_are_not_utf8_are_refused_and_the_daemon_keeps_servi
 
 
 async def stream_empty(conn: NatsConnection) -> bool:
+    """Whether the submission stream holds no message."""
     info = await conn.js_api("STREAM.INFO.STEM_SUBMIT")
     return int(info["state"]["messages"]) == 0
 

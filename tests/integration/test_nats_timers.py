@@ -28,11 +28,13 @@ pytestmark = pytest.mark.anyio
 
 
 async def has_status(store: JetStreamStore, run_id: str, status: RunStatus) -> bool:
+    """Whether ``run_id`` is in ``status``."""
     rec = await store.get_run(run_id)
     return rec is not None and rec.status is status
 
 
 async def fired(schedules: ScheduledTimers) -> bool:
+    """Whether the scheduled timers have fired at least once."""
     return schedules.statistics().fired >= 1
 
 
@@ -94,11 +96,13 @@ sleepy = stemd.Flow("sleepy.flow")
 
 @sleepy.step("nap")
 async def nap(ctx: stemd.FlowContext) -> str:
+    """Sleeps durably for 0.3 s."""
     await ctx.sleep(0.3)
     return "awake"
 
 
 async def timers_done(conn: NatsConnection) -> bool:
+    """Whether the timer stream is empty and its consumer has taken two messages."""
     info = await conn.js_api("STREAM.INFO.STEM_TASKS_TIMERS")
     consumer = await conn.js_api("CONSUMER.INFO.STEM_TASKS_TIMERS.timers")
     return int(info["state"]["messages"]) == 0 and consumer["delivered"]["stream_seq"] >= 2

@@ -42,6 +42,7 @@ flow = stemd.Flow("traced.api.flow")
 
 @flow.step("only")
 async def only(ctx: stemd.FlowContext) -> Any:
+    """Returns the params."""
     return ctx.params
 
 
@@ -62,6 +63,7 @@ async def recorded_trace(app: stemd.App, run_id: str) -> str | None:
 
 
 async def start(conn: NatsConnection, run_id: str, headers: dict[str, str] | None) -> Any:
+    """Start run ``run_id`` over the API with ``headers``; return the decoded reply."""
     body = json.dumps({"workflow": "traced.api.flow", "run_id": run_id}).encode()
     reply = await conn.request("stem.api.start", body, headers=headers, timeout=5)
     return json.loads(reply.data)

@@ -29,16 +29,19 @@ review = stemd.Flow("registry.review")
 
 @review.step("draft")
 async def draft(ctx: stemd.FlowContext) -> Any:
+    """Returns the params."""
     return ctx.params
 
 
 @review.step("approve")
 async def approve(ctx: stemd.FlowContext) -> Any:
+    """Returns the draft."""
     return ctx.previous_result
 
 
 @stemd.script("registry.script")
 async def script(ctx: stemd.ScriptContext) -> str:
+    """Returns ``"done"``."""
     return "done"
 
 
@@ -47,6 +50,7 @@ elsewhere = stemd.Flow("registry.elsewhere")
 
 @elsewhere.step("only")
 async def only(ctx: stemd.FlowContext) -> int:
+    """Returns 1."""
     return 1
 
 
@@ -76,6 +80,7 @@ async def app(nats: NatsServer) -> AsyncIterator[stemd.App]:
 
 
 async def call(conn: NatsConnection, verb: str, body: Any) -> Any:
+    """Send ``body`` to the API verb ``verb``; return the decoded reply."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     reply = await conn.request(f"stem.api.{verb}", data, timeout=5)
     return json.loads(reply.data)

@@ -32,6 +32,7 @@ NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
 def record(run_id: str, **changes: Any) -> RunRecord:
+    """A pending run record, with ``changes`` applied."""
     fields: dict[str, Any] = {
         "run_id": run_id,
         "workflow": "w",
@@ -46,6 +47,7 @@ def record(run_id: str, **changes: Any) -> RunRecord:
 
 @asynccontextmanager
 async def opened(path: Path, **options: Any) -> AsyncIterator[SqliteStore]:
+    """An opened SQLite store on ``path``, closed on exit."""
     store = SqliteStore(path, **options)
     await store.open()
     try:
@@ -55,6 +57,8 @@ async def opened(path: Path, **options: Any) -> AsyncIterator[SqliteStore]:
 
 
 async def pragma(store: SqliteStore, name: str) -> Any:
+    """The value of the SQLite pragma ``name`` on the store's connection."""
+
     def read(db: sqlite3.Connection) -> Any:
         return db.execute(f"PRAGMA {name}").fetchone()[0]
 
@@ -389,11 +393,13 @@ flow = stemd.Flow("sqlite.flow")
 
 @flow.step("one")
 async def one(ctx: stemd.FlowContext) -> int:
+    """Returns 1."""
     return 1
 
 
 @flow.step("two")
 async def two(ctx: stemd.FlowContext) -> str:
+    """Waits for ``sqlite.go``; returns the previous result and the payload."""
     payload = await ctx.wait_for_event("sqlite.go")
     return f"{ctx.previous_result}+{payload}"
 

@@ -31,6 +31,7 @@ flow = stemd.Flow("wire.typed", params=Order, result=str)
 
 @flow.step("describe")
 async def describe(ctx: stemd.FlowContext[Order]) -> str:
+    """Returns the order's id and amount; the params must be an Order."""
     assert isinstance(ctx.params, Order)
     return f"{ctx.params.order_id}:{ctx.params.amount}"
 
@@ -44,6 +45,7 @@ async def app(nats: NatsServer) -> AsyncIterator[stemd.App]:
 
 
 async def call(conn: NatsConnection, verb: str, body: Any) -> Any:
+    """Send ``body`` to the API verb ``verb``; return the decoded reply."""
     reply = await conn.request(f"stem.api.{verb}", json.dumps(body).encode(), timeout=5)
     return json.loads(reply.data)
 

@@ -21,6 +21,7 @@ old_flow = stemd.Flow("old.flow")
 
 @old_flow.step("only")
 async def old_only(ctx: stemd.FlowContext) -> str:
+    """Returns ``"old"``."""
     return "old"
 
 
@@ -29,17 +30,20 @@ added = stemd.Flow("added.flow")
 
 @added.step("first")
 async def first(ctx: stemd.FlowContext) -> int:
+    """Returns ``n`` plus one."""
     return int(ctx.params["n"]) + 1
 
 
 @added.step("second")
 async def second(ctx: stemd.FlowContext) -> int:
+    """Returns ten times the previous result."""
     return int(ctx.previous_result) * 10
 
 
 async def test_a_run_taken_by_a_daemon_without_its_workflow_is_run_by_one_with_it(
     tmp_path: Path,
 ) -> None:
+    """A run given back by a daemon without its workflow is completed by one with it, error-free."""
     store = f"sqlite:///{tmp_path / 'stemd.db'}"
     async with stemd.App(store=store, workers=False) as client:
         async with open_app(old_flow, store=store):

@@ -21,6 +21,7 @@ ACYCLIC = (
 
 @pytest.fixture(scope="module")
 def graph() -> grimp.ImportGraph:
+    """The graph of stemd's internal imports."""
     return grimp.build_graph("stemd", include_external_packages=False)
 
 

@@ -47,10 +47,10 @@ def test_wrong_labels_and_conflicting_registration_raise() -> None:
     """A metric used with other labels, or registered twice differently, is an error."""
     reg = Registry()
     c = reg.counter("c", "C.", ["a"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"c takes labels \('a',\), got \['b'\]"):
         c.inc(b="x")
     assert reg.counter("c", "C.", ["a"]) is c
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="metric c registered twice, differently"):
         reg.gauge("c", "C.", ["a"])
 
 
@@ -162,4 +162,5 @@ async def test_endpoint_on_a_given_listener_serves_again_after_a_restart() -> No
 
 @pytest.fixture
 def anyio_backend() -> str:
+    """These tests run on asyncio only."""
     return "asyncio"

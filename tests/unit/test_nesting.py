@@ -20,10 +20,12 @@ flow = stemd.Flow("nest.flow")
 
 @flow.step("only")
 async def only(ctx: stemd.FlowContext) -> str:
+    """Returns ``"ok"``."""
     return "ok"
 
 
 def nested(depth: int) -> list[object]:
+    """A list nested ``depth`` levels deep."""
     value: list[object] = []
     for _ in range(depth - 1):
         value = [value]

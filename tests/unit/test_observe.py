@@ -17,11 +17,13 @@ calls = {"flaky": 0}
 
 @flow.step("first")
 async def first(ctx: stemd.FlowContext) -> int:
+    """Returns 1."""
     return 1
 
 
 @flow.step("flaky", retry=stemd.Retry(max_attempts=2, backoff=1.0, jitter=False))
 async def flaky(ctx: stemd.FlowContext) -> int:
+    """Fails its first attempt, then sleeps 5 s; returns 2."""
     calls["flaky"] += 1
     if ctx.attempt == 1:
         raise RuntimeError("first attempt fails")
@@ -31,6 +33,7 @@ async def flaky(ctx: stemd.FlowContext) -> int:
 
 @stemd.script("observe.fails")
 async def fails(ctx: stemd.ScriptContext) -> None:
+    """Fails with a ValueError."""
     raise ValueError("boom")
 
 

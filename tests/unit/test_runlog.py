@@ -25,6 +25,7 @@ flow = stemd.Flow("runlog.flow")
 
 @flow.step("flaky", retry=stemd.Retry(max_attempts=3, backoff=0.0, jitter=False))
 async def flaky(ctx: stemd.FlowContext) -> str:
+    """Fails its first ``fail`` attempts; returns ``"ok"``."""
     if ctx.attempt <= int((ctx.params or {}).get("fail", 0)):
         raise RuntimeError(f"attempt {ctx.attempt} failed")
     return "ok"
@@ -32,6 +33,7 @@ async def flaky(ctx: stemd.FlowContext) -> str:
 
 @flow.step("wait")
 async def wait(ctx: stemd.FlowContext) -> str:
+    """Waits for the ``hold`` event if the params name one."""
     topic = (ctx.params or {}).get("hold")
     if topic:
         await ctx.wait_for_event(topic)
@@ -140,4 +142,5 @@ async def test_a_resumed_run_is_not_started_twice(lines: list[dict[str, Any]]) -
 
 @pytest.fixture
 def anyio_backend() -> str:
+    """These tests run on asyncio only."""
     return "asyncio"

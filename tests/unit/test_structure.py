@@ -1,6 +1,7 @@
-"""The shape of the code base: modules stay small, functions stay simple, imports have no
-cycle. (Layer rules are import-linter contracts in pyproject.toml, checked by CI's
-``lint-imports``.)"""
+"""The shape of the code base: modules stay small, functions stay simple, imports have no cycle.
+
+Layer rules are import-linter contracts in pyproject.toml, checked by CI's ``lint-imports``.
+"""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ traced = stemd.Flow("traced.flow")
 
 @traced.step("call-api")
 async def call_api(ctx: stemd.FlowContext) -> str:
+    """Opens a user span; fails its first attempt."""
     with user_tracer.start_as_current_span("http GET /inventory"):
         pass
     if ctx.attempt == 1:
@@ -37,6 +38,7 @@ async def call_api(ctx: stemd.FlowContext) -> str:
 
 @traced.step("nap")
 async def nap(ctx: stemd.FlowContext) -> str:
+    """Sleeps 10 s, then starts a child and waits for it."""
     await ctx.sleep(10)
     child = await ctx.start_child(traced_child, {"n": 1})
     return await ctx.wait_child(child, type=str)
@@ -44,6 +46,7 @@ async def nap(ctx: stemd.FlowContext) -> str:
 
 @stemd.script("traced.child")
 async def traced_child(ctx: stemd.ScriptContext, params: Any) -> str:
+    """Returns ``"child-done"``."""
     return "child-done"
 
 

@@ -63,10 +63,14 @@ async def test_raises_past_the_restart_budget() -> None:
     doomed = Crashy("doomed", crashes=100)
     steady = Crashy("steady", crashes=0)
     supervisor = Supervisor([doomed, steady], FAST)
-    with anyio.fail_after(5), pytest.raises(BaseExceptionGroup) as info:
+
+    async def supervise() -> None:
         async with anyio.create_task_group() as tg:
             await tg.start(supervisor.run)
             await anyio.sleep_forever()
+
+    with anyio.fail_after(5), pytest.raises(BaseExceptionGroup) as info:
+        await supervise()
     assert info.group_contains(RestartBudgetExceeded)
     assert doomed.runs == FAST.max_restarts + 1
     assert steady.runs == 1

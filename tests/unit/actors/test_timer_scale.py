@@ -42,6 +42,7 @@ class SlowFiring(MemoryStore):
 
 @stemd.script("nap.script")
 async def nap(ctx: stemd.ScriptContext, params: Any) -> str:
+    """Sleeps durably for 10 s."""
     await ctx.sleep(10)
     return "awake"
 
@@ -68,6 +69,7 @@ async def test_wake_ups_due_together_are_fired_together() -> None:
 
 @stemd.script("long.nap")
 async def long_nap(ctx: stemd.ScriptContext, params: Any) -> str:
+    """Sleeps durably for ``params`` seconds."""
     await ctx.sleep(float(params))
     return "awake"
 

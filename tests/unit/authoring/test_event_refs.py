@@ -26,6 +26,7 @@ flow = stemd.Flow("refs.flow")
 
 @flow.step("await-payment")
 async def await_payment(ctx: stemd.FlowContext) -> str:
+    """Waits for the payment event; returns its order id and amount."""
     payment = await paid.wait(ctx)
     assert isinstance(payment, Paid)
     return f"{payment.order_id}:{payment.amount}"
@@ -33,6 +34,7 @@ async def await_payment(ctx: stemd.FlowContext) -> str:
 
 @stemd.script("refs.script")
 async def script(ctx: stemd.ScriptContext) -> object:
+    """Waits for a payment, then a note; returns the amount and the note."""
     payment = await paid.wait(ctx)
     assert isinstance(payment, Paid)
     plain = await note.wait(ctx)

@@ -40,22 +40,26 @@ seen_params: list[object] = []
 
 @orders.step("charge")
 async def charge(ctx: stemd.FlowContext[OrderParams]) -> int:
+    """Records the params; returns the amount."""
     seen_params.append(ctx.params)
     return ctx.params.amount
 
 
 @orders.step("receipt")
 async def receipt(ctx: stemd.FlowContext[OrderParams]) -> Receipt:
+    """Returns a receipt of the order for the amount charged."""
     return Receipt(order_id=ctx.params.order_id, charged=ctx.previous_result)
 
 
 @stemd.script("handles.total")
 async def total(ctx: stemd.ScriptContext, params: OrderParams) -> Receipt:
+    """Returns a receipt charging twice the amount."""
     return Receipt(order_id=params.order_id, charged=params.amount * 2)
 
 
 @stemd.script("handles.noparams")
 async def noparams(ctx: stemd.ScriptContext) -> str:
+    """Returns ``"done"``."""
     return "done"
 
 

@@ -11,6 +11,7 @@ from stemd._natsconn import NatsConnection, NatsMsg
 
 
 def message(reply: str) -> JsMsg:
+    """A JetStream message with the reply subject ``reply``."""
     # The connection is only used to acknowledge; these tests never do.
     return JsMsg(cast("NatsConnection", None), NatsMsg("stem.submit.x", b"", reply))
 
@@ -24,6 +25,7 @@ def message(reply: str) -> JsMsg:
     ],
 )
 def test_delivery_count_and_sequence(reply: str, delivered: int, seq: int) -> None:
+    """The delivery count and stream sequence are read from the ack subject, domain or not."""
     msg = message(reply)
     assert msg.num_delivered == delivered
     assert msg.stream_seq == seq
@@ -33,6 +35,7 @@ def test_delivery_count_and_sequence(reply: str, delivered: int, seq: int) -> No
     ("delivered", "delay"), [(1, 1.0), (2, 2.0), (3, 4.0), (9, 256.0), (10, 300.0), (10**6, 300.0)]
 )
 def test_retry_delay_doubles_up_to_its_cap(delivered: int, delay: float) -> None:
+    """The retry delay doubles with each delivery, from ``first`` up to ``cap``."""
     msg = message(f"$JS.ACK.S.c.{delivered}.1.1.1700000000000000000.0")
     assert msg.retry_delay() == delay
     assert msg.retry_delay(first=0.5, cap=10.0) == min(10.0, delay / 2)

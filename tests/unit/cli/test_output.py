@@ -14,6 +14,7 @@ T0 = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
 
 
 def at(secs: float) -> datetime:
+    """The instant ``secs`` seconds after T0."""
     return T0 + timedelta(seconds=secs)
 
 

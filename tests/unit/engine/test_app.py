@@ -348,7 +348,7 @@ async def test_app_must_be_open() -> None:
 
 def test_app_refuses_two_workflows_of_one_name() -> None:
     """Registering two different workflows under one name is an error."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"two workflows are named 'dup\.flow'"):
         stemd.App(workflows=[_waiting_flow("dup.flow"), _waiting_flow("dup.flow")])
     with pytest.raises(TypeError):
         stemd.App(workflows=[object()])  # type: ignore[list-item]

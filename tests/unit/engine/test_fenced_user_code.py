@@ -133,5 +133,6 @@ async def test_a_store_outage_inside_a_script_abandons_the_slice_not_the_run() -
     async with open_app(script, store=_FlakyStore()) as app:
         run_id = await app.start_workflow("outage.script")
         result = await app.wait_for_completion(run_id, timeout=10)
-    assert result.is_completed and result.value == "one", result
+    assert result.is_completed, result
+    assert result.value == "one", result
     assert ran == ["first", "first"]

@@ -311,8 +311,13 @@ async def test_flow_declaration_rejects_bad_steps() -> None:
 
     with pytest.raises(ValueError, match="already has"):
         flow.step("a")(a)
-    for bad in ("x#1", "x@y", ""):
-        with pytest.raises(ValueError):
+    # An empty name falls back to the function's name, here a duplicate.
+    for bad, wording in (
+        ("x#1", "must not contain '@' or '#'"),
+        ("x@y", "must not contain '@' or '#'"),
+        ("", "already has a step 'a'"),
+    ):
+        with pytest.raises(ValueError, match=wording):
             flow.step(bad)(a)
 
     def sync(ctx: stemd.FlowContext) -> None:
@@ -320,7 +325,7 @@ async def test_flow_declaration_rejects_bad_steps() -> None:
 
     with pytest.raises(TypeError):
         flow.step("sync")(sync)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="workflow name 'bad#name' must not contain"):
         stemd.Flow("bad#name")
 
 

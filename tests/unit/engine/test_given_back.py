@@ -25,6 +25,7 @@ added = stemd.Flow("given.back")
 
 @added.step("only")
 async def only(ctx: stemd.FlowContext) -> str:
+    """Returns ``"ran"``."""
     return "ran"
 
 

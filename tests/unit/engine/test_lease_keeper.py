@@ -28,6 +28,7 @@ slow = stemd.Flow("keeper.slow")
 
 @slow.step("long")
 async def long_step(ctx: stemd.FlowContext) -> str:
+    """Blocks until the gate opens, then counts itself."""
     await gate.event.wait()
     gate.after += 1
     return "done"

@@ -36,11 +36,13 @@ flow = stemd.Flow("observed.flow")
 
 @flow.step("first")
 async def first(ctx: stemd.FlowContext) -> int:
+    """Returns 1."""
     return 1
 
 
 @flow.step("second", retry=stemd.Retry(max_attempts=2, backoff=1.0, jitter=False))
 async def second(ctx: stemd.FlowContext) -> int:
+    """Fails its first attempt; returns 2."""
     if ctx.attempt == 1:
         raise RuntimeError("once")
     return 2

@@ -26,6 +26,7 @@ typed = stemd.Flow("typed.flow")
 
 @typed.step("review")
 async def review(ctx: stemd.FlowContext) -> str:
+    """Waits for a Decision; returns who approved."""
     decision = await ctx.wait_for_event("typed.decision", type=Decision)
     return decision.approved_by
 
@@ -37,6 +38,7 @@ class Signup(msgspec.Struct):
 
 @stemd.script("typed.signup")
 async def signup(ctx: stemd.ScriptContext, params: Signup) -> int:
+    """Returns the age."""
     return params.age
 
 

@@ -217,7 +217,7 @@ async def test_ttl_applies_to_failed_and_cancelled_runs() -> None:
 
 def test_policy_and_ttl_reject_bad_durations() -> None:
     """Durations must be non-negative seconds or timedeltas."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_run_duration must not be negative"):
         stemd.CancellationPolicy(max_run_duration=-1)
     with pytest.raises(TypeError):
         stemd.CancellationPolicy(max_suspend_duration="10")  # type: ignore[arg-type]

@@ -172,7 +172,7 @@ async def test_retry_backoff_with_jitter_stays_within_bounds() -> None:
 
 def test_retry_rejects_nonsense() -> None:
     """Retry refuses fewer than one attempt and negative backoffs."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_attempts must be at least 1"):
         stemd.Retry(max_attempts=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="backoff must not be negative"):
         stemd.Retry(backoff=-1)

@@ -44,23 +44,27 @@ def _reset_calls() -> None:
 
 @stemd.step(name="create-user")
 async def create_user(email: str) -> User:
+    """Counts its call; returns the user of ``email``."""
     calls["create-user"] += 1
     return User(id=f"user:{email}", email=email)
 
 
 @stemd.step
 async def send_welcome(user: User) -> str:
+    """Counts its call; returns a greeting."""
     calls["send_welcome"] += 1
     return f"welcome {user.id}"
 
 
 async def verify(user: User) -> bool:
+    """Count the call; whether the user's email is at example.com."""
     calls["verify"] += 1
     return user.email.endswith("@example.com")
 
 
 @stemd.script("user.signup")
 async def signup(ctx: stemd.ScriptContext, params: SignupParams) -> dict[str, Any]:
+    """Creates a user, sleeps a minute, verifies and greets them."""
     calls["body"] += 1
     user = await create_user(params.email)
     assert isinstance(user, User)  # replayed values are decoded into the return type
@@ -406,7 +410,7 @@ async def test_script_requires_an_async_function_with_a_context() -> None:
         async def noargs() -> None:
             return None
 
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="step name 'bad#name' must not contain"):
 
         @stemd.step(name="bad#name")
         async def bad() -> None:

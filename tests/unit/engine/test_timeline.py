@@ -24,6 +24,7 @@ CODEC = codec_for("json")
 
 
 def at(secs: float) -> datetime:
+    """The instant ``secs`` seconds after T0."""
     return T0 + timedelta(seconds=secs)
 
 
@@ -32,6 +33,7 @@ child = stemd.Flow("timeline.child")
 
 @child.step("work")
 async def work(ctx: stemd.FlowContext) -> str:
+    """Returns ``"built"``."""
     return "built"
 
 

@@ -42,6 +42,7 @@ def at(secs: float) -> datetime:
 
 
 def enc(value: Any) -> bytes:
+    """``value`` encoded as JSON."""
     return msgspec.json.encode(value)
 
 
@@ -86,11 +87,13 @@ async def suspended_on(
 
 
 async def status(store: Store, run_id: str) -> RunStatus | None:
+    """The status of ``run_id``, or None if there is no such run."""
     rec = await store.get_run(run_id)
     return None if rec is None else rec.status
 
 
 async def names(store: Store, run_id: str) -> list[str]:
+    """The names of the checkpoints of ``run_id``, in order."""
     return [c.name for c in await store.get_checkpoints(run_id)]
 
 
@@ -296,6 +299,7 @@ async def test_saving_a_checkpoint_again_replaces_it(store: Store) -> None:
 
 
 async def times(store: Store, run_id: str) -> list[tuple[str, datetime | None]]:
+    """The name and time of each checkpoint of ``run_id``, in order."""
     return [(c.name, c.at) for c in await store.get_checkpoints(run_id)]
 
 
@@ -551,6 +555,7 @@ async def test_deliver_event_respects_its_limit(store: Store) -> None:
 
 
 async def sleeping(store: Store, run_id: str, wake: float, **fields: Any) -> None:
+    """Start ``run_id`` and suspend it until ``wake`` seconds after T0."""
     claim = await started(store, run_id, **fields)
     await store.commit(run_id, claim.token, Suspend(resume_at=at(wake)), T0)
 
