@@ -7,8 +7,9 @@ Each revision is checked out (``git worktree add --detach``) into a temporary di
 and runs its *own* copy of the benchmark script, with its own ``stemd`` first on
 ``PYTHONPATH``, in this interpreter (so both use the same installed dependencies). The
 runs alternate, A B A B ..., so that a machine that gets busier or quieter during the
-comparison affects both sides alike. A benchmark reports by printing a JSON object on its
-last line (``bench/embedded.py`` and ``bench/nats.py`` do); every number in it is a
+comparison affects both sides alike. A benchmark reports by printing a JSON object last (on
+one line, or indented from a ``{`` at column 0: ``bench/embedded.py`` and
+``bench/nats.py`` do); every number in it is a
 metric, named by its path (``medians.0.workflows_per_s``). For each metric the script
 prints the median of each side, the ratio B/A, and the spread (min..max) of each side:
 a ratio inside the spreads is noise.
@@ -83,11 +84,15 @@ def run_once(tree: Path, script: str, args: list[str], timeout: float) -> dict[s
     )
     if done.returncode != 0:
         raise SystemExit(f"{tree}: {script} exited {done.returncode}:\n{done.stderr[-2000:]}")
-    lines = [line for line in done.stdout.splitlines() if line.strip()]
-    try:
-        return flatten(json.loads(lines[-1]))
-    except (IndexError, json.JSONDecodeError):
-        raise SystemExit(f"{tree}: {script} printed no JSON line last") from None
+    lines = done.stdout.rstrip().splitlines()
+    # The last JSON document printed: one line, or an indented one from a "{" at column 0.
+    for start in range(len(lines) - 1, -1, -1):
+        if lines[start].startswith("{"):
+            try:
+                return flatten(json.loads("\n".join(lines[start:])))
+            except json.JSONDecodeError:
+                break
+    raise SystemExit(f"{tree}: {script} printed no JSON document last")
 
 
 def main() -> None:
@@ -98,9 +103,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each side")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--only", default="", help="print metrics whose path contains this")
-    parser.add_argument("bench", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS...]")
-    ns = parser.parse_args()
-    bench = ns.bench[1:] if ns.bench[:1] == ["--"] else ns.bench
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    ns = parser.parse_args(argv[:split])
+    bench = argv[split + 1 :]
     if not bench:
         parser.error("give the benchmark after --: bench/compare.py A B -- bench/embedded.py")
     script, args = bench[0], bench[1:]
