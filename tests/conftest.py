@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import pytest
 import structlog
 
+from tests.integration.daemon_proc import NotifyListener
 from tests.stores import STORE_FACTORIES, StoreFactory
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
     from stemd._store.base import Store
@@ -47,3 +49,24 @@ async def store(store_factory: StoreFactory, tmp_path: Path) -> AsyncIterator[St
     """An opened store of the kind under test, closed after the test."""
     async with store_factory(tmp_path) as opened:
         yield opened
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo the logging configuration that in-process `stemd` commands make, so that later
+    tests see the defaults (modules use it as ``pytest.mark.usefixtures``)."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifyListener]:
+    """A notify socket standing in for systemd."""
+    listener = NotifyListener(tmp_path)
+    yield listener
+    listener.close()

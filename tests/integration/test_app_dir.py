@@ -5,22 +5,19 @@ user runs it) imports ``modules`` from the directory it starts in, or from ``--a
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import time
 from typing import TYPE_CHECKING
 
 import pytest
-import structlog
 
 from stemd._cli.main import run_cli
 from tests.integration.daemon_proc import DaemonProcess, NotifyListener, write_config
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("restore_logging")]
 
 MODULE = "appdir_flows"
 SOURCE = """\
@@ -33,26 +30,6 @@ greet = stemd.Flow("appdir.greet")
 async def hello(ctx: stemd.FlowContext) -> str:
     return f"hello {ctx.params['who']}"
 """
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Undo the CLI's logging configuration after each test."""
-    config = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**config)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifyListener]:
-    """A notify socket standing in for systemd."""
-    listener = NotifyListener(tmp_path)
-    yield listener
-    listener.close()
 
 
 def project(tmp_path: Path) -> Path:

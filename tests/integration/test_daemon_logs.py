@@ -5,7 +5,6 @@ asyncio), which ``log_drivers``/``--log-drivers`` turn on separately."""
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import structlog
 
 from tests.integration.daemon_proc import (
     MODULE,
@@ -26,30 +24,9 @@ from tests.integration.daemon_proc import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
-pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Undo the logging configuration of the in-process `stemd workflow` calls."""
-    config = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**config)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifyListener]:
-    """A notify socket standing in for systemd."""
-    listener = NotifyListener(tmp_path)
-    yield listener
-    listener.close()
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("restore_logging")]
 
 
 def _config(tmp_path: Path, **extra: object) -> Path:

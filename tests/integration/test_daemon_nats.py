@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
 import signal
 from typing import TYPE_CHECKING
 
 import anyio
 import pytest
-import structlog
 from stemd_examples import approvals, fanout, flaky, signup, square
 
 import stemd
@@ -17,27 +15,18 @@ from stemd._cli.main import run_cli
 from tests.integration.daemon_proc import DaemonProcess, NotifyListener, write_config
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from stemd.testing._nats import NatsServer
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(90),
+    pytest.mark.usefixtures("restore_logging"),
+]
 
 EXAMPLES = [approvals, fanout, flaky, signup, square]
 DRAFT = json.dumps({"draft": {"documentId": "doc-7"}})
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Undo the CLI's logging configuration after each test."""
-    config = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**config)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

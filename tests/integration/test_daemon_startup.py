@@ -20,14 +20,6 @@ pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifyListener]:
-    """A notify socket standing in for systemd."""
-    listener = NotifyListener(tmp_path)
-    yield listener
-    listener.close()
-
-
-@pytest.fixture
 def busy_port() -> Iterator[int]:
     """A port on 127.0.0.1 that another socket listens on."""
     with socket.socket() as holder:

@@ -5,24 +5,26 @@ requests, ``stemd workflow types`` through a daemon and straight to the KV store
 from __future__ import annotations
 
 import json
-import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-import structlog
 
 import stemd
 from stemd._cli.main import run_cli
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator
 
     from stemd._natsconn import NatsConnection
     from stemd.testing._nats import NatsServer
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(90),
+    pytest.mark.usefixtures("restore_logging"),
+]
 
 review = stemd.Flow("registry.review")
 
@@ -52,18 +54,6 @@ elsewhere = stemd.Flow("registry.elsewhere")
 async def only(ctx: stemd.FlowContext) -> int:
     """Returns 1."""
     return 1
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Undo the CLI's logging configuration after each test."""
-    config = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**config)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

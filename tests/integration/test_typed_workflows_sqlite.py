@@ -17,7 +17,6 @@ import stemd
 from tests.integration.daemon_proc import DaemonProcess, NotifyListener, write_config
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.timeout(120)
@@ -68,14 +67,6 @@ async def wait(ctx: stemd.FlowContext[Order]) -> int:
     await ctx.sleep(0.05)
     return ctx.iteration * 100 + ctx.params.amount
 """
-
-
-@pytest.fixture
-def notify(tmp_path: Path) -> Iterator[NotifyListener]:
-    """A notify socket standing in for systemd."""
-    listener = NotifyListener(tmp_path)
-    yield listener
-    listener.close()
 
 
 def _ready(daemon: DaemonProcess, notify: NotifyListener, timeout: float = 30.0) -> None:

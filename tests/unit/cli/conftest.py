@@ -4,18 +4,15 @@ for its process)."""
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 import anyio
 import pytest
-import structlog
 from stemd_examples import approvals, fanout, flaky, signup, square
 
 import stemd
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 EXAMPLES = [approvals, fanout, flaky, signup, square]
@@ -31,21 +28,14 @@ def register(store: str) -> None:
     anyio.run(main)
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Undo the CLI's logging configuration so that later tests see the defaults."""
-    config = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.configure(**config)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> str:
     """The URL of a fresh SQLite store where a daemon serving the examples has run."""
     url = f"sqlite:///{tmp_path / 'stemd.db'}"
     register(url)
     return url
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging(restore_logging: None) -> None:
+    """Every CLI test undoes the CLI's logging configuration (tests/conftest.py)."""
