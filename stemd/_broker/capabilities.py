@@ -13,7 +13,10 @@ if TYPE_CHECKING:
     from stemd._actor import Actor
     from stemd._engine.observer import Observers
 
-__all__ = ["EngineOps", "HelperActors", "QueueDepth"]
+if TYPE_CHECKING:
+    from stemd._natsconn import NatsConnection
+
+__all__ = ["EngineOps", "HelperActors", "QueueDepth", "WorkQueueStreams"]
 
 
 class EngineOps(Protocol):
@@ -52,3 +55,17 @@ class HelperActors(Protocol):
     def actors(self, engine: EngineOps) -> list[Actor]:
         """The actors to run, under the App's supervisor, while the broker is open."""
         ...
+
+
+class WorkQueueStreams(Protocol):
+    """What the JetStream broker's helper actors read of it: its connection, its work
+    queue's stream and its subject prefix (each actor's protocol adds what it needs)."""
+
+    @property
+    def conn(self) -> NatsConnection: ...
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def prefix(self) -> str: ...

@@ -19,13 +19,13 @@ import anyio
 import msgspec
 import structlog
 
+from stemd._broker.capabilities import WorkQueueStreams
 from stemd._broker.pull import JsMsg, PullConsumer
 from stemd._errors import DECODE_ERRORS, StemError
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
-    from stemd._natsconn import NatsConnection
 
 __all__ = ["CancelRun", "DeadLetterStats", "DeadLetters", "DeadLetterSource"]
 
@@ -33,18 +33,9 @@ __all__ = ["CancelRun", "DeadLetterStats", "DeadLetters", "DeadLetterSource"]
 CancelRun = Callable[[str, str], Awaitable[bool]]
 
 
-class DeadLetterSource(Protocol):
+class DeadLetterSource(WorkQueueStreams, Protocol):
     """What the actor needs of the broker (a
     :class:`~stemd._broker.jetstream.JetStreamBroker` has it)."""
-
-    @property
-    def conn(self) -> NatsConnection: ...
-
-    @property
-    def stream(self) -> str: ...
-
-    @property
-    def prefix(self) -> str: ...
 
     @property
     def advisory_stream(self) -> str: ...

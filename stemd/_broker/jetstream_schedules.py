@@ -26,9 +26,10 @@ import anyio
 import msgspec
 import structlog
 
+from stemd._broker.capabilities import WorkQueueStreams
 from stemd._broker.pull import JsMsg, PullConsumer
 from stemd._errors import StemError
-from stemd._natsconn import SCHEDULE, SCHEDULE_TARGET, JetStreamApiError, NatsConnection
+from stemd._natsconn import SCHEDULE, SCHEDULE_TARGET, JetStreamApiError
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -44,18 +45,9 @@ FireTimer = Callable[[str], Awaitable[object]]
 WatchTimers = Callable[[Callable[[datetime, str], None]], Callable[[], None]]
 
 
-class ScheduleSource(Protocol):
+class ScheduleSource(WorkQueueStreams, Protocol):
     """What the actor needs of the broker (a
     :class:`~stemd._broker.jetstream.JetStreamBroker` has it)."""
-
-    @property
-    def conn(self) -> NatsConnection: ...
-
-    @property
-    def stream(self) -> str: ...
-
-    @property
-    def prefix(self) -> str: ...
 
     @property
     def storage(self) -> str: ...
