@@ -20,13 +20,20 @@ from stemd.broker import broker_from_url
 from stemd.broker.base import Broker
 from stemd.clock import Clock, SystemClock
 from stemd.codec import Codec, codec_for, convert
-from stemd.engine.engine import Engine, Workflow, new_run_id, to_run_state
+from stemd.engine.engine import (
+    DEFAULT_EVENT_RETENTION,
+    Engine,
+    Workflow,
+    new_run_id,
+    to_run_state,
+)
 from stemd.engine.execution import validate_topic
 from stemd.engine.leases import LeaseKeeper
 from stemd.engine.observer import Observers
 from stemd.errors import RunNotFound, StemError
 from stemd.model import (
     CancellationPolicy,
+    RunPage,
     RunState,
     RunStatus,
     WorkflowResult,
@@ -35,7 +42,7 @@ from stemd.model import (
 )
 from stemd.natsauth import NatsAuth
 from stemd.store import store_from_url
-from stemd.store.base import Store, WorkflowInfo
+from stemd.store.base import Page, Store, WorkflowInfo
 
 __all__ = ["App"]
 
@@ -77,6 +84,25 @@ def _status(value: RunStatus | str | None) -> RunStatus | None:
         raise StemError(f"unknown status {value!r} (one of {choices})") from None
 
 
+# Runs read per store call by runs_waiting_on without a limit.
+_WAITING_PAGE = 1000
+
+
+def _positive(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise StemError("limit must be a positive integer")
+    return limit
+
+
+def _cursor(after: object) -> int | None:
+    """The store position of a page cursor (``None``: the first page)."""
+    if after is None:
+        return None
+    if isinstance(after, str) and after.isascii() and after.isdigit() and len(after) <= 19:
+        return int(after)
+    raise StemError(f"invalid cursor {after!r}: give the next of a previous page")
+
+
 class App:
     """A stemd application: registers workflows, executes them (unless ``workers=False``),
     and starts, emits to and inspects runs.
@@ -110,6 +136,10 @@ class App:
         prefix: the subject prefix of the wire protocol.
         nats_auth: credentials and TLS (a :class:`stemd.natsauth.NatsAuth`) for every NATS
             connection the App opens: a NATS store or broker given as a URL, and ``nats``.
+        event_retention: seconds (or a timedelta) an emitted event is kept for the runs
+            that come to wait on its topic later (default one hour; 0: an event reaches
+            only the runs waiting when it is emitted). Each kept event costs its payload's
+            bytes in the store for that long; see docs/howto/correlating-events.md.
     """
 
     def __init__(
@@ -133,6 +163,7 @@ class App:
         nats: str | None = None,
         prefix: str = "stem",
         nats_auth: NatsAuth | None = None,
+        event_retention: float | timedelta = DEFAULT_EVENT_RETENTION,
     ) -> None:
         self._store_arg = store
         self._broker_arg = broker
@@ -158,6 +189,7 @@ class App:
         self.nats = nats
         self.prefix = prefix
         self.nats_auth = nats_auth
+        self.event_retention = seconds(event_retention, "event_retention") or 0.0
         self._nats_conn: Any = None
 
     def register(self, *workflows: Workflow) -> None:
@@ -230,6 +262,7 @@ class App:
             observers=observers,
             # Workers keep their slices' leases from one task (see WorkerPool).
             leases=LeaseKeeper(store, self.clock, self.lease) if self.workers else None,
+            event_retention=self.event_retention,
         )
         children: list[Any] = []
         if self.workers:
@@ -382,26 +415,102 @@ class App:
             timed_out=not rec.status.is_terminal,
         )
 
-    async def emit(self, topic: str, payload: Any = None) -> int:
-        """Deliver ``payload`` to every run waiting on ``topic`` now; return how many."""
-        return await self.engine.emit(topic, payload)
+    async def emit(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        retain: bool | float | timedelta | None = None,
+    ) -> int:
+        """Emit an event on ``topic``: resume every run waiting on it now, each once, and
+        return how many; keep it for the runs that come to wait on ``topic`` later.
+
+        Every run created before the emit takes the event once, in order with the
+        topic's other events: at once if it waits on ``topic`` now, else at its next wait
+        on ``topic`` within the retention. ``retain``: ``None`` or ``True`` keeps it
+        ``event_retention`` seconds (the App's); seconds or a timedelta, that long;
+        ``False`` (or 0) keeps it not at all: only the runs waiting now get it.
+        """
+        return await self.engine.emit(topic, payload, retain=retain)
+
+    async def send(
+        self, run_id: str, topic: str, payload: Any = None, key: str | None = None
+    ) -> bool:
+        """Send a message to one run: its next ``wait_for_event(topic)`` (or
+        ``wait_for_any`` with ``topic``) takes it, at once if it waits on ``topic`` now;
+        messages are kept until taken and taken oldest first, each exactly once.
+
+        ``key`` makes the send idempotent: a second send with the same key to the same
+        run changes nothing and returns ``False``; otherwise ``True`` (accepted).
+
+        Raises:
+            RunNotFound: there is no such run.
+            RunEnded: the run has ended (completed, failed or cancelled).
+        """
+        return await self.engine.send(run_id, topic, payload, key)
 
     async def list_runs(
         self,
         workflow: str | None = None,
         status: RunStatus | str | None = None,
         limit: int = 100,
+        *,
+        after: str | None = None,
     ) -> list[RunState]:
-        """Runs, newest first, optionally filtered by workflow and status."""
-        if not isinstance(limit, int) or limit < 1:
-            raise StemError("limit must be a positive integer")
-        records = await self.store.list_runs(workflow=workflow, status=_status(status), limit=limit)
-        return [await self._state(r) for r in records]
+        """Runs, newest first, optionally filtered by workflow and status; from the cursor
+        ``after`` on (the ``next`` of a :meth:`page_runs`)."""
+        return (await self.page_runs(workflow, status, limit, after=after)).runs
 
-    async def runs_waiting_on(self, topic: str) -> list[RunState]:
-        """Runs suspended waiting for an event on ``topic``."""
+    async def page_runs(
+        self,
+        workflow: str | None = None,
+        status: RunStatus | str | None = None,
+        limit: int = 100,
+        *,
+        after: str | None = None,
+    ) -> RunPage:
+        """A page of runs, newest first, and the cursor of the next page (``next``:
+        ``None`` on the last)::
+
+            page = await app.page_runs(status="suspended", limit=500)
+            while page.next is not None:
+                page = await app.page_runs(status="suspended", limit=500, after=page.next)
+        """
+        limit = _positive(limit)
+        page = await self.store.page_runs(
+            workflow=workflow, status=_status(status), limit=limit, after=_cursor(after)
+        )
+        return await self._page(page)
+
+    async def runs_waiting_on(
+        self, topic: str, limit: int | None = None, *, after: str | None = None
+    ) -> list[RunState]:
+        """Runs suspended waiting for an event or message on ``topic``, oldest first: all
+        of them, or at most ``limit`` from the cursor ``after`` on (see
+        :meth:`page_waiting`)."""
+        if limit is not None:
+            return (await self.page_waiting(topic, limit, after=after)).runs
+        out: list[RunState] = []
+        page = await self.page_waiting(topic, _WAITING_PAGE, after=after)
+        out += page.runs
+        while page.next is not None:
+            page = await self.page_waiting(topic, _WAITING_PAGE, after=page.next)
+            out += page.runs
+        return out
+
+    async def page_waiting(
+        self, topic: str, limit: int = 1000, *, after: str | None = None
+    ) -> RunPage:
+        """A page of the runs waiting on ``topic`` (oldest first) and the cursor of the
+        next page (``None`` on the last)."""
         validate_topic(topic)
-        return [await self._state(r) for r in await self.store.runs_waiting_on(topic)]
+        limit = _positive(limit)
+        page = await self.store.page_waiting(topic, limit=limit, after=_cursor(after))
+        return await self._page(page)
+
+    async def _page(self, page: Page) -> RunPage:
+        runs = [await self._state(r) for r in page.records]
+        return RunPage(runs=runs, next=None if page.next is None else str(page.next))
 
     async def cancel_run(self, run_id: str, reason: str = "cancelled") -> bool:
         """Cancel a run (and its unfinished children); ``False`` if unknown or ended."""

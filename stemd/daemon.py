@@ -319,6 +319,7 @@ class Daemon:
             prefix=config.prefix,
             tracing=config.tracing,
             nats_auth=config.nats_auth,
+            event_retention=config.event_retention,
         )
         crashed: list[BaseException] = []
         stops = (signal.SIGTERM, signal.SIGINT)

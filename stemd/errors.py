@@ -30,6 +30,7 @@ __all__ = [
     "InvalidRunId",
     "LeaseLost",
     "PayloadError",
+    "RunEnded",
     "RunNotFound",
     "StemError",
     "StepFailed",
@@ -112,6 +113,11 @@ class EventTimeout(StemError):
     def __init__(self, topic: str) -> None:
         super().__init__(f"no event on topic {topic!r} before the timeout")
         self.topic = topic
+
+
+class RunEnded(StemError):
+    """Raised by ``send`` when the run has ended (completed, failed or cancelled): a message
+    to it could never be taken."""
 
 
 class ChildFailed(StemError):

@@ -541,6 +541,47 @@ class NatsConnection:
         except (KeyError, TypeError, ValueError) as exc:
             raise TransportError(f"message get: unexpected reply {str(reply)[:200]}") from exc
 
+    async def get_next(
+        self, stream: str, subject: str, seq: int, *, leader: bool = False
+    ) -> StoredMsg | None:
+        """The first message at or after sequence ``seq`` on ``subject`` (a filter: wildcards
+        allowed), or ``None``. With ``leader`` the stream's leader answers (it has every
+        acknowledged write); otherwise any replica may, by a direct get."""
+        query = {"seq": max(1, seq), "next_by_subj": subject}
+        if not leader:
+            reply = await self.request(f"$JS.API.DIRECT.GET.{stream}", _encoder.encode(query))
+            return _stored(reply)
+        return await self._leader_query(stream, query)
+
+    async def get_last(
+        self, stream: str, subject: str, *, leader: bool = False
+    ) -> StoredMsg | None:
+        """The last message on ``subject`` (a filter: wildcards allowed), or ``None``; with
+        ``leader``, as read by the stream's leader."""
+        query = {"last_by_subj": subject}
+        if not leader:
+            reply = await self.request(f"$JS.API.DIRECT.GET.{stream}", _encoder.encode(query))
+            return _stored(reply)
+        return await self._leader_query(stream, query)
+
+    async def _leader_query(self, stream: str, query: dict[str, Any]) -> StoredMsg | None:
+        try:
+            reply = await self.js_api(f"STREAM.MSG.GET.{stream}", query)
+        except JetStreamApiError as exc:
+            if exc.err_code == 10037:  # no message found
+                return None
+            raise
+        try:
+            msg = reply["message"]
+            return StoredMsg(
+                subject=msg["subject"],
+                seq=int(msg["seq"]),
+                data=base64.b64decode(msg.get("data") or ""),
+                time=msg.get("time", ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TransportError(f"message get: unexpected reply {str(reply)[:200]}") from exc
+
     async def direct_get_last_many(
         self, stream: str, subjects: list[str], *, timeout: float | None = None
     ) -> list[StoredMsg] | None:

@@ -123,10 +123,13 @@ class ListRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class EmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``emit``: resume every run waiting on ``topic`` with ``payload``."""
+    """``emit``: resume every run waiting on ``topic`` with ``payload``; keep the event
+    for later waits ``retain`` seconds (absent or ``true``: the daemon's
+    ``event_retention``; ``false`` or 0: not at all)."""
 
     topic: Topic
     payload: Any = None
+    retain: bool | Seconds | None = None
 
 
 class WaitingRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

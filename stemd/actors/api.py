@@ -183,7 +183,8 @@ class ApiResponder:
         return wire.ListReply(runs=runs)
 
     async def _emit(self, req: wire.EmitRequest) -> wire.EmitReply:
-        return wire.EmitReply(resumed=await self.app.emit(req.topic, req.payload))
+        resumed = await self.app.emit(req.topic, req.payload, retain=req.retain)
+        return wire.EmitReply(resumed=resumed)
 
     async def _waiting(self, req: wire.WaitingRequest) -> wire.WaitingReply:
         return wire.WaitingReply(runs=await self.app.runs_waiting_on(req.topic))

@@ -21,6 +21,7 @@ from stemd import wire
 from stemd.app import App
 from stemd.codec import Codec, codec_for
 from stemd.config import check_nats, check_sqlite, sqlite_path
+from stemd.engine.engine import DEFAULT_EVENT_RETENTION
 from stemd.errors import (
     PayloadError,
     RunNotFound,
@@ -67,8 +68,9 @@ class Client(Protocol):
         """Runs, newest first."""
         ...
 
-    async def emit(self, topic: str, payload: Any) -> int:
-        """Resume the runs waiting on ``topic``; return how many."""
+    async def emit(self, topic: str, payload: Any, retain: float | None = None) -> int:
+        """Emit on ``topic`` (kept ``retain`` seconds; ``None``: the default retention);
+        return how many waiting runs it resumed."""
         ...
 
     async def waiting(self, topic: str) -> list[RunState]:
@@ -157,8 +159,8 @@ class StoreClient:
     ) -> list[RunState]:
         return await self.app.list_runs(workflow=workflow, status=_status(status), limit=limit)
 
-    async def emit(self, topic: str, payload: Any) -> int:
-        return await self.app.emit(topic, payload)
+    async def emit(self, topic: str, payload: Any, retain: float | None = None) -> int:
+        return await self.app.emit(topic, payload, retain=retain)
 
     async def waiting(self, topic: str) -> list[RunState]:
         return await self.app.runs_waiting_on(topic)
@@ -285,8 +287,8 @@ class NatsClient:
         reply: wire.ListReply = await self._request("list", request)
         return reply.runs
 
-    async def emit(self, topic: str, payload: Any) -> int:
-        request = wire.EmitRequest(topic=topic, payload=payload)
+    async def emit(self, topic: str, payload: Any, retain: float | None = None) -> int:
+        request = wire.EmitRequest(topic=topic, payload=payload, retain=retain)
         reply: wire.EmitReply = await self._request("emit", request)
         return reply.resumed
 
@@ -354,9 +356,12 @@ async def open_client(
     auth: NatsAuth | None = None,
     create_store: bool = True,
     missing_hint: str = "",
+    event_retention: float | None = None,
 ) -> AsyncIterator[Client]:
     """A :class:`Client` over ``nats_url`` if given, else straight to ``store``; ``auth``
-    gives the credentials and TLS of a NATS connection. With ``create_store=False`` a
+    gives the credentials and TLS of a NATS connection; ``event_retention`` how long an
+    event emitted straight to the store is kept (``None``: the App's default). With
+    ``create_store=False`` a
     SQLite store must exist already: a missing file is an error (ending with
     ``missing_hint``) and none is created.
 
@@ -410,5 +415,6 @@ async def open_client(
         codec=codec,
         workflow_codecs=per_workflow,
         nats_auth=auth,
+        event_retention=DEFAULT_EVENT_RETENTION if event_retention is None else event_retention,
     ) as app:
         yield StoreClient(app)

@@ -129,7 +129,7 @@ async def _list(client: Client, args: argparse.Namespace) -> int:
 
 async def _emit(client: Client, args: argparse.Namespace) -> int:
     payload = _json_arg("--payload", args.payload)
-    resumed = await client.emit(args.topic, payload)
+    resumed = await client.emit(args.topic, payload, args.retain)
     if args.json:
         print_json({"resumed": resumed})
     else:
@@ -283,6 +283,7 @@ def _runner(
                 auth=auth,
                 create_store=create,
                 missing_hint=missing,
+                event_retention=config.event_retention,
             ) as client:
                 return await command(client, args)
 
@@ -383,9 +384,21 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--limit", metavar="N", type=int, default=100, help="at most N runs (100)")
     _common(p)
 
-    p = add("emit", _emit, "deliver an event to every run waiting on a topic")
+    p = add(
+        "emit",
+        _emit,
+        "emit an event on a topic: every run waiting on it takes it now, and runs that wait "
+        "on it later take it within the retention",
+    )
     p.add_argument("topic", metavar="TOPIC")
     p.add_argument("--payload", metavar="JSON", help="the event's payload (JSON, @FILE or -)")
+    p.add_argument(
+        "--retain",
+        metavar="S",
+        type=_seconds,
+        help="keep the event S seconds for later waits (default: the daemon's or config's "
+        "event_retention; 0: only the runs waiting now get it)",
+    )
     _common(p)
 
     p = add("waiting", _waiting, "list the runs waiting on a topic")

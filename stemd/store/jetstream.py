@@ -12,6 +12,17 @@ Layout of the bucket (a KV bucket, so ``nats kv`` tools can inspect it):
   query), ``idx.watch.<topic>.<id>`` (waiting on an event), ``idx.child.<child>.<id>``
   (waiting on a child), ``idx.timer.<epoch_ms>.<id>`` (the run's next timer),
   ``idx.parent.<parent>.<id>`` (children of a run).
+- ``evt.<topic>.<n>`` — the kept events of a topic (their log), numbered 1, 2, 3... per
+  topic, each a message with a time to live (``Nats-TTL``: the bucket's stream allows
+  per-message TTLs), so the server forgets them when their retention ends. The number
+  makes appending a compare-and-set (a new ``n`` must not exist), which tells the
+  appender the event before its own exactly. ``evl.<topic>`` — the last event emitted
+  to the topic without keeping it (it only takes a position in the stream's order).
+
+An event's position is its stream sequence, and a run's creation is a write to the same
+stream: a run takes the events whose sequence is past its creation's (and past the last
+one it took of that topic, kept in its document). Its mailbox (messages sent to it) is
+part of its document.
 
 An entry is written (and acknowledged) *before* the document that refers to it and
 deleted (by subject, so precisely that entry) *after* the document stopped referring to it; the
@@ -42,7 +53,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import msgspec
@@ -62,6 +73,7 @@ from stemd.natsconn import (
     EXPECTED_LAST_SUBJECT_SEQ,
     JetStreamApiError,
     NatsConnection,
+    StoredMsg,
     WrongLastSequence,
     open_connection,
     split_url,
@@ -73,21 +85,31 @@ from stemd.store.base import (
     Claim,
     CommitResult,
     Complete,
+    Delivery,
+    Event,
     FireResult,
     Outcome,
+    Page,
     RunRecord,
+    SendResult,
     Suspend,
     WorkflowInfo,
+    cursor_of,
+    topics_of,
 )
 from stemd.store.transitions import (
     apply_cancel,
     apply_claim,
+    apply_delivery,
     apply_event,
     apply_fire,
     apply_outcome,
     apply_rewind,
+    choose_event,
     is_runnable,
     rewind_cut,
+    waits_for_events,
+    waits_on,
 )
 
 __all__ = ["JetStreamStore"]
@@ -101,6 +123,16 @@ _MAX_TRIES = 50
 _CHUNK = 1000
 # Entries not referred to by their run's document are removed only when older than this.
 _STALE_AFTER = timedelta(seconds=60)
+# Deliveries of one event made at once (each a compare-and-set on one run's document).
+_DELIVER_AT_ONCE = 64
+_EXPECTED_NEW = {EXPECTED_LAST_SUBJECT_SEQ: "0"}
+
+
+class _Mail(msgspec.Struct, array_like=True):
+    """A message in a run's mailbox, not taken yet."""
+
+    topic: str
+    value: bytes
 
 
 class _Doc(msgspec.Struct, kw_only=True):
@@ -120,6 +152,9 @@ class _Doc(msgspec.Struct, kw_only=True):
     # When each checkpoint was written (name → time); a name missing here (a document
     # written by a stemd that did not record times) reads back with no time.
     cpt: dict[str, datetime] = msgspec.field(default_factory=dict)
+    # The run's mailbox (messages not taken yet, in send order), and every key sent to it.
+    mail: list[_Mail] = msgspec.field(default_factory=list)
+    keys: list[str] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -137,8 +172,8 @@ def _wanted(rec: RunRecord) -> dict[str, str]:
     if rec.status in _LIVE:
         out["live"] = f"idx.live.{rid}"
     if rec.status is RunStatus.SUSPENDED:
-        if rec.wait_topic is not None:
-            out["watch"] = f"idx.watch.{rec.wait_topic}.{rid}"
+        for i, topic in enumerate(topics_of(rec)):
+            out["watch" if i == 0 else f"watch{i}"] = f"idx.watch.{topic}.{rid}"
         if rec.wait_child is not None:
             out["child"] = f"idx.child.{rec.wait_child}.{rid}"
     if rec.timer_at is not None:
@@ -176,6 +211,8 @@ def _replace(
         w=doc.w,
         awaited=doc.awaited,
         cpt=doc.cpt if cpt is None else cpt,
+        mail=doc.mail,
+        keys=doc.keys,
     )
 
 
@@ -190,6 +227,62 @@ def _with_checkpoints(
         cps[name] = value
         cpt[name] = now
     return _replace(doc, rec, cps, cpt)
+
+
+def _take(doc: _Doc, topic: str, seq: int | None, value: bytes, now: datetime) -> _Doc:
+    """``doc`` after its run, waiting on ``topic``, took an event (position ``seq``) or a
+    message (``seq`` ``None``) with ``value``."""
+    rec = doc.rec
+    new = apply_delivery(rec, now, topic, seq)
+    if rec.wait_key is None:
+        return _replace(doc, new)
+    return _with_checkpoints(doc, new, [(rec.wait_key, value)], now)
+
+
+def _delivery(
+    event: Event,
+    now: datetime,
+    older: tuple[int, bytes] | None,
+    looked_after: int | None,
+    need: list[int],
+) -> Callable[[_Doc], _Doc | None]:
+    """The document change delivering ``event`` to a run waiting on its topic.
+
+    ``older`` is the topic's oldest kept event past position ``looked_after`` (looked up
+    for a run whose cursor was there). A run whose cursor is before the event preceding
+    ``event`` (``event.prev``) may have an older kept event to take first: unless it was
+    looked up for that very cursor, the change appends the cursor to ``need`` and changes
+    nothing, and the caller looks it up and tries again."""
+    topic = event.topic
+
+    def fn(doc: _Doc) -> _Doc | None:
+        rec = doc.rec
+        if not waits_on(rec, topic):
+            return None
+        cursor = cursor_of(rec, topic)
+        if cursor >= event.seq:
+            return None
+        if cursor < event.prev and cursor != looked_after:
+            need.append(cursor)
+            return None
+        chosen = choose_event(rec, event, older if cursor < event.prev else None)
+        if chosen is None:
+            return None
+        return _take(doc, topic, chosen[0], chosen[1], now)
+
+    return fn
+
+
+def _take_mail(doc: _Doc, now: datetime) -> _Doc:
+    """``doc``, whose run just suspended on events, after it took the oldest message of
+    its mailbox on one of its topics (unchanged when there is none)."""
+    topics = topics_of(doc.rec)
+    for i, mail in enumerate(doc.mail):
+        if mail.topic in topics:
+            new = _take(doc, mail.topic, None, mail.value, now)
+            new.mail = doc.mail[:i] + doc.mail[i + 1 :]
+            return new
+    return doc
 
 
 def _checkpoints(doc: _Doc) -> list[Checkpoint]:
@@ -311,6 +404,8 @@ class JetStreamStore:
             "storage": self.storage,
             "num_replicas": self.replicas,
             "allow_direct": True,
+            # Kept events expire by themselves (``evt.<topic>.<n>``).
+            "allow_msg_ttl": True,
             "allow_rollup_hdrs": True,
             "deny_delete": False,
             "deny_purge": False,
@@ -355,6 +450,8 @@ class JetStreamStore:
             raise StoreError(f"undecodable run document at sequence {seq}: {exc}") from None
         if doc.order == 0:
             doc.order = seq  # never rewritten since its creation
+        if doc.rec.event_floor == 0:
+            doc.rec.event_floor = doc.order  # events are ordered as the stream's writes
         return doc
 
     async def _read(self, run_id: str, *, leader: bool = False) -> tuple[int, _Doc] | None:
@@ -631,9 +728,15 @@ class JetStreamStore:
         out: list[tuple[str, int, _Doc]] = []
         for run_id, keys in by_run.items():
             found = docs.get(run_id)
-            entry = found[1].idx.get(kind) if found is not None else None
+            # The entries of that kind the document owns (a wait on several topics owns
+            # a watch entry for each: kinds watch, watch1, watch2...).
+            owned = (
+                {e for k, e in found[1].idx.items() if k.rstrip("0123456789") == kind}
+                if found is not None
+                else set()
+            )
             for key in keys:
-                if found is not None and entry == key:
+                if found is not None and key in owned:
                     out.append((run_id, found[0], found[1]))
                 else:
                     await self._clean(key, run_id)
@@ -654,6 +757,7 @@ class JetStreamStore:
                     return copy.copy(existing[1].rec), False
                 continue  # deleted in between: try again
             doc.order = rev
+            doc.rec.event_floor = rev
             self._cache_put(run_id, rev, doc)
             return copy.copy(doc.rec), True
         raise StoreError(f"run {run_id}: could not be created")
@@ -731,13 +835,26 @@ class JetStreamStore:
             new = apply_outcome(rec, outcome, now, child_ended=child_ended)
             if isinstance(outcome, (Complete, Suspend)) and outcome.checkpoints:
                 written = [(cp.name, cp.value) for cp in outcome.checkpoints]
-                return _with_checkpoints(doc, new, written, now)
-            return _replace(doc, new)
+                out = _with_checkpoints(doc, new, written, now)
+            else:
+                out = _replace(doc, new)
+            if waits_for_events(new):
+                # A message already in the mailbox is taken in the same write.
+                out = _take_mail(out, now)
+            return out
 
         old, new = await self._mutate(run_id, fn)
         if old is None or new is None:
             raise LeaseLost(f"run {run_id} is no longer owned by this worker")
         rec = new.rec
+        if waits_for_events(rec):
+            # Kept events emitted before this wait (whose deliveries may have found the
+            # run busy): the oldest one not taken is taken now. An emit that appended its
+            # event after this look finds the wait instead: its index entry was written
+            # before the document.
+            taken = await self._take_kept(run_id, rec, now)
+            if taken is not None:
+                rec = taken
         if rec.status.is_terminal:
             return CommitResult(record=copy.copy(rec), woken=await self._wake_parents(new, now))
         # Tell the child it is awaited. If it ended meanwhile, its own end found no
@@ -818,43 +935,164 @@ class JetStreamStore:
                 woken.append(parent_id)
         return tuple(woken)
 
+    # -- events and messages --------------------------------------------------------------
+
+    def _events_subject(self, topic: str) -> str:
+        return f"{self._pre}evt.{topic}.*"
+
+    async def _next_kept(self, topic: str, after: int) -> tuple[int, bytes] | None:
+        """The topic's oldest kept event past position ``after`` (from the leader on a
+        replicated bucket: every event acknowledged before the call is seen)."""
+        msg = await self._retry("get", self._get_next, self._events_subject(topic), after + 1)
+        return None if msg is None else (msg.seq, msg.data)
+
+    async def _get_next(self, subject: str, seq: int) -> StoredMsg | None:
+        return await self.conn.get_next(self.stream, subject, seq, leader=self.replicas > 1)
+
+    async def _last_kept(self, topic: str) -> StoredMsg | None:
+        return await self.conn.get_last(
+            self.stream, self._events_subject(topic), leader=self.replicas > 1
+        )
+
+    async def _take_kept(self, run_id: str, rec: RunRecord, now: datetime) -> RunRecord | None:
+        """Give the run that just suspended on events (``rec``) the oldest kept event of
+        its topics it has not taken, if there is one; return the run then."""
+        best: tuple[int, bytes, str] | None = None
+        for topic in topics_of(rec):
+            found = await self._next_kept(topic, cursor_of(rec, topic))
+            if found is not None and (best is None or found[0] < best[0]):
+                best = (found[0], found[1], topic)
+        if best is None:
+            return None
+        seq, value, topic = best
+        token = rec.token
+
+        def fn(doc: _Doc) -> _Doc | None:
+            cur = doc.rec
+            # Still the same wait (a delivery or a cancel moves the token on) and the event
+            # not taken meanwhile.
+            if cur.token != token or not waits_on(cur, topic):
+                return None
+            if cursor_of(cur, topic) >= seq:
+                return None
+            return _take(doc, topic, seq, value, now)
+
+        _, new = await self._mutate(run_id, fn)
+        return copy.copy(new.rec) if new is not None else None
+
+    async def append_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None
+    ) -> Event:
+        if retain is None:
+            # Not kept: a position in the stream's order, and the topic's last kept event
+            # read after it (so at or past the one before it: what a delivery needs).
+            ack = await self._retry("put", self.conn.js_publish, f"{self._pre}evl.{topic}", value)
+            last = await self._retry(
+                "get", self.conn.get_last, self.stream, self._events_subject(topic)
+            )
+            prev = last.seq if last is not None else 0
+            return Event(topic=topic, seq=ack.seq, value=value, at=now, prev=prev)
+        ttl = {"Nats-TTL": f"{max(1, math.ceil(retain))}s"}
+        for _ in range(_MAX_TRIES):
+            last = await self._retry("get", self._last_kept, topic)
+            number = 1
+            prev = 0
+            if last is not None:
+                prev = last.seq
+                number = int(last.subject.rpartition(".")[2]) + 1
+            try:
+                ack = await self.conn.js_publish(
+                    f"{self._pre}evt.{topic}.{number}",
+                    value,
+                    headers={**_EXPECTED_NEW, **ttl},
+                )
+            except WrongLastSequence:
+                continue  # another emit took that number: read the last one again
+            expires = now + timedelta(seconds=retain)
+            return Event(
+                topic=topic, seq=ack.seq, value=value, at=now, prev=prev, expires_at=expires
+            )
+        raise StoreError(f"topic {topic}: gave up appending after {_MAX_TRIES} conflicts")
+
     async def deliver_event(
-        self, topic: str, value: bytes, now: datetime, limit: int = 1000
-    ) -> list[str]:
+        self, event: Event, now: datetime, *, after: int = 0, limit: int = 1000
+    ) -> Delivery:
         # Every listed run is asked (the delivery is conditional): a document read from a
-        # lagging replica may not show yet the wait its entry was written for. Documents
-        # only order the deliveries, oldest wait first.
-        listed = await self._listed(f"idx.watch.{topic}.*.*")
-        docs = await self._read_many(listed)
-
-        def age(run_id: str) -> tuple[datetime, int]:
-            found = docs.get(run_id)
-            if found is None:
-                return now, 0
-            return found[1].rec.suspended_at or now, found[1].order
-
+        # lagging replica may not show yet the wait its entry was written for. All of
+        # them in one call, ``_DELIVER_AT_ONCE`` at a time: the listing is the cost.
+        listed = await self._listed(f"idx.watch.{event.topic}.*.*")
         resumed: list[str] = []
-        for run_id in sorted(listed, key=age):
-            if len(resumed) >= limit:
-                break
+        limiter = anyio.CapacityLimiter(_DELIVER_AT_ONCE)
 
-            def fn(doc: _Doc) -> _Doc | None:
-                rec = doc.rec
-                if rec.status is not RunStatus.SUSPENDED or rec.wait_topic != topic:
-                    return None
-                if rec.wait_key is not None:
-                    return _with_checkpoints(
-                        doc, apply_event(rec, now), [(rec.wait_key, value)], now
-                    )
-                return _replace(doc, apply_event(rec, now))
+        async def deliver(run_id: str) -> None:
+            async with limiter:
+                done = await self._deliver_one(run_id, event, now)
+                if done == "resumed":
+                    resumed.append(run_id)
+                elif done == "not_waiting":
+                    for key in listed[run_id]:
+                        await self._clean(key, run_id)
 
-            _, new = await self._mutate(run_id, fn)
+        async with anyio.create_task_group() as tg:
+            for run_id in listed:
+                tg.start_soon(deliver, run_id)
+        return Delivery(resumed=resumed)
+
+    async def _deliver_one(
+        self, run_id: str, event: Event, now: datetime
+    ) -> Literal["resumed", "taken", "not_waiting"]:
+        """One conditional delivery of ``event`` to ``run_id``: ``"resumed"``, or nothing
+        done because the run has taken the event already or does not wait on its topic."""
+        older: tuple[int, bytes] | None = None
+        looked_after: int | None = None
+        for _ in range(_MAX_TRIES):
+            need: list[int] = []
+            fn = _delivery(event, now, older, looked_after, need)
+            old, new = await self._mutate(run_id, fn)
             if new is not None:
-                resumed.append(run_id)
+                return "resumed"
+            if not need:
+                waiting = old is not None and waits_on(old.rec, event.topic)
+                return "taken" if waiting else "not_waiting"
+            looked_after = need[-1]
+            older = await self._next_kept(event.topic, looked_after)
+        raise StoreError(f"run {run_id}: gave up delivering after {_MAX_TRIES} tries")
+
+    async def send_message(
+        self, run_id: str, topic: str, value: bytes, now: datetime, key: str | None = None
+    ) -> SendResult:
+        outcome: Literal["ended", "duplicate"] = "ended"
+        took = False
+
+        def fn(doc: _Doc) -> _Doc | None:
+            nonlocal outcome, took
+            rec = doc.rec
+            if rec.status.is_terminal:
+                outcome = "ended"
+                return None
+            if key is not None and key in doc.keys:
+                outcome = "duplicate"
+                return None
+            took = waits_on(rec, topic)
+            if took:
+                new = _take(doc, topic, None, value, now)
             else:
-                for key in listed[run_id]:
-                    await self._clean(key, run_id)
-        return resumed
+                new = _replace(doc, rec)
+                new.mail = [*doc.mail, _Mail(topic, value)]
+            if key is not None:
+                new.keys = [*doc.keys, key]
+            return new
+
+        old, new = await self._mutate(run_id, fn)
+        if old is None:
+            return SendResult(outcome="not_found")
+        if new is None:
+            return SendResult(outcome=outcome, record=copy.copy(old.rec))
+        return SendResult(outcome="accepted", resumed=took, record=copy.copy(new.rec))
+
+    async def prune_events(self, now: datetime) -> int:
+        # Kept events carry their time to live: the server forgets them by itself.
+        return 0
 
     # Timer entries checked against their document lately (key -> (timer_at, when)): the
     # timer asks for the next minute's wake-ups every few seconds, and reading every
@@ -972,6 +1210,26 @@ class JetStreamStore:
         parent_run_id: str | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
+        return (await self._page_runs(workflow, status, parent_run_id, limit, None)).records
+
+    async def page_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> Page:
+        return await self._page_runs(workflow, status, None, limit, after)
+
+    async def _page_runs(
+        self,
+        workflow: str | None,
+        status: RunStatus | None,
+        parent_run_id: str | None,
+        limit: int,
+        after: int | None,
+    ) -> Page:
         if parent_run_id is not None:
             found = await self._indexed(f"idx.parent.{parent_run_id}.*.*", "parent")
             docs = [(doc.order, doc) for _, _, doc in found]
@@ -979,7 +1237,10 @@ class JetStreamStore:
             docs = [(doc.order, doc) for _, doc in (await self._read_all()).values()]
         docs.sort(key=lambda d: d[0], reverse=True)
         out: list[RunRecord] = []
-        for _, doc in docs:
+        last = 0
+        for order, doc in docs:
+            if after is not None and order >= after:
+                continue
             rec = doc.rec
             if workflow is not None and rec.workflow != workflow:
                 continue
@@ -987,20 +1248,26 @@ class JetStreamStore:
                 continue
             if parent_run_id is not None and rec.parent_run_id != parent_run_id:
                 continue
-            out.append(rec)
             if len(out) >= limit:
-                break
-        return out
+                return Page(records=out, next=last)
+            out.append(rec)
+            last = order
+        return Page(records=out)
 
     async def runs_waiting_on(self, topic: str, limit: int = 1000) -> list[RunRecord]:
-        waiting = await self._indexed(f"idx.watch.{topic}.*.*", "watch")
-        out = [
-            doc.rec
-            for _, _, doc in waiting
-            if doc.rec.status is RunStatus.SUSPENDED and doc.rec.wait_topic == topic
-        ]
-        out.sort(key=lambda r: (r.suspended_at or r.updated_at, r.run_id))
-        return out[:limit]
+        return (await self.page_waiting(topic, limit=limit)).records
+
+    async def page_waiting(
+        self, topic: str, *, limit: int = 1000, after: int | None = None
+    ) -> Page:
+        waiting = sorted(
+            (doc.order, doc.rec)
+            for _, _, doc in await self._indexed(f"idx.watch.{topic}.*.*", "watch")
+            if waits_on(doc.rec, topic) and (after is None or doc.order > after)
+        )
+        page = waiting[:limit]
+        following = page[-1][0] if len(waiting) > limit else None
+        return Page(records=[rec for _, rec in page], next=following)
 
     # Seconds between two searches for runs still waiting on a child that has ended.
     audit_interval = 10.0

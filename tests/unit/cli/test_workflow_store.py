@@ -200,7 +200,9 @@ def test_waiting_emit_wait_and_rewind(capsys: pytest.CaptureFixture[str], store:
         "--json",
     )
     assert (status, json.loads(out)) == (0, {"resumed": 1})
-    status, out, _ = cli(capsys, "workflow", "emit", "approvals.manager", "--store", store)
+    status, out, _ = cli(
+        capsys, "workflow", "emit", "approvals.manager", "--retain", "0", "--store", store
+    )
     assert (status, out) == (0, "resumed 0 runs waiting on approvals.manager\n")
     drive(store, "ap", "completed")
     status, out, _ = cli(

@@ -1,0 +1,59 @@
+"""Events delivered exactly once under sweeps and re-waits: the reproduction of the
+doubled delivery on the JetStream KV store. An emit used to resume the waiters in batches
+of 1,000 and enqueue them only at the end; the sweeper enqueued resumed runs meanwhile,
+they waited again, and the next batch gave them the same payload (the first emit to 1,500
+runs reported up to 3,000 resumed, and runs ended with ["first", "first"])."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import stemd
+from stemd.model import RunStatus
+from stemd.testing.nats import NatsServer
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.anyio
+
+RUNS = 1500
+
+
+@stemd.script("once.twice")
+async def twice(ctx: stemd.ScriptContext) -> list[str]:
+    first = await ctx.wait_for_event("once.go")
+    second = await ctx.wait_for_event("once.go")
+    return [first, second]
+
+
+async def test_an_emit_never_delivers_twice_to_runs_that_wait_again(nats: NatsServer) -> None:
+    """1,500 runs waiting twice on one topic (KV store, sweeps every 0.1 s): the first emit
+    resumes each exactly once, and every run ends with ["first", "second"]."""
+    async with stemd.App(
+        store=nats.url, workflows=[twice], sweep_interval=0.1, concurrency=64
+    ) as app:
+        ids = [f"once-{i}" for i in range(RUNS)]
+
+        async def start(part: list[str]) -> None:
+            for run_id in part:
+                await app.start_workflow(twice, run_id=run_id)
+
+        async with anyio.create_task_group() as tg:
+            for chunk in range(0, RUNS, 100):
+                tg.start_soon(start, ids[chunk : chunk + 100])
+
+        async def all_waiting() -> bool:
+            page = await app.store.page_runs(status=RunStatus.SUSPENDED, limit=RUNS)
+            return len(page.records) == RUNS
+
+        await wait_until(all_waiting, timeout=120, what="every run to wait")
+        assert await app.emit("once.go", "first") == RUNS
+        # No polling: the runs not yet back at their wait take "second" when they get there.
+        await app.emit("once.go", "second")
+        results = {}
+        with anyio.fail_after(120):
+            for run_id in ids:
+                done = await app.wait_for_completion(run_id, timeout=120)
+                results[run_id] = done.value
+        assert [r for r, v in results.items() if v == ["first", "first"]] == []
+        assert all(v == ["first", "second"] for v in results.values())
