@@ -6,6 +6,9 @@ runs reported up to 3,000 resumed, and runs ended with ["first", "first"])."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import anyio
 import pytest
 
@@ -57,3 +60,36 @@ async def test_an_emit_never_delivers_twice_to_runs_that_wait_again(nats: NatsSe
                 results[run_id] = done.value
         assert [r for r, v in results.items() if v == ["first", "first"]] == []
         assert all(v == ["first", "second"] for v in results.values())
+
+
+@stemd.script("once.many")
+async def many(ctx: stemd.ScriptContext, waits: int) -> list[str]:
+    return [await ctx.wait_for_event("once.many") for _ in range(waits)]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jetstream"])
+async def test_two_daemons_emitting_at_once_give_each_event_once_in_order(
+    kind: str, nats: NatsServer, tmp_path: Path
+) -> None:
+    """Two daemons on one store (SQLite file, JetStream bucket), each executing runs and
+    emitting 10 events while the other does: 200 runs each take all 20, once, in one order."""
+    url = f"sqlite:///{tmp_path / 'two.db'}" if kind == "sqlite" else nats.url
+    options: dict[str, Any] = {"workflows": [many], "sweep_interval": 0.05, "concurrency": 16}
+    async with stemd.App(store=url, **options) as a, stemd.App(store=url, **options) as b:
+        ids = [await a.start_workflow(many, 20, run_id=f"two-{i}") for i in range(200)]
+
+        async def emit(app: stemd.App, name: str) -> None:
+            for k in range(10):
+                await app.emit("once.many", f"{name}{k}")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(emit, a, "a")
+            tg.start_soon(emit, b, "b")
+        results = []
+        with anyio.fail_after(120):
+            for run_id in ids:
+                done = await b.wait_for_completion(run_id, timeout=120)
+                assert done.is_completed, done
+                results.append(done.value)
+    assert sorted(results[0]) == sorted([f"a{k}" for k in range(10)] + [f"b{k}" for k in range(10)])
+    assert all(r == results[0] for r in results)
