@@ -441,7 +441,9 @@ class App:
         messages are kept until taken and taken oldest first, each exactly once.
 
         ``key`` makes the send idempotent: a second send with the same key to the same
-        run changes nothing and returns ``False``; otherwise ``True`` (accepted).
+        run changes nothing and returns ``False`` (also after the run has ended: a
+        retried send is not an error); otherwise ``True`` (accepted). Keys are
+        remembered as long as the run is.
 
         Raises:
             RunNotFound: there is no such run.

@@ -44,6 +44,8 @@ __all__ = [
     "RewindReply",
     "RewindRequest",
     "RunEventMsg",
+    "SendReply",
+    "SendRequest",
     "StartReply",
     "StartRequest",
     "TypesReply",
@@ -71,6 +73,7 @@ Topic = Annotated[
     msgspec.Meta(max_length=256, pattern=r"^[A-Za-z0-9_\-=/]+(\.[A-Za-z0-9_\-=/]+)*$"),
 ]
 WorkflowName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+MessageKey = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 StatusName = Literal["pending", "running", "suspended", "completed", "failed", "cancelled"]
@@ -132,6 +135,16 @@ class EmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     retain: bool | Seconds | None = None
 
 
+class SendRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``send``: put a message in ``run_id``'s mailbox for its next wait on ``topic``;
+    with ``key``, a second send of that key to that run is a no-op."""
+
+    run_id: RunId
+    topic: Topic
+    payload: Any = None
+    key: MessageKey | None = None
+
+
 class WaitingRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``waiting``: runs suspended on ``topic``."""
 
@@ -179,6 +192,13 @@ class EmitReply(msgspec.Struct, frozen=True, kw_only=True):
     """Reply to ``emit``."""
 
     resumed: int
+
+
+class SendReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Reply to ``send``: ``false`` when a message with that key was sent to the run
+    before (nothing changed)."""
+
+    accepted: bool
 
 
 class WaitingReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -247,6 +267,7 @@ REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {
     "get": GetRequest,
     "list": ListRequest,
     "emit": EmitRequest,
+    "send": SendRequest,
     "waiting": WaitingRequest,
     "cancel": CancelRequest,
     "rewind": RewindRequest,
@@ -257,6 +278,7 @@ REPLY_TYPES: dict[str, type[msgspec.Struct]] = {
     "get": GetReply,
     "list": ListReply,
     "emit": EmitReply,
+    "send": SendReply,
     "waiting": WaitingReply,
     "cancel": CancelReply,
     "rewind": RewindReply,

@@ -186,6 +186,10 @@ class ApiResponder:
         resumed = await self.app.emit(req.topic, req.payload, retain=req.retain)
         return wire.EmitReply(resumed=resumed)
 
+    async def _send(self, req: wire.SendRequest) -> wire.SendReply:
+        accepted = await self.app.send(req.run_id, req.topic, req.payload, key=req.key)
+        return wire.SendReply(accepted=accepted)
+
     async def _waiting(self, req: wire.WaitingRequest) -> wire.WaitingReply:
         return wire.WaitingReply(runs=await self.app.runs_waiting_on(req.topic))
 

@@ -73,6 +73,15 @@ class Client(Protocol):
         return how many waiting runs it resumed."""
         ...
 
+    async def send(self, run_id: str, topic: str, payload: Any, key: str | None) -> bool:
+        """Send a message to one run; ``False`` if one with ``key`` was sent to it before.
+
+        Raises:
+            RunNotFound: there is no such run.
+            StemError: the run has ended.
+        """
+        ...
+
     async def waiting(self, topic: str) -> list[RunState]:
         """Runs waiting on ``topic``."""
         ...
@@ -161,6 +170,9 @@ class StoreClient:
 
     async def emit(self, topic: str, payload: Any, retain: float | None = None) -> int:
         return await self.app.emit(topic, payload, retain=retain)
+
+    async def send(self, run_id: str, topic: str, payload: Any, key: str | None) -> bool:
+        return await self.app.send(run_id, topic, payload, key=key)
 
     async def waiting(self, topic: str) -> list[RunState]:
         return await self.app.runs_waiting_on(topic)
@@ -291,6 +303,12 @@ class NatsClient:
         request = wire.EmitRequest(topic=topic, payload=payload, retain=retain)
         reply: wire.EmitReply = await self._request("emit", request)
         return reply.resumed
+
+    async def send(self, run_id: str, topic: str, payload: Any, key: str | None) -> bool:
+        validate_run_id(run_id)
+        request = wire.SendRequest(run_id=run_id, topic=topic, payload=payload, key=key)
+        reply: wire.SendReply = await self._request("send", request)
+        return reply.accepted
 
     async def waiting(self, topic: str) -> list[RunState]:
         reply: wire.WaitingReply = await self._request("waiting", wire.WaitingRequest(topic=topic))

@@ -137,6 +137,18 @@ async def _emit(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _send(client: Client, args: argparse.Namespace) -> int:
+    payload = _json_arg("--payload", args.payload)
+    accepted = await client.send(validate_run_id(args.run_id), args.topic, payload, args.key)
+    if args.json:
+        print_json({"accepted": accepted})
+    elif accepted:
+        _out(f"sent {args.topic} to run {args.run_id}")
+    else:
+        _out(f"a message with key {args.key} was sent to run {args.run_id} before; nothing sent")
+    return 0
+
+
 async def _waiting(client: Client, args: argparse.Namespace) -> int:
     runs = await client.waiting(args.topic)
     if args.json:
@@ -398,6 +410,21 @@ def add_parser(commands: Any) -> None:
         type=_seconds,
         help="keep the event S seconds for later waits (default: the daemon's or config's "
         "event_retention; 0: only the runs waiting now get it)",
+    )
+    _common(p)
+
+    p = add(
+        "send",
+        _send,
+        "send a message to one run: its next wait on the topic takes it (at once if it waits now)",
+    )
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("topic", metavar="TOPIC")
+    p.add_argument("--payload", metavar="JSON", help="the message's payload (JSON, @FILE or -)")
+    p.add_argument(
+        "--key",
+        metavar="K",
+        help="make the send idempotent: a second send with this key to this run sends nothing",
     )
     _common(p)
 

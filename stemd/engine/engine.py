@@ -426,7 +426,7 @@ class Engine:
     async def send(self, run_id: str, topic: str, payload: Any, key: str | None = None) -> bool:
         """Put a message in ``run_id``'s mailbox for its next wait on ``topic`` (taken at
         once if the run waits on ``topic`` now); ``False`` if a message with ``key`` was
-        sent to that run before (nothing changes).
+        sent to that run before (nothing changes, even if the run has ended since).
 
         Raises:
             RunNotFound: there is no such run.

@@ -377,7 +377,8 @@ class Store(Protocol):
         """Put a message in the run's mailbox, atomically: taken at once by the run's wait
         when it waits on ``topic`` (then it becomes runnable), else kept until a wait on
         ``topic`` takes it (the oldest first). With ``key``, a second send of that key to
-        the run changes nothing (``"duplicate"``)."""
+        the run changes nothing (``"duplicate"``, also once the run has ended: a retried
+        send is not an error)."""
         ...
 
     async def prune_events(self, now: datetime) -> int:

@@ -1067,11 +1067,11 @@ class JetStreamStore:
         def fn(doc: _Doc) -> _Doc | None:
             nonlocal outcome, took
             rec = doc.rec
-            if rec.status.is_terminal:
-                outcome = "ended"
-                return None
             if key is not None and key in doc.keys:
                 outcome = "duplicate"
+                return None
+            if rec.status.is_terminal:
+                outcome = "ended"
                 return None
             took = waits_on(rec, topic)
             if took:

@@ -274,12 +274,12 @@ class MemoryStore:
         rec = self._runs.get(run_id)
         if rec is None:
             return SendResult(outcome="not_found")
+        keys = self._mail_keys.setdefault(run_id, set())
+        if key is not None and key in keys:
+            return SendResult(outcome="duplicate", record=copy.copy(rec))
         if rec.status.is_terminal:
             return SendResult(outcome="ended", record=copy.copy(rec))
-        keys = self._mail_keys.setdefault(run_id, set())
         if key is not None:
-            if key in keys:
-                return SendResult(outcome="duplicate", record=copy.copy(rec))
             keys.add(key)
         if waits_on(rec, topic):
             new = self._take(rec, topic, None, value, now)

@@ -404,12 +404,12 @@ def send_message(
     if row is None:
         return SendResult(outcome="not_found")
     rec = record_from_row(row)
-    if rec.status.is_terminal:
-        return SendResult(outcome="ended", record=rec)
     if key is not None:
         sql = "SELECT 1 FROM messages WHERE run_id = ? AND key = ?"
         if db.execute(sql, (run_id, key)).fetchone() is not None:
             return SendResult(outcome="duplicate", record=rec)
+    if rec.status.is_terminal:
+        return SendResult(outcome="ended", record=rec)
     if waits_on(rec, topic):
         new = _take(db, rec, topic, None, value, now)
         _update(db, row, new)

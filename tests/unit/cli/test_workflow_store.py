@@ -401,3 +401,22 @@ def test_config_check_prints_the_effective_config(
     status, _, err = cli(capsys, "config", "check", "--config", str(config))
     assert status == 1
     assert "concurrency: expected `int`, got `bool`" in one_line(err)
+
+
+def test_send_approves_one_run(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    """`send` straight to the store puts a message in one run's mailbox (taken by its
+    wait); a keyed resend sends nothing; an unknown run is one line and exit 1."""
+    start(capsys, store, "approvals.flow", "one", DRAFT)
+    start(capsys, store, "approvals.flow", "two", DRAFT)
+    payload = ["--payload", '{"approvedBy": "ana"}']
+    argv = ["workflow", "send", "one", "approvals.manager", *payload, "--key", "k1"]
+    status, out, _ = cli(capsys, *argv, "--store", store)
+    assert (status, out) == (0, "sent approvals.manager to run one\n")
+    status, out, _ = cli(capsys, *argv, "--store", store, "--json")
+    assert (status, json.loads(out)) == (0, {"accepted": False})
+    assert drive(store, "one", "completed").result == "approved-by:ana"
+    status, out, _ = cli(capsys, "workflow", "get", "two", "--store", store, "--json")
+    assert json.loads(out)["run"]["status"] != "completed"
+    status, _, err = cli(capsys, "workflow", "send", "ghost", "t", "--store", store)
+    assert status == 1
+    assert one_line(err) == "stemd: no run ghost"

@@ -773,11 +773,14 @@ async def test_a_message_to_an_unknown_or_ended_run_is_refused(store: Store) -> 
     """Sending to no such run or to an ended one changes nothing and says which."""
     assert (await store.send_message("nope", "t.x", enc(1), at(1))).outcome == "not_found"
     await store.create_run(record())
+    assert (await store.send_message("r1", "t.x", enc(1), at(1), key="k")).outcome == "accepted"
     await store.cancel("r1", "done", at(1))
     sent = await store.send_message("r1", "t.x", enc(1), at(2))
     assert sent.outcome == "ended"
     assert sent.record is not None
     assert sent.record.status is RunStatus.CANCELLED
+    # A retried send (same key) after the end is no error: it was sent.
+    assert (await store.send_message("r1", "t.x", enc(1), at(3), key="k")).outcome == ("duplicate")
 
 
 async def test_racing_sends_and_deliveries_resume_a_waiter_once(store: Store) -> None:
