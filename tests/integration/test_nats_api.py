@@ -33,7 +33,7 @@ async def prepare(ctx: stemd.FlowContext) -> Any:
 
 @flow.step("approve")
 async def approve(ctx: stemd.FlowContext) -> Any:
-    decision = await ctx.wait_for_event("api.approve")
+    decision = await ctx.wait_for_event("api.approve", data={"about": ctx.previous_result})
     return {"params": ctx.previous_result, "decision": decision}
 
 
@@ -75,6 +75,7 @@ async def test_start_is_idempotent_and_get_returns_the_contract_fields(
     assert run["params"] == {"doc": 42}
     assert run["checkpoints"] == {"prepare": {"doc": 42}}
     assert run["wait_topic"] == "api.approve"
+    assert run["wait_data"] == {"about": {"doc": 42}}
     assert run["policy"] == {"max_run_duration": 3600.0}
     assert run["attempts"] == 1
     assert RFC3339.match(run["created_at"])
