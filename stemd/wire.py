@@ -74,6 +74,7 @@ Topic = Annotated[
 ]
 WorkflowName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 MessageKey = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Cursor = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,19}$")]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 StatusName = Literal["pending", "running", "suspended", "completed", "failed", "cancelled"]
@@ -118,11 +119,13 @@ class GetRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 class ListRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``list``: runs, newest first."""
+    """``list``: runs, newest first, from the cursor ``after`` on (the ``next`` of the
+    previous page)."""
 
     workflow: WorkflowName | None = None
     status: StatusName | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    after: Cursor | None = None
 
 
 class EmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -146,9 +149,12 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class WaitingRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``waiting``: runs suspended on ``topic``."""
+    """``waiting``: runs suspended on ``topic``, oldest first, at most ``limit``, from the
+    cursor ``after`` on."""
 
     topic: Topic
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    after: Cursor | None = None
 
 
 class CancelRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -182,10 +188,12 @@ class GetReply(msgspec.Struct, frozen=True, kw_only=True):
     run: RunState
 
 
-class ListReply(msgspec.Struct, frozen=True, kw_only=True):
-    """Reply to ``list``."""
+class ListReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Reply to ``list``: ``next``, present when there are more runs, is the cursor of
+    the next page."""
 
     runs: list[RunState]
+    next: str | None = None
 
 
 class EmitReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -201,10 +209,12 @@ class SendReply(msgspec.Struct, frozen=True, kw_only=True):
     accepted: bool
 
 
-class WaitingReply(msgspec.Struct, frozen=True, kw_only=True):
-    """Reply to ``waiting``."""
+class WaitingReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Reply to ``waiting``: ``next``, present when there are more runs, is the cursor of
+    the next page."""
 
     runs: list[RunState]
+    next: str | None = None
 
 
 class CancelReply(msgspec.Struct, frozen=True, kw_only=True):

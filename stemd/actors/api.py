@@ -179,8 +179,10 @@ class ApiResponder:
         return wire.GetReply(run=state)
 
     async def _list(self, req: wire.ListRequest) -> wire.ListReply:
-        runs = await self.app.list_runs(workflow=req.workflow, status=req.status, limit=req.limit)
-        return wire.ListReply(runs=runs)
+        page = await self.app.page_runs(
+            workflow=req.workflow, status=req.status, limit=req.limit, after=req.after
+        )
+        return wire.ListReply(runs=page.runs, next=page.next)
 
     async def _emit(self, req: wire.EmitRequest) -> wire.EmitReply:
         resumed = await self.app.emit(req.topic, req.payload, retain=req.retain)
@@ -191,7 +193,8 @@ class ApiResponder:
         return wire.SendReply(accepted=accepted)
 
     async def _waiting(self, req: wire.WaitingRequest) -> wire.WaitingReply:
-        return wire.WaitingReply(runs=await self.app.runs_waiting_on(req.topic))
+        page = await self.app.page_waiting(req.topic, req.limit, after=req.after)
+        return wire.WaitingReply(runs=page.runs, next=page.next)
 
     async def _cancel(self, req: wire.CancelRequest) -> wire.CancelReply:
         cancelled = await self.app.cancel_run(req.run_id, req.reason or "cancelled")

@@ -32,7 +32,7 @@ from stemd.errors import (
     UnknownWorkflow,
 )
 from stemd.loading import Workflow
-from stemd.model import CancellationPolicy, RunState, RunStatus, validate_run_id
+from stemd.model import CancellationPolicy, RunPage, RunState, RunStatus, validate_run_id
 from stemd.natsauth import NatsAuth, redact_url
 from stemd.natsconn import NatsConnection, open_connection
 from stemd.store import store_from_url
@@ -63,9 +63,9 @@ class Client(Protocol):
         ...
 
     async def list_runs(
-        self, workflow: str | None, status: str | None, limit: int
-    ) -> list[RunState]:
-        """Runs, newest first."""
+        self, workflow: str | None, status: str | None, limit: int, after: str | None = None
+    ) -> RunPage:
+        """A page of runs, newest first, from the cursor ``after`` on."""
         ...
 
     async def emit(self, topic: str, payload: Any, retain: float | None = None) -> int:
@@ -82,8 +82,8 @@ class Client(Protocol):
         """
         ...
 
-    async def waiting(self, topic: str) -> list[RunState]:
-        """Runs waiting on ``topic``."""
+    async def waiting(self, topic: str, limit: int = 1000, after: str | None = None) -> RunPage:
+        """A page of the runs waiting on ``topic``, oldest first."""
         ...
 
     async def cancel(self, run_id: str, reason: str) -> bool:
@@ -112,6 +112,13 @@ def _status(value: str | None) -> RunStatus | None:
     except ValueError:
         choices = ", ".join(s.value for s in RunStatus)
         raise StemError(f"unknown status {value!r} (one of {choices})") from None
+
+
+def _cursor(after: str | None) -> str | None:
+    """A page cursor as given (checked here so that a bad one is a clear local error)."""
+    if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 19):
+        raise StemError(f"invalid cursor {after!r}: give the next of a previous page")
+    return after
 
 
 # -- straight to the store ------------------------------------------------------------------
@@ -164,9 +171,11 @@ class StoreClient:
         return await self.app.get_run(run_id)
 
     async def list_runs(
-        self, workflow: str | None, status: str | None, limit: int
-    ) -> list[RunState]:
-        return await self.app.list_runs(workflow=workflow, status=_status(status), limit=limit)
+        self, workflow: str | None, status: str | None, limit: int, after: str | None = None
+    ) -> RunPage:
+        return await self.app.page_runs(
+            workflow=workflow, status=_status(status), limit=limit, after=after
+        )
 
     async def emit(self, topic: str, payload: Any, retain: float | None = None) -> int:
         return await self.app.emit(topic, payload, retain=retain)
@@ -174,8 +183,8 @@ class StoreClient:
     async def send(self, run_id: str, topic: str, payload: Any, key: str | None) -> bool:
         return await self.app.send(run_id, topic, payload, key=key)
 
-    async def waiting(self, topic: str) -> list[RunState]:
-        return await self.app.runs_waiting_on(topic)
+    async def waiting(self, topic: str, limit: int = 1000, after: str | None = None) -> RunPage:
+        return await self.app.page_waiting(topic, limit, after=after)
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         return await self.app.cancel_run(run_id, reason=reason)
@@ -288,16 +297,17 @@ class NatsClient:
         return reply.run
 
     async def list_runs(
-        self, workflow: str | None, status: str | None, limit: int
-    ) -> list[RunState]:
+        self, workflow: str | None, status: str | None, limit: int, after: str | None = None
+    ) -> RunPage:
         st = _status(status)
         request = wire.ListRequest(
             workflow=workflow,
             status=st.value if st else None,
             limit=limit,
+            after=_cursor(after),
         )
         reply: wire.ListReply = await self._request("list", request)
-        return reply.runs
+        return RunPage(runs=reply.runs, next=reply.next)
 
     async def emit(self, topic: str, payload: Any, retain: float | None = None) -> int:
         request = wire.EmitRequest(topic=topic, payload=payload, retain=retain)
@@ -310,9 +320,10 @@ class NatsClient:
         reply: wire.SendReply = await self._request("send", request)
         return reply.accepted
 
-    async def waiting(self, topic: str) -> list[RunState]:
-        reply: wire.WaitingReply = await self._request("waiting", wire.WaitingRequest(topic=topic))
-        return reply.runs
+    async def waiting(self, topic: str, limit: int = 1000, after: str | None = None) -> RunPage:
+        request = wire.WaitingRequest(topic=topic, limit=limit, after=_cursor(after))
+        reply: wire.WaitingReply = await self._request("waiting", request)
+        return RunPage(runs=reply.runs, next=reply.next)
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         validate_run_id(run_id)

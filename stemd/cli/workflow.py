@@ -24,7 +24,7 @@ from stemd.cli.output import print_json, run_detail, runs_table, types_table
 from stemd.config import Config, load_config
 from stemd.errors import DECODE_ERRORS, ConfigError, PayloadError, RunNotFound, StemError
 from stemd.loading import Workflow, load_workflows, use_app_dir
-from stemd.model import CancellationPolicy, RunStatus, seconds, validate_run_id
+from stemd.model import CancellationPolicy, RunPage, RunStatus, seconds, validate_run_id
 from stemd.natsauth import NatsAuth
 
 __all__ = ["EXIT_CANCELLED", "EXIT_FAILED", "EXIT_TIMED_OUT", "add_parser"]
@@ -116,14 +116,23 @@ async def _get(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_page(page: RunPage, as_json: bool) -> None:
+    if as_json:
+        # As the wire's reply: "next" only when there is a next page.
+        more = {} if page.next is None else {"next": page.next}
+        print_json({"runs": page.runs, **more})
+        return
+    _out(runs_table(page.runs))
+    if page.next is not None:
+        _out(f"more: --after {page.next}")
+
+
 async def _list(client: Client, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise StemError("--limit must be a positive integer")
-    runs = await client.list_runs(args.workflow, args.status, args.limit)
-    if args.json:
-        print_json({"runs": runs})
-    else:
-        _out(runs_table(runs))
+    _print_page(
+        await client.list_runs(args.workflow, args.status, args.limit, args.after), args.json
+    )
     return 0
 
 
@@ -150,11 +159,9 @@ async def _send(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _waiting(client: Client, args: argparse.Namespace) -> int:
-    runs = await client.waiting(args.topic)
-    if args.json:
-        print_json({"runs": runs})
-    else:
-        _out(runs_table(runs))
+    if args.limit < 1:
+        raise StemError("--limit must be a positive integer")
+    _print_page(await client.waiting(args.topic, args.limit, args.after), args.json)
     return 0
 
 
@@ -394,6 +401,7 @@ def add_parser(commands: Any) -> None:
         "--status", metavar="S", help="only runs in this status (" + ", ".join(RunStatus) + ")"
     )
     p.add_argument("--limit", metavar="N", type=int, default=100, help="at most N runs (100)")
+    p.add_argument("--after", metavar="CURSOR", help="the next page: the cursor a page printed")
     _common(p)
 
     p = add(
@@ -428,8 +436,10 @@ def add_parser(commands: Any) -> None:
     )
     _common(p)
 
-    p = add("waiting", _waiting, "list the runs waiting on a topic")
+    p = add("waiting", _waiting, "list the runs waiting on a topic, oldest first")
     p.add_argument("topic", metavar="TOPIC")
+    p.add_argument("--limit", metavar="N", type=int, default=1000, help="at most N runs (1000)")
+    p.add_argument("--after", metavar="CURSOR", help="the next page: the cursor a page printed")
     _common(p)
 
     p = add("cancel", _cancel, "cancel a run (and its unfinished children)")

@@ -147,6 +147,24 @@ async def test_list_filters_newest_first(app: stemd.App, conn: NatsConnection) -
     assert await call(conn, "list", {"workflow": "other"}) == {"runs": []}
 
 
+async def test_list_and_waiting_page_with_a_cursor(app: stemd.App, conn: NatsConnection) -> None:
+    """list and waiting answer a page and, when there are more runs, the cursor of the
+    next one (next); after= gives that page; the last page has no next."""
+    for i in range(3):
+        await call(conn, "start", {"workflow": "api.flow", "run_id": f"p{i}"})
+    for i in range(3):
+        await wait_status(app, f"p{i}", stemd.RunStatus.SUSPENDED)
+    first = await call(conn, "list", {"limit": 2})
+    assert [r["run_id"] for r in first["runs"]] == ["p2", "p1"]
+    rest = await call(conn, "list", {"limit": 2, "after": first["next"]})
+    assert ([r["run_id"] for r in rest["runs"]], "next" in rest) == (["p0"], False)
+    waiting = await call(conn, "waiting", {"topic": "api.approve", "limit": 2})
+    assert [r["run_id"] for r in waiting["runs"]] == ["p0", "p1"]
+    more = await call(conn, "waiting", {"topic": "api.approve", "after": waiting["next"]})
+    assert more == {"runs": more["runs"]}
+    assert [r["run_id"] for r in more["runs"]] == ["p2"]
+
+
 async def test_cancel(app: stemd.App, conn: NatsConnection) -> None:
     """cancel ends a live run once; cancelling it again or an unknown run says false."""
     await call(conn, "start", {"workflow": "api.flow", "run_id": "c1"})
@@ -220,6 +238,10 @@ BAD_REQUESTS: list[tuple[str, bytes, str]] = [
     ("send", b'{"run_id": "ghost", "topic": "api.approve"}', "not_found"),
     ("emit", b'{"topic": "api.approve", "retain": -1}', "bad_request"),
     ("emit", b'{"topic": "api.approve", "retain": "1h"}', "bad_request"),
+    ("list", b'{"after": "x"}', "bad_request"),
+    ("list", b'{"after": 5}', "bad_request"),
+    ("waiting", b'{"topic": "api.approve", "after": "-1"}', "bad_request"),
+    ("waiting", b'{"topic": "api.approve", "limit": 0}', "bad_request"),
     ("waiting", b'{"topic": ""}', "bad_request"),
     ("waiting", b'{"topic": 1}', "bad_request"),
     ("cancel", b'{"reason": "x"}', "bad_request"),

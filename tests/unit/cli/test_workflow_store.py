@@ -420,3 +420,38 @@ def test_send_approves_one_run(capsys: pytest.CaptureFixture[str], store: str) -
     status, _, err = cli(capsys, "workflow", "send", "ghost", "t", "--store", store)
     assert status == 1
     assert one_line(err) == "stemd: no run ghost"
+
+
+def test_list_and_waiting_page(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    """`list --limit` and `waiting --limit` print where the next page starts; `--after`
+    prints that page; a bad cursor is one line and exit 1."""
+    for run_id in ("pg1", "pg2", "pg3"):
+        start(capsys, store, "approvals.flow", run_id, DRAFT)
+    for run_id in ("pg1", "pg2", "pg3"):
+        drive(store, run_id, "suspended")
+    status, out, _ = cli(capsys, "workflow", "list", "--limit", "2", "--store", store)
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines[1:3]] == ["pg3", "pg2"]
+    assert lines[-1].startswith("more: --after ")
+    cursor = lines[-1].split()[-1]
+    status, out, _ = cli(
+        capsys, "workflow", "list", "--limit", "2", "--after", cursor, "--store", store, "--json"
+    )
+    assert [r["run_id"] for r in json.loads(out)["runs"]] == ["pg1"]
+    status, out, _ = cli(
+        capsys,
+        "workflow",
+        "waiting",
+        "approvals.manager",
+        "--limit",
+        "1",
+        "--store",
+        store,
+        "--json",
+    )
+    page = json.loads(out)
+    assert len(page["runs"]) == 1
+    assert "next" in page
+    status, _, err = cli(capsys, "workflow", "list", "--after", "nope", "--store", store)
+    assert status == 1
+    assert one_line(err) == "stemd: invalid cursor 'nope': give the next of a previous page"
