@@ -406,22 +406,22 @@ class Engine:
         keep = self.retention(retain)
         check_depth(payload, "event payload")
         value = self.codec.encode({"e": payload, "k": topic})
-        event = await self.store.append_event(topic, value, self.clock.now(), keep)
+        event, done = await self.store.emit_event(
+            topic, value, self.clock.now(), keep, limit=_DELIVERY_PAGE
+        )
         # Each delivery is a conditional transition of one run from its wait, moving the
         # run's cursor past the event: a resumed run may run (a sweeper, another daemon)
         # and wait again while later pages are delivered, and is never given the event
         # twice. So every page is enqueued at once.
         resumed = 0
-        after = 0
         while True:
-            done = await self.store.deliver_event(
-                event, self.clock.now(), after=after, limit=_DELIVERY_PAGE
-            )
             await self._wake(done.resumed)
             resumed += len(done.resumed)
             if done.after is None:
                 return resumed
-            after = done.after
+            done = await self.store.deliver_event(
+                event, self.clock.now(), after=done.after, limit=_DELIVERY_PAGE
+            )
 
     async def send(self, run_id: str, topic: str, payload: Any, key: str | None = None) -> bool:
         """Put a message in ``run_id``'s mailbox for its next wait on ``topic`` (taken at

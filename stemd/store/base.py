@@ -371,6 +371,13 @@ class Store(Protocol):
         :attr:`Delivery.after` says where the next call goes on."""
         ...
 
+    async def emit_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None, *, limit: int = 1000
+    ) -> tuple[Event, Delivery]:
+        """:meth:`append_event`, then the first :meth:`deliver_event` of it (``after`` 0),
+        in one go where the store can (SQLite: one transaction)."""
+        ...
+
     async def send_message(
         self, run_id: str, topic: str, value: bytes, now: datetime, key: str | None = None
     ) -> SendResult:

@@ -1058,6 +1058,12 @@ class JetStreamStore:
             older = await self._next_kept(event.topic, looked_after)
         raise StoreError(f"run {run_id}: gave up delivering after {_MAX_TRIES} tries")
 
+    async def emit_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None, *, limit: int = 1000
+    ) -> tuple[Event, Delivery]:
+        event = await self.append_event(topic, value, now, retain)
+        return event, await self.deliver_event(event, now, limit=limit)
+
     async def send_message(
         self, run_id: str, topic: str, value: bytes, now: datetime, key: str | None = None
     ) -> SendResult:

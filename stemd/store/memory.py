@@ -268,6 +268,12 @@ class MemoryStore:
         more = len(waiting) > limit
         return Delivery(resumed=resumed, after=waiting[limit - 1][0] if more else None)
 
+    async def emit_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None, *, limit: int = 1000
+    ) -> tuple[Event, Delivery]:
+        event = await self.append_event(topic, value, now, retain)
+        return event, await self.deliver_event(event, now, limit=limit)
+
     async def send_message(
         self, run_id: str, topic: str, value: bytes, now: datetime, key: str | None = None
     ) -> SendResult:

@@ -311,6 +311,11 @@ class SqliteStore:
     ) -> Delivery:
         return await self.writer.submit(ops.deliver_event, event, now, after, _limit(limit))
 
+    async def emit_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None, *, limit: int = 1000
+    ) -> tuple[Event, Delivery]:
+        return await self.writer.submit(ops.emit_event, topic, value, now, retain, _limit(limit))
+
     async def send_message(
         self, run_id: str, topic: str, value: bytes, now: datetime, key: str | None = None
     ) -> SendResult:

@@ -65,6 +65,7 @@ __all__ = [
     "create_run",
     "data_version",
     "deliver_event",
+    "emit_event",
     "fire_timer",
     "prune_events",
     "register_workflows",
@@ -390,6 +391,18 @@ def deliver_event(
         _update(db, tuple(row), _take(db, rec, topic, chosen[0], chosen[1], now))
         resumed.append(rec.run_id)
     return Delivery(resumed=resumed, after=rows[-1][0] if len(rows) >= limit else None)
+
+
+def emit_event(
+    db: sqlite3.Connection,
+    topic: str,
+    value: bytes,
+    now: datetime,
+    retain: float | None,
+    limit: int,
+) -> tuple[Event, Delivery]:
+    event = append_event(db, topic, value, now, retain)
+    return event, deliver_event(db, event, now, 0, limit)
 
 
 def send_message(
