@@ -94,17 +94,16 @@ async def emit(
     retain: float | None = 3600.0,
     limit: int = 1000,
 ) -> list[str]:
-    """Append an event to ``topic`` and deliver it, page after page, as the engine does;
-    return the runs it resumed."""
-    event = await store.append_event(topic, value, now, retain)
+    """Append an event to ``topic`` and deliver it, page after page, as the engine does
+    (emit_event, then deliver_event from where the page before stopped); return the runs
+    it resumed."""
+    event, done = await store.emit_event(topic, value, now, retain, limit=limit)
     resumed: list[str] = []
-    after = 0
     while True:
-        done = await store.deliver_event(event, now, after=after, limit=limit)
         resumed += done.resumed
         if done.after is None:
             return resumed
-        after = done.after
+        done = await store.deliver_event(event, now, after=done.after, limit=limit)
 
 
 async def status(store: Store, run_id: str) -> RunStatus | None:
