@@ -84,8 +84,8 @@ def _status(value: RunStatus | str | None) -> RunStatus | None:
         raise StemError(f"unknown status {value!r} (one of {choices})") from None
 
 
-# Runs read per store call by runs_waiting_on without a limit.
-_WAITING_PAGE = 1000
+# The limit that means "all of them".
+_ALL = 2**62
 
 
 def _positive(limit: object) -> int:
@@ -490,15 +490,8 @@ class App:
         """Runs suspended waiting for an event or message on ``topic``, oldest first: all
         of them, or at most ``limit`` from the cursor ``after`` on (see
         :meth:`page_waiting`)."""
-        if limit is not None:
-            return (await self.page_waiting(topic, limit, after=after)).runs
-        out: list[RunState] = []
-        page = await self.page_waiting(topic, _WAITING_PAGE, after=after)
-        out += page.runs
-        while page.next is not None:
-            page = await self.page_waiting(topic, _WAITING_PAGE, after=page.next)
-            out += page.runs
-        return out
+        # Without a limit, all of them in one store call (a KV store reads its index once).
+        return (await self.page_waiting(topic, _ALL if limit is None else limit, after=after)).runs
 
     async def page_waiting(
         self, topic: str, limit: int = 1000, *, after: str | None = None
