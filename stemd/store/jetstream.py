@@ -999,7 +999,9 @@ class JetStreamStore:
             prev = 0
             if last is not None:
                 prev = last.seq
-                number = int(last.subject.rpartition(".")[2]) + 1
+                tail = last.subject.rpartition(".")[2]
+                # A key put there by hand: any free number will do, and its sequence is one.
+                number = int(tail) + 1 if tail.isdigit() else last.seq + 1
             try:
                 ack = await self.conn.js_publish(
                     f"{self._pre}evt.{topic}.{number}",

@@ -71,3 +71,19 @@ async def test_a_bucket_made_before_events_gets_message_ttls(nats: NatsServer) -
             await old.close()
     finally:
         await conn.close()
+
+
+async def test_a_hand_made_key_among_a_topics_events_does_not_stop_emits(
+    nats: NatsServer,
+) -> None:
+    """A key put by hand where a topic's events live (not numbered) does not stop the next
+    emits from being kept and delivered."""
+    store = JetStreamStore(nats.url, bucket="handmade")
+    await store.open()
+    try:
+        await store.conn.js_publish(f"$KV.{store.bucket}.evt.t.x.note", b"by hand")
+        first = await store.append_event("t.x", b"1", START, 60)
+        second = await store.append_event("t.x", b"2", START, 60)
+        assert second.prev == first.seq > first.prev > 0
+    finally:
+        await store.close()

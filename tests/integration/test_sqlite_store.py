@@ -174,6 +174,35 @@ async def test_checkpoints_written_before_0003_read_without_a_time(tmp_path: Pat
         ]
 
 
+async def test_a_run_waiting_before_0005_takes_events_after_it(tmp_path: Path) -> None:
+    """A database at schema 4 with a run suspended on an event is migrated: the run is
+    still listed as waiting, an emit resumes it, and events and messages are kept after."""
+    path = tmp_path / "x.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(
+        "CREATE TABLE schema_version"
+        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+    )
+    for version, name, script in migrations()[:4]:
+        db.executescript(script)
+        db.execute("INSERT INTO schema_version VALUES (?, ?, 0)", (version, name))
+    db.execute(
+        "INSERT INTO runs (run_id, workflow, status, params, created_at, updated_at, queue,"
+        " token, wait_topic, wait_key, suspended_at) VALUES ('r1', 'w', 'suspended',"
+        " x'6e756c6c', ?, ?, 'workflow', 1, 't.old', 'w@event#0', ?)",
+        (to_us(NOW), to_us(NOW), to_us(NOW)),
+    )
+    db.close()
+    async with opened(path) as store:
+        [rec] = await store.runs_waiting_on("t.old")
+        assert (rec.event_floor, rec.cursors, rec.wait_topics) == (0, {}, None)
+        event, done = await store.emit_event("t.old", b'{"e":1}', NOW, 60)
+        assert (event.seq, done.resumed) == (1, ["r1"])
+        assert (await store.get_checkpoints("r1"))[0].value == b'{"e":1}'
+        sent = await store.send_message("r1", "t.old", b'{"e":2}', NOW, "k")
+        assert (sent.outcome, sent.resumed) == ("accepted", False)
+
+
 async def test_runs_survive_a_reopen(tmp_path: Path) -> None:
     """What one store instance committed, the next one on the file reads back."""
     path = tmp_path / "x.db"
