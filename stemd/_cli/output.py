@@ -111,7 +111,9 @@ def _detail(run: RunState) -> str:
         return f"cancelled: {run.cancel_reason}"
     if run.wait_topic:
         until = f" (until {_time(run.resume_at)})" if run.resume_at else ""
-        return f"waiting for event {run.wait_topic}{until}"
+        topics = " or ".join(run.wait_topics) if run.wait_topics else run.wait_topic
+        about = f" {short_json(run.wait_data, 40)}" if run.wait_data is not None else ""
+        return f"waiting for event {topics}{until}{about}"
     if run.wait_child:
         return f"waiting for child {run.wait_child}"
     if _unregistered(run):
@@ -287,6 +289,8 @@ def run_detail(run: RunState) -> str:
         fields.append(("policy", short_json(run.policy, 100)))
     if run.lease_owner:
         fields.append(("lease", f"{run.lease_owner} until {_time(run.lease_expires_at)}"))
+    if run.wait_data is not None:
+        fields.append(("wait data", short_json(run.wait_data, 100)))
     width = max(len(k) for k, _ in fields)
     lines = [f"{k.ljust(width)}  {v}" for k, v in fields]
     lines.append("")
