@@ -116,6 +116,7 @@ class App:
         if options is not None and not isinstance(options, AppOptions):
             raise StemError("options must be a stemd.AppOptions")
         self.options = options or AppOptions()
+        seconds(self.options.event_retention, "event_retention")  # a clear error now
         self._store_arg = store
         self._broker_arg = broker
         self.workflows = registry(workflows)

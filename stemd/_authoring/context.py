@@ -83,7 +83,9 @@ class _Durable:
         already there is taken at once.
 
         Args:
+            topic: the topic of the events (or messages) waited for.
             timeout: seconds (or a timedelta) from now after which the wait times out.
+            type: decode the payload into this type (``None``: as decoded).
             deadline: an aware datetime at which the wait times out (the earlier of the
                 two applies).
             data: what this wait is about (any value the codec encodes), stored with the

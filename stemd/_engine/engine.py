@@ -28,12 +28,12 @@ from stemd._engine.observer import (
 )
 from stemd._engine.params import check_params
 from stemd._engine.views import UNKNOWN_WORKFLOW_RETRY, given_back, new_run_id, to_run_state
+from stemd._engine.waits import message, retention
 from stemd._errors import (
     LeaseLost,
     PayloadError,
     RunEnded,
     RunNotFound,
-    StemError,
     StepNotFound,
     UnknownWorkflow,
 )
@@ -66,10 +66,8 @@ if TYPE_CHECKING:
     from stemd._broker.base import Broker
     from stemd._clock import Clock
 
-__all__ = ["DEFAULT_EVENT_RETENTION", "Engine", "Workflow", "new_run_id", "to_run_state"]
-
-# Most runs one store call resumes for an emit (a store may resume more).
-_DELIVERY_PAGE = 1000
+__all__ = ["Engine", "Workflow", "new_run_id", "to_run_state"]
+_DELIVERY_PAGE = 1000  # most runs one store call resumes for an emit
 
 Workflow = Flow[Any, Any] | Script[Any, Any]
 log = structlog.get_logger("stemd.engine")
@@ -390,27 +388,14 @@ class Engine:
 
     # -- external transitions -------------------------------------------------------------
 
-    def retention(self, retain: bool | float | timedelta | None) -> float | None:
-        """Seconds an event emitted with ``retain`` is kept (``None``: not kept).
-
-        ``None`` or ``True``: :attr:`event_retention`; ``False`` or 0: not kept (only the
-        runs waiting at that moment get it); seconds or a timedelta: that long."""
-        if retain is None or retain is True:
-            secs: float | None = self.event_retention
-        elif retain is False:
-            secs = 0.0
-        else:
-            secs = seconds(retain, "retain")
-        return secs if secs else None
-
     async def emit(
         self, topic: str, payload: Any, *, retain: bool | float | timedelta | None = None
     ) -> int:
         """Append the event to ``topic``'s log (kept as ``retain`` says: see
-        :meth:`retention`) and resume every run waiting on ``topic`` that has not taken
-        it; return how many this resumed."""
+        :func:`~stemd._engine.waits.retention`) and resume every run waiting on ``topic``
+        that has not taken it; return how many this resumed."""
         validate_topic(topic)
-        keep = self.retention(retain)
+        keep = retention(self.event_retention, retain)
         check_depth(payload, "event payload")
         value = self.codec.encode({"e": payload, "k": topic})
         event, done = await self.store.emit_event(
@@ -439,12 +424,7 @@ class Engine:
             RunNotFound: there is no such run.
             RunEnded: the run has ended.
         """
-        validate_run_id(run_id)
-        validate_topic(topic)
-        if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 256):
-            raise StemError(f"invalid message key {key!r}: use a string of 1-256 characters")
-        check_depth(payload, "message payload")
-        value = self.codec.encode({"e": payload, "k": topic})
+        value = self.codec.encode(message(run_id, topic, payload, key))
         sent = await self.store.send_message(run_id, topic, value, self.clock.now(), key)
         if sent.outcome == "not_found":
             raise RunNotFound(f"no run {run_id}")

@@ -6,19 +6,18 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from stemd._authoring.context import FlowContext, ScriptContext, StepContext
 from stemd._authoring.runtime import current_run, frame
-from stemd._codec import Codec, check_depth, convert
+from stemd._codec import Codec, convert
 from stemd._engine.entries import entries, with_entry
 from stemd._engine.observer import Observers, StepFinished, StepStarted
 from stemd._engine.params import decode_params
+from stemd._engine.waits import any_topics, suspend_on, taken
 from stemd._errors import (
     ChildFailed,
-    EventTimeout,
     LeaseLost,
     PayloadError,
     StemError,
@@ -39,7 +38,7 @@ from stemd._store.base import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
 
     from stemd._authoring.definitions import Flow, Script
     from stemd._authoring.steps import StepInfo
@@ -399,24 +398,6 @@ class Execution:
             Suspend(checkpoints=(Checkpoint(key, self.codec.encode(when)),), resume_at=when)
         )
 
-    def _deadline(
-        self, timeout: float | None, deadline: datetime | None, what: str
-    ) -> datetime | None:
-        """The instant a wait times out: the earlier of ``timeout`` seconds from now and
-        ``deadline`` (an aware datetime); ``None`` when neither is given."""
-        at = None if timeout is None else self.now() + timedelta(seconds=timeout)
-        if deadline is not None:
-            if not isinstance(deadline, datetime) or deadline.tzinfo is None:
-                raise StemError(f"{what}: deadline must be an aware datetime")
-            at = deadline if at is None else min(at, deadline)
-        return at
-
-    def _wait_data(self, data: Any, what: str) -> bytes | None:
-        if data is None:
-            return None
-        check_depth(data, f"{what} data")
-        return self.codec.encode(data)
-
     async def wait_for_event(
         self,
         scope: str,
@@ -430,18 +411,11 @@ class Execution:
         key = self._key(scope, "event")
         raw = self.checkpoints.get(key)
         if raw is not None:
-            envelope = self.codec.decode(raw)
-            if "t" in envelope:
-                raise EventTimeout(topic)
+            envelope = taken(self.codec, raw, topic)
             return convert(envelope.get("e"), type, what=f"{self._where(scope)}: event {topic!r}")
-        at = self._deadline(timeout, deadline, "wait_for_event")
+        at = (timeout, deadline)
         raise Interrupt(
-            Suspend(
-                wait_topic=topic,
-                wait_key=key,
-                resume_at=at,
-                wait_data=self._wait_data(data, "wait_for_event"),
-            )
+            suspend_on(self.codec, self.now(), (topic,), key, at, data, "wait_for_event")
         )
 
     async def wait_for_any(
@@ -452,31 +426,17 @@ class Execution:
         deadline: datetime | None = None,
         data: Any = None,
     ) -> tuple[str, Any]:
-        if isinstance(topics, str) or not isinstance(topics, Sequence) or not topics:
-            raise StemError("wait_for_any needs a non-empty list of topics")
-        for topic in topics:
-            validate_topic(topic)
-        wanted = tuple(dict.fromkeys(topics))
+        wanted = any_topics(topics)
         key = self._key(scope, "any")
         raw = self.checkpoints.get(key)
         if raw is not None:
-            envelope = self.codec.decode(raw)
-            if "t" in envelope:
-                raise EventTimeout(", ".join(wanted))
+            envelope = taken(self.codec, raw, ", ".join(wanted))
             topic = envelope.get("k")
             if not isinstance(topic, str):
                 topic = wanted[0]  # pragma: no cover - every envelope stemd writes has it
             return topic, envelope.get("e")
-        at = self._deadline(timeout, deadline, "wait_for_any")
-        raise Interrupt(
-            Suspend(
-                wait_topic=wanted[0],
-                wait_topics=wanted if len(wanted) > 1 else None,
-                wait_key=key,
-                resume_at=at,
-                wait_data=self._wait_data(data, "wait_for_any"),
-            )
-        )
+        at = (timeout, deadline)
+        raise Interrupt(suspend_on(self.codec, self.now(), wanted, key, at, data, "wait_for_any"))
 
     def take_resume_data(self, scope: str) -> Any:
         key = self.record.resume_key

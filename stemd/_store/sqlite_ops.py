@@ -20,17 +20,24 @@ from stemd._store.base import (
     Claim,
     CommitResult,
     Complete,
-    Delivery,
-    Event,
     FireResult,
     Outcome,
     RunRecord,
-    SendResult,
     Suspend,
     WorkflowInfo,
-    cursor_of,
-    topics_of,
 )
+from stemd._store.sqlite_events import (
+    WAITING_MANY,
+    WAITING_ONE,
+    append_event,
+    deliver_event,
+    emit_event,
+    merge_waiting,
+    prune_events,
+    satisfy,
+    send_message,
+)
+from stemd._store.sqlite_rows import COLS, SELECT_RUN, put_checkpoint, row_of, update
 from stemd._store.sqlite_schema import (
     RUN_COLUMNS,
     from_us,
@@ -41,16 +48,13 @@ from stemd._store.sqlite_schema import (
 from stemd._store.transitions import (
     apply_cancel,
     apply_claim,
-    apply_delivery,
     apply_event,
     apply_fire,
     apply_outcome,
     apply_rewind,
-    choose_event,
     is_runnable,
     rewind_cut,
     waits_for_events,
-    waits_on,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +62,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
+    "SELECT_RUN",
+    "WAITING_MANY",
+    "WAITING_ONE",
     "append_event",
     "cancel",
     "checkpoint_from_row",
@@ -69,6 +76,7 @@ __all__ = [
     "deliver_event",
     "emit_event",
     "fire_timer",
+    "merge_waiting",
     "prune_events",
     "register_workflows",
     "renew_lease",
@@ -78,17 +86,11 @@ __all__ = [
     "workflow_from_row",
 ]
 
-_COLS = ", ".join(RUN_COLUMNS)
-SELECT_RUN = f"SELECT {_COLS} FROM runs WHERE run_id = ?"
+_COLS = COLS
 SELECT_CHECKPOINTS = "SELECT name, value, written_at FROM checkpoints WHERE run_id = ? ORDER BY seq"
 _INSERT_RUN = (
     f"INSERT INTO runs ({_COLS}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
     " ON CONFLICT (run_id) DO NOTHING"
-)
-_UPSERT_CHECKPOINT = (
-    "INSERT INTO checkpoints (run_id, name, value, written_at) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (run_id, name) DO UPDATE"
-    " SET value = excluded.value, written_at = excluded.written_at"
 )
 _TOUCH_OWNED = (
     "UPDATE runs SET updated_at = ? WHERE run_id = ? AND token = ? AND status = 'running'"
@@ -101,33 +103,7 @@ _WAITING_ON_CHILD = (
     f"SELECT {_COLS} FROM runs"
     " WHERE wait_child = ? AND status = 'suspended' AND wait_child IS NOT NULL ORDER BY run_id"
 )
-# Runs waiting on a topic past a position, in creation order (seq, then the columns):
-# waits on one topic by runs_by_topic, waits on several by run_waits (a wait on several
-# topics has the first in wait_topic: each run is found once). See waiting_rows.
-WAITING_ONE = (
-    f"SELECT seq, {_COLS} FROM runs"
-    " WHERE wait_topic = ?1 AND status = 'suspended' AND wait_topic IS NOT NULL AND seq > ?2"
-    " ORDER BY seq LIMIT ?3"
-)
-WAITING_MANY = (
-    "SELECT w.seq, " + ", ".join(f"r.{c}" for c in RUN_COLUMNS) + " FROM run_waits w"
-    " JOIN runs r ON r.seq = w.seq"
-    " WHERE w.topic = ?1 AND w.seq > ?2 AND r.status = 'suspended' AND r.wait_topic != ?1"
-    " ORDER BY w.seq LIMIT ?3"
-)
-_WAIT_TOPICS = RUN_COLUMNS.index("wait_topics")
 _EVENT_FLOOR = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
-_LAST_EVENT = "SELECT max(seq) FROM events WHERE topic = ?"
-_INSERT_EVENT = "INSERT INTO events (topic, value, at, expires_at) VALUES (?, ?, ?, ?)"
-_NEXT_KEPT = (
-    "SELECT seq, value FROM events WHERE topic = ? AND seq > ? AND expires_at > ?"
-    " ORDER BY seq LIMIT 1"
-)
-_NEXT_MESSAGE = (
-    "SELECT seq, topic, value, key FROM messages"
-    " WHERE run_id = ? AND value IS NOT NULL AND topic IN ({}) ORDER BY seq LIMIT 1"
-)
-_INSERT_MESSAGE = "INSERT INTO messages (run_id, topic, value, key, sent_at) VALUES (?, ?, ?, ?, ?)"
 SELECT_WORKFLOWS = "SELECT name, kind, steps, version, registered_at FROM workflows ORDER BY name"
 _UPSERT_WORKFLOW = (
     "INSERT INTO workflows (name, kind, steps, version, registered_at) VALUES (?, ?, ?, ?, ?)"
@@ -135,37 +111,9 @@ _UPSERT_WORKFLOW = (
     " version = excluded.version, registered_at = excluded.registered_at"
 )
 _steps_decoder = msgspec.json.Decoder(tuple[str, ...])
-_UPDATES: dict[tuple[int, ...], str] = {}
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def _update(db: sqlite3.Connection, old: tuple[Any, ...], new: RunRecord) -> None:
-    """Write the columns of ``new`` that differ from the stored row ``old``."""
-    row = record_to_row(new)
-    changed = tuple(i for i in range(len(row)) if row[i] != old[i])
-    if not changed:
-        return
-    sql = _UPDATES.get(changed)
-    if sql is None:
-        sets = ", ".join(f"{RUN_COLUMNS[i]} = ?" for i in changed)
-        sql = _UPDATES[changed] = f"UPDATE runs SET {sets} WHERE run_id = ?"
-    db.execute(sql, (*(row[i] for i in changed), new.run_id))
-    if _WAIT_TOPICS in changed:
-        if old[_WAIT_TOPICS] is not None:
-            db.execute("DELETE FROM run_waits WHERE run_id = ?", (new.run_id,))
-        if new.wait_topics:
-            db.executemany(
-                "INSERT OR IGNORE INTO run_waits (topic, seq, run_id)"
-                " SELECT ?, seq, run_id FROM runs WHERE run_id = ?",
-                [(topic, new.run_id) for topic in new.wait_topics],
-            )
-
-
-def _row(db: sqlite3.Connection, run_id: str) -> tuple[Any, ...] | None:
-    row: tuple[Any, ...] | None = db.execute(SELECT_RUN, (run_id,)).fetchone()
-    return row
 
 
 def _lease_lost(run_id: str) -> LeaseLost:
@@ -173,19 +121,13 @@ def _lease_lost(run_id: str) -> LeaseLost:
 
 
 def _owned(db: sqlite3.Connection, run_id: str, token: int) -> tuple[tuple[Any, ...], RunRecord]:
-    row = _row(db, run_id)
+    row = row_of(db, run_id)
     if row is None:
         raise _lease_lost(run_id)
     rec = record_from_row(row)
     if rec.token != token or rec.status is not RunStatus.RUNNING:
         raise _lease_lost(run_id)
     return row, rec
-
-
-def _put_checkpoint(
-    db: sqlite3.Connection, run_id: str, name: str, value: bytes, now: datetime
-) -> None:
-    db.execute(_UPSERT_CHECKPOINT, (run_id, name, value, to_us(now)))
 
 
 def checkpoint_from_row(row: tuple[Any, ...] | sqlite3.Row) -> Checkpoint:
@@ -202,7 +144,7 @@ def checkpoints(db: sqlite3.Connection, run_id: str) -> list[Checkpoint]:
 def _wake_parents(db: sqlite3.Connection, child_id: str, now: datetime) -> tuple[str, ...]:
     woken = []
     for row in db.execute(_WAITING_ON_CHILD, (child_id,)).fetchall():
-        _update(db, row, apply_event(record_from_row(row), now))
+        update(db, row, apply_event(record_from_row(row), now))
         woken.append(row[0])
     return tuple(woken)
 
@@ -253,7 +195,7 @@ def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bo
     record = msgspec.structs.replace(record, event_floor=floor[0] if floor else 0)
     if db.execute(_INSERT_RUN, record_to_row(record)).rowcount == 1:
         return record, True
-    row = _row(db, record.run_id)
+    row = row_of(db, record.run_id)
     assert row is not None  # the conflict was on this run id, inside this transaction
     return record_from_row(row), False
 
@@ -261,14 +203,14 @@ def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bo
 def claim(
     db: sqlite3.Connection, run_id: str, owner: str, now: datetime, lease: float
 ) -> Claim | None:
-    row = _row(db, run_id)
+    row = row_of(db, run_id)
     if row is None:
         return None
     rec = record_from_row(row)
     if not is_runnable(rec, now):
         return None
     new = apply_claim(rec, owner, now, lease)
-    _update(db, row, new)
+    update(db, row, new)
     # Token 0: never claimed, resumed, cancelled or rewound, so nothing can have written
     # a checkpoint yet (the first claim of every run skips the query).
     cps = checkpoints(db, run_id) if rec.token else []
@@ -290,7 +232,7 @@ def save_checkpoint(
     # nothing and the refusal happens before any write.
     if db.execute(_TOUCH_OWNED, (to_us(now), run_id, token)).rowcount != 1:
         raise _lease_lost(run_id)
-    _put_checkpoint(db, run_id, checkpoint.name, checkpoint.value, now)
+    put_checkpoint(db, run_id, checkpoint.name, checkpoint.value, now)
 
 
 def commit(
@@ -299,158 +241,17 @@ def commit(
     row, rec = _owned(db, run_id, token)
     child_ended = False
     if isinstance(outcome, Suspend) and outcome.wait_child is not None:
-        child = _row(db, outcome.wait_child)
+        child = row_of(db, outcome.wait_child)
         child_ended = child is None or RunStatus(child[2]).is_terminal
     if isinstance(outcome, (Complete, Suspend)):
         for cp in outcome.checkpoints:
-            _put_checkpoint(db, run_id, cp.name, cp.value, now)
+            put_checkpoint(db, run_id, cp.name, cp.value, now)
     new = apply_outcome(rec, outcome, now, child_ended=child_ended)
     if waits_for_events(new):
-        new = _satisfy(db, new, now)
-    _update(db, row, new)
+        new = satisfy(db, new, now)
+    update(db, row, new)
     woken = _wake_parents(db, run_id, now) if new.status.is_terminal else ()
     return CommitResult(record=new, woken=woken)
-
-
-# -- events and messages ---------------------------------------------------------------
-
-
-def _next_kept(
-    db: sqlite3.Connection, topic: str, after: int, now: datetime
-) -> tuple[int, bytes] | None:
-    row = db.execute(_NEXT_KEPT, (topic, after, to_us(now))).fetchone()
-    return None if row is None else (row[0], row[1])
-
-
-def _take(
-    db: sqlite3.Connection,
-    rec: RunRecord,
-    topic: str,
-    seq: int | None,
-    value: bytes,
-    now: datetime,
-) -> RunRecord:
-    if rec.wait_key is not None:
-        _put_checkpoint(db, rec.run_id, rec.wait_key, value, now)
-    return apply_delivery(rec, now, topic, seq)
-
-
-def _satisfy(db: sqlite3.Connection, rec: RunRecord, now: datetime) -> RunRecord:
-    """A run that just suspended on events takes what is already there for it: the
-    oldest message of its mailbox on one of its topics, else the oldest kept event it
-    has not taken."""
-    topics = topics_of(rec)
-    sql = _NEXT_MESSAGE.format(", ".join("?" * len(topics)))
-    message = db.execute(sql, (rec.run_id, *topics)).fetchone()
-    if message is not None:
-        seq, topic, value, key = message
-        if key is None:
-            db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-        else:
-            db.execute("UPDATE messages SET value = NULL WHERE seq = ?", (seq,))
-        return _take(db, rec, topic, None, value, now)
-    best: tuple[int, bytes, str] | None = None
-    for topic in topics:
-        found = _next_kept(db, topic, cursor_of(rec, topic), now)
-        if found is not None and (best is None or found[0] < best[0]):
-            best = (found[0], found[1], topic)
-    if best is None:
-        return rec
-    return _take(db, rec, best[2], best[0], best[1], now)
-
-
-def append_event(
-    db: sqlite3.Connection, topic: str, value: bytes, now: datetime, retain: float | None
-) -> Event:
-    (prev,) = db.execute(_LAST_EVENT, (topic,)).fetchone()
-    expires = None if retain is None else now + timedelta(seconds=retain)
-    cursor = db.execute(
-        _INSERT_EVENT, (topic, value, to_us(now), to_us(expires if expires else now))
-    )
-    seq = cursor.lastrowid
-    assert seq is not None
-    if expires is None:
-        # Not kept: it only takes its position in the event order (never reused).
-        db.execute("DELETE FROM events WHERE seq = ?", (seq,))
-    return Event(topic=topic, seq=seq, value=value, at=now, prev=prev or 0, expires_at=expires)
-
-
-def deliver_event(
-    db: sqlite3.Connection, event: Event, now: datetime, after: int, limit: int
-) -> Delivery:
-    topic = event.topic
-    rows = _waiting(db, topic, after, limit)
-    resumed = []
-    for _, *row in rows:
-        rec = record_from_row(row)
-        cursor = cursor_of(rec, topic)
-        # No kept event of the topic lies between the run's cursor and the event when the
-        # cursor is at or past the one before it: skip looking.
-        found = _next_kept(db, topic, cursor, now) if cursor < event.prev else None
-        chosen = choose_event(rec, event, found)
-        if chosen is None:
-            continue
-        _update(db, tuple(row), _take(db, rec, topic, chosen[0], chosen[1], now))
-        resumed.append(rec.run_id)
-    return Delivery(resumed=resumed, after=rows[-1][0] if len(rows) >= limit else None)
-
-
-def emit_event(
-    db: sqlite3.Connection,
-    topic: str,
-    value: bytes,
-    now: datetime,
-    retain: float | None,
-    limit: int,
-) -> tuple[Event, Delivery]:
-    event = append_event(db, topic, value, now, retain)
-    return event, deliver_event(db, event, now, 0, limit)
-
-
-def send_message(
-    db: sqlite3.Connection,
-    run_id: str,
-    topic: str,
-    value: bytes,
-    now: datetime,
-    key: str | None,
-) -> SendResult:
-    row = _row(db, run_id)
-    if row is None:
-        return SendResult(outcome="not_found")
-    rec = record_from_row(row)
-    if key is not None:
-        sql = "SELECT 1 FROM messages WHERE run_id = ? AND key = ?"
-        if db.execute(sql, (run_id, key)).fetchone() is not None:
-            return SendResult(outcome="duplicate", record=rec)
-    if rec.status.is_terminal:
-        return SendResult(outcome="ended", record=rec)
-    if waits_on(rec, topic):
-        new = _take(db, rec, topic, None, value, now)
-        _update(db, row, new)
-        if key is not None:  # taken at once: only its key is kept
-            db.execute(_INSERT_MESSAGE, (run_id, topic, None, key, to_us(now)))
-        return SendResult(outcome="accepted", resumed=True, record=new)
-    db.execute(_INSERT_MESSAGE, (run_id, topic, value, key, to_us(now)))
-    return SendResult(outcome="accepted", record=rec)
-
-
-def prune_events(db: sqlite3.Connection, now: datetime) -> int:
-    return db.execute("DELETE FROM events WHERE expires_at <= ?", (to_us(now),)).rowcount
-
-
-def merge_waiting(one: list[Any], many: list[Any], limit: int) -> list[Any]:
-    """The first ``limit`` rows of two lists of waiting runs' rows, each in ``seq`` order
-    (:data:`WAITING_ONE` and :data:`WAITING_MANY`), in ``seq`` order."""
-    if not many:
-        return one[:limit]
-    return sorted(one + many, key=lambda r: int(r[0]))[:limit]
-
-
-def _waiting(db: sqlite3.Connection, topic: str, after: int, limit: int) -> list[Any]:
-    params = (topic, after, limit)
-    one = db.execute(WAITING_ONE, params).fetchall()
-    return merge_waiting(one, db.execute(WAITING_MANY, params).fetchall(), limit)
 
 
 def _delete(db: sqlite3.Connection, run_id: str) -> None:
@@ -463,7 +264,7 @@ def _delete(db: sqlite3.Connection, run_id: str) -> None:
 def fire_timer(
     db: sqlite3.Connection, run_id: str, now: datetime, timeout_value: bytes
 ) -> FireResult:
-    row = _row(db, run_id)
+    row = row_of(db, run_id)
     if row is None:
         return FireResult(action="none")
     rec = record_from_row(row)
@@ -474,26 +275,26 @@ def fire_timer(
         _delete(db, run_id)
         return FireResult(action="deleted")
     if action == "woken" and new.resume_key is not None:
-        _put_checkpoint(db, run_id, new.resume_key, timeout_value, now)
-    _update(db, row, new)
+        put_checkpoint(db, run_id, new.resume_key, timeout_value, now)
+    update(db, row, new)
     woken = _wake_parents(db, run_id, now) if action == "cancelled" else ()
     return FireResult(action=action, record=new, woken=woken)
 
 
 def cancel(db: sqlite3.Connection, run_id: str, reason: str, now: datetime) -> CommitResult | None:
-    row = _row(db, run_id)
+    row = row_of(db, run_id)
     if row is None:
         return None
     rec = record_from_row(row)
     if rec.status.is_terminal:
         return None
     new = apply_cancel(rec, reason, now)
-    _update(db, row, new)
+    update(db, row, new)
     return CommitResult(record=new, woken=_wake_parents(db, run_id, now))
 
 
 def rewind(db: sqlite3.Connection, run_id: str, step: str, now: datetime) -> RunRecord | None:
-    row = _row(db, run_id)
+    row = row_of(db, run_id)
     if row is None:
         return None
     names = [
@@ -508,5 +309,5 @@ def rewind(db: sqlite3.Connection, run_id: str, step: str, now: datetime) -> Run
             "DELETE FROM checkpoints WHERE run_id = ? AND name = ?", [(run_id, n) for n in cut]
         )
     new = apply_rewind(record_from_row(row), now)
-    _update(db, row, new)
+    update(db, row, new)
     return new

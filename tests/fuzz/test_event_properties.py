@@ -65,6 +65,7 @@ ops = st.lists(
 
 @asynccontextmanager
 async def opened(kind: str) -> AsyncIterator[Store]:
+    """A store of ``kind`` (memory, SQLite in a temporary directory), open for the block."""
     with tempfile.TemporaryDirectory() as tmp:
         url = "memory://" if kind == "memory" else "sqlite:///" + str(Path(tmp) / "p.db")
         store = store_from_url(url)
@@ -108,6 +109,7 @@ async def wait(store: Store, model: Model, run_id: str, topics: tuple[str, ...])
 
 
 async def apply(store: Store, model: Model, op: Op) -> None:
+    """Apply one operation of the plan to the store and to the model."""
     kind = op[0]
     if kind == "create":
         now = model.tick()
@@ -146,6 +148,7 @@ async def apply(store: Store, model: Model, op: Op) -> None:
 
 
 async def deliver_page(store: Store, model: Model, index: int, limit: int) -> None:
+    """Deliver one page of an emitted event and record the resumed runs in the model."""
     entry = model.flight[index]
     event: Event = entry[0]
     done = await store.deliver_event(event, model.tick(), after=entry[1], limit=limit)
@@ -176,6 +179,7 @@ async def drain(store: Store, model: Model) -> None:
 
 
 async def check(store: Store, model: Model) -> None:
+    """Check the store against the model: every run took its events in order, each once."""
     for run_id, born in model.created.items():
         taken = [
             msgspec.json.decode(c.value)
@@ -201,6 +205,7 @@ async def check(store: Store, model: Model) -> None:
 
 
 async def play(kind: str, plan: list[Op]) -> None:
+    """Play a plan on a store of ``kind`` and check it after every step."""
     async with opened(kind) as store:
         model = Model()
         for op in plan:

@@ -155,7 +155,9 @@ async def test_send_through_the_api(
     nothing; an unknown or ended run is one line on stderr and exit 1."""
     n = ["--nats", nats.url]
     store = f"sqlite:///{tmp_path / 'stemd.db'}"
-    async with stemd.App(store=store, workflows=EXAMPLES, nats=nats.url) as app:
+    async with stemd.App(
+        store=store, workflows=EXAMPLES, options=stemd.AppOptions(nats=nats.url)
+    ) as app:
         for run_id in ("s1", "s2"):
             await cli(
                 capsys,

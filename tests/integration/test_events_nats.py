@@ -24,6 +24,7 @@ START = datetime(2030, 1, 1, tzinfo=UTC)
 
 @stemd.script("kvevents.later")
 async def later(ctx: stemd.ScriptContext) -> str:
+    """Sleeps, then waits for an event on its topic; returns its payload."""
     await ctx.sleep(20)
     return str(await ctx.wait_for_event("kvevents.later"))
 
@@ -32,7 +33,12 @@ async def test_an_event_past_its_retention_is_forgotten_by_the_server(nats: Nats
     """An event kept 1 s is gone from the bucket after that second: a wait that comes
     later does not take it; the next event reaches it."""
     clock = ManualClock(START)
-    async with stemd.App(store=nats.url, workflows=[later], clock=clock, event_retention=1) as app:
+    async with stemd.App(
+        store=nats.url,
+        workflows=[later],
+        clock=clock,
+        options=stemd.AppOptions(event_retention=1),
+    ) as app:
         run_id = await app.start_workflow(later)
         await wait_status(app, run_id, stemd.RunStatus.SUSPENDED)
         await app.emit("kvevents.later", "short")
@@ -40,7 +46,7 @@ async def test_an_event_past_its_retention_is_forgotten_by_the_server(nats: Nats
         assert isinstance(store, JetStreamStore)
 
         async def forgotten() -> bool:
-            return await store._last_kept("kvevents.later") is None
+            return await store._events._get_last("kvevents.later") is None
 
         await wait_until(forgotten, timeout=10, what="the event to expire")
         clock.advance(21)

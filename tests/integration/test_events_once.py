@@ -27,6 +27,7 @@ RUNS = 1500
 
 @stemd.script("once.twice")
 async def twice(ctx: stemd.ScriptContext) -> list[str]:
+    """Waits twice on the same topic; returns both payloads."""
     first = await ctx.wait_for_event("once.go")
     second = await ctx.wait_for_event("once.go")
     return [first, second]
@@ -36,7 +37,10 @@ async def test_an_emit_never_delivers_twice_to_runs_that_wait_again(nats: NatsSe
     """1,500 runs waiting twice on one topic (KV store, sweeps every 0.1 s): the first emit
     resumes each exactly once, and every run ends with ["first", "second"]."""
     async with stemd.App(
-        store=nats.url, workflows=[twice], sweep_interval=0.1, concurrency=64
+        store=nats.url,
+        workflows=[twice],
+        concurrency=64,
+        options=stemd.AppOptions(timing=stemd.Timing(sweep_interval=0.1)),
     ) as app:
         ids = [f"once-{i}" for i in range(RUNS)]
 
@@ -67,6 +71,7 @@ async def test_an_emit_never_delivers_twice_to_runs_that_wait_again(nats: NatsSe
 
 @stemd.script("once.many")
 async def many(ctx: stemd.ScriptContext, waits: int) -> list[str]:
+    """Waits ``waits`` times on one topic; returns the payloads in order."""
     return [await ctx.wait_for_event("once.many") for _ in range(waits)]
 
 

@@ -122,7 +122,7 @@ async def test_waiting_emit_and_completion(app: stemd.App, conn: NatsConnection)
 
 
 async def test_send_resumes_only_its_run(app: stemd.App, conn: NatsConnection) -> None:
-    """send resumes the run it names and no other; a keyed resend is accepted false; an
+    """Send resumes the run it names and no other; a keyed resend is accepted false; an
     unknown run is not_found, an ended one bad_request."""
     for run_id in ("s1", "s2"):
         await call(conn, "start", {"workflow": "api.flow", "params": 1, "run_id": run_id})
@@ -158,7 +158,7 @@ async def test_list_filters_newest_first(app: stemd.App, conn: NatsConnection) -
 
 
 async def test_list_and_waiting_page_with_a_cursor(app: stemd.App, conn: NatsConnection) -> None:
-    """list and waiting answer a page and, when there are more runs, the cursor of the
+    """List and waiting answer a page and, when there are more runs, the cursor of the
     next one (next); after= gives that page; the last page has no next."""
     for i in range(3):
         await call(conn, "start", {"workflow": "api.flow", "run_id": f"p{i}"})

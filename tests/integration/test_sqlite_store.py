@@ -17,8 +17,8 @@ import pytest
 import stemd
 from stemd._errors import ConfigError, LeaseLost, StoreError
 from stemd._model import RunStatus
+from stemd._store import sqlite_events, store_from_url
 from stemd._store import sqlite_ops as ops
-from stemd._store import store_from_url
 from stemd._store.base import Checkpoint, Complete, RunRecord, Suspend
 from stemd._store.sqlite import _COLS, _DUE, _RUNNABLE, SqliteStore
 from stemd._store.sqlite_schema import migrations, to_us
@@ -478,8 +478,8 @@ async def test_queries_use_indexes(tmp_path: Path) -> None:
         "due timers": _DUE,
         "waiting on topic": ops.WAITING_ONE,
         "waiting on topics": ops.WAITING_MANY,
-        "next kept event": ops._NEXT_KEPT,
-        "next message": ops._NEXT_MESSAGE.format("?, ?"),
+        "next kept event": sqlite_events._NEXT_KEPT,
+        "next message": sqlite_events._NEXT_MESSAGE.format("?, ?"),
         "waiting on child": ops._WAITING_ON_CHILD,
         "run": ops.SELECT_RUN,
         "checkpoints": ops.SELECT_CHECKPOINTS,

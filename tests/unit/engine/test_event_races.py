@@ -26,6 +26,7 @@ EVENTS = EMITTERS * PER_EMITTER
 
 @stemd.script("races.collect")
 async def collect(ctx: stemd.ScriptContext, waits: int) -> list[str]:
+    """Waits ``waits`` times on one topic; returns what it took."""
     taken = []
     for _ in range(waits):
         taken.append(await ctx.wait_for_event("races.t"))
@@ -34,6 +35,7 @@ async def collect(ctx: stemd.ScriptContext, waits: int) -> list[str]:
 
 @stemd.script("races.mixed")
 async def mixed(ctx: stemd.ScriptContext, waits: int) -> list[str]:
+    """Waits on a topic for events and messages mixed; returns what it took."""
     taken = []
     for _ in range(waits):
         _, payload = await ctx.wait_for_any(["races.m", "races.e"])
@@ -46,7 +48,11 @@ async def test_concurrent_emitters_and_sweeps_give_each_event_once_in_order(
 ) -> None:
     """16 runs waiting 16 times; 4 emitters emit 4 events each at once while the sweeper
     runs every 10 ms: every run ends with all 16 events, once each, in one order."""
-    async with stemd.App(store=store, workflows=[collect], sweep_interval=0.01) as app:
+    async with stemd.App(
+        store=store,
+        workflows=[collect],
+        options=stemd.AppOptions(timing=stemd.Timing(sweep_interval=0.01)),
+    ) as app:
         ids = [await app.start_workflow(collect, EVENTS, run_id=f"c{i}") for i in range(RUNS)]
 
         async def emitter(n: int) -> None:
@@ -75,7 +81,11 @@ async def test_racing_sends_and_emits_give_each_once(store: Store) -> None:
     """Runs waiting on a message topic and an event topic at once, sent messages and
     emitted events concurrently: each takes every message sent to it and every event,
     once each."""
-    async with stemd.App(store=store, workflows=[mixed], sweep_interval=0.01) as app:
+    async with stemd.App(
+        store=store,
+        workflows=[mixed],
+        options=stemd.AppOptions(timing=stemd.Timing(sweep_interval=0.01)),
+    ) as app:
         per_run = 3
         ids = [
             await app.start_workflow(mixed, per_run + PER_EMITTER, run_id=f"m{i}")

@@ -26,12 +26,14 @@ START = datetime(2030, 1, 1, tzinfo=UTC)
 
 @stemd.script("events.approve")
 async def approve(ctx: stemd.ScriptContext) -> str:
+    """Waits for the approval event; returns its decision."""
     decision = await ctx.wait_for_event("events.approved")
     return f"approved-by:{decision['by']}"
 
 
 @stemd.script("events.later")
 async def later(ctx: stemd.ScriptContext) -> str:
+    """Sleeps, then waits for an event on its topic; returns its payload."""
     await ctx.sleep(20)
     decision = await ctx.wait_for_event("events.later")
     return str(decision)
@@ -92,7 +94,12 @@ async def test_an_event_past_its_retention_is_not_taken(kind: str, tmp_path: Pat
     (and the timer forgets it); one that comes within the retention does."""
     url = "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'r.db'}"
     clock = ManualClock(START)
-    async with stemd.App(store=url, workflows=[later], clock=clock, event_retention=10) as app:
+    async with stemd.App(
+        store=url,
+        workflows=[later],
+        clock=clock,
+        options=stemd.AppOptions(event_retention=10),
+    ) as app:
         gone = await app.start_workflow(later, run_id="gone")
         kept = await app.start_workflow(later, run_id="kept")
         for run_id in (gone, kept):
@@ -110,7 +117,7 @@ async def test_an_event_past_its_retention_is_not_taken(kind: str, tmp_path: Pat
 async def test_retention_is_checked_before_anything_is_written() -> None:
     """A retention that is no duration is refused with a clear error."""
     with pytest.raises(ValueError, match="event_retention"):
-        stemd.App(event_retention=-1)
+        stemd.App(options=stemd.AppOptions(event_retention=-1))
     async with stemd.App(workflows=[approve]) as app:
         with pytest.raises(ValueError, match="retain"):
             await app.emit("events.approved", 1, retain=-5)

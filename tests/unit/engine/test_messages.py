@@ -22,11 +22,13 @@ DRAFT = {"draft": {"documentId": "doc-42"}}
 
 @stemd.script("messages.collect")
 async def collect(ctx: stemd.ScriptContext, waits: int) -> list[Any]:
+    """Waits ``waits`` times for a message; returns the payloads in order."""
     return [await ctx.wait_for_event("messages.item") for _ in range(waits)]
 
 
 @stemd.script("messages.gated")
 async def gated(ctx: stemd.ScriptContext, waits: int) -> list[Any]:
+    """Waits for the gate, then ``waits`` times for a message; returns the payloads."""
     await ctx.wait_for_event("messages.gate")
     return [await ctx.wait_for_event("messages.item") for _ in range(waits)]
 
@@ -84,7 +86,7 @@ async def test_messages_come_before_topic_events(store: Store) -> None:
 
 
 async def test_sending_to_an_unknown_or_ended_run_is_an_error(store: Store) -> None:
-    """send to no such run raises RunNotFound; to an ended run, RunEnded (a StemError);
+    """Send to no such run raises RunNotFound; to an ended run, RunEnded (a StemError);
     bad arguments are refused before anything is written."""
     async with stemd.App(store=store, workflows=[collect]) as app:
         with pytest.raises(stemd.RunNotFound):

@@ -28,6 +28,7 @@ async def _waiting(app: stemd.App, topic: str, run_id: str) -> bool:
 
 @stemd.script("waits.deadline")
 async def until_deadline(ctx: stemd.ScriptContext, params: dict[str, Any]) -> str:
+    """Waits for an event until the deadline in its params; returns the outcome."""
     deadline = datetime.fromisoformat(params["deadline"])
     try:
         got = await ctx.wait_for_event("waits.go", timeout=params.get("timeout"), deadline=deadline)
@@ -85,6 +86,7 @@ async def test_a_deadline_that_is_no_aware_datetime_fails_the_step() -> None:
 
 @stemd.script("waits.data")
 async def with_data(ctx: stemd.ScriptContext, doc: str) -> str:
+    """Waits for a review with data about the document; returns the decision."""
     decision = await ctx.wait_for_event("waits.review", data={"document": doc, "level": 2})
     return str(decision)
 
@@ -109,6 +111,7 @@ async def test_wait_data_is_shown_while_the_run_waits(store: Store) -> None:
 
 @stemd.script("waits.any")
 async def any_of(ctx: stemd.ScriptContext, topics: list[str]) -> list[Any]:
+    """Waits on any of ``topics``; returns what it took."""
     first = await ctx.wait_for_any(topics)
     second = await ctx.wait_for_any(topics, timeout=60)
     return [list(first), list(second)]
@@ -173,6 +176,7 @@ async def test_wait_for_any_times_out_and_replays() -> None:
 
 @stemd.script("waits.loose")
 async def any_loose(ctx: stemd.ScriptContext, topics: Any) -> Any:
+    """Waits on any of ``topics`` as given (possibly invalid)."""
     return await ctx.wait_for_any(topics)
 
 

@@ -561,6 +561,7 @@ async def rewait(
 
 
 async def values(store: Store, run_id: str) -> list[bytes]:
+    """The values of the run's checkpoints, in order."""
     return [c.value for c in await store.get_checkpoints(run_id)]
 
 
