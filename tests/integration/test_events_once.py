@@ -82,7 +82,11 @@ async def test_two_daemons_emitting_at_once_give_each_event_once_in_order(
     """Two daemons on one store (SQLite file, JetStream bucket), each executing runs and
     emitting 10 events while the other does: 200 runs each take all 20, once, in one order."""
     url = f"sqlite:///{tmp_path / 'two.db'}" if kind == "sqlite" else nats.url
-    options: dict[str, Any] = {"workflows": [many], "sweep_interval": 0.05, "concurrency": 16}
+    options: dict[str, Any] = {
+        "workflows": [many],
+        "concurrency": 16,
+        "options": stemd.AppOptions(timing=stemd.Timing(sweep_interval=0.05)),
+    }
     async with stemd.App(store=url, **options) as a, stemd.App(store=url, **options) as b:
         ids = [await a.start_workflow(many, 20, run_id=f"two-{i}") for i in range(200)]
 
