@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -23,18 +23,27 @@ from stemd._actors.supervisor import Actor, Supervisor
 from stemd._actors.sweeper import Sweeper
 from stemd._actors.timer import Timer
 from stemd._actors.workers import WorkerPool
-from stemd._authoring.classes import definition_of
+from stemd._appkit import (
+    ALL,
+    cursor,
+    opened,
+    positive,
+    registry,
+    wait_for_end,
+    workflow_info,
+)
 from stemd._broker import broker_from_url
 from stemd._broker.capabilities import HelperActors
 from stemd._clock import Clock, SystemClock
-from stemd._codec import Codec, codec_for, convert
+from stemd._codec import Codec, codec_for
 from stemd._engine.engine import Engine, Workflow, new_run_id, to_run_state
 from stemd._engine.leases import LeaseKeeper
 from stemd._engine.observer import Observers
-from stemd._errors import RunNotFound, StemError
+from stemd._errors import StemError
 from stemd._identifiers import validate_run_id, validate_topic
 from stemd._model import (
     CancellationPolicy,
+    RunPage,
     RunState,
     RunStatus,
     WorkflowResult,
@@ -43,7 +52,6 @@ from stemd._model import (
 )
 from stemd._options import AppOptions
 from stemd._store import store_from_url
-from stemd._store.base import RunRecord, Store, WorkflowInfo
 from stemd._urls import is_nats
 
 if TYPE_CHECKING:
@@ -51,6 +59,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from stemd._broker.base import Broker
+    from stemd._store.base import Page, RunRecord, Store, WorkflowInfo
 
 __all__ = ["ActorFactory", "App"]
 
@@ -58,50 +67,6 @@ T = TypeVar("T")
 
 #: Makes an extra actor for an App, once the App is open (so it can reach the engine).
 ActorFactory = Callable[["App"], Actor]
-
-
-def _registry(workflows: Iterable[Workflow | type]) -> dict[str, Workflow]:
-    out: dict[str, Workflow] = {}
-    for given in workflows:
-        wf = definition_of(given)  # a @stemd.workflow class: the script it defines
-        name = getattr(wf, "name", None)
-        if not isinstance(name, str) or getattr(wf, "kind", None) not in ("flow", "script"):
-            raise TypeError(f"not a workflow (Flow, @stemd.script or @stemd.workflow): {wf!r}")
-        if name in out and out[name] is not wf:
-            raise ValueError(f"two workflows are named {name!r}")
-        out[name] = wf
-    return out
-
-
-def workflow_info(wf: Workflow) -> WorkflowInfo:
-    """What the store records about a workflow served here: its name, kind, version and,
-    for a flow, its declared steps in order."""
-    steps = getattr(wf, "steps", None) if wf.kind == "flow" else None
-    version = getattr(wf, "version", None)
-    return WorkflowInfo(
-        name=wf.name,
-        kind="flow" if wf.kind == "flow" else "script",
-        steps=None if steps is None else tuple(getattr(s, "name", str(s)) for s in steps),
-        version=version if isinstance(version, (str, int)) else None,
-    )
-
-
-class _Resource(Protocol):
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-@asynccontextmanager
-async def _opened(resource: _Resource) -> AsyncIterator[None]:
-    """``resource`` open for the block; closed after it, whatever happens, in at most 10 s
-    (shielded: a cancelled App still closes its files and connections)."""
-    await resource.open()
-    try:
-        yield
-    finally:
-        with anyio.move_on_after(10, shield=True):
-            await resource.close()
 
 
 class App:
@@ -151,9 +116,10 @@ class App:
         if options is not None and not isinstance(options, AppOptions):
             raise StemError("options must be a stemd.AppOptions")
         self.options = options or AppOptions()
+        seconds(self.options.event_retention, "event_retention")  # a clear error now
         self._store_arg = store
         self._broker_arg = broker
-        self.workflows = _registry(workflows)
+        self.workflows = registry(workflows)
         self.workers = workers
         self.concurrency = concurrency
         self.queue = queue
@@ -174,7 +140,7 @@ class App:
 
     def register(self, *workflows: Workflow | type) -> None:
         """Add workflows (before the app is entered)."""
-        merged = _registry([*self.workflows.values(), *workflows])
+        merged = registry([*self.workflows.values(), *workflows])
         self.workflows.clear()
         self.workflows.update(merged)
 
@@ -215,7 +181,7 @@ class App:
     async def _open(self, stack: AsyncExitStack) -> None:
         """Open everything, each piece entered on ``stack`` (which closes it)."""
         store = self._make_store()
-        await stack.enter_async_context(_opened(store))
+        await stack.enter_async_context(opened(store))
         if self.workers and self.workflows:
             # What this app serves, for `stemd workflow types` and the CLI's check of the
             # names it starts; clients (workers=False) serve nothing.
@@ -223,7 +189,7 @@ class App:
             await store.register_workflows(infos, self.clock.now())
         broker = self._make_broker()
         if broker is not None:
-            await stack.enter_async_context(_opened(broker))
+            await stack.enter_async_context(opened(broker))
         self._drained = False
         self._engine = engine = Engine(
             store=store,
@@ -241,6 +207,7 @@ class App:
             leases=(
                 LeaseKeeper(store, self.clock, self.options.timing.lease) if self.workers else None
             ),
+            event_retention=self.options.event_retention,
         )
         stack.callback(self._closed)
         if self.options.tracing:
@@ -411,64 +378,98 @@ class App:
             RunNotFound: there is no such run.
         """
         validate_run_id(run_id)
-        engine = self.engine
-        limit = seconds(timeout, "timeout")
-        poll = 0.01
-        rec = None
-        with anyio.move_on_after(limit):
-            while True:
-                ended = engine.events.ended(run_id)
-                rec = await engine.store.get_run(run_id)
-                if rec is None:
-                    raise RunNotFound(f"no run {run_id}")
-                if rec.status.is_terminal:
-                    break
-                # Runs finished by another process are seen by polling, with backoff.
-                with anyio.move_on_after(poll):
-                    await ended.wait()
-                poll = min(poll * 2, 0.5)
-        if rec is None:
-            rec = await engine.store.get_run(run_id)
-            if rec is None:
-                raise RunNotFound(f"no run {run_id}")
-        state = to_run_state(rec, await engine.store.get_checkpoints(run_id), self.codec)
-        value = None
-        if rec.status is RunStatus.COMPLETED and rec.result is not None:
-            if type is None:
-                value = state.result
-            else:
-                value = convert(state.result, type, what=f"result of run {run_id}")
-        return WorkflowResult(
-            run_id=run_id,
-            status=rec.status,
-            value=value,
-            error=rec.error,
-            state=state,
-            timed_out=not rec.status.is_terminal,
+        return await wait_for_end(
+            self.engine, self.codec, run_id, seconds(timeout, "timeout"), type
         )
 
-    async def emit(self, topic: str, payload: Any = None) -> int:
-        """Deliver ``payload`` to every run waiting on ``topic`` now; return how many."""
-        return await self.engine.emit(topic, payload)
+    async def emit(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        retain: bool | float | timedelta | None = None,
+    ) -> int:
+        """Emit an event on ``topic``: resume every run waiting on it now, each once, and
+        return how many; keep it for the runs that come to wait on ``topic`` later.
+
+        Every run created before the emit takes the event once, in order with the
+        topic's other events: at once if it waits on ``topic`` now, else at its next wait
+        on ``topic`` within the retention. ``retain``: ``None`` or ``True`` keeps it
+        ``options.event_retention`` seconds; seconds or a timedelta, that long; ``False``
+        (or 0) keeps it not at all: only the runs waiting now get it.
+        """
+        return await self.engine.emit(topic, payload, retain=retain)
+
+    async def send(
+        self, run_id: str, topic: str, payload: Any = None, key: str | None = None
+    ) -> bool:
+        """Send a message to one run: its next ``wait_for_event(topic)`` (or
+        ``wait_for_any`` with ``topic``) takes it, at once if it waits on ``topic`` now;
+        messages are kept until taken and taken oldest first, each exactly once.
+
+        ``key`` makes the send idempotent: a second send with the same key to the same
+        run changes nothing and returns ``False`` (also after the run has ended: a
+        retried send is not an error); otherwise ``True`` (accepted). Keys are
+        remembered as long as the run is.
+
+        Raises:
+            RunNotFound: there is no such run.
+            RunEnded: the run has ended (completed, failed or cancelled).
+        """
+        return await self.engine.send(run_id, topic, payload, key)
 
     async def list_runs(
         self,
         workflow: str | None = None,
         status: RunStatus | str | None = None,
         limit: int = 100,
+        *,
+        after: str | None = None,
     ) -> list[RunState]:
-        """Runs, newest first, optionally filtered by workflow and status."""
-        if not isinstance(limit, int) or limit < 1:
-            raise StemError("limit must be a positive integer")
-        records = await self.store.list_runs(
-            workflow=workflow, status=parse_status(status), limit=limit
-        )
-        return [await self._state(r) for r in records]
+        """Runs, newest first, optionally filtered by workflow and status; from the cursor
+        ``after`` on (the ``next`` of a :meth:`page_runs`)."""
+        return (await self.page_runs(workflow, status, limit, after=after)).runs
 
-    async def runs_waiting_on(self, topic: str) -> list[RunState]:
-        """Runs suspended waiting for an event on ``topic``."""
+    async def page_runs(
+        self,
+        workflow: str | None = None,
+        status: RunStatus | str | None = None,
+        limit: int = 100,
+        *,
+        after: str | None = None,
+    ) -> RunPage:
+        """A page of runs, newest first, with the cursor of the next (``None``: last).
+
+        Pass ``page.next`` as ``after`` to get the next page.
+        """
+        limit = positive(limit)
+        page = await self.store.page_runs(
+            workflow=workflow, status=parse_status(status), limit=limit, after=cursor(after)
+        )
+        return await self._page(page)
+
+    async def runs_waiting_on(
+        self, topic: str, limit: int | None = None, *, after: str | None = None
+    ) -> list[RunState]:
+        """Runs suspended waiting for an event or message on ``topic``, oldest first: all
+        of them, or at most ``limit`` from the cursor ``after`` on (see
+        :meth:`page_waiting`)."""
+        # Without a limit, all of them in one store call (a KV store reads its index once).
+        return (await self.page_waiting(topic, ALL if limit is None else limit, after=after)).runs
+
+    async def page_waiting(
+        self, topic: str, limit: int = 1000, *, after: str | None = None
+    ) -> RunPage:
+        """A page of the runs waiting on ``topic`` (oldest first) and the cursor of the
+        next page (``None`` on the last)."""
         validate_topic(topic)
-        return [await self._state(r) for r in await self.store.runs_waiting_on(topic)]
+        limit = positive(limit)
+        page = await self.store.page_waiting(topic, limit=limit, after=cursor(after))
+        return await self._page(page)
+
+    async def _page(self, page: Page) -> RunPage:
+        runs = [await self._state(r) for r in page.records]
+        return RunPage(runs=runs, next=None if page.next is None else str(page.next))
 
     async def cancel_run(self, run_id: str, reason: str = "cancelled") -> bool:
         """Cancel a run (and its unfinished children); ``False`` if unknown or ended."""

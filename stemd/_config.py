@@ -28,6 +28,7 @@ import msgspec
 from stemd._codec_options import CodecConfig, WorkflowCodecConfig, build_codecs
 from stemd._errors import ConfigError
 from stemd._identifiers import is_prefix, is_queue
+from stemd._model import MAX_DURATION
 from stemd._natsauth import NatsAuth, redact_url
 from stemd._options import AppOptions, NonNegative, Positive, RestartPolicy, Timing
 from stemd._urls import is_nats, nats_servers, sqlite_path, store_kind
@@ -75,6 +76,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             by another process are found this way), ``lease/2`` with a NATS broker.
         shutdown_grace: seconds in-flight slices get to finish on SIGTERM before they are
             cancelled and their runs released.
+        event_retention: seconds an emitted event is kept for the runs that come to wait
+            on its topic later (0: only the runs waiting when it is emitted get it).
         sqlite_synchronous: ``"full"`` (durability first: the store's default) or
             ``"normal"`` (faster; a power loss may lose the last commits, never corrupt the
             database). Overrides a ``?synchronous=`` in the store URL when set.
@@ -107,6 +110,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     lease: Positive = 30.0
     sweep_interval: Positive | None = None
     shutdown_grace: NonNegative = 30.0
+    event_retention: Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION)] = 3600.0
     sqlite_synchronous: Literal["full", "normal"] | None = None
     log_level: LogLevel = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

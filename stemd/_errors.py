@@ -36,6 +36,7 @@ __all__ = [
     "PayloadError",
     "PermissionDenied",
     "RestartBudgetExceeded",
+    "RunEnded",
     "RunNotFound",
     "StemError",
     "StepFailed",
@@ -118,6 +119,11 @@ class EventTimeout(StemError):
     def __init__(self, topic: str) -> None:
         super().__init__(f"no event on topic {topic!r} before the timeout")
         self.topic = topic
+
+
+class RunEnded(StemError):
+    """Raised by ``send`` when the run has ended (completed, failed or cancelled): a message
+    to it could never be taken."""
 
 
 class ChildFailed(StemError):

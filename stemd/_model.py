@@ -21,6 +21,7 @@ __all__ = [
     "CheckpointInfo",
     "ErrorInfo",
     "Retry",
+    "RunPage",
     "RunState",
     "RunStatus",
     "WorkflowResult",
@@ -225,6 +226,18 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     # (kept once the step succeeds: a step recorded after failures was retried).
     retried_step: str | None = None
     step_failures: int = 0
+    # A wait on events: every topic of a wait on several (``wait_for_any``; ``wait_topic``
+    # is the first), and what the waiting code said about its wait (``data=``).
+    wait_topics: list[str] | None = None
+    wait_data: Any = None
+
+
+class RunPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of a listing (``App.page_runs``, ``App.page_waiting``) and the cursor of
+    the next (``None`` on the last page): pass it as ``after=`` to get that page."""
+
+    runs: list[RunState]
+    next: str | None = None
 
 
 class WorkflowResult(msgspec.Struct, Generic[T], frozen=True, kw_only=True):

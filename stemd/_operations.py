@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from stemd._engine.events import RunEvent
 
 if TYPE_CHECKING:
-    from stemd._model import CancellationPolicy, RunState, RunStatus
+    from datetime import timedelta
+
+    from stemd._model import CancellationPolicy, RunPage, RunState, RunStatus
     from stemd._store.base import WorkflowInfo
 
 __all__ = ["EventListener", "Operations", "RunEventSource"]
@@ -56,16 +58,51 @@ class Operations(Protocol):
         workflow: str | None = None,
         status: RunStatus | str | None = None,
         limit: int = 100,
+        *,
+        after: str | None = None,
     ) -> list[RunState]:
-        """Runs, newest first."""
+        """Runs, newest first, from the cursor ``after`` on."""
         ...
 
-    async def emit(self, topic: str, payload: Any = None) -> int:
-        """Resume every run waiting on ``topic``; return how many."""
+    async def page_runs(
+        self,
+        workflow: str | None = None,
+        status: RunStatus | str | None = None,
+        limit: int = 100,
+        *,
+        after: str | None = None,
+    ) -> RunPage:
+        """A page of runs, newest first, and the cursor of the next (``None``: the last)."""
         ...
 
-    async def runs_waiting_on(self, topic: str) -> list[RunState]:
-        """Runs suspended waiting for an event on ``topic``."""
+    async def emit(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        retain: bool | float | timedelta | None = None,
+    ) -> int:
+        """Resume every run waiting on ``topic`` and keep the event as ``retain`` says;
+        return how many runs it resumed."""
+        ...
+
+    async def send(
+        self, run_id: str, topic: str, payload: Any = None, key: str | None = None
+    ) -> bool:
+        """Send a message to one run's next wait on ``topic``; ``False`` if a message
+        with ``key`` was sent to it before (``RunNotFound``, ``RunEnded`` otherwise)."""
+        ...
+
+    async def runs_waiting_on(
+        self, topic: str, limit: int | None = None, *, after: str | None = None
+    ) -> list[RunState]:
+        """Runs suspended waiting for an event or message on ``topic``, oldest first."""
+        ...
+
+    async def page_waiting(
+        self, topic: str, limit: int = 1000, *, after: str | None = None
+    ) -> RunPage:
+        """A page of the runs waiting on ``topic`` and the cursor of the next."""
         ...
 
     async def cancel_run(self, run_id: str, reason: str = "cancelled") -> bool:

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from stemd._errors import ConfigError
+from stemd._model import MAX_DURATION
 from stemd._natsauth import NatsAuth
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 __all__ = [
+    "DEFAULT_EVENT_RETENTION",
     "AppOptions",
     "NonNegative",
     "Positive",
@@ -32,6 +34,8 @@ __all__ = [
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+#: Seconds an emitted event is kept for runs that wait on its topic later (one hour).
+DEFAULT_EVENT_RETENTION = 3600.0
 
 
 class Timing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -81,6 +85,10 @@ class AppOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             ``otel`` extra); see :mod:`stemd._tracing`.
         owner: the name this App's workers hold leases under (default:
             ``host:pid:random``); two live Apps must never share one.
+        event_retention: seconds an emitted event is kept for the runs that come to wait
+            on its topic later (default one hour; 0: an event reaches only the runs
+            waiting when it is emitted). Each kept event costs its payload's bytes in the
+            store for that long; see docs/howto/correlating-events.md.
     """
 
     timing: Timing = msgspec.field(default_factory=Timing)
@@ -90,6 +98,7 @@ class AppOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     nats_auth: NatsAuth | None = None
     tracing: bool = False
     owner: str | None = None
+    event_retention: Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION)] = DEFAULT_EVENT_RETENTION
 
 
 # -- options of a store or broker URL --------------------------------------------------------

@@ -47,6 +47,8 @@ __all__ = [
     "RewindReply",
     "RewindRequest",
     "RunEventMsg",
+    "SendReply",
+    "SendRequest",
     "StartReply",
     "StartRequest",
     "TypesReply",
@@ -69,6 +71,8 @@ DEFAULT_PREFIX = "stem"
 ErrorCode = Literal["bad_request", "unknown_workflow", "not_found", "internal"]
 
 WorkflowName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+MessageKey = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Cursor = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,19}$")]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 StatusName = Literal["pending", "running", "suspended", "completed", "failed", "cancelled"]
@@ -113,24 +117,42 @@ class GetRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 class ListRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``list``: runs, newest first."""
+    """``list``: runs, newest first, from the cursor ``after`` on (the ``next`` of the
+    previous page)."""
 
     workflow: WorkflowName | None = None
     status: StatusName | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    after: Cursor | None = None
 
 
 class EmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``emit``: resume every run waiting on ``topic`` with ``payload``."""
+    """``emit``: resume every run waiting on ``topic`` with ``payload``; keep the event
+    for later waits ``retain`` seconds (absent or ``true``: the daemon's
+    ``event_retention``; ``false`` or 0: not at all)."""
 
     topic: Topic
     payload: Any = None
+    retain: bool | Seconds | None = None
+
+
+class SendRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``send``: put a message in ``run_id``'s mailbox for its next wait on ``topic``;
+    with ``key``, a second send of that key to that run is a no-op."""
+
+    run_id: RunId
+    topic: Topic
+    payload: Any = None
+    key: MessageKey | None = None
 
 
 class WaitingRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``waiting``: runs suspended on ``topic``."""
+    """``waiting``: runs suspended on ``topic``, oldest first, at most ``limit``, from the
+    cursor ``after`` on."""
 
     topic: Topic
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000
+    after: Cursor | None = None
 
 
 class CancelRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -164,10 +186,12 @@ class GetReply(msgspec.Struct, frozen=True, kw_only=True):
     run: RunState
 
 
-class ListReply(msgspec.Struct, frozen=True, kw_only=True):
-    """Reply to ``list``."""
+class ListReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Reply to ``list``: ``next``, present when there are more runs, is the cursor of
+    the next page."""
 
     runs: list[RunState]
+    next: str | None = None
 
 
 class EmitReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,10 +200,19 @@ class EmitReply(msgspec.Struct, frozen=True, kw_only=True):
     resumed: int
 
 
-class WaitingReply(msgspec.Struct, frozen=True, kw_only=True):
-    """Reply to ``waiting``."""
+class SendReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Reply to ``send``: ``false`` when a message with that key was sent to the run
+    before (nothing changed)."""
+
+    accepted: bool
+
+
+class WaitingReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Reply to ``waiting``: ``next``, present when there are more runs, is the cursor of
+    the next page."""
 
     runs: list[RunState]
+    next: str | None = None
 
 
 class CancelReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -242,6 +275,7 @@ REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {
     "get": GetRequest,
     "list": ListRequest,
     "emit": EmitRequest,
+    "send": SendRequest,
     "waiting": WaitingRequest,
     "cancel": CancelRequest,
     "rewind": RewindRequest,
@@ -252,6 +286,7 @@ REPLY_TYPES: dict[str, type[msgspec.Struct]] = {
     "get": GetReply,
     "list": ListReply,
     "emit": EmitReply,
+    "send": SendReply,
     "waiting": WaitingReply,
     "cancel": CancelReply,
     "rewind": RewindReply,

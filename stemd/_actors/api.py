@@ -179,14 +179,22 @@ class ApiResponder:
         return wire.GetReply(run=state)
 
     async def _list(self, req: wire.ListRequest) -> wire.ListReply:
-        runs = await self.ops.list_runs(workflow=req.workflow, status=req.status, limit=req.limit)
-        return wire.ListReply(runs=runs)
+        page = await self.ops.page_runs(
+            workflow=req.workflow, status=req.status, limit=req.limit, after=req.after
+        )
+        return wire.ListReply(runs=page.runs, next=page.next)
 
     async def _emit(self, req: wire.EmitRequest) -> wire.EmitReply:
-        return wire.EmitReply(resumed=await self.ops.emit(req.topic, req.payload))
+        resumed = await self.ops.emit(req.topic, req.payload, retain=req.retain)
+        return wire.EmitReply(resumed=resumed)
+
+    async def _send(self, req: wire.SendRequest) -> wire.SendReply:
+        accepted = await self.ops.send(req.run_id, req.topic, req.payload, key=req.key)
+        return wire.SendReply(accepted=accepted)
 
     async def _waiting(self, req: wire.WaitingRequest) -> wire.WaitingReply:
-        return wire.WaitingReply(runs=await self.ops.runs_waiting_on(req.topic))
+        page = await self.ops.page_waiting(req.topic, req.limit, after=req.after)
+        return wire.WaitingReply(runs=page.runs, next=page.next)
 
     async def _cancel(self, req: wire.CancelRequest) -> wire.CancelReply:
         cancelled = await self.ops.cancel_run(req.run_id, req.reason or "cancelled")

@@ -1,5 +1,6 @@
 """The timer: wakes sleeping runs, times out event waits, runs retry backoffs, enforces
-cancellation policies and deletes runs past their retention.
+cancellation policies, deletes runs past their retention and forgets the topic events
+past theirs (every ``prune_interval`` seconds).
 
 It holds the next wake-ups in a heap, fed by the store (at start and at each refill) and by
 this process's own commits (it observes the engine's run changes while it runs, see
@@ -65,12 +66,14 @@ class Timer:
         horizon: float = 60.0,
         batch: int = 10_000,
         parallel: int = 32,
+        prune_interval: float = 60.0,
     ) -> None:
         self.engine = engine
         self.refill_interval = refill_interval
         self.horizon = horizon
         self.batch = batch
         self.parallel = max(1, parallel)
+        self.prune_interval = prune_interval
         self._heap: list[tuple[datetime, str]] = []
         self._poke = anyio.Event()
         self._fired = 0
@@ -172,13 +175,17 @@ class Timer:
             task_status.started()
             clock = self.engine.clock
             next_refill = self._next_refill(last_loaded)
+            next_prune = clock.now()
             while True:
                 await self.fire_due()
                 now = clock.now()
+                if now >= next_prune:
+                    await self.engine.prune_events()
+                    next_prune = now + timedelta(seconds=self.prune_interval)
                 if now >= next_refill:
                     next_refill = self._next_refill(await self.refill())
                     continue
-                until = next_refill
+                until = min(next_refill, next_prune)
                 if self._heap:
                     until = min(until, self._heap[0][0])
                 await self._sleep_until(until)

@@ -16,7 +16,7 @@ from stemd._authoring.steps import StepInfo, check_name, step_info
 from stemd._model import Retry, seconds
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
 __all__ = ["FlowContext", "ScriptContext", "StepContext"]
 
@@ -67,15 +67,54 @@ class _Durable:
         await self._rt.sleep_until(self._scope(), when)
 
     async def wait_for_event(
-        self, topic: str, timeout: float | timedelta | None = None, type: Any = None
+        self,
+        topic: str,
+        timeout: float | timedelta | None = None,
+        type: Any = None,
+        deadline: datetime | None = None,
+        data: Any = None,
     ) -> Any:
-        """Suspend until ``topic`` is emitted; return its payload (decoded into ``type``).
+        """Suspend until an event or message on ``topic`` is there for this run; return
+        its payload (decoded into ``type``).
+
+        The run takes, in order and each once, the events emitted to ``topic`` after it
+        was created (or after its previous wait on ``topic`` took one) that are still
+        kept, and the messages sent to it on ``topic`` (those first, oldest first): one
+        already there is taken at once.
+
+        Args:
+            topic: the topic of the events (or messages) waited for.
+            timeout: seconds (or a timedelta) from now after which the wait times out.
+            type: decode the payload into this type (``None``: as decoded).
+            deadline: an aware datetime at which the wait times out (the earlier of the
+                two applies).
+            data: what this wait is about (any value the codec encodes), stored with the
+                wait and shown by ``get_run``, ``runs_waiting_on``, the CLI and the wire
+                while the run waits (``RunState.wait_data``).
 
         Raises:
-            EventTimeout: on re-entry, when ``timeout`` passed before any emit.
+            EventTimeout: on re-entry, when the timeout or deadline passed first.
         """
         secs = None if timeout is None else _duration(timeout)
-        return await self._rt.wait_for_event(self._scope(), topic, secs, type)
+        return await self._rt.wait_for_event(self._scope(), topic, secs, type, deadline, data)
+
+    async def wait_for_any(
+        self,
+        topics: Sequence[str],
+        timeout: float | timedelta | None = None,
+        *,
+        deadline: datetime | None = None,
+        data: Any = None,
+    ) -> tuple[str, Any]:
+        """Suspend until an event or message on any of ``topics`` is there for this run;
+        return ``(topic, payload)`` of the first (messages first, then the oldest event).
+        What arrived on the other topics stays for later waits.
+
+        Raises:
+            EventTimeout: on re-entry, when the timeout or deadline passed first.
+        """
+        secs = None if timeout is None else _duration(timeout)
+        return await self._rt.wait_for_any(self._scope(), topics, secs, deadline, data)
 
     async def start_child(
         self, workflow: Any, params: Any = None, run_id: str | None = None

@@ -12,6 +12,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from datetime import datetime
 
     from stemd._authoring.steps import StepInfo
@@ -65,8 +66,29 @@ class Runtime(Protocol):
         """Suspend until ``when``."""
         ...
 
-    async def wait_for_event(self, scope: str, topic: str, timeout: float | None, type: Any) -> Any:
-        """Suspend until ``topic`` is emitted (or ``timeout`` seconds pass)."""
+    async def wait_for_event(
+        self,
+        scope: str,
+        topic: str,
+        timeout: float | None,
+        type: Any,
+        deadline: datetime | None = None,
+        data: Any = None,
+    ) -> Any:
+        """Suspend until an event or message on ``topic`` is there for the run (or
+        ``timeout`` seconds pass, or ``deadline``); ``data`` is shown while it waits."""
+        ...
+
+    async def wait_for_any(
+        self,
+        scope: str,
+        topics: Sequence[str],
+        timeout: float | None,
+        deadline: datetime | None = None,
+        data: Any = None,
+    ) -> tuple[str, Any]:
+        """Suspend until an event or message on one of ``topics`` is there; return
+        (topic, payload) of the first."""
         ...
 
     async def start_child(self, scope: str, workflow: Any, params: Any, run_id: str | None) -> str:

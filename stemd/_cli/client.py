@@ -28,10 +28,10 @@ from stemd._errors import (
     TransportError,
     UnknownWorkflow,
 )
-from stemd._model import CancellationPolicy, RunState, parse_status, validate_run_id
+from stemd._model import CancellationPolicy, RunPage, RunState, parse_status, validate_run_id
 from stemd._natsauth import NatsAuth, redact_url
 from stemd._natsconn import NatsConnection, open_connection
-from stemd._options import AppOptions
+from stemd._options import DEFAULT_EVENT_RETENTION, AppOptions
 from stemd._reachability import check_nats, check_sqlite
 from stemd._store import store_from_url
 from stemd._tracing import trace_headers
@@ -67,17 +67,27 @@ class Client(Protocol):
         ...
 
     async def list_runs(
-        self, workflow: str | None, status: str | None, limit: int
-    ) -> list[RunState]:
-        """Runs, newest first."""
+        self, workflow: str | None, status: str | None, limit: int, after: str | None = None
+    ) -> RunPage:
+        """A page of runs, newest first, from the cursor ``after`` on."""
         ...
 
-    async def emit(self, topic: str, payload: Any) -> int:
-        """Resume the runs waiting on ``topic``; return how many."""
+    async def emit(self, topic: str, payload: Any, retain: float | None = None) -> int:
+        """Emit on ``topic`` (kept ``retain`` seconds; ``None``: the default retention);
+        return how many waiting runs it resumed."""
         ...
 
-    async def waiting(self, topic: str) -> list[RunState]:
-        """Runs waiting on ``topic``."""
+    async def send(self, run_id: str, topic: str, payload: Any, key: str | None) -> bool:
+        """Send a message to one run; ``False`` if one with ``key`` was sent to it before.
+
+        Raises:
+            RunNotFound: there is no such run.
+            StemError: the run has ended.
+        """
+        ...
+
+    async def waiting(self, topic: str, limit: int = 1000, after: str | None = None) -> RunPage:
+        """A page of the runs waiting on ``topic``, oldest first."""
         ...
 
     async def cancel(self, run_id: str, reason: str) -> bool:
@@ -96,6 +106,13 @@ class Client(Protocol):
     async def types(self) -> list[wire.WorkflowType]:
         """The registered workflows, by name."""
         ...
+
+
+def _cursor(after: str | None) -> str | None:
+    """A page cursor as given (checked here so that a bad one is a clear local error)."""
+    if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 19):
+        raise StemError(f"invalid cursor {after!r}: give the next of a previous page")
+    return after
 
 
 # -- straight to the store ------------------------------------------------------------------
@@ -148,15 +165,20 @@ class StoreClient:
         return await self.app.get_run(run_id)
 
     async def list_runs(
-        self, workflow: str | None, status: str | None, limit: int
-    ) -> list[RunState]:
-        return await self.app.list_runs(workflow=workflow, status=status, limit=limit)
+        self, workflow: str | None, status: str | None, limit: int, after: str | None = None
+    ) -> RunPage:
+        return await self.app.page_runs(
+            workflow=workflow, status=parse_status(status), limit=limit, after=after
+        )
 
-    async def emit(self, topic: str, payload: Any) -> int:
-        return await self.app.emit(topic, payload)
+    async def emit(self, topic: str, payload: Any, retain: float | None = None) -> int:
+        return await self.app.emit(topic, payload, retain=retain)
 
-    async def waiting(self, topic: str) -> list[RunState]:
-        return await self.app.runs_waiting_on(topic)
+    async def send(self, run_id: str, topic: str, payload: Any, key: str | None) -> bool:
+        return await self.app.send(run_id, topic, payload, key=key)
+
+    async def waiting(self, topic: str, limit: int = 1000, after: str | None = None) -> RunPage:
+        return await self.app.page_waiting(topic, limit, after=after)
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         return await self.app.cancel_run(run_id, reason=reason)
@@ -269,25 +291,33 @@ class NatsClient:
         return reply.run
 
     async def list_runs(
-        self, workflow: str | None, status: str | None, limit: int
-    ) -> list[RunState]:
+        self, workflow: str | None, status: str | None, limit: int, after: str | None = None
+    ) -> RunPage:
         st = parse_status(status)
         request = wire.ListRequest(
             workflow=workflow,
             status=st.value if st else None,
             limit=limit,
+            after=_cursor(after),
         )
         reply: wire.ListReply = await self._request("list", request)
-        return reply.runs
+        return RunPage(runs=reply.runs, next=reply.next)
 
-    async def emit(self, topic: str, payload: Any) -> int:
-        request = wire.EmitRequest(topic=topic, payload=payload)
+    async def emit(self, topic: str, payload: Any, retain: float | None = None) -> int:
+        request = wire.EmitRequest(topic=topic, payload=payload, retain=retain)
         reply: wire.EmitReply = await self._request("emit", request)
         return reply.resumed
 
-    async def waiting(self, topic: str) -> list[RunState]:
-        reply: wire.WaitingReply = await self._request("waiting", wire.WaitingRequest(topic=topic))
-        return reply.runs
+    async def send(self, run_id: str, topic: str, payload: Any, key: str | None) -> bool:
+        validate_run_id(run_id)
+        request = wire.SendRequest(run_id=run_id, topic=topic, payload=payload, key=key)
+        reply: wire.SendReply = await self._request("send", request)
+        return reply.accepted
+
+    async def waiting(self, topic: str, limit: int = 1000, after: str | None = None) -> RunPage:
+        request = wire.WaitingRequest(topic=topic, limit=limit, after=_cursor(after))
+        reply: wire.WaitingReply = await self._request("waiting", request)
+        return RunPage(runs=reply.runs, next=reply.next)
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         validate_run_id(run_id)
@@ -349,9 +379,12 @@ async def open_client(
     auth: NatsAuth | None = None,
     create_store: bool = True,
     missing_hint: str = "",
+    event_retention: float | None = None,
 ) -> AsyncIterator[Client]:
     """A :class:`Client` over ``nats_url`` if given, else straight to ``store``; ``auth``
-    gives the credentials and TLS of a NATS connection. With ``create_store=False`` a
+    gives the credentials and TLS of a NATS connection; ``event_retention`` how long an
+    event emitted straight to the store is kept (``None``: the App's default). With
+    ``create_store=False`` a
     SQLite store must exist already: a missing file is an error (ending with
     ``missing_hint``) and none is created.
 
@@ -405,6 +438,9 @@ async def open_client(
         workflows=workflows,
         codec=codec,
         workflow_codecs=per_workflow,
-        options=AppOptions(nats_auth=auth),
+        options=AppOptions(
+            nats_auth=auth,
+            event_retention=DEFAULT_EVENT_RETENTION if event_retention is None else event_retention,
+        ),
     ) as app:
         yield StoreClient(app)

@@ -102,6 +102,14 @@ def _retrying(run: RunState) -> bool:
     )
 
 
+def _waiting_for_event(run: RunState) -> str:
+    """The detail of a run waiting on events: the topics, until when, what about."""
+    until = f" (until {_time(run.resume_at)})" if run.resume_at else ""
+    topics = " or ".join(run.wait_topics) if run.wait_topics else run.wait_topic
+    about = f" {short_json(run.wait_data, 40)}" if run.wait_data is not None else ""
+    return f"waiting for event {topics}{until}{about}"
+
+
 def _detail(run: RunState) -> str:
     """What a person wants to know next about the run, in a few words."""
     if run.status is RunStatus.FAILED and run.error is not None:
@@ -110,8 +118,7 @@ def _detail(run: RunState) -> str:
     if run.cancel_reason:
         return f"cancelled: {run.cancel_reason}"
     if run.wait_topic:
-        until = f" (until {_time(run.resume_at)})" if run.resume_at else ""
-        return f"waiting for event {run.wait_topic}{until}"
+        return _waiting_for_event(run)
     if run.wait_child:
         return f"waiting for child {run.wait_child}"
     if _unregistered(run):
@@ -287,6 +294,8 @@ def run_detail(run: RunState) -> str:
         fields.append(("policy", short_json(run.policy, 100)))
     if run.lease_owner:
         fields.append(("lease", f"{run.lease_owner} until {_time(run.lease_expires_at)}"))
+    if run.wait_data is not None:
+        fields.append(("wait data", short_json(run.wait_data, 100)))
     width = max(len(k) for k, _ in fields)
     lines = [f"{k.ljust(width)}  {v}" for k, v in fields]
     lines.append("")

@@ -24,7 +24,7 @@ from stemd._cli.output import print_json, run_detail, runs_table, types_table
 from stemd._config import Config, load_config
 from stemd._errors import DECODE_ERRORS, ConfigError, PayloadError, RunNotFound, StemError
 from stemd._loading import Workflow, load_workflows, use_app_dir
-from stemd._model import CancellationPolicy, RunStatus, seconds, validate_run_id
+from stemd._model import CancellationPolicy, RunPage, RunStatus, seconds, validate_run_id
 
 if TYPE_CHECKING:
     from stemd._natsauth import NatsAuth
@@ -118,20 +118,29 @@ async def _get(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_page(page: RunPage, as_json: bool) -> None:
+    if as_json:
+        # As the wire's reply: "next" only when there is a next page.
+        more = {} if page.next is None else {"next": page.next}
+        print_json({"runs": page.runs, **more})
+        return
+    _out(runs_table(page.runs))
+    if page.next is not None:
+        _out(f"more: --after {page.next}")
+
+
 async def _list(client: Client, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise StemError("--limit must be a positive integer")
-    runs = await client.list_runs(args.workflow, args.status, args.limit)
-    if args.json:
-        print_json({"runs": runs})
-    else:
-        _out(runs_table(runs))
+    _print_page(
+        await client.list_runs(args.workflow, args.status, args.limit, args.after), args.json
+    )
     return 0
 
 
 async def _emit(client: Client, args: argparse.Namespace) -> int:
     payload = _json_arg("--payload", args.payload)
-    resumed = await client.emit(args.topic, payload)
+    resumed = await client.emit(args.topic, payload, args.retain)
     if args.json:
         print_json({"resumed": resumed})
     else:
@@ -139,12 +148,22 @@ async def _emit(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _waiting(client: Client, args: argparse.Namespace) -> int:
-    runs = await client.waiting(args.topic)
+async def _send(client: Client, args: argparse.Namespace) -> int:
+    payload = _json_arg("--payload", args.payload)
+    accepted = await client.send(validate_run_id(args.run_id), args.topic, payload, args.key)
     if args.json:
-        print_json({"runs": runs})
+        print_json({"accepted": accepted})
+    elif accepted:
+        _out(f"sent {args.topic} to run {args.run_id}")
     else:
-        _out(runs_table(runs))
+        _out(f"a message with key {args.key} was sent to run {args.run_id} before; nothing sent")
+    return 0
+
+
+async def _waiting(client: Client, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise StemError("--limit must be a positive integer")
+    _print_page(await client.waiting(args.topic, args.limit, args.after), args.json)
     return 0
 
 
@@ -285,6 +304,7 @@ def _runner(
                 auth=auth,
                 create_store=create,
                 missing_hint=missing,
+                event_retention=config.event_retention,
             ) as client:
                 return await command(client, args)
 
@@ -383,15 +403,45 @@ def add_parser(commands: Any) -> None:
         "--status", metavar="S", help="only runs in this status (" + ", ".join(RunStatus) + ")"
     )
     p.add_argument("--limit", metavar="N", type=int, default=100, help="at most N runs (100)")
+    p.add_argument("--after", metavar="CURSOR", help="the next page: the cursor a page printed")
     _common(p)
 
-    p = add("emit", _emit, "deliver an event to every run waiting on a topic")
+    p = add(
+        "emit",
+        _emit,
+        "emit an event on a topic: every run waiting on it takes it now, and runs that wait "
+        "on it later take it within the retention",
+    )
     p.add_argument("topic", metavar="TOPIC")
     p.add_argument("--payload", metavar="JSON", help="the event's payload (JSON, @FILE or -)")
+    p.add_argument(
+        "--retain",
+        metavar="S",
+        type=_seconds,
+        help="keep the event S seconds for later waits (default: the daemon's or config's "
+        "event_retention; 0: only the runs waiting now get it)",
+    )
     _common(p)
 
-    p = add("waiting", _waiting, "list the runs waiting on a topic")
+    p = add(
+        "send",
+        _send,
+        "send a message to one run: its next wait on the topic takes it (at once if it waits now)",
+    )
+    p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("topic", metavar="TOPIC")
+    p.add_argument("--payload", metavar="JSON", help="the message's payload (JSON, @FILE or -)")
+    p.add_argument(
+        "--key",
+        metavar="K",
+        help="make the send idempotent: a second send with this key to this run sends nothing",
+    )
+    _common(p)
+
+    p = add("waiting", _waiting, "list the runs waiting on a topic, oldest first")
+    p.add_argument("topic", metavar="TOPIC")
+    p.add_argument("--limit", metavar="N", type=int, default=1000, help="at most N runs (1000)")
+    p.add_argument("--after", metavar="CURSOR", help="the next page: the cursor a page printed")
     _common(p)
 
     p = add("cancel", _cancel, "cancel a run (and its unfinished children)")

@@ -28,7 +28,15 @@ from stemd._engine.observer import (
 )
 from stemd._engine.params import check_params
 from stemd._engine.views import UNKNOWN_WORKFLOW_RETRY, given_back, new_run_id, to_run_state
-from stemd._errors import LeaseLost, PayloadError, StepNotFound, UnknownWorkflow
+from stemd._engine.waits import message, retention
+from stemd._errors import (
+    LeaseLost,
+    PayloadError,
+    RunEnded,
+    RunNotFound,
+    StepNotFound,
+    UnknownWorkflow,
+)
 from stemd._model import (
     UNKNOWN_WORKFLOW_CODE,
     CancellationPolicy,
@@ -38,6 +46,7 @@ from stemd._model import (
     seconds,
     validate_run_id,
 )
+from stemd._options import DEFAULT_EVENT_RETENTION
 from stemd._store.base import (
     Claim,
     CommitResult,
@@ -58,6 +67,7 @@ if TYPE_CHECKING:
     from stemd._clock import Clock
 
 __all__ = ["Engine", "Workflow", "new_run_id", "to_run_state"]
+_DELIVERY_PAGE = 1000  # most runs one store call resumes for an emit
 
 Workflow = Flow[Any, Any] | Script[Any, Any]
 log = structlog.get_logger("stemd.engine")
@@ -71,7 +81,9 @@ class Engine:
     of :meth:`App.wait_for_completion`); ``observers``, to which the timer, metrics and
     tracing subscribe (and which provide the trace context of new runs); ``leases``, how
     the lease of a running slice is kept (default: a renewal task per slice; a worker pool
-    gives its :class:`~stemd._engine.leases.LeaseKeeper`).
+    gives its :class:`~stemd._engine.leases.LeaseKeeper`); ``event_retention``, how many
+    seconds an emitted event is kept for the runs that come to wait on its topic later
+    (0: events reach only the runs waiting when they are emitted).
     """
 
     def __init__(
@@ -90,6 +102,7 @@ class Engine:
         codecs: Mapping[str, Codec] | None = None,
         observers: Observers | None = None,
         leases: LeaseRenewal | None = None,
+        event_retention: float = DEFAULT_EVENT_RETENTION,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -106,6 +119,7 @@ class Engine:
         self.timeout_value = codec.encode({"t": True})
         self.observers = observers if observers is not None else Observers()
         self.leases = leases if leases is not None else SliceLeases(store, clock, lease)
+        self.event_retention = seconds(event_retention, "event_retention") or 0.0
 
     def codec_for(self, workflow: str) -> Codec:
         """The codec that encodes the values of ``workflow``'s runs."""
@@ -374,24 +388,57 @@ class Engine:
 
     # -- external transitions -------------------------------------------------------------
 
-    async def emit(self, topic: str, payload: Any) -> int:
-        """Resume every run waiting on ``topic`` with ``payload``; return how many."""
+    async def emit(
+        self, topic: str, payload: Any, *, retain: bool | float | timedelta | None = None
+    ) -> int:
+        """Append the event to ``topic``'s log (kept as ``retain`` says: see
+        :func:`~stemd._engine.waits.retention`) and resume every run waiting on ``topic``
+        that has not taken it; return how many this resumed."""
         validate_topic(topic)
+        keep = retention(self.event_retention, retain)
         check_depth(payload, "event payload")
-        value = self.codec.encode({"e": payload})
-        now = self.clock.now()
-        # A store resumes at most `batch` waiters per call: take batches until the topic
-        # has no waiter left, and only then enqueue, so that no run resumed by this emit
-        # can run and wait on the topic again before the last batch (a second delivery).
-        batch = 1000
-        resumed: list[str] = []
+        value = self.codec.encode({"e": payload, "k": topic})
+        event, done = await self.store.emit_event(
+            topic, value, self.clock.now(), keep, limit=_DELIVERY_PAGE
+        )
+        # Each delivery is a conditional transition of one run from its wait, moving the
+        # run's cursor past the event: a resumed run may run (a sweeper, another daemon)
+        # and wait again while later pages are delivered, and is never given the event
+        # twice. So every page is enqueued at once.
+        resumed = 0
         while True:
-            found = await self.store.deliver_event(topic, value, now, limit=batch)
-            resumed += found
-            if len(found) < batch:
-                break
-        await self._wake(resumed)
-        return len(resumed)
+            await self._wake(done.resumed)
+            resumed += len(done.resumed)
+            if done.after is None:
+                return resumed
+            done = await self.store.deliver_event(
+                event, self.clock.now(), after=done.after, limit=_DELIVERY_PAGE
+            )
+
+    async def send(self, run_id: str, topic: str, payload: Any, key: str | None = None) -> bool:
+        """Put a message in ``run_id``'s mailbox for its next wait on ``topic`` (taken at
+        once if the run waits on ``topic`` now); ``False`` if a message with ``key`` was
+        sent to that run before (nothing changes, even if the run has ended since).
+
+        Raises:
+            RunNotFound: there is no such run.
+            RunEnded: the run has ended.
+        """
+        value = self.codec.encode(message(run_id, topic, payload, key))
+        sent = await self.store.send_message(run_id, topic, value, self.clock.now(), key)
+        if sent.outcome == "not_found":
+            raise RunNotFound(f"no run {run_id}")
+        if sent.outcome == "ended":
+            status = sent.record.status.value if sent.record is not None else "ended"
+            raise RunEnded(f"run {run_id} has ended ({status}): it takes no more messages")
+        if sent.resumed and sent.record is not None:
+            self._changed(sent.record)
+            await self._enqueue(run_id, sent.record.queue, sent.record.token)
+        return sent.outcome == "accepted"
+
+    async def prune_events(self) -> int:
+        """Forget the topic events whose retention has ended; return how many."""
+        return await self.store.prune_events(self.clock.now())
 
     async def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
         """Cancel the run and, first, its unfinished children."""

@@ -15,9 +15,9 @@ from stemd._codec import Codec, convert
 from stemd._engine.entries import entries, with_entry
 from stemd._engine.observer import Observers, StepFinished, StepStarted
 from stemd._engine.params import decode_params
+from stemd._engine.waits import any_topics, suspend_on, taken
 from stemd._errors import (
     ChildFailed,
-    EventTimeout,
     LeaseLost,
     PayloadError,
     StemError,
@@ -38,7 +38,7 @@ from stemd._store.base import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
 
     from stemd._authoring.definitions import Flow, Script
     from stemd._authoring.steps import StepInfo
@@ -398,21 +398,51 @@ class Execution:
             Suspend(checkpoints=(Checkpoint(key, self.codec.encode(when)),), resume_at=when)
         )
 
-    async def wait_for_event(self, scope: str, topic: str, timeout: float | None, type: Any) -> Any:
+    async def wait_for_event(
+        self,
+        scope: str,
+        topic: str,
+        timeout: float | None,
+        type: Any,
+        deadline: datetime | None = None,
+        data: Any = None,
+    ) -> Any:
         validate_topic(topic)
         key = self._key(scope, "event")
         raw = self.checkpoints.get(key)
         if raw is not None:
-            envelope = self.codec.decode(raw)
-            if "t" in envelope:
-                raise EventTimeout(topic)
+            envelope = taken(self.codec, raw, topic)
             return convert(envelope.get("e"), type, what=f"{self._where(scope)}: event {topic!r}")
-        deadline = None if timeout is None else self.now() + timedelta(seconds=timeout)
-        raise Interrupt(Suspend(wait_topic=topic, wait_key=key, resume_at=deadline))
+        at = (timeout, deadline)
+        raise Interrupt(
+            suspend_on(self.codec, self.now(), (topic,), key, at, data, "wait_for_event")
+        )
+
+    async def wait_for_any(
+        self,
+        scope: str,
+        topics: Sequence[str],
+        timeout: float | None,
+        deadline: datetime | None = None,
+        data: Any = None,
+    ) -> tuple[str, Any]:
+        wanted = any_topics(topics)
+        key = self._key(scope, "any")
+        raw = self.checkpoints.get(key)
+        if raw is not None:
+            envelope = taken(self.codec, raw, ", ".join(wanted))
+            topic = envelope.get("k")
+            if not isinstance(topic, str):
+                topic = wanted[0]  # pragma: no cover - every envelope stemd writes has it
+            return topic, envelope.get("e")
+        at = (timeout, deadline)
+        raise Interrupt(suspend_on(self.codec, self.now(), wanted, key, at, data, "wait_for_any"))
 
     def take_resume_data(self, scope: str) -> Any:
         key = self.record.resume_key
-        if self._resume_taken or key is None or not key.startswith(f"{scope}@event#"):
+        if self._resume_taken or key is None:
+            return None
+        if not key.startswith((f"{scope}@event#", f"{scope}@any#")):
             return None
         raw = self.checkpoints.get(key)
         if raw is None:

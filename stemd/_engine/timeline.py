@@ -28,6 +28,7 @@ __all__ = ["build_timeline"]
 _KINDS = {
     "sleep": "sleep",
     "event": "event",
+    "any": "event",
     "child": "child_start",
     "join": "child_join",
 }
@@ -48,7 +49,10 @@ def _detail(kind: str, value: bytes, codec: Codec) -> str | None:
             envelope: Any = codec.decode(value)
             if not isinstance(envelope, dict):
                 return None
-            return "timed out" if "t" in envelope else "received"
+            if "t" in envelope:
+                return "timed out"
+            topic = envelope.get("k")
+            return f"received on {topic}" if isinstance(topic, str) else "received"
         if kind == "child_start":
             child: str = codec.decode(value, type=str)
             return child

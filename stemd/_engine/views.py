@@ -97,4 +97,6 @@ def to_run_state(rec: RunRecord, checkpoints: Iterable[Checkpoint], codec: Codec
         timeline=build_timeline(rec.created_at, checkpoints, codec),
         retried_step=retried_step,
         step_failures=step_failures,
+        wait_topics=list(rec.wait_topics) if rec.wait_topics else None,
+        wait_data=codec.decode(rec.wait_data) if rec.wait_data is not None else None,
     )

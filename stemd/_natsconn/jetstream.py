@@ -157,6 +157,35 @@ class NatsConnection(CoreConnection):
         answer from a state that lags behind the last acknowledged write: this one sees
         every acknowledged write (headers are not returned)."""
         query: dict[str, Any] = {"seq": seq} if seq is not None else {"last_by_subj": subject}
+        return await self._leader_query(stream, query)
+
+    @boundary("next message of {subject} from {stream}")
+    async def get_next(
+        self, stream: str, subject: str, seq: int, *, leader: bool = False
+    ) -> StoredMsg | None:
+        """The first message at or after sequence ``seq`` on ``subject`` (a filter: wildcards
+        allowed), or ``None``. With ``leader`` the stream's leader answers (it has every
+        acknowledged write); otherwise any replica may, by a direct get."""
+        query = {"seq": max(1, seq), "next_by_subj": subject}
+        if not leader:
+            reply = await self.request(f"$JS.API.DIRECT.GET.{stream}", _encoder.encode(query))
+            return stored(reply)
+        return await self._leader_query(stream, query)
+
+    @boundary("last message of {subject} from {stream}")
+    async def get_last(
+        self, stream: str, subject: str, *, leader: bool = False
+    ) -> StoredMsg | None:
+        """The last message on ``subject`` (a filter: wildcards allowed), or ``None``; with
+        ``leader``, as read by the stream's leader."""
+        query = {"last_by_subj": subject}
+        if not leader:
+            reply = await self.request(f"$JS.API.DIRECT.GET.{stream}", _encoder.encode(query))
+            return stored(reply)
+        return await self._leader_query(stream, query)
+
+    async def _leader_query(self, stream: str, query: dict[str, Any]) -> StoredMsg | None:
+        """A message get answered by the stream's leader (called inside an entry point)."""
         try:
             reply = await self.js_api(f"STREAM.MSG.GET.{stream}", query)
         except JetStreamApiError as exc:

@@ -25,18 +25,24 @@ __all__ = [
     "Claim",
     "CommitResult",
     "Complete",
+    "Delivery",
+    "Event",
     "ExternalChanges",
     "Fail",
     "FireResult",
     "Outcome",
+    "Page",
     "Release",
     "RetryLater",
     "RunRecord",
+    "SendResult",
     "Store",
     "Suspend",
     "WorkflowInfo",
     "base_step_name",
     "compute_timer_at",
+    "cursor_of",
+    "topics_of",
 ]
 
 
@@ -77,6 +83,14 @@ class RunRecord(msgspec.Struct, kw_only=True):
     step_failures: int = 0
     # W3C trace context (``traceparent``) of whoever started the run, for tracing.
     trace: str | None = None
+    # A wait on several topics (``wait_for_any``): all of them, ``wait_topic`` the first.
+    wait_topics: tuple[str, ...] | None = None
+    # What the code that waits said about its wait (codec bytes), shown to inspectors.
+    wait_data: bytes | None = None
+    # Events: the position in the store's event order when the run was created (it takes
+    # the topic events after it), and per topic the position of the last event it took.
+    event_floor: int = 0
+    cursors: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
@@ -110,13 +124,20 @@ class Complete(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Suspend(msgspec.Struct, frozen=True, kw_only=True):
-    """The run waits: until ``resume_at``, for an event on ``wait_topic``, or for a child."""
+    """The run waits: until ``resume_at``, for an event on ``wait_topic`` (or on any of
+    ``wait_topics``, the first of which is ``wait_topic``), or for a child.
+
+    A wait on events is satisfied at once, in the same commit, when a message for the run
+    or a kept topic event it has not taken is already there (the run stays runnable).
+    ``wait_data`` is what the waiting code said about its wait, shown to inspectors."""
 
     checkpoints: tuple[Checkpoint, ...] = ()
     resume_at: datetime | None = None
     wait_topic: str | None = None
     wait_key: str | None = None
     wait_child: str | None = None
+    wait_topics: tuple[str, ...] | None = None
+    wait_data: bytes | None = None
     kind: Literal["suspend"] = "suspend"
 
 
@@ -171,6 +192,54 @@ class CommitResult(msgspec.Struct, frozen=True, kw_only=True):
     woken: tuple[str, ...] = ()
 
 
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """An event appended to a topic's log by :meth:`Store.append_event`.
+
+    ``seq`` is its position in the store's event order (it grows with every event, kept or
+    not, and is never reused). ``prev`` is the position of the topic's previous kept
+    event when this one was appended (0: none), which lets a delivery skip looking up
+    the log for the runs that have taken everything before. ``expires_at`` is when the
+    store may forget it; ``None`` for an event that is not kept (delivered only to the runs
+    waiting when it is emitted).
+    """
+
+    topic: str
+    seq: int
+    value: bytes
+    at: datetime
+    prev: int = 0
+    expires_at: datetime | None = None
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """What one call of :meth:`Store.deliver_event` did: the runs it resumed, and where
+    the next call goes on (``None``: every waiting run has been looked at)."""
+
+    resumed: list[str]
+    after: int | None = None
+
+
+class SendResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`Store.send_message` did.
+
+    ``outcome``: ``"accepted"`` (kept in the run's mailbox, or taken at once by its
+    wait: then ``resumed``), ``"duplicate"`` (a message with that key was sent to the run
+    before: nothing changed), ``"not_found"`` (no such run) or ``"ended"`` (the run has
+    ended: nothing changed). ``record`` is the run after the send (``None`` if unknown).
+    """
+
+    outcome: Literal["accepted", "duplicate", "not_found", "ended"]
+    resumed: bool = False
+    record: RunRecord | None = None
+
+
+class Page(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of runs and the position to go on from (``None``: the last page)."""
+
+    records: list[RunRecord]
+    next: int | None = None
+
+
 class FireResult(msgspec.Struct, frozen=True, kw_only=True):
     """What the timer did to a run whose timer came due."""
 
@@ -182,6 +251,18 @@ class FireResult(msgspec.Struct, frozen=True, kw_only=True):
 def base_step_name(checkpoint_name: str) -> str:
     """The step a checkpoint belongs to: ``poll#2`` → ``poll``; ``review@event#0`` → ``review``."""
     return checkpoint_name.partition("@")[0].partition("#")[0]
+
+
+def topics_of(rec: RunRecord) -> tuple[str, ...]:
+    """The topics a run waits on (none unless it is suspended on events)."""
+    if rec.wait_topics:
+        return rec.wait_topics
+    return (rec.wait_topic,) if rec.wait_topic is not None else ()
+
+
+def cursor_of(rec: RunRecord, topic: str) -> int:
+    """The position after which the run takes the events of ``topic``."""
+    return rec.cursors.get(topic, rec.event_floor)
 
 
 def _plus(at: datetime | None, secs: float | None) -> datetime | None:
@@ -263,15 +344,55 @@ class Store(Protocol):
         """Apply the outcome of an execution slice; raise LeaseLost if ``token`` is stale.
 
         A terminal outcome also wakes the runs suspended on this run as a child. A suspend
-        on a child that has already ended leaves the run runnable instead.
+        on a child that has already ended leaves the run runnable instead, and so does a
+        suspend on events when a message of its mailbox or a kept event it has not taken
+        is there for the wait (taken, as a delivery would).
         """
         ...
 
+    async def append_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None
+    ) -> Event:
+        """Append an event to ``topic``'s log, kept ``retain`` seconds (``None``: not kept,
+        only given a position), and return it. Nobody is resumed yet: see
+        :meth:`deliver_event`."""
+        ...
+
     async def deliver_event(
-        self, topic: str, value: bytes, now: datetime, limit: int = 1000
-    ) -> list[str]:
-        """For each run suspended on ``topic``: store ``value`` as the checkpoint of its
-        wait and make it runnable, atomically; return the ids of the runs resumed."""
+        self, event: Event, now: datetime, *, after: int = 0, limit: int = 1000
+    ) -> Delivery:
+        """Resume the runs waiting on ``event.topic`` that have not taken ``event``.
+
+        Each is one atomic transition of one run from its current wait: the run takes the
+        oldest kept event of the topic it has not taken, up to ``event`` (``event`` itself
+        when there is none before it), as the checkpoint of its wait, its cursor on the
+        topic moves to that event, and it becomes runnable. A run whose cursor is at or
+        past ``event`` is left alone, so no interleaving of deliveries, sweeps and re-waits
+        gives one event twice to a run. Runs are looked at in a fixed order from
+        position ``after`` on, at most ``limit`` per call (a store may look at more);
+        :attr:`Delivery.after` says where the next call goes on."""
+        ...
+
+    async def emit_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None, *, limit: int = 1000
+    ) -> tuple[Event, Delivery]:
+        """:meth:`append_event`, then the first :meth:`deliver_event` of it (``after`` 0),
+        in one go where the store can (SQLite: one transaction)."""
+        ...
+
+    async def send_message(
+        self, run_id: str, topic: str, value: bytes, now: datetime, key: str | None = None
+    ) -> SendResult:
+        """Put a message in the run's mailbox, atomically: taken at once by the run's wait
+        when it waits on ``topic`` (then it becomes runnable), else kept until a wait on
+        ``topic`` takes it (the oldest first). With ``key``, a second send of that key to
+        the run changes nothing (``"duplicate"``, also once the run has ended: a retried
+        send is not an error)."""
+        ...
+
+    async def prune_events(self, now: datetime) -> int:
+        """Forget the topic events whose retention ended at or before ``now``; return how
+        many (a store whose events expire by themselves returns 0)."""
         ...
 
     async def due_timers(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
@@ -305,7 +426,26 @@ class Store(Protocol):
         ...
 
     async def runs_waiting_on(self, topic: str, limit: int = 1000) -> list[RunRecord]:
-        """Runs suspended on ``topic``."""
+        """Runs suspended on ``topic``, in creation order."""
+        ...
+
+    async def page_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> Page:
+        """As :meth:`list_runs` (newest first), from position ``after`` on (exclusive;
+        ``None``: the newest); :attr:`Page.next` is where the next page starts."""
+        ...
+
+    async def page_waiting(
+        self, topic: str, *, limit: int = 1000, after: int | None = None
+    ) -> Page:
+        """As :meth:`runs_waiting_on` (creation order), from position ``after`` on
+        (exclusive; ``None``: the first); :attr:`Page.next` is where the next page starts."""
         ...
 
     async def runnable(self, now: datetime, limit: int) -> list[tuple[str, str]]:

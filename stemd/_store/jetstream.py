@@ -12,6 +12,8 @@ Layout of the bucket (a KV bucket, so ``nats kv`` tools can inspect it):
   query), ``idx.watch.<topic>.<id>`` (waiting on an event), ``idx.child.<child>.<id>``
   (waiting on a child), ``idx.timer.<epoch_ms>.<id>`` (the run's next timer),
   ``idx.parent.<parent>.<id>`` (children of a run).
+- ``evt.<topic>.<n>`` and ``evl.<topic>`` — the topics' event logs (see
+  :mod:`~stemd._store.jetstream_events`); a run's mailbox is part of its document.
 
 An entry is written (and acknowledged) *before* the document that refers to it and
 deleted (by subject, so precisely that entry) *after* the document stopped referring to it; the
@@ -36,7 +38,8 @@ The modules beside this one hold the parts: :mod:`~stemd._store.jetstream_doc` (
 document), :mod:`~stemd._store.jetstream_bucket` (the bucket's requests, retried),
 :mod:`~stemd._store.jetstream_records` (documents read, cached, compare-and-set),
 :mod:`~stemd._store.jetstream_index` (listings through the index, stale entries),
-:mod:`~stemd._store.jetstream_waits` (parents and event waiters woken),
+:mod:`~stemd._store.jetstream_waits` (parents woken),
+:mod:`~stemd._store.jetstream_events` (event logs, deliveries, mailboxes),
 :mod:`~stemd._store.jetstream_timers` and :mod:`~stemd._store.jetstream_listing`. This one
 is the :class:`~stemd._store.base.Store` they make, and the transitions of one run.
 """
@@ -64,14 +67,19 @@ from stemd._store.base import (
     Claim,
     CommitResult,
     Complete,
+    Delivery,
+    Event,
     FireResult,
     Outcome,
+    Page,
     RunRecord,
+    SendResult,
     Suspend,
     WorkflowInfo,
 )
 from stemd._store.jetstream_bucket import Bucket
 from stemd._store.jetstream_doc import Doc
+from stemd._store.jetstream_events import Events, take_mail
 from stemd._store.jetstream_index import Index
 from stemd._store.jetstream_records import MAX_TRIES, Records
 from stemd._store.jetstream_timers import Timers
@@ -83,6 +91,7 @@ from stemd._store.transitions import (
     apply_rewind,
     is_runnable,
     rewind_cut,
+    waits_for_events,
 )
 
 if TYPE_CHECKING:
@@ -150,6 +159,7 @@ class JetStreamStore:
         self._index = Index(self._records)
         self._waits = Waits(self._records, self._index)
         self._timers = Timers(self._records, self._index, self._waits)
+        self._events = Events(self._records, self._index)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> JetStreamStore:
@@ -199,6 +209,8 @@ class JetStreamStore:
             "storage": self.storage,
             "num_replicas": self.replicas,
             "allow_direct": True,
+            # Kept events expire by themselves (``evt.<topic>.<n>``).
+            "allow_msg_ttl": True,
             "allow_rollup_hdrs": True,
             "deny_delete": False,
             "deny_purge": False,
@@ -232,6 +244,7 @@ class JetStreamStore:
                     return copy.copy(existing[1].rec), False
                 continue  # deleted in between: try again
             doc.order = rev
+            doc.rec.event_floor = rev
             records.remember(run_id, rev, doc)
             return copy.copy(doc.rec), True
         raise StoreError(f"run {run_id}: could not be created")
@@ -309,11 +322,24 @@ class JetStreamStore:
             new = apply_outcome(rec, outcome, now, child_ended=child_ended)
             if isinstance(outcome, (Complete, Suspend)) and outcome.checkpoints:
                 written = [(cp.name, cp.value) for cp in outcome.checkpoints]
-                return docs.with_checkpoints(doc, new, written, now)
-            return docs.replace(doc, new)
+                out = docs.with_checkpoints(doc, new, written, now)
+            else:
+                out = docs.replace(doc, new)
+            if waits_for_events(new):
+                # A message already in the mailbox is taken in the same write.
+                out = take_mail(out, now)
+            return out
 
         new = await self._change_owned(run_id, fn)
         rec = new.rec
+        if waits_for_events(rec):
+            # Kept events emitted before this wait (whose deliveries may have found the
+            # run busy): the oldest one not taken is taken now. An emit that appended its
+            # event after this look finds the wait instead: its index entry was written
+            # before the document.
+            taken = await self._events.take_kept(run_id, rec, now)
+            if taken is not None:
+                rec = taken
         if rec.status.is_terminal:
             return CommitResult(record=copy.copy(rec), woken=await waits.wake_parents(new, now))
         # Tell the child it is awaited. If it ended meanwhile, its own end found no
@@ -360,13 +386,38 @@ class JetStreamStore:
     async def fire_timer(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:
         return await self._timers.fire(run_id, now, timeout_value)
 
+    async def append_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None
+    ) -> Event:
+        return await self._events.append(topic, value, now, retain)
+
     async def deliver_event(
-        self, topic: str, value: bytes, now: datetime, limit: int = 1000
-    ) -> list[str]:
-        return await self._waits.deliver_event(topic, value, now, limit)
+        self, event: Event, now: datetime, *, after: int = 0, limit: int = 1000
+    ) -> Delivery:
+        return await self._events.deliver(event, now)
+
+    async def emit_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None, *, limit: int = 1000
+    ) -> tuple[Event, Delivery]:
+        event = await self._events.append(topic, value, now, retain)
+        return event, await self._events.deliver(event, now)
+
+    async def send_message(
+        self, run_id: str, topic: str, value: bytes, now: datetime, key: str | None = None
+    ) -> SendResult:
+        return await self._events.send(run_id, topic, value, now, key)
+
+    async def prune_events(self, now: datetime) -> int:
+        # Kept events carry their time to live: the server forgets them by itself.
+        return 0
 
     async def runs_waiting_on(self, topic: str, limit: int = 1000) -> list[RunRecord]:
-        return await self._waits.waiting_on(topic, limit)
+        return (await self._events.waiting(topic, limit, None)).records
+
+    async def page_waiting(
+        self, topic: str, *, limit: int = 1000, after: int | None = None
+    ) -> Page:
+        return await self._events.waiting(topic, limit, after)
 
     async def list_runs(
         self,
@@ -376,8 +427,26 @@ class JetStreamStore:
         parent_run_id: str | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
-        return await listing.list_runs(
+        page = await listing.page_runs(
             self._index, workflow=workflow, status=status, parent_run_id=parent_run_id, limit=limit
+        )
+        return page.records
+
+    async def page_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> Page:
+        return await listing.page_runs(
+            self._index,
+            workflow=workflow,
+            status=status,
+            parent_run_id=None,
+            limit=limit,
+            after=after,
         )
 
     async def runnable(self, now: datetime, limit: int) -> list[tuple[str, str]]:

@@ -11,13 +11,14 @@ import msgspec
 
 from stemd._errors import DECODE_ERRORS, StoreError
 from stemd._model import RunStatus
-from stemd._store.base import Checkpoint, RunRecord
+from stemd._store.base import Checkpoint, RunRecord, topics_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
 __all__ = [
     "Doc",
+    "Mail",
     "checkpoints",
     "decode",
     "encode",
@@ -31,6 +32,13 @@ __all__ = [
 ]
 
 _LIVE = (RunStatus.PENDING, RunStatus.RUNNING)
+
+
+class Mail(msgspec.Struct, array_like=True):
+    """A message in a run's mailbox, not taken yet."""
+
+    topic: str
+    value: bytes
 
 
 class Doc(msgspec.Struct, kw_only=True):
@@ -50,6 +58,9 @@ class Doc(msgspec.Struct, kw_only=True):
     # When each checkpoint was written (name → time); a name missing here (a document
     # written by a stemd that did not record times) reads back with no time.
     cpt: dict[str, datetime] = msgspec.field(default_factory=dict)
+    # The run's mailbox (messages not taken yet, in send order), and every key sent to it.
+    mail: list[Mail] = msgspec.field(default_factory=list)
+    keys: list[str] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -73,6 +84,8 @@ def decode(data: bytes, seq: int) -> Doc:
         raise StoreError(f"undecodable run document at sequence {seq}: {exc}") from None
     if doc.order == 0:
         doc.order = seq  # never rewritten since its creation
+    if doc.rec.event_floor == 0:
+        doc.rec.event_floor = doc.order  # events are ordered as the stream's writes
     return doc
 
 
@@ -88,8 +101,8 @@ def wanted(rec: RunRecord) -> dict[str, str]:
     if rec.status in _LIVE:
         out["live"] = f"idx.live.{rid}"
     if rec.status is RunStatus.SUSPENDED:
-        if rec.wait_topic is not None:
-            out["watch"] = f"idx.watch.{rec.wait_topic}.{rid}"
+        for i, topic in enumerate(topics_of(rec)):
+            out["watch" if i == 0 else f"watch{i}"] = f"idx.watch.{topic}.{rid}"
         if rec.wait_child is not None:
             out["child"] = f"idx.child.{rec.wait_child}.{rid}"
     if rec.timer_at is not None:
@@ -134,6 +147,8 @@ def replace(
         w=doc.w,
         awaited=doc.awaited,
         cpt=doc.cpt if cpt is None else cpt,
+        mail=doc.mail,
+        keys=doc.keys,
     )
 
 

@@ -57,9 +57,15 @@ class Index:
         out: list[tuple[str, int, Doc]] = []
         for run_id, keys in by_run.items():
             found = found_docs.get(run_id)
-            entry = found[1].idx.get(kind) if found is not None else None
+            # The entries of that kind the document owns (a wait on several topics owns
+            # a watch entry for each: kinds watch, watch1, watch2...).
+            owned = (
+                {e for k, e in found[1].idx.items() if k.rstrip("0123456789") == kind}
+                if found is not None
+                else set()
+            )
             for key in keys:
-                if found is not None and entry == key:
+                if found is not None and key in owned:
                     out.append((run_id, found[0], found[1]))
                 else:
                     await self.clean(key, run_id)

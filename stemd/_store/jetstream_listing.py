@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from stemd._store.base import Page
 from stemd._store.transitions import is_runnable
 
 if TYPE_CHECKING:
@@ -15,19 +16,21 @@ if TYPE_CHECKING:
     from stemd._store.jetstream_doc import Doc
     from stemd._store.jetstream_index import Index
 
-__all__ = ["list_runs", "runnable"]
+__all__ = ["page_runs", "runnable"]
 
 
-async def list_runs(
+async def page_runs(
     index: Index,
     *,
     workflow: str | None,
     status: RunStatus | None,
     parent_run_id: str | None,
     limit: int,
-) -> list[RunRecord]:
-    """The runs matching every filter given, newest first, at most ``limit`` (see
-    :meth:`~stemd._store.base.Store.list_runs`). The children of a run are listed by
+    after: int | None = None,
+) -> Page:
+    """The runs matching every filter given, newest first, at most ``limit``, created
+    before the position ``after`` (see :meth:`~stemd._store.base.Store.page_runs`); the
+    page's ``next`` is set when there are more. The children of a run are listed by
     index; any other listing reads every document."""
     if parent_run_id is not None:
         found = await index.indexed(f"idx.parent.{parent_run_id}.*.*", "parent")
@@ -36,12 +39,16 @@ async def list_runs(
         docs = [doc for _, doc in (await index.records.read_all()).values()]
     docs.sort(key=lambda d: d.order, reverse=True)
     out: list[RunRecord] = []
+    last = 0
     for doc in docs:
+        if after is not None and doc.order >= after:
+            continue
         if _matches(doc, workflow, status, parent_run_id):
-            out.append(doc.rec)
             if len(out) >= limit:
-                break
-    return out
+                return Page(records=out, next=last)
+            out.append(doc.rec)
+            last = doc.order
+    return Page(records=out)
 
 
 def _matches(

@@ -1,12 +1,12 @@
-"""Runs of the JetStream KV store waiting on another: a parent suspended on a child, a
-run suspended on an event's topic.
+"""Runs of the JetStream KV store waiting on another: a parent suspended on a child (the
+runs waiting on an event are in :mod:`~stemd._store.jetstream_events`).
 
 A child's end wakes the runs waiting on it, but only when flagged ``awaited`` (most runs
 have nobody waiting, and skip the look); the flag is a compare-and-set on the child, so
 either the child's terminal write sees it or the waiter sees the end. The sweeper's pass
 wakes a parent whose wake was lost with a process or a failed write.
 
-Every listed run is asked (a wake or a delivery is conditional): a document read from a
+Every listed run is asked (a wake is conditional): a document read from a
 lagging replica may not show yet the wait its entry was written for.
 """
 
@@ -34,7 +34,7 @@ log = structlog.get_logger("stemd.store.jetstream")
 
 
 class Waits:
-    """Waking the runs that wait on a child or an event."""
+    """Waking the runs that wait on a child."""
 
     def __init__(self, records: Records, index: Index) -> None:
         self.records = records
@@ -112,51 +112,3 @@ class Waits:
             for parent_id in sorted(parents):
                 if await self.wake_if_waiting(parent_id, child_id, now) is not None:
                     log.warning("woke a run its child's end had not", run_id=parent_id)
-
-    # -- events ---------------------------------------------------------------------------
-
-    async def deliver_event(self, topic: str, value: bytes, now: datetime, limit: int) -> list[str]:
-        """Resume up to ``limit`` runs waiting on ``topic``, oldest wait first, with
-        ``value`` (as the checkpoint their wait named); their ids."""
-        listed = await self.index.listed(f"idx.watch.{topic}.*.*")
-        found_docs = await self.records.read_many(listed)
-
-        # Documents only order the deliveries.
-        def age(run_id: str) -> tuple[datetime, int]:
-            found = found_docs.get(run_id)
-            if found is None:
-                return now, 0
-            return found[1].rec.suspended_at or now, found[1].order
-
-        def fn(doc: Doc) -> Doc | None:
-            rec = doc.rec
-            if rec.status is not RunStatus.SUSPENDED or rec.wait_topic != topic:
-                return None
-            if rec.wait_key is not None:
-                return docs.with_checkpoints(
-                    doc, apply_event(rec, now), [(rec.wait_key, value)], now
-                )
-            return docs.replace(doc, apply_event(rec, now))
-
-        resumed: list[str] = []
-        for run_id in sorted(listed, key=age):
-            if len(resumed) >= limit:
-                break
-            _, new = await self.records.mutate(run_id, fn)
-            if new is not None:
-                resumed.append(run_id)
-            else:
-                for key in listed[run_id]:
-                    await self.index.clean(key, run_id)
-        return resumed
-
-    async def waiting_on(self, topic: str, limit: int) -> list[RunRecord]:
-        """The runs suspended waiting on ``topic``, oldest wait first."""
-        waiting = await self.index.indexed(f"idx.watch.{topic}.*.*", "watch")
-        out = [
-            doc.rec
-            for _, _, doc in waiting
-            if doc.rec.status is RunStatus.SUSPENDED and doc.rec.wait_topic == topic
-        ]
-        out.sort(key=lambda r: (r.suspended_at or r.updated_at, r.run_id))
-        return out[:limit]

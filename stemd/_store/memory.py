@@ -6,6 +6,7 @@ atomic under the event loop.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import heapq
 from collections import defaultdict
@@ -21,21 +22,31 @@ from stemd._store.base import (
     Claim,
     CommitResult,
     Complete,
+    Delivery,
+    Event,
     FireResult,
     Outcome,
+    Page,
     RunRecord,
+    SendResult,
     Suspend,
     WorkflowInfo,
+    cursor_of,
+    topics_of,
 )
 from stemd._store.transitions import (
     apply_cancel,
     apply_claim,
+    apply_delivery,
     apply_event,
     apply_fire,
     apply_outcome,
     apply_rewind,
+    choose_event,
     is_runnable,
     rewind_cut,
+    waits_for_events,
+    waits_on,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +69,13 @@ class MemoryStore:
         self._order: dict[str, int] = {}
         self._seq = 0
         self._workflows: dict[str, WorkflowInfo] = {}
+        # Topic events: per topic, (position, value, expires at) in position order.
+        self._event_seq = 0
+        self._events: dict[str, list[tuple[int, bytes, datetime]]] = {}
+        # Mailboxes: per run, its messages not taken yet (topic, value) in send order, and
+        # every key ever sent to it.
+        self._mail: dict[str, list[tuple[str, bytes]]] = {}
+        self._mail_keys: dict[str, set[str]] = {}
 
     async def open(self) -> None:
         return None
@@ -70,17 +88,18 @@ class MemoryStore:
     def _put(self, rec: RunRecord) -> None:
         old = self._runs.get(rec.run_id)
         if old is not None:
-            if old.wait_topic is not None:
-                self._by_topic[old.wait_topic].pop(rec.run_id, None)
-                if not self._by_topic[old.wait_topic]:
-                    del self._by_topic[old.wait_topic]
+            for topic in topics_of(old):
+                self._by_topic[topic].pop(rec.run_id, None)
+                if not self._by_topic[topic]:
+                    del self._by_topic[topic]
             if old.wait_child is not None:
                 self._by_child[old.wait_child].discard(rec.run_id)
                 if not self._by_child[old.wait_child]:
                     del self._by_child[old.wait_child]
         self._runs[rec.run_id] = rec
-        if rec.wait_topic is not None and rec.status is RunStatus.SUSPENDED:
-            self._by_topic[rec.wait_topic][rec.run_id] = None
+        if rec.status is RunStatus.SUSPENDED:
+            for topic in topics_of(rec):
+                self._by_topic[topic][rec.run_id] = None
         if rec.wait_child is not None and rec.status is RunStatus.SUSPENDED:
             self._by_child[rec.wait_child].add(rec.run_id)
         if rec.status in (RunStatus.PENDING, RunStatus.RUNNING):
@@ -95,8 +114,11 @@ class MemoryStore:
         self._checkpoints.pop(run_id, None)
         self._order.pop(run_id, None)
         self._live.discard(run_id)
-        if rec is not None and rec.wait_topic is not None:
-            self._by_topic.get(rec.wait_topic, {}).pop(run_id, None)
+        self._mail.pop(run_id, None)
+        self._mail_keys.pop(run_id, None)
+        if rec is not None:
+            for topic in topics_of(rec):
+                self._by_topic.get(topic, {}).pop(run_id, None)
 
     def _owned(self, run_id: str, token: int) -> RunRecord:
         rec = self._runs.get(run_id)
@@ -120,6 +142,7 @@ class MemoryStore:
         if existing is not None:
             return copy.copy(existing), False
         rec = copy.copy(record)
+        rec.event_floor = self._event_seq
         self._seq += 1
         self._order[rec.run_id] = self._seq
         self._checkpoints[rec.run_id] = {}
@@ -169,21 +192,122 @@ class MemoryStore:
             for cp in outcome.checkpoints:
                 store[cp.name] = (cp.value, now)
         new = apply_outcome(rec, outcome, now, child_ended=child_ended)
+        if waits_for_events(new):
+            new = self._satisfy(new, now)
         self._put(new)
         woken = self._wake_parents(run_id, now) if new.status.is_terminal else ()
         return CommitResult(record=copy.copy(new), woken=woken)
 
+    # -- events and messages --------------------------------------------------------------
+
+    def _next_kept(self, topic: str, after: int, now: datetime) -> tuple[int, bytes] | None:
+        """The topic's oldest kept (unexpired) event past position ``after``."""
+        log = self._events.get(topic)
+        if not log:
+            return None
+        i = bisect.bisect_right(log, after, key=lambda e: e[0])
+        for seq, value, expires in log[i:]:
+            if expires > now:
+                return seq, value
+        return None
+
+    def _take(
+        self, rec: RunRecord, topic: str, seq: int | None, value: bytes, now: datetime
+    ) -> RunRecord:
+        if rec.wait_key is not None:
+            self._checkpoints[rec.run_id][rec.wait_key] = (value, now)
+        return apply_delivery(rec, now, topic, seq)
+
+    def _satisfy(self, rec: RunRecord, now: datetime) -> RunRecord:
+        """A run that just suspended on events takes what is already there for it: the
+        oldest message of its mailbox on one of its topics, else the oldest kept event it
+        has not taken."""
+        topics = topics_of(rec)
+        mail = self._mail.get(rec.run_id)
+        if mail:
+            for i, (topic, value) in enumerate(mail):
+                if topic in topics:
+                    del mail[i]
+                    return self._take(rec, topic, None, value, now)
+        best: tuple[int, bytes, str] | None = None
+        for topic in topics:
+            found = self._next_kept(topic, cursor_of(rec, topic), now)
+            if found is not None and (best is None or found[0] < best[0]):
+                best = (found[0], found[1], topic)
+        if best is None:
+            return rec
+        return self._take(rec, best[2], best[0], best[1], now)
+
+    async def append_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None
+    ) -> Event:
+        self._event_seq += 1
+        seq = self._event_seq
+        log = self._events.setdefault(topic, [])
+        prev = log[-1][0] if log else 0
+        expires = None
+        if retain is not None:
+            expires = now + timedelta(seconds=retain)
+            log.append((seq, value, expires))
+        elif not log:
+            del self._events[topic]
+        return Event(topic=topic, seq=seq, value=value, at=now, prev=prev, expires_at=expires)
+
     async def deliver_event(
-        self, topic: str, value: bytes, now: datetime, limit: int = 1000
-    ) -> list[str]:
+        self, event: Event, now: datetime, *, after: int = 0, limit: int = 1000
+    ) -> Delivery:
+        topic = event.topic
+        waiting = sorted(
+            (self._order[r], r) for r in self._by_topic.get(topic, ()) if self._order[r] > after
+        )
         resumed = []
-        for run_id in list(self._by_topic.get(topic, ()))[:limit]:
+        for _, run_id in waiting[:limit]:
             rec = self._runs[run_id]
-            if rec.wait_key is not None:
-                self._checkpoints[run_id][rec.wait_key] = (value, now)
-            self._put(apply_event(rec, now))
+            chosen = choose_event(rec, event, self._next_kept(topic, cursor_of(rec, topic), now))
+            if chosen is None:
+                continue
+            self._put(self._take(rec, topic, chosen[0], chosen[1], now))
             resumed.append(run_id)
-        return resumed
+        more = len(waiting) > limit
+        return Delivery(resumed=resumed, after=waiting[limit - 1][0] if more else None)
+
+    async def emit_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None, *, limit: int = 1000
+    ) -> tuple[Event, Delivery]:
+        event = await self.append_event(topic, value, now, retain)
+        return event, await self.deliver_event(event, now, limit=limit)
+
+    async def send_message(
+        self, run_id: str, topic: str, value: bytes, now: datetime, key: str | None = None
+    ) -> SendResult:
+        rec = self._runs.get(run_id)
+        if rec is None:
+            return SendResult(outcome="not_found")
+        keys = self._mail_keys.setdefault(run_id, set())
+        if key is not None and key in keys:
+            return SendResult(outcome="duplicate", record=copy.copy(rec))
+        if rec.status.is_terminal:
+            return SendResult(outcome="ended", record=copy.copy(rec))
+        if key is not None:
+            keys.add(key)
+        if waits_on(rec, topic):
+            new = self._take(rec, topic, None, value, now)
+            self._put(new)
+            return SendResult(outcome="accepted", resumed=True, record=copy.copy(new))
+        self._mail.setdefault(run_id, []).append((topic, value))
+        return SendResult(outcome="accepted", record=copy.copy(rec))
+
+    async def prune_events(self, now: datetime) -> int:
+        pruned = 0
+        for topic in list(self._events):
+            log = self._events[topic]
+            kept = [e for e in log if e[2] > now]
+            pruned += len(log) - len(kept)
+            if kept:
+                self._events[topic] = kept
+            else:
+                del self._events[topic]
+        return pruned
 
     async def due_timers(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
         # The heap holds every timer ever set; an entry is live only while it is still its
@@ -246,8 +370,22 @@ class MemoryStore:
         parent_run_id: str | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
+        return self._list(workflow, status, parent_run_id, limit, None)[0]
+
+    def _list(
+        self,
+        workflow: str | None,
+        status: RunStatus | None,
+        parent_run_id: str | None,
+        limit: int,
+        after: int | None,
+    ) -> tuple[list[RunRecord], int | None]:
         out: list[RunRecord] = []
+        last: int | None = None
         for run_id in sorted(self._order, key=self._order.__getitem__, reverse=True):
+            position = self._order[run_id]
+            if after is not None and position >= after:
+                continue
             rec = self._runs[run_id]
             if workflow is not None and rec.workflow != workflow:
                 continue
@@ -255,14 +393,37 @@ class MemoryStore:
                 continue
             if parent_run_id is not None and rec.parent_run_id != parent_run_id:
                 continue
-            out.append(copy.copy(rec))
             if len(out) >= limit:
-                break
-        return out
+                return out, last
+            out.append(copy.copy(rec))
+            last = position
+        return out, None
+
+    async def page_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> Page:
+        records, following = self._list(workflow, status, None, limit, after)
+        return Page(records=records, next=following)
 
     async def runs_waiting_on(self, topic: str, limit: int = 1000) -> list[RunRecord]:
-        ids = list(self._by_topic.get(topic, ()))[:limit]
-        return [copy.copy(self._runs[i]) for i in ids]
+        return (await self.page_waiting(topic, limit=limit)).records
+
+    async def page_waiting(
+        self, topic: str, *, limit: int = 1000, after: int | None = None
+    ) -> Page:
+        waiting = sorted(
+            (self._order[r], r)
+            for r in self._by_topic.get(topic, ())
+            if after is None or self._order[r] > after
+        )
+        page = waiting[:limit]
+        following = page[-1][0] if len(waiting) > limit else None
+        return Page(records=[copy.copy(self._runs[r]) for _, r in page], next=following)
 
     async def runnable(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         out = []

@@ -31,6 +31,9 @@ from stemd._errors import ConfigError, StoreError
 from stemd._model import RunStatus
 from stemd._options import as_bool, convert_options
 from stemd._store import sqlite_ops as ops
+from stemd._store.base import (
+    Page,
+)
 from stemd._store.sqlite_schema import RUN_COLUMNS, from_us, migrate, record_from_row, to_us
 from stemd._store.sqlite_writer import Writer, WriterStats, is_busy, while_busy
 from stemd._urls import sqlite_path
@@ -43,9 +46,12 @@ if TYPE_CHECKING:
         Checkpoint,
         Claim,
         CommitResult,
+        Delivery,
+        Event,
         FireResult,
         Outcome,
         RunRecord,
+        SendResult,
         WorkflowInfo,
     )
 
@@ -63,15 +69,19 @@ _DUE = (
     "SELECT timer_at, run_id FROM runs WHERE timer_at IS NOT NULL AND timer_at <= ?"
     " ORDER BY timer_at, run_id LIMIT ?"
 )
-_WAITING = (
-    f"SELECT {_COLS} FROM runs WHERE wait_topic = ? AND status = 'suspended'"
-    " AND wait_topic IS NOT NULL ORDER BY seq LIMIT ?"
-)
 
 
 def _limit(limit: int) -> int:
     """A row limit SQLite can bind: larger ones mean "all" (SQLite integers are 64-bit)."""
     return max(0, min(limit, 2**63 - 1))
+
+
+def _page(rows: list[Any], limit: int) -> Page:
+    """A page of ``rows`` (``seq`` then the run's columns), one more than ``limit`` asked
+    for: whether that one came tells whether there is a next page."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(records=[record_from_row(r[1:]) for r in rows], next=rows[-1][0] if more else None)
 
 
 def _pragmas(synchronous: str, busy_timeout: float) -> list[str]:
@@ -297,10 +307,28 @@ class SqliteStore:
     ) -> CommitResult:
         return await self.writer.submit(ops.commit, run_id, token, outcome, now)
 
+    async def append_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None
+    ) -> Event:
+        return await self.writer.submit(ops.append_event, topic, value, now, retain)
+
     async def deliver_event(
-        self, topic: str, value: bytes, now: datetime, limit: int = 1000
-    ) -> list[str]:
-        return await self.writer.submit(ops.deliver_event, topic, value, now, _limit(limit))
+        self, event: Event, now: datetime, *, after: int = 0, limit: int = 1000
+    ) -> Delivery:
+        return await self.writer.submit(ops.deliver_event, event, now, after, _limit(limit))
+
+    async def emit_event(
+        self, topic: str, value: bytes, now: datetime, retain: float | None, *, limit: int = 1000
+    ) -> tuple[Event, Delivery]:
+        return await self.writer.submit(ops.emit_event, topic, value, now, retain, _limit(limit))
+
+    async def send_message(
+        self, run_id: str, topic: str, value: bytes, now: datetime, key: str | None = None
+    ) -> SendResult:
+        return await self.writer.submit(ops.send_message, run_id, topic, value, now, key)
+
+    async def prune_events(self, now: datetime) -> int:
+        return await self.writer.submit(ops.prune_events, now)
 
     async def fire_timer(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:
         return await self.writer.submit(ops.fire_timer, run_id, now, timeout_value)
@@ -346,6 +374,27 @@ class SqliteStore:
         parent_run_id: str | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
+        page = await self._page_runs(workflow, status, parent_run_id, _limit(limit), None)
+        return page.records
+
+    async def page_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+        after: int | None = None,
+    ) -> Page:
+        return await self._page_runs(workflow, status, None, _limit(limit), after)
+
+    async def _page_runs(
+        self,
+        workflow: str | None,
+        status: RunStatus | None,
+        parent_run_id: str | None,
+        limit: int,
+        after: int | None,
+    ) -> Page:
         where: list[str] = []
         params: list[Any] = []
         if workflow is not None:
@@ -357,15 +406,27 @@ class SqliteStore:
         if parent_run_id is not None:
             where.append("parent_run_id = ?")
             params.append(parent_run_id)
-        sql = f"SELECT {_COLS} FROM runs"
+        if after is not None:
+            where.append("seq < ?")
+            params.append(after)
+        sql = f"SELECT seq, {_COLS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
-        params.append(_limit(limit))
-        return [record_from_row(r) for r in await self._fetchall(sql, tuple(params))]
+        params.append(_limit(limit + 1))
+        return _page(await self._fetchall(sql, tuple(params)), limit)
 
     async def runs_waiting_on(self, topic: str, limit: int = 1000) -> list[RunRecord]:
-        return [record_from_row(r) for r in await self._fetchall(_WAITING, (topic, _limit(limit)))]
+        return (await self.page_waiting(topic, limit=limit)).records
+
+    async def page_waiting(
+        self, topic: str, *, limit: int = 1000, after: int | None = None
+    ) -> Page:
+        limit = _limit(limit)
+        params = (topic, after or 0, _limit(limit + 1))
+        one = await self._fetchall(ops.WAITING_ONE, params)
+        many = await self._fetchall(ops.WAITING_MANY, params)
+        return _page(ops.merge_waiting(one, many, limit + 1), limit)
 
     async def due_timers(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
         rows = await self._fetchall(_DUE, (to_us(until), _limit(limit)))

@@ -26,6 +26,18 @@ from stemd._store.base import (
     Suspend,
     WorkflowInfo,
 )
+from stemd._store.sqlite_events import (
+    WAITING_MANY,
+    WAITING_ONE,
+    append_event,
+    deliver_event,
+    emit_event,
+    merge_waiting,
+    prune_events,
+    satisfy,
+    send_message,
+)
+from stemd._store.sqlite_rows import COLS, SELECT_RUN, put_checkpoint, row_of, update
 from stemd._store.sqlite_schema import (
     RUN_COLUMNS,
     from_us,
@@ -42,6 +54,7 @@ from stemd._store.transitions import (
     apply_rewind,
     is_runnable,
     rewind_cut,
+    waits_for_events,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +62,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
+    "SELECT_RUN",
+    "WAITING_MANY",
+    "WAITING_ONE",
+    "append_event",
     "cancel",
     "checkpoint_from_row",
     "checkpoints",
@@ -57,25 +74,23 @@ __all__ = [
     "create_run",
     "data_version",
     "deliver_event",
+    "emit_event",
     "fire_timer",
+    "merge_waiting",
+    "prune_events",
     "register_workflows",
     "renew_lease",
     "rewind",
     "save_checkpoint",
+    "send_message",
     "workflow_from_row",
 ]
 
-_COLS = ", ".join(RUN_COLUMNS)
-SELECT_RUN = f"SELECT {_COLS} FROM runs WHERE run_id = ?"
+_COLS = COLS
 SELECT_CHECKPOINTS = "SELECT name, value, written_at FROM checkpoints WHERE run_id = ? ORDER BY seq"
 _INSERT_RUN = (
     f"INSERT INTO runs ({_COLS}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})"
     " ON CONFLICT (run_id) DO NOTHING"
-)
-_UPSERT_CHECKPOINT = (
-    "INSERT INTO checkpoints (run_id, name, value, written_at) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (run_id, name) DO UPDATE"
-    " SET value = excluded.value, written_at = excluded.written_at"
 )
 _TOUCH_OWNED = (
     "UPDATE runs SET updated_at = ? WHERE run_id = ? AND token = ? AND status = 'running'"
@@ -88,11 +103,7 @@ _WAITING_ON_CHILD = (
     f"SELECT {_COLS} FROM runs"
     " WHERE wait_child = ? AND status = 'suspended' AND wait_child IS NOT NULL ORDER BY run_id"
 )
-_WAITING_ON_TOPIC = (
-    f"SELECT {_COLS} FROM runs"
-    " WHERE wait_topic = ? AND status = 'suspended' AND wait_topic IS NOT NULL"
-    " ORDER BY seq LIMIT ?"
-)
+_EVENT_FLOOR = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 SELECT_WORKFLOWS = "SELECT name, kind, steps, version, registered_at FROM workflows ORDER BY name"
 _UPSERT_WORKFLOW = (
     "INSERT INTO workflows (name, kind, steps, version, registered_at) VALUES (?, ?, ?, ?, ?)"
@@ -100,28 +111,9 @@ _UPSERT_WORKFLOW = (
     " version = excluded.version, registered_at = excluded.registered_at"
 )
 _steps_decoder = msgspec.json.Decoder(tuple[str, ...])
-_UPDATES: dict[tuple[int, ...], str] = {}
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def _update(db: sqlite3.Connection, old: tuple[Any, ...], new: RunRecord) -> None:
-    """Write the columns of ``new`` that differ from the stored row ``old``."""
-    row = record_to_row(new)
-    changed = tuple(i for i in range(len(row)) if row[i] != old[i])
-    if not changed:
-        return
-    sql = _UPDATES.get(changed)
-    if sql is None:
-        sets = ", ".join(f"{RUN_COLUMNS[i]} = ?" for i in changed)
-        sql = _UPDATES[changed] = f"UPDATE runs SET {sets} WHERE run_id = ?"
-    db.execute(sql, (*(row[i] for i in changed), new.run_id))
-
-
-def _row(db: sqlite3.Connection, run_id: str) -> tuple[Any, ...] | None:
-    row: tuple[Any, ...] | None = db.execute(SELECT_RUN, (run_id,)).fetchone()
-    return row
 
 
 def _lease_lost(run_id: str) -> LeaseLost:
@@ -129,19 +121,13 @@ def _lease_lost(run_id: str) -> LeaseLost:
 
 
 def _owned(db: sqlite3.Connection, run_id: str, token: int) -> tuple[tuple[Any, ...], RunRecord]:
-    row = _row(db, run_id)
+    row = row_of(db, run_id)
     if row is None:
         raise _lease_lost(run_id)
     rec = record_from_row(row)
     if rec.token != token or rec.status is not RunStatus.RUNNING:
         raise _lease_lost(run_id)
     return row, rec
-
-
-def _put_checkpoint(
-    db: sqlite3.Connection, run_id: str, name: str, value: bytes, now: datetime
-) -> None:
-    db.execute(_UPSERT_CHECKPOINT, (run_id, name, value, to_us(now)))
 
 
 def checkpoint_from_row(row: tuple[Any, ...] | sqlite3.Row) -> Checkpoint:
@@ -158,7 +144,7 @@ def checkpoints(db: sqlite3.Connection, run_id: str) -> list[Checkpoint]:
 def _wake_parents(db: sqlite3.Connection, child_id: str, now: datetime) -> tuple[str, ...]:
     woken = []
     for row in db.execute(_WAITING_ON_CHILD, (child_id,)).fetchall():
-        _update(db, row, apply_event(record_from_row(row), now))
+        update(db, row, apply_event(record_from_row(row), now))
         woken.append(row[0])
     return tuple(woken)
 
@@ -205,9 +191,11 @@ def workflow_from_row(row: tuple[Any, ...] | sqlite3.Row) -> WorkflowInfo:
 
 
 def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bool]:
+    floor = db.execute(_EVENT_FLOOR).fetchone()
+    record = msgspec.structs.replace(record, event_floor=floor[0] if floor else 0)
     if db.execute(_INSERT_RUN, record_to_row(record)).rowcount == 1:
         return record, True
-    row = _row(db, record.run_id)
+    row = row_of(db, record.run_id)
     assert row is not None  # the conflict was on this run id, inside this transaction
     return record_from_row(row), False
 
@@ -215,14 +203,14 @@ def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bo
 def claim(
     db: sqlite3.Connection, run_id: str, owner: str, now: datetime, lease: float
 ) -> Claim | None:
-    row = _row(db, run_id)
+    row = row_of(db, run_id)
     if row is None:
         return None
     rec = record_from_row(row)
     if not is_runnable(rec, now):
         return None
     new = apply_claim(rec, owner, now, lease)
-    _update(db, row, new)
+    update(db, row, new)
     # Token 0: never claimed, resumed, cancelled or rewound, so nothing can have written
     # a checkpoint yet (the first claim of every run skips the query).
     cps = checkpoints(db, run_id) if rec.token else []
@@ -244,7 +232,7 @@ def save_checkpoint(
     # nothing and the refusal happens before any write.
     if db.execute(_TOUCH_OWNED, (to_us(now), run_id, token)).rowcount != 1:
         raise _lease_lost(run_id)
-    _put_checkpoint(db, run_id, checkpoint.name, checkpoint.value, now)
+    put_checkpoint(db, run_id, checkpoint.name, checkpoint.value, now)
 
 
 def commit(
@@ -253,39 +241,30 @@ def commit(
     row, rec = _owned(db, run_id, token)
     child_ended = False
     if isinstance(outcome, Suspend) and outcome.wait_child is not None:
-        child = _row(db, outcome.wait_child)
+        child = row_of(db, outcome.wait_child)
         child_ended = child is None or RunStatus(child[2]).is_terminal
     if isinstance(outcome, (Complete, Suspend)):
         for cp in outcome.checkpoints:
-            _put_checkpoint(db, run_id, cp.name, cp.value, now)
+            put_checkpoint(db, run_id, cp.name, cp.value, now)
     new = apply_outcome(rec, outcome, now, child_ended=child_ended)
-    _update(db, row, new)
+    if waits_for_events(new):
+        new = satisfy(db, new, now)
+    update(db, row, new)
     woken = _wake_parents(db, run_id, now) if new.status.is_terminal else ()
     return CommitResult(record=new, woken=woken)
 
 
-def deliver_event(
-    db: sqlite3.Connection, topic: str, value: bytes, now: datetime, limit: int
-) -> list[str]:
-    resumed = []
-    for row in db.execute(_WAITING_ON_TOPIC, (topic, limit)).fetchall():
-        rec = record_from_row(row)
-        if rec.wait_key is not None:
-            _put_checkpoint(db, rec.run_id, rec.wait_key, value, now)
-        _update(db, row, apply_event(rec, now))
-        resumed.append(rec.run_id)
-    return resumed
-
-
 def _delete(db: sqlite3.Connection, run_id: str) -> None:
     db.execute("DELETE FROM checkpoints WHERE run_id = ?", (run_id,))
+    db.execute("DELETE FROM messages WHERE run_id = ?", (run_id,))
+    db.execute("DELETE FROM run_waits WHERE run_id = ?", (run_id,))
     db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 
 
 def fire_timer(
     db: sqlite3.Connection, run_id: str, now: datetime, timeout_value: bytes
 ) -> FireResult:
-    row = _row(db, run_id)
+    row = row_of(db, run_id)
     if row is None:
         return FireResult(action="none")
     rec = record_from_row(row)
@@ -296,26 +275,26 @@ def fire_timer(
         _delete(db, run_id)
         return FireResult(action="deleted")
     if action == "woken" and new.resume_key is not None:
-        _put_checkpoint(db, run_id, new.resume_key, timeout_value, now)
-    _update(db, row, new)
+        put_checkpoint(db, run_id, new.resume_key, timeout_value, now)
+    update(db, row, new)
     woken = _wake_parents(db, run_id, now) if action == "cancelled" else ()
     return FireResult(action=action, record=new, woken=woken)
 
 
 def cancel(db: sqlite3.Connection, run_id: str, reason: str, now: datetime) -> CommitResult | None:
-    row = _row(db, run_id)
+    row = row_of(db, run_id)
     if row is None:
         return None
     rec = record_from_row(row)
     if rec.status.is_terminal:
         return None
     new = apply_cancel(rec, reason, now)
-    _update(db, row, new)
+    update(db, row, new)
     return CommitResult(record=new, woken=_wake_parents(db, run_id, now))
 
 
 def rewind(db: sqlite3.Connection, run_id: str, step: str, now: datetime) -> RunRecord | None:
-    row = _row(db, run_id)
+    row = row_of(db, run_id)
     if row is None:
         return None
     names = [
@@ -330,5 +309,5 @@ def rewind(db: sqlite3.Connection, run_id: str, step: str, now: datetime) -> Run
             "DELETE FROM checkpoints WHERE run_id = ? AND name = ?", [(run_id, n) for n in cut]
         )
     new = apply_rewind(record_from_row(row), now)
-    _update(db, row, new)
+    update(db, row, new)
     return new

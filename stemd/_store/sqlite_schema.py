@@ -60,6 +60,10 @@ RUN_COLUMNS: tuple[str, ...] = (
     "attempt_step",
     "step_failures",
     "trace",
+    "wait_topics",
+    "wait_data",
+    "event_floor",
+    "cursors",
 )
 if RunRecord.__struct_fields__ != RUN_COLUMNS:  # pragma: no cover - a development error
     raise ImportError("stemd._store.sqlite_schema.RUN_COLUMNS is out of date with RunRecord")
@@ -70,6 +74,8 @@ _STATUS = {s.value: s for s in RunStatus}
 _json = msgspec.json.Encoder()
 _error = msgspec.json.Decoder(ErrorInfo)
 _policy = msgspec.json.Decoder(CancellationPolicy)
+_topics = msgspec.json.Decoder(tuple[str, ...])
+_cursors = msgspec.json.Decoder(dict[str, int])
 _MIGRATION = re.compile(r"(\d{4})_[A-Za-z0-9_]+\.sql")
 
 
@@ -122,6 +128,10 @@ def record_to_row(r: RunRecord) -> tuple[Any, ...]:
         r.attempt_step,
         r.step_failures,
         r.trace,
+        None if r.wait_topics is None else _json.encode(r.wait_topics).decode(),
+        r.wait_data,
+        r.event_floor,
+        _json.encode(r.cursors).decode() if r.cursors else None,
     )
 
 
@@ -156,6 +166,10 @@ def record_from_row(row: tuple[Any, ...] | sqlite3.Row) -> RunRecord:
         attempt_step,
         step_failures,
         trace,
+        wait_topics,
+        wait_data,
+        event_floor,
+        cursors,
     ) = row
     return RunRecord(
         run_id=run_id,
@@ -186,6 +200,10 @@ def record_from_row(row: tuple[Any, ...] | sqlite3.Row) -> RunRecord:
         attempt_step=attempt_step,
         step_failures=step_failures,
         trace=trace,
+        wait_topics=None if wait_topics is None else _topics.decode(wait_topics),
+        wait_data=wait_data,
+        event_floor=event_floor,
+        cursors={} if cursors is None else _cursors.decode(cursors),
     )
 
 

@@ -14,6 +14,7 @@ import msgspec
 from stemd._model import RunStatus
 from stemd._store.base import (
     Complete,
+    Event,
     Fail,
     Outcome,
     Release,
@@ -22,19 +23,25 @@ from stemd._store.base import (
     Suspend,
     base_step_name,
     compute_timer_at,
+    cursor_of,
+    topics_of,
 )
 
 __all__ = [
     "apply_cancel",
     "apply_claim",
+    "apply_delivery",
     "apply_event",
     "apply_fire",
     "apply_outcome",
     "apply_rewind",
     "apply_wake_parent",
+    "choose_event",
     "is_claimable",
     "is_runnable",
     "rewind_cut",
+    "waits_for_events",
+    "waits_on",
 ]
 
 _LIVE = (RunStatus.PENDING, RunStatus.RUNNING)
@@ -45,6 +52,8 @@ _CLEAR_WAIT: dict[str, object] = {
     "wait_child": None,
     "resume_at": None,
     "suspended_at": None,
+    "wait_topics": None,
+    "wait_data": None,
 }
 _CLEAR_LEASE: dict[str, object] = {"lease_owner": None, "lease_expires_at": None}
 
@@ -133,6 +142,8 @@ def apply_outcome(
             wait_topic=outcome.wait_topic,
             wait_key=outcome.wait_key,
             wait_child=outcome.wait_child,
+            wait_topics=outcome.wait_topics,
+            wait_data=outcome.wait_data,
             resume_at=outcome.resume_at,
             suspended_at=now,
             **_CLEAR_LEASE,
@@ -155,6 +166,51 @@ def apply_event(rec: RunRecord, now: datetime) -> RunRecord:
 
 
 apply_wake_parent = apply_event
+
+
+def waits_on(rec: RunRecord, topic: str) -> bool:
+    """Whether the run is suspended waiting for an event or message on ``topic``."""
+    return rec.status is RunStatus.SUSPENDED and topic in topics_of(rec)
+
+
+def waits_for_events(rec: RunRecord) -> bool:
+    """Whether the run is suspended waiting for events or messages (on any topic)."""
+    return rec.status is RunStatus.SUSPENDED and rec.wait_topic is not None
+
+
+def choose_event(
+    rec: RunRecord, event: Event, next_kept: tuple[int, bytes] | None
+) -> tuple[int, bytes] | None:
+    """What a delivery of ``event`` gives the waiting run ``rec``: (position, value), or
+    ``None`` when the run has taken ``event`` (or a later one) already.
+
+    ``next_kept`` is the topic's oldest kept event past the run's cursor (``None``: none).
+    Events are taken in order: when one older than ``event`` is still there for the run
+    (emitted concurrently, its own delivery not there yet), the run takes that one first;
+    ``event`` is there for its next wait, or reaches it by its own delivery."""
+    if cursor_of(rec, event.topic) >= event.seq:
+        return None
+    if next_kept is not None and next_kept[0] < event.seq:
+        return next_kept
+    return event.seq, event.value
+
+
+def apply_delivery(rec: RunRecord, now: datetime, topic: str, seq: int | None) -> RunRecord:
+    """A run waiting on ``topic`` takes an event (position ``seq``) or a message of its
+    mailbox (``seq`` ``None``): runnable, its wait result recorded, its cursor moved."""
+    cursors = rec.cursors
+    if seq is not None:
+        cursors = {**cursors, topic: seq}
+    return _with(
+        rec,
+        now,
+        status=RunStatus.PENDING,
+        resume_key=rec.wait_key,
+        token=rec.token + 1,
+        cursors=cursors,
+        **_CLEAR_WAIT,
+        **_CLEAR_LEASE,
+    )
 
 
 def apply_cancel(rec: RunRecord, reason: str, now: datetime) -> RunRecord:

@@ -330,7 +330,9 @@ class Emitter:
                 if run_id in self.finished or plan.emit_after > elapsed:
                     continue
                 try:
-                    n = await self.client.emit(topic(run_id), {"for": run_id})
+                    # Not kept (retain=False): an emit reaches the run only while it
+                    # waits, so the counts tell which emit delivered (exactly one must).
+                    n = await self.client.emit(topic(run_id), {"for": run_id}, retain=False)
                 except StemError as exc:
                     # Unknown outcome (NATS away): the count of that emit is lost.
                     self.errors[run_id] += 1

@@ -135,3 +135,46 @@ async def test_stemd_run_serves_the_api_on_its_nats(
     finally:
         daemon.kill()
         notify.close()
+
+
+async def test_send_through_the_api(
+    capsys: pytest.CaptureFixture[str], nats: NatsServer, tmp_path: Path
+) -> None:
+    """`workflow send` over --nats approves one document of two; a keyed resend sends
+    nothing; an unknown or ended run is one line on stderr and exit 1."""
+    n = ["--nats", nats.url]
+    store = f"sqlite:///{tmp_path / 'stemd.db'}"
+    async with stemd.App(
+        store=store, workflows=EXAMPLES, options=stemd.AppOptions(nats=nats.url)
+    ) as app:
+        for run_id in ("s1", "s2"):
+            await cli(
+                capsys,
+                "workflow",
+                "start",
+                "approvals.flow",
+                "--params",
+                DRAFT,
+                "--run-id",
+                run_id,
+                *n,
+            )
+        payload = ["--payload", '{"approvedBy": "ana"}']
+        status, out, _ = await cli(
+            capsys, "workflow", "send", "s1", "approvals.manager", *payload, "--key", "k", *n
+        )
+        assert (status, out) == (0, "sent approvals.manager to run s1\n")
+        status, out, _ = await cli(
+            capsys, "workflow", "send", "s1", "approvals.manager", "--key", "k", "--json", *n
+        )
+        assert (status, json.loads(out)) == (0, {"accepted": False})
+        status, out, _ = await cli(capsys, "workflow", "wait", "s1", "--timeout", "10", *n)
+        assert status == 0
+        assert 'result    "approved-by:ana"' in out
+        assert (await app.get_run("s2")).status is not stemd.RunStatus.COMPLETED  # type: ignore[union-attr]
+        status, _, err = await cli(capsys, "workflow", "send", "ghost", "approvals.manager", *n)
+        assert (status, err) == (1, "stemd: no run ghost\n")
+        status, _, err = await cli(capsys, "workflow", "send", "s1", "approvals.manager", *n)
+        assert status == 1
+        assert err.count("\n") == 1
+        assert "has ended (completed)" in err

@@ -38,7 +38,7 @@ async def prepare(ctx: stemd.FlowContext) -> Any:
 @flow.step("approve")
 async def approve(ctx: stemd.FlowContext) -> Any:
     """Waits for the approval event; returns it with the params."""
-    decision = await ctx.wait_for_event("api.approve")
+    decision = await ctx.wait_for_event("api.approve", data={"about": ctx.previous_result})
     return {"params": ctx.previous_result, "decision": decision}
 
 
@@ -84,6 +84,7 @@ async def test_start_is_idempotent_and_get_returns_the_contract_fields(
     assert run["params"] == {"doc": 42}
     assert run["checkpoints"] == {"prepare": {"doc": 42}}
     assert run["wait_topic"] == "api.approve"
+    assert run["wait_data"] == {"about": {"doc": 42}}
     assert run["policy"] == {"max_run_duration": 3600.0}
     assert run["attempts"] == 1
     assert RFC3339.match(run["created_at"])
@@ -120,6 +121,28 @@ async def test_waiting_emit_and_completion(app: stemd.App, conn: NatsConnection)
     assert RFC3339.match(run["finished_at"])
 
 
+async def test_send_resumes_only_its_run(app: stemd.App, conn: NatsConnection) -> None:
+    """Send resumes the run it names and no other; a keyed resend is accepted false; an
+    unknown run is not_found, an ended one bad_request."""
+    for run_id in ("s1", "s2"):
+        await call(conn, "start", {"workflow": "api.flow", "params": 1, "run_id": run_id})
+    for run_id in ("s1", "s2"):
+        await wait_status(app, run_id, stemd.RunStatus.SUSPENDED)
+    body = {"run_id": "s1", "topic": "api.approve", "payload": {"by": "bo"}, "key": "k1"}
+    assert await call(conn, "send", body) == {"accepted": True}
+    assert await call(conn, "send", body) == {"accepted": False}
+    await wait_status(app, "s1", stemd.RunStatus.COMPLETED)
+    run = (await call(conn, "get", {"run_id": "s1"}))["run"]
+    assert run["result"] == {"params": 1, "decision": {"by": "bo"}}
+    waiting = await call(conn, "waiting", {"topic": "api.approve"})
+    assert [r["run_id"] for r in waiting["runs"]] == ["s2"]
+    ghost = await call(conn, "send", {"run_id": "ghost", "topic": "api.approve"})
+    assert ghost["error"]["code"] == "not_found"
+    ended = await call(conn, "send", {"run_id": "s1", "topic": "api.approve"})
+    assert ended["error"]["code"] == "bad_request"
+    assert "has ended" in ended["error"]["message"]
+
+
 async def test_list_filters_newest_first(app: stemd.App, conn: NatsConnection) -> None:
     """List filters by workflow and status, newest first, at most limit."""
     for i in range(3):
@@ -132,6 +155,24 @@ async def test_list_filters_newest_first(app: stemd.App, conn: NatsConnection) -
     assert [r["run_id"] for r in limited["runs"]] == ["l2", "l1"]
     assert await call(conn, "list", {"status": "completed"}) == {"runs": []}
     assert await call(conn, "list", {"workflow": "other"}) == {"runs": []}
+
+
+async def test_list_and_waiting_page_with_a_cursor(app: stemd.App, conn: NatsConnection) -> None:
+    """List and waiting answer a page and, when there are more runs, the cursor of the
+    next one (next); after= gives that page; the last page has no next."""
+    for i in range(3):
+        await call(conn, "start", {"workflow": "api.flow", "run_id": f"p{i}"})
+    for i in range(3):
+        await wait_status(app, f"p{i}", stemd.RunStatus.SUSPENDED)
+    first = await call(conn, "list", {"limit": 2})
+    assert [r["run_id"] for r in first["runs"]] == ["p2", "p1"]
+    rest = await call(conn, "list", {"limit": 2, "after": first["next"]})
+    assert ([r["run_id"] for r in rest["runs"]], "next" in rest) == (["p0"], False)
+    waiting = await call(conn, "waiting", {"topic": "api.approve", "limit": 2})
+    assert [r["run_id"] for r in waiting["runs"]] == ["p0", "p1"]
+    more = await call(conn, "waiting", {"topic": "api.approve", "after": waiting["next"]})
+    assert more == {"runs": more["runs"]}
+    assert [r["run_id"] for r in more["runs"]] == ["p2"]
 
 
 async def test_cancel(app: stemd.App, conn: NatsConnection) -> None:
@@ -196,6 +237,21 @@ BAD_REQUESTS: list[tuple[str, bytes, str]] = [
     ("emit", b'{"topic": ">"}', "bad_request"),
     ("emit", b'{"topic": "' + b"t" * 300 + b'"}', "bad_request"),
     ("emit", b'{"topic": "api.approve", "payload": 1, "x": 2}', "bad_request"),
+    ("send", b"{}", "bad_request"),
+    ("send", b'{"run_id": "r1"}', "bad_request"),
+    ("send", b'{"topic": "api.approve"}', "bad_request"),
+    ("send", b'{"run_id": "a b", "topic": "api.approve"}', "bad_request"),
+    ("send", b'{"run_id": "r1", "topic": "a..b"}', "bad_request"),
+    ("send", b'{"run_id": "r1", "topic": "api.approve", "key": ""}', "bad_request"),
+    ("send", b'{"run_id": "r1", "topic": "api.approve", "key": 5}', "bad_request"),
+    ("send", b'{"run_id": "r1", "topic": "api.approve", "frob": 5}', "bad_request"),
+    ("send", b'{"run_id": "ghost", "topic": "api.approve"}', "not_found"),
+    ("emit", b'{"topic": "api.approve", "retain": -1}', "bad_request"),
+    ("emit", b'{"topic": "api.approve", "retain": "1h"}', "bad_request"),
+    ("list", b'{"after": "x"}', "bad_request"),
+    ("list", b'{"after": 5}', "bad_request"),
+    ("waiting", b'{"topic": "api.approve", "after": "-1"}', "bad_request"),
+    ("waiting", b'{"topic": "api.approve", "limit": 0}', "bad_request"),
     ("waiting", b'{"topic": ""}', "bad_request"),
     ("waiting", b'{"topic": 1}', "bad_request"),
     ("cancel", b'{"reason": "x"}', "bad_request"),
@@ -234,8 +290,8 @@ async def test_garbage_never_stops_the_responder(app: stemd.App, conn: NatsConne
     """Hundreds of random requests get well-formed replies; the daemon serves on after."""
     rng = random.Random(1234)
     atoms: list[Any] = [None, True, 0, -1, 2**70, 1.5, "", "x", "api.flow", "a b", [], {}, [1]]
-    keys = ["workflow", "params", "run_id", "policy", "topic", "payload", "limit", "status"]
-    verbs = ["start", "get", "list", "emit", "waiting", "cancel", "rewind", "nope"]
+    keys = ["workflow", "params", "run_id", "policy", "topic", "payload", "limit", "status", "key"]
+    verbs = ["start", "get", "list", "emit", "send", "waiting", "cancel", "rewind", "nope"]
     for _ in range(300):
         verb = rng.choice(verbs)
         kind = rng.random()

@@ -114,7 +114,8 @@ async def test_index_entries_left_by_a_crash_are_ignored_then_removed(
         assert await store.runnable(T0, 10) == [("r2", "workflow")]
         assert await store.due_timers(T0 + timedelta(days=1), 10) == []
         monkeypatch.setattr(jetstream_index, "STALE_AFTER", timedelta(0))
-        assert await store.deliver_event("t.go", b"{}", T0) == ["r1"]
+        event = await store.append_event("t.go", b"{}", T0, 60)
+        assert (await store.deliver_event(event, T0)).resumed == ["r1"]
         await store.runnable(T0, 10)
         await store.due_timers(T0 + timedelta(days=1), 10)
         keys = await store._bucket.keys("idx.>")

@@ -3,6 +3,7 @@ several processes on one file, and the queries' indexes."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from contextlib import asynccontextmanager
@@ -16,10 +17,10 @@ import pytest
 import stemd
 from stemd._errors import ConfigError, LeaseLost, StoreError
 from stemd._model import RunStatus
+from stemd._store import sqlite_events, store_from_url
 from stemd._store import sqlite_ops as ops
-from stemd._store import store_from_url
 from stemd._store.base import Checkpoint, Complete, RunRecord, Suspend
-from stemd._store.sqlite import _COLS, _DUE, _RUNNABLE, _WAITING, SqliteStore
+from stemd._store.sqlite import _COLS, _DUE, _RUNNABLE, SqliteStore
 from stemd._store.sqlite_schema import migrations, to_us
 from tests.helpers import wait_until
 
@@ -178,6 +179,35 @@ async def test_checkpoints_written_before_0003_read_without_a_time(tmp_path: Pat
             Checkpoint("old", b"1", None),
             Checkpoint("new", b"2", later),
         ]
+
+
+async def test_a_run_waiting_before_0005_takes_events_after_it(tmp_path: Path) -> None:
+    """A database at schema 4 with a run suspended on an event is migrated: the run is
+    still listed as waiting, an emit resumes it, and events and messages are kept after."""
+    path = tmp_path / "x.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(
+        "CREATE TABLE schema_version"
+        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+    )
+    for version, name, script in migrations()[:4]:
+        db.executescript(script)
+        db.execute("INSERT INTO schema_version VALUES (?, ?, 0)", (version, name))
+    db.execute(
+        "INSERT INTO runs (run_id, workflow, status, params, created_at, updated_at, queue,"
+        " token, wait_topic, wait_key, suspended_at) VALUES ('r1', 'w', 'suspended',"
+        " x'6e756c6c', ?, ?, 'workflow', 1, 't.old', 'w@event#0', ?)",
+        (to_us(NOW), to_us(NOW), to_us(NOW)),
+    )
+    db.close()
+    async with opened(path) as store:
+        [rec] = await store.runs_waiting_on("t.old")
+        assert (rec.event_floor, rec.cursors, rec.wait_topics) == (0, {}, None)
+        event, done = await store.emit_event("t.old", b'{"e":1}', NOW, 60)
+        assert (event.seq, done.resumed) == (1, ["r1"])
+        assert (await store.get_checkpoints("r1"))[0].value == b'{"e":1}'
+        sent = await store.send_message("r1", "t.old", b'{"e":2}', NOW, "k")
+        assert (sent.outcome, sent.resumed) == ("accepted", False)
 
 
 async def test_runs_survive_a_reopen(tmp_path: Path) -> None:
@@ -446,19 +476,23 @@ async def test_queries_use_indexes(tmp_path: Path) -> None:
         ),
         "runnable": _RUNNABLE,
         "due timers": _DUE,
-        "waiting on topic": _WAITING,
-        "deliver event": ops._WAITING_ON_TOPIC,
+        "waiting on topic": ops.WAITING_ONE,
+        "waiting on topics": ops.WAITING_MANY,
+        "next kept event": sqlite_events._NEXT_KEPT,
+        "next message": sqlite_events._NEXT_MESSAGE.format("?, ?"),
         "waiting on child": ops._WAITING_ON_CHILD,
         "run": ops.SELECT_RUN,
         "checkpoints": ops.SELECT_CHECKPOINTS,
     }
     db = sqlite3.connect(path)
     for what, sql in queries.items():
-        params = (1,) * sql.count("?")
+        numbered = [int(n) for n in re.findall(r"\?(\d+)", sql)]
+        params = (1,) * (max(numbered) if numbered else sql.count("?"))
         plan = " | ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params))
-        assert "INDEX" in plan, f"{what}: {plan}"
+        assert "INDEX" in plan or "PRIMARY KEY" in plan, f"{what}: {plan}"
         # Sorting is only ever of one run's few rows.
-        assert "TEMP B-TREE" not in plan or what in ("checkpoints", "waiting on child"), plan
+        one_run = ("checkpoints", "waiting on child", "next message")
+        assert "TEMP B-TREE" not in plan or what in one_run, plan
     db.close()
 
 

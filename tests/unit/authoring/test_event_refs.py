@@ -119,7 +119,6 @@ def test_an_event_needs_a_topic() -> None:
     assert repr(paid) == "Event('refs.orders.paid', Paid)"
 
 
-@pytest.mark.skipif(not hasattr(stemd.App, "send"), reason="App.send is not available")
 async def test_send_delivers_to_the_one_run_addressed() -> None:
     """event.send delivers the value to the run it names (app.send), which gets it
     decoded into the event's type."""

@@ -167,3 +167,27 @@ def test_a_run_given_back_shows_so_until_it_has_run() -> None:
     out = run_detail(asleep)
     assert "status      suspended (resumes at 2030-01-01 10:00:00Z)\n" in out
     assert "not registered where taken" not in out
+
+
+def test_a_run_waiting_on_several_topics_shows_them_and_its_wait_data() -> None:
+    """A wait on several topics names them all; the wait's data is shown with the status
+    and on its own line."""
+    run = RunState(
+        run_id="doc-7",
+        workflow="review.flow",
+        status=RunStatus.SUSPENDED,
+        created_at=T0,
+        updated_at=at(1),
+        suspended_at=at(1),
+        wait_topic="review.approved",
+        wait_topics=["review.approved", "review.rejected"],
+        wait_data={"document": "doc-7"},
+        resume_at=at(3600),
+    )
+    text = run_detail(run)
+    status = (
+        "status     suspended (waiting for event review.approved or review.rejected "
+        '(until 2030-01-01 10:00:00Z) {"document":"doc-7"})\n'
+    )
+    assert status in text
+    assert 'wait data  {"document":"doc-7"}\n' in text

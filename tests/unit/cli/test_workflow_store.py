@@ -206,7 +206,9 @@ def test_waiting_emit_wait_and_rewind(capsys: pytest.CaptureFixture[str], store:
         "--json",
     )
     assert (status, json.loads(out)) == (0, {"resumed": 1})
-    status, out, _ = cli(capsys, "workflow", "emit", "approvals.manager", "--store", store)
+    status, out, _ = cli(
+        capsys, "workflow", "emit", "approvals.manager", "--retain", "0", "--store", store
+    )
     assert (status, out) == (0, "resumed 0 runs waiting on approvals.manager\n")
     drive(store, "ap", "completed")
     status, out, _ = cli(
@@ -405,3 +407,57 @@ def test_config_check_prints_the_effective_config(
     status, _, err = cli(capsys, "config", "check", "--config", str(config))
     assert status == 1
     assert "concurrency: expected `int`, got `bool`" in one_line(err)
+
+
+def test_send_approves_one_run(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    """`send` straight to the store puts a message in one run's mailbox (taken by its
+    wait); a keyed resend sends nothing; an unknown run is one line and exit 1."""
+    start(capsys, store, "approvals.flow", "one", DRAFT)
+    start(capsys, store, "approvals.flow", "two", DRAFT)
+    payload = ["--payload", '{"approvedBy": "ana"}']
+    argv = ["workflow", "send", "one", "approvals.manager", *payload, "--key", "k1"]
+    status, out, _ = cli(capsys, *argv, "--store", store)
+    assert (status, out) == (0, "sent approvals.manager to run one\n")
+    status, out, _ = cli(capsys, *argv, "--store", store, "--json")
+    assert (status, json.loads(out)) == (0, {"accepted": False})
+    assert drive(store, "one", "completed").result == "approved-by:ana"
+    status, out, _ = cli(capsys, "workflow", "get", "two", "--store", store, "--json")
+    assert json.loads(out)["run"]["status"] != "completed"
+    status, _, err = cli(capsys, "workflow", "send", "ghost", "t", "--store", store)
+    assert status == 1
+    assert one_line(err) == "stemd: no run ghost"
+
+
+def test_list_and_waiting_page(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    """`list --limit` and `waiting --limit` print where the next page starts; `--after`
+    prints that page; a bad cursor is one line and exit 1."""
+    for run_id in ("pg1", "pg2", "pg3"):
+        start(capsys, store, "approvals.flow", run_id, DRAFT)
+    for run_id in ("pg1", "pg2", "pg3"):
+        drive(store, run_id, "suspended")
+    status, out, _ = cli(capsys, "workflow", "list", "--limit", "2", "--store", store)
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines[1:3]] == ["pg3", "pg2"]
+    assert lines[-1].startswith("more: --after ")
+    cursor = lines[-1].split()[-1]
+    status, out, _ = cli(
+        capsys, "workflow", "list", "--limit", "2", "--after", cursor, "--store", store, "--json"
+    )
+    assert [r["run_id"] for r in json.loads(out)["runs"]] == ["pg1"]
+    status, out, _ = cli(
+        capsys,
+        "workflow",
+        "waiting",
+        "approvals.manager",
+        "--limit",
+        "1",
+        "--store",
+        store,
+        "--json",
+    )
+    page = json.loads(out)
+    assert len(page["runs"]) == 1
+    assert "next" in page
+    status, _, err = cli(capsys, "workflow", "list", "--after", "nope", "--store", store)
+    assert status == 1
+    assert one_line(err) == "stemd: invalid cursor 'nope': give the next of a previous page"

@@ -103,7 +103,7 @@ async def test_the_timeline_lists_steps_and_waits_with_times_and_durations() -> 
         ("prepare", "step", "prepare", at(0), 0.0, None),
         ("nap@sleep#0", "sleep", "nap", at(0), 0.0, "until 2030-01-01T00:00:10Z"),
         ("nap", "step", "nap", at(10), 10.0, None),
-        ("approve@event#0", "event", "approve", at(15), 5.0, "received"),
+        ("approve@event#0", "event", "approve", at(15), 5.0, "received on timeline.approve"),
         ("approve", "step", "approve", at(15), 0.0, None),
         ("charge", "step", "charge", at(16), 1.0, None),
         ("build@child#0", "child_start", "build", at(16), 0.0, "kid-1"),

@@ -86,6 +86,27 @@ async def suspended_on(
     await store.commit(run_id, claim.token, Suspend(wait_topic=topic, wait_key=key), now)
 
 
+async def emit(
+    store: Store,
+    topic: str,
+    value: bytes,
+    now: datetime,
+    *,
+    retain: float | None = 3600.0,
+    limit: int = 1000,
+) -> list[str]:
+    """Append an event to ``topic`` and deliver it, page after page, as the engine does
+    (emit_event, then deliver_event from where the page before stopped); return the runs
+    it resumed."""
+    event, done = await store.emit_event(topic, value, now, retain, limit=limit)
+    resumed: list[str] = []
+    while True:
+        resumed += done.resumed
+        if done.after is None:
+            return resumed
+        done = await store.deliver_event(event, now, after=done.after, limit=limit)
+
+
 async def status(store: Store, run_id: str) -> RunStatus | None:
     """The status of ``run_id``, or None if there is no such run."""
     rec = await store.get_run(run_id)
@@ -344,7 +365,7 @@ async def test_checkpoints_of_a_commit_carry_its_time(store: Store) -> None:
 async def test_a_delivered_event_carries_the_delivery_time(store: Store) -> None:
     """The payload deliver_event writes to a wait's checkpoint carries the delivery's time."""
     await suspended_on(store, "r1", "t.paid", now=at(1))
-    assert await store.deliver_event("t.paid", enc({"e": 1}), at(7)) == ["r1"]
+    assert await emit(store, "t.paid", enc({"e": 1}), at(7)) == ["r1"]
     assert await times(store, "r1") == [("review@event#0", at(7))]
 
 
@@ -488,7 +509,7 @@ async def test_release_gives_the_run_back_at_once(store: Store) -> None:
 async def test_deliver_event_resumes_a_waiter_with_the_payload(store: Store) -> None:
     """The payload is written to the wait's checkpoint and the run becomes runnable."""
     await suspended_on(store, "r1", "orders.paid")
-    resumed = await store.deliver_event("orders.paid", enc({"e": 42}), at(1))
+    resumed = await emit(store, "orders.paid", enc({"e": 42}), at(1))
     assert resumed == ["r1"]
     rec = await store.get_run("r1")
     assert rec is not None
@@ -509,8 +530,8 @@ async def test_deliver_event_resumes_each_waiter_once(store: Store) -> None:
     for run_id in ("a", "b", "c"):
         await suspended_on(store, run_id, "t.go")
     await suspended_on(store, "other", "t.stop")
-    assert sorted(await store.deliver_event("t.go", enc({"e": 1}), at(1))) == ["a", "b", "c"]
-    assert await store.deliver_event("t.go", enc({"e": 2}), at(2)) == []
+    assert sorted(await emit(store, "t.go", enc({"e": 1}), at(1))) == ["a", "b", "c"]
+    assert await emit(store, "t.go", enc({"e": 2}), at(2)) == []
     for run_id in ("a", "b", "c"):
         assert [c.value for c in await store.get_checkpoints(run_id)] == [enc({"e": 1})]
     assert await status(store, "other") is RunStatus.SUSPENDED
@@ -519,36 +540,306 @@ async def test_deliver_event_resumes_each_waiter_once(store: Store) -> None:
 async def test_deliver_event_with_no_waiter_resumes_nothing(store: Store) -> None:
     """An event nobody waits for changes nothing."""
     await store.create_run(record())
-    assert await store.deliver_event("t.none", enc({"e": 1}), T0) == []
+    assert await emit(store, "t.none", enc({"e": 1}), T0) == []
     assert await status(store, "r1") is RunStatus.PENDING
 
 
+async def rewait(
+    store: Store, run_id: str, topics: tuple[str, ...], now: datetime, n: int = 1, **kw: Any
+) -> Any:
+    """Claim ``run_id`` (runnable) and suspend it on ``topics`` again, its wait's checkpoint
+    named ``w@event#<n>``; return the commit's result."""
+    claim = await store.claim(run_id, "w1", now, LEASE)
+    assert claim is not None
+    suspend = Suspend(
+        wait_topic=topics[0],
+        wait_topics=topics if len(topics) > 1 else None,
+        wait_key=f"w@event#{n}",
+        **kw,
+    )
+    return await store.commit(run_id, claim.token, suspend, now)
+
+
+async def values(store: Store, run_id: str) -> list[bytes]:
+    """The values of the run's checkpoints, in order."""
+    return [c.value for c in await store.get_checkpoints(run_id)]
+
+
 async def test_racing_deliveries_resume_a_waiter_exactly_once(store: Store) -> None:
-    """Of two deliveries racing for one waiter, exactly one wins and its payload is kept."""
+    """Of two deliveries racing for one waiter, exactly one resumes it, with the older
+    event; the other event is there for the run's next wait, taken at once."""
     await suspended_on(store, "r1", "t.race")
+    first = await store.append_event("t.race", enc({"e": 1}), at(1), 60)
+    second = await store.append_event("t.race", enc({"e": 2}), at(1), 60)
     results: dict[int, list[str]] = {}
 
-    async def deliver(n: int) -> None:
-        results[n] = await store.deliver_event("t.race", enc({"e": n}), at(1))
+    async def deliver(n: int, event: Any) -> None:
+        results[n] = (await store.deliver_event(event, at(1))).resumed
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(deliver, 1)
-        tg.start_soon(deliver, 2)
-    winners = [n for n, ids in results.items() if ids == ["r1"]]
-    assert len(winners) == 1
+        tg.start_soon(deliver, 2, second)
+        tg.start_soon(deliver, 1, first)
     assert sum(len(ids) for ids in results.values()) == 1
-    assert [c.value for c in await store.get_checkpoints("r1")] == [enc({"e": winners[0]})]
+    assert await values(store, "r1") == [enc({"e": 1})]
+    again = await rewait(store, "r1", ("t.race",), at(2))
+    assert again.record.status is RunStatus.PENDING
+    assert await values(store, "r1") == [enc({"e": 1}), enc({"e": 2})]
+    await rewait(store, "r1", ("t.race",), at(3), n=2)
+    for event in (first, second):
+        assert (await store.deliver_event(event, at(4))).resumed == []
+    assert await status(store, "r1") is RunStatus.SUSPENDED
 
 
-async def test_deliver_event_respects_its_limit(store: Store) -> None:
-    """A delivery resumes at most ``limit`` waiters; the rest keep waiting."""
+async def test_a_delivery_pages_through_the_waiters(store: Store) -> None:
+    """Deliveries page through the waiters (``limit`` a page, ``after`` where the next
+    goes on) and resume each exactly once."""
     for i in range(5):
         await suspended_on(store, f"r{i}", "t.many")
-    first = await store.deliver_event("t.many", enc({"e": 1}), at(1), limit=2)
-    assert len(first) == 2
-    assert len(await store.runs_waiting_on("t.many")) == 3
-    rest = await store.deliver_event("t.many", enc({"e": 1}), at(1))
-    assert sorted(first + rest) == [f"r{i}" for i in range(5)]
+    resumed = await emit(store, "t.many", enc({"e": 1}), at(1), limit=2)
+    assert sorted(resumed) == [f"r{i}" for i in range(5)]
+    assert await store.runs_waiting_on("t.many") == []
+
+
+async def test_a_delivered_event_is_never_delivered_again_to_a_run_that_waits_again(
+    store: Store,
+) -> None:
+    """A run that took an event and waits again on its topic is not given that event by
+    a later page or a repeated delivery of it (the doubled delivery of batched emits)."""
+    await suspended_on(store, "r1", "t.again")
+    event = await store.append_event("t.again", enc({"e": "first"}), at(1), 60)
+    assert (await store.deliver_event(event, at(1))).resumed == ["r1"]
+    assert (await rewait(store, "r1", ("t.again",), at(2))).record.status is RunStatus.SUSPENDED
+    assert (await store.deliver_event(event, at(3))).resumed == []
+    assert (await store.deliver_event(event, at(3), after=0, limit=1)).resumed == []
+    assert await status(store, "r1") is RunStatus.SUSPENDED
+    assert await values(store, "r1") == [enc({"e": "first"})]
+    assert await emit(store, "t.again", enc({"e": "second"}), at(4)) == ["r1"]
+    assert await values(store, "r1") == [enc({"e": "first"}), enc({"e": "second"})]
+
+
+async def test_a_kept_event_is_taken_by_a_run_that_waits_later(store: Store) -> None:
+    """An event emitted while the run is busy is taken at once by its next wait on the
+    topic: the suspend commits it as the wait's result and leaves the run runnable."""
+    claim = await started(store)
+    assert await emit(store, "t.early", enc({"e": 7}), at(1)) == []
+    result = await store.commit(
+        "r1", claim.token, Suspend(wait_topic="t.early", wait_key="w@event#0"), at(2)
+    )
+    assert result.record.status is RunStatus.PENDING
+    assert result.record.resume_key == "w@event#0"
+    assert result.record.wait_topic is None
+    assert await values(store, "r1") == [enc({"e": 7})]
+    assert await store.runs_waiting_on("t.early") == []
+    assert await store.runnable(at(2), 10) == [("r1", "workflow")]
+
+
+async def test_kept_events_are_taken_in_order_each_once(store: Store) -> None:
+    """Three events emitted before any wait are taken by three waits, in order, once."""
+    claim = await started(store)
+    for n in (1, 2, 3):
+        assert await emit(store, "t.seq", enc({"e": n}), at(n)) == []
+    suspend = Suspend(wait_topic="t.seq", wait_key="w@event#0")
+    assert (await store.commit("r1", claim.token, suspend, at(4))).record.status is (
+        RunStatus.PENDING
+    )
+    for n in (1, 2):
+        assert (await rewait(store, "r1", ("t.seq",), at(5), n)).record.status is (
+            RunStatus.PENDING
+        )
+    assert (await rewait(store, "r1", ("t.seq",), at(6), 3)).record.status is (RunStatus.SUSPENDED)
+    assert await values(store, "r1") == [enc({"e": n}) for n in (1, 2, 3)]
+
+
+async def test_an_event_emitted_before_a_run_was_created_is_not_taken(store: Store) -> None:
+    """A run takes the events emitted after its creation only."""
+    assert await emit(store, "t.old", enc({"e": "old"}), T0) == []
+    claim = await started(store, now=at(1))
+    result = await store.commit(
+        "r1", claim.token, Suspend(wait_topic="t.old", wait_key="w@event#0"), at(2)
+    )
+    assert result.record.status is RunStatus.SUSPENDED
+    assert await emit(store, "t.old", enc({"e": "new"}), at(3)) == ["r1"]
+    assert await values(store, "r1") == [enc({"e": "new"})]
+
+
+async def test_an_event_not_kept_reaches_only_the_runs_waiting(store: Store) -> None:
+    """An event appended with no retention resumes the runs waiting then, and is not
+    there for a later wait."""
+    await suspended_on(store, "waiting", "t.live")
+    claim = await started(store, "busy")
+    assert await emit(store, "t.live", enc({"e": 1}), at(1), retain=None) == ["waiting"]
+    result = await store.commit(
+        "busy", claim.token, Suspend(wait_topic="t.live", wait_key="w@event#0"), at(2)
+    )
+    assert result.record.status is RunStatus.SUSPENDED
+    assert await values(store, "waiting") == [enc({"e": 1})]
+
+
+async def test_a_wait_on_several_topics_takes_the_first_event(store: Store) -> None:
+    """A wait on several topics is listed under each and taken by an event on any; its
+    cursor moves on that topic only, and what came on the others stays."""
+    claim = await started(store)
+    both = ("t.a", "t.b")
+    suspend = Suspend(wait_topic="t.a", wait_topics=both, wait_key="w@any#0")
+    assert (await store.commit("r1", claim.token, suspend, at(1))).record.status is (
+        RunStatus.SUSPENDED
+    )
+    for topic in both:
+        [rec] = await store.runs_waiting_on(topic)
+        assert rec.wait_topics == both
+    assert await emit(store, "t.b", enc({"e": "b"}), at(2)) == ["r1"]
+    assert await store.runs_waiting_on("t.a") == []
+    assert await emit(store, "t.a", enc({"e": "a"}), at(3)) == []
+    rec = await store.get_run("r1")
+    assert rec is not None
+    assert rec.wait_topics is None
+    result = await rewait(store, "r1", both, at(4))
+    assert result.record.status is RunStatus.PENDING
+    assert await values(store, "r1") == [enc({"e": "b"}), enc({"e": "a"})]
+
+
+async def test_wait_data_is_kept_while_the_run_waits(store: Store) -> None:
+    """What a wait says about itself is stored with the wait and cleared when it ends."""
+    claim = await started(store)
+    suspend = Suspend(wait_topic="t.d", wait_key="w@event#0", wait_data=enc({"doc": 42}))
+    await store.commit("r1", claim.token, suspend, at(1))
+    [rec] = await store.runs_waiting_on("t.d")
+    assert rec.wait_data == enc({"doc": 42})
+    await emit(store, "t.d", enc({"e": 1}), at(2))
+    after = await store.get_run("r1")
+    assert after is not None
+    assert after.wait_data is None
+
+
+# -- messages -------------------------------------------------------------------------------
+
+
+async def test_a_message_to_a_waiting_run_resumes_it(store: Store) -> None:
+    """A message to a run waiting on its topic is its wait's result at once."""
+    await suspended_on(store, "r1", "t.m")
+    sent = await store.send_message("r1", "t.m", enc({"e": "hi"}), at(1))
+    assert (sent.outcome, sent.resumed) == ("accepted", True)
+    assert sent.record is not None
+    assert sent.record.status is RunStatus.PENDING
+    assert await values(store, "r1") == [enc({"e": "hi"})]
+
+
+async def test_messages_wait_in_the_mailbox_oldest_first(store: Store) -> None:
+    """Messages to a busy run are kept and taken by its waits oldest first, once each;
+    a message on another topic stays."""
+    claim = await started(store)
+    for n in (1, 2):
+        sent = await store.send_message("r1", "t.m", enc({"e": n}), at(n))
+        assert (sent.outcome, sent.resumed) == ("accepted", False)
+    assert (await store.send_message("r1", "t.other", enc({"e": "x"}), at(3))).resumed is False
+    suspend = Suspend(wait_topic="t.m", wait_key="w@event#0")
+    assert (await store.commit("r1", claim.token, suspend, at(4))).record.status is (
+        RunStatus.PENDING
+    )
+    assert (await rewait(store, "r1", ("t.m",), at(5))).record.status is RunStatus.PENDING
+    assert (await rewait(store, "r1", ("t.m",), at(6), 2)).record.status is RunStatus.SUSPENDED
+    assert await values(store, "r1") == [enc({"e": 1}), enc({"e": 2})]
+    assert (await store.send_message("r1", "t.m", enc({"e": 3}), at(7))).resumed is True
+    result = await rewait(store, "r1", ("t.m", "t.other"), at(8), 3)
+    assert result.record.status is RunStatus.PENDING
+    assert await values(store, "r1") == [enc({"e": n}) for n in (1, 2, 3)] + [enc({"e": "x"})]
+
+
+async def test_a_message_is_taken_before_kept_events(store: Store) -> None:
+    """A wait takes the messages of its mailbox before the topic's kept events."""
+    claim = await started(store)
+    await emit(store, "t.m", enc({"e": "event"}), at(1))
+    await store.send_message("r1", "t.m", enc({"e": "message"}), at(2))
+    await store.commit("r1", claim.token, Suspend(wait_topic="t.m", wait_key="w@event#0"), at(3))
+    await rewait(store, "r1", ("t.m",), at(4))
+    assert await values(store, "r1") == [enc({"e": "message"}), enc({"e": "event"})]
+
+
+async def test_a_keyed_message_is_accepted_once(store: Store) -> None:
+    """A second send with the same key to the same run changes nothing; the key is
+    remembered after the message was taken, and means nothing for another run."""
+    await suspended_on(store, "r1", "t.k")
+    await store.create_run(record("r2"))
+    first = await store.send_message("r1", "t.k", enc({"e": 1}), at(1), key="k1")
+    assert (first.outcome, first.resumed) == ("accepted", True)
+    again = await store.send_message("r1", "t.k", enc({"e": 2}), at(2), key="k1")
+    assert again.outcome == "duplicate"
+    assert await values(store, "r1") == [enc({"e": 1})]
+    assert (await store.send_message("r2", "t.k", enc({"e": 3}), at(3), key="k1")).outcome == (
+        "accepted"
+    )
+    assert (await store.send_message("r2", "t.k", enc({"e": 4}), at(3), key="k1")).outcome == (
+        "duplicate"
+    )
+
+
+async def test_a_message_to_an_unknown_or_ended_run_is_refused(store: Store) -> None:
+    """Sending to no such run or to an ended one changes nothing and says which."""
+    assert (await store.send_message("nope", "t.x", enc(1), at(1))).outcome == "not_found"
+    await store.create_run(record())
+    assert (await store.send_message("r1", "t.x", enc(1), at(1), key="k")).outcome == "accepted"
+    await store.cancel("r1", "done", at(1))
+    sent = await store.send_message("r1", "t.x", enc(1), at(2))
+    assert sent.outcome == "ended"
+    assert sent.record is not None
+    assert sent.record.status is RunStatus.CANCELLED
+    # A retried send (same key) after the end is no error: it was sent.
+    assert (await store.send_message("r1", "t.x", enc(1), at(3), key="k")).outcome == ("duplicate")
+
+
+async def test_racing_sends_and_deliveries_resume_a_waiter_once(store: Store) -> None:
+    """A message and an event racing for one waiter: one of them resumes it, the other
+    is there for its next wait."""
+    await suspended_on(store, "r1", "t.both")
+    event = await store.append_event("t.both", enc({"e": "event"}), at(1), 60)
+    outcomes: list[bool] = []
+
+    async def send() -> None:
+        outcomes.append((await store.send_message("r1", "t.both", enc({"e": "m"}), at(1))).resumed)
+
+    async def deliver() -> None:
+        outcomes.append(bool((await store.deliver_event(event, at(1))).resumed))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send)
+        tg.start_soon(deliver)
+    assert sorted(outcomes) == [False, True]
+    assert (await rewait(store, "r1", ("t.both",), at(2))).record.status is RunStatus.PENDING
+    assert sorted(await values(store, "r1")) == sorted([enc({"e": "event"}), enc({"e": "m"})])
+
+
+# -- pages ------------------------------------------------------------------------------------
+
+
+async def test_runs_page_newest_first(store: Store) -> None:
+    """page_runs pages through runs newest first, filters applied, to the last page."""
+    for i in range(7):
+        await store.create_run(record(f"r{i}", workflow="a" if i % 2 else "b"))
+    seen: list[str] = []
+    page = await store.page_runs(limit=3)
+    seen += [r.run_id for r in page.records]
+    while page.next is not None:
+        page = await store.page_runs(limit=3, after=page.next)
+        seen += [r.run_id for r in page.records]
+    assert seen == [f"r{i}" for i in range(6, -1, -1)]
+    page = await store.page_runs(workflow="a", limit=2)
+    assert [r.run_id for r in page.records] == ["r5", "r3"]
+    assert page.next is not None
+    last = await store.page_runs(workflow="a", limit=2, after=page.next)
+    assert ([r.run_id for r in last.records], last.next) == (["r1"], None)
+
+
+async def test_waiting_runs_page_in_creation_order(store: Store) -> None:
+    """page_waiting pages through the runs waiting on a topic in creation order."""
+    for i in range(5):
+        await suspended_on(store, f"r{i}", "t.page")
+    page = await store.page_waiting("t.page", limit=2)
+    seen = [r.run_id for r in page.records]
+    while page.next is not None:
+        page = await store.page_waiting("t.page", limit=2, after=page.next)
+        seen += [r.run_id for r in page.records]
+    assert seen == [f"r{i}" for i in range(5)]
+    assert [r.run_id for r in await store.runs_waiting_on("t.page", limit=3)] == ["r0", "r1", "r2"]
 
 
 # -- timers -------------------------------------------------------------------------------
@@ -645,7 +936,7 @@ async def test_fire_timer_times_out_an_event_wait(store: Store) -> None:
         ("w@event#0", TIMEOUT)
     ]
     assert await store.runs_waiting_on("t.late") == []
-    assert await store.deliver_event("t.late", enc({"e": 1}), at(11)) == []
+    assert await emit(store, "t.late", enc({"e": 1}), at(11)) == []
     assert [c.value for c in await store.get_checkpoints("r1")] == [TIMEOUT]
 
 
@@ -658,7 +949,7 @@ async def test_event_before_timeout_disarms_the_timer(store: Store) -> None:
         Suspend(wait_topic="t.in", wait_key="w@event#0", resume_at=at(10)),
         T0,
     )
-    assert await store.deliver_event("t.in", enc({"e": 1}), at(5)) == ["r1"]
+    assert await emit(store, "t.in", enc({"e": 1}), at(5)) == ["r1"]
     assert (await store.fire_timer("r1", at(10), TIMEOUT)).action == "none"
     assert [c.value for c in await store.get_checkpoints("r1")] == [enc({"e": 1})]
     assert await store.due_timers(at(100), 10) == []
@@ -777,7 +1068,7 @@ async def test_cancel_a_waiter_stops_its_wait(store: Store) -> None:
     await suspended_on(store, "r1", "t.x")
     assert await store.cancel("r1", "operator", at(1)) is not None
     assert await store.runs_waiting_on("t.x") == []
-    assert await store.deliver_event("t.x", enc({"e": 1}), at(2)) == []
+    assert await emit(store, "t.x", enc({"e": 1}), at(2)) == []
     assert await status(store, "r1") is RunStatus.CANCELLED
 
 
@@ -851,7 +1142,7 @@ async def test_rewind_stops_a_wait(store: Store) -> None:
     await suspended_on(store, "r1", "t.w")
     assert await store.rewind("r1", "review", at(1)) is not None
     assert await store.runs_waiting_on("t.w") == []
-    assert await store.deliver_event("t.w", enc({"e": 1}), at(2)) == []
+    assert await emit(store, "t.w", enc({"e": 1}), at(2)) == []
 
 
 async def test_rewind_of_unknown_run_is_none(store: Store) -> None:
