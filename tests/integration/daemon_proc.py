@@ -37,6 +37,18 @@ def write_config(path: Path, **keys: Any) -> Path:
     return path
 
 
+def daemon_config(tmp_path: Path, **keys: Any) -> Path:
+    """``tmp_path/stemd.toml`` for a daemon serving this package's test workflows (no entry
+    points) from ``tmp_path/stemd.db``, logging JSON; ``keys`` add to or override that."""
+    base: dict[str, Any] = {
+        "modules": [MODULE],
+        "entry_points": False,
+        "store": f"sqlite:///{tmp_path / 'stemd.db'}",
+        "log_format": "json",
+    }
+    return write_config(tmp_path / "stemd.toml", **{**base, **keys})
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -14,9 +14,9 @@ from tests.integration.daemon_proc import (
     DaemonProcess,
     NotifyListener,
     cli,
+    daemon_config,
     run_state,
     wait_file,
-    write_config,
 )
 
 if TYPE_CHECKING:
@@ -26,16 +26,8 @@ pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("restore_logging"
 
 
 def _config(tmp_path: Path, **extra: object) -> Path:
-    keys: dict[str, object] = {
-        "modules": [MODULE],
-        "entry_points": False,
-        "store": f"sqlite:///{tmp_path / 'stemd.db'}",
-        "log_format": "json",
-        "sweep_interval": 0.2,
-        "shutdown_grace": 10.0,
-    }
-    keys.update(extra)
-    return write_config(tmp_path / "stemd.toml", **keys)
+    """The daemon config of this module's tests (tests/integration/daemon_proc.py)."""
+    return daemon_config(tmp_path, **{"sweep_interval": 0.2, "shutdown_grace": 10.0, **extra})
 
 
 def _start_steps(tmp_path: Path, run_id: str, effects: Path, n: int, pause: float = 0.0) -> None:

@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.integration.daemon_proc import (
-    MODULE,
     ROOT,
     DaemonProcess,
     NotifyListener,
     cli,
+    daemon_config,
     wait_file,
-    write_config,
 )
 
 if TYPE_CHECKING:
@@ -30,15 +29,8 @@ pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("restore_logging"
 
 
 def _config(tmp_path: Path, **extra: object) -> Path:
-    keys: dict[str, object] = {
-        "modules": [MODULE],
-        "entry_points": False,
-        "store": f"sqlite:///{tmp_path / 'stemd.db'}",
-        "log_format": "json",
-        "sweep_interval": 0.2,
-    }
-    keys.update(extra)
-    return write_config(tmp_path / "stemd.toml", **keys)
+    """The daemon config of this module's tests (tests/integration/daemon_proc.py)."""
+    return daemon_config(tmp_path, **{"sweep_interval": 0.2, **extra})
 
 
 def _start(tmp_path: Path, workflow: str, run_id: str, params: dict[str, Any]) -> None:

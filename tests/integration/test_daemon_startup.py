@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.integration.daemon_proc import MODULE, DaemonProcess, NotifyListener, write_config
+from tests.integration.daemon_proc import DaemonProcess, NotifyListener, daemon_config
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -29,14 +29,8 @@ def busy_port() -> Iterator[int]:
 
 
 def _config(tmp_path: Path, **extra: object) -> Path:
-    keys: dict[str, object] = {
-        "modules": [MODULE],
-        "entry_points": False,
-        "store": f"sqlite:///{tmp_path / 'stemd.db'}",
-        "log_format": "json",
-    }
-    keys.update(extra)
-    return write_config(tmp_path / "stemd.toml", **keys)
+    """The daemon config of this module's tests (tests/integration/daemon_proc.py)."""
+    return daemon_config(tmp_path, **extra)
 
 
 def _fails_at_start(tmp_path: Path, config: Path, notify: NotifyListener) -> tuple[str, str]:
