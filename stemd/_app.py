@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from stemd._actors.sessions import claim_lease, lease_keeper, session_actors
 from stemd._actors.supervisor import Actor, Supervisor
 from stemd._actors.sweeper import Sweeper
 from stemd._actors.timer import Timer
@@ -37,7 +38,6 @@ from stemd._broker.capabilities import HelperActors
 from stemd._clock import Clock, SystemClock
 from stemd._codec import Codec, codec_for
 from stemd._engine.engine import Engine, Workflow, new_run_id, to_run_state
-from stemd._engine.leases import LeaseKeeper
 from stemd._engine.observer import Observers
 from stemd._errors import StemError
 from stemd._identifiers import validate_run_id, validate_topic
@@ -199,14 +199,12 @@ class App:
             clock=self.clock,
             workflows=self.workflows,
             owner=self.owner,
-            lease=self.options.timing.lease,
+            lease=claim_lease(store, self.workers, self.options.timing.lease),
             default_queue=self.queue,
             accept_unknown=not self.workers and not self.workflows,
             observers=Observers(),
-            # Workers keep their slices' leases from one task (see WorkerPool).
-            leases=(
-                LeaseKeeper(store, self.clock, self.options.timing.lease) if self.workers else None
-            ),
+            # Workers keep their slices' leases from one task (WorkerPool), under a session.
+            leases=lease_keeper(store, self.clock, self.workers, self.options.timing.lease),
             event_retention=self.options.event_retention,
         )
         stack.callback(self._closed)
@@ -259,7 +257,9 @@ class App:
         self.timer = Timer(engine)
         self.sweeper = Sweeper(engine, broker, sweep)
         self.pool = WorkerPool(engine, broker, self.queue, self.concurrency)
-        actors: list[Actor] = [self.timer, self.sweeper, self.pool]
+        # The session first: a crashed predecessor's runs are taken before work starts.
+        actors: list[Actor] = [*session_actors(engine, broker, timing.lease)]
+        actors += [self.timer, self.sweeper, self.pool]
         if isinstance(broker, HelperActors):
             actors += broker.actors(engine)
         return actors

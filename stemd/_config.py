@@ -70,7 +70,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             :class:`~stemd._natsauth.NatsAuth`).
         concurrency: runs executed at once by this daemon.
         queue: the queue this daemon's workers take runs from.
-        lease: seconds a worker owns a run between renewals.
+        lease: seconds a silent daemon keeps its runs before a peer takes them over
+            (see :class:`~stemd._options.Timing`).
         sweep_interval: seconds between two sweeps for runnable runs nobody works on;
             unset: 1 with the in-process broker (runs started or resumed with ``--store``
             by another process are found this way), ``lease/2`` with a NATS broker.
@@ -107,7 +108,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     nats_auth: NatsAuth = msgspec.field(default_factory=NatsAuth)
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 32
     queue: str = "workflow"
-    lease: Positive = 30.0
+    lease: Positive = 4.0
     sweep_interval: Positive | None = None
     shutdown_grace: NonNegative = 30.0
     event_retention: Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION)] = 3600.0

@@ -42,8 +42,12 @@ class Timing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """How an App paces its background work, in seconds.
 
     Attributes:
-        lease: how long a worker owns a run between renewals; a worker that dies loses its
-            runs to another after at most this long.
+        lease: how long a process that executes runs (an App with workers, a daemon) may
+            go silent before its runs are taken over: its session is renewed every
+            ``lease/4`` seconds, and a peer that sees it unchanged for ``lease`` seconds of
+            its own monotonic clock takes its runs over (a process on the same host whose
+            lock file is free is known dead at once). With a store of the user's (no
+            sessions), the lease of each run, renewed every ``lease/3`` seconds.
         sweep_interval: between two sweeps for runnable runs nobody works on (``None``:
             ``lease / 2``).
         shutdown_grace: how long the slices in flight get to finish and commit when the
@@ -51,7 +55,7 @@ class Timing(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             and their runs released, to be re-run from the interrupted step.
     """
 
-    lease: Positive = 30.0
+    lease: Positive = 4.0
     sweep_interval: Positive | None = None
     shutdown_grace: NonNegative = 0.0
 

@@ -140,6 +140,11 @@ class WorkerPool:
         return None  # drain() cancelled the wait
 
     async def _advance(self, delivery: Delivery) -> None:
+        if self.keeper is not None and self.keeper.holds(delivery.run_id):
+            # A slice of this run runs here already (a sweep that read its lease against
+            # a clock that jumped, a duplicate task): never take a run from ourselves.
+            await delivery.ack()
+            return
         self._busy += 1
         try:
             await self.engine.advance(delivery.run_id)

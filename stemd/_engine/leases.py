@@ -47,26 +47,36 @@ class LeaseRenewal(Protocol):
 class Held:
     """A slice whose lease is being kept."""
 
-    __slots__ = ("lost", "renewed", "run_id", "scope", "token")
+    __slots__ = ("checked", "lost", "renewed", "run_id", "scope", "token")
 
     def __init__(self, run_id: str, token: int, scope: anyio.CancelScope, now: datetime) -> None:
         self.run_id = run_id
         self.token = token
         self.scope = scope
         self.renewed = now
+        self.checked = now
         self.lost = False
 
 
 class LeaseKeeper:
     """Keeps the leases of the slices in flight from one task, :meth:`run` (see the module
-    docstring). Its slices are renewed only while that task runs."""
+    docstring). Its slices are renewed only while that task runs.
+
+    With ``check`` (a session keeps the runs, and claims carry a long ``lease``), a slice
+    not renewed for ``check/3`` seconds is checked by a read instead: a run whose token
+    moved on (a cancel, a rewind, a takeover) has its slice cancelled within about
+    ``check/3`` seconds, at no write."""
 
     name = "leases"
 
-    def __init__(self, store: Store, clock: Clock, lease: float) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, lease: float, *, check: float | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
         self.lease = lease
+        self.check = check
+        self.tick = min(lease / 6, check / 3) if check else lease / 6
         self._held: set[Held] = set()
         self._running = False
 
@@ -74,6 +84,20 @@ class LeaseKeeper:
     def running(self) -> bool:
         """Whether the renewing task runs."""
         return self._running
+
+    def holds(self, run_id: str) -> bool:
+        """Whether a slice of ``run_id`` runs here now (known without any clock: a
+        wall-clock jump never makes this process take a run from itself)."""
+        return any(held.run_id == run_id for held in self._held)
+
+    def lose_all(self) -> int:
+        """Cancel every slice in flight: their runs were taken over (this process's
+        session was ended by a peer). Return how many."""
+        held = list(self._held)
+        for one in held:
+            one.lost = True
+            one.scope.cancel()
+        return len(held)
 
     async def keep(self, run_id: str, token: int, work: Callable[[], Awaitable[T]]) -> T | None:
         result: T | None = None
@@ -91,7 +115,7 @@ class LeaseKeeper:
         try:
             task_status.started()
             while True:
-                await self.clock.sleep(self.lease / 6)
+                await self.clock.sleep(self.tick)
                 await self.renew_due()
         finally:
             self._running = False
@@ -101,7 +125,11 @@ class LeaseKeeper:
         now = self.clock.now()
         every = self.lease / 3
         for held in list(self._held):
-            if held not in self._held or (now - held.renewed).total_seconds() < every:
+            if held not in self._held:
+                continue
+            if (now - held.renewed).total_seconds() < every:
+                if self.check and (now - held.checked).total_seconds() >= self.check / 3:
+                    await self._verify(held, now)
                 continue
             try:
                 await self.store.renew_lease(held.run_id, held.token, now, self.lease)
@@ -115,6 +143,18 @@ class LeaseKeeper:
                 log.warning("lease renewal failed", run_id=held.run_id, error=repr(exc))
             else:
                 held.renewed = now
+
+    async def _verify(self, held: Held, now: datetime) -> None:
+        held.checked = now
+        try:
+            rec = await self.store.get_run(held.run_id)
+        except Exception as exc:
+            log.warning("lease check failed", run_id=held.run_id, error=repr(exc))
+            return
+        if held in self._held and (rec is None or rec.token != held.token):
+            log.warning("lease lost while running", run_id=held.run_id)
+            held.lost = True
+            held.scope.cancel()
 
 
 class SliceLeases:

@@ -82,6 +82,7 @@ from stemd._store.jetstream_doc import Doc
 from stemd._store.jetstream_events import Events, take_mail
 from stemd._store.jetstream_index import Index
 from stemd._store.jetstream_records import MAX_TRIES, Records
+from stemd._store.jetstream_sessions import Sessions
 from stemd._store.jetstream_timers import Timers
 from stemd._store.jetstream_waits import Waits
 from stemd._store.transitions import (
@@ -96,6 +97,8 @@ from stemd._store.transitions import (
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
+
+    from stemd._store.sessions import Released, SessionRecord
 
 __all__ = ["JetStreamStore"]
 
@@ -160,6 +163,7 @@ class JetStreamStore:
         self._waits = Waits(self._records, self._index)
         self._timers = Timers(self._records, self._index, self._waits)
         self._events = Events(self._records, self._index)
+        self._sessions = Sessions(self._index)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> JetStreamStore:
@@ -464,3 +468,17 @@ class JetStreamStore:
         return await registry.registered_workflows(
             self.conn, self.stream, self.bucket, retry=self._retry
         )
+
+    # -- sessions (stemd._store.jetstream_sessions) ---------------------------------------
+
+    async def put_session(self, session: SessionRecord) -> None:
+        await self._sessions.put(session)
+
+    async def renew_session(self, session: SessionRecord) -> bool:
+        return await self._sessions.renew(session)
+
+    async def sessions(self) -> list[SessionRecord]:
+        return await self._sessions.all()
+
+    async def end_session(self, session_id: str, now: datetime) -> list[Released]:
+        return await self._sessions.end(session_id, now)

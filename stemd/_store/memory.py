@@ -34,6 +34,7 @@ from stemd._store.base import (
     cursor_of,
     topics_of,
 )
+from stemd._store.sessions import Released, SessionRecord, apply_takeover, held_by
 from stemd._store.transitions import (
     apply_cancel,
     apply_claim,
@@ -76,6 +77,7 @@ class MemoryStore:
         # every key ever sent to it.
         self._mail: dict[str, list[tuple[str, bytes]]] = {}
         self._mail_keys: dict[str, set[str]] = {}
+        self._sessions: dict[str, SessionRecord] = {}
 
     async def open(self) -> None:
         return None
@@ -441,3 +443,28 @@ class MemoryStore:
 
     async def registered_workflows(self) -> list[WorkflowInfo]:
         return [self._workflows[name] for name in sorted(self._workflows)]
+
+    # -- sessions (stemd._store.sessions) ---------------------------------------------------
+
+    async def put_session(self, session: SessionRecord) -> None:
+        self._sessions[session.session_id] = session
+
+    async def renew_session(self, session: SessionRecord) -> bool:
+        if session.session_id not in self._sessions:
+            return False
+        self._sessions[session.session_id] = session
+        return True
+
+    async def sessions(self) -> list[SessionRecord]:
+        return list(self._sessions.values())
+
+    async def end_session(self, session_id: str, now: datetime) -> list[Released]:
+        out = []
+        for run_id in list(self._live):
+            rec = self._runs[run_id]
+            if held_by(rec, session_id):
+                new = apply_takeover(rec, now)
+                self._put(new)
+                out.append(Released(run_id=run_id, queue=new.queue, token=new.token))
+        self._sessions.pop(session_id, None)
+        return out

@@ -31,6 +31,7 @@ from stemd._errors import ConfigError, StoreError
 from stemd._model import RunStatus
 from stemd._options import as_bool, convert_options
 from stemd._store import sqlite_ops as ops
+from stemd._store import sqlite_sessions as sessions_ops
 from stemd._store.base import (
     Page,
 )
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
         SendResult,
         WorkflowInfo,
     )
+    from stemd._store.sessions import Released, SessionRecord
 
 __all__ = ["SqliteStore"]
 
@@ -291,8 +293,12 @@ class SqliteStore:
     async def claim(self, run_id: str, owner: str, now: datetime, lease: float) -> Claim | None:
         # Not fsynced on its own: losing a claim to a power loss is the same
         # as the claimant dying mid-step, and the claim is made durable by the claimant's
-        # next checkpoint or commit anyway.
-        return await self.writer.submit(ops.claim, run_id, owner, now, lease, durable=False)
+        # next checkpoint or commit anyway. Shielded: a claim the writer commits must reach
+        # its caller even when the caller is being cancelled, which then gives the run back
+        # (else the run would stay RUNNING under a lease that nobody holds).
+        with anyio.CancelScope(shield=True):
+            claim = await self.writer.submit(ops.claim, run_id, owner, now, lease, durable=False)
+        return claim
 
     async def renew_lease(self, run_id: str, token: int, now: datetime, lease: float) -> None:
         await self.writer.submit(ops.renew_lease, run_id, token, now, lease, durable=False)
@@ -438,6 +444,21 @@ class SqliteStore:
 
     async def registered_workflows(self) -> list[WorkflowInfo]:
         return [ops.workflow_from_row(r) for r in await self._fetchall(ops.SELECT_WORKFLOWS, ())]
+
+    # -- sessions (stemd._store.sessions) -------------------------------------------------
+
+    async def put_session(self, session: SessionRecord) -> None:
+        await self.writer.submit(sessions_ops.put_session, session, durable=False)
+
+    async def renew_session(self, session: SessionRecord) -> bool:
+        return await self.writer.submit(sessions_ops.renew_session, session, durable=False)
+
+    async def sessions(self) -> list[SessionRecord]:
+        rows = await self._fetchall(sessions_ops.SELECT_SESSIONS, ())
+        return [sessions_ops.session_from_row(r) for r in rows]
+
+    async def end_session(self, session_id: str, now: datetime) -> list[Released]:
+        return await self.writer.submit(sessions_ops.end_session, session_id, now)
 
     # -- other processes ------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 import stemd
+from stemd._actors.sessions import CLAIM_HOLD
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status, wait_until
 
@@ -35,8 +36,9 @@ async def long_step(ctx: stemd.FlowContext) -> str:
 
 
 async def test_a_slice_longer_than_its_lease_keeps_it() -> None:
-    """While a step outlasts several leases, the keeper renews the lease and the run
-    completes without being taken over."""
+    """While a step outlasts many leases, its run stays held (the session keeps it, with
+    no renewal per run until a third of the claim's hold) and completes without being
+    taken over; past that third the keeper renews the claim."""
     gate.__init__()
     clock = ManualClock()
     async with open_app(
@@ -50,16 +52,18 @@ async def test_a_slice_longer_than_its_lease_keeps_it() -> None:
         for _ in range(6):  # 6 s of clock time: two leases
             clock.advance(1.0)
             await anyio.sleep(0.01)
+        assert await app.store.claim(run_id, "intruder", clock.now(), 3.0) is None
+        clock.advance(CLAIM_HOLD / 3)
 
         async def renewed() -> bool:
             rec = await app.get_run(run_id)
             return (
                 rec is not None
                 and rec.lease_expires_at is not None
-                and (rec.lease_expires_at > first + timedelta(seconds=4))
+                and (rec.lease_expires_at > first + timedelta(seconds=CLAIM_HOLD / 3))
             )
 
-        await wait_until(renewed, what="the lease to be renewed")
+        await wait_until(renewed, what="the claim to be renewed")
         assert await app.store.claim(run_id, "intruder", clock.now(), 3.0) is None
         gate.event.set()
         result = await app.wait_for_completion(run_id, timeout=5)
