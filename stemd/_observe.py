@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from stemd._actors.sessions import SessionActor
 from stemd._broker.capabilities import QueueDepth
 from stemd._engine.observer import (
     LostLease,
@@ -99,6 +100,8 @@ def install_metrics(app: App, registry: Registry | None = None) -> Registry:
     max_lag = registry.gauge("stemd_timer_max_lag_seconds", "Largest timer lateness seen.")
     swept = registry.gauge("stemd_sweeper_requeued", "Orphaned runs re-enqueued by the sweeper.")
     restarts = registry.gauge("stemd_actor_restarts", "Restarts of each actor.", ["actor"])
+    taken = registry.gauge("stemd_sessions_taken_over", "Runs taken from dead sessions here.")
+    skew = registry.gauge("stemd_clock_skew_max_seconds", "Largest clock skew seen with a peer.")
 
     async def collect() -> None:
         up.set(1)
@@ -120,6 +123,10 @@ def install_metrics(app: App, registry: Registry | None = None) -> Registry:
         if app.supervisor is not None:
             for name, count in app.supervisor.statistics().restarts.items():
                 restarts.set(count, actor=name)
+            for actor in app.supervisor.actors:
+                if isinstance(actor, SessionActor):
+                    taken.set(actor.statistics().taken_over)
+                    skew.set(actor.statistics().max_skew)
 
     registry.collector(collect)
     return registry

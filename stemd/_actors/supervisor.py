@@ -50,6 +50,11 @@ class Supervisor:
         self._restarts: dict[str, int] = {getattr(a, "name", repr(a)): 0 for a in actors}
         self._on_restart = on_restart
 
+    @property
+    def actors(self) -> list[Any]:
+        """The supervised actors, in start order."""
+        return list(self._actors)
+
     def statistics(self) -> SupervisorStats:
         return SupervisorStats(restarts=dict(self._restarts))
 
