@@ -6,8 +6,9 @@ same state as without crashes; no step whose checkpoint was committed runs again
 each crash repeats at most one step execution.
 
 A crash: the dying App's store turns dead (every call fails, as for a process that is
-gone: nothing is written, no lease renewed, nothing released); a fresh App takes over on
-the same store once the lease has expired.
+gone: nothing is written, no session renewed, nothing released); a fresh App takes over on
+the same store once the dead App's session is ended, as a peer ends a session silent for
+its lease.
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ async def execute(steps: list[Op], crashes: list[tuple[int, str]]) -> tuple[stem
     run_id = "prop"
     apps_left = len(crashes) + 1
     started = False
+    dead_owner: str | None = None
     for _ in range(apps_left):
         store = DeadableStore(shared)
         world.dying = store
@@ -167,7 +169,9 @@ async def execute(steps: list[Op], crashes: list[tuple[int, str]]) -> tuple[stem
                 await app.start_workflow(plan, {"ops": steps}, run_id=run_id)
                 started = True
             else:
-                clock.advance(LEASE + 1)  # the dead worker's lease expires
+                clock.advance(LEASE + 1)
+                assert dead_owner is not None  # its session went silent: a peer ends it
+                await shared.end_session(dead_owner, clock.now())
             state = await drive(app, clock, run_id, steps, store)
             if state is not None:
                 return state, world
@@ -177,6 +181,7 @@ async def execute(steps: list[Op], crashes: list[tuple[int, str]]) -> tuple[stem
             except Exception:
                 assert store.dead  # only a dying App's actors fail
         world.crashed += 1
+        dead_owner = app.owner
     raise AssertionError("the run did not end")
 
 
