@@ -16,7 +16,9 @@ Every ``lease/8`` seconds it reads the other sessions. A session is dead when
 
 A dead session is ended: its runs are given back (runnable, new fencing token) and
 enqueued at once, under a new deduplication key (a NATS broker's old, unacknowledged task
-of the run does not hold them back until its ``ack_wait``).
+of the run does not hold them back until its ``ack_wait``); one still unclaimed ``lease``
+seconds later is enqueued once more (its task may have gone to a process that hangs with
+its connection up).
 
 A session that finds its own record ended (it was silent for longer than ``lease``: a
 pause, a partition) cancels its slices in flight (their runs belong to others now) and
@@ -197,6 +199,8 @@ class SessionActor:
         # Per peer session: (beat, monotonic time it was first seen at that beat).
         self._seen: dict[str, tuple[int, float]] = {}
         self._skewed: set[str] = set()
+        # Runs taken over, to look at again at a monotonic time (see _follow_up).
+        self._follow: list[tuple[float, list[Released]]] = []
         self._failing = False
         self._renewals = self._ended = self._taken = self._lost = 0
         self._max_skew = 0.0
@@ -324,6 +328,20 @@ class SessionActor:
         for sid in set(self._seen) - listed:
             del self._seen[sid]
             self._skewed.discard(sid)
+        await self._follow_up(mono)
+
+    async def _follow_up(self, mono: float) -> None:
+        """Enqueue again, under another key, a run taken over ``lease`` seconds ago that
+        nobody has claimed since: its task went to a process that cannot take it (one
+        that hangs with its NATS connection up, whose pull request caught it)."""
+        due = [runs for at, runs in self._follow if at <= mono]
+        self._follow = [(at, runs) for at, runs in self._follow if at > mono]
+        for runs in due:
+            for run in runs:
+                rec = await self.engine.store.get_run(run.run_id)
+                if rec is not None and rec.token == run.token and rec.lease_owner is None:
+                    key = f"{run.run_id}:{run.token}:again"
+                    await self.broker.enqueue(run.run_id, run.queue, key=key)
 
     async def _end_peer(self, session: SessionRecord, why: str) -> None:
         released = await self.store.end_session(session.session_id, self.engine.clock.now())
@@ -338,6 +356,8 @@ class SessionActor:
             runs=len(released),
         )
         await self._enqueue(released)
+        if released:
+            self._follow.append((time.monotonic() + self.lease, released))
 
     async def _enqueue(self, released: list[Released]) -> None:
         for run in released:

@@ -119,7 +119,11 @@ class JetStreamBroker:
         max_deliver: deliveries before a task is dead-lettered (-1: never).
         max_ack_pending: tasks in flight at once per queue, over all daemons.
         duplicate_window: seconds during which an enqueue with the same key is dropped.
-        expires: lifetime of one pull request, seconds.
+        expires: lifetime of one pull request, seconds. Short: a daemon that stops
+            answering (SIGSTOP, a hung loop) while its connection stays up keeps the
+            messages its open requests catch; they must expire before its session is
+            found silent (``lease`` minus a renewal), or a run taken over from it would
+            go back to it and wait for ``ack_wait``.
         timeout: seconds to wait for one NATS request.
         publish_retry: seconds an enqueue keeps retrying while NATS is unavailable.
         dlq: capture dead letters into ``<stream>_DLQ``.
@@ -142,7 +146,7 @@ class JetStreamBroker:
         max_deliver: int = 20,
         max_ack_pending: int = 10_000,
         duplicate_window: float = 600.0,
-        expires: float = 5.0,
+        expires: float = 1.0,
         timeout: float = 2.0,
         publish_retry: float = 10.0,
         dlq: bool = True,
