@@ -18,6 +18,7 @@ from stemd._engine.observer import (
     SliceFinished,
     StepFinished,
 )
+from stemd._health import DEPENDENCIES
 from stemd._metrics import Registry
 from stemd._model import RunStatus
 from stemd._store.base import base_step_name
@@ -99,6 +100,10 @@ def install_metrics(app: App, registry: Registry | None = None) -> Registry:
     max_lag = registry.gauge("stemd_timer_max_lag_seconds", "Largest timer lateness seen.")
     swept = registry.gauge("stemd_sweeper_requeued", "Orphaned runs re-enqueued by the sweeper.")
     restarts = registry.gauge("stemd_actor_restarts", "Restarts of each actor.", ["actor"])
+    degraded = registry.gauge(
+        "stemd_degraded", "1 while the dependency is away (stemd._health).", ["dependency"]
+    )
+    changes = registry.gauge("stemd_health_changes", "Changes between ready and degraded.")
 
     async def collect() -> None:
         up.set(1)
@@ -120,6 +125,10 @@ def install_metrics(app: App, registry: Registry | None = None) -> Registry:
         if app.supervisor is not None:
             for name, count in app.supervisor.statistics().restarts.items():
                 restarts.set(count, actor=name)
+        health = app.health.state()
+        for dependency in DEPENDENCIES:
+            degraded.set(int(dependency in health.degraded), dependency=dependency)
+        changes.set(health.changes)
 
     registry.collector(collect)
     return registry
