@@ -33,7 +33,7 @@ from stemd._engine.engine import Engine, Workflow, new_run_id, to_run_state
 from stemd._engine.leases import LeaseKeeper
 from stemd._engine.observer import Observers
 from stemd._errors import StemError
-from stemd._health import Health
+from stemd._health import Health, outcome_unknown
 from stemd._identifiers import validate_run_id, validate_topic
 from stemd._model import (
     CancellationPolicy,
@@ -350,15 +350,17 @@ class App:
         """
         if policy is not None and not isinstance(policy, CancellationPolicy):
             raise StemError("policy must be a stemd.CancellationPolicy")
-        return await self.engine.start_run(
-            workflow,
-            params,
-            run_id=run_id,
-            policy=policy,
-            ttl=seconds(ttl, "ttl"),
-            queue=queue,
-            trace=trace,
-        )
+        # An outage's error names the run id to start again with (no second run).
+        with outcome_unknown(run_id := new_run_id() if run_id is None else run_id):
+            return await self.engine.start_run(
+                workflow,
+                params,
+                run_id=run_id,
+                policy=policy,
+                ttl=seconds(ttl, "ttl"),
+                queue=queue,
+                trace=trace,
+            )
 
     async def get_run(self, run_id: str) -> RunState | None:
         """The state of ``run_id``, or ``None`` if there is no such run."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
 import anyio
@@ -24,9 +25,9 @@ import structlog
 from stemd._errors import PermissionDenied, StemError, StoreError, TransportError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
-__all__ = ["DEPENDENCIES", "Health", "HealthState", "outage_of"]
+__all__ = ["DEPENDENCIES", "Health", "HealthState", "outage_of", "outcome_unknown"]
 
 log = structlog.get_logger("stemd.health")
 
@@ -101,6 +102,23 @@ def outage_of(exc: BaseException) -> str | None:
     return None
 
 
+@contextmanager
+def outcome_unknown(run_id: str) -> Iterator[None]:
+    """A start that failed because the store or NATS went away may have been written (a
+    write whose answer was lost): the error raised says so, and names the run id to start
+    it again with, so that the retry cannot make a second run."""
+    try:
+        yield
+    except (StoreError, TransportError) as exc:
+        if outage_of(exc) is None:
+            raise
+        cls = TransportError if isinstance(exc, TransportError) else StoreError
+        raise cls(
+            f"{exc}; run {run_id} may have been created: start it again with "
+            f"run_id={run_id!r} (that cannot make a second run)"
+        ) from exc
+
+
 class Health:
     """The App's readiness: which dependencies are away, reported by whom.
 
@@ -111,6 +129,7 @@ class Health:
 
     def __init__(self) -> None:
         self._reports: dict[str, tuple[str, str]] = {}  # source -> (dependency, reason)
+        self._away_since: dict[str, float] = {}  # dependency -> when it went away
         self._since = time.time()
         self._changes = 0
         self._changed: anyio.Event | None = None
@@ -145,6 +164,7 @@ class Health:
         before = self.state()
         self._reports[source] = (dependency, reason)
         if dependency not in before.degraded:
+            self._away_since[dependency] = time.time()
             log.warning("degraded", dependency=dependency, reason=reason, source=source)
             self._change()
 
@@ -155,12 +175,9 @@ class Health:
             return
         dependency = found[0]
         if not any(dep == dependency for dep, _ in self._reports.values()):
-            log.info(
-                "recovered",
-                dependency=dependency,
-                source=source,
-                after=round(time.time() - self._since, 1),
-            )
+            since = self._away_since.pop(dependency, self._since)
+            after = round(time.time() - since, 1)
+            log.info("recovered", dependency=dependency, source=source, after=after)
             self._change()
 
     async def wait_ready(self) -> None:

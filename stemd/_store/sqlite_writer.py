@@ -256,7 +256,10 @@ class Writer:
             # Something unexpected: replay each request in a transaction of its own, so
             # that only the culprit fails.
             self._fallbacks += 1
-            log.warning("batch failed; replaying its requests one by one", error=repr(exc))
+            # A full disk fails every batch until freed: that is logged once, as degraded.
+            full = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+            level = log.debug if full else log.warning
+            level("batch failed; replaying its requests one by one", error=repr(exc))
             for request in inside:
                 self._run_alone(request, txn=True)
 

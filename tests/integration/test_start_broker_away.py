@@ -6,6 +6,7 @@ again; the same through the wire's ``start``."""
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -89,3 +90,22 @@ async def test_the_wire_start_with_the_broker_away_answers_the_run_it_created(
         await broker_server.start()
         with anyio.fail_after(40):
             await finishes(db, url, [reply["run_id"]])
+
+
+async def test_a_start_failing_with_the_store_away_names_the_run_to_retry_with() -> None:
+    """The store away: the start fails, naming the run id whose retry cannot fork a run."""
+    async with nats_server() as server:
+        store = f"{server.url}?timeout=0.5&retry_for=1"
+        async with stemd.App(
+            store=store, broker=broker(server.url), workflows=[flow], workers=False
+        ) as client:
+            server.kill()
+            with pytest.raises(
+                stemd.StemError, match=r"start it again with run_id='([^']+)'"
+            ) as caught:
+                await client.start_workflow("away.flow", {"n": 3})
+            await server.start()
+            run_id = re.search(r"run_id='([^']+)'", str(caught.value)).group(1)  # type: ignore[union-attr]
+            await client.start_workflow("away.flow", {"n": 3}, run_id=run_id)
+            await client.start_workflow("away.flow", {"n": 3}, run_id=run_id)
+            assert [r.run_id for r in await client.list_runs(limit=10)] == [run_id]
