@@ -161,6 +161,9 @@ class Health:
         """``source`` found ``dependency`` away (an outage, not a bug)."""
         if isinstance(reason, BaseException):
             reason = _reason(reason)
+        previous = self._reports.get(source)
+        if previous is not None and previous[0] != dependency:
+            self.clear(source)  # that source now meets another dependency
         before = self.state()
         self._reports[source] = (dependency, reason)
         if dependency not in before.degraded:

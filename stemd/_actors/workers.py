@@ -10,10 +10,10 @@ period to finish, commit and acknowledge their delivery. Whatever still runs whe
 pool is cancelled afterwards is released by the engine, and re-run from the interrupted
 step by whoever takes the run next.
 
-Degraded (:class:`~stemd._health.Health`: a dependency is away): the workers stop taking
-deliveries, except one at a time every few seconds (backing off to ``max_trial_delay``),
-which tells when the outage is over. A slice that fails because of an outage is reported
-there, and its delivery handed back.
+Degraded (:class:`~stemd._health.Health`: a dependency is away): the workers claim no
+run — each holds the delivery it has, if any — except one at a time every few seconds
+(backing off to ``max_trial_delay``), which tells when the outage is over. A slice that
+fails because of an outage is reported there, and its delivery handed back.
 """
 
 from __future__ import annotations
@@ -142,7 +142,11 @@ class WorkerPool:
         while (delivery := await self._receive()) is not None:
             self._in_flight[id(delivery)] = (delivery, time.monotonic())
             try:
-                await self._advance(delivery)
+                if await self._admitted():
+                    await self._advance(delivery)
+                else:  # drained while degraded: hand it back unclaimed
+                    with anyio.CancelScope(shield=True):
+                        await self._settle(delivery, ack=False)
             finally:
                 self._in_flight.pop(id(delivery), None)
                 if self._settled is not None:
@@ -155,11 +159,25 @@ class WorkerPool:
         with anyio.CancelScope() as scope:
             self._receiving.add(scope)
             try:
-                await self._admit()
                 return await self.broker.receive(self.queue)
             finally:
                 self._receiving.discard(scope)
         return None  # drain() cancelled the wait
+
+    async def _admitted(self) -> bool:
+        """Wait until this worker may claim the run it holds (:meth:`_admit`); ``False``
+        when the pool drains meanwhile."""
+        if self.health is None or self.health.ready:
+            return True
+        with anyio.CancelScope() as scope:
+            self._receiving.add(scope)
+            try:
+                if not self._draining:
+                    await self._admit()
+                    return True
+            finally:
+                self._receiving.discard(scope)
+        return False
 
     async def _admit(self) -> None:
         """While degraded, let one worker at a time through, ``_trial_delay`` apart."""

@@ -11,6 +11,7 @@ import anyio
 import pytest
 import structlog
 
+import stemd
 from stemd import RestartBudgetExceeded, RestartPolicy
 from stemd._actors.supervisor import Supervisor
 from stemd._errors import LeaseLost, PermissionDenied, StoreError, TransportError
@@ -126,3 +127,25 @@ async def test_a_bug_still_spends_the_budget() -> None:
             await tg.start(supervisor.run)
     assert caught.group_contains(RestartBudgetExceeded)
     assert actor.runs == 3
+
+
+async def test_workers_take_no_run_while_degraded_and_resume_when_ready() -> None:
+    """Degraded: a started run is not claimed (until the first trial, 0.5 s on); once
+    ready again it runs at once."""
+    flow = stemd.Flow("health.flow")
+
+    @flow.step("only")
+    async def only(ctx: stemd.FlowContext) -> int:
+        """One."""
+        return 1
+
+    async with stemd.App(store="memory://", workflows=[flow]) as app:
+        app.health.report("test", "store", "away")
+        run_id = await app.start_workflow("health.flow")
+        await anyio.sleep(0.3)  # shorter than the first trial: nothing may claim it
+        state = await app.get_run(run_id)
+        assert state is not None
+        assert state.status is stemd.RunStatus.PENDING
+        app.health.clear("test")
+        result = await app.wait_for_completion(run_id, timeout=5)
+        assert result.status is stemd.RunStatus.COMPLETED
