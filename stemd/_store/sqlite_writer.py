@@ -57,6 +57,12 @@ def is_busy(exc: BaseException) -> bool:
     return "locked" in text or "busy" in text
 
 
+def _log_for(exc: BaseException) -> Any:
+    """``log.debug`` for a full disk (reported as an outage elsewhere), else ``log.warning``."""
+    full = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+    return log.debug if full else log.warning
+
+
 def while_busy(
     fn: Callable[[], T], timeout: float, on_retry: Callable[[], None] | None = None
 ) -> T:
@@ -257,9 +263,7 @@ class Writer:
             # that only the culprit fails.
             self._fallbacks += 1
             # A full disk fails every batch until freed: that is logged once, as degraded.
-            full = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
-            level = log.debug if full else log.warning
-            level("batch failed; replaying its requests one by one", error=repr(exc))
+            _log_for(exc)("batch failed; replaying its requests one by one", error=repr(exc))
             for request in inside:
                 self._run_alone(request, txn=True)
 
