@@ -19,20 +19,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from stemd._actors.probe import HealthProbe
 from stemd._actors.sessions import claim_lease, lease_keeper, session_actors
 from stemd._actors.supervisor import Actor, Supervisor
 from stemd._actors.sweeper import Sweeper
 from stemd._actors.timer import Timer
 from stemd._actors.workers import WorkerPool
-from stemd._appkit import (
-    ALL,
-    cursor,
-    opened,
-    positive,
-    registry,
-    wait_for_end,
-    workflow_info,
-)
+from stemd._appkit import ALL, cursor, opened, positive, registry, wait_for_end, workflow_info
 from stemd._broker import broker_from_url
 from stemd._broker.capabilities import HelperActors
 from stemd._clock import Clock, SystemClock
@@ -40,6 +33,7 @@ from stemd._codec import Codec, codec_for
 from stemd._engine.engine import Engine, Workflow, new_run_id, to_run_state
 from stemd._engine.observer import Observers
 from stemd._errors import StemError
+from stemd._health import Health, outcome_unknown
 from stemd._identifiers import validate_run_id, validate_topic
 from stemd._model import (
     CancellationPolicy,
@@ -137,6 +131,7 @@ class App:
         self.timer: Timer | None = None
         self.sweeper: Sweeper | None = None
         self.pool: WorkerPool | None = None
+        self.health = Health()  # degraded while a dependency is away (see stemd._health)
 
     def register(self, *workflows: Workflow | type) -> None:
         """Add workflows (before the app is entered)."""
@@ -229,7 +224,7 @@ class App:
             )
         children += [factory(self) for factory in self._actor_factories]
         if children:
-            self.supervisor = Supervisor(children, self.options.restart)
+            self.supervisor = Supervisor(children, self.options.restart, health=self.health)
             tg = await stack.enter_async_context(anyio.create_task_group())
             # Leaving the App stops its actors (the exit stack then waits for them).
             stack.callback(tg.cancel_scope.cancel)
@@ -256,10 +251,11 @@ class App:
         sweep = timing.sweep_interval if timing.sweep_interval is not None else timing.lease / 2
         self.timer = Timer(engine)
         self.sweeper = Sweeper(engine, broker, sweep)
-        self.pool = WorkerPool(engine, broker, self.queue, self.concurrency)
+        self.pool = WorkerPool(engine, broker, self.queue, self.concurrency, health=self.health)
+        probe = HealthProbe(engine.store, [engine.store, broker], self.health)
         # The session first: a crashed predecessor's runs are taken before work starts.
         actors: list[Actor] = [*session_actors(engine, broker, timing.lease)]
-        actors += [self.timer, self.sweeper, self.pool]
+        actors += [self.timer, self.sweeper, self.pool, probe]
         if isinstance(broker, HelperActors):
             actors += broker.actors(engine)
         return actors
@@ -354,15 +350,17 @@ class App:
         """
         if policy is not None and not isinstance(policy, CancellationPolicy):
             raise StemError("policy must be a stemd.CancellationPolicy")
-        return await self.engine.start_run(
-            workflow,
-            params,
-            run_id=run_id,
-            policy=policy,
-            ttl=seconds(ttl, "ttl"),
-            queue=queue,
-            trace=trace,
-        )
+        # An outage's error names the run id to start again with (no second run).
+        with outcome_unknown(run_id := new_run_id() if run_id is None else run_id):
+            return await self.engine.start_run(
+                workflow,
+                params,
+                run_id=run_id,
+                policy=policy,
+                ttl=seconds(ttl, "ttl"),
+                queue=queue,
+                trace=trace,
+            )
 
     async def get_run(self, run_id: str) -> RunState | None:
         """The state of ``run_id``, or ``None`` if there is no such run."""

@@ -16,6 +16,9 @@ Lifecycle:
    remaining ones are cancelled and their runs released (the next daemon re-runs only the
    step that was interrupted); the store is closed; exit status 0.
 5. An actor crashing past the restart budget stops the daemon with exit status 70.
+6. A dependency going away (the store, NATS, the disk under SQLite) is not a crash: the
+   daemon is degraded (``STATUS=degraded (...)``, ``/readyz`` 503, ``stemd_degraded``),
+   takes no work, retries with backoff, and resumes by itself when it is back.
 """
 
 from __future__ import annotations
@@ -50,22 +53,16 @@ __all__ = ["EXIT_CRASHED", "Daemon", "check_health", "main"]
 log = structlog.get_logger("stemd.daemon")
 
 EXIT_CRASHED = 70  # EX_SOFTWARE: an actor crashed past its restart budget
-_PROBE_RUN_ID = "stemd-health-probe"  # never created: reading it exercises the store only
 
 
-async def check_health(app: App, timeout: float = 5.0) -> tuple[bool, str]:
-    """Whether the daemon can do its work: its event loop runs (we are here), its worker
-    pool exists, and its store answers a read within ``timeout`` seconds."""
+async def check_health(app: App) -> tuple[bool, str]:
+    """Whether the daemon is alive and should be left running: its event loop runs (we
+    are here) and its worker pool exists. A dependency away is not ill health: the
+    daemon is then degraded (``app.health``), keeps pinging the watchdog and recovers by
+    itself; the second item says so."""
     if app.workers and app.pool is None:
         return False, "no worker pool"
-    try:
-        with anyio.fail_after(timeout):
-            await app.store.get_run(_PROBE_RUN_ID)
-    except TimeoutError:
-        return False, f"the store did not answer within {timeout:g}s"
-    except Exception as exc:
-        return False, f"the store failed: {type(exc).__name__}: {exc}"
-    return True, "ok"
+    return True, app.health.state().describe()
 
 
 def _store(config: Config) -> Store:
@@ -116,8 +113,10 @@ class Daemon:
             return "starting"
         stats = app.pool.statistics()
         restarts = sum(app.supervisor.statistics().restarts.values()) if app.supervisor else 0
+        health = app.health.state()
         return (
-            f"running: {stats.busy}/{stats.concurrency} busy, {stats.slices} slices, "
+            f"{'running' if health.ready else health.describe()}: "
+            f"{stats.busy}/{stats.concurrency} busy, {stats.slices} slices, "
             f"{len(self.workflows)} workflows, {restarts} restarts"
         )
 
@@ -151,6 +150,7 @@ class Daemon:
             self.config.metrics_address,
             healthy=lambda: self._health_ok and (app.pool is not None or not app.workers),
             listener=self._listener,
+            ready=app.health.state,
         )
 
     def _reload(self) -> None:
@@ -217,6 +217,8 @@ class Daemon:
             workflow_codecs=workflow_codecs,
             actors=self._actor_factories(),
         )
+        # Every change between ready and degraded is told to systemd at once.
+        app.health.subscribe(lambda _: self.notifier.send(f"STATUS={self._status()}"))
         crashed: list[BaseException] = []
         stops = (signal.SIGTERM, signal.SIGINT)
         with anyio.open_signal_receiver(*stops, signal.SIGHUP) as signals:

@@ -19,6 +19,7 @@ from stemd._engine.observer import (
     SliceFinished,
     StepFinished,
 )
+from stemd._health import DEPENDENCIES
 from stemd._metrics import Registry
 from stemd._model import RunStatus
 from stemd._store.base import base_step_name
@@ -102,6 +103,10 @@ def install_metrics(app: App, registry: Registry | None = None) -> Registry:
     restarts = registry.gauge("stemd_actor_restarts", "Restarts of each actor.", ["actor"])
     taken = registry.gauge("stemd_sessions_taken_over", "Runs taken from dead sessions here.")
     skew = registry.gauge("stemd_clock_skew_max_seconds", "Largest clock skew seen with a peer.")
+    degraded = registry.gauge(
+        "stemd_degraded", "1 while the dependency is away (stemd._health).", ["dependency"]
+    )
+    changes = registry.gauge("stemd_health_changes", "Changes between ready and degraded.")
 
     async def collect() -> None:
         up.set(1)
@@ -127,6 +132,10 @@ def install_metrics(app: App, registry: Registry | None = None) -> Registry:
                 if isinstance(actor, SessionActor):
                     taken.set(actor.statistics().taken_over)
                     skew.set(actor.statistics().max_skew)
+        health = app.health.state()
+        for dependency in DEPENDENCIES:
+            degraded.set(int(dependency in health.degraded), dependency=dependency)
+        changes.set(health.changes)
 
     registry.collector(collect)
     return registry

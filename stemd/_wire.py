@@ -111,9 +111,11 @@ class StartRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class GetRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``get``: one run's state."""
+    """``get``: one run's state; ``checkpoints_after``: the ``next`` of the previous
+    reply, when the run did not fit in one (its checkpoints come in pages)."""
 
     run_id: RunId
+    checkpoints_after: Cursor | None = None
 
 
 class ListRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -180,18 +182,22 @@ class StartReply(msgspec.Struct, frozen=True, kw_only=True):
     created: bool
 
 
-class GetReply(msgspec.Struct, frozen=True, kw_only=True):
-    """Reply to ``get``."""
+class GetReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Reply to ``get``: ``next``, present when the run is larger than a reply holds, is
+    the cursor of its next checkpoints (see the wire reference: paged runs)."""
 
     run: RunState
+    next: str | None = None
 
 
 class ListReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Reply to ``list``: ``next``, present when there are more runs, is the cursor of
-    the next page."""
+    the next page; ``partial``, present and true when the runs' checkpoints were left out
+    to fit in a reply (``get`` each run for them)."""
 
     runs: list[RunState]
     next: str | None = None
+    partial: bool = False
 
 
 class EmitReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -209,10 +215,11 @@ class SendReply(msgspec.Struct, frozen=True, kw_only=True):
 
 class WaitingReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Reply to ``waiting``: ``next``, present when there are more runs, is the cursor of
-    the next page."""
+    the next page; ``partial``: as in :class:`ListReply`."""
 
     runs: list[RunState]
     next: str | None = None
+    partial: bool = False
 
 
 class CancelReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from stemd import _wire as wire
+from stemd._actors.api_paging import fit_page, fit_run
 from stemd._errors import (
     RunNotFound,
     StemError,
@@ -34,6 +35,7 @@ from stemd._tracing import traceparent_from
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
+    from stemd._model import RunPage
     from stemd._natsconn import NatsConnection, NatsMsg
     from stemd._operations import Operations
 
@@ -158,7 +160,12 @@ class ApiResponder:
             reply = await self._start(request, trace=traceparent_from(headers))
         else:
             reply = await getattr(self, f"_{verb}")(request)
-        return wire.encode(reply)
+        return reply if isinstance(reply, bytes) else wire.encode(reply)
+
+    @property
+    def _budget(self) -> int:
+        """The largest reply sent: what a NATS message holds, less room for headers."""
+        return self.conn.max_payload - 1024
 
     async def _start(self, req: wire.StartRequest, *, trace: str | None) -> wire.StartReply:
         policy = None
@@ -172,17 +179,23 @@ class ApiResponder:
         )
         return wire.StartReply(run_id=run_id, created=created)
 
-    async def _get(self, req: wire.GetRequest) -> wire.GetReply:
+    async def _get(self, req: wire.GetRequest) -> bytes:
         state = await self.ops.get_run(req.run_id)
         if state is None:
             raise _NotFound(f"no run {req.run_id}")
-        return wire.GetReply(run=state)
+        # A run larger than a reply comes in pages of checkpoints (api_paging).
+        return fit_run(state, self._budget, req.checkpoints_after)
 
-    async def _list(self, req: wire.ListRequest) -> wire.ListReply:
-        page = await self.ops.page_runs(
-            workflow=req.workflow, status=req.status, limit=req.limit, after=req.after
-        )
-        return wire.ListReply(runs=page.runs, next=page.next)
+    async def _list(self, req: wire.ListRequest) -> bytes:
+        async def fetch(limit: int) -> RunPage:
+            return await self.ops.page_runs(
+                workflow=req.workflow, status=req.status, limit=limit, after=req.after
+            )
+
+        def reply(page: RunPage, partial: bool) -> wire.ListReply:
+            return wire.ListReply(runs=page.runs, next=page.next, partial=partial)
+
+        return await fit_page(fetch, reply, req.limit, self._budget)
 
     async def _emit(self, req: wire.EmitRequest) -> wire.EmitReply:
         resumed = await self.ops.emit(req.topic, req.payload, retain=req.retain)
@@ -192,9 +205,14 @@ class ApiResponder:
         accepted = await self.ops.send(req.run_id, req.topic, req.payload, key=req.key)
         return wire.SendReply(accepted=accepted)
 
-    async def _waiting(self, req: wire.WaitingRequest) -> wire.WaitingReply:
-        page = await self.ops.page_waiting(req.topic, req.limit, after=req.after)
-        return wire.WaitingReply(runs=page.runs, next=page.next)
+    async def _waiting(self, req: wire.WaitingRequest) -> bytes:
+        async def fetch(limit: int) -> RunPage:
+            return await self.ops.page_waiting(req.topic, limit, after=req.after)
+
+        def reply(page: RunPage, partial: bool) -> wire.WaitingReply:
+            return wire.WaitingReply(runs=page.runs, next=page.next, partial=partial)
+
+        return await fit_page(fetch, reply, req.limit, self._budget)
 
     async def _cancel(self, req: wire.CancelRequest) -> wire.CancelReply:
         cancelled = await self.ops.cancel_run(req.run_id, req.reason or "cancelled")

@@ -1,4 +1,6 @@
-"""The metrics and health endpoint: ``GET /metrics`` (Prometheus text), ``GET /healthz``.
+"""The metrics and health endpoint: ``GET /metrics`` (Prometheus text), ``GET /healthz``
+(alive: 200 even while degraded) and ``GET /readyz`` (ready to work: 503 with the
+dependencies away while degraded, as JSON: :class:`~stemd._health.HealthState`).
 
 A deliberately small HTTP/1.0 server on anyio: one request per connection, bounded in size
 and time, at most ``max_connections`` at once (more are closed at once), so that
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import Listener, SocketStream, TaskStatus
 
+    from stemd._health import HealthState
     from stemd._metrics import Registry
 
 __all__ = ["HttpEndpoint", "HttpStats", "bind_error", "listen", "parse_address"]
@@ -104,8 +107,10 @@ class HttpEndpoint:
         *,
         max_connections: int = _MAX_CONNECTIONS,
         listener: Listener[SocketStream] | None = None,
+        ready: Callable[[], HealthState] | None = None,
     ) -> None:
         self.registry = registry
+        self.ready = ready
         self.host, self._port = parse_address(address)
         self._listener = listener
         self.healthy = healthy or (lambda: True)
@@ -191,4 +196,12 @@ class HttpEndpoint:
             if self.healthy():
                 return "200 OK", "text/plain", b"ok\n"
             return "503 Service Unavailable", "text/plain", b"unhealthy\n"
+        if path == "/readyz":
+            if not self.healthy():
+                return "503 Service Unavailable", "text/plain", b"unhealthy\n"
+            if self.ready is None:
+                return "200 OK", "text/plain", b"ready\n"
+            state = self.ready()
+            status = "200 OK" if state.ready else "503 Service Unavailable"
+            return status, "application/json", msgspec.json.encode(state) + b"\n"
         return "404 Not Found", "text/plain", b"not found\n"

@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from stemd._engine.observer import OnTimer
+from stemd._health import outage_of
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -137,7 +138,7 @@ class Timer:
     async def _fire_together(self, due: list[tuple[datetime, str]]) -> int:
         """Fire ``due`` concurrently; return how many did something. A failed one goes back
         in the heap a second later, then the first failure is raised (the supervisor
-        restarts the timer)."""
+        restarts the timer: with backoff and as degraded, if the store or NATS is away)."""
         fired = 0
         failures: list[Exception] = []
 
@@ -146,7 +147,10 @@ class Timer:
             try:
                 action = await self.engine.fire_timer(run_id)
             except Exception as exc:
-                log.exception("timer firing failed", run_id=run_id, error=repr(exc))
+                if outage_of(exc) is None:
+                    log.exception("timer firing failed", run_id=run_id, error=repr(exc))
+                else:  # reported once, as degraded, by the supervisor
+                    log.debug("timer firing failed", run_id=run_id, error=repr(exc))
                 heapq.heappush(self._heap, (at + timedelta(seconds=1), run_id))
                 failures.append(exc)
                 return

@@ -9,6 +9,11 @@ deliveries — those waiting for one stop waiting — and the slices in flight g
 period to finish, commit and acknowledge their delivery. Whatever still runs when the
 pool is cancelled afterwards is released by the engine, and re-run from the interrupted
 step by whoever takes the run next.
+
+Degraded (:class:`~stemd._health.Health`: a dependency is away): the workers claim no
+run — each holds the delivery it has, if any — except one at a time every few seconds
+(backing off to ``max_trial_delay``), which tells when the outage is over. A slice that
+fails because of an outage is reported there, and its delivery handed back.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import msgspec
 import structlog
 
 from stemd._engine.leases import LeaseKeeper
+from stemd._errors import TransportError
+from stemd._health import Health, outage_of
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -48,7 +55,16 @@ class WorkerPool:
 
     name = "workers"
 
-    def __init__(self, engine: Engine, broker: Broker, queue: str, concurrency: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        broker: Broker,
+        queue: str,
+        concurrency: int,
+        *,
+        health: Health | None = None,
+        max_trial_delay: float = 5.0,
+    ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.engine = engine
@@ -67,6 +83,10 @@ class WorkerPool:
         self._draining = False
         self._receiving: set[anyio.CancelScope] = set()
         self._settled: anyio.Event | None = None
+        self.health = health
+        self.max_trial_delay = max_trial_delay
+        self._trial_delay = 0.0
+        self._trial: anyio.Lock | None = None
 
     def statistics(self) -> WorkerStats:
         return WorkerStats(
@@ -78,6 +98,7 @@ class WorkerPool:
         )
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._trial = anyio.Lock()
         async with anyio.create_task_group() as tg:
             if self.keeper is not None:
                 # One task keeps the leases of every slice these workers run.
@@ -121,7 +142,11 @@ class WorkerPool:
         while (delivery := await self._receive()) is not None:
             self._in_flight[id(delivery)] = (delivery, time.monotonic())
             try:
-                await self._advance(delivery)
+                if await self._admitted():
+                    await self._advance(delivery)
+                else:  # drained while degraded: hand it back unclaimed
+                    with anyio.CancelScope(shield=True):
+                        await self._settle(delivery, ack=False)
             finally:
                 self._in_flight.pop(id(delivery), None)
                 if self._settled is not None:
@@ -139,6 +164,32 @@ class WorkerPool:
                 self._receiving.discard(scope)
         return None  # drain() cancelled the wait
 
+    async def _admitted(self) -> bool:
+        """Wait until this worker may claim the run it holds (:meth:`_admit`); ``False``
+        when the pool drains meanwhile."""
+        if self.health is None or self.health.ready:
+            return True
+        with anyio.CancelScope() as scope:
+            self._receiving.add(scope)
+            try:
+                if not self._draining:
+                    await self._admit()
+                    return True
+            finally:
+                self._receiving.discard(scope)
+        return False
+
+    async def _admit(self) -> None:
+        """While degraded, let one worker at a time through, ``_trial_delay`` apart."""
+        health = self.health
+        if health is None or health.ready or self._trial is None:
+            self._trial_delay = 0.0
+            return
+        async with self._trial:
+            self._trial_delay = min(self.max_trial_delay, max(0.5, self._trial_delay * 2))
+            with anyio.move_on_after(self._trial_delay):
+                await health.wait_ready()
+
     async def _advance(self, delivery: Delivery) -> None:
         if self.keeper is not None and self.keeper.holds(delivery.run_id):
             # A slice of this run runs here already (a sweep that read its lease against
@@ -153,10 +204,25 @@ class WorkerPool:
             # A store or broker failure: the run stays in the store and the sweeper
             # or a redelivery picks it up again. Never let one run kill the worker.
             self._errors += 1
-            log.exception("slice failed", run_id=delivery.run_id, error=repr(exc))
+            dependency = outage_of(exc)
+            if dependency is not None and self.health is not None:
+                self.health.report(self.name, dependency, exc)
+                log.debug("slice stopped by an outage", run_id=delivery.run_id, error=repr(exc))
+            else:
+                log.exception("slice failed", run_id=delivery.run_id, error=repr(exc))
             with anyio.CancelScope(shield=True):
-                await delivery.nak(1.0)
+                await self._settle(delivery, ack=False)
             return
         finally:
             self._busy -= 1
-        await delivery.ack()
+        if self.health is not None:
+            self.health.clear(self.name)
+        await self._settle(delivery, ack=True)
+
+    async def _settle(self, delivery: Delivery, *, ack: bool) -> None:
+        """Ack (or hand back) ``delivery``; when the broker is away, leave it to its
+        redelivery (the run's state is in the store either way)."""
+        try:
+            await (delivery.ack() if ack else delivery.nak(1.0))
+        except TransportError as exc:
+            log.debug("delivery not settled", run_id=delivery.run_id, error=repr(exc))

@@ -288,7 +288,12 @@ class NatsClient:
             reply: wire.GetReply = await self._request("get", wire.GetRequest(run_id=run_id))
         except RunNotFound:
             return None
-        return reply.run
+        run, checkpoints = reply.run, dict(reply.run.checkpoints)
+        while reply.next is not None:  # a run larger than a reply: its checkpoints in pages
+            request = wire.GetRequest(run_id=run_id, checkpoints_after=reply.next)
+            reply = await self._request("get", request)
+            checkpoints.update(reply.run.checkpoints)
+        return msgspec.structs.replace(run, checkpoints=checkpoints)
 
     async def list_runs(
         self, workflow: str | None, status: str | None, limit: int, after: str | None = None

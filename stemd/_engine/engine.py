@@ -15,6 +15,7 @@ import structlog
 from stemd._authoring.classes import definition_of
 from stemd._authoring.definitions import Flow, Script
 from stemd._codec import Codec, check_depth
+from stemd._engine.enqueue import enqueue_or_defer
 from stemd._engine.events import RunEvents
 from stemd._engine.execution import Aborted, Execution, Fenced, Interrupt, validate_topic
 from stemd._engine.leases import LeaseRenewal, SliceLeases
@@ -129,9 +130,9 @@ class Engine:
 
     async def _enqueue(self, run_id: str, queue: str, token: int) -> None:
         if self.broker is not None:
-            # The key names this very transition (a token is spent by each one), so a
-            # broker may drop a repeated enqueue of it (JetStream: Nats-Msg-Id).
-            await self.broker.enqueue(run_id, queue, key=f"{run_id}:{token}")
+            # The key names this transition (each spends a token): a broker may drop a
+            # repeat (JetStream: Nats-Msg-Id). A broker away leaves it to the sweeper.
+            await enqueue_or_defer(self.broker, run_id, queue, f"{run_id}:{token}")
 
     def _changed(self, rec: RunRecord) -> None:
         hooks = self.observers.run_changed

@@ -48,7 +48,9 @@ T = TypeVar("T")
 #: What may come out of nats-py and the machinery under it: nats-py's own errors (its
 #: ``TimeoutError`` is also the built-in one), the socket's and the TLS layer's
 #: ``OSError`` (``TimeoutError`` and ``ssl.SSLError`` among them), a stream read short
-#: (``EOFError``), and anyio's errors of a memory stream closed under its reader.
+#: (``EOFError``), and anyio's errors of a memory stream closed under its reader. (And one
+#: ``RuntimeError``: a write on a transport closed under nats-py, see
+#: :func:`_closed_transport`.)
 FOREIGN: tuple[type[Exception], ...] = (
     nats.errors.Error,
     OSError,
@@ -57,6 +59,13 @@ FOREIGN: tuple[type[Exception], ...] = (
     anyio.ClosedResourceError,
     anyio.EndOfStream,
 )
+
+
+def _closed_transport(exc: BaseException) -> bool:
+    """Whether ``exc`` is the ``RuntimeError`` that asyncio's and uvloop's transports raise
+    when written after the connection closed under them (nats-py writing while NATS is
+    away): ``unable to perform operation on <TCPTransport closed=True ...>``."""
+    return isinstance(exc, RuntimeError) and "unable to perform operation on" in str(exc)
 
 
 class JetStreamApiError(TransportError):
@@ -103,6 +112,10 @@ def translate(what: str) -> Iterator[None]:
         yield
     except FOREIGN as exc:
         raise translated(exc, what) from exc
+    except RuntimeError as exc:
+        if not _closed_transport(exc):
+            raise
+        raise translated(exc, what) from exc
 
 
 @contextlib.contextmanager
@@ -138,6 +151,10 @@ def boundary(
             try:
                 return await fn(*args, **kwargs)
             except FOREIGN as exc:
+                raise translated(exc, describe(args, kwargs)) from exc
+            except RuntimeError as exc:
+                if not _closed_transport(exc):
+                    raise  # a bug, not NATS going away
                 raise translated(exc, describe(args, kwargs)) from exc
 
         _ENTRY_POINTS.add(entry)

@@ -85,6 +85,7 @@ async def open_connection(
     wants_tls = auth.wants_tls or server.lstrip().startswith("tls://")
     conn: NatsConnection | None = None
     trouble: list[BaseException] = []  # errors met while connecting the first time
+    told: list[bool] = []  # the trouble of this outage is logged: the next at debug only
     connecting = anyio.CancelScope()
 
     async def error_cb(exc: Exception) -> None:
@@ -98,6 +99,12 @@ async def open_connection(
         elif conn._permission_violation(str(exc)):
             log.warning("nats permission denied", url=shown, error=text)
             return
+        if told:
+            # Each reconnect attempt fails while NATS is away: one warning per outage.
+            log.debug("nats connection trouble", url=shown, error=text)
+            return
+        if conn is not None:
+            told.append(True)
         log.warning("nats connection trouble", url=shown, error=text)
 
     async def disconnected_cb() -> None:
@@ -109,6 +116,7 @@ async def open_connection(
 
     async def reconnected_cb() -> None:
         log.info("nats reconnected", url=shown)
+        told.clear()
         if conn is not None:
             conn.reconnects += 1
             conn._event("reconnected")

@@ -96,7 +96,7 @@ class Bucket:
                 give_up = give_up or now + self.retry_for
                 if not transient(exc) or now + delay > give_up:
                     raise
-                log.info("NATS unavailable; retrying", op=what, error=str(exc))
+                log.debug("NATS unavailable; retrying", op=what, error=str(exc))
                 await anyio.sleep(delay)
                 delay = min(1.0, delay * 2)
 
@@ -214,7 +214,7 @@ class Bucket:
             current = msg.seq if msg is not None else 0
             if current != rev:
                 raise WrongLastSequence(400, 10071, f"wrong last sequence: {current}")
-            log.info("NATS unavailable; retrying a write", key=key, error=str(error))
+            log.debug("NATS unavailable; retrying a write", key=key, error=str(error))
 
     async def _read_back(
         self, key: str, error: TransportError, give_up: float, delay: float

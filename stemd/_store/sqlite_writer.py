@@ -57,6 +57,12 @@ def is_busy(exc: BaseException) -> bool:
     return "locked" in text or "busy" in text
 
 
+def _log_for(exc: BaseException) -> Any:
+    """``log.debug`` for a full disk (reported as an outage elsewhere), else ``log.warning``."""
+    full = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+    return log.debug if full else log.warning
+
+
 def while_busy(
     fn: Callable[[], T], timeout: float, on_retry: Callable[[], None] | None = None
 ) -> T:
@@ -256,7 +262,8 @@ class Writer:
             # Something unexpected: replay each request in a transaction of its own, so
             # that only the culprit fails.
             self._fallbacks += 1
-            log.warning("batch failed; replaying its requests one by one", error=repr(exc))
+            # A full disk fails every batch until freed: that is logged once, as degraded.
+            _log_for(exc)("batch failed; replaying its requests one by one", error=repr(exc))
             for request in inside:
                 self._run_alone(request, txn=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ import pytest
 
 from stemd._actors.http import HttpEndpoint, listen, parse_address
 from stemd._errors import ConfigError
+from stemd._health import Health
 from stemd._metrics import Registry
 from tests.helpers import wait_until
 
@@ -164,3 +166,26 @@ async def test_endpoint_on_a_given_listener_serves_again_after_a_restart() -> No
 def anyio_backend() -> str:
     """These tests run on asyncio only."""
     return "asyncio"
+
+
+async def test_readyz_answers_503_with_the_dependencies_away_while_degraded() -> None:
+    """/readyz: 200 when ready, 503 with the degraded state as JSON; /healthz stays 200."""
+    health = Health()
+    endpoint = HttpEndpoint(Registry(), "127.0.0.1:0", ready=health.state)
+    async with anyio.create_task_group() as tg:
+        await tg.start(endpoint.run)
+        assert endpoint.port
+        ready = await _get(endpoint.port, b"GET /readyz HTTP/1.0\r\n\r\n")
+        assert ready.startswith(b"HTTP/1.0 200")
+        health.report("timer", "nats", "request to x: timeout")
+        degraded = await _get(endpoint.port, b"GET /readyz HTTP/1.0\r\n\r\n")
+        assert degraded.startswith(b"HTTP/1.0 503")
+        body = json.loads(degraded.partition(b"\r\n\r\n")[2])
+        assert body["state"] == "degraded"
+        assert body["degraded"] == {"nats": "request to x: timeout"}
+        alive = await _get(endpoint.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert alive.startswith(b"HTTP/1.0 200")
+        health.clear("timer")
+        again = await _get(endpoint.port, b"GET /readyz HTTP/1.0\r\n\r\n")
+        assert again.startswith(b"HTTP/1.0 200")
+        tg.cancel_scope.cancel()

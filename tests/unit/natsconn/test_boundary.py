@@ -97,3 +97,21 @@ async def test_a_bug_is_not_translated() -> None:
 
     with pytest.raises(KeyError):
         await buggy()
+
+
+async def test_a_write_on_a_transport_closed_under_nats_py_is_a_transport_error() -> None:
+    """The RuntimeError of a write on a closed transport (NATS gone) is a TransportError;
+    another RuntimeError (a bug) is not translated."""
+    closed = RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    @boundary("publish to {subject}")
+    async def publish(subject: str, exc: Exception) -> None:
+        raise exc
+
+    with pytest.raises(TransportError, match=r"^publish to stem\.x: ") as caught:
+        await publish("stem.x", closed)
+    assert caught.value.__cause__ is closed
+    with pytest.raises(TransportError), translate("flush"):
+        raise closed
+    with pytest.raises(RuntimeError, match="other"):
+        await publish("stem.x", RuntimeError("other"))
