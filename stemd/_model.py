@@ -17,6 +17,7 @@ __all__ = [
     "LEGACY_UNKNOWN_WORKFLOW_STEP",
     "MAX_DURATION",
     "UNKNOWN_WORKFLOW_CODE",
+    "WORKFLOW_CHANGED_CODE",
     "CancellationPolicy",
     "CheckpointInfo",
     "ErrorInfo",
@@ -139,6 +140,9 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True):
 # ErrorInfo.code of a run given back, to be tried again later, by a process that does not
 # know its workflow (``attempts``: how many times it was given back so far).
 UNKNOWN_WORKFLOW_CODE = "unknown_workflow"
+# The code of the error of a run stopped because its code no longer makes the calls it
+# recorded (:class:`~stemd.WorkflowChanged`); ``attempts``: how many times it was tried.
+WORKFLOW_CHANGED_CODE = "workflow_changed"
 # How earlier builds recorded such a give-back: as the retries of a pseudo-step of this
 # name (in ``RunRecord.attempt_step``, hence ``RunState.retried_step``). Runs they stored
 # and RunStates their daemons send may still carry it; nothing writes it any more.
