@@ -234,6 +234,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     # is the first), and what the waiting code said about its wait (``data=``).
     wait_topics: list[str] | None = None
     wait_data: Any = None
+    version: str | int | None = None
 
 
 class RunPage(msgspec.Struct, frozen=True, kw_only=True):
