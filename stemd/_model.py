@@ -174,7 +174,9 @@ class CheckpointInfo(msgspec.Struct, frozen=True, kw_only=True):
     time), ``"event"`` (an awaited event arrived, or its wait timed out; ``detail``:
     ``"received"`` or ``"timed out"``), ``"child_start"`` (a child run was started;
     ``detail``: its run id), ``"child_join"`` (a child's end was taken; ``detail``: its
-    status, and its error or cancel reason). Later versions may add kinds.
+    status, and its error or cancel reason); ``"failed"`` (a step failed for good;
+    ``detail``: its error), ``"undo"`` (a flow step's compensation ran), ``"patch"`` (a
+    ``patched()`` that said ``True``). Later versions may add kinds.
 
     Attributes:
         name: the checkpoint's name (``"draft"``, ``"poll#2"``, ``"review@event#0"``).

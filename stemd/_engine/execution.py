@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from stemd._authoring.classes import workflow_name
 from stemd._authoring.context import FlowContext, ScriptContext, StepContext
-from stemd._authoring.runtime import current_run, frame
+from stemd._authoring.runtime import current_run, current_scope, frame
 from stemd._codec import Codec, convert
 from stemd._engine.entries import entries, with_entry
 from stemd._engine.failures import compensate, decode_error, record_failure, timed
@@ -294,7 +295,8 @@ class Execution:
         name = info.name if n == 0 else f"{info.name}#{n}"
         index = self._step_index
         self._step_index += 1
-        self.replay.take("", name, f"step {name!r}")
+        if not current_scope(self):  # a ctx.step inside a step is replayed with that step
+            self.replay.take("", name, f"step {name!r}")
         raw = self.checkpoints.get(name)
         if raw is None:
             failed = self.checkpoints.get(failed_key(name))
@@ -428,10 +430,12 @@ class Execution:
 
     async def start_child(self, scope: str, workflow: Any, params: Any, run_id: str | None) -> str:
         key = self._key(scope, "child")
-        name = self.host.resolve(workflow)[0]  # an unknown workflow records nothing
+        raw = self.checkpoints.get(key)
+        # A first start checks the workflow is known (an unknown one records nothing); a
+        # replay only needs its name, which a process serving the parent alone may not know.
+        name = workflow_name(workflow) if raw is not None else self.host.resolve(workflow)[0]
         requested = f"start_child({name!r})"
         self.replay.take(scope, key, requested)
-        raw = self.checkpoints.get(key)
         if raw is not None:
             child_id: str = self.codec.decode(raw, type=str)
             with for_user_code():
