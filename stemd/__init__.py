@@ -40,6 +40,7 @@ from stemd._errors import (
     StoreError,
     TransportError,
     UnknownWorkflow,
+    WorkflowChanged,
 )
 from stemd._model import (
     CancellationPolicy,
@@ -102,6 +103,7 @@ __all__ = (
     "TransportError",
     "UnknownWorkflow",
     "Versioned",
+    "WorkflowChanged",
     "WorkflowInfo",
     "WorkflowResult",
     "__version__",

@@ -135,9 +135,7 @@ class App:
 
     def register(self, *workflows: Workflow | type) -> None:
         """Add workflows (before the app is entered)."""
-        merged = registry([*self.workflows.values(), *workflows])
-        self.workflows.clear()
-        self.workflows.update(merged)
+        self.workflows.merge(registry(workflows).every())
 
     @property
     def engine(self) -> Engine:

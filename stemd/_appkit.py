@@ -11,6 +11,7 @@ import anyio
 from stemd._authoring.classes import definition_of
 from stemd._codec import convert
 from stemd._engine.engine import to_run_state
+from stemd._engine.versions import Registry
 from stemd._errors import RunNotFound, StemError
 from stemd._model import RunStatus, WorkflowResult
 from stemd._store.base import WorkflowInfo
@@ -33,16 +34,20 @@ __all__ = [
 ]
 
 
-def registry(workflows: Iterable[Workflow | type]) -> dict[str, Workflow]:
-    out: dict[str, Workflow] = {}
+def registry(workflows: Iterable[Workflow | type]) -> Registry:
+    """The workflows given, by name (several versions of one name may be given).
+
+    Raises:
+        TypeError: one is not a workflow.
+        ValueError: two have the same name and version.
+    """
+    out = Registry()
     for given in workflows:
         wf = definition_of(given)  # a @stemd.workflow class: the script it defines
         name = getattr(wf, "name", None)
         if not isinstance(name, str) or getattr(wf, "kind", None) not in ("flow", "script"):
             raise TypeError(f"not a workflow (Flow, @stemd.script or @stemd.workflow): {wf!r}")
-        if name in out and out[name] is not wf:
-            raise ValueError(f"two workflows are named {name!r}")
-        out[name] = wf
+        out.add(wf)
     return out
 
 

@@ -16,13 +16,16 @@ Every error derives from :class:`StemError`::
     │   └── NoResponders     a NATS request reached nobody
     ├── EventTimeout         a ``wait_for_event`` whose timeout passed first
     ├── ChildFailed          a child workflow that failed or was cancelled
-    ├── StepFailed           a step raised; carried as the run's recorded error
+    ├── StepFailed           a step's retries were exhausted (raised in the script body)
+    ├── WorkflowChanged      replay met a call other than the one the run recorded
     └── RestartBudgetExceeded  an actor crashed more often than its restart policy allows
 
 Retryability is data (``non_retryable``), not a class tree.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 
@@ -44,6 +47,7 @@ __all__ = [
     "StoreError",
     "TransportError",
     "UnknownWorkflow",
+    "WorkflowChanged",
 ]
 
 #: What msgspec raises on input it cannot decode: ``DecodeError`` (and its subclass
@@ -136,7 +140,43 @@ class ChildFailed(StemError):
 
 
 class StepFailed(StemError):
-    """Raised when a step exhausted its retries (the run's error records the cause)."""
+    """Raised at the call of a step in a script's body when the step failed for good (its
+    retries were exhausted, or it raised a non-retryable error).
+
+    The failure is recorded: a replay of the run raises it again at the same call, without
+    running the step. Uncaught, the run fails with the step's error (``error``).
+
+    Attributes:
+        step: the name of the step's checkpoint (``"charge"``, ``"charge#1"``).
+        error: what the step's last attempt raised (an :class:`~stemd.ErrorInfo`).
+    """
+
+    def __init__(self, step: str, error: Any) -> None:
+        super().__init__(f"step {step} failed: {error.type}: {error.message}")
+        self.step = step
+        self.error = error
+
+
+class WorkflowChanged(StemError):
+    """The code of a run's workflow no longer makes the calls the run recorded: replay met
+    a call (``requested``) other than the recorded one at that place (``recorded``).
+
+    The recorded value is never returned to the other call: the run stops, its error of
+    this type (code ``"workflow_changed"``) names both calls, and it is tried again now and
+    then (at most a minute apart), so deploying code that matches resumes it; rewinding or
+    cancelling it are the other ways out.
+    """
+
+    non_retryable = True
+
+    def __init__(self, run_id: str, recorded: str, requested: str) -> None:
+        super().__init__(
+            f"run {run_id}: the workflow's code changed: the run recorded {recorded}"
+            f" where the code now calls {requested}"
+        )
+        self.run_id = run_id
+        self.recorded = recorded
+        self.requested = requested
 
 
 class RestartBudgetExceeded(StemError):

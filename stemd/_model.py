@@ -17,6 +17,7 @@ __all__ = [
     "LEGACY_UNKNOWN_WORKFLOW_STEP",
     "MAX_DURATION",
     "UNKNOWN_WORKFLOW_CODE",
+    "WORKFLOW_CHANGED_CODE",
     "CancellationPolicy",
     "CheckpointInfo",
     "ErrorInfo",
@@ -139,6 +140,9 @@ class Retry(msgspec.Struct, frozen=True, kw_only=True):
 # ErrorInfo.code of a run given back, to be tried again later, by a process that does not
 # know its workflow (``attempts``: how many times it was given back so far).
 UNKNOWN_WORKFLOW_CODE = "unknown_workflow"
+# The code of the error of a run stopped because its code no longer makes the calls it
+# recorded (:class:`~stemd.WorkflowChanged`); ``attempts``: how many times it was tried.
+WORKFLOW_CHANGED_CODE = "workflow_changed"
 # How earlier builds recorded such a give-back: as the retries of a pseudo-step of this
 # name (in ``RunRecord.attempt_step``, hence ``RunState.retried_step``). Runs they stored
 # and RunStates their daemons send may still carry it; nothing writes it any more.
@@ -170,7 +174,9 @@ class CheckpointInfo(msgspec.Struct, frozen=True, kw_only=True):
     time), ``"event"`` (an awaited event arrived, or its wait timed out; ``detail``:
     ``"received"`` or ``"timed out"``), ``"child_start"`` (a child run was started;
     ``detail``: its run id), ``"child_join"`` (a child's end was taken; ``detail``: its
-    status, and its error or cancel reason). Later versions may add kinds.
+    status, and its error or cancel reason); ``"failed"`` (a step failed for good;
+    ``detail``: its error), ``"undo"`` (a flow step's compensation ran), ``"patch"`` (a
+    ``patched()`` that said ``True``). Later versions may add kinds.
 
     Attributes:
         name: the checkpoint's name (``"draft"``, ``"poll#2"``, ``"review@event#0"``).
@@ -230,6 +236,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     # is the first), and what the waiting code said about its wait (``data=``).
     wait_topics: list[str] | None = None
     wait_data: Any = None
+    version: str | int | None = None
 
 
 class RunPage(msgspec.Struct, frozen=True, kw_only=True):

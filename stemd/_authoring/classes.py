@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from stemd._authoring.context import ScriptContext
 
-__all__ = ["ClassScript", "definition_of", "handle", "workflow"]
+__all__ = ["ClassScript", "definition_of", "handle", "workflow", "workflow_name"]
 
 C = TypeVar("C", bound=type)
 P = TypeVar("P")
@@ -100,7 +100,9 @@ class ClassScript(Script[Any, Any]):
     """The script a ``@stemd.workflow`` class defines: each execution builds an instance
     and awaits its ``run``."""
 
-    def __init__(self, name: str, cls: type, *, queue: str | None = None) -> None:
+    def __init__(
+        self, name: str, cls: type, *, queue: str | None = None, version: str | int | None = None
+    ) -> None:
         run, params_name, wants_context = _run_signature(cls)
         _check_constructible(cls)
 
@@ -120,7 +122,7 @@ class ClassScript(Script[Any, Any]):
             async def fn(ctx: ScriptContext) -> Any:  # type: ignore[misc]
                 return await body(ctx)
 
-        super().__init__(name, fn, queue=queue)
+        super().__init__(name, fn, queue=queue, version=version)
         self.cls = cls
         try:
             hints = typing.get_type_hints(run)
@@ -138,7 +140,7 @@ class ClassScript(Script[Any, Any]):
         return f"ClassScript({self.name!r}, {self.cls.__qualname__})"
 
 
-def _decorate(cls: C, name: str | None, queue: str | None) -> C:
+def _decorate(cls: C, name: str | None, queue: str | None, version: str | int | None) -> C:
     if not isinstance(cls, type):
         raise TypeError(f"@stemd.workflow decorates a class, not {cls!r}")
     for method in _HANDLE_METHODS:
@@ -149,7 +151,8 @@ def _decorate(cls: C, name: str | None, queue: str | None) -> C:
                 f"{method!r} is the name of its handle's method: rename that attribute "
                 f"(a step keeps its name with @stemd.step(name={method!r}))",
             )
-    definition = ClassScript(check_name("workflow", name or cls.__name__), cls, queue=queue)
+    wf_name = check_name("workflow", name or cls.__name__)
+    definition = ClassScript(wf_name, cls, queue=queue, version=version)
     setattr(cls, _ATTR, definition)
     cls.start = definition.start  # type: ignore[attr-defined]
     cls.start_and_wait = definition.start_and_wait  # type: ignore[attr-defined]
@@ -161,13 +164,18 @@ def workflow(cls: C, /) -> C: ...
 
 
 @overload
-def workflow(name: str | None = None, /, *, queue: str | None = None) -> Callable[[C], C]: ...
+def workflow(
+    name: str | None = None, /, *, queue: str | None = None, version: str | int | None = None
+) -> Callable[[C], C]: ...
 
 
-def workflow(name: Any = None, /, *, queue: str | None = None) -> Any:
+def workflow(
+    name: Any = None, /, *, queue: str | None = None, version: str | int | None = None
+) -> Any:
     """Make a class a script workflow: ``@stemd.workflow("orders.checkout")``.
 
-    The name defaults to the class's. See the module documentation for the rules.
+    The name defaults to the class's; ``version`` is the version of its code, as for a
+    Flow. See the module documentation for the rules.
 
     Raises:
         TypeError: the class has no ``async def run``, ``run`` takes more than the params
@@ -175,10 +183,10 @@ def workflow(name: Any = None, /, *, queue: str | None = None) -> Any:
             or it defines ``start`` or ``start_and_wait`` itself.
     """
     if isinstance(name, type):
-        return _decorate(name, None, queue)
+        return _decorate(name, None, queue, version)
 
     def decorate(cls: C) -> C:
-        return _decorate(cls, name, queue)
+        return _decorate(cls, name, queue, version)
 
     return decorate
 
@@ -199,6 +207,14 @@ class _Run0(Protocol[R_co]):
 
 class _Run1(Protocol[P_contra, R_co]):
     def run(self, params: P_contra, /) -> Awaitable[R_co]: ...
+
+
+def workflow_name(obj: Any) -> str:
+    """The name of a workflow given as a name, a definition or a ``@workflow`` class
+    (``repr`` of anything else), without looking it up anywhere."""
+    wf = definition_of(obj)
+    name = wf if isinstance(wf, str) else getattr(wf, "name", None)
+    return name if isinstance(name, str) else repr(obj)
 
 
 @overload

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic
 from typing_extensions import TypeVar
 
 from stemd._authoring.runtime import Runtime, current_scope
-from stemd._authoring.steps import StepInfo, check_name, step_info
+from stemd._authoring.steps import StepInfo, check_name, step_info, step_timeout
 from stemd._model import Retry, seconds
 
 if TYPE_CHECKING:
@@ -208,8 +208,24 @@ class ScriptContext(_Durable):
         fn: Callable[..., Awaitable[T]],
         *args: Any,
         retry: Retry | None = None,
+        timeout: float | timedelta | None = None,
     ) -> T:
-        """Run ``fn(*args)`` as a checkpoint named ``name`` (``name#n`` for later calls)."""
+        """Run ``fn(*args)`` as a checkpoint named ``name`` (``name#n`` for later calls).
+
+        Args:
+            name: the checkpoint's name.
+            fn: the async function to run.
+            *args: its arguments.
+            retry: how failed attempts are retried (default: ``fn``'s ``@stemd.step``
+                retry, else not at all).
+            timeout: seconds (or a timedelta) an attempt may take: one that takes longer
+                is cancelled and counts as a failed attempt (a ``TimeoutError``).
+
+        Raises:
+            StepFailed: the step failed for good (its retries are exhausted); recorded, so
+                a replay raises it again here without running the step.
+        """
+        limit = step_timeout(timeout)
         # '#' and '@' are how occurrences and internal checkpoints are named: a user name
         # with them could collide with another checkpoint or be hidden from RunState.
         check_name("step", name)
@@ -219,7 +235,23 @@ class ScriptContext(_Durable):
             args = (fn.__self__, *args)
         if not isinstance(info, StepInfo) or info.name != name:
             info = step_info(getattr(info, "fn", fn), name, None)
-        return await self._rt.run_step(info, args, {}, retry)  # type: ignore[no-any-return]
+        return await self._rt.run_step(info, args, {}, retry, limit)  # type: ignore[no-any-return]
+
+    def patched(self, change: str) -> bool:
+        """Whether this run takes the code path of ``change`` at this point.
+
+        ``True`` for a run that reaches this point under code with the change (recorded:
+        its replays say ``True`` again); ``False`` for a run that went past this point
+        before the change was deployed, so that it keeps following the code it recorded.
+        Once no run older than the change is left, the check and the old path can go.
+
+        Example::
+
+            if ctx.patched("send-receipt"):
+                await ctx.step("receipt", send_receipt, order)
+        """
+        check_name("change id", change)
+        return self._rt.patched(self._scope(), change)
 
     def idempotency_key(self, suffix: str = "") -> str:
         """A key stable across re-entries of this run."""

@@ -16,10 +16,12 @@ from typing_extensions import TypeVar
 
 from stemd._authoring.handles import Handle
 from stemd._authoring.runtime import current_script
-from stemd._authoring.steps import StepInfo, check_name, step_info
+from stemd._authoring.steps import StepInfo, check_name, check_version, step_info, step_timeout
 from stemd._authoring.steps import return_type as _return_type
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from stemd._authoring.context import FlowContext, ScriptContext
     from stemd._model import Retry
 
@@ -42,7 +44,7 @@ R = TypeVar("R", default=Any)
 class FlowStep:
     """One declared step of a :class:`Flow`."""
 
-    __slots__ = ("fn", "index", "name", "retry")
+    __slots__ = ("compensate", "fn", "index", "name", "retry", "timeout")
 
     def __init__(
         self,
@@ -50,11 +52,15 @@ class FlowStep:
         index: int,
         fn: Callable[[FlowContext[Any]], Awaitable[Any]],
         retry: Retry | None,
+        timeout: float | None = None,
+        compensate: Callable[[FlowContext[Any]], Awaitable[Any]] | None = None,
     ) -> None:
         self.name = name
         self.index = index
         self.fn = fn
         self.retry = retry
+        self.timeout = timeout
+        self.compensate = compensate
 
 
 class Flow(Handle[P, R]):
@@ -75,6 +81,9 @@ class Flow(Handle[P, R]):
             params that do not fit it is refused with :class:`~stemd.PayloadError`.
         result: the type of its result (the last step's value), into which
             :meth:`start_and_wait` decodes it.
+        version: the version of its code (a string or an integer). A run records the
+            version it started with and is executed by that version while an App
+            registers it; new runs take the newest (see docs/howto/changing-workflows.md).
     """
 
     kind = "flow"
@@ -87,6 +96,7 @@ class Flow(Handle[P, R]):
         queue: str | None = None,
         params: None = None,
         result: None = None,
+        version: str | int | None = None,
     ) -> None: ...
 
     @overload
@@ -97,6 +107,7 @@ class Flow(Handle[P, R]):
         queue: str | None = None,
         params: type[P],
         result: None = None,
+        version: str | int | None = None,
     ) -> None: ...
 
     @overload
@@ -107,6 +118,7 @@ class Flow(Handle[P, R]):
         queue: str | None = None,
         params: None = None,
         result: type[R],
+        version: str | int | None = None,
     ) -> None: ...
 
     @overload
@@ -117,12 +129,20 @@ class Flow(Handle[P, R]):
         queue: str | None = None,
         params: type[P],
         result: type[R],
+        version: str | int | None = None,
     ) -> None: ...
 
     def __init__(
-        self, name: str, *, queue: str | None = None, params: Any = None, result: Any = None
+        self,
+        name: str,
+        *,
+        queue: str | None = None,
+        params: Any = None,
+        result: Any = None,
+        version: str | int | None = None,
     ) -> None:
         self.name = check_name("workflow", name)
+        self.version = check_version(version)
         self.queue = queue
         self.params_type = Any if params is None else params
         self.result_type = Any if result is None else result
@@ -130,11 +150,31 @@ class Flow(Handle[P, R]):
         self._by_name: dict[str, FlowStep] = {}
 
     def step(
-        self, name: str | None = None, *, retry: Retry | None = None
+        self,
+        name: str | None = None,
+        *,
+        retry: Retry | None = None,
+        timeout: float | timedelta | None = None,
+        compensate: Callable[[FlowContext[P]], Awaitable[Any]] | None = None,
     ) -> Callable[
         [Callable[[FlowContext[P]], Awaitable[Any]]], Callable[[FlowContext[P]], Awaitable[Any]]
     ]:
-        """Declare the next step; ``name`` defaults to the function's name."""
+        """Declare the next step; ``name`` defaults to the function's name.
+
+        Args:
+            name: the step's name.
+            retry: how its failed attempts are retried (default: not at all).
+            timeout: seconds (or a timedelta) an attempt may take: one that takes longer
+                is cancelled and counts as a failed attempt (a ``TimeoutError``).
+            compensate: an async function undoing the step: when a later step fails for
+                good, the compensations of the completed steps run in reverse order, each
+                once, and the run then fails with that step's error. It receives a
+                FlowContext whose ``previous_result`` is this step's recorded value; it is
+                retried as ``retry`` says and may not sleep or wait.
+        """
+        limit = step_timeout(timeout)
+        if compensate is not None and not inspect.iscoroutinefunction(compensate):
+            raise TypeError(f"compensation {compensate!r} must be an async function")
 
         def register(
             fn: Callable[[FlowContext[P]], Awaitable[Any]],
@@ -144,12 +184,16 @@ class Flow(Handle[P, R]):
             step_name = check_name("step", name or fn.__name__)
             if step_name in self._by_name:
                 raise ValueError(f"flow {self.name!r} already has a step {step_name!r}")
-            entry = FlowStep(step_name, len(self.steps), fn, retry)
+            entry = FlowStep(step_name, len(self.steps), fn, retry, limit, compensate)
             self.steps.append(entry)
             self._by_name[step_name] = entry
             return fn
 
         return register
+
+    def compensates(self, index: int) -> bool:
+        """Whether a step before the ``index``-th declares a compensation."""
+        return any(st.compensate is not None for st in self.steps[:index])
 
     def has_step(self, name: str) -> bool:
         """Whether the flow declares a step called ``name``."""
@@ -169,11 +213,17 @@ class Script(Handle[P, R]):
     kind = "script"
 
     def __init__(
-        self, name: str, fn: Callable[..., Awaitable[Any]], *, queue: str | None = None
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[Any]],
+        *,
+        queue: str | None = None,
+        version: str | int | None = None,
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"script {fn!r} must be an async function")
         self.name = check_name("workflow", name)
+        self.version = check_version(version)
         self.fn = fn
         self.queue = queue
         params = list(inspect.signature(fn).parameters.values())
@@ -211,15 +261,18 @@ class _ScriptDecorator(Protocol):
     def __call__(self, fn: Callable[..., Awaitable[Any]], /) -> Script[Any, Any]: ...
 
 
-def script(name: str | None = None, *, queue: str | None = None) -> _ScriptDecorator:
+def script(
+    name: str | None = None, *, queue: str | None = None, version: str | int | None = None
+) -> _ScriptDecorator:
     """Declare a script workflow: ``@stemd.script("user.signup")``.
 
     The script object is typed from the function: ``Script[P, R]`` with ``P`` the
-    annotation of its second parameter and ``R`` its return annotation.
+    annotation of its second parameter and ``R`` its return annotation. ``version`` is
+    the version of its code, as for :class:`Flow`.
     """
 
     def register(fn: Callable[..., Awaitable[Any]]) -> Script[Any, Any]:
-        return Script(name or fn.__name__, fn, queue=queue)
+        return Script(name or fn.__name__, fn, queue=queue, version=version)
 
     return register
 
@@ -229,23 +282,36 @@ def step(fn: F, /) -> F: ...
 
 
 @overload
-def step(*, name: str | None = None, retry: Retry | None = None) -> Callable[[F], F]: ...
+def step(
+    *,
+    name: str | None = None,
+    retry: Retry | None = None,
+    timeout: float | timedelta | None = None,
+) -> Callable[[F], F]: ...
 
 
 def step(
-    fn: F | None = None, /, *, name: str | None = None, retry: Retry | None = None
+    fn: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: Retry | None = None,
+    timeout: float | timedelta | None = None,
 ) -> F | Callable[[F], F]:
     """Make an async function a checkpoint when it is called inside a script run.
 
     Called while a script run executes, the call is recorded under ``name`` (the
-    function's name by default) and returns its stored value on replay. Called
-    anywhere else, it is a plain coroutine function.
+    function's name by default) and returns its stored value on replay; when it fails
+    for good, :class:`~stemd.StepFailed` is raised at the call. An attempt longer than
+    ``timeout`` seconds is cancelled and counts as a failed attempt. Called anywhere
+    else, it is a plain coroutine function.
     """
+    limit = step_timeout(timeout)
 
     def decorate(func: F) -> F:
         if not inspect.iscoroutinefunction(func):
             raise TypeError(f"step {func!r} must be an async function")
-        info = StepInfo(func, check_name("step", name or func.__name__), retry)
+        info = StepInfo(func, check_name("step", name or func.__name__), retry, limit)
 
         @functools.wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -57,9 +57,14 @@ class Runtime(Protocol):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         retry: Retry | None,
+        timeout: float | None = None,
     ) -> Any:
         """Run ``info.fn(*args, **kwargs)`` as the run's next checkpoint of that name (or
-        return its recorded value)."""
+        return its recorded value); raise StepFailed when it fails for good."""
+        ...
+
+    def patched(self, scope: str, change: str) -> bool:
+        """Whether the run takes the path of ``change`` here (see ScriptContext.patched)."""
         ...
 
     async def sleep_until(self, scope: str, when: datetime) -> None:

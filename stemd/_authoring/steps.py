@@ -7,12 +7,14 @@ import inspect
 import typing
 from typing import Any
 
+from stemd._model import seconds
+
 if typing.TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from stemd._model import Retry
 
-__all__ = ["StepInfo", "check_name", "return_type", "step_info"]
+__all__ = ["StepInfo", "check_name", "check_version", "return_type", "step_info", "step_timeout"]
 
 _RESERVED = ("@", "#")
 
@@ -26,6 +28,16 @@ def check_name(kind: str, name: object) -> str:
     return name
 
 
+def check_version(version: object) -> str | int | None:
+    """Return ``version`` if it is a valid workflow version (a non-empty string or an
+    integer, or ``None``), else raise ValueError."""
+    if version is None or (isinstance(version, int) and not isinstance(version, bool)):
+        return version
+    if isinstance(version, str) and 0 < len(version) <= 100:
+        return version
+    raise ValueError(f"workflow version must be an integer or a short string, not {version!r}")
+
+
 def return_type(fn: Callable[..., Any]) -> Any:
     """The annotated return type of ``fn``; ``Any`` when it has none that resolves."""
     try:
@@ -37,12 +49,19 @@ def return_type(fn: Callable[..., Any]) -> Any:
 class StepInfo:
     """What the engine needs to know about a step function (computed once)."""
 
-    __slots__ = ("fn", "name", "retry", "return_type", "wants_context")
+    __slots__ = ("fn", "name", "retry", "return_type", "timeout", "wants_context")
 
-    def __init__(self, fn: Callable[..., Awaitable[Any]], name: str, retry: Retry | None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        name: str,
+        retry: Retry | None,
+        timeout: float | None = None,
+    ) -> None:
         self.fn = fn
         self.name = name
         self.retry = retry
+        self.timeout = timeout
         self.return_type = return_type(fn)
         if self.return_type is type(None):
             self.return_type = Any
@@ -51,6 +70,22 @@ class StepInfo:
 
 
 @functools.lru_cache(maxsize=4096)
-def step_info(fn: Callable[..., Awaitable[Any]], name: str, retry: Retry | None) -> StepInfo:
+def step_info(
+    fn: Callable[..., Awaitable[Any]], name: str, retry: Retry | None, timeout: float | None = None
+) -> StepInfo:
     """The cached :class:`StepInfo` of ``fn`` used under ``name``."""
-    return StepInfo(fn, name, retry)
+    return StepInfo(fn, name, retry, timeout)
+
+
+def step_timeout(value: object) -> float | None:
+    """A step's ``timeout=`` (seconds or a timedelta) as seconds; ``None`` for none.
+
+    Raises:
+        ValueError: not a positive duration.
+    """
+    if value is None:
+        return None
+    secs = seconds(value, "step timeout")  # type: ignore[arg-type]
+    if secs is None or secs <= 0:
+        raise ValueError(f"step timeout must be a positive number of seconds, not {value!r}")
+    return secs

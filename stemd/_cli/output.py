@@ -255,7 +255,7 @@ def _error_field(run: RunState, error: ErrorInfo) -> tuple[str, str]:
         return "error", text + attempts
     # A retry's cause, kept while the run goes on; a give-back's count of tries is in its
     # message already.
-    counted = error.attempts and error.code != UNKNOWN_WORKFLOW_CODE
+    counted = error.attempts and error.code is None
     return "last error", text + (f" (attempt {error.attempts})" if counted else "")
 
 
@@ -264,7 +264,10 @@ def run_detail(run: RunState) -> str:
     the waits between, and how the run ended."""
     fields: list[tuple[str, str]] = [
         ("run", run.run_id),
-        ("workflow", run.workflow),
+        (
+            "workflow",
+            run.workflow + (f" (version {run.version})" if run.version is not None else ""),
+        ),
         ("status", run.status.value + (f" ({_detail(run)})" if _detail(run) else "")),
         ("queue", run.queue),
     ]

@@ -6,7 +6,6 @@ It knows nothing of SQLite or NATS; the actors and the App drive it.
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -28,7 +27,8 @@ from stemd._engine.observer import (
     SliceStarted,
 )
 from stemd._engine.params import check_params
-from stemd._engine.views import UNKNOWN_WORKFLOW_RETRY, given_back, new_run_id, to_run_state
+from stemd._engine.versions import definition_for
+from stemd._engine.views import new_run_id, to_run_state, unknown_workflow
 from stemd._engine.waits import message, retention
 from stemd._errors import (
     LeaseLost,
@@ -39,7 +39,6 @@ from stemd._errors import (
     UnknownWorkflow,
 )
 from stemd._model import (
-    UNKNOWN_WORKFLOW_CODE,
     CancellationPolicy,
     ErrorInfo,
     RunState,
@@ -54,7 +53,6 @@ from stemd._store.base import (
     Fail,
     Outcome,
     Release,
-    RetryLater,
     RunRecord,
     Store,
     base_step_name,
@@ -63,6 +61,7 @@ from stemd._store.base import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+    from datetime import timedelta
 
     from stemd._broker.base import Broker
     from stemd._clock import Clock
@@ -225,6 +224,7 @@ class Engine:
             policy=policy,
             ttl=ttl,
             trace=trace if trace is not None else self.observers.trace_context(),
+            version=getattr(definition, "version", None),
         )
         record.timer_at = compute_timer_at(record)
         stored, created = await self.store.create_run(record)
@@ -332,9 +332,9 @@ class Engine:
 
     async def _execute(self, claim: Claim) -> Outcome:
         rec = claim.record
-        definition = self.workflows.get(rec.workflow)
+        definition = definition_for(self.workflows, rec.workflow, rec.version)
         if definition is None:
-            return self._unknown_workflow(rec)
+            return unknown_workflow(rec, self.owner, self.clock.now())
         execution = Execution(self, claim)
         outcome = await self.leases.keep(
             rec.run_id, claim.token, lambda: self._run(definition, execution)
@@ -342,33 +342,6 @@ class Engine:
         if outcome is None:
             raise LeaseLost(f"run {rec.run_id}: lease lost")
         return outcome
-
-    def _unknown_workflow(self, rec: RunRecord) -> RetryLater:
-        """Give back a run whose workflow is not registered here, to be tried again later
-        (by any process): failing it would lose it for good. No step failed: the steps'
-        retry bookkeeping starts afresh."""
-        failures = given_back(rec) + 1
-        delay = UNKNOWN_WORKFLOW_RETRY.delay(failures)
-        log.warning(
-            "workflow not registered here; the run waits for a process that knows it",
-            run_id=rec.run_id,
-            workflow=rec.workflow,
-            tries=failures,
-            retry_in=delay,
-        )
-        return RetryLater(
-            step=None,
-            failures=0,
-            resume_at=self.clock.now() + timedelta(seconds=delay),
-            error=ErrorInfo(
-                type="UnknownWorkflow",
-                message=f"workflow {rec.workflow!r} is not registered in the process that "
-                f"took the run ({self.owner}); tried {failures} time"
-                f"{'s' if failures != 1 else ''}, again until one that knows it takes it",
-                attempts=failures,
-                code=UNKNOWN_WORKFLOW_CODE,
-            ),
-        )
 
     async def _run(self, definition: Workflow, execution: Execution) -> Outcome | None:
         """Run user code to its outcome; ``None`` when a write was refused (fenced)."""
@@ -462,7 +435,7 @@ class Engine:
         rec = await self.store.get_run(run_id)
         if rec is None:
             return False
-        definition = self.workflows.get(rec.workflow)
+        definition = definition_for(self.workflows, rec.workflow, rec.version)
         known = {base_step_name(c.name) for c in await self.store.get_checkpoints(run_id)}
         # A script body's own waits are recorded under the empty scope ("@sleep#0"): they
         # belong to no step, so neither "" nor a name with '@' or '#' can be rewound to.

@@ -56,6 +56,9 @@ def _detail(kind: str, value: bytes, codec: Codec) -> str | None:
         if kind == "child_start":
             child: str = codec.decode(value, type=str)
             return child
+        if kind == "failed":
+            failed: Any = codec.decode(value)
+            return f"{failed['type']}: {failed['message']}"
         if kind == "child_join":
             joined: Any = codec.decode(value)
             status = str(joined["s"])

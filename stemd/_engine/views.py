@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import msgspec
+import structlog
 
 from stemd._engine.timeline import build_timeline
+from stemd._engine.versions import version_label
 from stemd._model import (
     LEGACY_UNKNOWN_WORKFLOW_STEP,
     UNKNOWN_WORKFLOW_CODE,
@@ -17,6 +20,7 @@ from stemd._model import (
     Retry,
     RunState,
 )
+from stemd._store.base import RetryLater
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -24,7 +28,14 @@ if TYPE_CHECKING:
     from stemd._codec import Codec
     from stemd._store.base import Checkpoint, RunRecord
 
-__all__ = ["UNKNOWN_WORKFLOW_RETRY", "given_back", "new_run_id", "to_run_state"]
+__all__ = [
+    "UNKNOWN_WORKFLOW_RETRY",
+    "given_back",
+    "new_run_id",
+    "to_run_state",
+    "unknown_workflow",
+]
+log = structlog.get_logger("stemd.engine")
 
 # A run whose workflow this process does not know is given back, to be tried again after
 # 1 s, 2 s, 4 s... at most a minute apart, until a process that knows it takes it (a rolling
@@ -42,6 +53,35 @@ def given_back(rec: RunRecord) -> int:
     if error is not None and error.code == UNKNOWN_WORKFLOW_CODE:
         return error.attempts or 0
     return 0
+
+
+def unknown_workflow(rec: RunRecord, owner: str, now: datetime) -> RetryLater:
+    """Give back a run whose workflow (or the version it started on) is not registered
+    here, to be tried again later (by any process): failing it would lose it for good. No
+    step failed: the steps' retry bookkeeping starts afresh."""
+    failures = given_back(rec) + 1
+    delay = UNKNOWN_WORKFLOW_RETRY.delay(failures)
+    log.warning(
+        "workflow not registered here; the run waits for a process that knows it",
+        run_id=rec.run_id,
+        workflow=rec.workflow,
+        version=rec.version,
+        tries=failures,
+        retry_in=delay,
+    )
+    return RetryLater(
+        step=None,
+        failures=0,
+        resume_at=now + timedelta(seconds=delay),
+        error=ErrorInfo(
+            type="UnknownWorkflow",
+            message=f"workflow {version_label(rec.workflow, rec.version)} is not registered"
+            f" in the process that took the run ({owner}); tried {failures} time"
+            f"{'s' if failures != 1 else ''}, again until one that knows it takes it",
+            attempts=failures,
+            code=UNKNOWN_WORKFLOW_CODE,
+        ),
+    )
 
 
 def _legacy_give_back(rec: RunRecord) -> tuple[ErrorInfo | None, str | None, int]:
@@ -99,4 +139,5 @@ def to_run_state(rec: RunRecord, checkpoints: Iterable[Checkpoint], codec: Codec
         step_failures=step_failures,
         wait_topics=list(rec.wait_topics) if rec.wait_topics else None,
         wait_data=codec.decode(rec.wait_data) if rec.wait_data is not None else None,
+        version=rec.version,
     )

@@ -91,6 +91,8 @@ class RunRecord(msgspec.Struct, kw_only=True):
     # the topic events after it), and per topic the position of the last event it took.
     event_floor: int = 0
     cursors: dict[str, int] = msgspec.field(default_factory=dict)
+    # The version of the workflow's code the run started with (``None``: it has none).
+    version: str | int | None = None
 
 
 class Checkpoint(msgspec.Struct, frozen=True):

@@ -88,5 +88,6 @@ def test_the_contract_names_are_exported() -> None:
         "PayloadError",
         "RunNotFound",
         "StepFailed",
+        "WorkflowChanged",
     ):
         assert name in stemd.__all__, name
