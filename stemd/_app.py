@@ -23,15 +23,8 @@ from stemd._actors.supervisor import Actor, Supervisor
 from stemd._actors.sweeper import Sweeper
 from stemd._actors.timer import Timer
 from stemd._actors.workers import WorkerPool
-from stemd._appkit import (
-    ALL,
-    cursor,
-    opened,
-    positive,
-    registry,
-    wait_for_end,
-    workflow_info,
-)
+from stemd._appkit import ALL, cursor, opened, positive, registry, wait_for_end, workflow_info
+from stemd._appschedules import AppSchedules, collect_schedules
 from stemd._broker import broker_from_url
 from stemd._broker.capabilities import HelperActors
 from stemd._clock import Clock, SystemClock
@@ -59,6 +52,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from stemd._broker.base import Broker
+    from stemd._schedules import Schedule
     from stemd._store.base import Page, RunRecord, Store, WorkflowInfo
 
 __all__ = ["ActorFactory", "App"]
@@ -69,7 +63,7 @@ T = TypeVar("T")
 ActorFactory = Callable[["App"], Actor]
 
 
-class App:
+class App(AppSchedules):
     """A stemd application: registers workflows, executes them (unless ``workers=False``),
     and starts, emits to and inspects runs. It implements
     :class:`~stemd._operations.Operations`, which its NATS surface serves.
@@ -96,6 +90,8 @@ class App:
         workflow_codecs: codecs for the values of particular workflows, by name.
         actors: more actors for the supervisor (each made by a callable taking the open
             App), started after the built-in ones, also when ``workers=False``.
+        schedules: :class:`stemd.Schedule` s started by this app's workers (with those of
+            ``options.schedules``; see docs/reference/schedules.md).
     """
 
     def __init__(
@@ -112,6 +108,7 @@ class App:
         codec: str | Codec = "json",
         workflow_codecs: Mapping[str, Codec] | None = None,
         actors: Iterable[ActorFactory] = (),
+        schedules: Iterable[Schedule] = (),
     ) -> None:
         if options is not None and not isinstance(options, AppOptions):
             raise StemError("options must be a stemd.AppOptions")
@@ -120,6 +117,7 @@ class App:
         self._store_arg = store
         self._broker_arg = broker
         self.workflows = registry(workflows)
+        self.schedules = collect_schedules(self.options.schedules, schedules)
         self.workers = workers
         self.concurrency = concurrency
         self.queue = queue
@@ -259,7 +257,7 @@ class App:
         self.timer = Timer(engine)
         self.sweeper = Sweeper(engine, broker, sweep)
         self.pool = WorkerPool(engine, broker, self.queue, self.concurrency)
-        actors: list[Actor] = [self.timer, self.sweeper, self.pool]
+        actors: list[Actor] = [self.timer, self.sweeper, self.pool, *self._schedule_actors(engine)]
         if isinstance(broker, HelperActors):
             actors += broker.actors(engine)
         return actors
