@@ -391,10 +391,16 @@ def config_to_toml(config: Config) -> str:
     for name, override in data["workflow_codecs"].items():
         lines += ["", f"[workflow_codecs.{_toml_key(name)}]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in override.items() if v is not None]
-    for schedule in data["schedules"]:
+    lines += _schedules_toml(data["schedules"])
+    return "\n".join(lines) + "\n"
+
+
+def _schedules_toml(schedules: list[dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for schedule in schedules:
         lines += ["", "[[schedules]]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in schedule.items() if v is not None]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def config_to_builtins(config: Config) -> dict[str, Any]:
