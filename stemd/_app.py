@@ -340,10 +340,12 @@ class App(AppSchedules):
         ttl: float | timedelta | None = None,
         trace: str | None = None,
         queue: str | None = None,
+        parent_run_id: str | None = None,
     ) -> tuple[str, bool]:
         """Start a run; return its id and whether it was created (``False``: a run with
         ``run_id`` existed, and nothing was started). ``trace``: the starter's W3C
         ``traceparent`` (default: the caller's current span, when tracing).
+        ``parent_run_id``: start it as a child of that run (``RunNotFound`` if none).
 
         Raises:
             UnknownWorkflow: the workflow is not registered.
@@ -352,10 +354,12 @@ class App(AppSchedules):
         """
         if policy is not None and not isinstance(policy, CancellationPolicy):
             raise StemError("policy must be a stemd.CancellationPolicy")
+        await self._check_parent(parent_run_id)
         return await self.engine.start_run(
             workflow,
             params,
             run_id=run_id,
+            parent_run_id=parent_run_id,
             policy=policy,
             ttl=seconds(ttl, "ttl"),
             queue=queue,

@@ -13,7 +13,8 @@ from stemd._engine.scheduling import (
     set_paused,
     trigger,
 )
-from stemd._errors import StemError
+from stemd._errors import RunNotFound, StemError
+from stemd._identifiers import validate_run_id
 from stemd._schedules import Schedule, ScheduleInfo
 
 if TYPE_CHECKING:
@@ -59,6 +60,13 @@ class AppSchedules:
 
         check_schedules(engine, self.schedules)
         return [Scheduler(engine, self.schedules)]
+
+    async def _check_parent(self, parent_run_id: str | None) -> None:
+        """Raise ``RunNotFound`` unless ``parent_run_id`` is ``None`` or a run."""
+        if parent_run_id is not None:
+            validate_run_id(parent_run_id)
+            if await self.engine.store.get_run(parent_run_id) is None:
+                raise RunNotFound(f"no parent run {parent_run_id}")
 
     async def fork_run(self, run_id: str, step: str) -> str:
         """Start a new run of ``run_id``'s workflow and params with the checkpoints

@@ -44,10 +44,12 @@ class Operations(Protocol):
         policy: CancellationPolicy | None = None,
         ttl: float | None = None,
         trace: str | None = None,
+        parent_run_id: str | None = None,
     ) -> tuple[str, bool]:
         """Start a run; return its id and whether it was created (``False``: a run with
         that id existed, and nothing was started). ``trace``: the starter's W3C
-        ``traceparent``, recorded with the run."""
+        ``traceparent``, recorded with the run; ``parent_run_id``: the run it is a child
+        of (``RunNotFound`` if there is none)."""
         ...
 
     async def get_run(self, run_id: str) -> RunState | None:

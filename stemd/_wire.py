@@ -109,6 +109,7 @@ class StartRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     run_id: RunId | None = None
     policy: PolicyBody | None = None
     ttl: Seconds | None = None
+    parent_run_id: RunId | None = None
 
 
 class GetRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

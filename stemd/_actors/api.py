@@ -170,7 +170,13 @@ class ApiResponder:
                 max_suspend_duration=req.policy.max_suspend_duration,
             )
         run_id, created = await self.ops.start_run(
-            req.workflow, req.params, run_id=req.run_id, policy=policy, ttl=req.ttl, trace=trace
+            req.workflow,
+            req.params,
+            run_id=req.run_id,
+            policy=policy,
+            ttl=req.ttl,
+            trace=trace,
+            parent_run_id=req.parent_run_id,
         )
         return wire.StartReply(run_id=run_id, created=created)
 

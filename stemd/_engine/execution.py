@@ -452,7 +452,9 @@ class Execution:
 
     # -- children -------------------------------------------------------------------------
 
-    async def start_child(self, scope: str, workflow: Any, params: Any, run_id: str | None) -> str:
+    async def start_child(
+        self, scope: str, workflow: Any, params: Any, run_id: str | None, **options: Any
+    ) -> str:
         key = self._key(scope, "child")
         raw = self.checkpoints.get(key)
         if raw is not None:
@@ -460,16 +462,16 @@ class Execution:
             with _for_user_code():
                 if await self.host.store.get_run(child_id) is not None:
                     return child_id
-            # The id is recorded before the child is created: the slice that recorded it
-            # ended before the creation. Create it now (creation is idempotent on the id).
+            # Recorded, not created (that slice ended first): create it (idempotent on the id).
         else:
             self.host.resolve(workflow)  # an unknown workflow records nothing
-            # A fresh id, recorded first: a re-entry finds it and never starts a second
-            # child, while a rewind that deletes the record starts a new one.
+            # A fresh id, recorded first: a re-entry never starts a second child.
             child_id = _child_id(self.run_id) if run_id is None else validate_run_id(run_id)
             await self._save(key, self.codec.encode(child_id))
-        with _for_user_code():
-            await self.host.start_run(workflow, params, run_id=child_id, parent_run_id=self.run_id)
+        with _for_user_code():  # options: the child's ttl and policy
+            await self.host.start_run(
+                workflow, params, run_id=child_id, parent_run_id=self.run_id, **options
+            )
         return child_id
 
     async def wait_child(self, scope: str, child_id: str, type: Any) -> Any:

@@ -31,6 +31,18 @@ def kept_before(checkpoints: list[Checkpoint], step: str) -> list[Checkpoint]:
     return list(checkpoints)
 
 
+async def _declared_steps(engine: Engine, workflow: str) -> tuple[str, ...]:
+    """A flow's declared steps: from its definition here, else as a daemon registered it."""
+    definition = engine.workflows.get(workflow)
+    if isinstance(definition, Flow):
+        return tuple(s.name for s in definition.steps)
+    if definition is None:
+        for info in await engine.store.registered_workflows():
+            if info.name == workflow and info.steps is not None:
+                return info.steps
+    return ()
+
+
 async def fork_run(engine: Engine, run_id: str, step: str, *, new_id: str | None = None) -> str:
     """Copy the checkpoints ``run_id`` recorded before ``step`` into a new run (id
     ``new_id``, else a fresh one) and start it; return the new run's id.
@@ -51,9 +63,7 @@ async def fork_run(engine: Engine, run_id: str, step: str, *, new_id: str | None
     checkpoints = await store.get_checkpoints(run_id)
     known = {base_step_name(c.name) for c in checkpoints}
     known.discard("")  # a script body's own waits belong to no step
-    definition = engine.workflows.get(rec.workflow)
-    if isinstance(definition, Flow) and isinstance(step, str) and definition.has_step(step):
-        known.add(step)
+    known.update(await _declared_steps(engine, rec.workflow))
     if not isinstance(step, str) or step not in known:
         raise StepNotFound(f"run {run_id} has no step {step!r}")
     now = engine.clock.now()
