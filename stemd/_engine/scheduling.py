@@ -75,9 +75,10 @@ async def _update(
     """Compare-and-set ``change(current)`` until no other write comes in between."""
     for _ in range(_TRIES):
         current = await store.get_schedule(name)
-        stored = await store.put_schedule(
-            change(current), current.revision if current is not None else 0
-        )
+        new = change(current)
+        if new is current and current is not None:
+            return current  # nothing to write
+        stored = await store.put_schedule(new, current.revision if current is not None else 0)
         if stored is not None:
             return stored
     raise StoreError(f"schedule {name}: too many concurrent writes")

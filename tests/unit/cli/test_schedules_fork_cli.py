@@ -127,3 +127,25 @@ def test_fork_and_start_with_ttl_and_parent(
     )
     assert status != 0
     assert "no run ghost" in err
+
+
+def test_config_check_refuses_a_schedule_of_an_unloaded_workflow(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`stemd config check` names the [[schedules]] entry whose workflow no module or
+    entry point provides, and accepts one that is loaded."""
+    config = tmp_path / "stemd.toml"
+    config.write_text(
+        f'store = "sqlite:///{tmp_path / "x.db"}"\n'
+        '[[schedules]]\nname = "ok"\nworkflow = "examples.square"\ncron = "@daily"\n'
+        "params = { n = 2 }\n"
+    )
+    status, out, _ = cli(capsys, "config", "check", "--config", str(config), "--offline")
+    assert status == 0
+    assert "[[schedules]]" in out
+    config.write_text(
+        config.read_text() + '[[schedules]]\nname = "bad"\nworkflow = "no.such"\ncron = "@daily"\n'
+    )
+    status, out, err = cli(capsys, "config", "check", "--config", str(config), "--offline")
+    assert status != 0
+    assert "schedules[1]: workflow 'no.such' is not among the loaded workflows" in err
