@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from stemd._errors import StemError
@@ -75,7 +75,7 @@ _YEARS = 8
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def zone(name: str) -> ZoneInfo:
+def zone(name: str) -> tzinfo:
     """The IANA time zone ``name``.
 
     Raises:
@@ -86,6 +86,8 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
+        if name in ("UTC", "Etc/UTC"):
+            return UTC  # no time zone database here (pip install tzdata): UTC needs none
         raise CronError(
             f"unknown time zone {name!r} (use an IANA name such as 'Europe/Paris')"
         ) from None
@@ -192,7 +194,7 @@ class CronSchedule:
         self._any_dow = any_dow
         self._any_hour = any_hour
 
-    def next_after(self, after: datetime, tz: ZoneInfo) -> datetime | None:
+    def next_after(self, after: datetime, tz: tzinfo) -> datetime | None:
         """The first tick strictly after ``after`` (aware), in UTC; ``None`` if there is
         none within years (an impossible date such as February 30)."""
         after = after.astimezone(UTC)
@@ -216,7 +218,7 @@ class CronSchedule:
                 stop = (best + max(offsets | _offsets(best, tz))).replace(tzinfo=None)
         return best
 
-    def _instants(self, wall: datetime, tz: ZoneInfo) -> list[datetime]:
+    def _instants(self, wall: datetime, tz: tzinfo) -> list[datetime]:
         first = wall.replace(tzinfo=tz, fold=0)
         second = wall.replace(tzinfo=tz, fold=1)
         if first.utcoffset() == second.utcoffset():
@@ -287,7 +289,7 @@ def _first_at_least(values: list[int], v: int) -> int | None:
     return values[i] if i < len(values) else None
 
 
-def _offsets(instant: datetime, tz: ZoneInfo) -> set[timedelta]:
+def _offsets(instant: datetime, tz: tzinfo) -> set[timedelta]:
     """The zone's UTC offsets within :data:`_MARGIN` of ``instant`` (one, unless it changes)."""
     found = set()
     for at in (instant - _MARGIN, instant, instant + _MARGIN):

@@ -19,8 +19,7 @@ from stemd._engine.scheduling import register_schedules, run_due
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
+    from datetime import datetime, tzinfo
 
     from anyio.abc import TaskStatus
 
@@ -64,7 +63,7 @@ class Scheduler:
     def _plan(
         self,
         upcoming: dict[str, datetime],
-        crons: dict[str, tuple[CronSchedule, ZoneInfo]],
+        crons: dict[str, tuple[CronSchedule, tzinfo]],
         name: str,
         last: datetime | None,
     ) -> None:
