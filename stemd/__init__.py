@@ -22,6 +22,7 @@ from stemd._authoring import (
 from stemd._broker.base import Broker
 from stemd._clock import Clock
 from stemd._codec import Codec, Versioned
+from stemd._engine.scheduling import ScheduleNotFound
 from stemd._errors import (
     ChildFailed,
     ConfigError,
@@ -55,6 +56,7 @@ from stemd._model import (
 from stemd._natsauth import NatsAuth
 from stemd._operations import Operations
 from stemd._options import AppOptions, RestartPolicy, Timing
+from stemd._schedules import Schedule, ScheduleError, ScheduleInfo
 from stemd._store.base import Store, WorkflowInfo
 
 __version__ = "0.1.0"
@@ -91,6 +93,10 @@ __all__ = (
     "RunPage",
     "RunState",
     "RunStatus",
+    "Schedule",
+    "ScheduleError",
+    "ScheduleInfo",
+    "ScheduleNotFound",
     "Script",
     "ScriptContext",
     "StemError",

@@ -26,6 +26,7 @@ from stemd._actors.sweeper import Sweeper
 from stemd._actors.timer import Timer
 from stemd._actors.workers import WorkerPool
 from stemd._appkit import ALL, cursor, opened, positive, registry, wait_for_end, workflow_info
+from stemd._appschedules import AppSchedules, collect_schedules
 from stemd._broker import broker_from_url
 from stemd._broker.capabilities import HelperActors
 from stemd._clock import Clock, SystemClock
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from stemd._broker.base import Broker
+    from stemd._schedules import Schedule
     from stemd._store.base import Page, RunRecord, Store, WorkflowInfo
 
 __all__ = ["ActorFactory", "App"]
@@ -63,7 +65,7 @@ T = TypeVar("T")
 ActorFactory = Callable[["App"], Actor]
 
 
-class App:
+class App(AppSchedules):
     """A stemd application: registers workflows, executes them (unless ``workers=False``),
     and starts, emits to and inspects runs. It implements
     :class:`~stemd._operations.Operations`, which its NATS surface serves.
@@ -90,6 +92,8 @@ class App:
         workflow_codecs: codecs for the values of particular workflows, by name.
         actors: more actors for the supervisor (each made by a callable taking the open
             App), started after the built-in ones, also when ``workers=False``.
+        schedules: :class:`stemd.Schedule` s started by this app's workers (with those of
+            ``options.schedules``; see docs/reference/schedules.md).
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class App:
         codec: str | Codec = "json",
         workflow_codecs: Mapping[str, Codec] | None = None,
         actors: Iterable[ActorFactory] = (),
+        schedules: Iterable[Schedule] = (),
     ) -> None:
         if options is not None and not isinstance(options, AppOptions):
             raise StemError("options must be a stemd.AppOptions")
@@ -114,6 +119,7 @@ class App:
         self._store_arg = store
         self._broker_arg = broker
         self.workflows = registry(workflows)
+        self.schedules = collect_schedules(self.options.schedules, schedules)
         self.workers = workers
         self.concurrency = concurrency
         self.queue = queue
@@ -253,7 +259,7 @@ class App:
         probe = HealthProbe(engine.store, [engine.store, broker], self.health)
         # The session first: a crashed predecessor's runs are taken before work starts.
         actors: list[Actor] = [*session_actors(engine, broker, timing.lease)]
-        actors += [self.timer, self.sweeper, self.pool, probe]
+        actors += [self.timer, self.sweeper, self.pool, probe, *self._schedule_actors(engine)]
         if isinstance(broker, HelperActors):
             actors += broker.actors(engine)
         return actors
@@ -336,10 +342,12 @@ class App:
         ttl: float | timedelta | None = None,
         trace: str | None = None,
         queue: str | None = None,
+        parent_run_id: str | None = None,
     ) -> tuple[str, bool]:
         """Start a run; return its id and whether it was created (``False``: a run with
         ``run_id`` existed, and nothing was started). ``trace``: the starter's W3C
         ``traceparent`` (default: the caller's current span, when tracing).
+        ``parent_run_id``: start it as a child of that run (``RunNotFound`` if none).
 
         Raises:
             UnknownWorkflow: the workflow is not registered.
@@ -348,12 +356,14 @@ class App:
         """
         if policy is not None and not isinstance(policy, CancellationPolicy):
             raise StemError("policy must be a stemd.CancellationPolicy")
+        await self._check_parent(parent_run_id)
         # An outage's error names the run id to start again with (no second run).
         with outcome_unknown(run_id := new_run_id() if run_id is None else run_id):
             return await self.engine.start_run(
                 workflow,
                 params,
                 run_id=run_id,
+                parent_run_id=parent_run_id,
                 policy=policy,
                 ttl=seconds(ttl, "ttl"),
                 queue=queue,

@@ -31,6 +31,7 @@ from stemd._identifiers import is_prefix, is_queue
 from stemd._model import MAX_DURATION
 from stemd._natsauth import NatsAuth, redact_url
 from stemd._options import AppOptions, NonNegative, Positive, RestartPolicy, Timing
+from stemd._schedules import Schedule
 from stemd._urls import is_nats, nats_servers, sqlite_path, store_kind
 
 if TYPE_CHECKING:
@@ -96,6 +97,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         restart: the supervisor's restart budget.
         codec: how stored values are encoded, compressed and encrypted (``[codec]``).
         workflow_codecs: per-workflow overrides of ``codec`` (``[workflow_codecs."name"]``).
+        schedules: workflows started on a cron schedule (``[[schedules]]``, each a
+            :class:`~stemd._schedules.Schedule`: ``name``, ``workflow``, ``cron``,
+            ``params``, ``overlap``, ``catch_up``, ``timezone``...).
     """
 
     modules: tuple[str, ...] = ()
@@ -123,6 +127,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     restart: RestartPolicy = msgspec.field(default_factory=RestartPolicy)
     codec: CodecConfig = msgspec.field(default_factory=CodecConfig)
     workflow_codecs: dict[str, WorkflowCodecConfig] = msgspec.field(default_factory=dict)
+    schedules: tuple[Schedule, ...] = ()
 
     def build_codecs(self) -> tuple[Codec, dict[str, Codec]]:
         """The daemon's codec and the per-workflow ones.
@@ -359,7 +364,7 @@ def config_to_toml(config: Config) -> str:
     """The effective configuration as a TOML document (unset keys as comments; encryption
     keys, NATS passwords and tokens are never printed, only whether they are set; URLs
     are shown with their credentials masked)."""
-    tables = ("restart", "nats_auth", "codec", "workflow_codecs")
+    tables = ("restart", "nats_auth", "codec", "workflow_codecs", "schedules")
     lines: list[str] = []
     data = config_to_builtins(config)
     for f in msgspec.structs.fields(Config):
@@ -387,7 +392,16 @@ def config_to_toml(config: Config) -> str:
     for name, override in data["workflow_codecs"].items():
         lines += ["", f"[workflow_codecs.{_toml_key(name)}]"]
         lines += [f"{k} = {_toml_value(v)}" for k, v in override.items() if v is not None]
+    lines += _schedules_toml(data["schedules"])
     return "\n".join(lines) + "\n"
+
+
+def _schedules_toml(schedules: list[dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for schedule in schedules:
+        lines += ["", "[[schedules]]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in schedule.items() if v is not None]
+    return lines
 
 
 def config_to_builtins(config: Config) -> dict[str, Any]:
@@ -417,4 +431,7 @@ def _toml_value(value: Any) -> str:
         return msgspec.json.encode(value).decode()
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # schedule params: TOML has no null, so None is left out
+        items = (f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + ", ".join(items) + " }"
     raise TypeError(f"cannot print {value!r} as TOML")  # pragma: no cover

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from stemd._model import CancellationPolicy, RunPage, RunState, RunStatus
+    from stemd._schedules import ScheduleInfo
     from stemd._store.base import WorkflowInfo
 
 __all__ = ["EventListener", "Operations", "RunEventSource"]
@@ -43,10 +44,12 @@ class Operations(Protocol):
         policy: CancellationPolicy | None = None,
         ttl: float | None = None,
         trace: str | None = None,
+        parent_run_id: str | None = None,
     ) -> tuple[str, bool]:
         """Start a run; return its id and whether it was created (``False``: a run with
         that id existed, and nothing was started). ``trace``: the starter's W3C
-        ``traceparent``, recorded with the run."""
+        ``traceparent``, recorded with the run; ``parent_run_id``: the run it is a child
+        of (``RunNotFound`` if there is none)."""
         ...
 
     async def get_run(self, run_id: str) -> RunState | None:
@@ -115,6 +118,26 @@ class Operations(Protocol):
 
     async def registered_workflows(self) -> list[WorkflowInfo]:
         """The workflows served here or recorded in the store, by name."""
+        ...
+
+    async def fork_run(self, run_id: str, step: str) -> str:
+        """Start a new run from ``run_id``'s checkpoints before ``step``; its id."""
+        ...
+
+    async def list_schedules(self) -> list[ScheduleInfo]:
+        """Every schedule recorded in the store, with its state, by name."""
+        ...
+
+    async def pause_schedule(self, name: str) -> ScheduleInfo:
+        """Pause schedule ``name`` (``ScheduleNotFound`` if there is none)."""
+        ...
+
+    async def resume_schedule(self, name: str) -> ScheduleInfo:
+        """Resume schedule ``name`` from now on."""
+        ...
+
+    async def trigger_schedule(self, name: str, run_id: str | None = None) -> str:
+        """Start a run of schedule ``name`` now; its id."""
         ...
 
 

@@ -16,6 +16,7 @@ import msgspec
 from stemd._errors import ConfigError
 from stemd._model import MAX_DURATION
 from stemd._natsauth import NatsAuth
+from stemd._schedules import Schedule
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -93,6 +94,8 @@ class AppOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             on its topic later (default one hour; 0: an event reaches only the runs
             waiting when it is emitted). Each kept event costs its payload's bytes in the
             store for that long; see docs/howto/correlating-events.md.
+        schedules: the :class:`~stemd._schedules.Schedule` s this App's workers start
+            (with those given as ``App(schedules=...)``).
     """
 
     timing: Timing = msgspec.field(default_factory=Timing)
@@ -103,6 +106,7 @@ class AppOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     tracing: bool = False
     owner: str | None = None
     event_retention: Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION)] = DEFAULT_EVENT_RETENTION
+    schedules: tuple[Schedule, ...] = ()
 
 
 # -- options of a store or broker URL --------------------------------------------------------

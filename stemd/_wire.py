@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
+from stemd import _wire_schedules as forks_and_schedules
 from stemd._identifiers import RunId, Topic
 from stemd._model import MAX_DURATION, ErrorInfo, RunState, RunStatus
 
@@ -108,6 +109,7 @@ class StartRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     run_id: RunId | None = None
     policy: PolicyBody | None = None
     ttl: Seconds | None = None
+    parent_run_id: RunId | None = None
 
 
 class GetRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -299,6 +301,9 @@ REPLY_TYPES: dict[str, type[msgspec.Struct]] = {
     "rewind": RewindReply,
     "types": TypesReply,
 }
+# Forks and schedules: stemd._wire_schedules.
+REQUEST_TYPES.update(forks_and_schedules.REQUESTS)
+REPLY_TYPES.update(forks_and_schedules.REPLIES)
 VERBS = tuple(REQUEST_TYPES)
 
 _request_decoders = {verb: msgspec.json.Decoder(t) for verb, t in REQUEST_TYPES.items()}

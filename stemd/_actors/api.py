@@ -20,7 +20,9 @@ import msgspec
 import structlog
 
 from stemd import _wire as wire
+from stemd import _wire_schedules as wsched
 from stemd._actors.api_paging import fit_page, fit_run
+from stemd._engine.scheduling import ScheduleNotFound
 from stemd._errors import (
     RunNotFound,
     StemError,
@@ -143,7 +145,7 @@ class ApiResponder:
             return "internal", f"{type(exc).__name__}: {exc}"
         if isinstance(exc, UnknownWorkflow):
             return "unknown_workflow", str(exc)
-        if isinstance(exc, (RunNotFound, StepNotFound, _NotFound)):
+        if isinstance(exc, (RunNotFound, StepNotFound, ScheduleNotFound, _NotFound)):
             return "not_found", str(exc)
         if isinstance(exc, (StemError, ValueError, TypeError)):
             return "bad_request", str(exc)
@@ -175,7 +177,13 @@ class ApiResponder:
                 max_suspend_duration=req.policy.max_suspend_duration,
             )
         run_id, created = await self.ops.start_run(
-            req.workflow, req.params, run_id=req.run_id, policy=policy, ttl=req.ttl, trace=trace
+            req.workflow,
+            req.params,
+            run_id=req.run_id,
+            policy=policy,
+            ttl=req.ttl,
+            trace=trace,
+            parent_run_id=req.parent_run_id,
         )
         return wire.StartReply(run_id=run_id, created=created)
 
@@ -227,3 +235,18 @@ class ApiResponder:
         return wire.TypesReply(
             workflows=[wire.workflow_type(w) for w in await self.ops.registered_workflows()]
         )
+
+    async def _fork(self, req: wsched.ForkRequest) -> wsched.ForkReply:
+        return wsched.ForkReply(run_id=await self.ops.fork_run(req.run_id, req.step))
+
+    async def _schedules(self, req: wsched.SchedulesRequest) -> wsched.SchedulesReply:
+        return wsched.SchedulesReply(schedules=await self.ops.list_schedules())
+
+    async def _pause_schedule(self, req: wsched.ScheduleNameRequest) -> wsched.ScheduleReply:
+        return wsched.ScheduleReply(schedule=await self.ops.pause_schedule(req.name))
+
+    async def _resume_schedule(self, req: wsched.ScheduleNameRequest) -> wsched.ScheduleReply:
+        return wsched.ScheduleReply(schedule=await self.ops.resume_schedule(req.name))
+
+    async def _trigger_schedule(self, req: wsched.TriggerRequest) -> wsched.TriggerReply:
+        return wsched.TriggerReply(run_id=await self.ops.trigger_schedule(req.name, req.run_id))

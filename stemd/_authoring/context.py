@@ -13,7 +13,7 @@ from typing_extensions import TypeVar
 
 from stemd._authoring.runtime import Runtime, current_scope
 from stemd._authoring.steps import StepInfo, check_name, step_info, step_timeout
-from stemd._model import Retry, seconds
+from stemd._model import CancellationPolicy, Retry, seconds
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -117,10 +117,26 @@ class _Durable:
         return await self._rt.wait_for_any(self._scope(), topics, secs, deadline, data)
 
     async def start_child(
-        self, workflow: Any, params: Any = None, run_id: str | None = None
+        self,
+        workflow: Any,
+        params: Any = None,
+        run_id: str | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+        policy: CancellationPolicy | None = None,
     ) -> str:
-        """Start a child workflow once per run (the start is checkpointed); return its id."""
-        return await self._rt.start_child(self._scope(), workflow, params, run_id)
+        """Start a child workflow once per run (the start is checkpointed); return its id.
+
+        ``ttl`` (seconds or a timedelta) deletes the child that long after it ends;
+        ``policy`` is its :class:`~stemd.CancellationPolicy` (as for
+        :meth:`stemd.App.start_workflow`).
+        """
+        if policy is not None and not isinstance(policy, CancellationPolicy):
+            raise TypeError("policy must be a stemd.CancellationPolicy")
+        secs = seconds(ttl, "ttl")
+        return await self._rt.start_child(
+            self._scope(), workflow, params, run_id, ttl=secs, policy=policy
+        )
 
     async def wait_child(self, run_id: str, type: Any = None) -> Any:
         """Suspend until the child ends; return its result (decoded into ``type``).

@@ -96,8 +96,11 @@ class Runtime(Protocol):
         (topic, payload) of the first."""
         ...
 
-    async def start_child(self, scope: str, workflow: Any, params: Any, run_id: str | None) -> str:
-        """Start a child run once per run; return its id."""
+    async def start_child(
+        self, scope: str, workflow: Any, params: Any, run_id: str | None, **options: Any
+    ) -> str:
+        """Start a child run once per run; return its id. ``options``: ``ttl`` (seconds)
+        and ``policy`` (a :class:`~stemd._model.CancellationPolicy`) of the child."""
         ...
 
     async def wait_child(self, scope: str, run_id: str, type: Any) -> Any:

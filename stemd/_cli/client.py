@@ -57,9 +57,12 @@ class Client(Protocol):
         policy: CancellationPolicy | None,
         *,
         force: bool = False,
+        ttl: float | None = None,
+        parent: str | None = None,
     ) -> tuple[str, bool]:
         """Start a run; return its id and whether it was created (``False``: it existed).
-        ``force``: start a workflow no daemon has registered (straight to the store)."""
+        ``force``: start a workflow no daemon has registered (straight to the store);
+        ``ttl``: seconds it is kept after it ends; ``parent``: the run it is a child of."""
         ...
 
     async def get(self, run_id: str) -> RunState | None:
@@ -154,12 +157,16 @@ class StoreClient:
         policy: CancellationPolicy | None,
         *,
         force: bool = False,
+        ttl: float | None = None,
+        parent: str | None = None,
     ) -> tuple[str, bool]:
         if not force and not self.app.workflows:
             registered = [w.name for w in await self.app.registered_workflows()]
             if workflow not in registered:
                 raise _unregistered(workflow, registered)
-        return await self.app.start_run(workflow, params, run_id=run_id, policy=policy)
+        return await self.app.start_run(
+            workflow, params, run_id=run_id, policy=policy, ttl=ttl, parent_run_id=parent
+        )
 
     async def get(self, run_id: str) -> RunState | None:
         return await self.app.get_run(run_id)
@@ -264,6 +271,8 @@ class NatsClient:
         policy: CancellationPolicy | None,
         *,
         force: bool = False,
+        ttl: float | None = None,
+        parent: str | None = None,
     ) -> tuple[str, bool]:
         if force:
             raise StemError(
@@ -278,7 +287,14 @@ class NatsClient:
                 max_run_duration=policy.max_run_duration,
                 max_suspend_duration=policy.max_suspend_duration,
             )
-        request = wire.StartRequest(workflow=workflow, params=params, run_id=run_id, policy=body)
+        request = wire.StartRequest(
+            workflow=workflow,
+            params=params,
+            run_id=run_id,
+            policy=body,
+            ttl=ttl,
+            parent_run_id=None if parent is None else validate_run_id(parent),
+        )
         reply: wire.StartReply = await self._request("start", request)
         return reply.run_id, reply.created
 

@@ -17,6 +17,7 @@ import anyio
 from stemd._actors.http import bind_error, parse_address
 from stemd._cli.output import print_json
 from stemd._config import Config, config_to_builtins, config_to_toml, load_config
+from stemd._errors import ConfigError
 from stemd._loading import load_workflows, use_app_dir
 from stemd._natsauth import redact_url
 from stemd._reachability import check_reachable
@@ -56,6 +57,12 @@ def _check(args: argparse.Namespace) -> int:
     if not args.offline:
         warnings = anyio.run(_check_online, config)
     names = sorted(w.name for w in workflows)
+    for i, schedule in enumerate(config.schedules):
+        if schedule.workflow not in names:
+            raise ConfigError(
+                f"schedules[{i}]: workflow {schedule.workflow!r} is not among the loaded "
+                "workflows (modules, entry points)"
+            )
     effective_nats = config.effective_nats
     database = config.database
     if args.json:

@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from stemd import __version__
-from stemd._cli import config, run, workflow
+from stemd._cli import config, run, schedules, workflow
 from stemd._errors import StemError
 from stemd._logs import configure_logging
 
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_parser(commands)
     config.add_parser(commands)
-    workflow.add_parser(commands)
+    schedules.add_fork(workflow.add_parser(commands))
+    schedules.add_parser(commands)
     return parser
 
 

@@ -97,7 +97,9 @@ async def _start(client: Client, args: argparse.Namespace) -> int:
             )
         except (TypeError, ValueError) as exc:
             raise StemError(f"policy: {exc}") from None
-    run_id, created = await client.start(args.name, params, args.run_id, policy, force=args.force)
+    run_id, created = await client.start(
+        args.name, params, args.run_id, policy, force=args.force, ttl=args.ttl, parent=args.parent
+    )
     if args.json:
         print_json({"run_id": run_id, "created": created})
     elif created:
@@ -365,8 +367,9 @@ def _auth_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_parser(commands: Any) -> None:
-    """Add ``workflow`` and its subcommands to ``commands`` (an argparse subparsers object)."""
+def add_parser(commands: Any) -> Callable[..., argparse.ArgumentParser]:
+    """Add ``workflow`` and its subcommands to ``commands`` (an argparse subparsers object);
+    return the function that adds one more (``name, command, help, code=, creates=``)."""
     group = commands.add_parser("workflow", help="start, inspect and steer runs")
     sub = group.add_subparsers(dest="verb", metavar="COMMAND", required=True)
 
@@ -391,6 +394,10 @@ def add_parser(commands: Any) -> None:
     p.add_argument(
         "--max-suspend-duration", metavar="S", type=_seconds, help="cancel if suspended S seconds"
     )
+    p.add_argument(
+        "--ttl", metavar="S", type=_seconds, help="delete the run S seconds after it ends"
+    )
+    p.add_argument("--parent", metavar="RUN_ID", help="start it as a child of this run")
     _common(p)
 
     p = add("get", _get, "show a run and its checkpoint timeline")
@@ -471,3 +478,4 @@ def add_parser(commands: Any) -> None:
         "list the workflows daemons have registered: name, kind, version, a flow's steps",
     )
     _common(p)
+    return add

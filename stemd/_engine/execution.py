@@ -428,7 +428,9 @@ class Execution:
 
     # -- children -------------------------------------------------------------------------
 
-    async def start_child(self, scope: str, workflow: Any, params: Any, run_id: str | None) -> str:
+    async def start_child(
+        self, scope: str, workflow: Any, params: Any, run_id: str | None, **options: Any
+    ) -> str:
         key = self._key(scope, "child")
         raw = self.checkpoints.get(key)
         # A first start checks the workflow is known (an unknown one records nothing); a
@@ -452,8 +454,10 @@ class Execution:
             # child, while a rewind that deletes the record starts a new one.
             child_id = _child_id(self.run_id) if run_id is None else validate_run_id(run_id)
             await self.save(key, self.codec.encode(child_id))
-        with for_user_code():
-            await self.host.start_run(workflow, params, run_id=child_id, parent_run_id=self.run_id)
+        with for_user_code():  # options: the child's ttl and policy
+            await self.host.start_run(
+                workflow, params, run_id=child_id, parent_run_id=self.run_id, **options
+            )
         return child_id
 
     async def wait_child(self, scope: str, child_id: str, type: Any) -> Any:

@@ -82,6 +82,7 @@ from stemd._store.jetstream_doc import Doc
 from stemd._store.jetstream_events import Events, take_mail
 from stemd._store.jetstream_index import Index
 from stemd._store.jetstream_records import MAX_TRIES, Records
+from stemd._store.jetstream_schedules import JetStreamSchedules
 from stemd._store.jetstream_sessions import Sessions
 from stemd._store.jetstream_timers import Timers
 from stemd._store.jetstream_waits import Waits
@@ -105,7 +106,7 @@ __all__ = ["JetStreamStore"]
 T = TypeVar("T")
 
 
-class JetStreamStore:
+class JetStreamStore(JetStreamSchedules):
     """A :class:`~stemd._store.base.Store` in a JetStream KV bucket.
 
     Args:
@@ -235,11 +236,19 @@ class JetStreamStore:
     # -- one run --------------------------------------------------------------------------
 
     async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
+        return await self._create(record, ())
+
+    async def _create(
+        self, record: RunRecord, checkpoints: Sequence[Checkpoint]
+    ) -> tuple[RunRecord, bool]:
         records = self._records
         run_id = record.run_id
         for _ in range(MAX_TRIES):
             # Create-if-absent first (the common case); look only when it exists.
             doc = Doc(rec=copy.copy(record))
+            for cp in checkpoints:
+                doc.cps[cp.name] = cp.value
+                doc.cpt[cp.name] = record.created_at
             try:
                 rev = await records.write(run_id, 0, None, doc)
             except WrongLastSequence:

@@ -34,6 +34,7 @@ from stemd._store.base import (
     cursor_of,
     topics_of,
 )
+from stemd._store.schedules import MemorySchedules
 from stemd._store.sessions import Released, SessionRecord, apply_takeover, held_by
 from stemd._store.transitions import (
     apply_cancel,
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore:
+class MemoryStore(MemorySchedules):
     """A :class:`~stemd._store.base.Store` held in dictionaries."""
 
     def __init__(self) -> None:
@@ -150,6 +151,15 @@ class MemoryStore:
         self._checkpoints[rec.run_id] = {}
         self._put(rec)
         return copy.copy(rec), True
+
+    async def fork_run(
+        self, record: RunRecord, checkpoints: Sequence[Checkpoint]
+    ) -> tuple[RunRecord, bool]:
+        stored, created = await self.create_run(record)
+        if created:
+            at = record.created_at
+            self._checkpoints[record.run_id] = {cp.name: (cp.value, at) for cp in checkpoints}
+        return stored, created
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         rec = self._runs.get(run_id)

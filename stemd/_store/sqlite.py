@@ -35,6 +35,7 @@ from stemd._store import sqlite_sessions as sessions_ops
 from stemd._store.base import (
     Page,
 )
+from stemd._store.sqlite_schedules import SqliteSchedules
 from stemd._store.sqlite_schema import RUN_COLUMNS, from_us, migrate, record_from_row, to_us
 from stemd._store.sqlite_writer import Writer, WriterStats, is_busy, while_busy
 from stemd._urls import sqlite_path
@@ -95,7 +96,7 @@ def _pragmas(synchronous: str, busy_timeout: float) -> list[str]:
     ]
 
 
-class SqliteStore:
+class SqliteStore(SqliteSchedules):
     """A :class:`~stemd._store.base.Store` in one SQLite database file.
 
     Args:
