@@ -23,6 +23,7 @@ from stemd._actors.supervisor import Actor, Supervisor
 from stemd._actors.sweeper import Sweeper
 from stemd._actors.timer import Timer
 from stemd._actors.workers import WorkerPool
+from stemd._app_groups import GroupOperations
 from stemd._appkit import (
     ALL,
     cursor,
@@ -69,7 +70,7 @@ T = TypeVar("T")
 ActorFactory = Callable[["App"], Actor]
 
 
-class App:
+class App(GroupOperations):
     """A stemd application: registers workflows, executes them (unless ``workers=False``),
     and starts, emits to and inspects runs. It implements
     :class:`~stemd._operations.Operations`, which its NATS surface serves.

@@ -230,6 +230,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     # is the first), and what the waiting code said about its wait (``data=``).
     wait_topics: list[str] | None = None
     wait_data: Any = None
+    # Paused by an operator (``App.pause_runs``): it keeps its status and does not advance
+    # until resumed.
+    paused: bool = False
 
 
 class RunPage(msgspec.Struct, frozen=True, kw_only=True):

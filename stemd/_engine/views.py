@@ -99,4 +99,5 @@ def to_run_state(rec: RunRecord, checkpoints: Iterable[Checkpoint], codec: Codec
         step_failures=step_failures,
         wait_topics=list(rec.wait_topics) if rec.wait_topics else None,
         wait_data=codec.decode(rec.wait_data) if rec.wait_data is not None else None,
+        paused=rec.paused,
     )

@@ -91,6 +91,8 @@ class RunRecord(msgspec.Struct, kw_only=True):
     # the topic events after it), and per topic the position of the last event it took.
     event_floor: int = 0
     cursors: dict[str, int] = msgspec.field(default_factory=dict)
+    # Paused by an operator: not claimed, its timers held, its events kept in its mailbox.
+    paused: bool = False
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
@@ -276,6 +278,8 @@ def compute_timer_at(rec: RunRecord) -> datetime | None:
     its policy deadlines and its retention expiry."""
     if rec.status.is_terminal:
         return _plus(rec.finished_at, rec.ttl)
+    if rec.paused:
+        return None
     candidates: list[datetime] = []
     policy = rec.policy
     if policy is not None:
@@ -407,6 +411,16 @@ class Store(Protocol):
 
     async def cancel(self, run_id: str, reason: str, now: datetime) -> CommitResult | None:
         """Cancel a run that has not ended; ``None`` if it is unknown or already ended."""
+        ...
+
+    async def pause(self, run_id: str, now: datetime) -> RunRecord | None:
+        """Pause a run that has not ended (see :func:`~stemd._store.transitions.apply_pause`);
+        ``None`` if it is unknown, ended or paused already."""
+        ...
+
+    async def resume(self, run_id: str, now: datetime) -> RunRecord | None:
+        """Resume a paused run: it takes what its wait was given meanwhile (its mailbox, a
+        kept event, its child's end); ``None`` if it is unknown or not paused."""
         ...
 
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:

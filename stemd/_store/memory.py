@@ -40,7 +40,11 @@ from stemd._store.transitions import (
     apply_delivery,
     apply_event,
     apply_fire,
+    apply_hold,
     apply_outcome,
+    apply_pause,
+    apply_pause_stop,
+    apply_resume,
     apply_rewind,
     choose_event,
     is_runnable,
@@ -130,7 +134,7 @@ class MemoryStore:
         woken = []
         for parent_id in sorted(self._by_child.get(child_id, ())):
             parent = self._runs.get(parent_id)
-            if parent is not None and parent.status is RunStatus.SUSPENDED:
+            if parent is not None and parent.status is RunStatus.SUSPENDED and not parent.paused:
                 self._put(apply_event(parent, now))
                 woken.append(parent_id)
         return tuple(woken)
@@ -178,6 +182,9 @@ class MemoryStore:
         rec = self._owned(run_id, token)
         self._checkpoints[run_id][checkpoint.name] = (checkpoint.value, now)
         rec.updated_at = now
+        if rec.paused:
+            self._put(apply_pause_stop(rec, now))
+            raise LeaseLost(f"run {run_id} is paused: it stops at this checkpoint")
 
     async def commit(
         self, run_id: str, token: int, outcome: Outcome, now: datetime
@@ -192,7 +199,7 @@ class MemoryStore:
             for cp in outcome.checkpoints:
                 store[cp.name] = (cp.value, now)
         new = apply_outcome(rec, outcome, now, child_ended=child_ended)
-        if waits_for_events(new):
+        if waits_for_events(new) and not new.paused:
             new = self._satisfy(new, now)
         self._put(new)
         woken = self._wake_parents(run_id, now) if new.status.is_terminal else ()
@@ -266,6 +273,10 @@ class MemoryStore:
             chosen = choose_event(rec, event, self._next_kept(topic, cursor_of(rec, topic), now))
             if chosen is None:
                 continue
+            if rec.paused:  # held: kept in its mailbox until it is resumed
+                self._mail.setdefault(run_id, []).append((topic, chosen[1]))
+                self._put(apply_hold(rec, now, topic, chosen[0]))
+                continue
             self._put(self._take(rec, topic, chosen[0], chosen[1], now))
             resumed.append(run_id)
         more = len(waiting) > limit
@@ -290,7 +301,7 @@ class MemoryStore:
             return SendResult(outcome="ended", record=copy.copy(rec))
         if key is not None:
             keys.add(key)
-        if waits_on(rec, topic):
+        if waits_on(rec, topic) and not rec.paused:
             new = self._take(rec, topic, None, value, now)
             self._put(new)
             return SendResult(outcome="accepted", resumed=True, record=copy.copy(new))
@@ -350,6 +361,28 @@ class MemoryStore:
         new = apply_cancel(rec, reason, now)
         self._put(new)
         return CommitResult(record=copy.copy(new), woken=self._wake_parents(run_id, now))
+
+    async def pause(self, run_id: str, now: datetime) -> RunRecord | None:
+        rec = self._runs.get(run_id)
+        if rec is None or rec.status.is_terminal or rec.paused:
+            return None
+        new = apply_pause(rec, now)
+        self._put(new)
+        return copy.copy(new)
+
+    async def resume(self, run_id: str, now: datetime) -> RunRecord | None:
+        rec = self._runs.get(run_id)
+        if rec is None or not rec.paused:
+            return None
+        new = apply_resume(rec, now)
+        if waits_for_events(new):
+            new = self._satisfy(new, now)
+        elif new.status is RunStatus.SUSPENDED and new.wait_child is not None:
+            child = self._runs.get(new.wait_child)
+            if child is None or child.status.is_terminal:
+                new = apply_event(new, now)
+        self._put(new)
+        return copy.copy(new)
 
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
         rec = self._runs.get(run_id)

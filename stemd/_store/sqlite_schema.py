@@ -64,6 +64,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "wait_data",
     "event_floor",
     "cursors",
+    "paused",
 )
 if RunRecord.__struct_fields__ != RUN_COLUMNS:  # pragma: no cover - a development error
     raise ImportError("stemd._store.sqlite_schema.RUN_COLUMNS is out of date with RunRecord")
@@ -132,6 +133,7 @@ def record_to_row(r: RunRecord) -> tuple[Any, ...]:
         r.wait_data,
         r.event_floor,
         _json.encode(r.cursors).decode() if r.cursors else None,
+        1 if r.paused else 0,
     )
 
 
@@ -170,6 +172,7 @@ def record_from_row(row: tuple[Any, ...] | sqlite3.Row) -> RunRecord:
         wait_data,
         event_floor,
         cursors,
+        paused,
     ) = row
     return RunRecord(
         run_id=run_id,
@@ -204,6 +207,7 @@ def record_from_row(row: tuple[Any, ...] | sqlite3.Row) -> RunRecord:
         wait_data=wait_data,
         event_floor=event_floor,
         cursors={} if cursors is None else _cursors.decode(cursors),
+        paused=bool(paused),
     )
 
 

@@ -1,0 +1,69 @@
+"""Pausing and resuming runs in the JetStream KV store (see
+:meth:`~stemd._store.base.Store.pause`): each one compare-and-set on the run's document,
+then, on resume, what its wait was given meanwhile (a kept event, its child's end)."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+from stemd._model import RunStatus
+from stemd._store import jetstream_doc as docs
+from stemd._store.jetstream_events import take_mail
+from stemd._store.transitions import apply_pause, apply_resume, waits_for_events
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from stemd._store.base import RunRecord
+    from stemd._store.jetstream_doc import Doc
+    from stemd._store.jetstream_events import Events
+    from stemd._store.jetstream_records import Records
+    from stemd._store.jetstream_waits import Waits
+
+__all__ = ["pause", "resume"]
+
+
+async def pause(records: Records, run_id: str, now: datetime) -> RunRecord | None:
+    """Pause ``run_id`` unless it is unknown, ended or paused already."""
+
+    def fn(doc: Doc) -> Doc | None:
+        rec = doc.rec
+        if rec.status.is_terminal or rec.paused:
+            return None
+        return docs.replace(doc, apply_pause(rec, now))
+
+    _, new = await records.mutate(run_id, fn)
+    return copy.copy(new.rec) if new is not None else None
+
+
+async def resume(
+    records: Records, events: Events, waits: Waits, run_id: str, now: datetime
+) -> RunRecord | None:
+    """Resume ``run_id`` if it is paused: in the same write it takes the oldest message of
+    its mailbox its wait is for (the events held while it was paused are there), then a
+    kept event it has not taken, or its child's end."""
+
+    def fn(doc: Doc) -> Doc | None:
+        if not doc.rec.paused:
+            return None
+        new = docs.replace(doc, apply_resume(doc.rec, now))
+        return take_mail(new, now) if waits_for_events(new.rec) else new
+
+    _, new = await records.mutate(run_id, fn)
+    if new is None:
+        return None
+    rec = new.rec
+    if waits_for_events(rec):
+        taken = await events.take_kept(run_id, rec, now)
+        if taken is not None:
+            rec = taken
+    elif (
+        rec.status is RunStatus.SUSPENDED
+        and rec.wait_child is not None
+        and await waits.await_child(rec.wait_child)
+    ):
+        woken = await waits.wake_if_waiting(run_id, rec.wait_child, now)
+        if woken is not None:
+            rec = woken
+    return copy.copy(rec)
