@@ -32,6 +32,7 @@ __all__ = [
     "REPLY_TYPES",
     "REQUEST_TYPES",
     "VERBS",
+    "CancelManyRequest",
     "CancelReply",
     "CancelRequest",
     "EmitReply",
@@ -41,9 +42,13 @@ __all__ = [
     "ErrorReply",
     "GetReply",
     "GetRequest",
+    "GroupFilterBody",
+    "GroupReply",
     "ListReply",
     "ListRequest",
+    "PauseRequest",
     "PolicyBody",
+    "ResumeRequest",
     "RewindReply",
     "RewindRequest",
     "RunEventMsg",
@@ -162,6 +167,35 @@ class CancelRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     reason: Text | None = None
 
 
+class GroupFilterBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The filters of a group operation (``pause``, ``resume``, ``cancel_many``): every one
+    given must hold (at least one is required). ``dry_run``: change nothing, reply with how
+    many runs would change and the ids of the first 1000 of them."""
+
+    run_ids: Annotated[list[RunId], msgspec.Meta(max_length=10_000)] | None = None
+    topic: Topic | None = None
+    workflow: WorkflowName | None = None
+    status: StatusName | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    dry_run: bool = False
+
+
+class PauseRequest(GroupFilterBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``pause``: pause every run of the group that has not ended."""
+
+
+class ResumeRequest(GroupFilterBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``resume``: resume every paused run of the group."""
+
+
+class CancelManyRequest(GroupFilterBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``cancel_many``: cancel every run of the group that has not ended (and their
+    unfinished children) with ``reason``."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+
+
 class RewindRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``rewind``: re-run ``run_id`` from ``step`` on."""
 
@@ -219,6 +253,14 @@ class CancelReply(msgspec.Struct, frozen=True, kw_only=True):
     """Reply to ``cancel``: ``false`` when the run is unknown or already ended."""
 
     cancelled: bool
+
+
+class GroupReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Reply to ``pause``, ``resume`` and ``cancel_many``: how many runs were changed
+    (with ``dry_run``: would be, and ``run_ids``, the first 1000 of them)."""
+
+    count: int
+    run_ids: list[str] | None = None
 
 
 class RewindReply(msgspec.Struct, frozen=True, kw_only=True):
@@ -280,6 +322,9 @@ REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {
     "cancel": CancelRequest,
     "rewind": RewindRequest,
     "types": TypesRequest,
+    "pause": PauseRequest,
+    "resume": ResumeRequest,
+    "cancel_many": CancelManyRequest,
 }
 REPLY_TYPES: dict[str, type[msgspec.Struct]] = {
     "start": StartReply,
@@ -291,6 +336,9 @@ REPLY_TYPES: dict[str, type[msgspec.Struct]] = {
     "cancel": CancelReply,
     "rewind": RewindReply,
     "types": TypesReply,
+    "pause": GroupReply,
+    "resume": GroupReply,
+    "cancel_many": GroupReply,
 }
 VERBS = tuple(REQUEST_TYPES)
 

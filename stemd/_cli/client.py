@@ -19,6 +19,7 @@ import msgspec
 from stemd import _wire as wire
 from stemd._app import App
 from stemd._codec import Codec, codec_for
+from stemd._engine.groups import filter_fields, group_filter
 from stemd._errors import (
     PayloadError,
     RunNotFound,
@@ -40,10 +41,14 @@ from stemd._urls import sqlite_path, url_kind
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
+    from stemd._engine.groups import GroupOp
     from stemd._loading import Workflow
     from stemd._store.base import Store
 
 __all__ = ["Client", "NatsClient", "StoreClient", "open_client"]
+
+# Run ids a dry run of a group operation lists at most.
+PREVIEW = 1000
 
 
 class Client(Protocol):
@@ -101,6 +106,13 @@ class Client(Protocol):
     async def wait(self, run_id: str, timeout: float | None) -> tuple[RunState, bool]:
         """Wait until the run ends or ``timeout`` passes; return its state and whether the
         timeout passed first."""
+        ...
+
+    async def group(
+        self, op: GroupOp, filters: dict[str, Any], reason: str, dry_run: bool
+    ) -> tuple[int, list[str] | None]:
+        """Pause, resume or cancel (``op``) the runs ``filters`` select: how many were
+        changed (with ``dry_run``: would be, and the ids of the first 1000 of them)."""
         ...
 
     async def types(self) -> list[wire.WorkflowType]:
@@ -193,6 +205,18 @@ class StoreClient:
 
     async def types(self) -> list[wire.WorkflowType]:
         return [wire.workflow_type(w) for w in await self.app.registered_workflows()]
+
+    async def group(
+        self, op: GroupOp, filters: dict[str, Any], reason: str, dry_run: bool
+    ) -> tuple[int, list[str] | None]:
+        app = self.app
+        if dry_run:
+            return await app.preview_runs(op, limit=PREVIEW, **filters)
+        if op == "pause":
+            return await app.pause_runs(**filters), None
+        if op == "resume":
+            return await app.resume_runs(**filters), None
+        return await app.cancel_runs(reason=reason, **filters), None
 
 
 # -- through a daemon, over NATS ------------------------------------------------------------
@@ -365,6 +389,23 @@ class NatsClient:
     async def types(self) -> list[wire.WorkflowType]:
         reply: wire.TypesReply = await self._request("types", wire.TypesRequest())
         return reply.workflows
+
+    async def group(
+        self, op: GroupOp, filters: dict[str, Any], reason: str, dry_run: bool
+    ) -> tuple[int, list[str] | None]:
+        body = filter_fields(group_filter(**filters))  # a clear error before sending
+        if "run_ids" in body:
+            body["run_ids"] = list(body["run_ids"])
+        request: msgspec.Struct
+        if op == "pause":
+            request = wire.PauseRequest(dry_run=dry_run, **body)
+        elif op == "resume":
+            request = wire.ResumeRequest(dry_run=dry_run, **body)
+        else:
+            request = wire.CancelManyRequest(reason=reason, dry_run=dry_run, **body)
+        verb = "cancel_many" if op == "cancel" else op
+        reply: wire.GroupReply = await self._request(verb, request)
+        return reply.count, reply.run_ids
 
 
 @asynccontextmanager

@@ -141,7 +141,8 @@ def runs_table(runs: Sequence[RunState]) -> str:
         return "no runs\n"
     rows = [("RUN ID", "WORKFLOW", "STATUS", "UPDATED", "DETAIL")]
     for r in runs:
-        rows.append((r.run_id, r.workflow, r.status.value, _time(r.updated_at), _detail(r)))
+        status = r.status.value + (" paused" if r.paused else "")
+        rows.append((r.run_id, r.workflow, status, _time(r.updated_at), _detail(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
@@ -266,6 +267,7 @@ def run_detail(run: RunState) -> str:
         ("run", run.run_id),
         ("workflow", run.workflow),
         ("status", run.status.value + (f" ({_detail(run)})" if _detail(run) else "")),
+        *([("paused", "yes: resume it to go on")] if run.paused else []),
         ("queue", run.queue),
     ]
     if run.parent_run_id:
