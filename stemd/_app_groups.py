@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stemd._engine.groups import GroupOp, Groups, group_filter
+from stemd._engine.groups import GroupOp, Groups, check_new_runs, group_filter
 from stemd._errors import StemError
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class GroupOperations:
         op: GroupOp,
         dry_run: bool,
         reason: str,
+        new_runs: bool,
         run_ids: Iterable[str] | None,
         topic: str | None,
         workflow: str | None,
@@ -64,8 +65,14 @@ class GroupOperations:
         )
         groups = Groups(self.engine)
         if dry_run:
+            if new_runs:
+                check_new_runs(op, selected)
             return (await groups.preview(op, selected, 0))[0]
-        return await groups.apply(op, selected, reason)
+        return await groups.apply(op, selected, reason, new_runs=new_runs)
+
+    async def paused_workflows(self) -> list[str]:
+        """The workflows whose new runs start paused (``pause_runs(new_runs=True)``)."""
+        return await self.engine.store.paused_workflows()
 
     async def preview_runs(
         self,
@@ -103,6 +110,7 @@ class GroupOperations:
         created_after: datetime | str | None = None,
         created_before: datetime | str | None = None,
         dry_run: bool = False,
+        new_runs: bool = False,
     ) -> int:
         """Pause every run of the group that has not ended; return how many it paused.
 
@@ -110,9 +118,21 @@ class GroupOperations:
         not taken by any worker, its timers (sleeps, timeouts, deadlines) are held, and
         the events and messages its wait is given meanwhile are kept for it. A running run
         stops at its next checkpoint. :meth:`resume_runs` lets it go on where it was.
+
+        With ``new_runs=True`` (and ``workflow``), the runs of the workflow started from now
+        on start paused too, until ``resume_runs(workflow=..., new_runs=True)``.
         """
         return await self._group(
-            "pause", dry_run, "", run_ids, topic, workflow, status, created_after, created_before
+            "pause",
+            dry_run,
+            "",
+            new_runs,
+            run_ids,
+            topic,
+            workflow,
+            status,
+            created_after,
+            created_before,
         )
 
     async def resume_runs(
@@ -125,12 +145,23 @@ class GroupOperations:
         created_after: datetime | str | None = None,
         created_before: datetime | str | None = None,
         dry_run: bool = False,
+        new_runs: bool = False,
     ) -> int:
         """Resume every paused run of the group; return how many it resumed. A run whose
         wait was given an event, a message or its child's end while paused takes it now;
-        a timer that came due meanwhile fires now."""
+        a timer that came due meanwhile fires now. ``new_runs=True`` (with ``workflow``):
+        the workflow's new runs no longer start paused."""
         return await self._group(
-            "resume", dry_run, "", run_ids, topic, workflow, status, created_after, created_before
+            "resume",
+            dry_run,
+            "",
+            new_runs,
+            run_ids,
+            topic,
+            workflow,
+            status,
+            created_after,
+            created_before,
         )
 
     async def cancel_runs(
@@ -153,6 +184,7 @@ class GroupOperations:
             "cancel",
             dry_run,
             reason,
+            False,
             run_ids,
             topic,
             workflow,

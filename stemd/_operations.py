@@ -125,6 +125,7 @@ class Operations(Protocol):
         created_after: datetime | str | None = None,
         created_before: datetime | str | None = None,
         dry_run: bool = False,
+        new_runs: bool = False,
     ) -> int:
         """Pause every run the filters select (see ``App.pause_runs``); how many."""
         ...
@@ -139,6 +140,7 @@ class Operations(Protocol):
         created_after: datetime | str | None = None,
         created_before: datetime | str | None = None,
         dry_run: bool = False,
+        new_runs: bool = False,
     ) -> int:
         """Resume every paused run the filters select; how many."""
         ...
@@ -171,6 +173,10 @@ class Operations(Protocol):
         created_before: datetime | str | None = None,
     ) -> tuple[int, list[str]]:
         """How many runs ``op`` would change, and the ids of the first ``limit``."""
+        ...
+
+    async def paused_workflows(self) -> list[str]:
+        """The workflows whose new runs start paused."""
         ...
 
     async def registered_workflows(self) -> list[WorkflowInfo]:

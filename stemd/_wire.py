@@ -182,11 +182,17 @@ class GroupFilterBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 
 class PauseRequest(GroupFilterBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``pause``: pause every run of the group that has not ended."""
+    """``pause``: pause every run of the group that has not ended; with ``new_runs`` (and
+    ``workflow``), the workflow's new runs start paused too."""
+
+    new_runs: bool = False
 
 
 class ResumeRequest(GroupFilterBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``resume``: resume every paused run of the group."""
+    """``resume``: resume every paused run of the group; with ``new_runs`` (and
+    ``workflow``), the workflow's new runs no longer start paused."""
+
+    new_runs: bool = False
 
 
 class CancelManyRequest(GroupFilterBody, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from stemd import _wire as wire
+from stemd._engine.groups import check_new_runs, group_filter
 from stemd._errors import (
     RunNotFound,
     StemError,
@@ -214,19 +215,21 @@ class ApiResponder:
             name: getattr(req, name) for name in _FILTERS if getattr(req, name) is not None
         }
         if req.dry_run:
+            if extra.get("new_runs"):
+                check_new_runs(op, group_filter(**filters))
             count, ids = await self.ops.preview_runs(op, limit=PREVIEW, **filters)
             return wire.GroupReply(count=count, run_ids=ids)
         if op == "pause":
-            return wire.GroupReply(count=await self.ops.pause_runs(**filters))
+            return wire.GroupReply(count=await self.ops.pause_runs(**extra, **filters))
         if op == "resume":
-            return wire.GroupReply(count=await self.ops.resume_runs(**filters))
+            return wire.GroupReply(count=await self.ops.resume_runs(**extra, **filters))
         return wire.GroupReply(count=await self.ops.cancel_runs(**extra, **filters))
 
     async def _pause(self, req: wire.PauseRequest) -> wire.GroupReply:
-        return await self._group("pause", req)
+        return await self._group("pause", req, new_runs=req.new_runs)
 
     async def _resume(self, req: wire.ResumeRequest) -> wire.GroupReply:
-        return await self._group("resume", req)
+        return await self._group("resume", req, new_runs=req.new_runs)
 
     async def _cancel_many(self, req: wire.CancelManyRequest) -> wire.GroupReply:
         return await self._group("cancel", req, reason=req.reason or "cancelled")

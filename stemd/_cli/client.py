@@ -18,8 +18,9 @@ import msgspec
 
 from stemd import _wire as wire
 from stemd._app import App
+from stemd._cli.group_requests import group_request
 from stemd._codec import Codec, codec_for
-from stemd._engine.groups import filter_fields, group_filter
+from stemd._engine.groups import check_new_runs, group_filter
 from stemd._errors import (
     PayloadError,
     RunNotFound,
@@ -109,10 +110,16 @@ class Client(Protocol):
         ...
 
     async def group(
-        self, op: GroupOp, filters: dict[str, Any], reason: str, dry_run: bool
+        self,
+        op: GroupOp,
+        filters: dict[str, Any],
+        reason: str,
+        dry_run: bool,
+        new_runs: bool = False,
     ) -> tuple[int, list[str] | None]:
         """Pause, resume or cancel (``op``) the runs ``filters`` select: how many were
-        changed (with ``dry_run``: would be, and the ids of the first 1000 of them)."""
+        changed (with ``dry_run``: would be, and the ids of the first 1000 of them);
+        ``new_runs``: the workflow's new runs start paused (pause) or no longer (resume)."""
         ...
 
     async def types(self) -> list[wire.WorkflowType]:
@@ -207,15 +214,22 @@ class StoreClient:
         return [wire.workflow_type(w) for w in await self.app.registered_workflows()]
 
     async def group(
-        self, op: GroupOp, filters: dict[str, Any], reason: str, dry_run: bool
+        self,
+        op: GroupOp,
+        filters: dict[str, Any],
+        reason: str,
+        dry_run: bool,
+        new_runs: bool = False,
     ) -> tuple[int, list[str] | None]:
         app = self.app
         if dry_run:
+            if new_runs:
+                check_new_runs(op, group_filter(**filters))
             return await app.preview_runs(op, limit=PREVIEW, **filters)
         if op == "pause":
-            return await app.pause_runs(**filters), None
+            return await app.pause_runs(new_runs=new_runs, **filters), None
         if op == "resume":
-            return await app.resume_runs(**filters), None
+            return await app.resume_runs(new_runs=new_runs, **filters), None
         return await app.cancel_runs(reason=reason, **filters), None
 
 
@@ -391,19 +405,14 @@ class NatsClient:
         return reply.workflows
 
     async def group(
-        self, op: GroupOp, filters: dict[str, Any], reason: str, dry_run: bool
+        self,
+        op: GroupOp,
+        filters: dict[str, Any],
+        reason: str,
+        dry_run: bool,
+        new_runs: bool = False,
     ) -> tuple[int, list[str] | None]:
-        body = filter_fields(group_filter(**filters))  # a clear error before sending
-        if "run_ids" in body:
-            body["run_ids"] = list(body["run_ids"])
-        request: msgspec.Struct
-        if op == "pause":
-            request = wire.PauseRequest(dry_run=dry_run, **body)
-        elif op == "resume":
-            request = wire.ResumeRequest(dry_run=dry_run, **body)
-        else:
-            request = wire.CancelManyRequest(reason=reason, dry_run=dry_run, **body)
-        verb = "cancel_many" if op == "cancel" else op
+        verb, request = group_request(op, filters, reason, dry_run, new_runs)
         reply: wire.GroupReply = await self._request(verb, request)
         return reply.count, reply.run_ids
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from stemd._cli.client import Client
     from stemd._engine.groups import GroupOp
 
-__all__ = ["add_filters", "filters_of", "run_group"]
+__all__ = ["add_filters", "add_new_runs", "filters_of", "run_group"]
 
 _DONE = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
 
@@ -43,6 +43,11 @@ def add_filters(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_new_runs(p: argparse.ArgumentParser, what: str) -> None:
+    """``--new-runs`` of pause and resume."""
+    p.add_argument("--new-runs", action="store_true", help=f"with --workflow: {what}")
+
+
 def filters_of(args: argparse.Namespace) -> dict[str, Any]:
     """The filters given on the command line, as keyword arguments."""
     names = ("run_ids", "topic", "workflow", "status", "created_after", "created_before")
@@ -52,7 +57,8 @@ def filters_of(args: argparse.Namespace) -> dict[str, Any]:
 async def run_group(op: GroupOp, client: Client, args: argparse.Namespace) -> int:
     """Run the group operation ``op`` and print what it changed (or would)."""
     reason = getattr(args, "reason", None) or "cancelled by operator"
-    count, ids = await client.group(op, filters_of(args), reason, args.dry_run)
+    new_runs = getattr(args, "new_runs", False)
+    count, ids = await client.group(op, filters_of(args), reason, args.dry_run, new_runs)
     if args.json:
         out: dict[str, Any] = {"count": count}
         if args.dry_run:

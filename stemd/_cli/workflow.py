@@ -21,7 +21,7 @@ import anyio
 import msgspec
 
 from stemd._cli.client import Client, open_client
-from stemd._cli.groups import add_filters, filters_of, run_group
+from stemd._cli.groups import add_filters, add_new_runs, filters_of, run_group
 from stemd._cli.output import print_json, run_detail, runs_table, types_table
 from stemd._config import Config, load_config
 from stemd._errors import DECODE_ERRORS, ConfigError, PayloadError, RunNotFound, StemError
@@ -460,10 +460,12 @@ def add_parser(commands: Any) -> None:
 
     p = add("pause", partial(run_group, "pause"), "pause every run the filters select")
     add_filters(p)
+    add_new_runs(p, "the workflow's new runs start paused too")
     _common(p)
 
     p = add("resume", partial(run_group, "resume"), "resume every paused run the filters select")
     add_filters(p)
+    add_new_runs(p, "the workflow's new runs no longer start paused")
     _common(p)
 
     p = add(

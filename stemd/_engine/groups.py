@@ -12,7 +12,7 @@ conditional (pausing a paused run changes nothing), so an operation interrupted 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import msgspec
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from stemd._engine.engine import Engine
     from stemd._store.base import RunRecord
 
-__all__ = ["GroupFilter", "GroupOp", "Groups", "group_filter"]
+__all__ = ["GroupFilter", "GroupOp", "Groups", "check_new_runs", "group_filter"]
 
 GroupOp = Literal["pause", "resume", "cancel"]
 
@@ -119,6 +119,16 @@ def group_filter(
     return selected
 
 
+def check_new_runs(op: GroupOp, selected: GroupFilter) -> None:
+    """Refuse ``new_runs`` where it means nothing.
+
+    Raises:
+        StemError: not a pause or resume, or no ``workflow`` filter.
+    """
+    if op == "cancel" or selected.workflow is None:
+        raise StemError("new_runs is for pausing or resuming a workflow: give workflow too")
+
+
 def _concerned(op: GroupOp, rec: RunRecord) -> bool:
     """Whether ``op`` would change ``rec``."""
     if op == "resume":
@@ -168,8 +178,21 @@ class Groups:
                         ids.append(rec.run_id)
         return count, ids
 
-    async def apply(self, op: GroupOp, selected: GroupFilter, reason: str = "cancelled") -> int:
-        """Apply ``op`` to every run of the group; how many it changed."""
+    async def apply(
+        self,
+        op: GroupOp,
+        selected: GroupFilter,
+        reason: str = "cancelled",
+        *,
+        new_runs: bool = False,
+    ) -> int:
+        """Apply ``op`` to every run of the group; how many it changed. ``new_runs``
+        (pause and resume of a ``workflow``): first set whether the workflow's new runs are
+        created paused, so that none started meanwhile escapes the pause."""
+        if new_runs:
+            check_new_runs(op, selected)
+            assert selected.workflow is not None
+            await self.engine.store.pause_workflow(selected.workflow, op == "pause")
         changed = 0
         limiter = anyio.CapacityLimiter(AT_ONCE)
 
@@ -199,8 +222,3 @@ class Groups:
         if is_runnable(rec, now):
             await engine._enqueue(run_id, rec.queue, rec.token)
         return True
-
-
-def filter_fields(selected: GroupFilter) -> dict[str, Any]:
-    """The filter as keyword arguments of :func:`group_filter` (``None`` ones left out)."""
-    return {k: v for k, v in msgspec.structs.asdict(selected).items() if v is not None}

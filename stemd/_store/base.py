@@ -312,8 +312,8 @@ class Store(Protocol):
         ...
 
     async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
-        """Insert ``record`` unless its run id exists; return the stored run and whether
-        it was created."""
+        """Insert ``record`` unless its run id exists (paused if its workflow is: see
+        :meth:`pause_workflow`); return the stored run and whether it was created."""
         ...
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -414,13 +414,20 @@ class Store(Protocol):
         ...
 
     async def pause(self, run_id: str, now: datetime) -> RunRecord | None:
-        """Pause a run that has not ended (see :func:`~stemd._store.transitions.apply_pause`);
-        ``None`` if it is unknown, ended or paused already."""
+        """Pause a run not ended (``transitions.apply_pause``); ``None``: no change."""
         ...
 
     async def resume(self, run_id: str, now: datetime) -> RunRecord | None:
         """Resume a paused run: it takes what its wait was given meanwhile (its mailbox, a
         kept event, its child's end); ``None`` if it is unknown or not paused."""
+        ...
+
+    async def pause_workflow(self, workflow: str, paused: bool) -> bool:
+        """Set whether new runs of ``workflow`` are created paused; whether it changed."""
+        ...
+
+    async def paused_workflows(self) -> list[str]:
+        """The workflows whose new runs are created paused, by name."""
         ...
 
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:

@@ -91,6 +91,7 @@ from stemd._store.transitions import (
     apply_outcome,
     apply_pause_stop,
     apply_rewind,
+    created_paused,
     is_runnable,
     rewind_cut,
     waits_for_events,
@@ -235,6 +236,8 @@ class JetStreamStore:
     async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
         records = self._records
         run_id = record.run_id
+        if await groups.workflow_paused(self._bucket, record.workflow):
+            record = created_paused(record)
         for _ in range(MAX_TRIES):
             # Create-if-absent first (the common case); look only when it exists.
             doc = Doc(rec=copy.copy(record))
@@ -376,6 +379,12 @@ class JetStreamStore:
 
     async def resume(self, run_id: str, now: datetime) -> RunRecord | None:
         return await groups.resume(self._records, self._events, self._waits, run_id, now)
+
+    async def pause_workflow(self, workflow: str, paused: bool) -> bool:
+        return await groups.pause_workflow(self._bucket, workflow, paused)
+
+    async def paused_workflows(self) -> list[str]:
+        return await groups.paused_workflows(self._bucket)
 
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
         def fn(doc: Doc) -> Doc:

@@ -4,6 +4,7 @@ then, on resume, what its wait was given meanwhile (a kept event, its child's en
 
 from __future__ import annotations
 
+import base64
 import copy
 from typing import TYPE_CHECKING
 
@@ -16,12 +17,47 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from stemd._store.base import RunRecord
+    from stemd._store.jetstream_bucket import Bucket
     from stemd._store.jetstream_doc import Doc
     from stemd._store.jetstream_events import Events
     from stemd._store.jetstream_records import Records
     from stemd._store.jetstream_waits import Waits
 
-__all__ = ["pause", "resume"]
+__all__ = ["pause", "pause_workflow", "paused_workflows", "resume", "workflow_paused"]
+
+# A workflow whose new runs are created paused: ``wfp.`` and its name in unpadded base64url
+# (as ``wf.`` keys in jetstream_registry), holding b"1"; an empty value: not paused.
+_PAUSED = "wfp."
+
+
+def _key(workflow: str) -> str:
+    return _PAUSED + base64.urlsafe_b64encode(workflow.encode()).decode().rstrip("=")
+
+
+async def workflow_paused(bucket: Bucket, workflow: str) -> bool:
+    """Whether new runs of ``workflow`` are created paused."""
+    msg = await bucket.get(_key(workflow), leader=True)
+    return msg is not None and bool(msg.data)
+
+
+async def pause_workflow(bucket: Bucket, workflow: str, paused: bool) -> bool:
+    """Set whether new runs of ``workflow`` are created paused; whether it changed."""
+    if await workflow_paused(bucket, workflow) is paused:
+        return False
+    subject = bucket.prefix + _key(workflow)
+    await bucket.retry("put", bucket.conn.js_publish, subject, b"1" if paused else b"")
+    return True
+
+
+async def paused_workflows(bucket: Bucket) -> list[str]:
+    """The workflows whose new runs are created paused, by name."""
+    keys = await bucket.keys(_PAUSED + "*")
+    out = []
+    for msg in await bucket.get_many(keys):
+        if msg.data:
+            name = bucket.key(msg.subject)[len(_PAUSED) :]
+            out.append(base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode())
+    return sorted(out)
 
 
 async def pause(records: Records, run_id: str, now: datetime) -> RunRecord | None:

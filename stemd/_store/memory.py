@@ -47,6 +47,7 @@ from stemd._store.transitions import (
     apply_resume,
     apply_rewind,
     choose_event,
+    created_paused,
     is_runnable,
     rewind_cut,
     waits_for_events,
@@ -80,6 +81,7 @@ class MemoryStore:
         # every key ever sent to it.
         self._mail: dict[str, list[tuple[str, bytes]]] = {}
         self._mail_keys: dict[str, set[str]] = {}
+        self._paused_workflows: set[str] = set()
 
     async def open(self) -> None:
         return None
@@ -146,6 +148,8 @@ class MemoryStore:
         if existing is not None:
             return copy.copy(existing), False
         rec = copy.copy(record)
+        if rec.workflow in self._paused_workflows:
+            rec = created_paused(rec)
         rec.event_floor = self._event_seq
         self._seq += 1
         self._order[rec.run_id] = self._seq
@@ -383,6 +387,18 @@ class MemoryStore:
                 new = apply_event(new, now)
         self._put(new)
         return copy.copy(new)
+
+    async def pause_workflow(self, workflow: str, paused: bool) -> bool:
+        if (workflow in self._paused_workflows) is paused:
+            return False
+        if paused:
+            self._paused_workflows.add(workflow)
+        else:
+            self._paused_workflows.discard(workflow)
+        return True
+
+    async def paused_workflows(self) -> list[str]:
+        return sorted(self._paused_workflows)
 
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
         rec = self._runs.get(run_id)

@@ -346,6 +346,12 @@ class SqliteStore:
     async def resume(self, run_id: str, now: datetime) -> RunRecord | None:
         return await self.writer.submit(ops.resume, run_id, now)
 
+    async def pause_workflow(self, workflow: str, paused: bool) -> bool:
+        return await self.writer.submit(ops.pause_workflow, workflow, paused)
+
+    async def paused_workflows(self) -> list[str]:
+        return [r[0] for r in await self._fetchall(ops.SELECT_PAUSED_WORKFLOWS, ())]
+
     async def register_workflows(self, workflows: Sequence[WorkflowInfo], now: datetime) -> None:
         await self.writer.submit(ops.register_workflows, list(workflows), now)
 

@@ -55,6 +55,7 @@ from stemd._store.transitions import (
     apply_pause_stop,
     apply_resume,
     apply_rewind,
+    created_paused,
     is_runnable,
     rewind_cut,
     waits_for_events,
@@ -81,6 +82,7 @@ __all__ = [
     "fire_timer",
     "merge_waiting",
     "pause",
+    "pause_workflow",
     "prune_events",
     "register_workflows",
     "renew_lease",
@@ -117,6 +119,8 @@ _UPSERT_WORKFLOW = (
     " version = excluded.version, registered_at = excluded.registered_at"
 )
 _steps_decoder = msgspec.json.Decoder(tuple[str, ...])
+_WORKFLOW_PAUSED = "SELECT 1 FROM paused_workflows WHERE name = ?"
+SELECT_PAUSED_WORKFLOWS = "SELECT name FROM paused_workflows ORDER BY name"
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -201,6 +205,8 @@ def workflow_from_row(row: tuple[Any, ...] | sqlite3.Row) -> WorkflowInfo:
 def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bool]:
     floor = db.execute(_EVENT_FLOOR).fetchone()
     record = msgspec.structs.replace(record, event_floor=floor[0] if floor else 0)
+    if db.execute(_WORKFLOW_PAUSED, (record.workflow,)).fetchone() is not None:
+        record = created_paused(record)
     if db.execute(_INSERT_RUN, record_to_row(record)).rowcount == 1:
         return record, True
     row = row_of(db, record.run_id)
@@ -358,3 +364,11 @@ def resume(db: sqlite3.Connection, run_id: str, now: datetime) -> RunRecord | No
             new = apply_event(new, now)
     update(db, row, new)
     return new
+
+
+def pause_workflow(db: sqlite3.Connection, workflow: str, paused: bool) -> bool:
+    if paused:
+        sql = "INSERT OR IGNORE INTO paused_workflows (name) VALUES (?)"
+    else:
+        sql = "DELETE FROM paused_workflows WHERE name = ?"
+    return bool(db.execute(sql, (workflow,)).rowcount)

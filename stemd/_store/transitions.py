@@ -41,6 +41,7 @@ __all__ = [
     "apply_rewind",
     "apply_wake_parent",
     "choose_event",
+    "created_paused",
     "is_claimable",
     "is_runnable",
     "rewind_cut",
@@ -257,6 +258,13 @@ def apply_resume(rec: RunRecord, now: datetime) -> RunRecord:
             rec, now, paused=False, status=RunStatus.PENDING, token=rec.token + 1, **_CLEAR_LEASE
         )
     return _with(rec, now, paused=False)
+
+
+def created_paused(rec: RunRecord) -> RunRecord:
+    """A new run of a paused workflow: created paused (its timers held)."""
+    new = msgspec.structs.replace(rec, paused=True)
+    new.timer_at = compute_timer_at(new)
+    return new
 
 
 def apply_hold(rec: RunRecord, now: datetime, topic: str, seq: int) -> RunRecord:

@@ -74,6 +74,8 @@ async def test_pause_resume_and_cancel_many_reply_with_counts(
         ("cancel_many", {"workflow": "api.flow", "reason": ""}),
         ("pause", {"workflow": "api.flow", "colour": "red"}),
         ("pause", {"run_ids": "a"}),
+        ("pause", {"topic": TOPIC, "new_runs": True}),
+        ("cancel_many", {"workflow": "api.flow", "new_runs": True}),
     ],
 )
 async def test_bad_group_requests_are_refused_and_change_nothing(
@@ -104,3 +106,18 @@ async def test_the_cli_client_operates_groups_through_the_daemon(
     state = await app.get_run("b")
     assert state is not None
     assert state.cancel_reason == "stop"
+
+
+async def test_pause_with_new_runs_pauses_the_workflow_s_next_runs(
+    app: stemd.App, conn: NatsConnection
+) -> None:
+    """Pause with workflow and new_runs makes the next runs start paused; resume with
+    new_runs lets them go."""
+    body = {"workflow": "api.flow", "new_runs": True}
+    assert await call(conn, "pause", body) == {"count": 0}
+    await call(conn, "start", {"workflow": "api.flow", "params": {}, "run_id": "later"})
+    state = await app.get_run("later")
+    assert state is not None
+    assert state.paused
+    assert await call(conn, "resume", body) == {"count": 1}
+    await wait_status(app, "later", stemd.RunStatus.SUSPENDED)

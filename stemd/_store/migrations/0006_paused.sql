@@ -2,3 +2,6 @@
 -- status and its wait, is not claimed, and its timers are held (timer_at is NULL) until
 -- it is resumed; 1 while paused.
 ALTER TABLE runs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+
+-- Workflows whose new runs are created paused (App.pause_runs(workflow=..., new_runs=True)).
+CREATE TABLE paused_workflows (name TEXT PRIMARY KEY) WITHOUT ROWID;

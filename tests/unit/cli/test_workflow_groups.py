@@ -75,6 +75,7 @@ def test_cancel_of_one_run_still_works(capsys: pytest.CaptureFixture[str], store
         ["pause", "--created-after", "2030-01-01T00:00:00"],
         ["pause", "--topic", "bad topic"],
         ["cancel"],
+        ["pause", "--topic", "approvals.manager", "--new-runs"],
         ["cancel", "doc-1", "--workflow", "approvals.flow"],
     ],
 )

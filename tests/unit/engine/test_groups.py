@@ -196,3 +196,39 @@ async def test_a_running_run_pauses_at_its_next_checkpoint(store_url: str) -> No
         assert await app.resume_runs(run_ids=[run_id]) == 1
         assert (await app.wait_for_completion(run_id, timeout=10)).value == "done"
         assert STEPS == ["one", "two"]
+
+
+async def test_pausing_a_workflow_with_new_runs_pauses_its_future_runs(store_url: str) -> None:
+    """pause_runs(workflow=..., new_runs=True) pauses the workflow's runs and those started
+    afterwards; resume_runs(..., new_runs=True) resumes them all and new runs start again."""
+    TAKEN.clear()
+    async with open_app(waiter, sleeper, store=store_url) as app:
+        before = await app.start_workflow(waiter)
+        await wait_status(app, before, RunStatus.SUSPENDED)
+        assert await app.pause_runs(workflow="groups.waiter", new_runs=True) == 1
+        assert await app.paused_workflows() == ["groups.waiter"]
+        during = await app.start_workflow(waiter)
+        state = await app.get_run(during)
+        assert state is not None
+        assert state.paused
+        assert state.status is RunStatus.PENDING
+        other = await app.start_workflow(sleeper)
+        await wait_status(app, other, RunStatus.SUSPENDED)
+        assert await app.resume_runs(workflow="groups.waiter", new_runs=True) == 2
+        assert await app.paused_workflows() == []
+        await wait_status(app, during, RunStatus.SUSPENDED)
+        after = await app.start_workflow(waiter)
+        await wait_status(app, after, RunStatus.SUSPENDED)
+        assert await app.emit("groups.go", 7) == 3
+        for run_id in (before, during, after):
+            assert (await app.wait_for_completion(run_id, timeout=10)).value == 7
+
+
+async def test_new_runs_needs_a_workflow() -> None:
+    """new_runs without a workflow filter is refused (dry run or not), and changes nothing."""
+    async with open_app(waiter) as app:
+        with pytest.raises(stemd.StemError):
+            await app.pause_runs(topic="groups.go", new_runs=True)
+        with pytest.raises(stemd.StemError):
+            await app.resume_runs(status="pending", new_runs=True, dry_run=True)
+        assert await app.paused_workflows() == []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from stemd._errors import LeaseLost
-from stemd._model import RunStatus
+from stemd._model import CancellationPolicy, RunStatus
 from stemd._store.base import Checkpoint, Complete, Store, Suspend
 from tests.unit.store.test_contract import LEASE, T0, at, emit, enc, record, started, suspended_on
 
@@ -186,3 +186,25 @@ async def test_cancelling_a_paused_run_ends_its_pause(store: Store) -> None:
     assert done is not None
     assert done.record.status is RunStatus.CANCELLED
     assert not done.record.paused
+
+
+async def test_a_paused_workflow_creates_its_runs_paused(store: Store) -> None:
+    """While a workflow is paused its new runs are created paused (timers held); other
+    workflows are not affected; unpaused, new runs start as usual."""
+    assert await store.pause_workflow("wf", True) is True
+    assert await store.pause_workflow("wf", True) is False
+    assert await store.paused_workflows() == ["wf"]
+    policy = CancellationPolicy(max_run_duration=10)
+    created, _ = await store.create_run(record("r1", workflow="wf", policy=policy))
+    assert created.paused
+    assert created.timer_at is None
+    stored = await store.get_run("r1")
+    assert stored is not None
+    assert stored.paused
+    other, _ = await store.create_run(record("r2", workflow="other"))
+    assert not other.paused
+    assert await store.claim("r1", "w1", T0, LEASE) is None
+    assert await store.pause_workflow("wf", False) is True
+    assert await store.paused_workflows() == []
+    later, _ = await store.create_run(record("r3", workflow="wf"))
+    assert not later.paused
