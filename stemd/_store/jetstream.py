@@ -46,6 +46,7 @@ is the :class:`~stemd._store.base.Store` they make, and the transitions of one r
 
 from __future__ import annotations
 
+import collections
 import copy
 import time
 from datetime import datetime, timedelta
@@ -382,6 +383,11 @@ class JetStreamStore:
 
     async def pause_workflow(self, workflow: str, paused: bool) -> bool:
         return await groups.pause_workflow(self._bucket, workflow, paused)
+
+    async def paused_counts(self) -> dict[str, int]:
+        # Reads every run: the metrics ask for it now and then, not at every scrape.
+        found = (await self._records.read_all()).values()
+        return dict(collections.Counter(doc.rec.workflow for _, doc in found if doc.rec.paused))
 
     async def paused_workflows(self) -> list[str]:
         return await groups.paused_workflows(self._bucket)

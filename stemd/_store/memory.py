@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import copy
 import heapq
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -399,6 +399,9 @@ class MemoryStore:
 
     async def paused_workflows(self) -> list[str]:
         return sorted(self._paused_workflows)
+
+    async def paused_counts(self) -> dict[str, int]:
+        return dict(Counter(r.workflow for r in self._runs.values() if r.paused))
 
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
         rec = self._runs.get(run_id)

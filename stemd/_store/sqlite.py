@@ -349,6 +349,10 @@ class SqliteStore:
     async def pause_workflow(self, workflow: str, paused: bool) -> bool:
         return await self.writer.submit(ops.pause_workflow, workflow, paused)
 
+    async def paused_counts(self) -> dict[str, int]:
+        sql = "SELECT workflow, count(*) FROM runs WHERE paused = 1 GROUP BY workflow"
+        return {w: n for w, n in await self._fetchall(sql, ())}
+
     async def paused_workflows(self) -> list[str]:
         return [r[0] for r in await self._fetchall(ops.SELECT_PAUSED_WORKFLOWS, ())]
 

@@ -5,3 +5,6 @@ ALTER TABLE runs ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
 
 -- Workflows whose new runs are created paused (App.pause_runs(workflow=..., new_runs=True)).
 CREATE TABLE paused_workflows (name TEXT PRIMARY KEY) WITHOUT ROWID;
+
+-- The paused runs (few, usually none), by workflow: counted for stemd_runs_paused.
+CREATE INDEX runs_paused ON runs (workflow) WHERE paused = 1;
