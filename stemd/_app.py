@@ -39,7 +39,7 @@ from stemd._clock import Clock, SystemClock
 from stemd._codec import Codec, codec_for
 from stemd._engine.engine import Engine, Workflow, new_run_id, to_run_state
 from stemd._engine.leases import LeaseKeeper
-from stemd._engine.observer import Observers
+from stemd._engine.limits import LimitedStore, effective_limits, observers_of
 from stemd._errors import StemError
 from stemd._identifiers import validate_run_id, validate_topic
 from stemd._model import (
@@ -203,7 +203,7 @@ class App(GroupOperations):
             lease=self.options.timing.lease,
             default_queue=self.queue,
             accept_unknown=not self.workers and not self.workflows,
-            observers=Observers(),
+            observers=observers_of(store),
             # Workers keep their slices' leases from one task (see WorkerPool).
             leases=(
                 LeaseKeeper(store, self.clock, self.options.timing.lease) if self.workers else None
@@ -240,9 +240,11 @@ class App(GroupOperations):
             await tg.start(self.supervisor.run)
 
     def _make_store(self) -> Store:
-        if not isinstance(self._store_arg, str):
-            return self._store_arg
-        return store_from_url(self._store_arg, **self._nats_options(self._store_arg))
+        store = self._store_arg
+        if isinstance(store, str):
+            store = store_from_url(store, **self._nats_options(store))
+        limits = effective_limits(self.workflows, self.options.limits) if self.workers else {}
+        return LimitedStore(store, limits, self.workflow_codecs, self.codec) if limits else store
 
     def _make_broker(self) -> Broker | None:
         if self._broker_arg is None:

@@ -21,6 +21,7 @@ from stemd._authoring.steps import return_type as _return_type
 
 if TYPE_CHECKING:
     from stemd._authoring.context import FlowContext, ScriptContext
+    from stemd._authoring.limits import Limits
     from stemd._model import Retry
 
 __all__ = [
@@ -70,6 +71,8 @@ class Flow(Handle[P, R]):
     Args:
         name: the workflow's name.
         queue: the queue its runs go to (default: the App's).
+        limits: how many of its runs execute at once, across every daemon
+            (:class:`~stemd.Limits`; the config's ``[limits]`` override it).
         params: the type of its params (a ``msgspec.Struct``, a dataclass, any type
             msgspec decodes): steps get ``ctx.params`` decoded into it, and a start with
             params that do not fit it is refused with :class:`~stemd.PayloadError`.
@@ -85,6 +88,7 @@ class Flow(Handle[P, R]):
         name: str,
         *,
         queue: str | None = None,
+        limits: Limits | None = None,
         params: None = None,
         result: None = None,
     ) -> None: ...
@@ -95,6 +99,7 @@ class Flow(Handle[P, R]):
         name: str,
         *,
         queue: str | None = None,
+        limits: Limits | None = None,
         params: type[P],
         result: None = None,
     ) -> None: ...
@@ -105,6 +110,7 @@ class Flow(Handle[P, R]):
         name: str,
         *,
         queue: str | None = None,
+        limits: Limits | None = None,
         params: None = None,
         result: type[R],
     ) -> None: ...
@@ -115,15 +121,23 @@ class Flow(Handle[P, R]):
         name: str,
         *,
         queue: str | None = None,
+        limits: Limits | None = None,
         params: type[P],
         result: type[R],
     ) -> None: ...
 
     def __init__(
-        self, name: str, *, queue: str | None = None, params: Any = None, result: Any = None
+        self,
+        name: str,
+        *,
+        queue: str | None = None,
+        limits: Limits | None = None,
+        params: Any = None,
+        result: Any = None,
     ) -> None:
         self.name = check_name("workflow", name)
         self.queue = queue
+        self.limits = limits
         self.params_type = Any if params is None else params
         self.result_type = Any if result is None else result
         self.steps: list[FlowStep] = []
@@ -169,13 +183,19 @@ class Script(Handle[P, R]):
     kind = "script"
 
     def __init__(
-        self, name: str, fn: Callable[..., Awaitable[Any]], *, queue: str | None = None
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[Any]],
+        *,
+        queue: str | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"script {fn!r} must be an async function")
         self.name = check_name("workflow", name)
         self.fn = fn
         self.queue = queue
+        self.limits = limits
         params = list(inspect.signature(fn).parameters.values())
         if not params:
             raise TypeError(f"script {name!r} must accept a ScriptContext as first parameter")
@@ -211,15 +231,18 @@ class _ScriptDecorator(Protocol):
     def __call__(self, fn: Callable[..., Awaitable[Any]], /) -> Script[Any, Any]: ...
 
 
-def script(name: str | None = None, *, queue: str | None = None) -> _ScriptDecorator:
-    """Declare a script workflow: ``@stemd.script("user.signup")``.
+def script(
+    name: str | None = None, *, queue: str | None = None, limits: Limits | None = None
+) -> _ScriptDecorator:
+    """Declare a script workflow: ``@stemd.script("user.signup")``; ``limits``: how many
+    of its runs execute at once (:class:`~stemd.Limits`).
 
     The script object is typed from the function: ``Script[P, R]`` with ``P`` the
     annotation of its second parameter and ``R`` its return annotation.
     """
 
     def register(fn: Callable[..., Awaitable[Any]]) -> Script[Any, Any]:
-        return Script(name or fn.__name__, fn, queue=queue)
+        return Script(name or fn.__name__, fn, queue=queue, limits=limits)
 
     return register
 

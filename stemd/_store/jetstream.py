@@ -46,7 +46,6 @@ is the :class:`~stemd._store.base.Store` they make, and the transitions of one r
 
 from __future__ import annotations
 
-import collections
 import copy
 import time
 from datetime import datetime, timedelta
@@ -64,6 +63,7 @@ from stemd._store import jetstream_doc as docs
 from stemd._store import jetstream_groups as groups
 from stemd._store import jetstream_listing as listing
 from stemd._store import jetstream_registry as registry
+from stemd._store import jetstream_slots as slots
 from stemd._store.base import (
     Checkpoint,
     Claim,
@@ -384,10 +384,16 @@ class JetStreamStore:
     async def pause_workflow(self, workflow: str, paused: bool) -> bool:
         return await groups.pause_workflow(self._bucket, workflow, paused)
 
+    async def acquire_slot(
+        self, scope: str, holder: str, limit: int, now: datetime, expires_at: datetime
+    ) -> bool:
+        return await slots.acquire_slot(self._bucket, scope, holder, limit, now, expires_at)
+
+    async def release_slot(self, scope: str, holder: str) -> None:
+        await slots.release_slot(self._bucket, scope, holder)
+
     async def paused_counts(self) -> dict[str, int]:
-        # Reads every run: the metrics ask for it now and then, not at every scrape.
-        found = (await self._records.read_all()).values()
-        return dict(collections.Counter(doc.rec.workflow for _, doc in found if doc.rec.paused))
+        return await groups.paused_counts(self._records)
 
     async def paused_workflows(self) -> list[str]:
         return await groups.paused_workflows(self._bucket)

@@ -5,6 +5,7 @@ then, on resume, what its wait was given meanwhile (a kept event, its child's en
 from __future__ import annotations
 
 import base64
+import collections
 import copy
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,14 @@ if TYPE_CHECKING:
     from stemd._store.jetstream_records import Records
     from stemd._store.jetstream_waits import Waits
 
-__all__ = ["pause", "pause_workflow", "paused_workflows", "resume", "workflow_paused"]
+__all__ = [
+    "pause",
+    "pause_workflow",
+    "paused_counts",
+    "paused_workflows",
+    "resume",
+    "workflow_paused",
+]
 
 # A workflow whose new runs are created paused: ``wfp.`` and its name in unpadded base64url
 # (as ``wf.`` keys in jetstream_registry), holding b"1"; an empty value: not paused.
@@ -32,6 +40,13 @@ _PAUSED = "wfp."
 
 def _key(workflow: str) -> str:
     return _PAUSED + base64.urlsafe_b64encode(workflow.encode()).decode().rstrip("=")
+
+
+async def paused_counts(records: Records) -> dict[str, int]:
+    """How many runs are paused, by workflow. Reads every run: the metrics ask for it now
+    and then, not at every scrape."""
+    found = (await records.read_all()).values()
+    return dict(collections.Counter(doc.rec.workflow for _, doc in found if doc.rec.paused))
 
 
 async def workflow_paused(bucket: Bucket, workflow: str) -> bool:

@@ -34,6 +34,7 @@ from stemd._store.base import (
     cursor_of,
     topics_of,
 )
+from stemd._store.memory_slots import MemorySlots
 from stemd._store.transitions import (
     apply_cancel,
     apply_claim,
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore:
+class MemoryStore(MemorySlots):
     """A :class:`~stemd._store.base.Store` held in dictionaries."""
 
     def __init__(self) -> None:

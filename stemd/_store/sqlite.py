@@ -31,6 +31,7 @@ from stemd._errors import ConfigError, LeaseLost, StoreError
 from stemd._model import RunStatus
 from stemd._options import as_bool, convert_options
 from stemd._store import sqlite_ops as ops
+from stemd._store import sqlite_slots as slots
 from stemd._store.base import (
     Page,
 )
@@ -348,6 +349,14 @@ class SqliteStore:
 
     async def pause_workflow(self, workflow: str, paused: bool) -> bool:
         return await self.writer.submit(ops.pause_workflow, workflow, paused)
+
+    async def acquire_slot(
+        self, scope: str, holder: str, limit: int, now: datetime, expires_at: datetime
+    ) -> bool:
+        return await self.writer.submit(slots.acquire_slot, scope, holder, limit, now, expires_at)
+
+    async def release_slot(self, scope: str, holder: str) -> None:
+        await self.writer.submit(slots.release_slot, scope, holder)
 
     async def paused_counts(self) -> dict[str, int]:
         sql = "SELECT workflow, count(*) FROM runs WHERE paused = 1 GROUP BY workflow"
