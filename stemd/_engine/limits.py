@@ -6,8 +6,9 @@ holds a slot of each limit that applies (the workflow's, its key's) in the store
 (:class:`~stemd._store.capabilities.Slots`: one transaction on SQLite, a compare-and-set
 on JetStream, so no number of daemons holds more than the limit); the slots go with the
 slice's lease (renewed with it, freed by its commit, and freed by expiry when its daemon
-dies: the next claim after takeover finds them free). A run that finds no slot free is
-held back: claimed and committed at once as a wait to try again shortly, with an error of
+dies: the next claim after takeover finds them free). A run that finds no slot free waits a
+moment for one (its worker takes a slot freed in this process at once), then is held
+back: claimed and committed as a wait to try again shortly, with an error of
 code ``"waiting_for_slot"`` naming the limit, which ``get`` and ``list`` show. Runs of
 workflows without limits go straight to the store, and an App with no limits at all has
 no wrapper.
@@ -16,9 +17,11 @@ no wrapper.
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import structlog
 
 from stemd._authoring.limits import Limits
@@ -44,7 +47,7 @@ log = structlog.get_logger("stemd.limits")
 #: ErrorInfo.code of a run held back by a concurrency limit.
 WAITING_FOR_SLOT_CODE = "waiting_for_slot"
 #: How long a held-back run waits before it tries again (its n-th time in a row).
-SLOT_WAIT = Retry(backoff=0.05, max_backoff=1.0, jitter=True)
+SLOT_WAIT = Retry(backoff=0.05, max_backoff=0.5, jitter=True)
 
 
 def effective_limits(
@@ -89,10 +92,18 @@ class LimitedStore:
         limits: the limits of each limited workflow, by name.
         codecs: the codecs of particular workflows' values, by name, and ``codec`` the
             others' (a key is computed from a run's decoded params).
+        patience: seconds a claim waits for a slot (taking one freed here at once) before
+            the run is held back.
     """
 
     def __init__(
-        self, inner: Store, limits: Mapping[str, Limits], codecs: Mapping[str, Codec], codec: Codec
+        self,
+        inner: Store,
+        limits: Mapping[str, Limits],
+        codecs: Mapping[str, Codec],
+        codec: Codec,
+        *,
+        patience: float = 1.0,
     ) -> None:
         if not isinstance(inner, Slots):
             raise StemError(f"the store {type(inner).__name__} keeps no slots: no limits there")
@@ -102,6 +113,8 @@ class LimitedStore:
         self.codecs = dict(codecs)
         self.codec = codec
         self.observers = Observers()
+        self.patience = patience
+        self._freed = anyio.Event()
         # The slots each slice holds: (run id, token) → (holder, [(scope, limit)]).
         self._held: dict[tuple[str, int], tuple[str, list[tuple[str, int]]]] = {}
 
@@ -128,14 +141,21 @@ class LimitedStore:
         if rec is None or limits is None or not is_runnable(rec, now):
             return await self.inner.claim(run_id, owner, now, lease)
         holder = f"{run_id}:{owner}:{secrets.token_hex(4)}"
-        expires = now + timedelta(seconds=lease)
-        held: list[tuple[str, int]] = []
-        for scope, limit in self._scopes(rec, limits):
-            if not await self.slots.acquire_slot(scope, holder, limit, now, expires):
-                await self._release(holder, held)
-                await self._hold_back(rec, owner, now, lease, scope, limit)
+        held = self._scopes(rec, limits)
+        started = time.monotonic()
+        while True:
+            full = await self._acquire(holder, held, now, lease)
+            if full is None:
+                break
+            waited = time.monotonic() - started
+            if waited >= self.patience:
+                await self._hold_back(rec, owner, now, lease, *full)
                 return None
-            held.append((scope, limit))
+            # A slot freed by this process is taken at once; one freed by another process
+            # is found by the next try.
+            with anyio.move_on_after(min(self.patience - waited, 0.1)):
+                await self._freed.wait()
+            now += timedelta(seconds=time.monotonic() - started - waited)
         claim = await self.inner.claim(run_id, owner, now, lease)
         if claim is None:
             await self._release(holder, held)
@@ -162,9 +182,25 @@ class LimitedStore:
             if found is not None:
                 await self._release(*found)
 
+    async def _acquire(
+        self, holder: str, scopes: list[tuple[str, int]], now: datetime, lease: float
+    ) -> tuple[str, int] | None:
+        """Hold a slot of each scope for ``holder``, or none: the scope that is full."""
+        expires = now + timedelta(seconds=lease)
+        held: list[tuple[str, int]] = []
+        for scope, limit in scopes:
+            if not await self.slots.acquire_slot(scope, holder, limit, now, expires):
+                await self._release(holder, held)
+                return scope, limit
+            held.append((scope, limit))
+        return None
+
     async def _release(self, holder: str, held: list[tuple[str, int]]) -> None:
         for scope, _ in held:
             await self.slots.release_slot(scope, holder)
+        if held:
+            self._freed.set()
+            self._freed = anyio.Event()
 
     async def _hold_back(
         self, rec: RunRecord, owner: str, now: datetime, lease: float, scope: str, limit: int
