@@ -119,6 +119,8 @@ def _detail(run: RunState) -> str:
         return f"cancelled: {run.cancel_reason}"
     if run.wait_topic:
         return _waiting_for_event(run)
+    if run.status is RunStatus.SUSPENDED and run.error and run.error.code == "waiting_for_slot":
+        return f"{run.error.message}; next try at {_time(run.resume_at)}"
     if run.wait_child:
         return f"waiting for child {run.wait_child}"
     if _unregistered(run):
