@@ -25,6 +25,7 @@ from stemd._actors.supervisor import Actor, Supervisor
 from stemd._actors.sweeper import Sweeper
 from stemd._actors.timer import Timer
 from stemd._actors.workers import WorkerPool
+from stemd._app_groups import GroupOperations
 from stemd._appkit import ALL, cursor, opened, positive, registry, wait_for_end, workflow_info
 from stemd._appschedules import AppSchedules, collect_schedules
 from stemd._broker import broker_from_url
@@ -32,7 +33,7 @@ from stemd._broker.capabilities import HelperActors
 from stemd._clock import Clock, SystemClock
 from stemd._codec import Codec, codec_for
 from stemd._engine.engine import Engine, Workflow, new_run_id, to_run_state
-from stemd._engine.observer import Observers
+from stemd._engine.limits import LimitedStore, effective_limits, observers_of
 from stemd._errors import StemError
 from stemd._health import Health, outcome_unknown
 from stemd._identifiers import validate_run_id, validate_topic
@@ -65,7 +66,7 @@ T = TypeVar("T")
 ActorFactory = Callable[["App"], Actor]
 
 
-class App(AppSchedules):
+class App(AppSchedules, GroupOperations):
     """A stemd application: registers workflows, executes them (unless ``workers=False``),
     and starts, emits to and inspects runs. It implements
     :class:`~stemd._operations.Operations`, which its NATS surface serves.
@@ -201,7 +202,7 @@ class App(AppSchedules):
             lease=claim_lease(store, self.workers, self.options.timing.lease),
             default_queue=self.queue,
             accept_unknown=not self.workers and not self.workflows,
-            observers=Observers(),
+            observers=observers_of(store),
             # Workers keep their slices' leases from one task (WorkerPool), under a session.
             leases=lease_keeper(store, self.clock, self.workers, self.options.timing.lease),
             event_retention=self.options.event_retention,
@@ -236,9 +237,11 @@ class App(AppSchedules):
             await tg.start(self.supervisor.run)
 
     def _make_store(self) -> Store:
-        if not isinstance(self._store_arg, str):
-            return self._store_arg
-        return store_from_url(self._store_arg, **self._nats_options(self._store_arg))
+        store = self._store_arg
+        if isinstance(store, str):
+            store = store_from_url(store, **self._nats_options(store))
+        limits = effective_limits(self.workflows, self.options.limits) if self.workers else {}
+        return LimitedStore(store, limits, self.workflow_codecs, self.codec) if limits else store
 
     def _make_broker(self) -> Broker | None:
         if self._broker_arg is None:

@@ -30,7 +30,14 @@ from stemd._errors import ConfigError
 from stemd._identifiers import is_prefix, is_queue
 from stemd._model import MAX_DURATION
 from stemd._natsauth import NatsAuth, redact_url
-from stemd._options import AppOptions, NonNegative, Positive, RestartPolicy, Timing
+from stemd._options import (
+    AppOptions,
+    LimitSettings,
+    NonNegative,
+    Positive,
+    RestartPolicy,
+    Timing,
+)
 from stemd._schedules import Schedule
 from stemd._urls import is_nats, nats_servers, sqlite_path, store_kind
 
@@ -100,6 +107,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         schedules: workflows started on a cron schedule (``[[schedules]]``, each a
             :class:`~stemd._schedules.Schedule`: ``name``, ``workflow``, ``cron``,
             ``params``, ``overlap``, ``catch_up``, ``timezone``...).
+        limits: per-workflow numbers of its :class:`~stemd.Limits` (``[limits."name"]``:
+            ``concurrency``, ``key_concurrency``), in place of those declared in code.
     """
 
     modules: tuple[str, ...] = ()
@@ -128,6 +137,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     codec: CodecConfig = msgspec.field(default_factory=CodecConfig)
     workflow_codecs: dict[str, WorkflowCodecConfig] = msgspec.field(default_factory=dict)
     schedules: tuple[Schedule, ...] = ()
+    limits: dict[str, LimitSettings] = msgspec.field(default_factory=dict)
 
     def build_codecs(self) -> tuple[Codec, dict[str, Codec]]:
         """The daemon's codec and the per-workflow ones.
@@ -364,7 +374,7 @@ def config_to_toml(config: Config) -> str:
     """The effective configuration as a TOML document (unset keys as comments; encryption
     keys, NATS passwords and tokens are never printed, only whether they are set; URLs
     are shown with their credentials masked)."""
-    tables = ("restart", "nats_auth", "codec", "workflow_codecs", "schedules")
+    tables = ("restart", "nats_auth", "codec", "workflow_codecs", "limits", "schedules")
     lines: list[str] = []
     data = config_to_builtins(config)
     for f in msgspec.structs.fields(Config):
@@ -389,11 +399,19 @@ def config_to_toml(config: Config) -> str:
     if encryption is not None:
         lines += ["", "[codec.encryption]", f"active = {_toml_value(encryption['active'])}"]
         lines += [f'keys.{_toml_key(k)} = "(not shown)"' for k in encryption["keys"]]
-    for name, override in data["workflow_codecs"].items():
-        lines += ["", f"[workflow_codecs.{_toml_key(name)}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in override.items() if v is not None]
+    lines += _named_tables("workflow_codecs", data["workflow_codecs"])
+    lines += _named_tables("limits", data["limits"])
     lines += _schedules_toml(data["schedules"])
     return "\n".join(lines) + "\n"
+
+
+def _named_tables(table: str, entries: dict[str, dict[str, Any]]) -> list[str]:
+    """``[table."name"]`` sections, their unset keys left out."""
+    lines: list[str] = []
+    for name, keys in entries.items():
+        lines += ["", f"[{table}.{_toml_key(name)}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in keys.items() if v is not None]
+    return lines
 
 
 def _schedules_toml(schedules: list[dict[str, Any]]) -> list[str]:

@@ -237,6 +237,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     wait_topics: list[str] | None = None
     wait_data: Any = None
     version: str | int | None = None
+    # Paused by an operator (``App.pause_runs``): it keeps its status and does not advance
+    # until resumed.
+    paused: bool = False
 
 
 class RunPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,6 +7,7 @@ See docs/reference/metrics.md for every series.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from stemd._actors.sessions import SessionActor
@@ -23,6 +24,7 @@ from stemd._health import DEPENDENCIES
 from stemd._metrics import Registry
 from stemd._model import RunStatus
 from stemd._store.base import base_step_name
+from stemd._store.capabilities import PausedCounts
 
 if TYPE_CHECKING:
     from stemd._app import App
@@ -84,8 +86,40 @@ class MetricsObserver(Observer):
         self.lease_losses.inc(workflow=event.workflow)
 
 
-def install_metrics(app: App, registry: Registry | None = None) -> Registry:
-    """Attach metrics to an open ``app``; return the registry to serve."""
+class PausedRuns:
+    """``stemd_runs_paused`` and ``stemd_workflows_paused``: counted in the store at most
+    every ``interval`` seconds (a count may read every run)."""
+
+    def __init__(self, registry: Registry, app: App, interval: float = 30.0) -> None:
+        self.app = app
+        self.interval = interval
+        self.runs = registry.gauge("stemd_runs_paused", "Paused runs, by workflow.", ["workflow"])
+        self.workflows = registry.gauge(
+            "stemd_workflows_paused", "Workflows whose new runs start paused."
+        )
+        self._next = 0.0
+        self._seen: set[str] = set()
+
+    async def collect(self) -> None:
+        """Count again if the last count is older than ``interval``."""
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.interval
+        store = self.app.engine.store
+        self.workflows.set(len(await store.paused_workflows()))
+        if not isinstance(store, PausedCounts):
+            return
+        counts = await store.paused_counts()
+        for workflow in self._seen | set(counts):
+            self.runs.set(counts.get(workflow, 0), workflow=workflow)
+        self._seen |= set(counts)
+
+
+def install_metrics(
+    app: App, registry: Registry | None = None, *, paused_interval: float = 30.0
+) -> Registry:
+    """Attach metrics to an open ``app``; return the registry to serve. The paused runs
+    are counted in the store at most every ``paused_interval`` seconds."""
     registry = registry or Registry()
     engine = app.engine
     engine.observers.subscribe(MetricsObserver(registry))
@@ -107,6 +141,7 @@ def install_metrics(app: App, registry: Registry | None = None) -> Registry:
         "stemd_degraded", "1 while the dependency is away (stemd._health).", ["dependency"]
     )
     changes = registry.gauge("stemd_health_changes", "Changes between ready and degraded.")
+    paused = PausedRuns(registry, app, paused_interval)
 
     async def collect() -> None:
         up.set(1)
@@ -136,6 +171,7 @@ def install_metrics(app: App, registry: Registry | None = None) -> Registry:
         for dependency in DEPENDENCIES:
             degraded.set(int(dependency in health.degraded), dependency=dependency)
         changes.set(health.changes)
+        await paused.collect()
 
     registry.collector(collect)
     return registry

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from stemd._engine.events import RunEvent
 
 if TYPE_CHECKING:
-    from datetime import timedelta
+    from collections.abc import Iterable
+    from datetime import datetime, timedelta
 
+    from stemd._engine.groups import GroupOp
     from stemd._model import CancellationPolicy, RunPage, RunState, RunStatus
     from stemd._schedules import ScheduleInfo
     from stemd._store.base import WorkflowInfo
@@ -114,6 +116,70 @@ class Operations(Protocol):
 
     async def rewind_run(self, run_id: str, step: str) -> bool:
         """Re-run ``run_id`` from ``step`` on; ``False`` if the run is unknown."""
+        ...
+
+    async def pause_runs(
+        self,
+        *,
+        run_ids: Iterable[str] | None = None,
+        topic: str | None = None,
+        workflow: str | None = None,
+        status: RunStatus | str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        dry_run: bool = False,
+        new_runs: bool = False,
+    ) -> int:
+        """Pause every run the filters select (see ``App.pause_runs``); how many."""
+        ...
+
+    async def resume_runs(
+        self,
+        *,
+        run_ids: Iterable[str] | None = None,
+        topic: str | None = None,
+        workflow: str | None = None,
+        status: RunStatus | str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        dry_run: bool = False,
+        new_runs: bool = False,
+    ) -> int:
+        """Resume every paused run the filters select; how many."""
+        ...
+
+    async def cancel_runs(
+        self,
+        *,
+        reason: str = "cancelled",
+        run_ids: Iterable[str] | None = None,
+        topic: str | None = None,
+        workflow: str | None = None,
+        status: RunStatus | str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Cancel every run the filters select that has not ended; how many."""
+        ...
+
+    async def preview_runs(
+        self,
+        op: GroupOp,
+        *,
+        limit: int = 1000,
+        run_ids: Iterable[str] | None = None,
+        topic: str | None = None,
+        workflow: str | None = None,
+        status: RunStatus | str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+    ) -> tuple[int, list[str]]:
+        """How many runs ``op`` would change, and the ids of the first ``limit``."""
+        ...
+
+    async def paused_workflows(self) -> list[str]:
+        """The workflows whose new runs start paused."""
         ...
 
     async def registered_workflows(self) -> list[WorkflowInfo]:

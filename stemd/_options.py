@@ -73,6 +73,14 @@ class RestartPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     max_backoff: NonNegative = 5.0
 
 
+class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The numbers of a workflow's :class:`~stemd.Limits` set by configuration, in place
+    of those declared on the workflow (a key function is code: declared only there)."""
+
+    concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    key_concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
 class AppOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The settings of an :class:`~stemd.App` beyond its store, broker, workflows, workers,
     concurrency and queue.
@@ -96,6 +104,8 @@ class AppOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             store for that long; see docs/howto/correlating-events.md.
         schedules: the :class:`~stemd._schedules.Schedule` s this App's workers start
             (with those given as ``App(schedules=...)``).
+        limits: per workflow name, the numbers of its :class:`~stemd.Limits`
+            (:class:`LimitSettings`), in place of those declared on the workflow.
     """
 
     timing: Timing = msgspec.field(default_factory=Timing)
@@ -107,6 +117,7 @@ class AppOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     owner: str | None = None
     event_retention: Annotated[float, msgspec.Meta(ge=0, le=MAX_DURATION)] = DEFAULT_EVENT_RETENTION
     schedules: tuple[Schedule, ...] = ()
+    limits: dict[str, LimitSettings] = msgspec.field(default_factory=dict)
 
 
 # -- options of a store or broker URL --------------------------------------------------------

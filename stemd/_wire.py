@@ -33,6 +33,7 @@ __all__ = [
     "REPLY_TYPES",
     "REQUEST_TYPES",
     "VERBS",
+    "CancelManyRequest",
     "CancelReply",
     "CancelRequest",
     "EmitReply",
@@ -42,9 +43,13 @@ __all__ = [
     "ErrorReply",
     "GetReply",
     "GetRequest",
+    "GroupFilterBody",
+    "GroupReply",
     "ListReply",
     "ListRequest",
+    "PauseRequest",
     "PolicyBody",
+    "ResumeRequest",
     "RewindReply",
     "RewindRequest",
     "RunEventMsg",
@@ -166,6 +171,41 @@ class CancelRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     reason: Text | None = None
 
 
+class GroupFilterBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The filters of a group operation (``pause``, ``resume``, ``cancel_many``): every one
+    given must hold (at least one is required). ``dry_run``: change nothing, reply with how
+    many runs would change and the ids of the first 1000 of them."""
+
+    run_ids: Annotated[list[RunId], msgspec.Meta(max_length=10_000)] | None = None
+    topic: Topic | None = None
+    workflow: WorkflowName | None = None
+    status: StatusName | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    dry_run: bool = False
+
+
+class PauseRequest(GroupFilterBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``pause``: pause every run of the group that has not ended; with ``new_runs`` (and
+    ``workflow``), the workflow's new runs start paused too."""
+
+    new_runs: bool = False
+
+
+class ResumeRequest(GroupFilterBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``resume``: resume every paused run of the group; with ``new_runs`` (and
+    ``workflow``), the workflow's new runs no longer start paused."""
+
+    new_runs: bool = False
+
+
+class CancelManyRequest(GroupFilterBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``cancel_many``: cancel every run of the group that has not ended (and their
+    unfinished children) with ``reason``."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+
+
 class RewindRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``rewind``: re-run ``run_id`` from ``step`` on."""
 
@@ -230,6 +270,14 @@ class CancelReply(msgspec.Struct, frozen=True, kw_only=True):
     cancelled: bool
 
 
+class GroupReply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Reply to ``pause``, ``resume`` and ``cancel_many``: how many runs were changed
+    (with ``dry_run``: would be, and ``run_ids``, the first 1000 of them)."""
+
+    count: int
+    run_ids: list[str] | None = None
+
+
 class RewindReply(msgspec.Struct, frozen=True, kw_only=True):
     """Reply to ``rewind``: ``false`` when the run is unknown."""
 
@@ -289,6 +337,9 @@ REQUEST_TYPES: dict[str, type[msgspec.Struct]] = {
     "cancel": CancelRequest,
     "rewind": RewindRequest,
     "types": TypesRequest,
+    "pause": PauseRequest,
+    "resume": ResumeRequest,
+    "cancel_many": CancelManyRequest,
 }
 REPLY_TYPES: dict[str, type[msgspec.Struct]] = {
     "start": StartReply,
@@ -300,6 +351,9 @@ REPLY_TYPES: dict[str, type[msgspec.Struct]] = {
     "cancel": CancelReply,
     "rewind": RewindReply,
     "types": TypesReply,
+    "pause": GroupReply,
+    "resume": GroupReply,
+    "cancel_many": GroupReply,
 }
 # Forks and schedules: stemd._wire_schedules.
 REQUEST_TYPES.update(forks_and_schedules.REQUESTS)

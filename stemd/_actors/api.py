@@ -22,6 +22,7 @@ import structlog
 from stemd import _wire as wire
 from stemd import _wire_schedules as wsched
 from stemd._actors.api_paging import fit_page, fit_run
+from stemd._engine.groups import check_new_runs, group_filter
 from stemd._engine.scheduling import ScheduleNotFound
 from stemd._errors import (
     RunNotFound,
@@ -37,6 +38,7 @@ from stemd._tracing import traceparent_from
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
+    from stemd._engine.groups import GroupOp
     from stemd._model import RunPage
     from stemd._natsconn import NatsConnection, NatsMsg
     from stemd._operations import Operations
@@ -44,6 +46,11 @@ if TYPE_CHECKING:
 __all__ = ["ApiResponder", "ApiStats"]
 
 log = structlog.get_logger("stemd.api")
+
+
+_FILTERS = ("run_ids", "topic", "workflow", "status", "created_after", "created_before")
+# Run ids listed at most in the reply to a dry run of a group operation.
+PREVIEW = 1000
 
 
 class ApiStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -228,6 +235,30 @@ class ApiResponder:
 
     async def _rewind(self, req: wire.RewindRequest) -> wire.RewindReply:
         return wire.RewindReply(rewound=await self.ops.rewind_run(req.run_id, req.step))
+
+    async def _group(self, op: GroupOp, req: wire.GroupFilterBody, **extra: Any) -> wire.GroupReply:
+        filters: dict[str, Any] = {
+            name: getattr(req, name) for name in _FILTERS if getattr(req, name) is not None
+        }
+        if req.dry_run:
+            if extra.get("new_runs"):
+                check_new_runs(op, group_filter(**filters))
+            count, ids = await self.ops.preview_runs(op, limit=PREVIEW, **filters)
+            return wire.GroupReply(count=count, run_ids=ids)
+        if op == "pause":
+            return wire.GroupReply(count=await self.ops.pause_runs(**extra, **filters))
+        if op == "resume":
+            return wire.GroupReply(count=await self.ops.resume_runs(**extra, **filters))
+        return wire.GroupReply(count=await self.ops.cancel_runs(**extra, **filters))
+
+    async def _pause(self, req: wire.PauseRequest) -> wire.GroupReply:
+        return await self._group("pause", req, new_runs=req.new_runs)
+
+    async def _resume(self, req: wire.ResumeRequest) -> wire.GroupReply:
+        return await self._group("resume", req, new_runs=req.new_runs)
+
+    async def _cancel_many(self, req: wire.CancelManyRequest) -> wire.GroupReply:
+        return await self._group("cancel", req, reason=req.reason or "cancelled")
 
     async def _types(self, req: wire.TypesRequest) -> wire.TypesReply:
         # The daemon's own workflows and every one recorded in its store by any daemon

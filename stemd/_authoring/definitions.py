@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from stemd._authoring.context import FlowContext, ScriptContext
+    from stemd._authoring.limits import Limits
     from stemd._model import Retry
 
 __all__ = [
@@ -76,6 +77,8 @@ class Flow(Handle[P, R]):
     Args:
         name: the workflow's name.
         queue: the queue its runs go to (default: the App's).
+        limits: how many of its runs execute at once, across every daemon
+            (:class:`~stemd.Limits`; the config's ``[limits]`` override it).
         params: the type of its params (a ``msgspec.Struct``, a dataclass, any type
             msgspec decodes): steps get ``ctx.params`` decoded into it, and a start with
             params that do not fit it is refused with :class:`~stemd.PayloadError`.
@@ -94,6 +97,7 @@ class Flow(Handle[P, R]):
         name: str,
         *,
         queue: str | None = None,
+        limits: Limits | None = None,
         params: None = None,
         result: None = None,
         version: str | int | None = None,
@@ -105,6 +109,7 @@ class Flow(Handle[P, R]):
         name: str,
         *,
         queue: str | None = None,
+        limits: Limits | None = None,
         params: type[P],
         result: None = None,
         version: str | int | None = None,
@@ -116,6 +121,7 @@ class Flow(Handle[P, R]):
         name: str,
         *,
         queue: str | None = None,
+        limits: Limits | None = None,
         params: None = None,
         result: type[R],
         version: str | int | None = None,
@@ -127,6 +133,7 @@ class Flow(Handle[P, R]):
         name: str,
         *,
         queue: str | None = None,
+        limits: Limits | None = None,
         params: type[P],
         result: type[R],
         version: str | int | None = None,
@@ -137,6 +144,7 @@ class Flow(Handle[P, R]):
         name: str,
         *,
         queue: str | None = None,
+        limits: Limits | None = None,
         params: Any = None,
         result: Any = None,
         version: str | int | None = None,
@@ -144,6 +152,7 @@ class Flow(Handle[P, R]):
         self.name = check_name("workflow", name)
         self.version = check_version(version)
         self.queue = queue
+        self.limits = limits
         self.params_type = Any if params is None else params
         self.result_type = Any if result is None else result
         self.steps: list[FlowStep] = []
@@ -219,6 +228,7 @@ class Script(Handle[P, R]):
         *,
         queue: str | None = None,
         version: str | int | None = None,
+        limits: Limits | None = None,
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"script {fn!r} must be an async function")
@@ -226,6 +236,7 @@ class Script(Handle[P, R]):
         self.version = check_version(version)
         self.fn = fn
         self.queue = queue
+        self.limits = limits
         params = list(inspect.signature(fn).parameters.values())
         if not params:
             raise TypeError(f"script {name!r} must accept a ScriptContext as first parameter")
@@ -262,9 +273,14 @@ class _ScriptDecorator(Protocol):
 
 
 def script(
-    name: str | None = None, *, queue: str | None = None, version: str | int | None = None
+    name: str | None = None,
+    *,
+    queue: str | None = None,
+    version: str | int | None = None,
+    limits: Limits | None = None,
 ) -> _ScriptDecorator:
-    """Declare a script workflow: ``@stemd.script("user.signup")``.
+    """Declare a script workflow: ``@stemd.script("user.signup")``; ``limits``: how many
+    of its runs execute at once (:class:`~stemd.Limits`).
 
     The script object is typed from the function: ``Script[P, R]`` with ``P`` the
     annotation of its second parameter and ``R`` its return annotation. ``version`` is
@@ -272,7 +288,7 @@ def script(
     """
 
     def register(fn: Callable[..., Awaitable[Any]]) -> Script[Any, Any]:
-        return Script(name or fn.__name__, fn, queue=queue, version=version)
+        return Script(name or fn.__name__, fn, queue=queue, version=version, limits=limits)
 
     return register
 

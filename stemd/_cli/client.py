@@ -18,7 +18,9 @@ import msgspec
 
 from stemd import _wire as wire
 from stemd._app import App
+from stemd._cli.group_requests import group_request
 from stemd._codec import Codec, codec_for
+from stemd._engine.groups import check_new_runs, group_filter
 from stemd._errors import (
     PayloadError,
     RunNotFound,
@@ -40,10 +42,14 @@ from stemd._urls import sqlite_path, url_kind
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
+    from stemd._engine.groups import GroupOp
     from stemd._loading import Workflow
     from stemd._store.base import Store
 
 __all__ = ["Client", "NatsClient", "StoreClient", "open_client"]
+
+# Run ids a dry run of a group operation lists at most.
+PREVIEW = 1000
 
 
 class Client(Protocol):
@@ -104,6 +110,19 @@ class Client(Protocol):
     async def wait(self, run_id: str, timeout: float | None) -> tuple[RunState, bool]:
         """Wait until the run ends or ``timeout`` passes; return its state and whether the
         timeout passed first."""
+        ...
+
+    async def group(
+        self,
+        op: GroupOp,
+        filters: dict[str, Any],
+        reason: str,
+        dry_run: bool,
+        new_runs: bool = False,
+    ) -> tuple[int, list[str] | None]:
+        """Pause, resume or cancel (``op``) the runs ``filters`` select: how many were
+        changed (with ``dry_run``: would be, and the ids of the first 1000 of them);
+        ``new_runs``: the workflow's new runs start paused (pause) or no longer (resume)."""
         ...
 
     async def types(self) -> list[wire.WorkflowType]:
@@ -200,6 +219,25 @@ class StoreClient:
 
     async def types(self) -> list[wire.WorkflowType]:
         return [wire.workflow_type(w) for w in await self.app.registered_workflows()]
+
+    async def group(
+        self,
+        op: GroupOp,
+        filters: dict[str, Any],
+        reason: str,
+        dry_run: bool,
+        new_runs: bool = False,
+    ) -> tuple[int, list[str] | None]:
+        app = self.app
+        if dry_run:
+            if new_runs:
+                check_new_runs(op, group_filter(**filters))
+            return await app.preview_runs(op, limit=PREVIEW, **filters)
+        if op == "pause":
+            return await app.pause_runs(new_runs=new_runs, **filters), None
+        if op == "resume":
+            return await app.resume_runs(new_runs=new_runs, **filters), None
+        return await app.cancel_runs(reason=reason, **filters), None
 
 
 # -- through a daemon, over NATS ------------------------------------------------------------
@@ -386,6 +424,18 @@ class NatsClient:
     async def types(self) -> list[wire.WorkflowType]:
         reply: wire.TypesReply = await self._request("types", wire.TypesRequest())
         return reply.workflows
+
+    async def group(
+        self,
+        op: GroupOp,
+        filters: dict[str, Any],
+        reason: str,
+        dry_run: bool,
+        new_runs: bool = False,
+    ) -> tuple[int, list[str] | None]:
+        verb, request = group_request(op, filters, reason, dry_run, new_runs)
+        reply: wire.GroupReply = await self._request(verb, request)
+        return reply.count, reply.run_ids
 
 
 @asynccontextmanager

@@ -119,6 +119,8 @@ def _detail(run: RunState) -> str:
         return f"cancelled: {run.cancel_reason}"
     if run.wait_topic:
         return _waiting_for_event(run)
+    if run.status is RunStatus.SUSPENDED and run.error and run.error.code == "waiting_for_slot":
+        return f"{run.error.message}; next try at {_time(run.resume_at)}"
     if run.wait_child:
         return f"waiting for child {run.wait_child}"
     if _unregistered(run):
@@ -141,7 +143,8 @@ def runs_table(runs: Sequence[RunState]) -> str:
         return "no runs\n"
     rows = [("RUN ID", "WORKFLOW", "STATUS", "UPDATED", "DETAIL")]
     for r in runs:
-        rows.append((r.run_id, r.workflow, r.status.value, _time(r.updated_at), _detail(r)))
+        status = r.status.value + (" paused" if r.paused else "")
+        rows.append((r.run_id, r.workflow, status, _time(r.updated_at), _detail(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
@@ -269,6 +272,7 @@ def run_detail(run: RunState) -> str:
             run.workflow + (f" (version {run.version})" if run.version is not None else ""),
         ),
         ("status", run.status.value + (f" ({_detail(run)})" if _detail(run) else "")),
+        *([("paused", "yes: resume it to go on")] if run.paused else []),
         ("queue", run.queue),
     ]
     if run.parent_run_id:

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ import anyio
 import msgspec
 
 from stemd._cli.client import Client, open_client
+from stemd._cli.groups import add_filters, add_new_runs, filters_of, run_group
 from stemd._cli.output import print_json, run_detail, runs_table, types_table
 from stemd._config import Config, load_config
 from stemd._errors import DECODE_ERRORS, ConfigError, PayloadError, RunNotFound, StemError
@@ -170,6 +172,12 @@ async def _waiting(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _cancel(client: Client, args: argparse.Namespace) -> int:
+    if filters_of(args) or args.dry_run:
+        if args.run_id is not None:
+            raise StemError("give RUN_ID or filters, not both (--run-id ID is a filter)")
+        return await run_group("cancel", client, args)
+    if args.run_id is None:
+        raise StemError("give RUN_ID, or filters naming the runs to cancel")
     cancelled = await client.cancel(validate_run_id(args.run_id), args.reason)
     if args.json:
         print_json({"cancelled": cancelled})
@@ -451,9 +459,20 @@ def add_parser(commands: Any) -> Callable[..., argparse.ArgumentParser]:
     p.add_argument("--after", metavar="CURSOR", help="the next page: the cursor a page printed")
     _common(p)
 
-    p = add("cancel", _cancel, "cancel a run (and its unfinished children)")
-    p.add_argument("run_id", metavar="RUN_ID")
+    p = add("cancel", _cancel, "cancel a run, or every run the filters select (and children)")
+    p.add_argument("run_id", metavar="RUN_ID", nargs="?")
     p.add_argument("--reason", metavar="R", default="cancelled by operator")
+    add_filters(p)
+    _common(p)
+
+    p = add("pause", partial(run_group, "pause"), "pause every run the filters select")
+    add_filters(p)
+    add_new_runs(p, "the workflow's new runs start paused too")
+    _common(p)
+
+    p = add("resume", partial(run_group, "resume"), "resume every paused run the filters select")
+    add_filters(p)
+    add_new_runs(p, "the workflow's new runs no longer start paused")
     _common(p)
 
     p = add(

@@ -140,4 +140,5 @@ def to_run_state(rec: RunRecord, checkpoints: Iterable[Checkpoint], codec: Codec
         wait_topics=list(rec.wait_topics) if rec.wait_topics else None,
         wait_data=codec.decode(rec.wait_data) if rec.wait_data is not None else None,
         version=rec.version,
+        paused=rec.paused,
     )

@@ -93,6 +93,8 @@ class RunRecord(msgspec.Struct, kw_only=True):
     cursors: dict[str, int] = msgspec.field(default_factory=dict)
     # The version of the workflow's code the run started with (``None``: it has none).
     version: str | int | None = None
+    # Paused by an operator: not claimed, its timers held, its events kept in its mailbox.
+    paused: bool = False
 
 
 class Checkpoint(msgspec.Struct, frozen=True):
@@ -278,6 +280,8 @@ def compute_timer_at(rec: RunRecord) -> datetime | None:
     its policy deadlines and its retention expiry."""
     if rec.status.is_terminal:
         return _plus(rec.finished_at, rec.ttl)
+    if rec.paused:
+        return None
     candidates: list[datetime] = []
     policy = rec.policy
     if policy is not None:
@@ -310,8 +314,8 @@ class Store(Protocol):
         ...
 
     async def create_run(self, record: RunRecord) -> tuple[RunRecord, bool]:
-        """Insert ``record`` unless its run id exists; return the stored run and whether
-        it was created."""
+        """Insert ``record`` unless its run id exists (paused if its workflow is: see
+        :meth:`pause_workflow`); return the stored run and whether it was created."""
         ...
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -409,6 +413,23 @@ class Store(Protocol):
 
     async def cancel(self, run_id: str, reason: str, now: datetime) -> CommitResult | None:
         """Cancel a run that has not ended; ``None`` if it is unknown or already ended."""
+        ...
+
+    async def pause(self, run_id: str, now: datetime) -> RunRecord | None:
+        """Pause a run not ended (``transitions.apply_pause``); ``None``: no change."""
+        ...
+
+    async def resume(self, run_id: str, now: datetime) -> RunRecord | None:
+        """Resume a paused run: it takes what its wait was given meanwhile (its mailbox, a
+        kept event, its child's end); ``None`` if it is unknown or not paused."""
+        ...
+
+    async def pause_workflow(self, workflow: str, paused: bool) -> bool:
+        """Set whether new runs of ``workflow`` are created paused; whether it changed."""
+        ...
+
+    async def paused_workflows(self) -> list[str]:
+        """The workflows whose new runs are created paused, by name."""
         ...
 
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:

@@ -60,8 +60,10 @@ from stemd._natsauth import NatsAuth, redact_url
 from stemd._natsconn import NatsConnection, WrongLastSequence, open_connection, split_url
 from stemd._options import convert_options, keep
 from stemd._store import jetstream_doc as docs
+from stemd._store import jetstream_groups as groups
 from stemd._store import jetstream_listing as listing
 from stemd._store import jetstream_registry as registry
+from stemd._store import jetstream_slots as slots
 from stemd._store.base import (
     Checkpoint,
     Claim,
@@ -90,7 +92,9 @@ from stemd._store.transitions import (
     apply_cancel,
     apply_claim,
     apply_outcome,
+    apply_pause_stop,
     apply_rewind,
+    created_paused,
     is_runnable,
     rewind_cut,
     waits_for_events,
@@ -243,6 +247,8 @@ class JetStreamStore(JetStreamSchedules):
     ) -> tuple[RunRecord, bool]:
         records = self._records
         run_id = record.run_id
+        if await groups.workflow_paused(self._bucket, record.workflow):
+            record = created_paused(record)
         for _ in range(MAX_TRIES):
             # Create-if-absent first (the common case); look only when it exists.
             doc = Doc(rec=copy.copy(record))
@@ -317,9 +323,12 @@ class JetStreamStore(JetStreamSchedules):
         def fn(doc: Doc) -> Doc:
             rec = self._owned(doc, run_id, token)
             touched = msgspec.structs.replace(rec, updated_at=now)
+            if rec.paused:  # it stops at this checkpoint
+                touched = apply_pause_stop(rec, now)
             return docs.with_checkpoints(doc, touched, [(checkpoint.name, checkpoint.value)], now)
 
-        await self._change_owned(run_id, fn)
+        if (await self._change_owned(run_id, fn)).rec.paused:
+            raise LeaseLost(f"run {run_id} is paused: it stops at this checkpoint")
 
     async def commit(
         self, run_id: str, token: int, outcome: Outcome, now: datetime
@@ -338,14 +347,14 @@ class JetStreamStore(JetStreamSchedules):
                 out = docs.with_checkpoints(doc, new, written, now)
             else:
                 out = docs.replace(doc, new)
-            if waits_for_events(new):
+            if waits_for_events(new) and not new.paused:
                 # A message already in the mailbox is taken in the same write.
                 out = take_mail(out, now)
             return out
 
         new = await self._change_owned(run_id, fn)
         rec = new.rec
-        if waits_for_events(rec):
+        if waits_for_events(rec) and not rec.paused:
             # Kept events emitted before this wait (whose deliveries may have found the
             # run busy): the oldest one not taken is taken now. An emit that appended its
             # event after this look finds the wait instead: its index entry was written
@@ -378,6 +387,29 @@ class JetStreamStore(JetStreamSchedules):
             return None
         woken = await self._waits.wake_parents(new, now)
         return CommitResult(record=copy.copy(new.rec), woken=woken)
+
+    async def pause(self, run_id: str, now: datetime) -> RunRecord | None:
+        return await groups.pause(self._records, run_id, now)
+
+    async def resume(self, run_id: str, now: datetime) -> RunRecord | None:
+        return await groups.resume(self._records, self._events, self._waits, run_id, now)
+
+    async def pause_workflow(self, workflow: str, paused: bool) -> bool:
+        return await groups.pause_workflow(self._bucket, workflow, paused)
+
+    async def acquire_slot(
+        self, scope: str, holder: str, limit: int, now: datetime, expires_at: datetime
+    ) -> bool:
+        return await slots.acquire_slot(self._bucket, scope, holder, limit, now, expires_at)
+
+    async def release_slot(self, scope: str, holder: str) -> None:
+        await slots.release_slot(self._bucket, scope, holder)
+
+    async def paused_counts(self) -> dict[str, int]:
+        return await groups.paused_counts(self._records)
+
+    async def paused_workflows(self) -> list[str]:
+        return await groups.paused_workflows(self._bucket)
 
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
         def fn(doc: Doc) -> Doc:

@@ -29,7 +29,7 @@ from stemd._store import jetstream_doc as docs
 from stemd._store.base import Delivery, Event, Page, SendResult, cursor_of, topics_of
 from stemd._store.jetstream_doc import Mail
 from stemd._store.jetstream_records import MAX_TRIES
-from stemd._store.transitions import apply_delivery, choose_event, waits_on
+from stemd._store.transitions import apply_delivery, apply_hold, choose_event, waits_on
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -99,6 +99,10 @@ def _delivery(
         chosen = choose_event(rec, event, older if cursor < event.prev else None)
         if chosen is None:
             return None
+        if rec.paused:  # held: kept in its mailbox until it is resumed
+            held = docs.replace(doc, apply_hold(rec, now, topic, chosen[0]))
+            held.mail = [*doc.mail, Mail(topic, chosen[1])]
+            return held
         return take(doc, topic, chosen[0], chosen[1], now)
 
     return fn
@@ -238,7 +242,7 @@ class Events:
             fn = _delivery(event, now, older, looked_after, need)
             old, new = await self.records.mutate(run_id, fn)
             if new is not None:
-                return "resumed"
+                return "taken" if new.rec.paused else "resumed"
             if not need:
                 waiting = old is not None and waits_on(old.rec, event.topic)
                 return "taken" if waiting else "not_waiting"
@@ -265,7 +269,7 @@ class Events:
             if rec.status.is_terminal:
                 outcome = "ended"
                 return None
-            took = waits_on(rec, topic)
+            took = waits_on(rec, topic) and not rec.paused
             if took:
                 new = take(doc, topic, None, value, now)
             else:

@@ -72,7 +72,7 @@ class Waits:
 
         def fn(doc: Doc) -> Doc | None:
             rec = doc.rec
-            if rec.status is not RunStatus.SUSPENDED or rec.wait_child != child_id:
+            if rec.status is not RunStatus.SUSPENDED or rec.wait_child != child_id or rec.paused:
                 return None
             return docs.replace(doc, apply_event(rec, now))
 

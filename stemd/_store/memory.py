@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import copy
 import heapq
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ from stemd._store.base import (
     cursor_of,
     topics_of,
 )
+from stemd._store.memory_slots import MemorySlots
 from stemd._store.schedules import MemorySchedules
 from stemd._store.sessions import Released, SessionRecord, apply_takeover, held_by
 from stemd._store.transitions import (
@@ -42,9 +43,14 @@ from stemd._store.transitions import (
     apply_delivery,
     apply_event,
     apply_fire,
+    apply_hold,
     apply_outcome,
+    apply_pause,
+    apply_pause_stop,
+    apply_resume,
     apply_rewind,
     choose_event,
+    created_paused,
     is_runnable,
     rewind_cut,
     waits_for_events,
@@ -57,7 +63,7 @@ if TYPE_CHECKING:
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore(MemorySchedules):
+class MemoryStore(MemorySchedules, MemorySlots):
     """A :class:`~stemd._store.base.Store` held in dictionaries."""
 
     def __init__(self) -> None:
@@ -79,6 +85,7 @@ class MemoryStore(MemorySchedules):
         self._mail: dict[str, list[tuple[str, bytes]]] = {}
         self._mail_keys: dict[str, set[str]] = {}
         self._sessions: dict[str, SessionRecord] = {}
+        self._paused_workflows: set[str] = set()
 
     async def open(self) -> None:
         return None
@@ -133,7 +140,7 @@ class MemoryStore(MemorySchedules):
         woken = []
         for parent_id in sorted(self._by_child.get(child_id, ())):
             parent = self._runs.get(parent_id)
-            if parent is not None and parent.status is RunStatus.SUSPENDED:
+            if parent is not None and parent.status is RunStatus.SUSPENDED and not parent.paused:
                 self._put(apply_event(parent, now))
                 woken.append(parent_id)
         return tuple(woken)
@@ -145,6 +152,8 @@ class MemoryStore(MemorySchedules):
         if existing is not None:
             return copy.copy(existing), False
         rec = copy.copy(record)
+        if rec.workflow in self._paused_workflows:
+            rec = created_paused(rec)
         rec.event_floor = self._event_seq
         self._seq += 1
         self._order[rec.run_id] = self._seq
@@ -190,6 +199,9 @@ class MemoryStore(MemorySchedules):
         rec = self._owned(run_id, token)
         self._checkpoints[run_id][checkpoint.name] = (checkpoint.value, now)
         rec.updated_at = now
+        if rec.paused:
+            self._put(apply_pause_stop(rec, now))
+            raise LeaseLost(f"run {run_id} is paused: it stops at this checkpoint")
 
     async def commit(
         self, run_id: str, token: int, outcome: Outcome, now: datetime
@@ -204,7 +216,7 @@ class MemoryStore(MemorySchedules):
             for cp in outcome.checkpoints:
                 store[cp.name] = (cp.value, now)
         new = apply_outcome(rec, outcome, now, child_ended=child_ended)
-        if waits_for_events(new):
+        if waits_for_events(new) and not new.paused:
             new = self._satisfy(new, now)
         self._put(new)
         woken = self._wake_parents(run_id, now) if new.status.is_terminal else ()
@@ -278,6 +290,10 @@ class MemoryStore(MemorySchedules):
             chosen = choose_event(rec, event, self._next_kept(topic, cursor_of(rec, topic), now))
             if chosen is None:
                 continue
+            if rec.paused:  # held: kept in its mailbox until it is resumed
+                self._mail.setdefault(run_id, []).append((topic, chosen[1]))
+                self._put(apply_hold(rec, now, topic, chosen[0]))
+                continue
             self._put(self._take(rec, topic, chosen[0], chosen[1], now))
             resumed.append(run_id)
         more = len(waiting) > limit
@@ -302,7 +318,7 @@ class MemoryStore(MemorySchedules):
             return SendResult(outcome="ended", record=copy.copy(rec))
         if key is not None:
             keys.add(key)
-        if waits_on(rec, topic):
+        if waits_on(rec, topic) and not rec.paused:
             new = self._take(rec, topic, None, value, now)
             self._put(new)
             return SendResult(outcome="accepted", resumed=True, record=copy.copy(new))
@@ -362,6 +378,43 @@ class MemoryStore(MemorySchedules):
         new = apply_cancel(rec, reason, now)
         self._put(new)
         return CommitResult(record=copy.copy(new), woken=self._wake_parents(run_id, now))
+
+    async def pause(self, run_id: str, now: datetime) -> RunRecord | None:
+        rec = self._runs.get(run_id)
+        if rec is None or rec.status.is_terminal or rec.paused:
+            return None
+        new = apply_pause(rec, now)
+        self._put(new)
+        return copy.copy(new)
+
+    async def resume(self, run_id: str, now: datetime) -> RunRecord | None:
+        rec = self._runs.get(run_id)
+        if rec is None or not rec.paused:
+            return None
+        new = apply_resume(rec, now)
+        if waits_for_events(new):
+            new = self._satisfy(new, now)
+        elif new.status is RunStatus.SUSPENDED and new.wait_child is not None:
+            child = self._runs.get(new.wait_child)
+            if child is None or child.status.is_terminal:
+                new = apply_event(new, now)
+        self._put(new)
+        return copy.copy(new)
+
+    async def pause_workflow(self, workflow: str, paused: bool) -> bool:
+        if (workflow in self._paused_workflows) is paused:
+            return False
+        if paused:
+            self._paused_workflows.add(workflow)
+        else:
+            self._paused_workflows.discard(workflow)
+        return True
+
+    async def paused_workflows(self) -> list[str]:
+        return sorted(self._paused_workflows)
+
+    async def paused_counts(self) -> dict[str, int]:
+        return dict(Counter(r.workflow for r in self._runs.values() if r.paused))
 
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
         rec = self._runs.get(run_id)

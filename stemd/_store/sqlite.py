@@ -27,11 +27,12 @@ from urllib.parse import parse_qsl
 import aiosqlite
 import anyio
 
-from stemd._errors import ConfigError, StoreError
+from stemd._errors import ConfigError, LeaseLost, StoreError
 from stemd._model import RunStatus
 from stemd._options import as_bool, convert_options
 from stemd._store import sqlite_ops as ops
 from stemd._store import sqlite_sessions as sessions_ops
+from stemd._store import sqlite_slots as slots
 from stemd._store.base import (
     Page,
 )
@@ -66,7 +67,7 @@ _RUNNABLE = (
     "SELECT run_id, queue FROM runs INDEXED BY runs_runnable"
     " WHERE status IN ('pending', 'running')"
     " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
-    " AND (resume_at IS NULL OR resume_at <= ?) LIMIT ?"
+    " AND (resume_at IS NULL OR resume_at <= ?) AND paused = 0 LIMIT ?"
 )
 _DUE = (
     "SELECT timer_at, run_id FROM runs WHERE timer_at IS NOT NULL AND timer_at <= ?"
@@ -307,7 +308,8 @@ class SqliteStore(SqliteSchedules):
     async def save_checkpoint(
         self, run_id: str, token: int, checkpoint: Checkpoint, now: datetime
     ) -> None:
-        await self.writer.submit(ops.save_checkpoint, run_id, token, checkpoint, now)
+        if await self.writer.submit(ops.save_checkpoint, run_id, token, checkpoint, now):
+            raise LeaseLost(f"run {run_id} is paused: it stops at this checkpoint")
 
     async def commit(
         self, run_id: str, token: int, outcome: Outcome, now: datetime
@@ -345,6 +347,30 @@ class SqliteStore(SqliteSchedules):
 
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
         return await self.writer.submit(ops.rewind, run_id, step, now)
+
+    async def pause(self, run_id: str, now: datetime) -> RunRecord | None:
+        return await self.writer.submit(ops.pause, run_id, now)
+
+    async def resume(self, run_id: str, now: datetime) -> RunRecord | None:
+        return await self.writer.submit(ops.resume, run_id, now)
+
+    async def pause_workflow(self, workflow: str, paused: bool) -> bool:
+        return await self.writer.submit(ops.pause_workflow, workflow, paused)
+
+    async def acquire_slot(
+        self, scope: str, holder: str, limit: int, now: datetime, expires_at: datetime
+    ) -> bool:
+        return await self.writer.submit(slots.acquire_slot, scope, holder, limit, now, expires_at)
+
+    async def release_slot(self, scope: str, holder: str) -> None:
+        await self.writer.submit(slots.release_slot, scope, holder)
+
+    async def paused_counts(self) -> dict[str, int]:
+        sql = "SELECT workflow, count(*) FROM runs WHERE paused = 1 GROUP BY workflow"
+        return {w: n for w, n in await self._fetchall(sql, ())}
+
+    async def paused_workflows(self) -> list[str]:
+        return [r[0] for r in await self._fetchall(ops.SELECT_PAUSED_WORKFLOWS, ())]
 
     async def register_workflows(self, workflows: Sequence[WorkflowInfo], now: datetime) -> None:
         await self.writer.submit(ops.register_workflows, list(workflows), now)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from stemd._store.base import Delivery, Event, SendResult, cursor_of, topics_of
 from stemd._store.sqlite_rows import put_checkpoint, row_of, update
 from stemd._store.sqlite_schema import RUN_COLUMNS, record_from_row, to_us
-from stemd._store.transitions import apply_delivery, choose_event, waits_on
+from stemd._store.transitions import apply_delivery, apply_hold, choose_event, waits_on
 
 if TYPE_CHECKING:
     import sqlite3
@@ -133,6 +133,10 @@ def deliver_event(
         chosen = choose_event(rec, event, found)
         if chosen is None:
             continue
+        if rec.paused:  # held: kept in its mailbox until it is resumed
+            db.execute(_INSERT_MESSAGE, (rec.run_id, topic, chosen[1], None, to_us(now)))
+            update(db, tuple(row), apply_hold(rec, now, topic, chosen[0]))
+            continue
         update(db, tuple(row), _take(db, rec, topic, chosen[0], chosen[1], now))
         resumed.append(rec.run_id)
     return Delivery(resumed=resumed, after=rows[-1][0] if len(rows) >= limit else None)
@@ -168,7 +172,7 @@ def send_message(
             return SendResult(outcome="duplicate", record=rec)
     if rec.status.is_terminal:
         return SendResult(outcome="ended", record=rec)
-    if waits_on(rec, topic):
+    if waits_on(rec, topic) and not rec.paused:
         new = _take(db, rec, topic, None, value, now)
         update(db, row, new)
         if key is not None:  # taken at once: only its key is kept

@@ -51,7 +51,11 @@ from stemd._store.transitions import (
     apply_event,
     apply_fire,
     apply_outcome,
+    apply_pause,
+    apply_pause_stop,
+    apply_resume,
     apply_rewind,
+    created_paused,
     is_runnable,
     rewind_cut,
     waits_for_events,
@@ -77,9 +81,12 @@ __all__ = [
     "emit_event",
     "fire_timer",
     "merge_waiting",
+    "pause",
+    "pause_workflow",
     "prune_events",
     "register_workflows",
     "renew_lease",
+    "resume",
     "rewind",
     "save_checkpoint",
     "send_message",
@@ -94,6 +101,7 @@ _INSERT_RUN = (
 )
 _TOUCH_OWNED = (
     "UPDATE runs SET updated_at = ? WHERE run_id = ? AND token = ? AND status = 'running'"
+    " RETURNING paused"
 )
 _RENEW = (
     "UPDATE runs SET lease_expires_at = ?, updated_at = ?"
@@ -111,6 +119,8 @@ _UPSERT_WORKFLOW = (
     " version = excluded.version, registered_at = excluded.registered_at"
 )
 _steps_decoder = msgspec.json.Decoder(tuple[str, ...])
+_WORKFLOW_PAUSED = "SELECT 1 FROM paused_workflows WHERE name = ?"
+SELECT_PAUSED_WORKFLOWS = "SELECT name FROM paused_workflows ORDER BY name"
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -144,6 +154,8 @@ def checkpoints(db: sqlite3.Connection, run_id: str) -> list[Checkpoint]:
 def _wake_parents(db: sqlite3.Connection, child_id: str, now: datetime) -> tuple[str, ...]:
     woken = []
     for row in db.execute(_WAITING_ON_CHILD, (child_id,)).fetchall():
+        if record_from_row(row).paused:
+            continue  # resuming it looks at its child
         update(db, row, apply_event(record_from_row(row), now))
         woken.append(row[0])
     return tuple(woken)
@@ -193,6 +205,8 @@ def workflow_from_row(row: tuple[Any, ...] | sqlite3.Row) -> WorkflowInfo:
 def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bool]:
     floor = db.execute(_EVENT_FLOOR).fetchone()
     record = msgspec.structs.replace(record, event_floor=floor[0] if floor else 0)
+    if db.execute(_WORKFLOW_PAUSED, (record.workflow,)).fetchone() is not None:
+        record = created_paused(record)
     if db.execute(_INSERT_RUN, record_to_row(record)).rowcount == 1:
         return record, True
     row = row_of(db, record.run_id)
@@ -227,12 +241,21 @@ def renew_lease(
 
 def save_checkpoint(
     db: sqlite3.Connection, run_id: str, token: int, checkpoint: Checkpoint, now: datetime
-) -> None:
+) -> bool:
+    """Record the checkpoint; ``True`` when the run is paused and was given back with it
+    (its owner must stop: the caller raises LeaseLost once this is committed)."""
     # The ownership check is the conditional update itself: on a stale token it changes
     # nothing and the refusal happens before any write.
-    if db.execute(_TOUCH_OWNED, (to_us(now), run_id, token)).rowcount != 1:
+    touched = db.execute(_TOUCH_OWNED, (to_us(now), run_id, token)).fetchall()
+    if not touched:
         raise _lease_lost(run_id)
     put_checkpoint(db, run_id, checkpoint.name, checkpoint.value, now)
+    if not touched[0][0]:
+        return False
+    row = row_of(db, run_id)
+    assert row is not None
+    update(db, row, apply_pause_stop(record_from_row(row), now))
+    return True
 
 
 def commit(
@@ -247,7 +270,7 @@ def commit(
         for cp in outcome.checkpoints:
             put_checkpoint(db, run_id, cp.name, cp.value, now)
     new = apply_outcome(rec, outcome, now, child_ended=child_ended)
-    if waits_for_events(new):
+    if waits_for_events(new) and not new.paused:
         new = satisfy(db, new, now)
     update(db, row, new)
     woken = _wake_parents(db, run_id, now) if new.status.is_terminal else ()
@@ -311,3 +334,41 @@ def rewind(db: sqlite3.Connection, run_id: str, step: str, now: datetime) -> Run
     new = apply_rewind(record_from_row(row), now)
     update(db, row, new)
     return new
+
+
+def pause(db: sqlite3.Connection, run_id: str, now: datetime) -> RunRecord | None:
+    row = row_of(db, run_id)
+    if row is None:
+        return None
+    rec = record_from_row(row)
+    if rec.status.is_terminal or rec.paused:
+        return None
+    new = apply_pause(rec, now)
+    update(db, row, new)
+    return new
+
+
+def resume(db: sqlite3.Connection, run_id: str, now: datetime) -> RunRecord | None:
+    row = row_of(db, run_id)
+    if row is None:
+        return None
+    rec = record_from_row(row)
+    if not rec.paused:
+        return None
+    new = apply_resume(rec, now)
+    if waits_for_events(new):
+        new = satisfy(db, new, now)
+    elif new.status is RunStatus.SUSPENDED and new.wait_child is not None:
+        child = row_of(db, new.wait_child)
+        if child is None or RunStatus(child[2]).is_terminal:
+            new = apply_event(new, now)
+    update(db, row, new)
+    return new
+
+
+def pause_workflow(db: sqlite3.Connection, workflow: str, paused: bool) -> bool:
+    if paused:
+        sql = "INSERT OR IGNORE INTO paused_workflows (name) VALUES (?)"
+    else:
+        sql = "DELETE FROM paused_workflows WHERE name = ?"
+    return bool(db.execute(sql, (workflow,)).rowcount)

@@ -1,4 +1,4 @@
-"""The SQLite store's schedules (table ``schedules``, migration 0006) and forked runs.
+"""The SQLite store's schedules (table ``schedules``, migration 0008) and forked runs.
 
 The writes are functions of the writer's connection, run in its transactions;
 :class:`SqliteSchedules` is the part of :class:`~stemd._store.sqlite.SqliteStore` that

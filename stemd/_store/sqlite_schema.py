@@ -65,6 +65,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "event_floor",
     "cursors",
     "version",
+    "paused",
 )
 if RunRecord.__struct_fields__ != RUN_COLUMNS:  # pragma: no cover - a development error
     raise ImportError("stemd._store.sqlite_schema.RUN_COLUMNS is out of date with RunRecord")
@@ -134,6 +135,7 @@ def record_to_row(r: RunRecord) -> tuple[Any, ...]:
         r.event_floor,
         _json.encode(r.cursors).decode() if r.cursors else None,
         r.version,
+        1 if r.paused else 0,
     )
 
 
@@ -173,6 +175,7 @@ def record_from_row(row: tuple[Any, ...] | sqlite3.Row) -> RunRecord:
         event_floor,
         cursors,
         version,
+        paused,
     ) = row
     return RunRecord(
         run_id=run_id,
@@ -208,6 +211,7 @@ def record_from_row(row: tuple[Any, ...] | sqlite3.Row) -> RunRecord:
         event_floor=event_floor,
         cursors={} if cursors is None else _cursors.decode(cursors),
         version=version,
+        paused=bool(paused),
     )
 
 

@@ -33,10 +33,15 @@ __all__ = [
     "apply_delivery",
     "apply_event",
     "apply_fire",
+    "apply_hold",
     "apply_outcome",
+    "apply_pause",
+    "apply_pause_stop",
+    "apply_resume",
     "apply_rewind",
     "apply_wake_parent",
     "choose_event",
+    "created_paused",
     "is_claimable",
     "is_runnable",
     "rewind_cut",
@@ -60,13 +65,15 @@ _CLEAR_LEASE: dict[str, object] = {"lease_owner": None, "lease_expires_at": None
 
 def _with(rec: RunRecord, now: datetime, **changes: object) -> RunRecord:
     new = msgspec.structs.replace(rec, updated_at=now, **changes)
+    if new.paused and new.status.is_terminal:
+        new.paused = False  # an ended run is not paused
     new.timer_at = compute_timer_at(new)
     return new
 
 
 def is_runnable(rec: RunRecord, now: datetime) -> bool:
     """Whether a worker could claim the run now."""
-    if rec.status not in _LIVE:
+    if rec.status not in _LIVE or rec.paused:
         return False
     if rec.lease_expires_at is not None and rec.lease_expires_at > now:
         return False
@@ -226,6 +233,45 @@ def apply_cancel(rec: RunRecord, reason: str, now: datetime) -> RunRecord:
         **_CLEAR_WAIT,
         **_CLEAR_LEASE,
     )
+
+
+def apply_pause(rec: RunRecord, now: datetime) -> RunRecord:
+    """Paused: the run keeps its status and its wait, is not claimed, and its timers are
+    held. A running run's owner is not fenced: it stops at its next checkpoint
+    (:func:`apply_pause_stop`) or commit (whose outcome stays paused)."""
+    return _with(rec, now, paused=True)
+
+
+def apply_pause_stop(rec: RunRecord, now: datetime) -> RunRecord:
+    """A paused run whose owner has just recorded a checkpoint: given back (pending,
+    still paused), its owner fenced out, to go on from that checkpoint when resumed."""
+    return _with(rec, now, status=RunStatus.PENDING, token=rec.token + 1, **_CLEAR_LEASE)
+
+
+def apply_resume(rec: RunRecord, now: datetime) -> RunRecord:
+    """No longer paused: its timers count again; a run that was ready to go (pending, or
+    running under a lease that has expired) is runnable again, with a new token (its new
+    enqueue is a new transition). A run still running under a live lease goes on."""
+    live_lease = rec.lease_expires_at is not None and rec.lease_expires_at > now
+    if rec.status is RunStatus.PENDING or (rec.status is RunStatus.RUNNING and not live_lease):
+        return _with(
+            rec, now, paused=False, status=RunStatus.PENDING, token=rec.token + 1, **_CLEAR_LEASE
+        )
+    return _with(rec, now, paused=False)
+
+
+def created_paused(rec: RunRecord) -> RunRecord:
+    """A new run of a paused workflow: created paused (its timers held)."""
+    new = msgspec.structs.replace(rec, paused=True)
+    new.timer_at = compute_timer_at(new)
+    return new
+
+
+def apply_hold(rec: RunRecord, now: datetime, topic: str, seq: int) -> RunRecord:
+    """A paused run waiting on ``topic`` was delivered the event at position ``seq``: its
+    cursor moves past it (the store keeps the event in the run's mailbox), and it stays
+    suspended."""
+    return _with(rec, now, cursors={**rec.cursors, topic: seq})
 
 
 def apply_rewind(rec: RunRecord, now: datetime) -> RunRecord:

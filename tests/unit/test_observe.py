@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 import stemd
 from stemd._observe import install_metrics
 from stemd.testing import ManualClock
 from tests.helpers import open_app
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -72,3 +77,22 @@ async def test_metrics_count_runs_steps_slices_and_read_actor_statistics() -> No
     assert "stemd_timer_fired 2" in text
     assert 'stemd_actor_restarts{actor="timer"} 0' in text
     assert "stemd_up 1" in text
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_paused_runs_and_workflows_are_counted(kind: str, tmp_path: Path) -> None:
+    """stemd_runs_paused counts paused runs by workflow (0 again once resumed) and
+    stemd_workflows_paused the workflows whose new runs start paused."""
+    store = "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 'm.db'}"
+    async with open_app(fails, store=store, workers=False) as app:
+        registry = install_metrics(app, paused_interval=0)
+        for _ in range(3):
+            await app.start_workflow(fails)
+        await app.pause_runs(workflow="observe.fails", new_runs=True)
+        text = await registry.render()
+        assert 'stemd_runs_paused{workflow="observe.fails"} 3' in text
+        assert "stemd_workflows_paused 1" in text
+        await app.resume_runs(workflow="observe.fails", new_runs=True)
+        text = await registry.render()
+        assert 'stemd_runs_paused{workflow="observe.fails"} 0' in text
+        assert "stemd_workflows_paused 0" in text

@@ -1,0 +1,105 @@
+"""Flow control in one process: a workflow's concurrency limit and a per-key limit hold
+runs back (visibly, with the error code waiting_for_slot) and every run still completes;
+limits from the config replace declared ones."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+import stemd
+from stemd._engine.limits import WAITING_FOR_SLOT_CODE, effective_limits
+from stemd._options import LimitSettings
+from tests.helpers import open_app, wait_until
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.anyio
+
+RUNNING: dict[str, int] = {"now": 0, "max": 0}
+BY_KEY: dict[str, int] = {}
+KEY_MAX: dict[str, int] = {}
+GATE: dict[str, anyio.Event] = {}
+
+
+async def _busy(key: str) -> str:
+    RUNNING["now"] += 1
+    RUNNING["max"] = max(RUNNING["max"], RUNNING["now"])
+    BY_KEY[key] = BY_KEY.get(key, 0) + 1
+    KEY_MAX[key] = max(KEY_MAX.get(key, 0), BY_KEY[key])
+    try:
+        await GATE["open"].wait()
+        await anyio.sleep(0.01)
+    finally:
+        RUNNING["now"] -= 1
+        BY_KEY[key] -= 1
+    return key
+
+
+@stemd.script(
+    "limits.busy",
+    limits=stemd.Limits(concurrency=2, key=lambda p: p["customer"], key_concurrency=1),
+)
+async def busy(ctx: stemd.ScriptContext, params: dict[str, Any]) -> str:
+    """One step that runs until the test opens the gate."""
+    return await ctx.step("work", _busy, params["customer"])
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store the App uses."""
+    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/l.db"
+
+
+async def test_limits_hold_runs_back_visibly_and_all_complete(store_url: str) -> None:
+    """With concurrency 2 and one run per customer at once, 6 runs of 3 customers never
+    run more than 2 at once nor 2 of one customer; the held ones show waiting_for_slot;
+    all complete."""
+    RUNNING.update(now=0, max=0)
+    BY_KEY.clear()
+    KEY_MAX.clear()
+    GATE["open"] = anyio.Event()
+    options = stemd.AppOptions(timing=stemd.Timing(sweep_interval=0.05))
+    async with open_app(busy, store=store_url, options=options) as app:
+        ids = [await app.start_workflow(busy, {"customer": f"c{i % 3}"}) for i in range(6)]
+
+        async def some_held() -> bool:
+            states = [await app.get_run(r) for r in ids]
+            return any(
+                s is not None and s.error is not None and s.error.code == WAITING_FOR_SLOT_CODE
+                for s in states
+            )
+
+        await wait_until(some_held, what="a run held back")
+        assert RUNNING["now"] <= 2
+        GATE["open"].set()
+        for run_id in ids:
+            assert (await app.wait_for_completion(run_id, timeout=20)).is_completed
+    assert RUNNING["max"] == 2
+    assert max(KEY_MAX.values()) == 1
+
+
+def test_the_config_replaces_the_declared_numbers() -> None:
+    """[limits."name"] numbers replace the declared ones; the key stays the workflow's."""
+    limits = effective_limits({"limits.busy": busy}, {"limits.busy": LimitSettings(concurrency=5)})[
+        "limits.busy"
+    ]
+    assert limits.concurrency == 5
+    assert limits.key_concurrency == 1
+    assert limits.key is not None
+
+
+def test_a_key_limit_without_a_key_is_refused() -> None:
+    """A key limit needs a key function: in code or from the config, a clear error."""
+    with pytest.raises(ValueError, match="key"):
+        stemd.Limits(key_concurrency=1)
+    with pytest.raises(ValueError, match="positive"):
+        stemd.Limits(concurrency=0)
+    plain = stemd.Flow("limits.plain")
+    with pytest.raises(stemd.StemError, match="key"):
+        effective_limits(
+            {"limits.plain": plain}, {"limits.plain": LimitSettings(key_concurrency=1)}
+        )
