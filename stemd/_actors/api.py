@@ -58,7 +58,8 @@ class ApiResponder:
 
     Args:
         ops: the operations the verbs call (an App).
-        conn: the NATS connection to serve on.
+        conn: the NATS connection to serve on (``None``: only :meth:`handle` is used, as
+            the HTTP API does).
         prefix: the subject prefix.
         queue_group: the queue group shared by all daemons.
         concurrency: requests handled at once.
@@ -70,7 +71,7 @@ class ApiResponder:
     def __init__(
         self,
         ops: Operations,
-        conn: NatsConnection,
+        conn: NatsConnection | None,
         *,
         prefix: str = wire.DEFAULT_PREFIX,
         queue_group: str = "stemd-api",
@@ -90,6 +91,7 @@ class ApiResponder:
         return ApiStats(requests=self._requests, errors=self._errors)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        assert self.conn is not None, "an ApiResponder without a connection serves no NATS"
         sub = await self.conn.subscribe(
             f"{self.prefix}.api.>", queue=self.queue_group, buffer=self.concurrency * 64
         )
@@ -103,6 +105,7 @@ class ApiResponder:
                 await sub.unsubscribe()
 
     async def _serve(self, messages: anyio.abc.ObjectReceiveStream[NatsMsg]) -> None:
+        assert self.conn is not None
         async for msg in messages:
             if not msg.reply:
                 continue  # a request nobody waits for: nothing to answer, nothing to do
