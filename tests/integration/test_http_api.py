@@ -75,10 +75,15 @@ async def test_every_verb_answers_over_http_as_over_nats() -> None:
     """start, get, list (paged), waiting, send, emit, cancel, rewind and types answer with
     the wire's replies, through POST /api/<verb> and the resource routes."""
     async with open_app(approvals) as app, served(app) as api:
-        started = await api.post("/api/start", {"workflow": "http.approvals", "params": {"doc": "d1"}, "run_id": "r1"})  # fmt: skip
+        started = await api.post(
+            "/api/start", {"workflow": "http.approvals", "params": {"doc": "d1"}, "run_id": "r1"}
+        )
         assert (started.status_code, started.json()) == (200, {"run_id": "r1", "created": True})
         for n in (2, 3):
-            reply = await api.post(f"/api/start", {"workflow": "http.approvals", "params": {"doc": f"d{n}"}, "run_id": f"r{n}"})  # fmt: skip
+            reply = await api.post(
+                "/api/start",
+                {"workflow": "http.approvals", "params": {"doc": f"d{n}"}, "run_id": f"r{n}"},
+            )
             assert reply.status_code == 200
         for run_id in ("r1", "r2", "r3"):
             await wait_status(app, run_id, stemd.RunStatus.SUSPENDED)
@@ -90,11 +95,14 @@ async def test_every_verb_answers_over_http_as_over_nats() -> None:
         first = (await api.get("/api/runs?limit=2")).json()
         assert [r["run_id"] for r in first["runs"]] == ["r3", "r2"]
         rest = (await api.get(f"/api/runs?limit=2&after={first['next']}")).json()
-        assert [r["run_id"] for r in rest["runs"]] == ["r1"] and "next" not in rest
+        assert [r["run_id"] for r in rest["runs"]] == ["r1"]
+        assert "next" not in rest
         waiting = (await api.get("/api/topics/http.decision/waiting")).json()
         assert [r["run_id"] for r in waiting["runs"]] == ["r1", "r2", "r3"]
 
-        sent = await api.post("/api/runs/r1/send", {"topic": "http.decision", "payload": {"by": "ana"}})  # fmt: skip
+        sent = await api.post(
+            "/api/runs/r1/send", {"topic": "http.decision", "payload": {"by": "ana"}}
+        )
         assert sent.json() == {"accepted": True}
         await wait_status(app, "r1", stemd.RunStatus.COMPLETED)
         assert (await app.get_run("r1")).result == "d1:ana"  # type: ignore[union-attr]
@@ -122,12 +130,12 @@ async def test_bad_requests_get_the_wire_error_codes_and_change_nothing() -> Non
                 await api.post("/api/start", {"workflow": "http.approvals", "x": 1}),
                 400,
                 "bad_request",
-            ),  # fmt: skip
+            ),
             (
                 await api.post("/api/start", {"workflow": "http.approvals", "run_id": "a b"}),
                 400,
                 "bad_request",
-            ),  # fmt: skip
+            ),
             (await api.get("/api/runs/missing"), 404, "not_found"),
             (await api.get("/api/runs?limit=0"), 400, "bad_request"),
             (await api.get("/api/runs?status=sleeping"), 400, "bad_request"),
@@ -143,7 +151,8 @@ async def test_bad_requests_get_the_wire_error_codes_and_change_nothing() -> Non
             assert reply.status_code == status, reply.text
             if code:
                 error = reply.json()["error"]
-                assert error["code"] == code and error["message"]
+                assert error["code"] == code
+                assert error["message"]
         assert await app.list_runs() == []
 
 
@@ -160,7 +169,12 @@ async def test_tokens_are_required_when_configured() -> None:
         page = await api.get("/runs")
         assert (page.status_code, page.headers["location"]) == (303, "/login?next=/runs")
         form = f"token={TOKEN}".encode()
-        login = await http(api.base + "/login?next=/runs", "POST", form, {"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+        login = await http(
+            api.base + "/login?next=/runs",
+            "POST",
+            form,
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert login.status_code == 303
         cookie = login.headers["set-cookie"].split(";")[0]
         assert TOKEN not in cookie
@@ -179,7 +193,12 @@ async def test_cross_site_requests_are_refused() -> None:
     loopback (DNS rebinding) is refused with 403 and changes nothing."""
     async with open_app(approvals) as app, served(app) as api:
         body = {"workflow": "http.approvals", "params": {"doc": "d"}}
-        form = await http(api.base + "/api/start", "POST", json.dumps(body).encode(), {"Content-Type": "text/plain"})  # fmt: skip
+        form = await http(
+            api.base + "/api/start",
+            "POST",
+            json.dumps(body).encode(),
+            {"Content-Type": "text/plain"},
+        )
         evil = await api.post("/api/start", body, Origin="https://evil.example")
         rebound = await api.post("/api/start", body, Host="evil.example:8080")
         for reply in (form, evil, rebound):
