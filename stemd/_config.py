@@ -206,7 +206,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 _LISTS = {"modules", "actors", "http_tokens"}
 _ENV_PREFIX = "STEMD_"
 # Variables that are not configuration keys (read elsewhere) and so not "unknown".
-_ENV_OTHER = {"STEMD_CONFIG"}
+_ENV_OTHER = {"STEMD_CONFIG", "STEMD_HTTP_TOKEN"}  # STEMD_HTTP_TOKEN: the CLI's --http-token
 
 
 def _env_name(key: str) -> str:

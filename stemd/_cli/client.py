@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import anyio
 import msgspec
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from stemd._loading import Workflow
     from stemd._store.base import Store
 
-__all__ = ["Client", "NatsClient", "StoreClient", "open_client"]
+__all__ = ["Client", "NatsClient", "StoreClient", "open_client", "raise_error"]
 
 
 class Client(Protocol):
@@ -205,6 +205,13 @@ _ERRORS: dict[str, type[StemError]] = {
 }
 
 
+def raise_error(err: wire.ErrorBody) -> NoReturn:
+    """Raise the error a daemon answered with, as the exception of its code."""
+    if err.code == "internal":
+        raise StemError(f"the daemon failed: {err.message}")
+    raise _ERRORS.get(err.code, StemError)(err.message or err.code)
+
+
 class NatsClient:
     """A :class:`Client` speaking to a daemon over NATS request/reply.
 
@@ -250,10 +257,7 @@ class NatsClient:
         except msgspec.DecodeError as exc:
             raise TransportError(f"unexpected reply on {subject}: {exc}") from None
         if isinstance(reply, wire.ErrorReply):
-            err = reply.error
-            if err.code == "internal":
-                raise StemError(f"the daemon failed: {err.message}")
-            raise _ERRORS.get(err.code, StemError)(err.message or err.code)
+            raise_error(reply.error)
         return reply
 
     async def start(
@@ -380,9 +384,12 @@ async def open_client(
     create_store: bool = True,
     missing_hint: str = "",
     event_retention: float | None = None,
+    http_url: str | None = None,
+    http_token: str | None = None,
 ) -> AsyncIterator[Client]:
     """A :class:`Client` over ``nats_url`` if given, else straight to ``store``; ``auth``
-    gives the credentials and TLS of a NATS connection; ``event_retention`` how long an
+    gives the credentials and TLS of a NATS connection; ``http_url`` (with ``http_token``)
+    goes through a daemon's HTTP API instead; ``event_retention`` how long an
     event emitted straight to the store is kept (``None``: the App's default). With
     ``create_store=False`` a
     SQLite store must exist already: a missing file is an error (ending with
@@ -393,6 +400,11 @@ async def open_client(
         StoreError: ``create_store=False`` and there is no SQLite file at the store's path.
         TransportError: NATS refused the credentials or the TLS handshake failed.
     """
+    if http_url is not None:
+        from stemd._cli.http_client import HttpClient
+
+        yield HttpClient(http_url, http_token, timeout=timeout)
+        return
     if nats_url is not None:
         # TCP first, for the plain "cannot reach" message; the handshake is the real open.
         await check_nats("--nats", nats_url, timeout=timeout, handshake=False)

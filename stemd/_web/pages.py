@@ -23,9 +23,10 @@ from starlette.templating import Jinja2Templates
 from stemd import _wire as wire
 from stemd._errors import StemError
 from stemd._model import RunStatus
+from stemd._timefilter import in_window, parse_time
 from stemd._web.live import list_stream, run_stream
 from stemd._web.security import COOKIE
-from stemd._web.views import counts, in_window, parse_time, raw_json, waterfall
+from stemd._web.views import counts, raw_json, waterfall
 
 if TYPE_CHECKING:
     from starlette.requests import Request
