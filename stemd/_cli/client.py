@@ -384,12 +384,9 @@ async def open_client(
     create_store: bool = True,
     missing_hint: str = "",
     event_retention: float | None = None,
-    http_url: str | None = None,
-    http_token: str | None = None,
 ) -> AsyncIterator[Client]:
     """A :class:`Client` over ``nats_url`` if given, else straight to ``store``; ``auth``
-    gives the credentials and TLS of a NATS connection; ``http_url`` (with ``http_token``)
-    goes through a daemon's HTTP API instead; ``event_retention`` how long an
+    gives the credentials and TLS of a NATS connection; ``event_retention`` how long an
     event emitted straight to the store is kept (``None``: the App's default). With
     ``create_store=False`` a
     SQLite store must exist already: a missing file is an error (ending with
@@ -400,11 +397,6 @@ async def open_client(
         StoreError: ``create_store=False`` and there is no SQLite file at the store's path.
         TransportError: NATS refused the credentials or the TLS handshake failed.
     """
-    if http_url is not None:
-        from stemd._cli.http_client import HttpClient
-
-        yield HttpClient(http_url, http_token, timeout=timeout)
-        return
     if nats_url is not None:
         # TCP first, for the plain "cannot reach" message; the handshake is the real open.
         await check_nats("--nats", nats_url, timeout=timeout, handshake=False)

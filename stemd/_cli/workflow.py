@@ -20,6 +20,7 @@ import anyio
 import msgspec
 
 from stemd._cli.client import Client, open_client
+from stemd._cli.http_client import HttpClient
 from stemd._cli.live import exit_status, list_window, print_wait, wait_with_progress, watch
 from stemd._cli.output import print_json, run_detail, runs_table, types_table
 from stemd._config import Config, load_config
@@ -294,6 +295,11 @@ def _runner(
         missing = "; or pass --force to create it and start the run" if creates else ""
 
         async def main() -> int:
+            if args.http is not None:
+                token = args.http_token or os.environ.get("STEMD_HTTP_TOKEN")
+                return await command(
+                    HttpClient(args.http, token, timeout=args.request_timeout), args
+                )
             async with open_client(
                 store=args.store or store,
                 nats_url=args.nats,
@@ -305,8 +311,6 @@ def _runner(
                 create_store=create,
                 missing_hint=missing,
                 event_retention=config.event_retention,
-                http_url=args.http,
-                http_token=args.http_token or os.environ.get("STEMD_HTTP_TOKEN"),
             ) as client:
                 return await command(client, args)
 
