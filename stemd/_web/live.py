@@ -19,7 +19,7 @@ from stemd._engine.observer import Observer
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from stemd._engine.observer import RunChanged, RunStarted, StepFinished
+    from stemd._engine.observer import RunChanged, RunStarted
     from stemd._operations import Operations
 
 __all__ = ["ChangeHub", "list_stream", "run_stream"]
@@ -31,56 +31,73 @@ _PING = 15.0
 
 
 class ChangeHub(Observer):
-    """Wakes the live streams when runs change."""
+    """Wakes the live streams when runs change. With no stream waiting, each hook is one
+    test of two attributes: a daemon nobody watches pays nothing more."""
 
     def __init__(self) -> None:
         self.changes = 0
-        self._any = anyio.Event()
+        self._any: anyio.Event | None = None  # set at the next change; None: nobody waits
         self._runs: dict[str, anyio.Event] = {}
+        self._waiting: dict[str, int] = {}  # streams waiting on each run
         self.closing = anyio.Event()
+
+    def run_started(self, event: RunStarted) -> None:
+        if self._any is not None or self._runs:
+            self._touch(event.run_id)
+
+    def run_changed(self, event: RunChanged) -> None:
+        # Every commit of a run (a step's checkpoint, a wait, a wake-up, its end) is one.
+        if self._any is not None or self._runs:
+            self._touch(event.run_id)
 
     def _touch(self, run_id: str) -> None:
         self.changes += 1
-        if not self._any.is_set():
-            self._any.set()
+        waiting, self._any = self._any, None
+        if waiting is not None:
+            waiting.set()
         event = self._runs.pop(run_id, None)
         if event is not None:
             event.set()
 
-    def run_started(self, event: RunStarted) -> None:
-        self._touch(event.run_id)
-
-    def run_changed(self, event: RunChanged) -> None:
-        self._touch(event.run_id)
-
-    def step_finished(self, event: StepFinished) -> None:
-        self._touch(event.run_id)
-
     def close(self) -> None:
         """End every stream (the server is stopping)."""
         self.closing.set()
-        self._any.set()
+        if self._any is not None:
+            self._any.set()
         for event in self._runs.values():
             event.set()
 
     async def any_change(self, timeout: float) -> bool:
         """Wait for a change to any run; whether one came within ``timeout``."""
-        if self._any.is_set():
+        if self.closing.is_set():
+            return True
+        if self._any is None:
             self._any = anyio.Event()
+        event = self._any
         with anyio.move_on_after(timeout):
-            await self._any.wait()
+            await event.wait()
             return True
         return False
 
     async def run_change(self, run_id: str, timeout: float) -> bool:
         """Wait for a change to ``run_id``; whether one came within ``timeout``."""
+        if self.closing.is_set():
+            return True
         event = self._runs.get(run_id)
         if event is None:
             event = self._runs[run_id] = anyio.Event()
-        with anyio.move_on_after(timeout):
-            await event.wait()
-            return True
-        return False
+        self._waiting[run_id] = self._waiting.get(run_id, 0) + 1
+        try:
+            with anyio.move_on_after(timeout):
+                await event.wait()
+                return True
+            return False
+        finally:
+            left = self._waiting.pop(run_id) - 1
+            if left:
+                self._waiting[run_id] = left
+            elif self._runs.get(run_id) is event:
+                del self._runs[run_id]  # nobody waits on it now: no hook work for it
 
 
 def _sse(event: str, data: str = "{}") -> bytes:
@@ -90,16 +107,13 @@ def _sse(event: str, data: str = "{}") -> bytes:
 async def list_stream(hub: ChangeHub) -> AsyncIterator[bytes]:
     """The run list's stream: ``changed`` when runs changed (at most once a second)."""
     yield b"retry: 3000\n\n"
-    idle = 0.0
     while not hub.closing.is_set():
         if await hub.any_change(_PING):
             if hub.closing.is_set():
                 return
             yield _sse("changed", str(hub.changes))
-            idle = 0.0
             await anyio.sleep(_LIST_INTERVAL)
         else:
-            idle += _PING
             yield b": ping\n\n"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -220,3 +221,11 @@ def test_the_openapi_document_covers_every_verb() -> None:
     assert "ErrorReply" in doc["components"]["schemas"]
     assert "/api/runs/{run_id}/cancel" in doc["paths"]
     assert "/api/runs/{run_id}/start" not in doc["paths"]
+
+
+def test_the_documented_openapi_document_is_current() -> None:
+    """docs/reference/openapi.json is what the code generates (regenerate it with
+    ``python -c "import json; from stemd._web.openapi import openapi_document as d;
+    print(json.dumps(d(), indent=2))" > docs/reference/openapi.json``)."""
+    path = Path(__file__).resolve().parents[2] / "docs" / "reference" / "openapi.json"
+    assert json.loads(path.read_text()) == openapi_document()
