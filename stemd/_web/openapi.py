@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 document of the HTTP API, generated from the wire protocol's msgspec
 types (``msgspec.json.schema_components``): a verb added to :mod:`stemd._wire` appears in
-it with no more work. Served at ``/api/openapi.json``; ``stemd http openapi`` prints it.
+it with no more work. Served at ``/api/openapi.json``; docs/reference/openapi.json is a
+copy the tests keep current.
 """
 
 from __future__ import annotations
