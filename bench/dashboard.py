@@ -39,6 +39,7 @@ from bench.embedded import prefill
 from bench.workflows import three_steps
 from stemd._actors.http import HttpEndpoint
 from stemd._web import Web
+from stemd._web.listing import RunLister
 
 flow = three_steps
 
@@ -63,7 +64,7 @@ def _port() -> int:
 
 def _served(port: int) -> Any:
     def factory(app: stemd.App) -> HttpEndpoint:
-        web = Web(app, observers=app.engine.observers)
+        web = Web(app, observers=app.engine.observers, lister=RunLister(app.store, app.codec))
         return HttpEndpoint(web.asgi, f"127.0.0.1:{port}", on_stop=web.close)
 
     return factory

@@ -146,6 +146,7 @@ class Daemon:
         from stemd._observe import install_metrics
         from stemd._urls import is_loopback
         from stemd._web import Web
+        from stemd._web.listing import RunLister
 
         assert self.config.http is not None
         address, _ = self.config.http
@@ -173,6 +174,7 @@ class Daemon:
             tokens=self.config.http_tokens,
             loopback=is_loopback(address.rpartition(":")[0].strip("[]") or "127.0.0.1"),
             api=self.config.http_api,
+            lister=RunLister(app.store, app.codec),
         )
         return HttpEndpoint(web.asgi, address, listener=self._listener, on_stop=web.close)
 

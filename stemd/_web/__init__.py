@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from stemd._engine.observer import Observers
     from stemd._operations import Operations
+    from stemd._web.listing import RunLister
 
 __all__ = ["Web"]
 
@@ -61,6 +62,8 @@ class Web:
         tokens: the bearer tokens (none: no authentication).
         loopback: whether the server is bound to a loopback address only.
         api: serve the API and the dashboard (``False``: metrics and health only).
+        lister: reads the dashboard's lists without checkpoints (``None``: through
+            ``ops.page_runs``, which reads them too).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Web:
         tokens: Iterable[str] = (),
         loopback: bool = True,
         api: bool = True,
+        lister: RunLister | None = None,
     ) -> None:
         self.ops = ops
         self.registry = registry
@@ -93,7 +97,7 @@ class Web:
         if api:
             routes.append(Route("/api/openapi.json", self._openapi))
             routes += api_routes(ApiResponder(ops, None))
-            routes += Dashboard(ops, self.hub, self.ended, self.guard).routes()
+            routes += Dashboard(ops, self.hub, self.ended, self.guard, lister).routes()
         self.asgi: ASGIApp = _Guarded(Starlette(routes=routes), self.guard)
 
     def close(self) -> None:

@@ -31,8 +31,9 @@ from stemd._web.views import counts, raw_json, waterfall
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from stemd._model import RunState
+    from stemd._model import RunPage, RunState
     from stemd._operations import Operations
+    from stemd._web.listing import RunLister
     from stemd._web.live import ChangeHub
     from stemd._web.security import Guard
     from stemd._web.views import EndedPerMinute
@@ -50,9 +51,15 @@ class Dashboard:
     """The pages of one server."""
 
     def __init__(
-        self, ops: Operations, hub: ChangeHub, ended: EndedPerMinute, guard: Guard
+        self,
+        ops: Operations,
+        hub: ChangeHub,
+        ended: EndedPerMinute,
+        guard: Guard,
+        lister: RunLister | None = None,
     ) -> None:
         self.ops = ops
+        self.lister = lister
         self.hub = hub
         self.ended = ended
         self.guard = guard
@@ -80,8 +87,15 @@ class Dashboard:
         ctx.setdefault("path", request.url.path)
         return self.templates.TemplateResponse(request, name, ctx, status_code=status)
 
+    async def _list(
+        self, workflow: str | None, status: str | None, limit: int, after: str | None
+    ) -> RunPage:
+        if self.lister is not None:
+            return await self.lister.page(workflow, status, limit, after)
+        return await self.ops.page_runs(workflow, status, limit, after=after)
+
     async def overview(self, request: Request) -> Response:
-        page = await self.ops.page_runs(limit=500)
+        page = await self._list(None, None, 500, None)
         by_status, by_workflow = counts(page.runs)
         series = self.ended.series()
         peak = max([1, *(ok + bad for _, ok, bad in series)])
@@ -136,7 +150,7 @@ class Dashboard:
             if f["topic"]:
                 page = await self.ops.page_waiting(f["topic"], _PAGE, after=after)
             else:
-                page = await self.ops.page_runs(f["workflow"], f["status"], _PAGE, after=after)
+                page = await self._list(f["workflow"], f["status"], _PAGE, after)
             found += [r for r in page.runs if in_window(r, since, until)]
             after = page.next
             oldest = page.runs[-1].created_at if page.runs else None
@@ -168,7 +182,7 @@ class Dashboard:
         )
 
     async def topics(self, request: Request) -> Response:
-        page = await self.ops.page_runs(status="suspended", limit=1000)
+        page = await self._list(None, "suspended", 1000, None)
         topics: dict[str, int] = {}
         for r in page.runs:
             for topic in r.wait_topics or ([r.wait_topic] if r.wait_topic else []):

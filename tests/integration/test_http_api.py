@@ -15,6 +15,7 @@ import stemd
 from stemd import _wire as wire
 from stemd._actors.http import HttpEndpoint
 from stemd._web import Web
+from stemd._web.listing import RunLister
 from stemd._web.openapi import openapi_document
 from tests.helpers import HttpReply, http, open_app, wait_status
 
@@ -64,7 +65,9 @@ class Client:
 @asynccontextmanager
 async def served(app: stemd.App, **options: Any) -> AsyncIterator[Client]:
     """``app``'s Web on a free port, as the daemon serves it."""
-    web = Web(app, observers=app.engine.observers, **options)
+    web = Web(
+        app, observers=app.engine.observers, lister=RunLister(app.store, app.codec), **options
+    )
     endpoint = HttpEndpoint(web.asgi, "127.0.0.1:0", on_stop=web.close)
     async with anyio.create_task_group() as tg:
         await tg.start(endpoint.run)
@@ -229,3 +232,30 @@ def test_the_documented_openapi_document_is_current() -> None:
     print(json.dumps(d(), indent=2))" > docs/reference/openapi.json``)."""
     path = Path(__file__).resolve().parents[2] / "docs" / "reference" / "openapi.json"
     assert json.loads(path.read_text()) == openapi_document()
+
+
+async def test_dashboard_pages_filter_search_and_refuse_bad_input() -> None:
+    """The pages render; the runs list filters by workflow, status, topic and time, pages
+    with a cursor, sends a search by run id to the run; bad filters are a 400 page."""
+    async with open_app(approvals) as app, served(app) as api:
+        for n in range(3):
+            body = {"workflow": "http.approvals", "params": {"doc": n}, "run_id": f"p{n}"}
+            assert (await api.post("/api/start", body)).status_code == 200
+        for n in range(3):
+            await wait_status(app, f"p{n}", stemd.RunStatus.SUSPENDED)
+        for path in ("/", "/runs", "/topics", "/workflows", "/runs/p1"):
+            page = await api.get(path)
+            assert page.status_code == 200, path
+        listed = (await api.get("/runs?status=suspended&workflow=http.approvals&since=1h")).text
+        assert all(f'href="/runs/p{n}"' in listed for n in range(3))
+        assert 'href="/runs/p0"' in (await api.get("/runs?topic=http.decision")).text
+        assert 'href="/runs/p0"' not in (await api.get("/runs?status=completed")).text
+        assert 'href="/runs/p0"' not in (await api.get("/runs?until=2000-01-01")).text
+        found = await api.get("/runs?q=p2")
+        assert (found.status_code, found.headers["location"]) == (303, "/runs/p2")
+        assert (await api.get("/runs?q=nope")).status_code == 404
+        assert (await api.get("/runs?since=yesterday-ish")).status_code == 400
+        assert (await api.get("/runs?status=sleeping")).status_code == 400
+        assert (await api.get("/runs?after=x")).status_code == 400
+        assert (await api.get("/runs/nope")).status_code == 404
+        assert "http.decision" in (await api.get("/topics")).text
