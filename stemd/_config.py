@@ -39,7 +39,7 @@ from stemd._options import (
     Timing,
 )
 from stemd._schedules import Schedule
-from stemd._urls import is_nats, nats_servers, sqlite_path, store_kind
+from stemd._urls import is_loopback, is_nats, nats_servers, sqlite_path, store_kind
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from stemd._codec import Codec
 
 __all__ = [
+    "DEFAULT_HTTP_ADDRESS",
     "DEFAULT_STORE",
     "Config",
     "config_to_builtins",
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 DEFAULT_STORE = "sqlite:///./stemd.db"
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:8080"
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -94,8 +96,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         log_format: ``auto`` (console on a TTY, JSON otherwise), ``json`` or ``console``.
         log_drivers: the level of the libraries' own loggers (aiosqlite, nats, asyncio);
             unset: ``warning``, or ``log_level`` when that is higher. SIGHUP re-reads it.
-        metrics_address: ``HOST:PORT`` to serve Prometheus ``/metrics`` and ``/healthz`` on,
-            or unset (no HTTP endpoint).
+        http_address: ``HOST:PORT`` of the HTTP server (``/metrics``, ``/healthz``,
+            ``/readyz``, the JSON API under ``/api/`` and the dashboard at ``/``); unset:
+            ``127.0.0.1:8080``; ``""`` or ``"off"``: no HTTP server. An address that is
+            not loopback needs ``http_tokens``.
+        http_tokens: bearer tokens the API and the dashboard accept (none: no
+            authentication, allowed on a loopback address only).
+        metrics_address: the old name of ``http_address``, still read: an old config
+            serves everything there. Not loopback and without ``http_tokens``, that
+            address serves only ``/metrics``, ``/healthz`` and ``/readyz``, as before.
         event_loop: ``auto`` (uvloop when installed, else asyncio), ``asyncio`` or
             ``uvloop``.
         tracing: make OpenTelemetry spans (needs ``stemd[otel]``) with the global tracer
@@ -129,6 +138,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     log_level: LogLevel = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_drivers: LogLevel | None = None
+    http_address: str | None = None
+    http_tokens: tuple[Annotated[str, msgspec.Meta(min_length=16)], ...] = ()
     metrics_address: str | None = None
     tracing: bool = False
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
@@ -167,6 +178,28 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         return None
 
     @property
+    def http(self) -> tuple[str, str] | None:
+        """Where the HTTP server listens and the key that says so (``http_address``, or
+        ``metrics_address`` in an old config); ``None``: no HTTP server."""
+        if self.http_address is not None:
+            if self.http_address in ("", "off"):
+                return None
+            return self.http_address, "http_address"
+        if self.metrics_address is not None:
+            return self.metrics_address, "metrics_address"
+        return DEFAULT_HTTP_ADDRESS, "http_address"
+
+    @property
+    def http_api(self) -> bool:
+        """Whether the HTTP server serves the API and the dashboard: not when an old
+        ``metrics_address`` that is not loopback has no ``http_tokens`` (only metrics and
+        health there, as before)."""
+        http = self.http
+        if http is None:
+            return False
+        return bool(self.http_tokens) or is_loopback(_host_port(http[1], http[0])[0])
+
+    @property
     def timing(self) -> Timing:
         """``lease``, ``sweep_interval`` and ``shutdown_grace``, as the App's :class:`Timing`.
         With the in-process broker and no ``sweep_interval``, sweeps are every second: runs
@@ -186,10 +219,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 # -- environment ----------------------------------------------------------------------------
 
-_LISTS = {"modules", "actors"}
+_LISTS = {"modules", "actors", "http_tokens"}
 _ENV_PREFIX = "STEMD_"
 # Variables that are not configuration keys (read elsewhere) and so not "unknown".
-_ENV_OTHER = {"STEMD_CONFIG"}
+_ENV_OTHER = {"STEMD_CONFIG", "STEMD_HTTP_TOKEN"}  # STEMD_HTTP_TOKEN: the CLI's --http-token
 
 
 def _env_name(key: str) -> str:
@@ -339,8 +372,28 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"queue: {config.queue!r} must be 1-64 letters, digits, '-' or '_'")
     if not is_prefix(config.prefix):
         raise ConfigError(f"prefix: {config.prefix!r} is not a valid subject prefix")
+    _check_http(config)
+
+
+def _check_http(config: Config) -> None:
+    """``http_address`` (or ``metrics_address``) is ``HOST:PORT``, the two are not both
+    set, and an address that is not loopback has tokens."""
     if config.metrics_address is not None:
         _host_port("metrics_address", config.metrics_address)
+        if config.http_address is not None:
+            raise ConfigError(
+                "metrics_address: the old name of http_address; set only http_address"
+            )
+    http = config.http
+    if http is None:
+        return
+    address, key = http
+    host, _ = _host_port(key, address)
+    if key == "http_address" and not config.http_tokens and not is_loopback(host):
+        raise ConfigError(
+            f"http_address {address}: not a loopback address, so http_tokens must be set "
+            "(anyone who reaches it could start and cancel runs)"
+        )
 
 
 def _check_urls(config: Config) -> None:
@@ -385,8 +438,7 @@ def config_to_toml(config: Config) -> str:
             lines.append(f"# {f.name} = (unset)")
         else:
             lines.append(f"{f.name} = {_toml_value(value)}")
-    if config.effective_nats is not None and config.nats is None:
-        lines.append(f"# nats defaults to {redact_url(config.effective_nats)}")
+    lines += _default_notes(config)
     lines += ["", "[restart]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in data["restart"].items()]
     lines += ["", "[nats_auth]"]
@@ -422,6 +474,16 @@ def _schedules_toml(schedules: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _default_notes(config: Config) -> list[str]:
+    """Comments on the keys whose effective value comes from another key or a default."""
+    notes = []
+    if config.http_address is None and config.http is not None:
+        notes.append(f"# http_address defaults to {config.http[0]}")
+    if config.effective_nats is not None and config.nats is None:
+        notes.append(f"# nats defaults to {redact_url(config.effective_nats)}")
+    return notes
+
+
 def config_to_builtins(config: Config) -> dict[str, Any]:
     """The configuration as plain data for printing: URLs with their credentials masked,
     NATS secrets and encryption keys replaced by ``"(not shown)"``."""
@@ -430,6 +492,7 @@ def config_to_builtins(config: Config) -> dict[str, Any]:
         if isinstance(data.get(key), str):
             data[key] = redact_url(data[key])
     data["nats_auth"] = config.nats_auth.to_builtins()
+    data["http_tokens"] = ["(not shown)" for _ in config.http_tokens]
     encryption = data["codec"].get("encryption")
     if encryption is not None:
         encryption["keys"] = {k: "(not shown)" for k in encryption["keys"]}

@@ -4,11 +4,11 @@ Lifecycle:
 
 1. Read the config (file and ``STEMD_*``), import the workflows (config ``modules`` and
    ``stemd.workflows`` entry points), read the encryption key files, bind
-   ``metrics_address``, check every URL is reachable. Anything wrong stops the daemon
+   ``http_address``, check every URL is reachable. Anything wrong stops the daemon
    here, before ``READY=1``, with exit status 1 and one line naming the setting.
-2. Open the App with the built-in actors, the configured extra actors, the metrics
-   endpoint (serving on the socket bound in 1) and, last, the systemd notify actor, which
-   says ``READY=1`` once all the others have started.
+2. Open the App with the built-in actors, the configured extra actors, the HTTP
+   server (metrics, health, API, dashboard, on the socket bound in 1) and, last, the
+   systemd notify actor, which says ``READY=1`` once all the others have started.
 3. SIGHUP re-reads the config file and applies ``log_level`` and ``log_drivers``; other
    keys need a restart.
 4. SIGTERM or SIGINT: ``STOPPING=1``; stop taking work; slices in flight get
@@ -103,7 +103,7 @@ class Daemon:
         self.notifier = notifier or Notifier.from_environ()
         self.app: App | None = None
         self._health_ok = True  # the last watchdog health check, for /healthz
-        self._listener: Any = None  # metrics_address, bound before the App starts
+        self._listener: Any = None  # http_address, bound before the App starts
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -132,26 +132,51 @@ class Daemon:
         factories += [
             import_object(f"actors[{i}]", spec) for i, spec in enumerate(self.config.actors)
         ]
-        if self.config.metrics_address is not None:
-            factories.append(self._metrics_endpoint)
+        if self.config.http is not None:
+            factories.append(self._http_endpoint)
         # Last: the supervisor starts actors in order, so READY=1 means all have started.
         factories.append(
             lambda app: SystemdNotify(self.notifier, healthy=self._healthy, status=self._status)
         )
         return factories
 
-    def _metrics_endpoint(self, app: App) -> Actor:
+    def _http_endpoint(self, app: App) -> Actor:
         from stemd._actors.http import HttpEndpoint
         from stemd._observe import install_metrics
+        from stemd._urls import is_loopback
+        from stemd._web import Web
+        from stemd._web.listing import RunLister
 
-        assert self.config.metrics_address is not None
-        return HttpEndpoint(
-            install_metrics(app),
-            self.config.metrics_address,
-            healthy=lambda: self._health_ok and (app.pool is not None or not app.workers),
-            listener=self._listener,
-            ready=app.health.state,
+        assert self.config.http is not None
+        address, _ = self.config.http
+
+        async def healthy() -> tuple[bool, str]:
+            if app.workers and app.pool is None:
+                return False, "no worker pool"
+            return (True, "ok") if self._health_ok else (False, "the last health check failed")
+
+        async def ready() -> tuple[bool, str]:
+            return await check_health(app)
+
+        if not self.config.http_api:
+            log.warning(
+                "metrics_address is not loopback and there are no http_tokens: serving "
+                "metrics and health only (set http_address and http_tokens for the API)",
+                address=address,
+            )
+        web = Web(
+            app,
+            health=app.health.state,
+            observers=app.engine.observers,
+            registry=install_metrics(app),
+            healthy=healthy,
+            ready=ready,
+            tokens=self.config.http_tokens,
+            loopback=is_loopback(address.rpartition(":")[0].strip("[]") or "127.0.0.1"),
+            api=self.config.http_api,
+            lister=RunLister(app.store, app.codec),
         )
+        return HttpEndpoint(web.asgi, address, listener=self._listener, on_stop=web.close)
 
     def _reload(self) -> None:
         """SIGHUP: re-read the config file; apply ``log_level`` and ``log_drivers``, report
@@ -185,23 +210,22 @@ class Daemon:
 
         Raises:
             ConfigError: found before anything starts (so before ``READY=1``): a key file
-                that cannot be read, ``metrics_address`` in use or not resolvable, a URL
+                that cannot be read, ``http_address`` in use or not resolvable, a URL
                 that cannot be reached.
         """
         config = self.config
         codecs = config.build_codecs()  # reads the encryption key files
-        if config.metrics_address is not None:
+        if config.http is not None:
             # Bound here and handed to the endpoint: a port in use is an error at start,
             # not an actor crashing until the restart budget runs out.
-            self._listener = await listen(config.metrics_address, "metrics_address")
+            self._listener = await listen(*config.http)
         try:
             await check_reachable(config)
             return await self._serve(codecs)
         finally:
             listener, self._listener = self._listener, None
             if listener is not None:
-                with anyio.CancelScope(shield=True):
-                    await listener.aclose()
+                listener.close()
 
     async def _serve(self, codecs: tuple[Any, dict[str, Any]]) -> int:
         config = self.config

@@ -16,6 +16,7 @@ servers, comma-separated.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
@@ -25,6 +26,7 @@ from stemd._natsauth import redact_url
 __all__ = [
     "StoreKind",
     "UrlKind",
+    "is_loopback",
     "is_nats",
     "is_sqlite",
     "nats_servers",
@@ -105,3 +107,13 @@ def nats_servers(key: str, url: str) -> list[tuple[str, int]]:
             raise ConfigError(f"{key}: invalid NATS URL {redact_url(url)!r}: no host")
         servers.append((host, port))
     return servers
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -9,7 +9,8 @@ The daemon wires all of this from its configuration; a library App picks what it
 - :class:`RunLog`: one log line per run started, ended or retried
   (``App(actors=[RunLog])``).
 - :func:`install_metrics` and :class:`HttpEndpoint` (with :func:`listen`): Prometheus
-  metrics of an open App and an endpoint serving them.
+  metrics of an open App (a ``prometheus_client`` registry) and the server (uvicorn, in
+  the App's event loop) that serves an ASGI application such as the daemon's.
 - :func:`install_tracing` and :func:`trace_headers`: OpenTelemetry spans (the ``otel``
   extra) and the headers that carry a caller's trace to a daemon.
 """

@@ -85,3 +85,54 @@ async def open_app(
     """An App on the memory store (or ``store``) with the given workflows."""
     async with stemd.App(store=store, workflows=workflows, clock=clock, **options) as app:
         yield app
+
+
+class HttpReply:
+    """A reply read by :func:`http`."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status_code = status
+        self.headers = headers
+        self.content = body
+
+    @property
+    def text(self) -> str:
+        return self.content.decode()
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.content)
+
+
+def http_sync(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> HttpReply:
+    """One HTTP request with the standard library (no redirect followed)."""
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with opener.open(request, timeout=10) as reply:
+            return HttpReply(reply.status, dict(reply.headers), reply.read())
+    except urllib.error.HTTPError as exc:
+        return HttpReply(exc.code, dict(exc.headers), exc.read())
+
+
+async def http(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> HttpReply:
+    """:func:`http_sync` in a worker thread."""
+    return await anyio.to_thread.run_sync(lambda: http_sync(url, method, body, headers))

@@ -64,12 +64,16 @@ class _NotFound(Exception):
     pass
 
 
+HTTP_REPLY_BUDGET = 8 * 1024 * 1024  # the largest reply of the HTTP API before it pages
+
+
 class ApiResponder:
     """The ``<prefix>.api.*`` responder actor.
 
     Args:
         ops: the operations the verbs call (an App).
-        conn: the NATS connection to serve on.
+        conn: the NATS connection to serve on (``None``: only :meth:`handle` is used, as
+            the HTTP API does).
         prefix: the subject prefix.
         queue_group: the queue group shared by all daemons.
         concurrency: requests handled at once.
@@ -81,7 +85,7 @@ class ApiResponder:
     def __init__(
         self,
         ops: Operations,
-        conn: NatsConnection,
+        conn: NatsConnection | None,
         *,
         prefix: str = wire.DEFAULT_PREFIX,
         queue_group: str = "stemd-api",
@@ -101,6 +105,7 @@ class ApiResponder:
         return ApiStats(requests=self._requests, errors=self._errors)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        assert self.conn is not None, "an ApiResponder without a connection serves no NATS"
         sub = await self.conn.subscribe(
             f"{self.prefix}.api.>", queue=self.queue_group, buffer=self.concurrency * 64
         )
@@ -114,6 +119,7 @@ class ApiResponder:
                 await sub.unsubscribe()
 
     async def _serve(self, messages: anyio.abc.ObjectReceiveStream[NatsMsg]) -> None:
+        assert self.conn is not None
         async for msg in messages:
             if not msg.reply:
                 continue  # a request nobody waits for: nothing to answer, nothing to do
@@ -173,7 +179,10 @@ class ApiResponder:
 
     @property
     def _budget(self) -> int:
-        """The largest reply sent: what a NATS message holds, less room for headers."""
+        """The largest reply sent: what a NATS message holds, less room for headers (over
+        HTTP, with no connection, :data:`HTTP_REPLY_BUDGET`)."""
+        if self.conn is None:
+            return HTTP_REPLY_BUDGET
         return self.conn.max_payload - 1024
 
     async def _start(self, req: wire.StartRequest, *, trace: str | None) -> wire.StartReply:

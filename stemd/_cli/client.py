@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import anyio
 import msgspec
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from stemd._loading import Workflow
     from stemd._store.base import Store
 
-__all__ = ["Client", "NatsClient", "StoreClient", "open_client"]
+__all__ = ["Client", "NatsClient", "StoreClient", "open_client", "raise_error"]
 
 # Run ids a dry run of a group operation lists at most.
 PREVIEW = 1000
@@ -250,6 +250,13 @@ _ERRORS: dict[str, type[StemError]] = {
 }
 
 
+def raise_error(err: wire.ErrorBody) -> NoReturn:
+    """Raise the error a daemon answered with, as the exception of its code."""
+    if err.code == "internal":
+        raise StemError(f"the daemon failed: {err.message}")
+    raise _ERRORS.get(err.code, StemError)(err.message or err.code)
+
+
 class NatsClient:
     """A :class:`Client` speaking to a daemon over NATS request/reply.
 
@@ -295,10 +302,7 @@ class NatsClient:
         except msgspec.DecodeError as exc:
             raise TransportError(f"unexpected reply on {subject}: {exc}") from None
         if isinstance(reply, wire.ErrorReply):
-            err = reply.error
-            if err.code == "internal":
-                raise StemError(f"the daemon failed: {err.message}")
-            raise _ERRORS.get(err.code, StemError)(err.message or err.code)
+            raise_error(reply.error)
         return reply
 
     async def start(

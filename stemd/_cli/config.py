@@ -2,8 +2,8 @@
 
 It checks what ``stemd run`` checks before it says ``READY=1``: the config, the workflow
 modules, every file the config names (encryption keys, NATS credentials, TLS certificates
-and keys), and, unless ``--offline``, every URL and the ``metrics_address`` to listen on.
-A ``metrics_address`` in use is only a warning here: it may be this config's own daemon.
+and keys), and, unless ``--offline``, every URL and the ``http_address`` to listen on.
+An ``http_address`` in use is only a warning here: it may be this config's own daemon.
 """
 
 from __future__ import annotations
@@ -29,16 +29,17 @@ __all__ = ["add_parser"]
 
 
 async def _check_online(config: Config) -> list[str]:
-    """Reach every URL and try ``metrics_address``; return the warnings."""
+    """Reach every URL and try ``http_address`` (or ``metrics_address``, its old name);
+    return the warnings."""
     await check_reachable(config)
-    address = config.metrics_address
-    if address is None:
+    if config.http is None:
         return []
-    host, port = parse_address(address)
+    address, key = config.http
+    host, port = parse_address(address, key)
     try:
         listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     except OSError as exc:
-        error = bind_error("metrics_address", address, exc)
+        error = bind_error(key, address, exc)
         if exc.errno != errno.EADDRINUSE:
             raise error from None
         return [
@@ -100,7 +101,7 @@ def add_parser(commands: Any) -> None:
         description=(
             "Read the config (--config or $STEMD_CONFIG) and STEMD_* variables, import the "
             "workflow modules, read every key, credentials and certificate file it names, "
-            "check that every URL is reachable and metrics_address can be bound, and print "
+            "check that every URL is reachable and http_address can be bound, and print "
             "the result."
         ),
     )
@@ -108,7 +109,7 @@ def add_parser(commands: Any) -> None:
     p.add_argument(
         "--offline",
         action="store_true",
-        help="do not try to reach the URLs nor bind metrics_address",
+        help="do not try to reach the URLs nor bind http_address",
     )
     p.add_argument(
         "--app-dir",

@@ -1,9 +1,9 @@
 """``stemd workflow …``: start, inspect, emit to, cancel, wait for and rewind runs, and
 list the workflows daemons serve.
 
-Every command reaches runs either through a daemon (``--nats URL``) or straight through the
-store (``--store URL``, or the store of ``--config``/``STEMD_*``, default
-``sqlite:///./stemd.db``), and prints JSON with ``--json``. Only ``start`` creates a
+Every command reaches runs either through a daemon (``--nats URL`` or ``--http URL``) or
+straight through the store (``--store URL``, or the store of ``--config``/``STEMD_*``,
+default ``sqlite:///./stemd.db``), and prints JSON with ``--json``. Only ``start`` creates a
 SQLite store that is not there; only ``start`` and ``rewind`` import workflow modules.
 """
 
@@ -22,6 +22,8 @@ import msgspec
 
 from stemd._cli.client import Client, open_client
 from stemd._cli.groups import add_filters, add_new_runs, filters_of, run_group
+from stemd._cli.http_client import HttpClient
+from stemd._cli.live import exit_status, list_window, print_wait, wait_with_progress, watch
 from stemd._cli.output import print_json, run_detail, runs_table, types_table
 from stemd._config import Config, load_config
 from stemd._errors import DECODE_ERRORS, ConfigError, PayloadError, RunNotFound, StemError
@@ -136,9 +138,11 @@ def _print_page(page: RunPage, as_json: bool) -> None:
 async def _list(client: Client, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise StemError("--limit must be a positive integer")
-    _print_page(
-        await client.list_runs(args.workflow, args.status, args.limit, args.after), args.json
-    )
+    if args.since or args.until:
+        page = await list_window(client, args)
+    else:
+        page = await client.list_runs(args.workflow, args.status, args.limit, args.after)
+    _print_page(page, args.json)
     return 0
 
 
@@ -189,20 +193,13 @@ async def _cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _wait(client: Client, args: argparse.Namespace) -> int:
-    run, timed_out = await client.wait(validate_run_id(args.run_id), args.timeout)
-    if args.json:
-        print_json({"run": run, "timed_out": timed_out})
-    elif timed_out:
-        _out(f"run {run.run_id} is still {run.status.value} after {args.timeout:g}s")
+    run_id = validate_run_id(args.run_id)
+    if not args.json and sys.stderr.isatty():
+        run, timed_out = await wait_with_progress(client, run_id, args.timeout)
     else:
-        _out(run_detail(run))
-    if timed_out:
-        return EXIT_TIMED_OUT
-    return {
-        RunStatus.COMPLETED: 0,
-        RunStatus.FAILED: EXIT_FAILED,
-        RunStatus.CANCELLED: EXIT_CANCELLED,
-    }.get(run.status, 1)
+        run, timed_out = await client.wait(run_id, args.timeout)
+    print_wait(run, timed_out, args)
+    return exit_status(run, timed_out, EXIT_TIMED_OUT)
 
 
 async def _types(client: Client, args: argparse.Namespace) -> int:
@@ -243,7 +240,7 @@ def _workflows(args: argparse.Namespace, code: bool) -> tuple[list[Workflow], st
     )
     config = load_config(args.config, check_auth=False)  # checked with the flags: _auth
     workflows: list[Workflow] = []
-    if code and has_config and args.nats is None:
+    if code and has_config and args.nats is None and args.http is None:
         use_app_dir(config.app_dir)
         workflows, _ = load_workflows(config.modules, use_entry_points=config.entry_points)
     return workflows, config.store, config.prefix, config
@@ -297,13 +294,22 @@ def _runner(
 
     def run(args: argparse.Namespace) -> int:
         workflows, store, prefix, config = _workflows(args, code)
-        if args.store is not None and args.nats is not None:
-            raise ConfigError("give --store or --nats, not both")
+        given = [f"--{k}" for k in ("store", "nats", "http") if getattr(args, k) is not None]
+        if len(given) > 1:
+            both = "both" if len(given) == 2 else "all of"
+            raise ConfigError(
+                f"give one of --store, --nats or --http, not {both} {' and '.join(given)}"
+            )
         auth = _auth(args, config)
         create = creates and (bool(workflows) or getattr(args, "force", False))
         missing = "; or pass --force to create it and start the run" if creates else ""
 
         async def main() -> int:
+            if args.http is not None:
+                token = args.http_token or os.environ.get("STEMD_HTTP_TOKEN")
+                return await command(
+                    HttpClient(args.http, token, timeout=args.request_timeout), args
+                )
             async with open_client(
                 store=args.store or store,
                 nats_url=args.nats,
@@ -327,6 +333,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     where = p.add_argument_group("where the runs are (default: the config's store)")
     where.add_argument("--store", metavar="URL", help="straight to this store (no daemon needed)")
     where.add_argument("--nats", metavar="URL", help="through the daemon serving this NATS")
+    where.add_argument("--http", metavar="URL", help="through this daemon's HTTP API")
+    where.add_argument(
+        "--http-token", metavar="TOKEN", help="its bearer token (prefer STEMD_HTTP_TOKEN)"
+    )
     where.add_argument("--config", metavar="FILE", help="read store, prefix and modules here")
     where.add_argument("--prefix", metavar="P", help="NATS subject prefix (default: stem)")
     where.add_argument(
@@ -419,6 +429,8 @@ def add_parser(commands: Any) -> Callable[..., argparse.ArgumentParser]:
     )
     p.add_argument("--limit", metavar="N", type=int, default=100, help="at most N runs (100)")
     p.add_argument("--after", metavar="CURSOR", help="the next page: the cursor a page printed")
+    p.add_argument("--since", metavar="T", help="only runs created since T (15m, 2h, ISO time)")
+    p.add_argument("--until", metavar="T", help="only runs created before T (age or ISO time)")
     _common(p)
 
     p = add(
@@ -480,6 +492,11 @@ def add_parser(commands: Any) -> Callable[..., argparse.ArgumentParser]:
         _wait,
         "wait for a run to end; exit 0 if it completed, 3 failed, 4 cancelled, 5 timed out",
     )
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--timeout", metavar="S", type=_seconds, help="give up after S seconds")
+    _common(p)
+
+    p = add("watch", watch, "follow a run's timeline as it advances, until it ends")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--timeout", metavar="S", type=_seconds, help="give up after S seconds")
     _common(p)

@@ -24,7 +24,11 @@ DEADLINE = 30.0
 
 
 def write_config(path: Path, **keys: Any) -> Path:
-    """A TOML config of ``keys`` (strings, numbers, bools, lists of strings, one table)."""
+    """A TOML config of ``keys`` (strings, numbers, bools, lists of strings, one table).
+    Its HTTP server takes a free port (``http_address`` ``127.0.0.1:0``) unless ``keys``
+    name one: daemons started side by side never race for 8080."""
+    if "http_address" not in keys and "metrics_address" not in keys:
+        keys = {"http_address": "127.0.0.1:0", **keys}
     lines = []
     tables = []
     for key, value in keys.items():

@@ -183,3 +183,39 @@ def test_event_loop_options() -> None:
     assert load_config(None, environ={"STEMD_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
     with pytest.raises(ConfigError, match="STEMD_EVENT_LOOP"):
         load_config(None, environ={"STEMD_EVENT_LOOP": "trio"})
+
+
+def test_http_address_defaults_to_loopback_8080_and_can_be_turned_off(tmp_path: Path) -> None:
+    """No key: the HTTP server on 127.0.0.1:8080 with the API; "" or "off": none."""
+    config = load_config(None, environ={})
+    assert (config.http, config.http_api) == (("127.0.0.1:8080", "http_address"), True)
+    assert load_config(_write(tmp_path, 'http_address = ""'), environ={}).http is None
+    assert load_config(None, environ={"STEMD_HTTP_ADDRESS": "off"}).http is None
+    assert "# http_address defaults to 127.0.0.1:8080" in config_to_toml(config)
+
+
+def test_an_address_that_is_not_loopback_needs_tokens(tmp_path: Path) -> None:
+    """http_address on all interfaces without http_tokens is refused at load, naming the
+    key; with tokens it loads, and the tokens are never printed."""
+    with pytest.raises(ConfigError, match=r"^http_address 0\.0\.0\.0:8080: not a loopback"):
+        load_config(_write(tmp_path, 'http_address = "0.0.0.0:8080"'), environ={})
+    env = {"STEMD_HTTP_TOKENS": "a-long-secret-token-1,a-long-secret-token-2"}
+    config = load_config(_write(tmp_path, 'http_address = "0.0.0.0:8080"'), environ=env)
+    assert config.http_tokens == ("a-long-secret-token-1", "a-long-secret-token-2")
+    assert config.http_api
+    assert "a-long-secret" not in config_to_toml(config)
+    with pytest.raises(ConfigError, match=r"^STEMD_HTTP_TOKENS"):
+        load_config(None, environ={"STEMD_HTTP_TOKENS": "short"})
+
+
+def test_metrics_address_is_the_old_name_of_http_address(tmp_path: Path) -> None:
+    """An old config's metrics_address is where the HTTP server listens; on a public
+    address without tokens it serves metrics and health only, as before; both keys at
+    once are an error."""
+    config = load_config(_write(tmp_path, 'metrics_address = "127.0.0.1:9100"'), environ={})
+    assert (config.http, config.http_api) == (("127.0.0.1:9100", "metrics_address"), True)
+    public = load_config(_write(tmp_path, 'metrics_address = "0.0.0.0:9100"'), environ={})
+    assert (public.http, public.http_api) == (("0.0.0.0:9100", "metrics_address"), False)
+    both = 'metrics_address = "127.0.0.1:9100"\nhttp_address = "127.0.0.1:8080"'
+    with pytest.raises(ConfigError, match=r"^metrics_address: the old name of http_address"):
+        load_config(_write(tmp_path, both), environ={})

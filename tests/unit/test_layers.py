@@ -14,7 +14,6 @@ ACYCLIC = (
     "stemd._actors.sweeper",
     "stemd._actors.workers",
     "stemd._tracing",
-    "stemd._metrics",
     "stemd._observe",
 )
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 import stemd
-from stemd._observe import install_metrics
+from stemd._observe import install_metrics, refresh_metrics
 from stemd.testing import ManualClock
 from tests.helpers import open_app
 
@@ -57,26 +59,32 @@ async def test_metrics_count_runs_steps_slices_and_read_actor_statistics() -> No
         assert waited.timed_out  # now asleep inside the step
         clock.advance(6)
         assert (await app.wait_for_completion(ok, timeout=5)).is_completed
-        text = await registry.render()
+        text = generate_latest(registry).decode()
 
-    assert 'stemd_runs_started_total{workflow="observe.flow"} 1' in text
-    assert 'stemd_runs_finished_total{workflow="observe.flow",status="completed"} 1' in text
-    assert 'stemd_runs_finished_total{workflow="observe.fails",status="failed"} 1' in text
-    assert (
-        'stemd_step_duration_seconds_count{workflow="observe.flow",step="flaky",result="error"} 1'
-        in text
-    )
-    assert (
-        'stemd_step_duration_seconds_count{workflow="observe.flow",step="first",result="ok"} 1'
-        in text
-    )
-    assert 'stemd_slice_duration_seconds_count{workflow="observe.flow",outcome="retry"} 1' in text
-    assert 'stemd_slice_duration_seconds_count{workflow="observe.flow",outcome="suspend"} 1' in text
-    assert "stemd_worker_concurrency 32" in text
-    assert 'stemd_queue_depth{queue="workflow"} 0' in text
-    assert "stemd_timer_fired 2" in text
-    assert 'stemd_actor_restarts{actor="timer"} 0' in text
-    assert "stemd_up 1" in text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float | None:
+        return samples.get((name, tuple(sorted(labels.items()))))
+
+    assert value("stemd_runs_started_total", workflow="observe.flow") == 1
+    assert value("stemd_runs_finished_total", workflow="observe.flow", status="completed") == 1
+    assert value("stemd_runs_finished_total", workflow="observe.fails", status="failed") == 1
+    step = "stemd_step_duration_seconds_count"
+    assert value(step, workflow="observe.flow", step="flaky", result="error") == 1
+    assert value(step, workflow="observe.flow", step="first", result="ok") == 1
+    slices = "stemd_slice_duration_seconds_count"
+    assert value(slices, workflow="observe.flow", outcome="retry") == 1
+    assert value(slices, workflow="observe.flow", outcome="suspend") == 1
+    assert value("stemd_worker_concurrency") == 32
+    assert value("stemd_queue_depth", queue="workflow") == 0
+    assert value("stemd_timer_fired") == 2
+    assert value("stemd_actor_restarts", actor="timer") == 0
+    assert value("stemd_up") == 1
+    assert "_created" not in text  # no creation-time series next to the counters
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
@@ -89,10 +97,12 @@ async def test_paused_runs_and_workflows_are_counted(kind: str, tmp_path: Path) 
         for _ in range(3):
             await app.start_workflow(fails)
         await app.pause_runs(workflow="observe.fails", new_runs=True)
-        text = await registry.render()
-        assert 'stemd_runs_paused{workflow="observe.fails"} 3' in text
-        assert "stemd_workflows_paused 1" in text
+        await refresh_metrics(registry)
+        text = generate_latest(registry).decode()
+        assert 'stemd_runs_paused{workflow="observe.fails"} 3.0' in text
+        assert "stemd_workflows_paused 1.0" in text
         await app.resume_runs(workflow="observe.fails", new_runs=True)
-        text = await registry.render()
-        assert 'stemd_runs_paused{workflow="observe.fails"} 0' in text
-        assert "stemd_workflows_paused 0" in text
+        await refresh_metrics(registry)
+        text = generate_latest(registry).decode()
+        assert 'stemd_runs_paused{workflow="observe.fails"} 0.0' in text
+        assert "stemd_workflows_paused 0.0" in text
