@@ -110,15 +110,25 @@ def _waiting_for_event(run: RunState) -> str:
     return f"waiting for event {topics}{until}{about}"
 
 
+def _error_text(run: RunState) -> str:
+    assert run.error is not None
+    where = f" in {run.error.step}" if run.error.step else ""
+    return f"{run.error.type}{where}: {run.error.message}"
+
+
 def _detail(run: RunState) -> str:
     """What a person wants to know next about the run, in a few words."""
     if run.status is RunStatus.FAILED and run.error is not None:
-        where = f" in {run.error.step}" if run.error.step else ""
-        return f"{run.error.type}{where}: {run.error.message}"
+        return _error_text(run)
     if run.cancel_reason:
         return f"cancelled: {run.cancel_reason}"
     if run.wait_topic:
         return _waiting_for_event(run)
+    return _pending_detail(run)
+
+
+def _pending_detail(run: RunState) -> str:
+    """:func:`_detail` of a run that has not failed, been cancelled or waits for no event."""
     if run.status is RunStatus.SUSPENDED and run.error and run.error.code == "waiting_for_slot":
         return f"{run.error.message}; next try at {_time(run.resume_at)}"
     if run.wait_child:
@@ -130,8 +140,7 @@ def _detail(run: RunState) -> str:
     if run.resume_at and run.status in (RunStatus.SUSPENDED, RunStatus.PENDING):
         return f"resumes at {_time(run.resume_at)}"
     if run.error is not None:
-        where = f" in {run.error.step}" if run.error.step else ""
-        return f"{run.error.type}{where}: {run.error.message}"
+        return _error_text(run)
     if run.status is RunStatus.COMPLETED:
         return f"result {short_json(run.result, 40)}"
     return ""
