@@ -346,13 +346,11 @@ class Execution:
     async def sleep_until(self, scope: str, when: datetime) -> None:
         if not isinstance(when, datetime) or when.tzinfo is None:
             raise StemError("sleep_until needs an aware datetime")
-        await self._sleep(scope, self._key(scope, "sleep"), when)
+        await self._sleep(self._key(scope, "sleep"), when)
 
-    async def _sleep(self, scope: str, key: str, when: datetime) -> None:
+    async def _sleep(self, key: str, when: datetime) -> None:
         raw = self.checkpoints.get(key)
         now = self.now()
-        if raw is not None or when > now:  # a sleep that records nothing holds no place
-            self.replay.take(scope, key, "sleep")
         if raw is not None:
             wake = self.codec.decode(raw, type=datetime)
             if now >= wake:
