@@ -37,10 +37,8 @@ __all__ = ["CHANGED_RETRY", "Replay", "changed_outcome", "describe", "failed_key
 # apart: deploying code that matches it resumes it without anyone touching it.
 CHANGED_RETRY = Retry(backoff=1.0, max_backoff=60.0, jitter=False)
 
-# Records that hold no place: a flow step's entry count, a compensation's value, and a
-# sleep (whether one records anything depends on the time of the call: a sleep whose wake
-# time has passed when it is called records nothing).
-_NOT_CALLS = frozenset({"entry", "undo", "sleep"})
+# Internal records that are not calls: a flow step's entry count, a compensation's value.
+_NOT_CALLS = frozenset({"entry", "undo"})
 _WORDS = {
     "event": "wait_for_event",
     "any": "wait_for_any",
