@@ -351,15 +351,17 @@ class Execution:
     async def _sleep(self, scope: str, key: str, when: datetime) -> None:
         raw = self.checkpoints.get(key)
         now = self.now()
-        if raw is not None or when > now:  # a sleep that records nothing holds no place
-            self.replay.take(scope, key, "sleep")
         if raw is not None:
+            self.replay.take(scope, key, "sleep")
             wake = self.codec.decode(raw, type=datetime)
             if now >= wake:
                 return
             raise Interrupt(Suspend(resume_at=wake))
-        if when <= now:
+        # A sleep records nothing when its wake time has passed as it is called: a run that
+        # recorded calls after this one went past it so (whatever the time is now).
+        if when <= now or self.replay.passed(scope):
             return
+        self.replay.take(scope, key, "sleep")
         raise Interrupt(
             Suspend(checkpoints=(Checkpoint(key, self.codec.encode(when)),), resume_at=when)
         )

@@ -125,7 +125,7 @@ async def _times10(i: int) -> int:
     return i * 10
 
 
-def _loop(inserted: bool) -> stemd.Script:
+def _loop(inserted: bool, pause: str) -> stemd.Script:
     @stemd.script("chg.loop")
     async def loop(ctx: stemd.ScriptContext) -> list[int]:
         if inserted:  # a checkpoint inserted before the loop, under the loop's step name
@@ -133,23 +133,38 @@ def _loop(inserted: bool) -> stemd.Script:
         out = []
         for i in range(1, 4):
             out.append(await ctx.step("item", _times10, i))
-            await ctx.wait_for_event("chg.loop.tick")
+            if pause == "wait":
+                await ctx.wait_for_event("chg.loop.tick")
+            else:
+                await ctx.sleep(10)
         return out
 
     return loop
 
 
-async def test_a_checkpoint_inserted_before_a_loop_never_shifts_its_values(store: Store) -> None:
-    """A step inserted before a loop of steps stops the run with WorkflowChanged instead of
-    handing each iteration the value recorded for the one before."""
+@pytest.mark.parametrize("pause", ["wait", "sleep"])
+async def test_a_checkpoint_inserted_before_a_loop_never_shifts_its_values(
+    store: Store, pause: str
+) -> None:
+    """A step inserted before a loop of steps (each followed by a wait, or a sleep) stops
+    the run with WorkflowChanged instead of handing each iteration the value recorded for
+    the one before."""
     clock = ManualClock(START)
-    async with open_app(_loop(inserted=False), store=store, clock=clock) as app:
+
+    async def resume(app: stemd.App) -> None:
+        if pause == "wait":
+            assert await app.emit("chg.loop.tick", None) == 1
+        else:
+            clock.advance(10)
+
+    async with open_app(_loop(False, pause), store=store, clock=clock) as app:
         run_id = await app.start_workflow("chg.loop")
-        await wait_until(_waiting, app, "chg.loop.tick", run_id, what="the first tick")
-        assert await app.emit("chg.loop.tick", None) == 1
-        await wait_until(_entries, app, run_id, 3, what="the second iteration's wait")
-    async with open_app(_loop(inserted=True), store=store, clock=clock) as app:
-        assert await app.emit("chg.loop.tick", None) == 1
+        first, second = (1, 3) if pause == "wait" else (2, 4)
+        await wait_until(_entries, app, run_id, first, what="the first iteration's pause")
+        await resume(app)
+        await wait_until(_entries, app, run_id, second, what="the second iteration's pause")
+    async with open_app(_loop(True, pause), store=store, clock=clock) as app:
+        await resume(app)
         state = await _changed(app, run_id)
     assert state.result is None
     assert "'item#1'" in state.error.message  # type: ignore[union-attr]

@@ -198,3 +198,29 @@ async def test_a_compensation_may_not_wait() -> None:
     assert result.status is RunStatus.FAILED
     assert result.error is not None
     assert "compensation cannot" in result.error.message
+
+
+async def test_a_sleep_that_recorded_nothing_returns_at_once_on_replay() -> None:
+    """A sleep whose wake time had passed when it was called records nothing; replayed
+    after later calls were recorded, it returns at once instead of sleeping or stopping
+    the run, however its wake time compares with the time of the replay."""
+    pause = [0.0]  # the first pass sleeps 0 s (records nothing), the replay 60 s
+
+    @stemd.script("fail.sleep-race")
+    async def body(ctx: stemd.ScriptContext) -> list[Any]:
+        first = await ctx.step("a", _echo, "a")
+        await ctx.sleep(pause[0])
+        second = await ctx.step("b", _echo, "b")
+        return [first, second, await ctx.wait_for_event("fail.sleep-race.go")]
+
+    async with open_app(body) as app:
+        run_id = await app.start_workflow(body)
+        await wait_until(_waiting, app, run_id, what="the wait")
+        pause[0] = 60.0
+        assert await app.emit("fail.sleep-race.go", "go") == 1
+        result = await app.wait_for_completion(run_id, timeout=5)
+    assert result.value == ["a", "b", "go"]
+
+
+async def _echo(value: str) -> str:
+    return value
