@@ -30,7 +30,6 @@ from stemd._errors import StemError
 from stemd._model import ErrorInfo, Retry
 from stemd._store.base import RetryLater
 from stemd._store.capabilities import Slots
-from stemd._store.transitions import is_runnable
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -138,7 +137,10 @@ class LimitedStore:
     async def claim(self, run_id: str, owner: str, now: datetime, lease: float) -> Claim | None:
         rec = await self.inner.get_run(run_id)
         limits = self.limits.get(rec.workflow) if rec is not None else None
-        if rec is None or limits is None or not is_runnable(rec, now):
+        # The read may be older than the store (a reader's snapshot): whether the run is
+        # claimable is left to the claim itself, made with the slots held. Only an ended
+        # run (it stays ended) needs none.
+        if rec is None or limits is None or rec.status.is_terminal:
             return await self.inner.claim(run_id, owner, now, lease)
         holder = f"{run_id}:{owner}:{secrets.token_hex(4)}"
         held = self._scopes(rec, limits)

@@ -4,18 +4,25 @@ limits from the config replace declared ones."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 import pytest
 
 import stemd
-from stemd._engine.limits import WAITING_FOR_SLOT_CODE, effective_limits
+from stemd._codec import codec_for
+from stemd._engine.limits import WAITING_FOR_SLOT_CODE, LimitedStore, effective_limits
 from stemd._options import LimitSettings
+from stemd._store.memory import MemoryStore
 from tests.helpers import open_app, wait_until
+from tests.unit.store.test_contract import LEASE, T0, record
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from stemd._store.base import RunRecord
 
 pytestmark = pytest.mark.anyio
 
@@ -103,3 +110,32 @@ def test_a_key_limit_without_a_key_is_refused() -> None:
         effective_limits(
             {"limits.plain": plain}, {"limits.plain": LimitSettings(key_concurrency=1)}
         )
+
+
+class _StaleReads(MemoryStore):
+    """A memory store whose reads lag: every run reads as suspended until much later (as a
+    reader's snapshot from before a wake-up)."""
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        rec = await super().get_run(run_id)
+        if rec is None:
+            return None
+        later = rec.created_at + timedelta(hours=1)
+        return msgspec.structs.replace(rec, status=stemd.RunStatus.SUSPENDED, resume_at=later)
+
+
+async def test_a_stale_read_never_lets_a_claim_skip_its_slot() -> None:
+    """A run read (stale) as not claimable still takes its slot when its claim succeeds:
+    with a limit of 1, a second run is held back, not run alongside."""
+    inner = _StaleReads()
+    limited = LimitedStore(
+        inner, {"limits.stale": stemd.Limits(concurrency=1)}, {}, codec_for("json"), patience=0
+    )
+    for run_id in ("x", "y"):
+        await inner.create_run(record(run_id, workflow="limits.stale"))
+    assert await limited.claim("x", "w1", T0, LEASE) is not None
+    assert await limited.claim("y", "w1", T0, LEASE) is None
+    held = await MemoryStore.get_run(inner, "y")
+    assert held is not None
+    assert held.error is not None
+    assert held.error.code == WAITING_FOR_SLOT_CODE
