@@ -16,7 +16,8 @@ import anyio
 
 from stemd._actors.http import bind_error, parse_address
 from stemd._cli.output import print_json
-from stemd._config import Config, config_to_builtins, config_to_toml, load_config
+from stemd._config import Config, load_config
+from stemd._config_print import config_to_builtins, config_to_toml
 from stemd._errors import ConfigError
 from stemd._loading import load_workflows, use_app_dir
 from stemd._natsauth import redact_url

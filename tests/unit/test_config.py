@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from stemd._config import DEFAULT_STORE, Config, config_to_toml, load_config
+from stemd._config import DEFAULT_STORE, Config, load_config
+from stemd._config_print import config_to_toml
 from stemd._errors import ConfigError
 from stemd._reachability import check_reachable
 from stemd._urls import sqlite_path

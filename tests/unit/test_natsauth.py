@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import nkeys
 import pytest
 
-from stemd._config import Config, config_to_builtins, config_to_toml, load_config
+from stemd._config import Config, load_config
+from stemd._config_print import config_to_builtins, config_to_toml
 from stemd._errors import ConfigError
 from stemd._natsauth import NatsAuth, redact_url, url_has_credentials
 from tests.nats_pki import creds_text, make_ca, make_cert, make_nkey
