@@ -15,11 +15,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import msgspec
 
+from stemd._cli.auth import auth_flags, auth_of
 from stemd._cli.client import Client, open_client
 from stemd._cli.groups import add_filters, add_new_runs, filters_of, run_group
 from stemd._cli.http_client import HttpClient
@@ -29,9 +30,6 @@ from stemd._config import Config, load_config
 from stemd._errors import DECODE_ERRORS, ConfigError, PayloadError, RunNotFound, StemError
 from stemd._loading import Workflow, load_workflows, use_app_dir
 from stemd._model import CancellationPolicy, RunPage, RunStatus, seconds, validate_run_id
-
-if TYPE_CHECKING:
-    from stemd._natsauth import NatsAuth
 
 __all__ = ["EXIT_CANCELLED", "EXIT_FAILED", "EXIT_TIMED_OUT", "add_parser"]
 
@@ -238,49 +236,12 @@ def _workflows(args: argparse.Namespace, code: bool) -> tuple[list[Workflow], st
     has_config = bool(
         args.config or os.environ.get("STEMD_CONFIG") or os.environ.get("STEMD_MODULES")
     )
-    config = load_config(args.config, check_auth=False)  # checked with the flags: _auth
+    config = load_config(args.config, check_auth=False)  # checked with the flags: auth_of
     workflows: list[Workflow] = []
     if code and has_config and args.nats is None and args.http is None:
         use_app_dir(config.app_dir)
         workflows, _ = load_workflows(config.modules, use_entry_points=config.entry_points)
     return workflows, config.store, config.prefix, config
-
-
-# The command-line flag of each [nats_auth] key, for messages.
-_AUTH_FLAGS = {
-    "user": "--nats-user",
-    "password": "--nats-password",
-    "token": "--nats-token",
-    "nkey_seed_file": "--nkey",
-    "creds_file": "--creds",
-    "tls_ca_file": "--tls-ca",
-    "tls_cert_file": "--tls-cert",
-    "tls_key_file": "--tls-key",
-    "tls_hostname": "--tls-hostname",
-    "tls_handshake_first": "--tls-handshake-first",
-}
-# The ways to authenticate, each with its fields.
-_AUTH_METHODS = (("user", "password"), ("token",), ("nkey_seed_file",), ("creds_file",))
-
-
-def _auth(args: argparse.Namespace, config: Config) -> NatsAuth:
-    """The config's ``[nats_auth]`` (with ``STEMD_NATS_*``) with the flags on top, checked.
-    A flag choosing a way to authenticate drops the config's other ways (``--nats-user``
-    keeps a password from the config or STEMD_NATS_PASSWORD); TLS flags replace one
-    setting each."""
-    given = {
-        field: getattr(args, field)
-        for field in _AUTH_FLAGS
-        if getattr(args, field, None) not in (None, False)
-    }
-    auth = config.nats_auth
-    chosen = [fields for fields in _AUTH_METHODS if any(f in given for f in fields)]
-    if chosen:
-        dropped = [f for fields in _AUTH_METHODS if fields not in chosen for f in fields]
-        auth = msgspec.structs.replace(auth, **dict.fromkeys(dropped))
-    auth = auth.merged(**given)
-    auth.validate({field: _AUTH_FLAGS[field] for field in given})
-    return auth
 
 
 def _runner(
@@ -300,7 +261,7 @@ def _runner(
             raise ConfigError(
                 f"give one of --store, --nats or --http, not {both} {' and '.join(given)}"
             )
-        auth = _auth(args, config)
+        auth = auth_of(args, config)
         create = creates and (bool(workflows) or getattr(args, "force", False))
         missing = "; or pass --force to create it and start the run" if creates else ""
 
@@ -346,43 +307,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=5.0,
         help="seconds to wait for a NATS reply or connection (default: 5)",
     )
-    _auth_flags(p)
+    auth_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON document")
-
-
-def _auth_flags(p: argparse.ArgumentParser) -> None:
-    auth = p.add_argument_group(
-        "NATS credentials and TLS (default: the config's [nats_auth] and STEMD_NATS_*)"
-    )
-    auth.add_argument("--creds", metavar="FILE", dest="creds_file", help="a .creds file (JWT)")
-    auth.add_argument("--nkey", metavar="FILE", dest="nkey_seed_file", help="an NKey seed file")
-    auth.add_argument("--nats-user", metavar="USER", dest="user", help="user name")
-    auth.add_argument(
-        "--nats-password",
-        metavar="PASSWORD",
-        dest="password",
-        help="the user's password (visible to other local users: prefer STEMD_NATS_PASSWORD)",
-    )
-    auth.add_argument(
-        "--nats-token",
-        metavar="TOKEN",
-        dest="token",
-        help="an authentication token (prefer STEMD_NATS_TOKEN)",
-    )
-    auth.add_argument("--tls-ca", metavar="FILE", dest="tls_ca_file", help="CA bundle (PEM)")
-    auth.add_argument(
-        "--tls-cert", metavar="FILE", dest="tls_cert_file", help="client certificate (PEM)"
-    )
-    auth.add_argument("--tls-key", metavar="FILE", dest="tls_key_file", help="its key (PEM)")
-    auth.add_argument(
-        "--tls-hostname", metavar="NAME", dest="tls_hostname", help="name the server's cert has"
-    )
-    auth.add_argument(
-        "--tls-handshake-first",
-        action="store_true",
-        dest="tls_handshake_first",
-        help="start TLS before the server's INFO",
-    )
 
 
 def add_parser(commands: Any) -> Callable[..., argparse.ArgumentParser]:
