@@ -90,6 +90,17 @@ def _unregistered(run: RunState) -> bool:
     return run.status is RunStatus.SUSPENDED and _given_back(run) and not run.timeline
 
 
+def _held_back(run: RunState) -> str | None:
+    """What holds back a run that waits to try again without a failed step: a process
+    that knows its workflow, or a slot of a concurrency limit (``stemd.Limits``)."""
+    if _unregistered(run):
+        return f"workflow not registered where taken; next try at {_time(run.resume_at)}"
+    error = run.error
+    if run.status is RunStatus.SUSPENDED and error and error.code == "waiting_for_slot":
+        return f"{error.message}; next try at {_time(run.resume_at)}"
+    return None
+
+
 def _retrying(run: RunState) -> bool:
     """Whether the run waits to retry a failed step."""
     return (
@@ -124,17 +135,10 @@ def _detail(run: RunState) -> str:
         return f"cancelled: {run.cancel_reason}"
     if run.wait_topic:
         return _waiting_for_event(run)
-    return _pending_detail(run)
-
-
-def _pending_detail(run: RunState) -> str:
-    """:func:`_detail` of a run that has not failed, been cancelled or waits for no event."""
-    if run.status is RunStatus.SUSPENDED and run.error and run.error.code == "waiting_for_slot":
-        return f"{run.error.message}; next try at {_time(run.resume_at)}"
     if run.wait_child:
         return f"waiting for child {run.wait_child}"
-    if _unregistered(run):
-        return f"workflow not registered where taken; next try at {_time(run.resume_at)}"
+    if (held := _held_back(run)) is not None:
+        return held
     if _retrying(run):
         return f"retrying {run.retried_step} at {_time(run.resume_at)}"
     if run.resume_at and run.status in (RunStatus.SUSPENDED, RunStatus.PENDING):

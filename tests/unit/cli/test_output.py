@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from stemd._cli.output import duration, run_detail
+from stemd._cli.output import duration, run_detail, runs_table
 from stemd._model import CheckpointInfo, ErrorInfo, RunState, RunStatus
 
 T0 = datetime(2030, 1, 1, 9, 0, tzinfo=UTC)
@@ -191,3 +191,22 @@ def test_a_run_waiting_on_several_topics_shows_them_and_its_wait_data() -> None:
     )
     assert status in text
     assert 'wait data  {"document":"doc-7"}\n' in text
+
+
+def test_a_held_back_or_paused_run_shows_so() -> None:
+    """A run held back by a concurrency limit shows the limit and its next try; a paused
+    run shows that it is paused, in the table and in its detail."""
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    error = ErrorInfo(
+        type="WaitingForSlot",
+        message="waiting for a slot: 3 run(s) of w execute at once",
+        code="waiting_for_slot",
+        attempts=2,
+    )
+    held = RunState(
+        run_id="r1", workflow="w", status=RunStatus.SUSPENDED, error=error, resume_at=at
+    )
+    assert "waiting for a slot: 3 run(s) of w execute at once; next try at" in runs_table([held])
+    paused = RunState(run_id="r2", workflow="w", status=RunStatus.SUSPENDED, paused=True)
+    assert "suspended paused" in runs_table([paused])
+    assert "paused    yes: resume it to go on" in run_detail(paused)
