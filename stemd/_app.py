@@ -26,24 +26,22 @@ from stemd._actors.sweeper import Sweeper
 from stemd._actors.timer import Timer
 from stemd._actors.workers import WorkerPool
 from stemd._app_groups import GroupOperations
-from stemd._appkit import ALL, cursor, opened, positive, registry, wait_for_end, workflow_info
+from stemd._appkit import opened, registry, wait_for_end, workflow_info
+from stemd._appqueries import AppQueries
 from stemd._appschedules import AppSchedules, collect_schedules
 from stemd._broker import broker_from_url
 from stemd._broker.capabilities import HelperActors
 from stemd._clock import Clock, SystemClock
 from stemd._codec import Codec, codec_for
-from stemd._engine.engine import Engine, Workflow, new_run_id, to_run_state
+from stemd._engine.engine import Engine, Workflow, new_run_id
 from stemd._engine.limits import LimitedStore, effective_limits, observers_of
 from stemd._errors import StemError
 from stemd._health import Health, outcome_unknown
-from stemd._identifiers import validate_run_id, validate_topic
+from stemd._identifiers import validate_run_id
 from stemd._model import (
     CancellationPolicy,
-    RunPage,
     RunState,
-    RunStatus,
     WorkflowResult,
-    parse_status,
     seconds,
 )
 from stemd._options import AppOptions
@@ -56,7 +54,7 @@ if TYPE_CHECKING:
 
     from stemd._broker.base import Broker
     from stemd._schedules import Schedule
-    from stemd._store.base import Page, RunRecord, Store, WorkflowInfo
+    from stemd._store.base import Store
 
 __all__ = ["ActorFactory", "App"]
 
@@ -66,7 +64,7 @@ T = TypeVar("T")
 ActorFactory = Callable[["App"], Actor]
 
 
-class App(AppSchedules, GroupOperations):
+class App(AppQueries, AppSchedules, GroupOperations):
     """A stemd application: registers workflows, executes them (unless ``workers=False``),
     and starts, emits to and inspects runs. It implements
     :class:`~stemd._operations.Operations`, which its NATS surface serves.
@@ -427,59 +425,6 @@ class App(AppSchedules, GroupOperations):
         """
         return await self.engine.send(run_id, topic, payload, key)
 
-    async def list_runs(
-        self,
-        workflow: str | None = None,
-        status: RunStatus | str | None = None,
-        limit: int = 100,
-        *,
-        after: str | None = None,
-    ) -> list[RunState]:
-        """Runs, newest first, optionally filtered by workflow and status; from the cursor
-        ``after`` on (the ``next`` of a :meth:`page_runs`)."""
-        return (await self.page_runs(workflow, status, limit, after=after)).runs
-
-    async def page_runs(
-        self,
-        workflow: str | None = None,
-        status: RunStatus | str | None = None,
-        limit: int = 100,
-        *,
-        after: str | None = None,
-    ) -> RunPage:
-        """A page of runs, newest first, with the cursor of the next (``None``: last).
-
-        Pass ``page.next`` as ``after`` to get the next page.
-        """
-        limit = positive(limit)
-        page = await self.store.page_runs(
-            workflow=workflow, status=parse_status(status), limit=limit, after=cursor(after)
-        )
-        return await self._page(page)
-
-    async def runs_waiting_on(
-        self, topic: str, limit: int | None = None, *, after: str | None = None
-    ) -> list[RunState]:
-        """Runs suspended waiting for an event or message on ``topic``, oldest first: all
-        of them, or at most ``limit`` from the cursor ``after`` on (see
-        :meth:`page_waiting`)."""
-        # Without a limit, all of them in one store call (a KV store reads its index once).
-        return (await self.page_waiting(topic, ALL if limit is None else limit, after=after)).runs
-
-    async def page_waiting(
-        self, topic: str, limit: int = 1000, *, after: str | None = None
-    ) -> RunPage:
-        """A page of the runs waiting on ``topic`` (oldest first) and the cursor of the
-        next page (``None`` on the last)."""
-        validate_topic(topic)
-        limit = positive(limit)
-        page = await self.store.page_waiting(topic, limit=limit, after=cursor(after))
-        return await self._page(page)
-
-    async def _page(self, page: Page) -> RunPage:
-        runs = [await self._state(r) for r in page.records]
-        return RunPage(runs=runs, next=None if page.next is None else str(page.next))
-
     async def cancel_run(self, run_id: str, reason: str = "cancelled") -> bool:
         """Cancel a run (and its unfinished children); ``False`` if unknown or ended."""
         return await self.engine.cancel(run_id, reason)
@@ -491,16 +436,3 @@ class App(AppSchedules, GroupOperations):
             StepNotFound: the run has no such step.
         """
         return await self.engine.rewind(run_id, step)
-
-    async def registered_workflows(self) -> list[WorkflowInfo]:
-        """The workflows served here and those recorded in the store by every app with
-        workers (a daemon) that has used it, by name. A store records a workflow when such
-        an app starts, and never forgets it."""
-        found = {w.name: w for w in await self.store.registered_workflows()}
-        if self.workers:
-            for wf in self.workflows.values():
-                found.setdefault(wf.name, workflow_info(wf))
-        return [found[name] for name in sorted(found)]
-
-    async def _state(self, rec: RunRecord) -> RunState:
-        return to_run_state(rec, await self.store.get_checkpoints(rec.run_id), self.codec)

@@ -40,7 +40,8 @@ document), :mod:`~stemd._store.jetstream_bucket` (the bucket's requests, retried
 :mod:`~stemd._store.jetstream_index` (listings through the index, stale entries),
 :mod:`~stemd._store.jetstream_waits` (parents woken),
 :mod:`~stemd._store.jetstream_events` (event logs, deliveries, mailboxes),
-:mod:`~stemd._store.jetstream_timers` and :mod:`~stemd._store.jetstream_listing`. This one
+:mod:`~stemd._store.jetstream_timers`, :mod:`~stemd._store.jetstream_listing` and
+:mod:`~stemd._store.jetstream_groupsessions` (pauses, slots, sessions). This one
 is the :class:`~stemd._store.base.Store` they make, and the transitions of one run.
 """
 
@@ -63,7 +64,6 @@ from stemd._store import jetstream_doc as docs
 from stemd._store import jetstream_groups as groups
 from stemd._store import jetstream_listing as listing
 from stemd._store import jetstream_registry as registry
-from stemd._store import jetstream_slots as slots
 from stemd._store.base import (
     Checkpoint,
     Claim,
@@ -82,6 +82,7 @@ from stemd._store.base import (
 from stemd._store.jetstream_bucket import Bucket
 from stemd._store.jetstream_doc import Doc
 from stemd._store.jetstream_events import Events, take_mail
+from stemd._store.jetstream_groupsessions import JetStreamGroupsAndSessions
 from stemd._store.jetstream_index import Index
 from stemd._store.jetstream_records import MAX_TRIES, Records
 from stemd._store.jetstream_schedules import JetStreamSchedules
@@ -103,14 +104,13 @@ from stemd._store.transitions import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from stemd._store.sessions import Released, SessionRecord
 
 __all__ = ["JetStreamStore"]
 
 T = TypeVar("T")
 
 
-class JetStreamStore(JetStreamSchedules):
+class JetStreamStore(JetStreamSchedules, JetStreamGroupsAndSessions):
     """A :class:`~stemd._store.base.Store` in a JetStream KV bucket.
 
     Args:
@@ -388,29 +388,6 @@ class JetStreamStore(JetStreamSchedules):
         woken = await self._waits.wake_parents(new, now)
         return CommitResult(record=copy.copy(new.rec), woken=woken)
 
-    async def pause(self, run_id: str, now: datetime) -> RunRecord | None:
-        return await groups.pause(self._records, run_id, now)
-
-    async def resume(self, run_id: str, now: datetime) -> RunRecord | None:
-        return await groups.resume(self._records, self._events, self._waits, run_id, now)
-
-    async def pause_workflow(self, workflow: str, paused: bool) -> bool:
-        return await groups.pause_workflow(self._bucket, workflow, paused)
-
-    async def acquire_slot(
-        self, scope: str, holder: str, limit: int, now: datetime, expires_at: datetime
-    ) -> bool:
-        return await slots.acquire_slot(self._bucket, scope, holder, limit, now, expires_at)
-
-    async def release_slot(self, scope: str, holder: str) -> None:
-        await slots.release_slot(self._bucket, scope, holder)
-
-    async def paused_counts(self) -> dict[str, int]:
-        return await groups.paused_counts(self._records)
-
-    async def paused_workflows(self) -> list[str]:
-        return await groups.paused_workflows(self._bucket)
-
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
         def fn(doc: Doc) -> Doc:
             cps = dict(doc.cps)
@@ -509,17 +486,3 @@ class JetStreamStore(JetStreamSchedules):
         return await registry.registered_workflows(
             self.conn, self.stream, self.bucket, retry=self._retry
         )
-
-    # -- sessions (stemd._store.jetstream_sessions) ---------------------------------------
-
-    async def put_session(self, session: SessionRecord) -> None:
-        await self._sessions.put(session)
-
-    async def renew_session(self, session: SessionRecord) -> bool:
-        return await self._sessions.renew(session)
-
-    async def sessions(self) -> list[SessionRecord]:
-        return await self._sessions.all()
-
-    async def end_session(self, session_id: str, now: datetime) -> list[Released]:
-        return await self._sessions.end(session_id, now)

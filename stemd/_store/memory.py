@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import copy
 import heapq
-from collections import Counter, defaultdict
+from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -34,9 +34,9 @@ from stemd._store.base import (
     cursor_of,
     topics_of,
 )
+from stemd._store.memory_extras import MemoryPausedWorkflows, MemorySessions
 from stemd._store.memory_slots import MemorySlots
 from stemd._store.schedules import MemorySchedules
-from stemd._store.sessions import Released, SessionRecord, apply_takeover, held_by
 from stemd._store.transitions import (
     apply_cancel,
     apply_claim,
@@ -60,10 +60,12 @@ from stemd._store.transitions import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from stemd._store.sessions import SessionRecord
+
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore(MemorySchedules, MemorySlots):
+class MemoryStore(MemorySchedules, MemorySlots, MemorySessions, MemoryPausedWorkflows):
     """A :class:`~stemd._store.base.Store` held in dictionaries."""
 
     def __init__(self) -> None:
@@ -401,21 +403,6 @@ class MemoryStore(MemorySchedules, MemorySlots):
         self._put(new)
         return copy.copy(new)
 
-    async def pause_workflow(self, workflow: str, paused: bool) -> bool:
-        if (workflow in self._paused_workflows) is paused:
-            return False
-        if paused:
-            self._paused_workflows.add(workflow)
-        else:
-            self._paused_workflows.discard(workflow)
-        return True
-
-    async def paused_workflows(self) -> list[str]:
-        return sorted(self._paused_workflows)
-
-    async def paused_counts(self) -> dict[str, int]:
-        return dict(Counter(r.workflow for r in self._runs.values() if r.paused))
-
     async def rewind(self, run_id: str, step: str, now: datetime) -> RunRecord | None:
         rec = self._runs.get(run_id)
         if rec is None:
@@ -506,28 +493,3 @@ class MemoryStore(MemorySchedules, MemorySlots):
 
     async def registered_workflows(self) -> list[WorkflowInfo]:
         return [self._workflows[name] for name in sorted(self._workflows)]
-
-    # -- sessions (stemd._store.sessions) ---------------------------------------------------
-
-    async def put_session(self, session: SessionRecord) -> None:
-        self._sessions[session.session_id] = session
-
-    async def renew_session(self, session: SessionRecord) -> bool:
-        if session.session_id not in self._sessions:
-            return False
-        self._sessions[session.session_id] = session
-        return True
-
-    async def sessions(self) -> list[SessionRecord]:
-        return list(self._sessions.values())
-
-    async def end_session(self, session_id: str, now: datetime) -> list[Released]:
-        out = []
-        for run_id in list(self._live):
-            rec = self._runs[run_id]
-            if held_by(rec, session_id):
-                new = apply_takeover(rec, now)
-                self._put(new)
-                out.append(Released(run_id=run_id, queue=new.queue, token=new.token))
-        self._sessions.pop(session_id, None)
-        return out
