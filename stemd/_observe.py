@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from stemd._broker.capabilities import QueueDepth
+from stemd._engine.limits import LimitedStore
 from stemd._engine.observer import (
     LostLease,
     Observer,
@@ -134,6 +135,14 @@ def install_metrics(
     swept = registry.gauge("stemd_sweeper_requeued", "Orphaned runs re-enqueued by the sweeper.")
     restarts = registry.gauge("stemd_actor_restarts", "Restarts of each actor.", ["actor"])
     paused = PausedRuns(registry, app, paused_interval)
+    held_back = registry.gauge(
+        "stemd_runs_held_back",
+        "Times a run was held back by a concurrency limit here, by workflow.",
+        ["workflow"],
+    )
+    slots_taken = registry.gauge(
+        "stemd_slots_taken", "Slots of concurrency limits taken here, by workflow.", ["workflow"]
+    )
 
     async def collect() -> None:
         up.set(1)
@@ -156,6 +165,12 @@ def install_metrics(
             for name, count in app.supervisor.statistics().restarts.items():
                 restarts.set(count, actor=name)
         await paused.collect()
+        store = engine.store
+        if isinstance(store, LimitedStore):
+            for workflow, count in store.held_back.items():
+                held_back.set(count, workflow=workflow)
+            for workflow, count in store.slots_taken.items():
+                slots_taken.set(count, workflow=workflow)
 
     registry.collector(collect)
     return registry
