@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from stemd._actors.sessions import SessionActor
 from stemd._broker.capabilities import QueueDepth
+from stemd._engine.limits import LimitedStore
 from stemd._engine.observer import (
     LostLease,
     Observer,
@@ -200,6 +201,28 @@ class _AppCollector(Collector):
             yield from self._sessions(app)
         yield from self._health(app)
         yield from self.paused.collect()
+        yield from self._limits(app)
+
+    def _limits(self, app: App) -> Iterator[Metric]:
+        store = app.engine.store
+        if not isinstance(store, LimitedStore):
+            return
+        held_back = GaugeMetricFamily(
+            "stemd_runs_held_back",
+            "Times a run was held back by a concurrency limit here, by workflow.",
+            labels=["workflow"],
+        )
+        for workflow, count in sorted(store.held_back.items()):
+            held_back.add_metric([workflow], count)
+        yield held_back
+        slots_taken = GaugeMetricFamily(
+            "stemd_slots_taken",
+            "Slots of concurrency limits taken here, by workflow.",
+            labels=["workflow"],
+        )
+        for workflow, count in sorted(store.slots_taken.items()):
+            slots_taken.add_metric([workflow], count)
+        yield slots_taken
 
     def _sessions(self, app: App) -> Iterator[Metric]:
         assert app.supervisor is not None

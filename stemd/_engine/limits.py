@@ -16,6 +16,7 @@ no wrapper.
 
 from __future__ import annotations
 
+import collections
 import secrets
 import time
 from datetime import timedelta
@@ -114,6 +115,9 @@ class LimitedStore:
         self.observers = Observers()
         self.patience = patience
         self._freed = anyio.Event()
+        # Runs held back by this process so far, and slots taken, by workflow (metrics).
+        self.held_back: collections.Counter[str] = collections.Counter()
+        self.slots_taken: collections.Counter[str] = collections.Counter()
         # The slots each slice holds: (run id, token) → (holder, [(scope, limit)]).
         self._held: dict[tuple[str, int], tuple[str, list[tuple[str, int]]]] = {}
 
@@ -163,6 +167,7 @@ class LimitedStore:
             await self._release(holder, held)
             return None
         self._held[(run_id, claim.token)] = (holder, held)
+        self.slots_taken[rec.workflow] += 1
         return claim
 
     async def renew_lease(self, run_id: str, token: int, now: datetime, lease: float) -> None:
@@ -227,6 +232,7 @@ class LimitedStore:
             error=held,
         )
         done = await self.inner.commit(rec.run_id, claim.token, wait, now)
+        self.held_back[rec.workflow] += 1
         new = done.record
         event = RunChanged(
             run_id=new.run_id, workflow=new.workflow, status=new.status, timer_at=new.timer_at
