@@ -226,6 +226,8 @@ class SessionActor:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._every, self.lease / 4, self.renew)
                 tg.start_soon(self._every, self.lease / 8, self.check_peers)
+                # Slices this process could not commit nor give back during an outage.
+                tg.start_soon(self._every, self.lease / 4, self.engine.release_orphans)
         finally:
             with anyio.move_on_after(5, shield=True):
                 await self._end()
@@ -266,13 +268,13 @@ class SessionActor:
                 self._lock.release()
                 self._lock = None
 
-    async def _every(self, seconds: float, fn: Callable[[], Awaitable[None]]) -> None:
+    async def _every(self, seconds: float, fn: Callable[[], Awaitable[object]]) -> None:
         # Real (monotonic) time: the engine's clock may jump.
         while True:
             await anyio.sleep(seconds)
             await self._quietly(fn)
 
-    async def _quietly(self, fn: Callable[[], Awaitable[None]]) -> None:
+    async def _quietly(self, fn: Callable[[], Awaitable[object]]) -> None:
         """``fn()``; a failure (an outage) is logged once, and tried again next time."""
         try:
             await fn()

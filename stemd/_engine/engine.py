@@ -120,6 +120,10 @@ class Engine:
         self.observers = observers if observers is not None else Observers()
         self.leases = leases if leases is not None else SliceLeases(store, clock, lease)
         self.event_retention = seconds(event_retention, "event_retention") or 0.0
+        # Runs this process claimed and could neither commit nor give back (the store was
+        # away): run id -> token. They stay RUNNING under this process's live session, so
+        # no peer takes them: :meth:`release_orphans` gives them back once it can.
+        self.orphans: dict[str, int] = {}
 
     def codec_for(self, workflow: str) -> Codec:
         """The codec that encodes the values of ``workflow``'s runs."""
@@ -302,20 +306,18 @@ class Engine:
         finally:
             if outcome is None:
                 # Cancelled (shutdown) or lease lost: give the run back if we still own it.
+                self.orphans[run_id] = claim.token
                 with anyio.move_on_after(5, shield=True):
-                    try:
-                        result = await self.store.commit(
-                            run_id, claim.token, Release(), self.clock.now()
-                        )
-                        await self._after(result)
-                    except LeaseLost:
-                        pass
+                    await self._give_back(run_id, claim.token)
         try:
             result = await self.store.commit(run_id, claim.token, outcome, self.clock.now())
         except LeaseLost:
             log.warning("lease lost at commit; outcome discarded", **ids, outcome=outcome.kind)
             self._lease_lost(rec)
             return None
+        except Exception:
+            self.orphans[run_id] = claim.token  # given back once the store answers again
+            raise
         if committed is not None:
             committed.append(outcome.kind)
         if isinstance(outcome, Fail):
@@ -329,6 +331,27 @@ class Engine:
             )
         await self._after(result)
         return result.record
+
+    async def _give_back(self, run_id: str, token: int) -> None:
+        """Release the slice ``token`` of ``run_id`` (runnable again, enqueued); forget it
+        as an orphan once released or fenced out. A store error leaves it an orphan."""
+        try:
+            result = await self.store.commit(run_id, token, Release(), self.clock.now())
+        except LeaseLost:
+            self.orphans.pop(run_id, None)
+            return
+        except Exception as exc:
+            log.warning("slice not given back; retrying later", run_id=run_id, error=repr(exc))
+            return
+        self.orphans.pop(run_id, None)
+        await self._after(result)
+
+    async def release_orphans(self) -> int:
+        """Give back the runs this process claimed and could not commit or release while
+        the store was away; return how many are still waiting for it."""
+        for run_id, token in list(self.orphans.items()):
+            await self._give_back(run_id, token)
+        return len(self.orphans)
 
     async def _execute(self, claim: Claim) -> Outcome:
         rec = claim.record
