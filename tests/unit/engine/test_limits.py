@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 import pytest
+from prometheus_client import generate_latest
 
 import stemd
 from stemd._codec import codec_for
 from stemd._engine.limits import WAITING_FOR_SLOT_CODE, LimitedStore, effective_limits
-from stemd._observe import install_metrics
+from stemd._observe import install_metrics, refresh_metrics
 from stemd._options import LimitSettings
 from stemd._store.memory import MemoryStore
 from tests.helpers import open_app, wait_until
@@ -86,9 +87,11 @@ async def test_limits_hold_runs_back_visibly_and_all_complete(store_url: str) ->
         GATE["open"].set()
         for run_id in ids:
             assert (await app.wait_for_completion(run_id, timeout=20)).is_completed
-        text = await install_metrics(app).render()
+        registry = install_metrics(app)
+        await refresh_metrics(registry)
+        text = generate_latest(registry).decode()
     assert 'stemd_runs_held_back{workflow="limits.busy"}' in text
-    assert 'stemd_slots_taken{workflow="limits.busy"} 6' in text
+    assert 'stemd_slots_taken{workflow="limits.busy"} 6.0' in text
     assert RUNNING["max"] == 2
     assert max(KEY_MAX.values()) == 1
 
