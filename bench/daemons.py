@@ -16,7 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_config(path: Path, **keys: Any) -> Path:
-    """A TOML file of ``keys`` (strings, numbers, booleans, lists of strings)."""
+    """A TOML file of ``keys`` (strings, numbers, booleans, lists of strings). Its HTTP
+    server takes a free port unless ``keys`` name one: daemons side by side never race
+    for 8080."""
+    if "http_address" not in keys and "metrics_address" not in keys:
+        keys = {"http_address": "127.0.0.1:0", **keys}
 
     def value(v: Any) -> str:
         if isinstance(v, bool):

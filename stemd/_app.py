@@ -239,7 +239,12 @@ class App(AppQueries, AppSchedules, GroupOperations):
         if isinstance(store, str):
             store = store_from_url(store, **self._nats_options(store))
         limits = effective_limits(self.workflows, self.options.limits) if self.workers else {}
-        return LimitedStore(store, limits, self.workflow_codecs, self.codec) if limits else store
+        if not limits:
+            return store
+        # Slots live as long as the session renews them: a dead process frees them after
+        # `lease` of silence, as its runs are taken over.
+        ttl = self.options.timing.lease
+        return LimitedStore(store, limits, self.workflow_codecs, self.codec, slot_ttl=ttl)
 
     def _make_broker(self) -> Broker | None:
         if self._broker_arg is None:

@@ -47,6 +47,7 @@ import msgspec
 import structlog
 
 from stemd._engine.leases import LeaseKeeper
+from stemd._engine.limits import LimitedStore
 from stemd._store.memory import MemoryStore
 from stemd._store.sessions import SessionRecord, SessionStore
 
@@ -228,6 +229,8 @@ class SessionActor:
                 tg.start_soon(self._every, self.lease / 8, self.check_peers)
                 # Slices this process could not commit nor give back during an outage.
                 tg.start_soon(self._every, self.lease / 4, self.engine.release_orphans)
+                if isinstance(self.engine.store, LimitedStore):
+                    tg.start_soon(self._every, self.lease / 4, self._refresh_slots)
         finally:
             with anyio.move_on_after(5, shield=True):
                 await self._end()
@@ -267,6 +270,11 @@ class SessionActor:
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
+
+    async def _refresh_slots(self) -> None:
+        store = self.engine.store
+        assert isinstance(store, LimitedStore)
+        await store.refresh_slots(self.engine.clock.now())
 
     async def _every(self, seconds: float, fn: Callable[[], Awaitable[object]]) -> None:
         # Real (monotonic) time: the engine's clock may jump.

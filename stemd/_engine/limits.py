@@ -94,6 +94,9 @@ class LimitedStore:
             others' (a key is computed from a run's decoded params).
         patience: seconds a claim waits for a slot (taking one freed here at once) before
             the run is held back.
+        slot_ttl: seconds a slot stays held without a renewal (``None``: the claim's
+            lease). The process renews its slots with its session (:meth:`refresh_slots`),
+            so the slots of a process that died are free again this long after.
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class LimitedStore:
         codec: Codec,
         *,
         patience: float = 1.0,
+        slot_ttl: float | None = None,
     ) -> None:
         if not isinstance(inner, Slots):
             raise StemError(f"the store {type(inner).__name__} keeps no slots: no limits there")
@@ -114,6 +118,7 @@ class LimitedStore:
         self.codec = codec
         self.observers = Observers()
         self.patience = patience
+        self.slot_ttl = slot_ttl
         self._freed = anyio.Event()
         # Runs held back by this process so far, and slots taken, by workflow (metrics).
         self.held_back: collections.Counter[str] = collections.Counter()
@@ -175,7 +180,20 @@ class LimitedStore:
         found = self._held.get((run_id, token))
         if found is not None:
             holder, held = found
-            expires = now + timedelta(seconds=lease)
+            expires = now + timedelta(seconds=self._ttl(lease))
+            for scope, limit in held:
+                await self.slots.acquire_slot(scope, holder, limit, now, expires)
+
+    def _ttl(self, lease: float) -> float:
+        return self.slot_ttl if self.slot_ttl is not None else lease
+
+    async def refresh_slots(self, now: datetime) -> None:
+        """Renew every slot this process holds for ``slot_ttl`` more seconds (its
+        session's upkeep calls it, a few times per ``slot_ttl``)."""
+        if self.slot_ttl is None:
+            return
+        expires = now + timedelta(seconds=self.slot_ttl)
+        for holder, held in list(self._held.values()):
             for scope, limit in held:
                 await self.slots.acquire_slot(scope, holder, limit, now, expires)
 
@@ -193,7 +211,7 @@ class LimitedStore:
         self, holder: str, scopes: list[tuple[str, int]], now: datetime, lease: float
     ) -> tuple[str, int] | None:
         """Hold a slot of each scope for ``holder``, or none: the scope that is full."""
-        expires = now + timedelta(seconds=lease)
+        expires = now + timedelta(seconds=self._ttl(lease))
         held: list[tuple[str, int]] = []
         for scope, limit in scopes:
             if not await self.slots.acquire_slot(scope, holder, limit, now, expires):

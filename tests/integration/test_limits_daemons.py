@@ -38,7 +38,12 @@ def _spawn(url: str, effects: Path, name: str) -> subprocess.Popen[bytes]:
             stderr=err,
         )
     assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == b"READY", log.read_text()
+    # Log lines may come first (the App logs to stdout); READY says it serves.
+    for _ in range(50):
+        line = proc.stdout.readline()
+        if line.strip() == b"READY" or not line:
+            break
+    assert line.strip() == b"READY", log.read_text()
     return proc
 
 
