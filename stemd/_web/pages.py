@@ -29,6 +29,8 @@ from stemd._web.security import COOKIE
 from stemd._web.views import counts, raw_json, waterfall
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from starlette.requests import Request
 
     from stemd._model import RunPage, RunState
@@ -88,11 +90,19 @@ class Dashboard:
         return self.templates.TemplateResponse(request, name, ctx, status_code=status)
 
     async def _list(
-        self, workflow: str | None, status: str | None, limit: int, after: str | None
+        self,
+        workflow: str | None,
+        status: str | None,
+        limit: int,
+        after: str | None,
+        window: tuple[datetime | None, datetime | None] = (None, None),
     ) -> RunPage:
+        since, until = window
         if self.lister is not None:
-            return await self.lister.page(workflow, status, limit, after)
-        return await self.ops.page_runs(workflow, status, limit, after=after)
+            return await self.lister.page(workflow, status, limit, after, since, until)
+        return await self.ops.page_runs(
+            workflow, status, limit, after=after, created_after=since, created_before=until
+        )
 
     async def overview(self, request: Request) -> Response:
         page = await self._list(None, None, 500, None)
@@ -142,21 +152,19 @@ class Dashboard:
             return None
 
     async def _page(
-        self, f: dict[str, Any], since: Any, until: Any
+        self, f: dict[str, Any], since: datetime | None, until: datetime | None
     ) -> tuple[list[RunState], str | None]:
+        if not f["topic"]:  # the list verb filters by time itself
+            page = await self._list(f["workflow"], f["status"], _PAGE, f["after"], (since, until))
+            return page.runs, page.next
         after = f["after"]
         found: list[RunState] = []
-        for _ in range(_SCAN_PAGES):
-            if f["topic"]:
-                page = await self.ops.page_waiting(f["topic"], _PAGE, after=after)
-            else:
-                page = await self._list(f["workflow"], f["status"], _PAGE, after)
+        for _ in range(_SCAN_PAGES):  # runs waiting on a topic, oldest first
+            page = await self.ops.page_waiting(f["topic"], _PAGE, after=after)
             found += [r for r in page.runs if in_window(r, since, until)]
             after = page.next
-            oldest = page.runs[-1].created_at if page.runs else None
-            passed = since is not None and not f["topic"] and oldest is not None and oldest < since
-            if len(found) >= _PAGE or after is None or passed or (since is None and until is None):
-                return found[:_PAGE], None if passed else after
+            if len(found) >= _PAGE or after is None or (since is None and until is None):
+                return found[:_PAGE], after
         return found, after
 
     async def run(self, request: Request) -> Response:
