@@ -9,8 +9,11 @@ from stemd._appkit import ALL, cursor, positive, workflow_info
 from stemd._engine.views import to_run_state
 from stemd._identifiers import validate_topic
 from stemd._model import RunPage, RunState, RunStatus, parse_status
+from stemd._runwindow import instant, page_window
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from stemd._codec import Codec
     from stemd._engine.versions import Registry
     from stemd._store.base import Page, RunRecord, Store, WorkflowInfo
@@ -37,10 +40,20 @@ class AppQueries:
         limit: int = 100,
         *,
         after: str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
     ) -> list[RunState]:
-        """Runs, newest first, optionally filtered by workflow and status; from the cursor
-        ``after`` on (the ``next`` of a :meth:`page_runs`)."""
-        return (await self.page_runs(workflow, status, limit, after=after)).runs
+        """Runs, newest first, optionally filtered by workflow, status and creation time;
+        from the cursor ``after`` on (the ``next`` of a :meth:`page_runs`)."""
+        page = await self.page_runs(
+            workflow,
+            status,
+            limit,
+            after=after,
+            created_after=created_after,
+            created_before=created_before,
+        )
+        return page.runs
 
     async def page_runs(
         self,
@@ -49,14 +62,25 @@ class AppQueries:
         limit: int = 100,
         *,
         after: str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
     ) -> RunPage:
         """A page of runs, newest first, with the cursor of the next (``None``: last).
 
-        Pass ``page.next`` as ``after`` to get the next page.
+        Pass ``page.next`` as ``after`` to get the next page. ``created_after``,
+        ``created_before``: only the runs created after, before this instant (a
+        timezone-aware datetime or an ISO 8601 string); a page of such a window may hold
+        fewer than ``limit`` runs when there are more (go on while ``next`` is set).
         """
         limit = positive(limit)
-        page = await self.store.page_runs(
-            workflow=workflow, status=parse_status(status), limit=limit, after=cursor(after)
+        page = await page_window(
+            self.store,
+            workflow=workflow,
+            status=parse_status(status),
+            limit=limit,
+            after=cursor(after),
+            created_after=instant(created_after, "created_after"),
+            created_before=instant(created_before, "created_before"),
         )
         return await self._page(page)
 

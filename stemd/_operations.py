@@ -65,6 +65,8 @@ class Operations(Protocol):
         limit: int = 100,
         *,
         after: str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
     ) -> list[RunState]:
         """Runs, newest first, from the cursor ``after`` on."""
         ...
@@ -76,8 +78,11 @@ class Operations(Protocol):
         limit: int = 100,
         *,
         after: str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
     ) -> RunPage:
-        """A page of runs, newest first, and the cursor of the next (``None``: the last)."""
+        """A page of runs, newest first, and the cursor of the next (``None``: the last);
+        ``created_after``/``created_before``: only runs created within that window."""
         ...
 
     async def emit(

@@ -127,12 +127,16 @@ class GetRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 class ListRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``list``: runs, newest first, from the cursor ``after`` on (the ``next`` of the
-    previous page)."""
+    previous page); ``created_after``, ``created_before``: only the runs created after,
+    before that instant (a page of such a window may hold fewer than ``limit`` runs while
+    there are more: go on while ``next`` is present)."""
 
     workflow: WorkflowName | None = None
     status: StatusName | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
     after: Cursor | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
 
 
 class EmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

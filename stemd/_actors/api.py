@@ -213,7 +213,12 @@ class ApiResponder:
     async def _list(self, req: wire.ListRequest) -> bytes:
         async def fetch(limit: int) -> RunPage:
             return await self.ops.page_runs(
-                workflow=req.workflow, status=req.status, limit=limit, after=req.after
+                workflow=req.workflow,
+                status=req.status,
+                limit=limit,
+                after=req.after,
+                created_after=req.created_after,
+                created_before=req.created_before,
             )
 
         def reply(page: RunPage, partial: bool) -> wire.ListReply:

@@ -34,6 +34,7 @@ from stemd._urls import sqlite_path, url_kind
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
+    from datetime import datetime
 
     from stemd._engine.groups import GroupOp
     from stemd._loading import Workflow
@@ -69,9 +70,15 @@ class Client(Protocol):
         ...
 
     async def list_runs(
-        self, workflow: str | None, status: str | None, limit: int, after: str | None = None
+        self,
+        workflow: str | None,
+        status: str | None,
+        limit: int,
+        after: str | None = None,
+        window: tuple[datetime | None, datetime | None] = (None, None),
     ) -> RunPage:
-        """A page of runs, newest first, from the cursor ``after`` on."""
+        """A page of runs, newest first, from the cursor ``after`` on, created within
+        ``window`` (after, before; ``None``: no bound)."""
         ...
 
     async def emit(self, topic: str, payload: Any, retain: float | None = None) -> int:
@@ -174,10 +181,20 @@ class StoreClient:
         return await self.app.get_run(run_id)
 
     async def list_runs(
-        self, workflow: str | None, status: str | None, limit: int, after: str | None = None
+        self,
+        workflow: str | None,
+        status: str | None,
+        limit: int,
+        after: str | None = None,
+        window: tuple[datetime | None, datetime | None] = (None, None),
     ) -> RunPage:
         return await self.app.page_runs(
-            workflow=workflow, status=parse_status(status), limit=limit, after=after
+            workflow=workflow,
+            status=parse_status(status),
+            limit=limit,
+            after=after,
+            created_after=window[0],
+            created_before=window[1],
         )
 
     async def emit(self, topic: str, payload: Any, retain: float | None = None) -> int:

@@ -18,7 +18,7 @@ import msgspec
 from stemd._cli.output import print_json, run_detail
 from stemd._errors import RunNotFound, StemError
 from stemd._model import RunPage, RunState, RunStatus, validate_run_id
-from stemd._timefilter import in_window, parse_time
+from stemd._timefilter import parse_time
 
 if TYPE_CHECKING:
     import argparse
@@ -30,7 +30,6 @@ __all__ = ["exit_status", "list_window", "print_wait", "wait_with_progress", "wa
 
 _POLL = 0.25
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-_SCAN_PAGES = 50  # pages read at most to fill one page filtered by time
 
 
 def exit_status(run: RunState, timed_out: bool, timed_out_status: int) -> int:
@@ -135,24 +134,15 @@ async def wait_with_progress(
 
 
 async def list_window(client: Client, args: argparse.Namespace) -> RunPage:
-    """``list`` with ``--since``/``--until``: the page of runs created in that window, read
-    from as many store pages as it takes (newest first, stopping at ``--since``)."""
+    """``list`` with ``--since``/``--until``: the page of runs created in that window,
+    filtered by the ``list`` verb (``created_after``, ``created_before``)."""
     try:
         since, until = parse_time(args.since), parse_time(args.until)
     except ValueError as exc:
         raise StemError(f"--since/--until: {exc}") from None
-    found: list[RunState] = []
-    after = args.after
-    for _ in range(_SCAN_PAGES):
-        page = await client.list_runs(args.workflow, args.status, args.limit, after)
-        found += [r for r in page.runs if in_window(r, since, until)]
-        after = page.next
-        oldest = page.runs[-1].created_at if page.runs else None
-        if since is not None and oldest is not None and oldest < since:
-            return RunPage(runs=found[: args.limit], next=None)
-        if len(found) >= args.limit or after is None:
-            break
-    return RunPage(runs=found[: args.limit], next=after)
+    return await client.list_runs(
+        args.workflow, args.status, args.limit, args.after, (since, until)
+    )
 
 
 def print_wait(run: RunState, timed_out: bool, args: argparse.Namespace) -> None:

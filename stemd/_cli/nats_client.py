@@ -24,6 +24,8 @@ from stemd._model import CancellationPolicy, RunPage, RunState, parse_status, va
 from stemd._tracing import trace_headers
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from stemd._engine.groups import GroupOp
     from stemd._natsconn import NatsConnection
 
@@ -151,7 +153,12 @@ class NatsClient:
         return msgspec.structs.replace(run, checkpoints=checkpoints)
 
     async def list_runs(
-        self, workflow: str | None, status: str | None, limit: int, after: str | None = None
+        self,
+        workflow: str | None,
+        status: str | None,
+        limit: int,
+        after: str | None = None,
+        window: tuple[datetime | None, datetime | None] = (None, None),
     ) -> RunPage:
         st = parse_status(status)
         request = wire.ListRequest(
@@ -159,6 +166,8 @@ class NatsClient:
             status=st.value if st else None,
             limit=limit,
             after=_cursor(after),
+            created_after=window[0],
+            created_before=window[1],
         )
         reply: wire.ListReply = await self._request("list", request)
         return RunPage(runs=reply.runs, next=reply.next)

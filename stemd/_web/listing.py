@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING
 from stemd._appkit import cursor
 from stemd._engine.views import to_run_state
 from stemd._model import RunPage, RunStatus, parse_status
+from stemd._runwindow import instant, page_window
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from stemd._codec import Codec
     from stemd._store.base import Store
 
@@ -34,14 +37,23 @@ class RunLister:
         status: RunStatus | str | None = None,
         limit: int = 50,
         after: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> RunPage:
-        """A page of runs, newest first, from the cursor ``after`` on; no checkpoints.
+        """A page of runs, newest first, from the cursor ``after`` on; no checkpoints;
+        ``created_after``, ``created_before``: as ``App.page_runs``.
 
         Raises:
-            StemError: a bad status or cursor.
+            StemError: a bad status, cursor or time.
         """
-        page = await self.store.page_runs(
-            workflow=workflow, status=parse_status(status), limit=limit, after=cursor(after)
+        page = await page_window(
+            self.store,
+            workflow=workflow,
+            status=parse_status(status),
+            limit=limit,
+            after=cursor(after),
+            created_after=instant(created_after, "created_after"),
+            created_before=instant(created_before, "created_before"),
         )
         runs = [to_run_state(rec, (), self.codec) for rec in page.records]
         return RunPage(runs=runs, next=None if page.next is None else str(page.next))

@@ -46,7 +46,7 @@ def _responses(verb: str) -> dict[str, Any]:
 
 
 def _doc(typ: type) -> str:
-    return (typ.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    return " ".join((typ.__doc__ or "").strip().split("\n\n")[0].split())
 
 
 def _query_params(verb: str, skip: str | None = None) -> list[dict[str, Any]]:

@@ -3,10 +3,16 @@ for the live updates and the actions, which go through the JSON API.
 
 - ``/``: runs by status and workflow (the newest 500), runs ended per minute;
 - ``/runs``: the runs, newest first, filtered by workflow, status, topic (runs waiting
-  on it) and creation time, searched by run id, paged;
+  on it) and creation time, searched by run id, paged; the group actions (pause, resume,
+  cancel the runs the filters select, with a dry run's count in the confirmation);
 - ``/runs/{run_id}``: params, result, error, the timeline as a waterfall, parent and
-  children, the raw RunState, and the actions (cancel, rewind, emit, send);
-- ``/topics``: the topics suspended runs wait on; ``/workflows``: the registered ones.
+  children, the raw RunState, and the actions (cancel, pause, resume, rewind, fork,
+  emit, send);
+- ``/topics``: the topics suspended runs wait on; ``/workflows``: the registered ones;
+- ``/schedules``: the schedules, with their actions (pause, resume, trigger).
+
+Every action is a ``POST`` to the JSON API, behind a confirmation, with the checks of
+:mod:`stemd._web.security`.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from stemd._model import RunStatus
 from stemd._timefilter import in_window, parse_time
 from stemd._web.live import list_stream, run_stream
 from stemd._web.security import COOKIE
-from stemd._web.views import counts, raw_json, waterfall
+from stemd._web.views import counts, held_back, raw_json, waterfall
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from starlette.requests import Request
 
     from stemd._model import RunPage, RunState
@@ -66,6 +74,7 @@ class Dashboard:
         self.templates = Jinja2Templates(directory=str(_HERE / "templates"))
         self.templates.env.filters["json"] = raw_json
         self.templates.env.globals["statuses"] = _STATUSES
+        self.templates.env.globals["held_back"] = held_back
 
     def routes(self) -> list[Route | Mount]:
         """The dashboard's routes."""
@@ -75,6 +84,7 @@ class Dashboard:
             Route("/runs/{run_id}", self.run),
             Route("/topics", self.topics),
             Route("/workflows", self.workflows),
+            Route("/schedules", self.schedules),
             Route("/login", self.login, methods=["GET", "POST"]),
             Route("/events/runs", self.list_events),
             Route("/events/runs/{run_id}", self.run_events),
@@ -88,11 +98,19 @@ class Dashboard:
         return self.templates.TemplateResponse(request, name, ctx, status_code=status)
 
     async def _list(
-        self, workflow: str | None, status: str | None, limit: int, after: str | None
+        self,
+        workflow: str | None,
+        status: str | None,
+        limit: int,
+        after: str | None,
+        window: tuple[datetime | None, datetime | None] = (None, None),
     ) -> RunPage:
+        since, until = window
         if self.lister is not None:
-            return await self.lister.page(workflow, status, limit, after)
-        return await self.ops.page_runs(workflow, status, limit, after=after)
+            return await self.lister.page(workflow, status, limit, after, since, until)
+        return await self.ops.page_runs(
+            workflow, status, limit, after=after, created_after=since, created_before=until
+        )
 
     async def overview(self, request: Request) -> Response:
         page = await self._list(None, None, 500, None)
@@ -130,6 +148,7 @@ class Dashboard:
             ctx["error"] = str(exc)
             return self._render(request, "runs.html", status=400, **ctx)
         ctx["runs"] = runs
+        ctx["group"] = _group_filters(fields, since, until)
         if cursor is not None:
             more = {k: v for k, v in fields.items() if v and k != "after"}
             ctx["next"] = "/runs?" + urlencode({**more, "after": cursor})
@@ -142,21 +161,19 @@ class Dashboard:
             return None
 
     async def _page(
-        self, f: dict[str, Any], since: Any, until: Any
+        self, f: dict[str, Any], since: datetime | None, until: datetime | None
     ) -> tuple[list[RunState], str | None]:
+        if not f["topic"]:  # the list verb filters by time itself
+            page = await self._list(f["workflow"], f["status"], _PAGE, f["after"], (since, until))
+            return page.runs, page.next
         after = f["after"]
         found: list[RunState] = []
-        for _ in range(_SCAN_PAGES):
-            if f["topic"]:
-                page = await self.ops.page_waiting(f["topic"], _PAGE, after=after)
-            else:
-                page = await self._list(f["workflow"], f["status"], _PAGE, after)
+        for _ in range(_SCAN_PAGES):  # runs waiting on a topic, oldest first
+            page = await self.ops.page_waiting(f["topic"], _PAGE, after=after)
             found += [r for r in page.runs if in_window(r, since, until)]
             after = page.next
-            oldest = page.runs[-1].created_at if page.runs else None
-            passed = since is not None and not f["topic"] and oldest is not None and oldest < since
-            if len(found) >= _PAGE or after is None or passed or (since is None and until is None):
-                return found[:_PAGE], None if passed else after
+            if len(found) >= _PAGE or after is None or (since is None and until is None):
+                return found[:_PAGE], after
         return found, after
 
     async def run(self, request: Request) -> Response:
@@ -193,6 +210,10 @@ class Dashboard:
         types = [wire.workflow_type(w) for w in await self.ops.registered_workflows()]
         return self._render(request, "workflows.html", workflows=types)
 
+    async def schedules(self, request: Request) -> Response:
+        found = await self.ops.list_schedules()
+        return self._render(request, "schedules.html", schedules=found)
+
     async def login(self, request: Request) -> Response:
         next_url = request.query_params.get("next", "/")
         if not next_url.startswith("/") or next_url.startswith("//"):
@@ -216,3 +237,17 @@ class Dashboard:
     async def run_events(self, request: Request) -> Response:
         stream = run_stream(self.hub, self.ops, request.path_params["run_id"])
         return StreamingResponse(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+def _group_filters(
+    f: dict[str, Any], since: datetime | None, until: datetime | None
+) -> dict[str, str] | None:
+    """The filters of the group actions (``pause``, ``resume``, ``cancel_many``) that
+    select the runs the list shows, ages resolved to instants; ``None`` for no filter (a
+    group operation on every run is not offered)."""
+    group = {k: f[k] for k in ("workflow", "status", "topic") if f[k]}
+    if since is not None:
+        group["created_after"] = since.isoformat()
+    if until is not None:
+        group["created_before"] = until.isoformat()
+    return group or None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from stemd._engine.limits import WAITING_FOR_SLOT_CODE
 from stemd._engine.observer import Observer
 from stemd._model import RunStatus
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from stemd._engine.observer import RunChanged
     from stemd._model import RunState
 
-__all__ = ["Bar", "EndedPerMinute", "counts", "raw_json", "waterfall"]
+__all__ = ["Bar", "EndedPerMinute", "counts", "held_back", "raw_json", "waterfall"]
 
 _MINUTES = 60
 
@@ -116,3 +117,13 @@ def waterfall(state: RunState) -> tuple[list[Bar], float]:
 def raw_json(value: Any) -> str:
     """``value`` as indented JSON, as the wire encodes it."""
     return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
+
+
+def held_back(state: RunState) -> str | None:
+    """Why flow control holds the run back (a concurrency limit's slot), or ``None``."""
+    error = state.error
+    if error is None or error.code != WAITING_FOR_SLOT_CODE:
+        return None
+    if state.status is RunStatus.SUSPENDED:
+        return error.message
+    return None

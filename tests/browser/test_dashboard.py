@@ -36,12 +36,21 @@ if TYPE_CHECKING:
 
     from selenium.webdriver.remote.webelement import WebElement
 
+    from stemd import RunState
+
 pytestmark = pytest.mark.slow
 
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 DRIVER = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
 SHOTS = ROOT / "docs" / "images"
 WAIT = 20.0
+SCHEDULE = """
+[[schedules]]
+name = "new-year"
+workflow = "test.lifecycle"
+cron = "0 0 1 1 *"
+params = { hold = "b.new-year" }
+"""
 
 
 def _first(paths: tuple[str, ...], what: str) -> str:
@@ -101,6 +110,16 @@ class Site:
         """Wait until the page's event stream is connected."""
         self.until(lambda: self.texts("#live") == ["● live"], "the live stream")
 
+    def stored(self, run_id: str) -> RunState:
+        """The run as the store has it."""
+        state = run_state(self.db, run_id)
+        assert state is not None, f"no run {run_id} in the store"
+        return state
+
+    def toast(self) -> str:
+        found = self.texts("#toast:not([hidden])")
+        return found[0] if found else ""
+
     def status(self) -> str:
         found = self.texts("#run h1 .status")
         return found[0] if found else ""
@@ -140,6 +159,8 @@ def site(tmp_path: Path, notify: NotifyListener) -> Iterator[Site]:
     service = Service(executable_path=_first(DRIVER, "chromium-driver (chromedriver)"))
     port = _free_port()
     config = daemon_config(tmp_path, http_address=f"127.0.0.1:{port}")
+    with config.open("a") as toml:  # a schedule whose ticks never come during a test
+        toml.write(SCHEDULE)
     daemon = DaemonProcess(tmp_path, config, notify)
     driver = webdriver.Chrome(options=options, service=service)
     try:
@@ -243,7 +264,7 @@ def test_pages_are_keyboard_usable_and_fit_a_phone(site: Site) -> None:
     active.send_keys(Keys.ENTER)
     assert site.driver.switch_to.active_element.get_attribute("id") == "main"
     site.driver.set_window_size(390, 844)
-    for path in ("/", "/runs", "/runs/phone-run", "/topics", "/workflows"):
+    for path in ("/", "/runs", "/runs/phone-run", "/topics", "/workflows", "/schedules"):
         site.open(path)
         wide = site.driver.execute_script(
             "return document.documentElement.scrollWidth - window.innerWidth"
@@ -262,3 +283,78 @@ def test_pages_are_keyboard_usable_and_fit_a_phone(site: Site) -> None:
     site.open("/workflows")
     assert "test.lifecycle" in site.texts("td a")
     site.shot("workflows")
+
+
+def test_pause_and_resume_a_waiting_run_from_its_page(site: Site) -> None:
+    """Pause on a waiting run's page (confirmed) pauses it in the store and the page says
+    so; an event emitted meanwhile does not move it; Resume lets it take the event and
+    complete."""
+    site.start("test.lifecycle", "pause-me", hold="b.pause")
+    site.open("/runs/pause-me")
+    site.live()
+    site.until(lambda: site.status() == "suspended", "the run to wait")
+    site.css("#pause-button").click()
+    site.accept()
+    site.until(lambda: site.texts("#run h1 .status-paused") == ["paused"], "the paused badge")
+    assert site.stored("pause-me").paused
+    site.api("emit", {"topic": "b.pause", "payload": {"ok": True}})  # kept for the paused run
+    site.open("/runs?workflow=test.lifecycle")
+    assert "paused" in site.texts("tr[data-run=pause-me] td")[2]
+    site.open("/runs/pause-me")
+    site.live()
+    site.shot("paused-run")
+    held = site.stored("pause-me")
+    assert (held.status, held.paused) == (RunStatus.SUSPENDED, True)
+    site.css("#resume-button").click()
+    site.accept()
+    site.until(lambda: site.status() == "completed", "the resumed run to complete")
+    done = site.stored("pause-me")
+    assert (done.status, done.paused) == (RunStatus.COMPLETED, False)
+
+
+def test_pause_the_runs_a_filter_selects_after_a_dry_run_count(site: Site) -> None:
+    """On the runs list filtered by topic, Pause these runs asks to confirm with the dry
+    run's count, and pauses exactly those runs."""
+    for n in range(2):
+        site.start("test.lifecycle", f"grp-{n}", hold="b.group")
+    site.start("test.lifecycle", "other", hold="b.other")
+    for run_id in ("grp-0", "grp-1", "other"):
+        site.until(lambda r=run_id: site.stored(r).status is RunStatus.SUSPENDED, "the waits")
+    site.open("/runs?topic=b.group")
+    site.live()
+    site.css("button[data-action=group-pause]").click()
+    alert = site.until(lambda: _alert(site.driver), "the confirmation")
+    assert alert.text.startswith("Pause 2 runs (topic b.group)")
+    alert.accept()
+    site.until(lambda: site.toast() == "Paused 2 runs.", "the group paused")
+    assert [site.stored(r).paused for r in ("grp-0", "grp-1", "other")] == [True, True, False]
+
+
+def test_fork_a_run_from_a_step_and_trigger_a_schedule(site: Site) -> None:
+    """Fork on a completed run's page (confirmed) opens the new run, which the store has
+    from the chosen step; Trigger now on the schedules page starts the schedule's run, and
+    Pause marks the schedule paused."""
+    site.start("test.lifecycle", "fork-me")
+    site.until(lambda: site.stored("fork-me").status is RunStatus.COMPLETED, "the run to end")
+    site.open("/runs/fork-me")
+    site.live()
+    site.css("#fork-step").send_keys("wait")
+    site.css("#fork-button").click()
+    site.accept()
+    site.until(lambda: "/runs/fork-me" not in site.driver.current_url, "the forked run's page")
+    forked = site.driver.current_url.rsplit("/", 1)[1]
+    site.until(lambda: site.stored(forked).status is RunStatus.COMPLETED, "the fork to end")
+    assert [c.name for c in site.stored(forked).timeline][:1] == ["flaky"]
+
+    site.open("/schedules")
+    site.live()
+    site.css("tr[data-schedule=new-year] button[data-action=trigger_schedule]").click()
+    site.accept()
+    site.until(lambda: site.toast().startswith("Started run "), "the triggered run")
+    run_id = site.toast().removeprefix("Started run ").rstrip(".")
+    assert site.stored(run_id).workflow == "test.lifecycle"
+    site.until(lambda: run_id in site.texts("#schedules td a"), "the schedule's last run")
+    site.css("tr[data-schedule=new-year] button[data-action=pause_schedule]").click()
+    site.accept()
+    site.until(lambda: "paused" in site.texts("tr[data-schedule=new-year] td"), "paused")
+    site.shot("schedules")
