@@ -154,9 +154,7 @@ class Execution:
                     hook(event)
             started = time.perf_counter()
         try:
-            value = await (
-                call(attempt) if timeout is None else timed(call, attempt, timeout, name)
-            )
+            value = await timed(call, attempt, timeout, name)
         except Interrupt:
             if observed:
                 self._step_finished(hooks, name, attempt, started, "suspended", None)
