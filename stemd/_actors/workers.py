@@ -139,7 +139,13 @@ class WorkerPool:
                         log.warning("in_progress failed", run_id=delivery.run_id, error=repr(exc))
 
     async def _work(self) -> None:
-        while (delivery := await self._receive()) is not None:
+        # One scope per worker, cancelled by drain() only while the worker waits for a
+        # delivery (it is in _receiving then): none to enter per delivery.
+        with anyio.CancelScope() as idle:
+            await self._work_in(idle)
+
+    async def _work_in(self, idle: anyio.CancelScope) -> None:
+        while (delivery := await self._receive(idle)) is not None:
             self._in_flight[id(delivery)] = (delivery, time.monotonic())
             try:
                 if await self._admitted():
@@ -152,17 +158,21 @@ class WorkerPool:
                 if self._settled is not None:
                     self._settled.set()
 
-    async def _receive(self) -> Delivery | None:
-        """The next delivery, or ``None`` once the pool drains."""
+    async def _receive(self, idle: anyio.CancelScope) -> Delivery | None:
+        """The next delivery, or ``None`` once the pool drains (which cancels ``idle``,
+        the worker's scope, while the worker waits here)."""
         if self._draining:
             return None
-        with anyio.CancelScope() as scope:
-            self._receiving.add(scope)
-            try:
-                return await self.broker.receive(self.queue)
-            finally:
-                self._receiving.discard(scope)
-        return None  # drain() cancelled the wait
+        self._receiving.add(idle)
+        try:
+            delivery = await self.broker.receive(self.queue)
+        finally:
+            self._receiving.discard(idle)
+        if idle.cancel_called:  # drained as it arrived: handed back, unclaimed
+            with anyio.CancelScope(shield=True):
+                await self._settle(delivery, ack=False)
+            return None
+        return delivery
 
     async def _admitted(self) -> bool:
         """Wait until this worker may claim the run it holds (:meth:`_admit`); ``False``

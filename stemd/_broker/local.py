@@ -107,8 +107,11 @@ class LocalBroker:
             ready = anyio.Event()
             q.waiters.append(ready)
             try:
-                with anyio.move_on_after(wait):
+                if wait is None:  # no cancel scope when there is no deadline
                     await ready.wait()
+                else:
+                    with anyio.move_on_after(wait):
+                        await ready.wait()
             except BaseException:
                 if not ready.is_set():
                     q.waiters.remove(ready)

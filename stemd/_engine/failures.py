@@ -59,13 +59,20 @@ class Execution(Runtime, Protocol):
     ) -> bytes: ...
 
 
-async def timed(
+def timed(
     call: Callable[[int], Awaitable[Any]], attempt: int, timeout: float | None, name: str
-) -> Any:
+) -> Awaitable[Any]:
     """``call(attempt)``, cancelled after ``timeout`` seconds: then a TimeoutError, which
-    counts as a failed attempt of step ``name``."""
+    counts as a failed attempt of step ``name``. Without a timeout, ``call(attempt)``
+    itself (no coroutine around it)."""
     if timeout is None:
-        return await call(attempt)
+        return call(attempt)
+    return _timed(call, attempt, timeout, name)
+
+
+async def _timed(
+    call: Callable[[int], Awaitable[Any]], attempt: int, timeout: float, name: str
+) -> Any:
     with anyio.move_on_after(timeout):
         return await call(attempt)
     raise TimeoutError(f"step {name} took longer than its timeout ({timeout:g} s)")

@@ -78,6 +78,8 @@ class LeaseKeeper:
         self.check = check
         self.tick = min(lease / 6, check / 3) if check else lease / 6
         self._held: set[Held] = set()
+        # How many of the slices in _held run each run id (holds() without a scan).
+        self._runs: dict[str, int] = {}
         self._running = False
 
     @property
@@ -88,7 +90,7 @@ class LeaseKeeper:
     def holds(self, run_id: str) -> bool:
         """Whether a slice of ``run_id`` runs here now (known without any clock: a
         wall-clock jump never makes this process take a run from itself)."""
-        return any(held.run_id == run_id for held in self._held)
+        return run_id in self._runs
 
     def lose_all(self) -> int:
         """Cancel every slice in flight: their runs were taken over (this process's
@@ -101,13 +103,19 @@ class LeaseKeeper:
 
     async def keep(self, run_id: str, token: int, work: Callable[[], Awaitable[T]]) -> T | None:
         result: T | None = None
+        runs = self._runs
         with anyio.CancelScope() as scope:
             held = Held(run_id, token, scope, self.clock.now())
             self._held.add(held)
+            runs[run_id] = runs.get(run_id, 0) + 1
             try:
                 result = await work()
             finally:
                 self._held.discard(held)
+                if runs[run_id] == 1:
+                    del runs[run_id]
+                else:
+                    runs[run_id] -= 1
         return result
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -153,9 +153,11 @@ class Replay:
         Raises:
             Interrupt: one is not.
         """
+        retrying = (self.record.attempt_step or "").partition("@")[0]
+        if not (self.heads or self.sequences or retrying):
+            return  # nothing recorded yet (a run's first slice): nothing to check
         recorded = set(self.heads)
         recorded.update(self.sequences.get("", ()))
-        retrying = (self.record.attempt_step or "").partition("@")[0]
         if retrying:
             recorded.add(retrying)
         for step in sorted(recorded):

@@ -111,7 +111,12 @@ _WAITING_ON_CHILD = (
     f"SELECT {_COLS} FROM runs"
     " WHERE wait_child = ? AND status = 'suspended' AND wait_child IS NOT NULL ORDER BY run_id"
 )
-_EVENT_FLOOR = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+# A new run's event floor (the last event's position) and whether its workflow is paused,
+# in one statement.
+_CREATE_STATE = (
+    "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'events'),"
+    " EXISTS (SELECT 1 FROM paused_workflows WHERE name = ?)"
+)
 SELECT_WORKFLOWS = "SELECT name, kind, steps, version, registered_at FROM workflows ORDER BY name"
 _UPSERT_WORKFLOW = (
     "INSERT INTO workflows (name, kind, steps, version, registered_at) VALUES (?, ?, ?, ?, ?)"
@@ -119,7 +124,6 @@ _UPSERT_WORKFLOW = (
     " version = excluded.version, registered_at = excluded.registered_at"
 )
 _steps_decoder = msgspec.json.Decoder(tuple[str, ...])
-_WORKFLOW_PAUSED = "SELECT 1 FROM paused_workflows WHERE name = ?"
 SELECT_PAUSED_WORKFLOWS = "SELECT name FROM paused_workflows ORDER BY name"
 
 
@@ -203,9 +207,9 @@ def workflow_from_row(row: tuple[Any, ...] | sqlite3.Row) -> WorkflowInfo:
 
 
 def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bool]:
-    floor = db.execute(_EVENT_FLOOR).fetchone()
-    record = msgspec.structs.replace(record, event_floor=floor[0] if floor else 0)
-    if db.execute(_WORKFLOW_PAUSED, (record.workflow,)).fetchone() is not None:
+    floor, paused = db.execute(_CREATE_STATE, (record.workflow,)).fetchone()
+    record = msgspec.structs.replace(record, event_floor=floor or 0)
+    if paused:
         record = created_paused(record)
     if db.execute(_INSERT_RUN, record_to_row(record)).rowcount == 1:
         return record, True

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 
 from stemd._errors import StemError, TransportError
@@ -133,3 +134,43 @@ async def test_a_store_listing_from_a_stalled_server_fails_as_a_store_error(
         assert await store.runs_waiting_on("topic") == []
     finally:
         await store.close()
+
+
+async def test_requests_in_flight_each_get_their_own_reply(conn: NatsConnection) -> None:
+    """Many requests in flight on the shared reply inbox each get the reply to their own
+    request, answered in reverse order; a reply that comes after its request timed out is
+    dropped, and the next request is answered."""
+    server = await conn.subscribe("echo.>")
+    answered: list[tuple[str, bytes]] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            results: dict[int, bytes] = {}
+
+            async def ask(i: int) -> None:
+                results[i] = (await conn.request(f"echo.{i}", str(i).encode(), timeout=5)).data
+
+            for i in range(20):
+                tg.start_soon(ask, i)
+            for _ in range(20):
+                msg = await server.receive()
+                answered.append((msg.reply, msg.data))
+            for reply, data in reversed(answered):
+                await conn.publish(reply, b"re:" + data)
+        assert results == {i: f"re:{i}".encode() for i in range(20)}
+
+        with pytest.raises(TransportError):
+            await conn.request("echo.late", b"late", timeout=0.2)
+        late = await server.receive()
+        await conn.publish(late.reply, b"too late")
+        async with anyio.create_task_group() as tg:
+            got: list[bytes] = []
+
+            async def ask_again() -> None:
+                got.append((await conn.request("echo.again", b"x", timeout=5)).data)
+
+            tg.start_soon(ask_again)
+            again = await server.receive()
+            await conn.publish(again.reply, b"on time")
+        assert got == [b"on time"]
+    finally:
+        await server.unsubscribe()
