@@ -9,12 +9,15 @@ streams that stemd's own tasks read.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import nats.errors
 
 from stemd._natsauth import redact_url
 from stemd._natsconn.boundary import PermissionDenied, boundary, suppressed
@@ -69,6 +72,16 @@ class Subscription:
         self._receive.close()
 
 
+# The status of the reply the server sends when nobody listens on a request's subject.
+_NO_RESPONDERS = "503"
+
+
+def _expire(future: asyncio.Future[NatsMsg]) -> None:
+    """A request's timeout: no reply came in time."""
+    if not future.done():
+        future.set_exception(nats.errors.TimeoutError())
+
+
 class CoreConnection:
     """A connected NATS client with stemd's conventions (core NATS; see
     :class:`~stemd._natsconn.NatsConnection` for JetStream).
@@ -91,10 +104,12 @@ class CoreConnection:
         self._closed = False
         # Times the client reconnected: pull requests and server state may be gone.
         self.reconnects = 0
-        # Requests in flight by subject, so that the server's refusal of one (which it
-        # reports out of band, as an error on the connection) ends it at once.
-        self._requests: dict[str, set[anyio.CancelScope]] = {}
-        self._denied: dict[str, str] = {}
+        # Requests in flight by token on the shared reply inbox: their subject and the
+        # future their reply (or the server's refusal, reported out of band as an error
+        # on the connection, or their timeout) settles.
+        self._requests: dict[str, tuple[str, asyncio.Future[NatsMsg]]] = {}
+        self._tokens = itertools.count()
+        self._reply_lock = anyio.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -125,15 +140,18 @@ class CoreConnection:
         if match is None:
             return False
         kind, subject = match.group(1).lower(), match.group(2)
-        doomed: list[str] = []
-        if kind == "publish with reply of" or subject.startswith("_INBOX."):
-            doomed = list(self._requests)
-        elif kind == "publish to":
-            doomed = [subject]
-        for name in doomed:
-            for scope in self._requests.get(name, ()):
-                self._denied[name] = f"{match.group(1)} {subject!r}"
-                scope.cancel()
+        every = kind == "publish with reply of" or subject.startswith("_INBOX.")
+        if not every and kind != "publish to":
+            return True
+        for name, future in list(self._requests.values()):
+            if (every or name == subject) and not future.done():
+                future.set_exception(
+                    PermissionDenied(
+                        f"permission denied: the NATS server refused {match.group(1)} "
+                        f"{subject!r} (request to {name}); the connection's user lacks "
+                        "that permission"
+                    )
+                )
         return True
 
     async def close(self) -> None:
@@ -178,25 +196,27 @@ class CoreConnection:
             NoResponders: nobody listens on ``subject``.
             TransportError: no reply in time, or the connection failed.
         """
-        scope = anyio.CancelScope()
-        waiting = self._requests.setdefault(subject, set())
-        waiting.add(scope)
+        # The reply comes to the connection's shared inbox (as nats-py's own requests do),
+        # settling a future that the server's refusal of the request or its timeout may
+        # settle first: no cancel scope, task or timeout context per request.
+        if self._reply_sub is None:
+            await self._ensure_reply_sub()
+        token = f"r{next(self._tokens)}"
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[NatsMsg] = loop.create_future()
+        self._requests[token] = (subject, future)
+        expiry = loop.call_later(timeout or self.timeout, _expire, future)
         try:
-            with scope:
-                msg = await self._nc.request(
-                    subject, payload, timeout=timeout or self.timeout, headers=headers
-                )
-        finally:
-            waiting.discard(scope)
-            if not waiting:
-                self._requests.pop(subject, None)
-        if scope.cancel_called:
-            denied = self._denied.pop(subject, f"publish to {subject!r}")
-            raise PermissionDenied(
-                f"permission denied: the NATS server refused {denied} "
-                f"(request to {subject}); the connection's user lacks that permission"
+            await self._nc.publish(
+                subject, payload, reply=self._reply_prefix + token, headers=headers
             )
-        return detach(msg)
+            msg = await future
+        finally:
+            expiry.cancel()
+            del self._requests[token]
+        if msg.status == _NO_RESPONDERS:
+            raise nats.errors.NoRespondersError
+        return msg
 
     @boundary("subscribe to {subject}")
     async def subscribe(self, subject: str, *, queue: str = "", buffer: int = 1024) -> Subscription:
@@ -230,9 +250,19 @@ class CoreConnection:
     async def _ensure_reply_sub(self) -> None:
         if self._reply_sub is not None:
             return
+        async with self._reply_lock:  # one subscription, however many ask at first
+            if self._reply_sub is None:
+                await self._subscribe_replies()
+
+    async def _subscribe_replies(self) -> None:
 
         async def dispatch(msg: Any) -> None:
             token = msg.subject[len(self._reply_prefix) :]
+            request = self._requests.get(token)
+            if request is not None:
+                if not request[1].done():
+                    request[1].set_result(detach(msg))
+                return
             send = self._replies.get(token)
             if send is not None:
                 with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
