@@ -12,6 +12,11 @@ import msgspec
 __all__ = ["Limits"]
 
 
+def _seconds(value: object, most: float) -> bool:
+    """Whether ``value`` is a number of seconds in (0, ``most``]."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value <= most
+
+
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """Concurrency limits of a workflow, global across the daemons sharing one store.
 
@@ -34,6 +39,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
         rate: runs of the workflow started per ``per`` seconds (``None``: no limit).
         key_rate: runs of one key started per ``per`` seconds (needs ``key``).
         per: the window of ``rate`` and ``key_rate``, in seconds.
+        dedup_window: seconds a start with a ``dedup_key`` finds a live run started with
+            the same key (and returns it instead of starting another); ``None``: one hour.
     """
 
     concurrency: int | None = None
@@ -42,14 +49,14 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     rate: int | None = None
     key_rate: int | None = None
     per: float = 1.0
+    dedup_window: float | None = None
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.per, bool)
-            or not isinstance(self.per, (int, float))
-            or not 0 < self.per <= 86_400
-        ):
+        if not _seconds(self.per, 86_400):
             raise ValueError(f"per must be a number of seconds in (0, 86400], not {self.per!r}")
+        window = self.dedup_window
+        if window is not None and not _seconds(window, float("inf")):
+            raise ValueError(f"dedup_window must be a positive number of seconds, not {window!r}")
         for name in ("concurrency", "key_concurrency", "rate", "key_rate"):
             value = getattr(self, name)
             if value is not None and (

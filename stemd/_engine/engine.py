@@ -14,6 +14,7 @@ import structlog
 from stemd._authoring.classes import definition_of
 from stemd._authoring.definitions import Flow, Script
 from stemd._codec import Codec, check_depth
+from stemd._engine.dedup import create_once
 from stemd._engine.enqueue import enqueue_or_defer
 from stemd._engine.events import RunEvents
 from stemd._engine.execution import Aborted, Execution, Fenced, Interrupt, validate_topic
@@ -195,11 +196,14 @@ class Engine:
         queue: str | None = None,
         encoded_params: bytes | None = None,
         trace: str | None = None,
+        dedup: tuple[str, float] | None = None,
     ) -> tuple[str, bool]:
         """Create a run (idempotent on ``run_id``) and enqueue it; return (id, created).
 
         ``trace`` is the starter's W3C ``traceparent``; with tracing on and none given, the
-        caller's current span is used.
+        caller's current span is used. ``dedup``: a key and its window in seconds (a live
+        run started with the key within the window is returned instead: see
+        :mod:`~stemd._engine.dedup`).
         """
         name, definition = self.resolve(workflow)
         run_id = new_run_id() if run_id is None else validate_run_id(run_id)
@@ -227,7 +231,11 @@ class Engine:
             version=getattr(definition, "version", None),
         )
         record.timer_at = compute_timer_at(record)
-        stored, created = await self.store.create_run(record)
+        if dedup is None:
+            stored, created = await self.store.create_run(record)
+        else:
+            stored, created = await create_once(self.store, record, *dedup, now)
+            run_id = stored.run_id
         if created:
             if self.observers.run_started:
                 started = RunStarted(run_id=run_id, workflow=name)

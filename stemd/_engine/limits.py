@@ -65,7 +65,7 @@ WAITING_FOR_SLOT_CODE = "waiting_for_slot"
 SLOT_WAIT = Retry(backoff=0.05, max_backoff=0.5, jitter=True)
 #: ErrorInfo.code of a run held back by a rate limit.
 RATE_LIMITED_CODE = "rate_limited"
-_NUMBERS = ("concurrency", "key_concurrency", "rate", "key_rate", "per")
+_NUMBERS = ("concurrency", "key_concurrency", "rate", "key_rate", "per", "dedup_window")
 
 
 def rate_wait(per: float) -> Retry:
