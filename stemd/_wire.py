@@ -117,6 +117,7 @@ class StartRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     ttl: Seconds | None = None
     parent_run_id: RunId | None = None
     dedup_key: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
 
 
 class GetRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -59,6 +59,7 @@ class Client(Protocol):
         ttl: float | None = None,
         parent: str | None = None,
         dedup_key: str | None = None,
+        priority: int = 0,
     ) -> tuple[str, bool]:
         """Start a run; return its id and whether it was created (``False``: it existed).
         ``force``: start a workflow no daemon has registered (straight to the store);
@@ -163,6 +164,7 @@ class StoreClient:
         ttl: float | None = None,
         parent: str | None = None,
         dedup_key: str | None = None,
+        priority: int = 0,
     ) -> tuple[str, bool]:
         if not force and not self.app.workflows:
             registered = [w.name for w in await self.app.registered_workflows()]
@@ -176,6 +178,7 @@ class StoreClient:
             ttl=ttl,
             parent_run_id=parent,
             dedup_key=dedup_key,
+            priority=priority,
         )
 
     async def get(self, run_id: str) -> RunState | None:

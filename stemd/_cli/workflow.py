@@ -108,6 +108,7 @@ async def _start(client: Client, args: argparse.Namespace) -> int:
         ttl=args.ttl,
         parent=args.parent,
         dedup_key=args.dedup_key,
+        priority=args.priority,
     )
     if args.json:
         print_json({"run_id": run_id, "created": created})
@@ -356,6 +357,13 @@ def add_parser(commands: Any) -> Callable[..., argparse.ArgumentParser]:
         metavar="KEY",
         help="start nothing if a live run of the workflow was started with KEY within its "
         "dedup window (its id is printed)",
+    )
+    p.add_argument(
+        "--priority",
+        metavar="N",
+        type=int,
+        default=0,
+        help="-1000..1000: among runs waiting for a slot of a concurrency limit, higher first",
     )
     _common(p)
 

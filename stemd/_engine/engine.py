@@ -197,13 +197,15 @@ class Engine:
         encoded_params: bytes | None = None,
         trace: str | None = None,
         dedup: tuple[str, float] | None = None,
+        priority: int = 0,
     ) -> tuple[str, bool]:
         """Create a run (idempotent on ``run_id``) and enqueue it; return (id, created).
 
         ``trace`` is the starter's W3C ``traceparent``; with tracing on and none given, the
         caller's current span is used. ``dedup``: a key and its window in seconds (a live
         run started with the key within the window is returned instead: see
-        :mod:`~stemd._engine.dedup`).
+        :mod:`~stemd._engine.dedup`). ``priority``: its rank among runs waiting for a
+        slot (:mod:`~stemd._engine.limits`).
         """
         name, definition = self.resolve(workflow)
         run_id = new_run_id() if run_id is None else validate_run_id(run_id)
@@ -229,6 +231,7 @@ class Engine:
             ttl=ttl,
             trace=trace if trace is not None else self.observers.trace_context(),
             version=getattr(definition, "version", None),
+            priority=priority,
         )
         record.timer_at = compute_timer_at(record)
         if dedup is None:

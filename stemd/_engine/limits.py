@@ -9,7 +9,9 @@ slice's lease (renewed with it, freed by its commit, and freed by expiry when it
 dies: the next claim after takeover finds them free). A run that finds no slot free waits a
 moment for one (its worker takes a slot freed in this process at once), then is held
 back: claimed and committed as a wait to try again shortly, with an error of
-code ``"waiting_for_slot"`` naming the limit, which ``get`` and ``list`` show.
+code ``"waiting_for_slot"`` naming the limit, which ``get`` and ``list`` show. Runs
+waiting for a limit's slots take them in the order of a line kept in the store, by
+priority (:mod:`stemd._engine.priorities`).
 
 A rate limit is kept with the same slots: a start takes a slot of the rate's scope (the
 workflow's, its key's) held by the run until ``per`` seconds later and never freed, so no
@@ -34,6 +36,7 @@ import structlog
 
 from stemd._authoring.limits import Limits
 from stemd._engine.observer import Observers, RunChanged
+from stemd._engine.priorities import in_turn, join, leave, place_of, validate_priority
 from stemd._errors import StemError
 from stemd._model import ErrorInfo, Retry
 from stemd._store.base import RetryLater
@@ -55,6 +58,7 @@ __all__ = [
     "effective_limits",
     "observers_of",
     "rate_wait",
+    "validate_priority",
 ]
 
 log = structlog.get_logger("stemd.limits")
@@ -198,11 +202,18 @@ class LimitedStore:
         if over is not None:
             await self._hold_back(rec, owner, now, lease, _rate_error(*over, limits.per))
             return None
+        place = place_of(rec)
+        # A run held back for a slot keeps its place in line until it has one.
+        queued = rec.error is not None and rec.error.code == WAITING_FOR_SLOT_CODE
         started = time.monotonic()
         while True:
-            full = await self._acquire(holder, held, now, lease)
+            full = await in_turn(self.slots, place, held, now)
+            if full is None:
+                full = await self._acquire(holder, held, now, lease)
             if full is None:
                 break
+            await join(self.slots, place, [full], now)
+            queued = True
             waited = time.monotonic() - started
             if waited >= self.patience:
                 await self._hold_back(rec, owner, now, lease, _slot_error(*full))
@@ -214,8 +225,10 @@ class LimitedStore:
             now += timedelta(seconds=time.monotonic() - started - waited)
         claim = await self.inner.claim(run_id, owner, now, lease)
         if claim is None:
-            await self._release(holder, held)
+            await self._release(holder, held)  # not claimable: it keeps its place
             return None
+        if queued:
+            await leave(self.slots, place, held)
         self._held[(run_id, claim.token)] = (holder, held)
         self.slots_taken[rec.workflow] += 1
         return claim

@@ -83,3 +83,15 @@ async def test_two_apps_starting_one_key_at_once_create_one_run(
         assert len(await one.list_runs(limit=100)) == 1
     assert len({run_id for run_id, _ in results}) == 1
     assert sum(created for _, created in results) == 1
+
+
+async def test_the_start_verb_takes_a_priority(app: stemd.App, conn: NatsConnection) -> None:
+    """A start's priority is recorded with the run; one out of -1000..1000 is a bad
+    request that starts nothing."""
+    reply = await call(conn, "start", {"workflow": "dedup.flow", "priority": 7})
+    rec = await app.engine.store.get_run(reply["run_id"])
+    assert rec is not None
+    assert rec.priority == 7
+    bad = await call(conn, "start", {"workflow": "dedup.flow", "priority": 1001})
+    assert bad["error"]["code"] == "bad_request"
+    assert len(await app.list_runs(limit=100)) == 1
