@@ -1,13 +1,17 @@
 """The cost of flow control: throughput of the embedded App on SQLite (fsync on) with a
-3-step flow, unlimited, with a workflow concurrency limit, and with a per-key limit.
+3-step flow, unlimited, with a workflow concurrency limit, with a per-key limit, and with a
+rate limit (starts per second).
 
-    python bench/limits.py --runs 2000 --limit 8 --keys 50
+    python bench/limits.py --runs 2000 --limit 8 --keys 50 --rate 200
 
 Each measurement opens a fresh App on a new SQLite file; ``--runs`` runs are started by
 ``--clients`` tasks and executed by ``--concurrency`` workers, timed from the first start
 to the last completion. A limited run takes a slot (a store transaction) at each claim
 and frees it at its commit, and a run that finds no slot free waits and tries again: the
-limited numbers are the throughput under the limit, not only its bookkeeping.
+limited numbers are the throughput under the limit, not only its bookkeeping. A run of the
+rate-limited workflow takes a slot of the rate at its start (held for the window) and one
+over the rate is held back to try again within the window: its throughput is bounded by
+``--rate`` (``rate_ratio`` is the share of the rate reached).
 
 Prints one line per measurement and a JSON summary at the end.
 """
@@ -92,6 +96,7 @@ async def main(args: argparse.Namespace) -> None:
         "unlimited": None,
         f"concurrency_{args.limit}": stemd.Limits(concurrency=args.limit),
         f"key_1_of_{args.keys}_keys": stemd.Limits(key=lambda p: p["key"], key_concurrency=1),
+        f"rate_{args.rate}_per_s": stemd.Limits(rate=args.rate, per=1.0),
     }
     results: dict[str, Any] = {"concurrency": args.concurrency}
     for name, limits in variants.items():
@@ -102,6 +107,8 @@ async def main(args: argparse.Namespace) -> None:
             args.concurrency,
             args.keys,
         )
+        if limits is not None and limits.rate is not None:
+            result["rate_ratio"] = round(result["workflows_per_s"] / limits.rate, 3)
         results[name] = result
         print(f"{name:>22}: {result['workflows_per_s']:8.1f} workflows/s", flush=True)
     print(json.dumps(results, indent=2))
@@ -114,4 +121,5 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--limit", type=int, default=8, help="the workflow concurrency limit")
     parser.add_argument("--keys", type=int, default=50, help="distinct keys (limit 1 each)")
+    parser.add_argument("--rate", type=int, default=200, help="starts per second (rate limit)")
     anyio.run(main, parser.parse_args())

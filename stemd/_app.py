@@ -33,8 +33,9 @@ from stemd._broker import broker_from_url
 from stemd._broker.capabilities import HelperActors
 from stemd._clock import Clock, SystemClock
 from stemd._codec import Codec, codec_for
+from stemd._engine.dedup import dedup_window, validate_dedup_key
 from stemd._engine.engine import Engine, Workflow, new_run_id
-from stemd._engine.limits import LimitedStore, effective_limits, observers_of
+from stemd._engine.limits import LimitedStore, effective_limits, observers_of, validate_priority
 from stemd._errors import StemError
 from stemd._health import Health, outcome_unknown
 from stemd._identifiers import validate_run_id
@@ -325,8 +326,14 @@ class App(AppQueries, AppSchedules, GroupOperations):
         ttl: float | timedelta | None = None,
         *,
         queue: str | None = None,
+        dedup_key: str | None = None,
+        priority: int = 0,
     ) -> str:
-        """Start a run; return its id. With a ``run_id`` that exists, start nothing.
+        """Start a run; return its id. With a ``run_id`` that exists, start nothing; with
+        a ``dedup_key`` that a live run of the workflow was started with within its
+        window (``Limits(dedup_window=…)``, default one hour), start nothing and return
+        that run's id. ``priority`` (-1000 to 1000): among runs waiting for a slot of a
+        concurrency limit, a higher one takes a freed slot first.
 
         Raises:
             UnknownWorkflow: the workflow is not registered.
@@ -334,7 +341,14 @@ class App(AppQueries, AppSchedules, GroupOperations):
             InvalidRunId: ``run_id`` is not a valid run id.
         """
         run_id, _ = await self.start_run(
-            workflow, params, run_id=run_id, policy=policy, ttl=ttl, queue=queue
+            workflow,
+            params,
+            run_id=run_id,
+            policy=policy,
+            ttl=ttl,
+            queue=queue,
+            dedup_key=dedup_key,
+            priority=priority,
         )
         return run_id
 
@@ -349,11 +363,15 @@ class App(AppQueries, AppSchedules, GroupOperations):
         trace: str | None = None,
         queue: str | None = None,
         parent_run_id: str | None = None,
+        dedup_key: str | None = None,
+        priority: int = 0,
     ) -> tuple[str, bool]:
         """Start a run; return its id and whether it was created (``False``: a run with
-        ``run_id`` existed, and nothing was started). ``trace``: the starter's W3C
+        ``run_id`` existed, or a live run started with ``dedup_key`` within the workflow's
+        window, and nothing was started: that run's id). ``trace``: the starter's W3C
         ``traceparent`` (default: the caller's current span, when tracing).
         ``parent_run_id``: start it as a child of that run (``RunNotFound`` if none).
+        ``priority``: as for :meth:`start_workflow`.
 
         Raises:
             UnknownWorkflow: the workflow is not registered.
@@ -363,6 +381,12 @@ class App(AppQueries, AppSchedules, GroupOperations):
         if policy is not None and not isinstance(policy, CancellationPolicy):
             raise StemError("policy must be a stemd.CancellationPolicy")
         await self._check_parent(parent_run_id)
+        priority = validate_priority(priority)
+        dedup = None
+        if dedup_key is not None:
+            name, definition = self.engine.resolve(workflow)
+            window = dedup_window(name, definition, self.options.limits)
+            dedup = (validate_dedup_key(dedup_key), window)
         # An outage's error names the run id to start again with (no second run).
         with outcome_unknown(run_id := new_run_id() if run_id is None else run_id):
             return await self.engine.start_run(
@@ -374,6 +398,8 @@ class App(AppQueries, AppSchedules, GroupOperations):
                 ttl=seconds(ttl, "ttl"),
                 queue=queue,
                 trace=trace,
+                dedup=dedup,
+                priority=priority,
             )
 
     async def get_run(self, run_id: str) -> RunState | None:

@@ -223,6 +223,14 @@ class _AppCollector(Collector):
         for workflow, count in sorted(store.slots_taken.items()):
             slots_taken.add_metric([workflow], count)
         yield slots_taken
+        rate_limited = GaugeMetricFamily(
+            "stemd_runs_rate_limited",
+            "Starts held back by a rate limit here, by workflow.",
+            labels=["workflow"],
+        )
+        for workflow, count in sorted(store.rate_limited.items()):
+            rate_limited.add_metric([workflow], count)
+        yield rate_limited
 
     def _sessions(self, app: App) -> Iterator[Metric]:
         assert app.supervisor is not None

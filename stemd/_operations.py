@@ -47,11 +47,15 @@ class Operations(Protocol):
         ttl: float | None = None,
         trace: str | None = None,
         parent_run_id: str | None = None,
+        dedup_key: str | None = None,
+        priority: int = 0,
     ) -> tuple[str, bool]:
         """Start a run; return its id and whether it was created (``False``: a run with
-        that id existed, and nothing was started). ``trace``: the starter's W3C
-        ``traceparent``, recorded with the run; ``parent_run_id``: the run it is a child
-        of (``RunNotFound`` if there is none)."""
+        that id existed, or a live run started with ``dedup_key`` within the workflow's
+        dedup window, whose id is returned; nothing was started). ``trace``: the
+        starter's W3C ``traceparent``, recorded with the run; ``parent_run_id``: the run
+        it is a child of (``RunNotFound`` if there is none); ``priority``: its rank among
+        runs waiting for a slot of a concurrency limit (higher first)."""
         ...
 
     async def get_run(self, run_id: str) -> RunState | None:

@@ -79,6 +79,10 @@ class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
     key_concurrency: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    rate: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    key_rate: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    per: Annotated[float, msgspec.Meta(gt=0, le=86_400)] | None = None
+    dedup_window: Annotated[float, msgspec.Meta(gt=0, le=MAX_DURATION)] | None = None
 
 
 class AppOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -107,7 +107,8 @@ class PolicyBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 class StartRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``start``: start a run (idempotent on ``run_id``)."""
+    """``start``: start a run (idempotent on ``run_id``, and on ``dedup_key`` within the
+    workflow's dedup window while the run it started is live)."""
 
     workflow: WorkflowName
     params: Any = None
@@ -115,6 +116,8 @@ class StartRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     policy: PolicyBody | None = None
     ttl: Seconds | None = None
     parent_run_id: RunId | None = None
+    dedup_key: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
 
 
 class GetRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -200,6 +200,8 @@ class ApiResponder:
             ttl=req.ttl,
             trace=trace,
             parent_run_id=req.parent_run_id,
+            dedup_key=req.dedup_key,
+            priority=req.priority,
         )
         return wire.StartReply(run_id=run_id, created=created)
 

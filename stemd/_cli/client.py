@@ -59,6 +59,8 @@ class Client(Protocol):
         force: bool = False,
         ttl: float | None = None,
         parent: str | None = None,
+        dedup_key: str | None = None,
+        priority: int = 0,
     ) -> tuple[str, bool]:
         """Start a run; return its id and whether it was created (``False``: it existed).
         ``force``: start a workflow no daemon has registered (straight to the store);
@@ -168,13 +170,22 @@ class StoreClient:
         force: bool = False,
         ttl: float | None = None,
         parent: str | None = None,
+        dedup_key: str | None = None,
+        priority: int = 0,
     ) -> tuple[str, bool]:
         if not force and not self.app.workflows:
             registered = [w.name for w in await self.app.registered_workflows()]
             if workflow not in registered:
                 raise _unregistered(workflow, registered)
         return await self.app.start_run(
-            workflow, params, run_id=run_id, policy=policy, ttl=ttl, parent_run_id=parent
+            workflow,
+            params,
+            run_id=run_id,
+            policy=policy,
+            ttl=ttl,
+            parent_run_id=parent,
+            dedup_key=dedup_key,
+            priority=priority,
         )
 
     async def get(self, run_id: str) -> RunState | None:

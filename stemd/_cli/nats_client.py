@@ -12,6 +12,8 @@ import msgspec
 
 from stemd import _wire as wire
 from stemd._cli.group_requests import group_request
+from stemd._engine.dedup import validate_dedup_key
+from stemd._engine.limits import validate_priority
 from stemd._errors import (
     PayloadError,
     RunNotFound,
@@ -114,6 +116,8 @@ class NatsClient:
         force: bool = False,
         ttl: float | None = None,
         parent: str | None = None,
+        dedup_key: str | None = None,
+        priority: int = 0,
     ) -> tuple[str, bool]:
         if force:
             raise StemError(
@@ -135,6 +139,8 @@ class NatsClient:
             policy=body,
             ttl=ttl,
             parent_run_id=None if parent is None else validate_run_id(parent),
+            dedup_key=None if dedup_key is None else validate_dedup_key(dedup_key),
+            priority=validate_priority(priority),
         )
         reply: wire.StartReply = await self._request("start", request)
         return reply.run_id, reply.created

@@ -90,13 +90,17 @@ def _unregistered(run: RunState) -> bool:
     return run.status is RunStatus.SUSPENDED and _given_back(run) and not run.timeline
 
 
+_HELD_CODES = ("waiting_for_slot", "rate_limited")
+
+
 def _held_back(run: RunState) -> str | None:
     """What holds back a run that waits to try again without a failed step: a process
-    that knows its workflow, or a slot of a concurrency limit (``stemd.Limits``)."""
+    that knows its workflow, a slot of a concurrency limit or a rate limit's window
+    (``stemd.Limits``)."""
     if _unregistered(run):
         return f"workflow not registered where taken; next try at {_time(run.resume_at)}"
     error = run.error
-    if run.status is RunStatus.SUSPENDED and error and error.code == "waiting_for_slot":
+    if run.status is RunStatus.SUSPENDED and error and error.code in _HELD_CODES:
         return f"{error.message}; next try at {_time(run.resume_at)}"
     return None
 

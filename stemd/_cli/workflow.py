@@ -100,12 +100,22 @@ async def _start(client: Client, args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as exc:
             raise StemError(f"policy: {exc}") from None
     run_id, created = await client.start(
-        args.name, params, args.run_id, policy, force=args.force, ttl=args.ttl, parent=args.parent
+        args.name,
+        params,
+        args.run_id,
+        policy,
+        force=args.force,
+        ttl=args.ttl,
+        parent=args.parent,
+        dedup_key=args.dedup_key,
+        priority=args.priority,
     )
     if args.json:
         print_json({"run_id": run_id, "created": created})
     elif created:
         _out(f"started {args.name} run {run_id}")
+    elif args.dedup_key is not None and args.run_id != run_id:
+        _out(f"run {run_id} was started with dedup key {args.dedup_key}; nothing started")
     else:
         _out(f"run {run_id} already exists; nothing started")
     return 0
@@ -342,6 +352,19 @@ def add_parser(commands: Any) -> Callable[..., argparse.ArgumentParser]:
         "--ttl", metavar="S", type=_seconds, help="delete the run S seconds after it ends"
     )
     p.add_argument("--parent", metavar="RUN_ID", help="start it as a child of this run")
+    p.add_argument(
+        "--dedup-key",
+        metavar="KEY",
+        help="start nothing if a live run of the workflow was started with KEY within its "
+        "dedup window (its id is printed)",
+    )
+    p.add_argument(
+        "--priority",
+        metavar="N",
+        type=int,
+        default=0,
+        help="-1000..1000: among runs waiting for a slot of a concurrency limit, higher first",
+    )
     _common(p)
 
     p = add("get", _get, "show a run and its checkpoint timeline")

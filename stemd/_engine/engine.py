@@ -14,6 +14,7 @@ import structlog
 from stemd._authoring.classes import definition_of
 from stemd._authoring.definitions import Flow, Script
 from stemd._codec import Codec, check_depth
+from stemd._engine.dedup import create_once
 from stemd._engine.enqueue import enqueue_or_defer
 from stemd._engine.events import RunEvents
 from stemd._engine.execution import Aborted, Execution, Fenced, Interrupt, validate_topic
@@ -26,6 +27,7 @@ from stemd._engine.observer import (
     SliceFinished,
     SliceStarted,
 )
+from stemd._engine.orphans import Orphans
 from stemd._engine.params import check_params
 from stemd._engine.versions import definition_for
 from stemd._engine.views import new_run_id, to_run_state, unknown_workflow
@@ -52,7 +54,6 @@ from stemd._store.base import (
     CommitResult,
     Fail,
     Outcome,
-    Release,
     RunRecord,
     Store,
     base_step_name,
@@ -73,7 +74,7 @@ Workflow = Flow[Any, Any] | Script[Any, Any]
 log = structlog.get_logger("stemd.engine")
 
 
-class Engine:
+class Engine(Orphans):
     """Advances runs one slice at a time; every state change goes through the Store.
 
     Everything it uses is given at construction. Besides the store, broker, codecs and
@@ -199,11 +200,16 @@ class Engine:
         queue: str | None = None,
         encoded_params: bytes | None = None,
         trace: str | None = None,
+        dedup: tuple[str, float] | None = None,
+        priority: int = 0,
     ) -> tuple[str, bool]:
         """Create a run (idempotent on ``run_id``) and enqueue it; return (id, created).
 
         ``trace`` is the starter's W3C ``traceparent``; with tracing on and none given, the
-        caller's current span is used.
+        caller's current span is used. ``dedup``: a key and its window in seconds (a live
+        run started with the key within the window is returned instead: see
+        :mod:`~stemd._engine.dedup`). ``priority``: its rank among runs waiting for a
+        slot (:mod:`~stemd._engine.limits`).
         """
         name, definition = self.resolve(workflow)
         run_id = new_run_id() if run_id is None else validate_run_id(run_id)
@@ -229,9 +235,14 @@ class Engine:
             ttl=ttl,
             trace=trace if trace is not None else self.observers.trace_context(),
             version=getattr(definition, "version", None),
+            priority=priority,
         )
         record.timer_at = compute_timer_at(record)
-        stored, created = await self.store.create_run(record)
+        if dedup is None:
+            stored, created = await self.store.create_run(record)
+        else:
+            stored, created = await create_once(self.store, record, *dedup, now)
+            run_id = stored.run_id
         if created:
             if self.observers.run_started:
                 started = RunStarted(run_id=run_id, workflow=name)
@@ -331,27 +342,6 @@ class Engine:
             )
         await self._after(result)
         return result.record
-
-    async def _give_back(self, run_id: str, token: int) -> None:
-        """Release the slice ``token`` of ``run_id`` (runnable again, enqueued); forget it
-        as an orphan once released or fenced out. A store error leaves it an orphan."""
-        try:
-            result = await self.store.commit(run_id, token, Release(), self.clock.now())
-        except LeaseLost:
-            self.orphans.pop(run_id, None)
-            return
-        except Exception as exc:
-            log.warning("slice not given back; retrying later", run_id=run_id, error=repr(exc))
-            return
-        self.orphans.pop(run_id, None)
-        await self._after(result)
-
-    async def release_orphans(self) -> int:
-        """Give back the runs this process claimed and could not commit or release while
-        the store was away; return how many are still waiting for it."""
-        for run_id, token in list(self.orphans.items()):
-            await self._give_back(run_id, token)
-        return len(self.orphans)
 
     async def _execute(self, claim: Claim) -> Outcome:
         rec = claim.record

@@ -9,7 +9,15 @@ slice's lease (renewed with it, freed by its commit, and freed by expiry when it
 dies: the next claim after takeover finds them free). A run that finds no slot free waits a
 moment for one (its worker takes a slot freed in this process at once), then is held
 back: claimed and committed as a wait to try again shortly, with an error of
-code ``"waiting_for_slot"`` naming the limit, which ``get`` and ``list`` show. Runs of
+code ``"waiting_for_slot"`` naming the limit, which ``get`` and ``list`` show. Runs
+waiting for a limit's slots take them in the order of a line kept in the store, by
+priority (:mod:`stemd._engine.priorities`).
+
+A rate limit is kept with the same slots: a start takes a slot of the rate's scope (the
+workflow's, its key's) held by the run until ``per`` seconds later and never freed, so no
+more than ``rate`` are held in any window. Only a run not started yet is counted (it has
+never been claimed, or only to be held back by the rate); one over the rate is held back
+at once with an error of code ``"rate_limited"`` and tries again within the window. Runs of
 workflows without limits go straight to the store, and an App with no limits at all has
 no wrapper.
 """
@@ -23,10 +31,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 import structlog
 
 from stemd._authoring.limits import Limits
 from stemd._engine.observer import Observers, RunChanged
+from stemd._engine.priorities import in_turn, join, leave, place_of, validate_priority
 from stemd._errors import StemError
 from stemd._model import ErrorInfo, Retry
 from stemd._store.base import RetryLater
@@ -40,7 +50,16 @@ if TYPE_CHECKING:
     from stemd._options import LimitSettings
     from stemd._store.base import Claim, CommitResult, Outcome, RunRecord, Store
 
-__all__ = ["SLOT_WAIT", "WAITING_FOR_SLOT_CODE", "LimitedStore", "effective_limits", "observers_of"]
+__all__ = [
+    "RATE_LIMITED_CODE",
+    "SLOT_WAIT",
+    "WAITING_FOR_SLOT_CODE",
+    "LimitedStore",
+    "effective_limits",
+    "observers_of",
+    "rate_wait",
+    "validate_priority",
+]
 
 log = structlog.get_logger("stemd.limits")
 
@@ -48,6 +67,16 @@ log = structlog.get_logger("stemd.limits")
 WAITING_FOR_SLOT_CODE = "waiting_for_slot"
 #: How long a held-back run waits before it tries again (its n-th time in a row).
 SLOT_WAIT = Retry(backoff=0.05, max_backoff=0.5, jitter=True)
+#: ErrorInfo.code of a run held back by a rate limit.
+RATE_LIMITED_CODE = "rate_limited"
+_NUMBERS = ("concurrency", "key_concurrency", "rate", "key_rate", "per", "dedup_window")
+
+
+def rate_wait(per: float) -> Retry:
+    """How long a run held back by a rate of window ``per`` waits before it tries again:
+    a jittered share of the window (at most 5 s), growing with its tries in a row."""
+    most = min(max(per, 0.05), 5.0)
+    return Retry(backoff=most / 8, max_backoff=most, jitter=True)
 
 
 def effective_limits(
@@ -64,12 +93,9 @@ def effective_limits(
     for name, workflow in workflows.items():
         declared: Limits = getattr(workflow, "limits", None) or Limits()
         override = overrides.get(name)
+        numbers = {n: (override and getattr(override, n)) or getattr(declared, n) for n in _NUMBERS}
         try:
-            merged = Limits(
-                concurrency=(override and override.concurrency) or declared.concurrency,
-                key=declared.key,
-                key_concurrency=(override and override.key_concurrency) or declared.key_concurrency,
-            )
+            merged = Limits(key=declared.key, **numbers)
         except (TypeError, ValueError) as exc:
             raise StemError(f"limits of workflow {name!r}: {exc}") from None
         if merged.limited:
@@ -123,25 +149,49 @@ class LimitedStore:
         # Runs held back by this process so far, and slots taken, by workflow (metrics).
         self.held_back: collections.Counter[str] = collections.Counter()
         self.slots_taken: collections.Counter[str] = collections.Counter()
+        # Starts held back by a rate limit here, by workflow (metrics).
+        self.rate_limited: collections.Counter[str] = collections.Counter()
         # The slots each slice holds: (run id, token) → (holder, [(scope, limit)]).
         self._held: dict[tuple[str, int], tuple[str, list[tuple[str, int]]]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def _scopes(self, rec: RunRecord, limits: Limits) -> list[tuple[str, int]]:
+    def _scopes(
+        self, rec: RunRecord, limits: Limits
+    ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        """The concurrency scopes of a run, and its rate scopes: (scope, limit) each."""
         scopes: list[tuple[str, int]] = []
+        rates: list[tuple[str, int]] = []
         if limits.concurrency is not None:
             scopes.append((f"wf:{rec.workflow}", limits.concurrency))
-        if limits.key is not None and limits.key_concurrency is not None:
+        if limits.rate is not None:
+            rates.append((f"rate:{rec.workflow}", limits.rate))
+        if limits.key is not None and (limits.key_concurrency or limits.key_rate):
             try:
                 codec = self.codecs.get(rec.workflow, self.codec)
                 key = limits.key(codec.decode(rec.params))
             except Exception as exc:
                 log.warning("limit key failed; no key limit", run_id=rec.run_id, error=repr(exc))
             else:
-                scopes.append((f"key:{rec.workflow}:{key}", limits.key_concurrency))
-        return scopes
+                if limits.key_concurrency is not None:
+                    scopes.append((f"key:{rec.workflow}:{key}", limits.key_concurrency))
+                if limits.key_rate is not None:
+                    rates.append((f"rate:{rec.workflow}:{key}", limits.key_rate))
+        return scopes, rates
+
+    async def _admit(
+        self, rec: RunRecord, limits: Limits, rates: list[tuple[str, int]], now: datetime
+    ) -> tuple[str, int] | None:
+        """Count the start of a run not started yet against its rates (a slot of each,
+        held by the run for ``per`` seconds: taken again by it, nothing more is counted);
+        ``None``, or the rate that is full."""
+        if not rates:
+            return None
+        error = rec.error
+        if rec.attempts and (error is None or error.code != RATE_LIMITED_CODE):
+            return None  # started already
+        return await self._acquire(f"run:{rec.run_id}", rates, now, limits.per)
 
     async def claim(self, run_id: str, owner: str, now: datetime, lease: float) -> Claim | None:
         rec = await self.inner.get_run(run_id)
@@ -152,15 +202,26 @@ class LimitedStore:
         if rec is None or limits is None or rec.status.is_terminal:
             return await self.inner.claim(run_id, owner, now, lease)
         holder = f"{run_id}:{owner}:{secrets.token_hex(4)}"
-        held = self._scopes(rec, limits)
+        held, rates = self._scopes(rec, limits)
+        over = await self._admit(rec, limits, rates, now)
+        if over is not None:
+            await self._hold_back(rec, owner, now, lease, _rate_error(*over, limits.per))
+            return None
+        place = place_of(rec)
+        # A run held back for a slot keeps its place in line until it has one.
+        queued = rec.error is not None and rec.error.code == WAITING_FOR_SLOT_CODE
         started = time.monotonic()
         while True:
-            full = await self._acquire(holder, held, now, lease)
+            full = await in_turn(self.slots, place, held, now)
+            if full is None:
+                full = await self._acquire(holder, held, now, lease)
             if full is None:
                 break
+            await join(self.slots, place, [full], now)
+            queued = True
             waited = time.monotonic() - started
             if waited >= self.patience:
-                await self._hold_back(rec, owner, now, lease, *full)
+                await self._hold_back(rec, owner, now, lease, _slot_error(*full))
                 return None
             # A slot freed by this process is taken at once; one freed by another process
             # is found by the next try.
@@ -169,8 +230,10 @@ class LimitedStore:
             now += timedelta(seconds=time.monotonic() - started - waited)
         claim = await self.inner.claim(run_id, owner, now, lease)
         if claim is None:
-            await self._release(holder, held)
+            await self._release(holder, held)  # not claimable: it keeps its place
             return None
+        if queued:
+            await leave(self.slots, place, held)
         self._held[(run_id, claim.token)] = (holder, held)
         self.slots_taken[rec.workflow] += 1
         return claim
@@ -213,6 +276,7 @@ class LimitedStore:
         """Hold a slot of each scope for ``holder``, or none: the scope that is full."""
         expires = now + timedelta(seconds=self._ttl(lease))
         held: list[tuple[str, int]] = []
+        # A rate's slots are held for their window; a concurrency slot for the lease.
         for scope, limit in scopes:
             if not await self.slots.acquire_slot(scope, holder, limit, now, expires):
                 await self._release(holder, held)
@@ -228,32 +292,50 @@ class LimitedStore:
             self._freed = anyio.Event()
 
     async def _hold_back(
-        self, rec: RunRecord, owner: str, now: datetime, lease: float, scope: str, limit: int
+        self, rec: RunRecord, owner: str, now: datetime, lease: float, error: ErrorInfo
     ) -> None:
         """Make the run wait, visibly, to try again shortly (its step retries kept)."""
         claim = await self.inner.claim(rec.run_id, owner, now, lease)
         if claim is None:
             return  # taken meanwhile
-        error = claim.record.error
-        tries = (error.attempts or 0) + 1 if error and error.code == WAITING_FOR_SLOT_CODE else 1
-        what = scope.partition(":")[2]
-        held = ErrorInfo(
-            type="WaitingForSlot",
-            message=f"waiting for a slot: {limit} run(s) of {what} execute at once",
-            attempts=tries,
-            code=WAITING_FOR_SLOT_CODE,
-        )
+        last = claim.record.error
+        tries = (last.attempts or 0) + 1 if last and last.code == error.code else 1
+        held = msgspec.structs.replace(error, attempts=tries)
+        if error.code == RATE_LIMITED_CODE:
+            per = self.limits[rec.workflow].per
+            delay = rate_wait(per).delay(min(tries, 4))
+            self.rate_limited[rec.workflow] += 1
+        else:
+            delay = SLOT_WAIT.delay(min(tries, 8))
+            self.held_back[rec.workflow] += 1
         wait = RetryLater(
             step=claim.record.attempt_step,
             failures=claim.record.step_failures,
-            resume_at=now + timedelta(seconds=SLOT_WAIT.delay(min(tries, 8))),
+            resume_at=now + timedelta(seconds=delay),
             error=held,
         )
         done = await self.inner.commit(rec.run_id, claim.token, wait, now)
-        self.held_back[rec.workflow] += 1
         new = done.record
         event = RunChanged(
             run_id=new.run_id, workflow=new.workflow, status=new.status, timer_at=new.timer_at
         )
         for hook in self.observers.run_changed:
             hook(event)
+
+
+def _slot_error(scope: str, limit: int) -> ErrorInfo:
+    what = scope.partition(":")[2]
+    return ErrorInfo(
+        type="WaitingForSlot",
+        message=f"waiting for a slot: {limit} run(s) of {what} execute at once",
+        code=WAITING_FOR_SLOT_CODE,
+    )
+
+
+def _rate_error(scope: str, limit: int, per: float) -> ErrorInfo:
+    what = scope.partition(":")[2]
+    return ErrorInfo(
+        type="RateLimited",
+        message=f"rate limited: {limit} run(s) of {what} start per {per:g} s",
+        code=RATE_LIMITED_CODE,
+    )

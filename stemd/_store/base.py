@@ -95,6 +95,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
     version: str | int | None = None
     # Paused by an operator: not claimed, its timers held, its events kept in its mailbox.
     paused: bool = False
+    priority: int = 0  # its rank among runs waiting for a slot (higher first)
 
 
 class Checkpoint(msgspec.Struct, frozen=True):

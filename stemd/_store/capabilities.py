@@ -37,3 +37,7 @@ class Slots(Protocol):
     async def release_slot(self, scope: str, holder: str) -> None:
         """Free the slot ``holder`` holds in ``scope`` (none: nothing happens)."""
         ...
+
+    async def slot_holders(self, scope: str, now: datetime) -> list[str]:
+        """Who holds a slot of ``scope`` at ``now`` (expired holds left out), sorted."""
+        ...

@@ -50,6 +50,9 @@ class JetStreamGroupsAndSessions:
     async def release_slot(self, scope: str, holder: str) -> None:
         await slots.release_slot(self._bucket, scope, holder)
 
+    async def slot_holders(self, scope: str, now: datetime) -> list[str]:
+        return await slots.slot_holders(self._bucket, scope, now)
+
     async def paused_counts(self) -> dict[str, int]:
         return await groups.paused_counts(self._records)
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from stemd._store.jetstream_bucket import Bucket
 
-__all__ = ["acquire_slot", "release_slot"]
+__all__ = ["acquire_slot", "release_slot", "slot_holders"]
 
 
 class _Held(msgspec.Struct):
@@ -72,6 +72,14 @@ async def acquire_slot(
         return True
 
     return await _change(bucket, scope, fn)
+
+
+async def slot_holders(bucket: Bucket, scope: str, now: datetime) -> list[str]:
+    """See :meth:`Slots.slot_holders <stemd._store.capabilities.Slots.slot_holders>`."""
+    msg = await bucket.get(_key(scope), leader=True)
+    held = _decoder.decode(msg.data).holders if msg is not None and msg.data else {}
+    now_ms = ms(now)
+    return sorted(holder for holder, until in held.items() if until > now_ms)
 
 
 async def release_slot(bucket: Bucket, scope: str, holder: str) -> None:

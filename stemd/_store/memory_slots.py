@@ -29,6 +29,10 @@ class MemorySlots:
         held[holder] = expires_at
         return True
 
+    async def slot_holders(self, scope: str, now: datetime) -> list[str]:
+        held = getattr(self, "_slots", {}).get(scope, {})
+        return sorted(holder for holder, until in held.items() if until > now)
+
     async def release_slot(self, scope: str, holder: str) -> None:
         if hasattr(self, "_slots"):
             self._slots.get(scope, {}).pop(holder, None)

@@ -97,7 +97,7 @@ def _pragmas(synchronous: str, busy_timeout: float) -> list[str]:
     ]
 
 
-class SqliteStore(SqliteSchedules):
+class SqliteStore(SqliteSchedules, slots.SqliteSlotHolders):
     """A :class:`~stemd._store.base.Store` in one SQLite database file.
 
     Args:

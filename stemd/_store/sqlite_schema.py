@@ -66,6 +66,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "cursors",
     "version",
     "paused",
+    "priority",
 )
 if RunRecord.__struct_fields__ != RUN_COLUMNS:  # pragma: no cover - a development error
     raise ImportError("stemd._store.sqlite_schema.RUN_COLUMNS is out of date with RunRecord")
@@ -136,6 +137,7 @@ def record_to_row(r: RunRecord) -> tuple[Any, ...]:
         _json.encode(r.cursors).decode() if r.cursors else None,
         r.version,
         1 if r.paused else 0,
+        r.priority,
     )
 
 
@@ -176,6 +178,7 @@ def record_from_row(row: tuple[Any, ...] | sqlite3.Row) -> RunRecord:
         cursors,
         version,
         paused,
+        priority,
     ) = row
     return RunRecord(
         run_id=run_id,
@@ -212,6 +215,7 @@ def record_from_row(row: tuple[Any, ...] | sqlite3.Row) -> RunRecord:
         cursors={} if cursors is None else _cursors.decode(cursors),
         version=version,
         paused=bool(paused),
+        priority=priority,
     )
 
 

@@ -12,7 +12,9 @@ if TYPE_CHECKING:
     import sqlite3
     from datetime import datetime
 
-__all__ = ["acquire_slot", "release_slot"]
+    from stemd._store.sqlite_writer import Writer
+
+__all__ = ["SqliteSlotHolders", "acquire_slot", "release_slot", "slot_holders"]
 
 
 def acquire_slot(
@@ -38,6 +40,27 @@ def acquire_slot(
         (scope, holder, to_us(expires_at)),
     )
     return True
+
+
+def slot_holders(db: sqlite3.Connection, scope: str, now: datetime) -> list[str]:
+    rows = db.execute(
+        "SELECT holder FROM slots WHERE scope = ? AND expires_at > ? ORDER BY holder",
+        (scope, to_us(now)),
+    ).fetchall()
+    return [holder for (holder,) in rows]
+
+
+class SqliteSlotHolders:
+    """Who holds the slots of a scope (a mixin of the SQLite store: read by its writer, so
+    that a read follows the acquisitions it answers)."""
+
+    @property
+    def writer(self) -> Writer:
+        raise NotImplementedError  # pragma: no cover - the store's
+
+    async def slot_holders(self, scope: str, now: datetime) -> list[str]:
+        """See :meth:`Slots.slot_holders <stemd._store.capabilities.Slots.slot_holders>`."""
+        return await self.writer.submit(slot_holders, scope, now, durable=False)
 
 
 def release_slot(db: sqlite3.Connection, scope: str, holder: str) -> None:

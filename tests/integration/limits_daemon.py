@@ -1,8 +1,9 @@
 """A daemon for the flow-control tests: ``python limits_daemon.py STORE_URL EFFECTS NAME``.
 
-It serves ``limits.work`` (at most 3 runs at once across every daemon, 1 per customer) with
-a 2 s lease, prints ``READY`` once up, and runs until killed. Each step appends
-``start|end NAME RUN_ID CUSTOMER TIME`` to EFFECTS around 0.3 s of work.
+It serves ``limits.work`` (at most 3 runs at once across every daemon, 1 per customer) and
+``limits.rated`` (at most 4 starts per second across every daemon) with a 2 s lease,
+prints ``READY`` once up, and runs until killed. Each step appends ``start|end NAME RUN_ID
+CUSTOMER TIME`` to EFFECTS around 0.3 s of work (CUSTOMER ``rated`` for ``limits.rated``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ async def work(ctx: stemd.ScriptContext, params: dict[str, Any]) -> str:
     return await ctx.step("work", _work, params["file"], NAME, ctx.run_id, params["customer"])
 
 
+@stemd.script("limits.rated", limits=stemd.Limits(rate=4, per=1.0))
+async def rated(ctx: stemd.ScriptContext, params: dict[str, Any]) -> str:
+    """The same step, in a workflow limited to 4 starts per second."""
+    return await ctx.step("work", _work, params["file"], NAME, ctx.run_id, "rated")
+
+
 NAME = sys.argv[3] if len(sys.argv) > 3 else "test"
 
 
@@ -49,7 +56,7 @@ async def main(url: str) -> None:
     nats = url.startswith("nats://")
     options = stemd.AppOptions(timing=stemd.Timing(lease=2.0, sweep_interval=0.1), owner=NAME)
     async with stemd.App(
-        store=url, broker=url if nats else None, workflows=[work], options=options
+        store=url, broker=url if nats else None, workflows=[work, rated], options=options
     ) as app:
         print("READY", flush=True)
         await app.serve_forever()

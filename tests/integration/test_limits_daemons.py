@@ -1,7 +1,8 @@
 """Flow control across daemon processes: two daemons on one store (a SQLite file, a NATS
 cluster) never run more than 3 steps of a workflow limited to 3 at once, nor 2 of one
 customer limited to 1, and when one is SIGKILLed mid-step the slots it held are freed by
-the expiry of its lease: every run completes."""
+the expiry of its lease: every run completes. A rate of 4 starts per second holds across
+the two daemons too."""
 
 from __future__ import annotations
 
@@ -128,3 +129,34 @@ async def test_limits_hold_across_daemons_and_survive_a_sigkill(
         assert _most_at_once(intervals) == 1
     finished = {ln.split()[2] for ln in effects.read_text().splitlines() if ln.startswith("end")}
     assert len(finished) == RUNS
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jetstream"])
+async def test_a_rate_limit_holds_across_daemons(
+    kind: str, nats: NatsServer, tmp_path: Path
+) -> None:
+    """Two daemons, 4 starts per second: 16 runs all complete, never more than 4 starting
+    in any window shorter than a second, so the last starts at least 3 s after the first."""
+    url = f"sqlite:///{tmp_path / 'rated.db'}" if kind == "sqlite" else nats.url
+    effects = tmp_path / "effects.txt"
+    effects.touch()
+    a = _spawn(url, effects, "a")
+    b = _spawn(url, effects, "b")
+    try:
+        async with stemd.App(store=url, workers=False) as client:
+            ids = [
+                await client.start_run("limits.rated", {"file": str(effects)}) for _ in range(16)
+            ]
+            with anyio.fail_after(120):
+                for run_id, _ in ids:
+                    done = await client.wait_for_completion(run_id, timeout=120)
+                    assert done.is_completed, done
+    finally:
+        _stop(a)
+        _stop(b)
+    lines = [ln.split() for ln in effects.read_text().splitlines()]
+    starts = sorted(float(at) for what, _, _, _, at in lines if what == "start")
+    assert len(starts) == 16
+    for i in range(len(starts) - 4):
+        assert starts[i + 4] - starts[i] > 0.9, starts  # a fifth start is a window later
+    assert starts[-1] - starts[0] >= 2.7

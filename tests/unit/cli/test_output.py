@@ -210,3 +210,18 @@ def test_a_held_back_or_paused_run_shows_so() -> None:
     paused = RunState(run_id="r2", workflow="w", status=RunStatus.SUSPENDED, paused=True)
     assert "suspended paused" in runs_table([paused])
     assert "paused    yes: resume it to go on" in run_detail(paused)
+
+
+def test_a_rate_limited_run_shows_its_rate_and_next_try() -> None:
+    """A run held back by a rate limit shows the rate and its next try in the table."""
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    error = ErrorInfo(
+        type="RateLimited",
+        message="rate limited: 10 run(s) of w start per 1 s",
+        code="rate_limited",
+        attempts=1,
+    )
+    held = RunState(
+        run_id="r1", workflow="w", status=RunStatus.SUSPENDED, error=error, resume_at=at
+    )
+    assert "rate limited: 10 run(s) of w start per 1 s; next try at" in runs_table([held])

@@ -4,6 +4,7 @@ limits from the config replace declared ones."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,12 @@ from prometheus_client import generate_latest
 
 import stemd
 from stemd._codec import codec_for
-from stemd._engine.limits import WAITING_FOR_SLOT_CODE, LimitedStore, effective_limits
+from stemd._engine.limits import (
+    RATE_LIMITED_CODE,
+    WAITING_FOR_SLOT_CODE,
+    LimitedStore,
+    effective_limits,
+)
 from stemd._observe import install_metrics, refresh_metrics
 from stemd._options import LimitSettings
 from stemd._store.memory import MemoryStore
@@ -96,6 +102,50 @@ async def test_limits_hold_runs_back_visibly_and_all_complete(store_url: str) ->
     assert max(KEY_MAX.values()) == 1
 
 
+STARTS: list[float] = []
+
+
+@stemd.script("limits.rated", limits=stemd.Limits(rate=3, per=0.5))
+async def rated(ctx: stemd.ScriptContext, params: dict[str, Any]) -> int:
+    """One step that notes when it started."""
+
+    async def note() -> int:
+        STARTS.append(time.monotonic())
+        return len(STARTS)
+
+    return await ctx.step("note", note)
+
+
+async def test_a_rate_limit_spreads_starts_visibly_and_all_complete(store_url: str) -> None:
+    """Three starts per 0.5 s: 9 runs all complete, no 4 of them start within less than
+    the window, a held run shows rate_limited, and the metric counts the held starts."""
+    STARTS.clear()
+    options = stemd.AppOptions(timing=stemd.Timing(sweep_interval=0.05))
+    async with open_app(rated, store=store_url, options=options) as app:
+        ids = [await app.start_workflow(rated, {}) for _ in range(9)]
+        seen: set[str | None] = set()
+        for run_id in ids:
+            state = await app.get_run(run_id)
+            if state is not None and state.error is not None:
+                seen.add(state.error.code)
+
+        async def one_held() -> bool:
+            states = [await app.get_run(r) for r in ids]
+            codes = {s.error.code for s in states if s is not None and s.error is not None}
+            seen.update(codes)
+            return RATE_LIMITED_CODE in seen
+
+        await wait_until(one_held, what="a run held back by the rate")
+        for run_id in ids:
+            assert (await app.wait_for_completion(run_id, timeout=20)).is_completed
+        text = generate_latest(install_metrics(app)).decode()
+    assert 'stemd_runs_rate_limited{workflow="limits.rated"}' in text
+    starts = sorted(STARTS)
+    assert len(starts) == 9
+    for i in range(len(starts) - 3):
+        assert starts[i + 3] - starts[i] > 0.4, starts
+
+
 def test_the_config_replaces_the_declared_numbers() -> None:
     """[limits."name"] numbers replace the declared ones; the key stays the workflow's."""
     limits = effective_limits({"limits.busy": busy}, {"limits.busy": LimitSettings(concurrency=5)})[
@@ -104,14 +154,24 @@ def test_the_config_replaces_the_declared_numbers() -> None:
     assert limits.concurrency == 5
     assert limits.key_concurrency == 1
     assert limits.key is not None
+    rated_now = effective_limits(
+        {"limits.rated": rated}, {"limits.rated": LimitSettings(rate=7, per=2.0)}
+    )["limits.rated"]
+    assert (rated_now.rate, rated_now.per) == (7, 2.0)
 
 
 def test_a_key_limit_without_a_key_is_refused() -> None:
     """A key limit needs a key function: in code or from the config, a clear error."""
     with pytest.raises(ValueError, match="key"):
         stemd.Limits(key_concurrency=1)
+    with pytest.raises(ValueError, match="key"):
+        stemd.Limits(key_rate=1)
     with pytest.raises(ValueError, match="positive"):
         stemd.Limits(concurrency=0)
+    with pytest.raises(ValueError, match="positive"):
+        stemd.Limits(rate=-1)
+    with pytest.raises(ValueError, match="per"):
+        stemd.Limits(rate=1, per=0)
     plain = stemd.Flow("limits.plain")
     with pytest.raises(stemd.StemError, match="key"):
         effective_limits(
