@@ -65,6 +65,17 @@ def restore_logging() -> Iterator[None]:
 
 
 @pytest.fixture
+def default_logging() -> Iterator[None]:
+    """The structlog defaults for the test (every level passes, so that ``capture_logs``
+    sees every event whatever an earlier in-process command configured), then the
+    configuration as it was."""
+    config = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    structlog.configure(**config)
+
+
+@pytest.fixture
 def notify(tmp_path: Path) -> Iterator[NotifyListener]:
     """A notify socket standing in for systemd."""
     listener = NotifyListener(tmp_path)

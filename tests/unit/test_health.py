@@ -53,6 +53,7 @@ def test_outage_of_tells_an_outage_from_a_bug(exc: Exception, dependency: str | 
     assert outage_of(exc) == dependency
 
 
+@pytest.mark.usefixtures("default_logging")
 def test_health_logs_each_change_once_and_clears_per_source() -> None:
     """Many reports of one outage log one `degraded`; the last source clearing logs one
     `recovered`; listeners see each change."""

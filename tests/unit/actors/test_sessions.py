@@ -91,6 +91,7 @@ async def test_a_silent_peers_runs_are_taken_over() -> None:
             assert [s.session_id for s in await store.sessions()] == [app.owner]
 
 
+@pytest.mark.usefixtures("default_logging")
 async def test_an_own_session_ended_by_a_peer_gives_up_its_slices() -> None:
     """When a peer ends this process's session (it was silent too long), the next renewal
     cancels the slices in flight (their runs were taken over) and records the session
@@ -122,6 +123,7 @@ async def test_an_own_session_ended_by_a_peer_gives_up_its_slices() -> None:
     assert result.value == "done"
 
 
+@pytest.mark.usefixtures("default_logging")
 async def test_clock_skew_with_a_peer_is_warned_about_once() -> None:
     """A peer whose session stamps are ahead of this clock by more than the bound gets one
     warning; back within the bound, one line says so."""
