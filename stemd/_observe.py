@@ -33,7 +33,7 @@ from stemd._store.base import base_step_name
 from stemd._store.capabilities import PausedCounts
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator, Mapping
 
     from prometheus_client import Metric
 
@@ -103,6 +103,14 @@ def _gauge(name: str, help: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, help, value=value)
 
 
+def _by_label(name: str, help: str, label: str, values: Mapping[str, float]) -> GaugeMetricFamily:
+    """A gauge with one sample per key of ``values`` (its ``label``), in key order."""
+    family = GaugeMetricFamily(name, help, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
 # What a registry's owner awaits before rendering it: counts that take a store read,
 # which a (synchronous) collector cannot make.
 _REFRESHERS: weakref.WeakKeyDictionary[CollectorRegistry, list[Callable[[], Awaitable[None]]]] = (
@@ -142,12 +150,7 @@ class PausedRuns:
 
     def collect(self) -> Iterator[Metric]:
         """The two gauges, as last counted."""
-        runs = GaugeMetricFamily(
-            "stemd_runs_paused", "Paused runs, by workflow.", labels=["workflow"]
-        )
-        for workflow, count in sorted(self.runs.items()):
-            runs.add_metric([workflow], count)
-        yield runs
+        yield _by_label("stemd_runs_paused", "Paused runs, by workflow.", "workflow", self.runs)
         yield _gauge(
             "stemd_workflows_paused", "Workflows whose new runs start paused.", self.workflows
         )
@@ -207,30 +210,24 @@ class _AppCollector(Collector):
         store = app.engine.store
         if not isinstance(store, LimitedStore):
             return
-        held_back = GaugeMetricFamily(
+        yield _by_label(
             "stemd_runs_held_back",
             "Times a run was held back by a concurrency limit here, by workflow.",
-            labels=["workflow"],
+            "workflow",
+            store.held_back,
         )
-        for workflow, count in sorted(store.held_back.items()):
-            held_back.add_metric([workflow], count)
-        yield held_back
-        slots_taken = GaugeMetricFamily(
+        yield _by_label(
             "stemd_slots_taken",
             "Slots of concurrency limits taken here, by workflow.",
-            labels=["workflow"],
+            "workflow",
+            store.slots_taken,
         )
-        for workflow, count in sorted(store.slots_taken.items()):
-            slots_taken.add_metric([workflow], count)
-        yield slots_taken
-        rate_limited = GaugeMetricFamily(
+        yield _by_label(
             "stemd_runs_rate_limited",
             "Starts held back by a rate limit here, by workflow.",
-            labels=["workflow"],
+            "workflow",
+            store.rate_limited,
         )
-        for workflow, count in sorted(store.rate_limited.items()):
-            rate_limited.add_metric([workflow], count)
-        yield rate_limited
 
     def _sessions(self, app: App) -> Iterator[Metric]:
         assert app.supervisor is not None
