@@ -5,7 +5,8 @@ Lifecycle:
 1. Read the config (file and ``STEMD_*``), import the workflows (config ``modules`` and
    ``stemd.workflows`` entry points), read the encryption key files, bind
    ``http_address``, check every URL is reachable. Anything wrong stops the daemon
-   here, before ``READY=1``, with exit status 1 and one line naming the setting.
+   here, before ``READY=1``, with exit status 1 and one line naming the setting; but a
+   NATS URL that no server answers on is waited for, degraded (:mod:`stemd._startwait`).
 2. Open the App with the built-in actors, the configured extra actors, the HTTP
    server (metrics, health, API, dashboard, on the socket bound in 1) and, last, the
    systemd notify actor, which says ``READY=1`` once all the others have started.
@@ -39,8 +40,8 @@ from stemd._errors import ConfigError, RestartBudgetExceeded, StemError
 from stemd._loading import Workflow, import_object, load_workflows, use_app_dir
 from stemd._logs import configure_logging, set_level
 from stemd._natsauth import redact_url
-from stemd._reachability import check_reachable
 from stemd._runlog import RunLog
+from stemd._startwait import wait_reachable
 from stemd._store import store_from_url
 from stemd._urls import store_kind
 
@@ -211,7 +212,8 @@ class Daemon:
         Raises:
             ConfigError: found before anything starts (so before ``READY=1``): a key file
                 that cannot be read, ``http_address`` in use or not resolvable, a URL
-                that cannot be reached.
+                that is invalid or refuses the credentials (a NATS URL nobody answers on
+                is waited for).
         """
         config = self.config
         codecs = config.build_codecs()  # reads the encryption key files
@@ -220,7 +222,14 @@ class Daemon:
             # not an actor crashing until the restart budget runs out.
             self._listener = await listen(*config.http)
         try:
-            await check_reachable(config)
+            # NATS unreachable: wait for it, degraded (READY=1, /readyz 503), not exit.
+            waited = await wait_reachable(
+                config, self.notifier, listener=self._listener, on_hangup=self._reload
+            )
+            if not waited:  # SIGTERM or SIGINT while waiting
+                log.info("stopped")
+                self.notifier.close()
+                return 0
             return await self._serve(codecs)
         finally:
             listener, self._listener = self._listener, None

@@ -20,7 +20,14 @@ from stemd._urls import is_nats, is_sqlite, nats_servers, sqlite_path
 if TYPE_CHECKING:
     from stemd._config import Config
 
-__all__ = ["check_nats", "check_reachable", "check_sqlite"]
+__all__ = ["NatsUnreachable", "check_nats", "check_reachable", "check_sqlite"]
+
+
+class NatsUnreachable(ConfigError):
+    """No server of a NATS URL accepted a TCP connection (refused, timed out, a name that
+    does not resolve): an outage as much as a mistake, so ``stemd run`` waits for it
+    (degraded) instead of exiting. A server that answers but refuses the credentials or
+    the TLS handshake is a plain :class:`ConfigError`."""
 
 
 async def check_reachable(config: Config, *, timeout: float = 2.0) -> None:
@@ -29,7 +36,8 @@ async def check_reachable(config: Config, *, timeout: float = 2.0) -> None:
     and TLS of ``[nats_auth]`` (a NATS handshake, not only TCP).
 
     Raises:
-        ConfigError: naming the key whose URL is unreachable or refused the credentials.
+        NatsUnreachable: naming the key of a NATS URL that no server answers on.
+        ConfigError: naming the key whose URL is invalid, or refused the credentials.
     """
     if is_sqlite(config.store):
         check_sqlite("store", config.store)
@@ -66,7 +74,7 @@ async def check_nats(
     """Raise :class:`ConfigError` unless some server of ``url`` accepts a TCP connection
     and then (with ``handshake``) a NATS connection with ``auth``: a server that refuses
     the credentials or whose TLS certificate is not trusted is as unusable as a closed
-    port."""
+    port, but is not an outage: only the closed port raises :class:`NatsUnreachable`."""
     errors: list[str] = []
     parts = [part.strip() for part in url.split(",")]
     for (host, port), part in zip(nats_servers(key, url), parts, strict=True):
@@ -84,7 +92,7 @@ async def check_nats(
         if handshake:
             await _check_handshake(key, part if "://" in part else f"nats://{part}", auth, timeout)
         return
-    raise ConfigError(f"{key}: cannot reach {redact_url(url)} ({'; '.join(errors)})")
+    raise NatsUnreachable(f"{key}: cannot reach {redact_url(url)} ({'; '.join(errors)})")
 
 
 async def _check_handshake(key: str, url: str, auth: NatsAuth | None, timeout: float) -> None:
