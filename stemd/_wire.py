@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "DEDUP_KEY_HEADER",
+    "PRIORITY_HEADER",
     "REPLY_TYPES",
     "REQUEST_TYPES",
     "VERBS",
@@ -73,6 +75,10 @@ __all__ = [
 ]
 
 DEFAULT_PREFIX = "stem"
+#: Headers of a durable submission (``<prefix>.submit.<workflow>``) carrying what the
+#: ``start`` verb's ``priority`` and ``dedup_key`` carry (the names in any case).
+PRIORITY_HEADER = "Stem-Priority"
+DEDUP_KEY_HEADER = "Stem-Dedup-Key"
 
 ErrorCode = Literal["bad_request", "unknown_workflow", "not_found", "internal"]
 

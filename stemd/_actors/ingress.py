@@ -6,14 +6,19 @@ stream ``STEM_SUBMIT`` whether or not a daemon is up; a daemon's ingress takes i
 the run (idempotent on the run id, so a duplicate publish never makes a second run, even
 after the stream's duplicate window) and acknowledges it once the run is created.
 
+The ``Stem-Priority`` and ``Stem-Dedup-Key`` headers are the ``start`` verb's ``priority``
+and ``dedup_key``: a submission whose key a live run of the workflow was started with
+(within its dedup window) starts nothing and is acknowledged.
+
 A message that can never become a run (unknown workflow, invalid run id, params that are
-not JSON) is logged and terminated; a failure of the store is retried. A well-formed W3C
-``traceparent`` header is recorded with the run (its spans continue the submitter's
-trace); a malformed one is ignored.
+not JSON, a priority or dedup key out of bounds) is logged and terminated; a failure of
+the store is retried. A well-formed W3C ``traceparent`` header is recorded with the run
+(its spans continue the submitter's trace); a malformed one is ignored.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -35,15 +40,18 @@ from stemd._natsconn import MSG_ID, NatsConnection
 from stemd._tracing import traceparent_from
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from anyio.abc import TaskStatus
 
     from stemd._operations import Operations
 
-__all__ = ["Ingress", "IngressStats", "submit_stream_config"]
+__all__ = ["Ingress", "IngressStats", "submit_options", "submit_stream_config"]
 
 log = structlog.get_logger("stemd.ingress")
 
 _NS = 1_000_000_000
+_INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
 
 
 def submit_stream_config(
@@ -63,6 +71,39 @@ def submit_stream_config(
         "num_replicas": replicas,
         "duplicate_window": int(duplicate_window * _NS),
     }
+
+
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """The value of header ``name`` (in any case), or ``None``."""
+    if not headers:
+        return None
+    value = headers.get(name)
+    if value is None:
+        lower = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lower), None)
+    return value
+
+
+def submit_options(headers: Mapping[str, str] | None) -> dict[str, Any]:
+    """The start options a submission's headers give: ``priority`` (``Stem-Priority``, an
+    integer) and ``dedup_key`` (``Stem-Dedup-Key``); their bounds are checked by the start.
+
+    Raises:
+        StemError: ``Stem-Priority`` is not an integer.
+    """
+    options: dict[str, Any] = {}
+    priority = _header(headers, wire.PRIORITY_HEADER)
+    if priority is not None:
+        if not _INTEGER.fullmatch(priority.strip()):
+            raise StemError(
+                f"{wire.PRIORITY_HEADER}: priority must be an integer from -1000 to 1000, "
+                f"not {priority[:40]!r}"
+            )
+        options["priority"] = int(priority.strip())
+    dedup_key = _header(headers, wire.DEDUP_KEY_HEADER)
+    if dedup_key is not None:
+        options["dedup_key"] = dedup_key
+    return options
 
 
 class IngressStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -175,8 +216,9 @@ class Ingress:
         except DECODE_ERRORS as exc:
             return await self._reject(msg, workflow, run_id, f"params are not JSON: {exc}")
         try:
-            _, created = await self.ops.start_run(
-                workflow, params, run_id=run_id, trace=traceparent_from(msg.headers)
+            options = submit_options(msg.headers)
+            started, created = await self.ops.start_run(
+                workflow, params, run_id=run_id, trace=traceparent_from(msg.headers), **options
             )
         except (StoreError, TransportError):
             raise
@@ -186,6 +228,8 @@ class Ingress:
             self._started += 1
         else:
             self._duplicates += 1
+            if started != run_id:  # a live run holds its dedup key
+                log.info("submission deduplicated", workflow=workflow, run_id=started)
         await msg.ack()
 
     async def _reject(self, msg: JsMsg, workflow: str, run_id: str, why: str) -> None:

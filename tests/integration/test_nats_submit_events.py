@@ -257,3 +257,36 @@ async def test_failed_and_cancelled_runs_publish_their_cause(
     assert "result" not in failed[-1]
     assert [e["status"] for e in cancelled][-2:] == ["suspended", "cancelled"]
     assert cancelled[-1]["cancel_reason"] == "operator"
+
+
+async def test_submissions_take_a_priority_and_a_dedup_key(
+    nats: NatsServer, conn: NatsConnection
+) -> None:
+    """Stem-Priority is recorded with the run; Stem-Dedup-Key starts nothing while a live run
+    holds the key; a bad priority or an empty key is dropped and starts nothing."""
+
+    async def publish(run_id: str, **headers: str) -> None:
+        await conn.js_publish(
+            "stem.submit.waiter.flow", b"{}", headers={"Nats-Msg-Id": run_id, **headers}
+        )
+
+    async with daemon(nats.url) as app:
+        await publish("w-1", **{"Stem-Dedup-Key": "order-1", "Stem-Priority": "7"})
+        await wait_status(app, "w-1", stemd.RunStatus.SUSPENDED)
+        await publish("w-2", **{"stem-dedup-key": "order-1"})  # the name in any case
+        await publish("w-3", **{"Stem-Dedup-Key": "order-2", "Stem-Priority": "-1000"})
+        await publish("bad-1", **{"Stem-Priority": "1001"})
+        await publish("bad-2", **{"Stem-Priority": "high"})
+        await publish("bad-3", **{"Stem-Dedup-Key": "k" * 513})
+        await wait_status(app, "w-3", stemd.RunStatus.SUSPENDED)
+        await wait_until(stream_empty, conn, what="the submission stream to drain")
+        runs = {r.run_id for r in await app.list_runs(limit=100)}
+        assert runs == {"w-1", "w-3"}
+        for run_id, priority in (("w-1", 7), ("w-3", -1000)):
+            rec = await app.engine.store.get_run(run_id)
+            assert rec is not None
+            assert rec.priority == priority
+        # Once the run holding the key has ended, the key starts a new run.
+        await app.cancel_run("w-1")
+        await publish("w-4", **{"Stem-Dedup-Key": "order-1"})
+        await wait_status(app, "w-4", stemd.RunStatus.SUSPENDED)
