@@ -29,6 +29,7 @@ from stemd._engine.observer import (
 )
 from stemd._health import DEPENDENCIES
 from stemd._model import RunStatus
+from stemd._observe_waiting import WaitingForSlot
 from stemd._store.base import base_step_name
 from stemd._store.capabilities import PausedCounts
 
@@ -120,7 +121,7 @@ _REFRESHERS: weakref.WeakKeyDictionary[CollectorRegistry, list[Callable[[], Awai
 
 async def refresh_metrics(registry: CollectorRegistry) -> None:
     """Bring the values of ``registry`` that are read from the store up to date (the
-    paused runs); await before ``generate_latest(registry)``."""
+    paused runs, the runs waiting for a slot); await before ``generate_latest(registry)``."""
     for refresh in _REFRESHERS.get(registry, ()):
         await refresh()
 
@@ -263,12 +264,16 @@ def install_metrics(
 ) -> CollectorRegistry:
     """Attach metrics to an open ``app``; return the registry to serve (a
     ``prometheus_client.CollectorRegistry``: a new one unless given). The paused runs are
-    counted in the store at most every ``paused_interval`` seconds, when
-    :func:`refresh_metrics` is awaited before a rendering (``/metrics`` does)."""
+    counted in the store at most every ``paused_interval`` seconds (and so are the runs
+    waiting for a slot), when :func:`refresh_metrics` is awaited before a rendering
+    (``/metrics`` does)."""
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     app.engine.observers.subscribe(MetricsObserver(registry))
     paused = PausedRuns(app, paused_interval)
     registry.register(_AppCollector(app, paused))
     _REFRESHERS.setdefault(registry, []).append(paused.refresh)
+    waiting = WaitingForSlot(app, paused_interval)
+    registry.register(waiting)
+    _REFRESHERS[registry].append(waiting.refresh)
     return registry

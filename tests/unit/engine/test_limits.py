@@ -102,6 +102,32 @@ async def test_limits_hold_runs_back_visibly_and_all_complete(store_url: str) ->
     assert max(KEY_MAX.values()) == 1
 
 
+async def test_the_runs_waiting_for_a_slot_now_are_a_gauge(store_url: str) -> None:
+    """stemd_runs_waiting_for_slot counts the runs held back now (4 of 6, with 2 slots),
+    read from the store, and falls to 0 once they have run."""
+    RUNNING.update(now=0, max=0)
+    BY_KEY.clear()
+    KEY_MAX.clear()
+    GATE["open"] = anyio.Event()
+    options = stemd.AppOptions(timing=stemd.Timing(sweep_interval=0.05))
+    async with open_app(busy, store=store_url, options=options) as app:
+        registry = install_metrics(app, paused_interval=0)
+        line = 'stemd_runs_waiting_for_slot{workflow="limits.busy"}'
+        await refresh_metrics(registry)
+        assert f"{line} 0.0" in generate_latest(registry).decode()
+        ids = [await app.start_workflow(busy, {"customer": f"c{i}"}) for i in range(6)]
+
+        async def waiting(count: int) -> bool:
+            await refresh_metrics(registry)
+            return f"{line} {count:.1f}" in generate_latest(registry).decode()
+
+        await wait_until(waiting, 4, what="4 runs waiting for a slot")
+        GATE["open"].set()
+        for run_id in ids:
+            assert (await app.wait_for_completion(run_id, timeout=20)).is_completed
+        assert await waiting(0)
+
+
 STARTS: list[float] = []
 
 
