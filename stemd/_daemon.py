@@ -37,11 +37,12 @@ from stemd._actors.notify import Notifier, SystemdNotify
 from stemd._app import ActorFactory, App
 from stemd._config import Config, load_config
 from stemd._errors import ConfigError, RestartBudgetExceeded, StemError
+from stemd._health import outage_of
 from stemd._loading import Workflow, import_object, load_workflows, use_app_dir
 from stemd._logs import configure_logging, set_level
 from stemd._natsauth import redact_url
 from stemd._runlog import RunLog
-from stemd._startwait import wait_reachable
+from stemd._startwait import StartWait
 from stemd._store import store_from_url
 from stemd._urls import store_kind
 
@@ -105,6 +106,7 @@ class Daemon:
         self.app: App | None = None
         self._health_ok = True  # the last watchdog health check, for /healthz
         self._listener: Any = None  # http_address, bound before the App starts
+        self._start: StartWait | None = None  # the wait for NATS before the App opens
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -221,16 +223,24 @@ class Daemon:
             # Bound here and handed to the endpoint: a port in use is an error at start,
             # not an actor crashing until the restart budget runs out.
             self._listener = await listen(*config.http)
+        # NATS unreachable: wait for it, degraded (READY=1, /readyz 503), not exit.
+        self._start = StartWait(
+            config, self.notifier, listener=self._listener, on_hangup=self._reload
+        )
+        away: BaseException | None = None
         try:
-            # NATS unreachable: wait for it, degraded (READY=1, /readyz 503), not exit.
-            waited = await wait_reachable(
-                config, self.notifier, listener=self._listener, on_hangup=self._reload
-            )
-            if not waited:  # SIGTERM or SIGINT while waiting
-                log.info("stopped")
-                self.notifier.close()
-                return 0
-            return await self._serve(codecs)
+            while True:
+                if not await self._start.until_reachable(away):  # SIGTERM or SIGINT
+                    log.info("stopped")
+                    self.notifier.close()
+                    return 0
+                try:
+                    return await self._serve(codecs)
+                except StemError as exc:
+                    # NATS takes connections but the App cannot open yet: wait again.
+                    if self._start.is_open or outage_of(exc) != "nats":
+                        raise
+                    away = exc
         finally:
             listener, self._listener = self._listener, None
             if listener is not None:
@@ -258,6 +268,8 @@ class Daemon:
             try:
                 self.app = app
                 async with app:
+                    if self._start is not None:
+                        self._start.opened()
                     log.info(
                         "started",
                         store=redact_url(config.store),

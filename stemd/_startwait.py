@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from stemd._actors.notify import Notifier
     from stemd._config import Config
 
-__all__ = ["SOURCE", "wait_reachable"]
+__all__ = ["SOURCE", "StartWait"]
 
 log = structlog.get_logger("stemd.daemon")
 
@@ -48,50 +48,65 @@ SOURCE = "start"  # the source of the health report made while waiting
 _FIRST_BACKOFF = 0.5
 
 
-async def wait_reachable(
-    config: Config,
-    notifier: Notifier,
-    *,
-    listener: socket.socket | None = None,
-    on_hangup: Callable[[], None] | None = None,
-) -> bool:
-    """Return ``True`` once every URL of ``config`` can be used, waiting (degraded) for as
-    long as a NATS URL is unreachable; ``False`` if SIGTERM or SIGINT came first.
+class StartWait:
+    """The waits of one ``stemd run`` for its NATS before its App is open.
 
-    Raises:
-        ConfigError: a URL is invalid or refuses the credentials or TLS (at once or after
-            a wait), or the SQLite directory cannot be written.
+    Args:
+        config: the configuration whose URLs are checked.
+        notifier: systemd.
+        listener: the socket bound for ``http_address`` (``None``: no HTTP).
+        on_hangup: called on SIGHUP while waiting (the daemon's reload).
     """
-    try:
-        await check_reachable(config)
-        return True
-    except NatsUnreachable as exc:
-        first = exc
-    health = Health()
-    health.report(SOURCE, "nats", str(first))
-    waiting = _Waiting(config, notifier, health)
-    reachable = await waiting.run(listener, on_hangup)
-    if reachable:
-        health.clear(SOURCE)
-    return reachable
 
-
-class _Waiting:
-    """The degraded wait: the retries, the HTTP answers, systemd and the signals."""
-
-    def __init__(self, config: Config, notifier: Notifier, health: Health) -> None:
+    def __init__(
+        self,
+        config: Config,
+        notifier: Notifier,
+        *,
+        listener: socket.socket | None = None,
+        on_hangup: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
         self.notifier = notifier
-        self.health = health
+        self.listener = listener
+        self.on_hangup = on_hangup
+        self.health = Health()
         self.max_backoff = config.app_options().restart.max_backoff
+        self.backoff = _FIRST_BACKOFF
+        self.is_open = False
+
+    async def until_reachable(self, away: BaseException | None = None) -> bool:
+        """Return ``True`` once every URL of the configuration can be used, waiting
+        (degraded) for as long as a NATS URL is unreachable; ``False`` if SIGTERM or
+        SIGINT came first. ``away``: the App could not open for want of NATS (it takes
+        connections but does not answer yet, e.g. JetStream still starting): wait before
+        trying again, longer each time.
+
+        Raises:
+            ConfigError: a URL is invalid or refuses the credentials or TLS (at once or
+                after a wait), or the SQLite directory cannot be written.
+        """
+        if away is None:
+            try:
+                await check_reachable(self.config)
+                return True
+            except NatsUnreachable as exc:
+                away = exc
+        self.health.report(SOURCE, "nats", str(away))  # logged once, not per try
+        return await self._wait()
+
+    def opened(self) -> None:
+        """The App is open: the wait, if any, is over (``recovered`` is logged)."""
+        self.is_open = True
+        self.health.clear(SOURCE)
 
     def status(self) -> str:
         return f"{self.health.state().describe()}: waiting to start"
 
-    async def run(
-        self, listener: socket.socket | None, on_hangup: Callable[[], None] | None
-    ) -> bool:
+    async def _wait(self) -> bool:
         from stemd._actors.http import HttpEndpoint
+
+        listener, on_hangup = self.listener, self.on_hangup
 
         stops = (signal.SIGTERM, signal.SIGINT)
         reachable = False
@@ -123,10 +138,9 @@ class _Waiting:
         return reachable
 
     async def _retry(self) -> None:
-        backoff = _FIRST_BACKOFF
         while True:
-            await anyio.sleep(backoff)
-            backoff = min(self.max_backoff, backoff * 2)
+            await anyio.sleep(self.backoff)
+            self.backoff = min(self.max_backoff, self.backoff * 2)
             try:
                 await check_reachable(self.config)
             except NatsUnreachable as exc:

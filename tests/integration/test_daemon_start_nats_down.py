@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ import anyio
 import pytest
 
 import stemd
-from stemd.testing._nats import NatsServer
+from stemd.testing._nats import NatsServer, find_nats_server
 from tests.helpers import http, wait_until
 from tests.integration.daemon_proc import DaemonProcess, NotifyListener, write_config
 
@@ -36,6 +37,18 @@ def _log_events(daemon: DaemonProcess) -> list[dict[str, Any]]:
         if line.startswith("{"):
             events.append(json.loads(line))
     return events
+
+
+def _bare_nats_server(port: int) -> subprocess.Popen[bytes]:
+    """A nats-server on ``port`` without JetStream."""
+    argv = [find_nats_server(), "-a", "127.0.0.1", "-p", str(port)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
 
 
 def _config(tmp_path: Path, url: str, http_port: int) -> Path:
@@ -96,6 +109,38 @@ async def test_started_with_nats_down_waits_degraded_then_serves(
     recovered = [e for e in events if e.get("event") == "recovered"]
     assert [(e["dependency"], e["source"]) for e in degraded] == [("nats", "start")]
     assert [e["source"] for e in recovered] == ["start"]
+
+
+async def test_a_nats_without_jetstream_yet_is_waited_for_too(
+    tmp_path: Path, notify: NotifyListener
+) -> None:
+    """NATS answers but the store cannot open (no JetStream yet): degraded and waiting, not
+    exited; ready once a JetStream server takes the port."""
+    port, http_port = _free_port(), _free_port()
+    url = f"nats://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{http_port}"
+    bare = _bare_nats_server(port)
+    (tmp_path / "nats").mkdir()
+    server = NatsServer(str(tmp_path / "nats"), port=port)
+    daemon = DaemonProcess(tmp_path, _config(tmp_path, url, http_port), notify)
+    try:
+        ready = await anyio.to_thread.run_sync(notify.wait_for, "READY=1")
+        assert "STATUS=degraded (nats: " in ready, ready
+        assert (await http(f"{base}/readyz")).status_code == 503
+        assert daemon.proc.poll() is None, daemon.stderr
+        _stop(bare)
+        await server.start()
+
+        async def ready_now() -> bool:
+            return (await http(f"{base}/readyz")).status_code == 200
+
+        await wait_until(ready_now, timeout=60, what="/readyz 200 once JetStream is up")
+        daemon.signal(signal.SIGTERM)
+        assert await anyio.to_thread.run_sync(daemon.wait) == 0
+    finally:
+        _stop(bare)
+        daemon.kill()
+        server.kill()
 
 
 async def test_sigterm_while_waiting_for_nats_exits_0(
