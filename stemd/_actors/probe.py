@@ -80,9 +80,19 @@ class HealthProbe:
     async def probe(self) -> bool:
         """Probe every dependency once; return whether all answered."""
         self._probes += 1
-        ok = await self._check("probe:store", "store", self._read_store)
-        for i, conn in enumerate(self.connections):
-            ok = await self._check(f"probe:nats#{i}", "nats", conn.flush) and ok
+        checks: list[tuple[str, str, Any]] = [("probe:store", "store", self._read_store)]
+        checks += [(f"probe:nats#{i}", "nats", c.flush) for i, c in enumerate(self.connections)]
+        answers: list[bool] = []
+
+        async def check(source: str, dependency: str, call: Any) -> None:
+            answers.append(await self._check(source, dependency, call))
+
+        # At once: a store on the same NATS server as the connections waits out its timeout
+        # too, and one after the other the second would be reported a timeout later.
+        async with anyio.create_task_group() as tg:
+            for source, dependency, call in checks:
+                tg.start_soon(check, source, dependency, call)
+        ok = all(answers)
         if not ok:
             self._failures += 1
         return ok
