@@ -33,9 +33,8 @@ from stemd._options import as_bool, convert_options
 from stemd._store import sqlite_ops as ops
 from stemd._store import sqlite_sessions as sessions_ops
 from stemd._store import sqlite_slots as slots
-from stemd._store.base import (
-    Page,
-)
+from stemd._store.base import Page
+from stemd._store.sqlite_cache import RowCache, WriterConnection
 from stemd._store.sqlite_schedules import SqliteSchedules
 from stemd._store.sqlite_schema import RUN_COLUMNS, from_us, migrate, record_from_row, to_us
 from stemd._store.sqlite_writer import Writer, WriterStats, is_busy, while_busy
@@ -198,6 +197,7 @@ class SqliteStore(SqliteSchedules, slots.SqliteSlotHolders):
                 check_same_thread=False,
                 cached_statements=512,
                 uri=uri,
+                factory=WriterConnection,
             )
         except sqlite3.OperationalError:
             if not self.create and not self.path.exists():
@@ -212,6 +212,7 @@ class SqliteStore(SqliteSchedules, slots.SqliteSlotHolders):
                 db.execute(pragma)
             db.execute("PRAGMA journal_size_limit = 67108864")
             migrate(db)
+            db.rows = RowCache(ops.KEEPS_ROWS)
         except BaseException:
             db.close()
             raise

@@ -37,6 +37,8 @@ from stemd._errors import StemError, StoreError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from stemd._store.sqlite_cache import RowCache
+
 __all__ = ["Writer", "WriterStats", "is_busy", "while_busy"]
 
 log = structlog.get_logger("stemd.store.sqlite")
@@ -159,6 +161,8 @@ class Writer:
         self._max_batch = 0
         self._retries = 0
         self._fallbacks = 0
+        # The connection's cache of the run rows it wrote (sqlite_cache), if it has one.
+        self.rows: RowCache | None = getattr(db, "rows", None)
 
     def statistics(self) -> WriterStats:
         return WriterStats(
@@ -276,6 +280,8 @@ class Writer:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if self.rows is not None:
+                self.rows.begin(db, [request.fn for request in batch])
             for request in batch:
                 try:
                     request.result = request.fn(db, *request.args)
@@ -297,6 +303,8 @@ class Writer:
                 return
             db.execute("BEGIN IMMEDIATE")
             try:
+                if self.rows is not None:
+                    self.rows.begin(db, [request.fn])
                 request.result = request.fn(db, *request.args)
                 db.execute("COMMIT")
             except BaseException:
@@ -320,6 +328,8 @@ class Writer:
         self._retries += 1
 
     def _rollback(self) -> None:
+        if self.rows is not None:
+            self.rows.clear()
         if self.db.in_transaction:
             try:
                 self.db.execute("ROLLBACK")

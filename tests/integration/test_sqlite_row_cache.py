@@ -1,0 +1,101 @@
+"""The SQLite writer's cache of the run rows it wrote: it never answers for a row that
+another process changed or that a rolled-back transaction wrote."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from stemd._errors import LeaseLost
+from stemd._store.base import Checkpoint, Complete
+from stemd._store.sqlite_cache import RowCache
+from tests.helpers import wait_until
+from tests.integration.test_sqlite_store import (
+    NOW,
+    _queued,
+    opened,
+    record,
+    writer_held,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.anyio
+
+
+def cache_of(store: Any) -> RowCache:
+    """The row cache of an opened store's writer."""
+    rows = store.writer.rows
+    assert isinstance(rows, RowCache)
+    return rows
+
+
+async def test_the_hot_path_is_served_from_the_cache(tmp_path: Path) -> None:
+    """A run created, claimed, checkpointed and committed by one store ends consistent and
+    leaves the cache (its row was kept only while it ran)."""
+    async with opened(tmp_path / "x.db") as store:
+        await store.create_run(record("r1"))
+        assert len(cache_of(store)) == 1
+        claim = await store.claim("r1", "w", NOW, 30)
+        assert claim is not None
+        assert claim.token == 1
+        await store.save_checkpoint("r1", claim.token, Checkpoint("a", b"1"), NOW)
+        result = await store.commit("r1", claim.token, Complete(result=b"2"), NOW)
+        assert result.record.status.is_terminal
+        assert len(cache_of(store)) == 0
+        stored = await store.get_run("r1")
+        assert stored == result.record
+
+
+async def test_a_claim_by_another_process_is_seen(tmp_path: Path) -> None:
+    """A run another store (process) claimed after this one created it is not claimed
+    again here from the cached row: each claim has one owner."""
+    path = tmp_path / "x.db"
+    async with opened(path) as a, opened(path) as b:
+        await a.create_run(record("r1"))
+        taken = await b.claim("r1", "b", NOW, 30)
+        assert taken is not None
+        assert await a.claim("r1", "a", NOW, 30) is None
+        with pytest.raises(LeaseLost):
+            await a.commit("r1", 0, Complete(result=b"1"), NOW)
+        done = await b.commit("r1", taken.token, Complete(result=b"1"), NOW)
+        assert done.record.status.is_terminal
+
+
+async def test_a_rolled_back_batch_leaves_nothing_in_the_cache(tmp_path: Path) -> None:
+    """A claim whose batch rolled back (another request failed) is replayed against the
+    stored row, not the claim's own uncommitted one: it succeeds."""
+    async with opened(tmp_path / "x.db") as store:
+        await store.create_run(record("r1"))
+        await store.create_run(record("r2"))
+        claim2 = await store.claim("r2", "w", NOW, 30)
+        assert claim2 is not None
+        # Not bindable: the commit fails in SQLite after the claim of r1 was applied.
+        bad = Complete(result=b"x", checkpoints=(Checkpoint("c", [1]),))  # type: ignore[arg-type]
+        results: dict[str, Any] = {}
+
+        async def claim1() -> None:
+            results["claim"] = await store.claim("r1", "w", NOW, 30)
+
+        async def commit2() -> None:
+            try:
+                await store.commit("r2", claim2.token, bad, NOW)
+            except Exception as exc:
+                results["commit"] = exc
+
+        async with writer_held(store) as gate, anyio.create_task_group() as tg:
+            tg.start_soon(claim1)
+            await wait_until(lambda: _queued(store, 1), what="the claim queued")
+            tg.start_soon(commit2)
+            await wait_until(lambda: _queued(store, 2), what="2 queued writes")
+            gate.set()
+        assert store.statistics().fallbacks == 1
+        assert "commit" in results
+        assert results["claim"] is not None
+        assert results["claim"].token == 1
+        stored = await store.get_run("r1")
+        assert stored is not None
+        assert stored.token == 1
