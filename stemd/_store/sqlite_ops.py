@@ -8,6 +8,7 @@ is raised before anything is written, as the writer's batching requires.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from stemd._store.base import (
     Complete,
     FireResult,
     Outcome,
+    Release,
     RunRecord,
     Suspend,
     WorkflowInfo,
@@ -83,6 +85,7 @@ __all__ = [
     "deliver_event",
     "emit_event",
     "fire_timer",
+    "give_back",
     "merge_waiting",
     "pause",
     "pause_workflow",
@@ -243,6 +246,14 @@ def claim(
     return Claim(token=new.token, record=new, checkpoints=cps)
 
 
+def give_back(db: sqlite3.Connection, claim: Claim) -> None:
+    """Release a claim that never reached its claimant (it was cancelled), as the
+    claimant would have: the run is runnable again at once, unless something else has
+    moved it on since."""
+    with contextlib.suppress(LeaseLost):
+        commit(db, claim.record.run_id, claim.token, Release(), claim.record.updated_at)
+
+
 def renew_lease(
     db: sqlite3.Connection, run_id: str, token: int, now: datetime, lease: float
 ) -> None:
@@ -398,7 +409,16 @@ def pause_workflow(db: sqlite3.Connection, workflow: str, paused: bool) -> bool:
     return bool(db.execute(sql, (workflow,)).rowcount)
 
 
-KEEPS_ROWS = (create_run, claim, renew_lease, save_checkpoint, commit, put_session, renew_session)
+KEEPS_ROWS = (
+    give_back,
+    create_run,
+    claim,
+    renew_lease,
+    save_checkpoint,
+    commit,
+    put_session,
+    renew_session,
+)
 """The operations that keep the writer's row cache (:mod:`~stemd._store.sqlite_cache`):
 they write a run's row only through ``update`` or record or drop it themselves, and
 anything else they write is no run row."""

@@ -95,7 +95,7 @@ class WriterStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Request:
-    __slots__ = ("args", "durable", "error", "fn", "future", "loop", "result", "txn")
+    __slots__ = ("args", "durable", "error", "fn", "future", "loop", "result", "txn", "undo")
 
     def __init__(
         self,
@@ -104,7 +104,8 @@ class _Request:
         txn: bool,
         durable: bool,
         loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[Any],
+        future: asyncio.Future[Any] | None,
+        undo: Callable[..., Any] | None = None,
     ) -> None:
         self.fn = fn
         self.args = args
@@ -112,20 +113,9 @@ class _Request:
         self.durable = durable
         self.loop = loop
         self.future = future
+        self.undo = undo
         self.result: Any = None
         self.error: BaseException | None = None
-
-
-def _deliver(batch: list[_Request]) -> None:
-    """Answer the callers of a committed batch (on their event loop)."""
-    for request in batch:
-        future = request.future
-        if future.done():  # the caller was cancelled
-            continue
-        if request.error is not None:
-            future.set_exception(request.error)
-        else:
-            future.set_result(request.result)
 
 
 class Writer:
@@ -183,7 +173,12 @@ class Writer:
         return self._thread.is_alive()
 
     async def submit(
-        self, fn: Callable[..., T], *args: Any, txn: bool = True, durable: bool = True
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        txn: bool = True,
+        durable: bool = True,
+        undo: Callable[[sqlite3.Connection, Any], object] | None = None,
     ) -> T:
         """Run ``fn(db, *args)`` in the next batch; return its result once committed.
 
@@ -192,13 +187,49 @@ class Writer:
         a batch made only of such writes is committed without its own fsync (as with
         ``synchronous=NORMAL``): it becomes durable with the next fsynced commit, and a
         power loss can lose it only together with everything written after it.
+
+        ``undo(db, result)``, if given, is written (in a later transaction, unawaited)
+        when the caller is cancelled before a result other than ``None`` reached it: a
+        claim whose claimant is gone gives its run back. (This costs nothing while the
+        caller is not cancelled, unlike a shielding cancel scope around the wait.)
         """
         if self._closed:
             raise StoreError("the SQLite store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Request(fn, args, txn, durable, loop, future))
-        return await future
+        self._queue.put(_Request(fn, args, txn, durable, loop, future, undo))
+        if undo is None:
+            return await future
+        try:
+            return await future
+        except BaseException:
+            # Answered, but the caller was cancelled before it resumed: undo here.
+            # (Cancelled before the answer: _deliver undoes it when it comes.)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._undo(undo, future.result())
+            raise
+
+    def _undo(self, undo: Callable[..., object], result: object) -> None:
+        """Queue ``undo(db, result)`` for a result its caller did not take, unawaited."""
+        if result is None or self._closed:
+            return  # closed: the run's lease (or its session's end) gives it back
+        loop = asyncio.get_running_loop()
+        self._queue.put(_Request(undo, (result,), True, False, loop, None))
+
+    def _deliver(self, batch: list[_Request]) -> None:
+        """Answer the callers of a committed batch (on their event loop)."""
+        for request in batch:
+            future = request.future
+            if future is None:  # an undo: nobody waits for it
+                continue
+            if future.done():  # the caller was cancelled
+                if request.undo is not None and request.error is None:
+                    self._undo(request.undo, request.result)
+                continue
+            if request.error is not None:
+                future.set_exception(request.error)
+            else:
+                future.set_result(request.result)
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Take no more requests, let the thread commit the queued ones, and join it."""
@@ -240,7 +271,7 @@ class Writer:
             for loop, requests in by_loop.items():
                 # A closed loop raises RuntimeError: nobody is waiting there any more.
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_deliver, requests)
+                    loop.call_soon_threadsafe(self._deliver, requests)
 
     # -- in the writer's thread -----------------------------------------------------------
 

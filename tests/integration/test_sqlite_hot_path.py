@@ -1,5 +1,6 @@
-"""The SQLite writer's cache of the run rows it wrote: it never answers for a row that
-another process changed or that a rolled-back transaction wrote."""
+"""The SQLite store's hot path: the writer's cache of the run rows it wrote never answers
+for a row that another process changed or that a rolled-back transaction wrote, and a
+claim whose caller is cancelled is given back."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import anyio
 import pytest
 
 from stemd._errors import LeaseLost
+from stemd._model import RunStatus
 from stemd._store.base import Checkpoint, Complete
 from stemd._store.sqlite_cache import RowCache
 from tests.helpers import wait_until
@@ -99,3 +101,30 @@ async def test_a_rolled_back_batch_leaves_nothing_in_the_cache(tmp_path: Path) -
         stored = await store.get_run("r1")
         assert stored is not None
         assert stored.token == 1
+
+
+async def test_a_claim_cancelled_before_its_answer_is_given_back(tmp_path: Path) -> None:
+    """A claim whose caller is cancelled while the writer commits it leaves the run
+    runnable again (given back), not RUNNING under a lease that nobody holds."""
+    async with opened(tmp_path / "x.db") as store:
+        await store.create_run(record("r1"))
+        async with writer_held(store) as gate:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(store.claim, "r1", "w", NOW, 30)
+                    await wait_until(lambda: _queued(store, 1), what="the claim queued")
+                    scope.cancel()
+            gate.set()
+
+        async def given_back() -> bool:
+            run = await store.get_run("r1")
+            assert run is not None
+            return run.token == 1 and run.status is RunStatus.PENDING
+
+        await wait_until(given_back, what="the claim given back")
+        run = await store.get_run("r1")
+        assert run is not None
+        assert run.lease_owner is None
+        again = await store.claim("r1", "w2", NOW, 30)
+        assert again is not None
+        assert again.token == 2
