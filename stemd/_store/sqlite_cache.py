@@ -18,7 +18,8 @@ What keeps it true:
   drops the row itself. A transaction holding any other operation runs with the cache off
   and emptied, so no unlisted write can leave a stale row behind.
 - A rollback empties it (what was recorded was never committed).
-- A run that ends leaves it; past :data:`LIMIT` runs it is emptied.
+- A run that ends leaves it. Past :data:`LIMIT` runs it takes no new ones (the runs
+  it holds are the oldest, the first to be claimed and to end) until some have ended.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = ["LIMIT", "RowCache", "WriterConnection", "rows_of"]
 
-LIMIT = 8192
-"""Most runs kept: past it the cache starts again empty (runs in flight are few)."""
+LIMIT = 4096
+"""Most runs kept (a backlog of created runs can be larger; each entry is ~1 KiB)."""
 
 Entry = tuple[tuple[Any, ...], "RunRecord"]
 
@@ -84,8 +85,8 @@ class RowCache:
         if record.status.is_terminal:
             entries.pop(record.run_id, None)
             return
-        if len(entries) >= LIMIT:
-            entries.clear()
+        if len(entries) >= LIMIT and record.run_id not in entries:
+            return
         entries[record.run_id] = (row, record)
 
     def drop(self, run_id: str) -> None:

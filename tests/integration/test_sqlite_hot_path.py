@@ -128,3 +128,21 @@ async def test_a_claim_cancelled_before_its_answer_is_given_back(tmp_path: Path)
         again = await store.claim("r1", "w2", NOW, 30)
         assert again is not None
         assert again.token == 2
+
+
+async def test_a_full_cache_takes_no_new_runs_and_stays_true(tmp_path: Path) -> None:
+    """Past its limit the cache keeps the runs it has and takes no new ones; runs outside
+    it are read, and all of them claim and commit alike."""
+    async with opened(tmp_path / "x.db") as store:
+        rows = cache_of(store)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("stemd._store.sqlite_cache.LIMIT", 3)
+            for i in range(5):
+                await store.create_run(record(f"r{i}"))
+            assert len(rows) == 3
+            for i in range(5):
+                claim = await store.claim(f"r{i}", "w", NOW, 30)
+                assert claim is not None
+                done = await store.commit(f"r{i}", claim.token, Complete(result=b"1"), NOW)
+                assert done.record.status is RunStatus.COMPLETED
+            assert len(rows) == 0
