@@ -265,13 +265,21 @@ class Writer:
             except BaseException as exc:  # pragma: no cover - a bug in the writer itself
                 for request in batch:
                     request.error = StoreError(f"SQLite writer failed: {exc!r}")
-            by_loop: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
+            self._answer(batch)
+
+    def _answer(self, batch: list[_Request]) -> None:
+        """Hand the answers of a batch to their callers' event loops, one call each."""
+        loop = batch[0].loop
+        if all(request.loop is loop for request in batch):  # one loop: the usual case
+            by_loop = {loop: batch}
+        else:
+            by_loop = {}
             for request in batch:
                 by_loop.setdefault(request.loop, []).append(request)
-            for loop, requests in by_loop.items():
-                # A closed loop raises RuntimeError: nobody is waiting there any more.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._deliver, requests)
+        for loop, requests in by_loop.items():
+            # A closed loop raises RuntimeError: nobody is waiting there any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._deliver, requests)
 
     # -- in the writer's thread -----------------------------------------------------------
 
