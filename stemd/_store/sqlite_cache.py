@@ -4,7 +4,9 @@ A run's hot path is create, claim, checkpoints and commit, all written by this p
 one writer. The claim and the commit each began with a ``SELECT`` of the run's row and its
 decoding, although the writer had itself written that very row moments before. The cache
 keeps, per run, the row the writer last wrote (or read) and its record, so that they skip
-both.
+both. It also keeps what a new run of a workflow starts with (the event floor, and whether
+the workflow is paused), which only events and pauses change, so that a start skips that
+read too.
 
 What keeps it true:
 
@@ -43,13 +45,15 @@ Entry = tuple[tuple[Any, ...], "RunRecord"]
 class RowCache:
     """Run rows (and their records) as the writer's own connection last wrote them."""
 
-    __slots__ = ("_entries", "_version", "enabled", "keeps")
+    __slots__ = ("_entries", "_version", "created", "enabled", "keeps")
 
     def __init__(self, keeps: Collection[Callable[..., Any]]) -> None:
         self.keeps = frozenset(keeps)
         self.enabled = False
         self._entries: dict[str, Entry] = {}
         self._version: int | None = None
+        # Per workflow: (the last event's position, paused) for a run created now.
+        self.created: dict[str, tuple[int | None, int]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -60,15 +64,19 @@ class RowCache:
         every one of ``fns`` keeps it."""
         (version,) = db.execute("PRAGMA data_version").fetchone()
         if version != self._version:
-            self._entries.clear()
             self._version = version
+            self._forget()
         self.enabled = all(fn in self.keeps for fn in fns)
         if not self.enabled:
-            self._entries.clear()
+            self._forget()
+
+    def _forget(self) -> None:
+        self._entries.clear()
+        self.created.clear()
 
     def clear(self) -> None:
         """Forget every row (a rollback)."""
-        self._entries.clear()
+        self._forget()
         self.enabled = False
 
     def get(self, run_id: str) -> Entry | None:

@@ -214,13 +214,18 @@ def workflow_from_row(row: tuple[Any, ...] | sqlite3.Row) -> WorkflowInfo:
 
 
 def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bool]:
-    floor, paused = db.execute(_CREATE_STATE, (record.workflow,)).fetchone()
+    rows = rows_of(db)
+    state = rows.created.get(record.workflow) if rows is not None else None
+    if state is None:
+        state = db.execute(_CREATE_STATE, (record.workflow,)).fetchone()
+        if rows is not None:
+            rows.created[record.workflow] = state
+    floor, paused = state
     record = msgspec.structs.replace(record, event_floor=floor or 0)
     if paused:
         record = created_paused(record)
     values = record_to_row(record)
     if db.execute(_INSERT_RUN, values).rowcount == 1:
-        rows = rows_of(db)
         if rows is not None:
             rows.put(values, record)
         return record, True

@@ -146,3 +146,20 @@ async def test_a_full_cache_takes_no_new_runs_and_stays_true(tmp_path: Path) -> 
                 done = await store.commit(f"r{i}", claim.token, Complete(result=b"1"), NOW)
                 assert done.record.status is RunStatus.COMPLETED
             assert len(rows) == 0
+
+
+async def test_a_start_sees_pauses_and_events_since_the_last_start(tmp_path: Path) -> None:
+    """What a new run starts with (paused or not, its event floor) is read again after a
+    pause here or in another process and after an event: never an earlier start's."""
+    path = tmp_path / "x.db"
+    async with opened(path) as a, opened(path) as b:
+        first, _ = await a.create_run(record("r1"))
+        assert not first.paused
+        await b.pause_workflow("w", True)
+        paused, _ = await a.create_run(record("r2"))
+        assert paused.paused
+        await a.pause_workflow("w", False)
+        event = await a.append_event("t", b"1", NOW, None)
+        later, _ = await a.create_run(record("r3"))
+        assert not later.paused
+        assert later.event_floor == event.seq > first.event_floor
