@@ -6,7 +6,8 @@ decoding, although the writer had itself written that very row moments before. T
 keeps, per run, the row the writer last wrote (or read) and its record, so that they skip
 both. It also keeps what a new run of a workflow starts with (the event floor, and whether
 the workflow is paused), which only events and pauses change, so that a start skips that
-read too.
+read too; and whether any run waits for a child, so that a run's end skips looking for
+parents to wake while none does.
 
 What keeps it true:
 
@@ -45,7 +46,7 @@ Entry = tuple[tuple[Any, ...], "RunRecord"]
 class RowCache:
     """Run rows (and their records) as the writer's own connection last wrote them."""
 
-    __slots__ = ("_entries", "_version", "created", "enabled", "keeps")
+    __slots__ = ("_entries", "_version", "child_waits", "created", "enabled", "keeps")
 
     def __init__(self, keeps: Collection[Callable[..., Any]]) -> None:
         self.keeps = frozenset(keeps)
@@ -54,6 +55,8 @@ class RowCache:
         self._version: int | None = None
         # Per workflow: (the last event's position, paused) for a run created now.
         self.created: dict[str, tuple[int | None, int]] = {}
+        # Whether a suspended run may wait for a child (None: not known, to be read).
+        self.child_waits: bool | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -73,6 +76,7 @@ class RowCache:
     def _forget(self) -> None:
         self._entries.clear()
         self.created.clear()
+        self.child_waits = None
 
     def clear(self) -> None:
         """Forget every row (a rollback)."""
@@ -90,6 +94,8 @@ class RowCache:
         if not self.enabled:
             return
         entries = self._entries
+        if record.wait_child is not None:
+            self.child_waits = True
         if record.status.is_terminal:
             entries.pop(record.run_id, None)
             return

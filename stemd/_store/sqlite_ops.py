@@ -117,6 +117,10 @@ _WAITING_ON_CHILD = (
     f"SELECT {_COLS} FROM runs"
     " WHERE wait_child = ? AND status = 'suspended' AND wait_child IS NOT NULL ORDER BY run_id"
 )
+_ANY_CHILD_WAIT = (
+    "SELECT EXISTS (SELECT 1 FROM runs INDEXED BY runs_by_child"
+    " WHERE wait_child IS NOT NULL AND status = 'suspended')"
+)
 # A new run's event floor (the last event's position) and whether its workflow is paused,
 # in one statement.
 _CREATE_STATE = (
@@ -163,6 +167,12 @@ def checkpoints(db: sqlite3.Connection, run_id: str) -> list[Checkpoint]:
 
 
 def _wake_parents(db: sqlite3.Connection, child_id: str, now: datetime) -> tuple[str, ...]:
+    rows = rows_of(db)
+    if rows is not None:
+        if rows.child_waits is None:
+            rows.child_waits = bool(db.execute(_ANY_CHILD_WAIT).fetchone()[0])
+        if not rows.child_waits:
+            return ()  # no run waits for a child: none to look for
     woken = []
     for row in db.execute(_WAITING_ON_CHILD, (child_id,)).fetchall():
         if record_from_row(row).paused:

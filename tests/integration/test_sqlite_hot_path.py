@@ -11,7 +11,7 @@ import pytest
 
 from stemd._errors import LeaseLost
 from stemd._model import RunStatus
-from stemd._store.base import Checkpoint, Complete
+from stemd._store.base import Checkpoint, Complete, Suspend
 from stemd._store.sqlite_cache import RowCache
 from tests.helpers import wait_until
 from tests.integration.test_sqlite_store import (
@@ -163,3 +163,25 @@ async def test_a_start_sees_pauses_and_events_since_the_last_start(tmp_path: Pat
         later, _ = await a.create_run(record("r3"))
         assert not later.paused
         assert later.event_floor == event.seq > first.event_floor
+
+
+async def test_a_child_ending_wakes_a_parent_that_another_process_suspended(
+    tmp_path: Path,
+) -> None:
+    """A store that knew of no run waiting for a child still wakes a parent that another
+    store (process) suspended on the child meanwhile, when the child ends."""
+    path = tmp_path / "x.db"
+    async with opened(path) as a, opened(path) as b:
+        await a.create_run(record("child"))
+        await a.create_run(record("other"))
+        other = await a.claim("other", "a", NOW, 30)
+        assert other is not None
+        await a.commit("other", other.token, Complete(result=b"1"), NOW)  # none waits
+        await b.create_run(record("parent"))
+        parent = await b.claim("parent", "b", NOW, 30)
+        assert parent is not None
+        await b.commit("parent", parent.token, Suspend(wait_child="child", wait_key="k"), NOW)
+        child = await a.claim("child", "a", NOW, 30)
+        assert child is not None
+        done = await a.commit("child", child.token, Complete(result=b"2"), NOW)
+        assert done.woken == ("parent",)
