@@ -36,8 +36,7 @@ def cache_of(store: Any) -> RowCache:
 
 
 async def test_the_hot_path_is_served_from_the_cache(tmp_path: Path) -> None:
-    """A run created, claimed, checkpointed and committed by one store ends consistent and
-    leaves the cache (its row was kept only while it ran)."""
+    """A run served from the cache ends as stored, and leaves the cache when it ends."""
     async with opened(tmp_path / "x.db") as store:
         await store.create_run(record("r1"))
         assert len(cache_of(store)) == 1
@@ -53,8 +52,7 @@ async def test_the_hot_path_is_served_from_the_cache(tmp_path: Path) -> None:
 
 
 async def test_a_claim_by_another_process_is_seen(tmp_path: Path) -> None:
-    """A run another store (process) claimed after this one created it is not claimed
-    again here from the cached row: each claim has one owner."""
+    """A run claimed by another store after this one created it is not claimed again here."""
     path = tmp_path / "x.db"
     async with opened(path) as a, opened(path) as b:
         await a.create_run(record("r1"))
@@ -68,8 +66,7 @@ async def test_a_claim_by_another_process_is_seen(tmp_path: Path) -> None:
 
 
 async def test_a_rolled_back_batch_leaves_nothing_in_the_cache(tmp_path: Path) -> None:
-    """A claim whose batch rolled back (another request failed) is replayed against the
-    stored row, not the claim's own uncommitted one: it succeeds."""
+    """A claim replayed after its batch rolled back sees the stored row, not its unwritten one."""
     async with opened(tmp_path / "x.db") as store:
         await store.create_run(record("r1"))
         await store.create_run(record("r2"))
@@ -104,8 +101,7 @@ async def test_a_rolled_back_batch_leaves_nothing_in_the_cache(tmp_path: Path) -
 
 
 async def test_a_claim_cancelled_before_its_answer_is_given_back(tmp_path: Path) -> None:
-    """A claim whose caller is cancelled while the writer commits it leaves the run
-    runnable again (given back), not RUNNING under a lease that nobody holds."""
+    """A claim cancelled while the writer commits it is given back: the run is runnable again."""
     async with opened(tmp_path / "x.db") as store:
         await store.create_run(record("r1"))
         async with writer_held(store) as gate:
@@ -131,8 +127,7 @@ async def test_a_claim_cancelled_before_its_answer_is_given_back(tmp_path: Path)
 
 
 async def test_a_full_cache_takes_no_new_runs_and_stays_true(tmp_path: Path) -> None:
-    """Past its limit the cache keeps the runs it has and takes no new ones; runs outside
-    it are read, and all of them claim and commit alike."""
+    """A full cache takes no new runs, and runs outside it claim and commit alike."""
     async with opened(tmp_path / "x.db") as store:
         rows = cache_of(store)
         with pytest.MonkeyPatch.context() as patch:
@@ -149,8 +144,7 @@ async def test_a_full_cache_takes_no_new_runs_and_stays_true(tmp_path: Path) -> 
 
 
 async def test_a_start_sees_pauses_and_events_since_the_last_start(tmp_path: Path) -> None:
-    """What a new run starts with (paused or not, its event floor) is read again after a
-    pause here or in another process and after an event: never an earlier start's."""
+    """A start sees a pause (here or in another store) and an event since the previous start."""
     path = tmp_path / "x.db"
     async with opened(path) as a, opened(path) as b:
         first, _ = await a.create_run(record("r1"))
@@ -168,8 +162,7 @@ async def test_a_start_sees_pauses_and_events_since_the_last_start(tmp_path: Pat
 async def test_a_child_ending_wakes_a_parent_that_another_process_suspended(
     tmp_path: Path,
 ) -> None:
-    """A store that knew of no run waiting for a child still wakes a parent that another
-    store (process) suspended on the child meanwhile, when the child ends."""
+    """A child's end wakes a parent that another store suspended on it after this one looked."""
     path = tmp_path / "x.db"
     async with opened(path) as a, opened(path) as b:
         await a.create_run(record("child"))
