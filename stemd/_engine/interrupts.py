@@ -4,13 +4,12 @@ group inside user code raised is sorted out."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
 from stemd._errors import LeaseLost, StoreError, TransportError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from types import TracebackType
 
     from stemd._store.base import Fail, Outcome
 
@@ -52,16 +51,34 @@ class Aborted(BaseException):
         self.error = error
 
 
-@contextlib.contextmanager
-def for_user_code() -> Iterator[None]:
+class _ForUserCode:
+    """:func:`for_user_code`'s context manager: a class, not a generator, as it is on the
+    hot path (twice per step) and has no state."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, LeaseLost):
+            raise Fenced(str(exc)) from None
+        if isinstance(exc, (StoreError, TransportError)):
+            raise Aborted(exc) from exc
+
+
+_FOR_USER_CODE = _ForUserCode()
+
+
+def for_user_code() -> _ForUserCode:
     """Around a store or broker call made for user code: a refused write stops the slice
     as :class:`Fenced`, an outage as :class:`Aborted`."""
-    try:
-        yield
-    except LeaseLost as exc:
-        raise Fenced(str(exc)) from None
-    except (StoreError, TransportError) as exc:
-        raise Aborted(exc) from exc
+    return _FOR_USER_CODE
 
 
 def user_error(group: BaseExceptionGroup[BaseException]) -> Exception:

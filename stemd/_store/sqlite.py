@@ -33,9 +33,8 @@ from stemd._options import as_bool, convert_options
 from stemd._store import sqlite_ops as ops
 from stemd._store import sqlite_sessions as sessions_ops
 from stemd._store import sqlite_slots as slots
-from stemd._store.base import (
-    Page,
-)
+from stemd._store.base import Page
+from stemd._store.sqlite_cache import RowCache, WriterConnection
 from stemd._store.sqlite_schedules import SqliteSchedules
 from stemd._store.sqlite_schema import RUN_COLUMNS, from_us, migrate, record_from_row, to_us
 from stemd._store.sqlite_writer import Writer, WriterStats, is_busy, while_busy
@@ -198,6 +197,7 @@ class SqliteStore(SqliteSchedules, slots.SqliteSlotHolders):
                 check_same_thread=False,
                 cached_statements=512,
                 uri=uri,
+                factory=WriterConnection,
             )
         except sqlite3.OperationalError:
             if not self.create and not self.path.exists():
@@ -212,6 +212,7 @@ class SqliteStore(SqliteSchedules, slots.SqliteSlotHolders):
                 db.execute(pragma)
             db.execute("PRAGMA journal_size_limit = 67108864")
             migrate(db)
+            db.rows = RowCache(ops.KEEPS_ROWS)
         except BaseException:
             db.close()
             raise
@@ -295,12 +296,11 @@ class SqliteStore(SqliteSchedules, slots.SqliteSlotHolders):
     async def claim(self, run_id: str, owner: str, now: datetime, lease: float) -> Claim | None:
         # Not fsynced on its own: losing a claim to a power loss is the same
         # as the claimant dying mid-step, and the claim is made durable by the claimant's
-        # next checkpoint or commit anyway. Shielded: a claim the writer commits must reach
-        # its caller even when the caller is being cancelled, which then gives the run back
-        # (else the run would stay RUNNING under a lease that nobody holds).
-        with anyio.CancelScope(shield=True):
-            claim = await self.writer.submit(ops.claim, run_id, owner, now, lease, durable=False)
-        return claim
+        # next checkpoint or commit anyway. A claim committed for a caller cancelled
+        # meanwhile is given back (else the run would stay RUNNING under a lease, or a
+        # live session, that nobody uses): the writer writes its undo.
+        submit = self.writer.submit
+        return await submit(ops.claim, run_id, owner, now, lease, durable=False, undo=ops.give_back)
 
     async def renew_lease(self, run_id: str, token: int, now: datetime, lease: float) -> None:
         await self.writer.submit(ops.renew_lease, run_id, token, now, lease, durable=False)

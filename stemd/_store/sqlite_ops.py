@@ -8,6 +8,7 @@ is raised before anything is written, as the writer's batching requires.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +23,12 @@ from stemd._store.base import (
     Complete,
     FireResult,
     Outcome,
+    Release,
     RunRecord,
     Suspend,
     WorkflowInfo,
 )
+from stemd._store.sqlite_cache import rows_of
 from stemd._store.sqlite_events import (
     WAITING_MANY,
     WAITING_ONE,
@@ -37,7 +40,7 @@ from stemd._store.sqlite_events import (
     satisfy,
     send_message,
 )
-from stemd._store.sqlite_rows import COLS, SELECT_RUN, put_checkpoint, row_of, update
+from stemd._store.sqlite_rows import COLS, SELECT_RUN, entry_of, put_checkpoint, row_of, update
 from stemd._store.sqlite_schema import (
     RUN_COLUMNS,
     from_us,
@@ -45,6 +48,7 @@ from stemd._store.sqlite_schema import (
     record_to_row,
     to_us,
 )
+from stemd._store.sqlite_sessions import put_session, renew_session
 from stemd._store.transitions import (
     apply_cancel,
     apply_claim,
@@ -66,6 +70,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
+    "KEEPS_ROWS",
     "SELECT_RUN",
     "WAITING_MANY",
     "WAITING_ONE",
@@ -80,6 +85,7 @@ __all__ = [
     "deliver_event",
     "emit_event",
     "fire_timer",
+    "give_back",
     "merge_waiting",
     "pause",
     "pause_workflow",
@@ -111,6 +117,10 @@ _WAITING_ON_CHILD = (
     f"SELECT {_COLS} FROM runs"
     " WHERE wait_child = ? AND status = 'suspended' AND wait_child IS NOT NULL ORDER BY run_id"
 )
+_ANY_CHILD_WAIT = (
+    "SELECT EXISTS (SELECT 1 FROM runs INDEXED BY runs_by_child"
+    " WHERE wait_child IS NOT NULL AND status = 'suspended')"
+)
 # A new run's event floor (the last event's position) and whether its workflow is paused,
 # in one statement.
 _CREATE_STATE = (
@@ -124,6 +134,7 @@ _UPSERT_WORKFLOW = (
     " version = excluded.version, registered_at = excluded.registered_at"
 )
 _steps_decoder = msgspec.json.Decoder(tuple[str, ...])
+_UPDATED_AT = RUN_COLUMNS.index("updated_at")
 SELECT_PAUSED_WORKFLOWS = "SELECT name FROM paused_workflows ORDER BY name"
 
 
@@ -135,10 +146,10 @@ def _lease_lost(run_id: str) -> LeaseLost:
 
 
 def _owned(db: sqlite3.Connection, run_id: str, token: int) -> tuple[tuple[Any, ...], RunRecord]:
-    row = row_of(db, run_id)
-    if row is None:
+    entry = entry_of(db, run_id)
+    if entry is None:
         raise _lease_lost(run_id)
-    rec = record_from_row(row)
+    row, rec = entry
     if rec.token != token or rec.status is not RunStatus.RUNNING:
         raise _lease_lost(run_id)
     return row, rec
@@ -156,6 +167,12 @@ def checkpoints(db: sqlite3.Connection, run_id: str) -> list[Checkpoint]:
 
 
 def _wake_parents(db: sqlite3.Connection, child_id: str, now: datetime) -> tuple[str, ...]:
+    rows = rows_of(db)
+    if rows is not None:
+        if rows.child_waits is None:
+            rows.child_waits = bool(db.execute(_ANY_CHILD_WAIT).fetchone()[0])
+        if not rows.child_waits:
+            return ()  # no run waits for a child: none to look for
     woken = []
     for row in db.execute(_WAITING_ON_CHILD, (child_id,)).fetchall():
         if record_from_row(row).paused:
@@ -207,11 +224,20 @@ def workflow_from_row(row: tuple[Any, ...] | sqlite3.Row) -> WorkflowInfo:
 
 
 def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bool]:
-    floor, paused = db.execute(_CREATE_STATE, (record.workflow,)).fetchone()
+    rows = rows_of(db)
+    state = rows.created.get(record.workflow) if rows is not None else None
+    if state is None:
+        state = db.execute(_CREATE_STATE, (record.workflow,)).fetchone()
+        if rows is not None:
+            rows.created[record.workflow] = state
+    floor, paused = state
     record = msgspec.structs.replace(record, event_floor=floor or 0)
     if paused:
         record = created_paused(record)
-    if db.execute(_INSERT_RUN, record_to_row(record)).rowcount == 1:
+    values = record_to_row(record)
+    if db.execute(_INSERT_RUN, values).rowcount == 1:
+        if rows is not None:
+            rows.put(values, record)
         return record, True
     row = row_of(db, record.run_id)
     assert row is not None  # the conflict was on this run id, inside this transaction
@@ -221,10 +247,10 @@ def create_run(db: sqlite3.Connection, record: RunRecord) -> tuple[RunRecord, bo
 def claim(
     db: sqlite3.Connection, run_id: str, owner: str, now: datetime, lease: float
 ) -> Claim | None:
-    row = row_of(db, run_id)
-    if row is None:
+    entry = entry_of(db, run_id)
+    if entry is None:
         return None
-    rec = record_from_row(row)
+    row, rec = entry
     if not is_runnable(rec, now):
         return None
     new = apply_claim(rec, owner, now, lease)
@@ -235,12 +261,23 @@ def claim(
     return Claim(token=new.token, record=new, checkpoints=cps)
 
 
+def give_back(db: sqlite3.Connection, claim: Claim) -> None:
+    """Release a claim that never reached its claimant (it was cancelled), as the
+    claimant would have: the run is runnable again at once, unless something else has
+    moved it on since."""
+    with contextlib.suppress(LeaseLost):
+        commit(db, claim.record.run_id, claim.token, Release(), claim.record.updated_at)
+
+
 def renew_lease(
     db: sqlite3.Connection, run_id: str, token: int, now: datetime, lease: float
 ) -> None:
     expires = to_us(now + timedelta(seconds=lease))
     if db.execute(_RENEW, (expires, to_us(now), run_id, token)).rowcount != 1:
         raise _lease_lost(run_id)
+    rows = rows_of(db)
+    if rows is not None:
+        rows.drop(run_id)
 
 
 def save_checkpoint(
@@ -250,12 +287,21 @@ def save_checkpoint(
     (its owner must stop: the caller raises LeaseLost once this is committed)."""
     # The ownership check is the conditional update itself: on a stale token it changes
     # nothing and the refusal happens before any write.
-    touched = db.execute(_TOUCH_OWNED, (to_us(now), run_id, token)).fetchall()
+    at = to_us(now)
+    touched = db.execute(_TOUCH_OWNED, (at, run_id, token)).fetchall()
     if not touched:
         raise _lease_lost(run_id)
     put_checkpoint(db, run_id, checkpoint.name, checkpoint.value, now)
+    rows = rows_of(db)
     if not touched[0][0]:
+        entry = rows.get(run_id) if rows is not None else None
+        if rows is not None and entry is not None:
+            old, rec = entry
+            touched_row = (*old[:_UPDATED_AT], at, *old[_UPDATED_AT + 1 :])
+            rows.put(touched_row, msgspec.structs.replace(rec, updated_at=now))
         return False
+    if rows is not None:
+        rows.drop(run_id)
     row = row_of(db, run_id)
     assert row is not None
     update(db, row, apply_pause_stop(record_from_row(row), now))
@@ -376,3 +422,18 @@ def pause_workflow(db: sqlite3.Connection, workflow: str, paused: bool) -> bool:
     else:
         sql = "DELETE FROM paused_workflows WHERE name = ?"
     return bool(db.execute(sql, (workflow,)).rowcount)
+
+
+KEEPS_ROWS = (
+    give_back,
+    create_run,
+    claim,
+    renew_lease,
+    save_checkpoint,
+    commit,
+    put_session,
+    renew_session,
+)
+"""The operations that keep the writer's row cache (:mod:`~stemd._store.sqlite_cache`):
+they write a run's row only through ``update`` or record or drop it themselves, and
+anything else they write is no run row."""

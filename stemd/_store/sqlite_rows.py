@@ -1,12 +1,14 @@
 """The SQLite store's row helpers, shared by its write operations
 (:mod:`~stemd._store.sqlite_ops`, :mod:`~stemd._store.sqlite_events`): read a run's row,
-write the columns of a record that changed, upsert a checkpoint."""
+write the columns of a record that changed, upsert a checkpoint. :func:`update` and
+:func:`entry_of` keep the writer's row cache (:mod:`~stemd._store.sqlite_cache`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from stemd._store.sqlite_schema import RUN_COLUMNS, record_to_row, to_us
+from stemd._store.sqlite_cache import rows_of
+from stemd._store.sqlite_schema import RUN_COLUMNS, record_from_row, record_to_row, to_us
 
 if TYPE_CHECKING:
     import sqlite3
@@ -14,7 +16,7 @@ if TYPE_CHECKING:
 
     from stemd._store.base import RunRecord
 
-__all__ = ["COLS", "SELECT_RUN", "put_checkpoint", "row_of", "update"]
+__all__ = ["COLS", "SELECT_RUN", "entry_of", "put_checkpoint", "row_of", "update"]
 
 COLS = ", ".join(RUN_COLUMNS)
 SELECT_RUN = f"SELECT {COLS} FROM runs WHERE run_id = ?"
@@ -47,11 +49,31 @@ def update(db: sqlite3.Connection, old: tuple[Any, ...], new: RunRecord) -> None
                 " SELECT ?, seq, run_id FROM runs WHERE run_id = ?",
                 [(topic, new.run_id) for topic in new.wait_topics],
             )
+    rows = rows_of(db)
+    if rows is not None:
+        rows.put(row, new)
 
 
 def row_of(db: sqlite3.Connection, run_id: str) -> tuple[Any, ...] | None:
     row: tuple[Any, ...] | None = db.execute(SELECT_RUN, (run_id,)).fetchone()
     return row
+
+
+def entry_of(db: sqlite3.Connection, run_id: str) -> tuple[tuple[Any, ...], RunRecord] | None:
+    """The row of ``run_id`` and its record: from the writer's row cache when it has
+    them, else read (and remembered)."""
+    rows = rows_of(db)
+    if rows is not None:
+        entry = rows.get(run_id)
+        if entry is not None:
+            return entry
+    row = row_of(db, run_id)
+    if row is None:
+        return None
+    rec = record_from_row(row)
+    if rows is not None:
+        rows.put(row, rec)
+    return row, rec
 
 
 def put_checkpoint(

@@ -37,6 +37,8 @@ from stemd._errors import StemError, StoreError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from stemd._store.sqlite_cache import RowCache
+
 __all__ = ["Writer", "WriterStats", "is_busy", "while_busy"]
 
 log = structlog.get_logger("stemd.store.sqlite")
@@ -93,7 +95,7 @@ class WriterStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Request:
-    __slots__ = ("args", "durable", "error", "fn", "future", "loop", "result", "txn")
+    __slots__ = ("args", "durable", "error", "fn", "future", "loop", "result", "txn", "undo")
 
     def __init__(
         self,
@@ -102,7 +104,8 @@ class _Request:
         txn: bool,
         durable: bool,
         loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[Any],
+        future: asyncio.Future[Any] | None,
+        undo: Callable[..., Any] | None = None,
     ) -> None:
         self.fn = fn
         self.args = args
@@ -110,20 +113,9 @@ class _Request:
         self.durable = durable
         self.loop = loop
         self.future = future
+        self.undo = undo
         self.result: Any = None
         self.error: BaseException | None = None
-
-
-def _deliver(batch: list[_Request]) -> None:
-    """Answer the callers of a committed batch (on their event loop)."""
-    for request in batch:
-        future = request.future
-        if future.done():  # the caller was cancelled
-            continue
-        if request.error is not None:
-            future.set_exception(request.error)
-        else:
-            future.set_result(request.result)
 
 
 class Writer:
@@ -159,6 +151,8 @@ class Writer:
         self._max_batch = 0
         self._retries = 0
         self._fallbacks = 0
+        # The connection's cache of the run rows it wrote (sqlite_cache), if it has one.
+        self.rows: RowCache | None = getattr(db, "rows", None)
 
     def statistics(self) -> WriterStats:
         return WriterStats(
@@ -179,7 +173,12 @@ class Writer:
         return self._thread.is_alive()
 
     async def submit(
-        self, fn: Callable[..., T], *args: Any, txn: bool = True, durable: bool = True
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        txn: bool = True,
+        durable: bool = True,
+        undo: Callable[[sqlite3.Connection, Any], object] | None = None,
     ) -> T:
         """Run ``fn(db, *args)`` in the next batch; return its result once committed.
 
@@ -188,13 +187,49 @@ class Writer:
         a batch made only of such writes is committed without its own fsync (as with
         ``synchronous=NORMAL``): it becomes durable with the next fsynced commit, and a
         power loss can lose it only together with everything written after it.
+
+        ``undo(db, result)``, if given, is written (in a later transaction, unawaited)
+        when the caller is cancelled before a result other than ``None`` reached it: a
+        claim whose claimant is gone gives its run back. (This costs nothing while the
+        caller is not cancelled, unlike a shielding cancel scope around the wait.)
         """
         if self._closed:
             raise StoreError("the SQLite store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Request(fn, args, txn, durable, loop, future))
-        return await future
+        self._queue.put(_Request(fn, args, txn, durable, loop, future, undo))
+        if undo is None:
+            return await future
+        try:
+            return await future
+        except BaseException:
+            # Answered, but the caller was cancelled before it resumed: undo here.
+            # (Cancelled before the answer: _deliver undoes it when it comes.)
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._undo(undo, future.result())
+            raise
+
+    def _undo(self, undo: Callable[..., object], result: object) -> None:
+        """Queue ``undo(db, result)`` for a result its caller did not take, unawaited."""
+        if result is None or self._closed:
+            return  # closed: the run's lease (or its session's end) gives it back
+        loop = asyncio.get_running_loop()
+        self._queue.put(_Request(undo, (result,), True, False, loop, None))
+
+    def _deliver(self, batch: list[_Request]) -> None:
+        """Answer the callers of a committed batch (on their event loop)."""
+        for request in batch:
+            future = request.future
+            if future is None:  # an undo: nobody waits for it
+                continue
+            if future.done():  # the caller was cancelled
+                if request.undo is not None and request.error is None:
+                    self._undo(request.undo, request.result)
+                continue
+            if request.error is not None:
+                future.set_exception(request.error)
+            else:
+                future.set_result(request.result)
 
     async def aclose(self, timeout: float = 10.0) -> None:
         """Take no more requests, let the thread commit the queued ones, and join it."""
@@ -230,13 +265,21 @@ class Writer:
             except BaseException as exc:  # pragma: no cover - a bug in the writer itself
                 for request in batch:
                     request.error = StoreError(f"SQLite writer failed: {exc!r}")
-            by_loop: dict[asyncio.AbstractEventLoop, list[_Request]] = {}
+            self._answer(batch)
+
+    def _answer(self, batch: list[_Request]) -> None:
+        """Hand the answers of a batch to their callers' event loops, one call each."""
+        loop = batch[0].loop
+        if all(request.loop is loop for request in batch):  # one loop: the usual case
+            by_loop = {loop: batch}
+        else:
+            by_loop = {}
             for request in batch:
                 by_loop.setdefault(request.loop, []).append(request)
-            for loop, requests in by_loop.items():
-                # A closed loop raises RuntimeError: nobody is waiting there any more.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_deliver, requests)
+        for loop, requests in by_loop.items():
+            # A closed loop raises RuntimeError: nobody is waiting there any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._deliver, requests)
 
     # -- in the writer's thread -----------------------------------------------------------
 
@@ -276,6 +319,8 @@ class Writer:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if self.rows is not None:
+                self.rows.begin(db, [request.fn for request in batch])
             for request in batch:
                 try:
                     request.result = request.fn(db, *request.args)
@@ -297,6 +342,8 @@ class Writer:
                 return
             db.execute("BEGIN IMMEDIATE")
             try:
+                if self.rows is not None:
+                    self.rows.begin(db, [request.fn])
                 request.result = request.fn(db, *request.args)
                 db.execute("COMMIT")
             except BaseException:
@@ -320,6 +367,8 @@ class Writer:
         self._retries += 1
 
     def _rollback(self) -> None:
+        if self.rows is not None:
+            self.rows.clear()
         if self.db.in_transaction:
             try:
                 self.db.execute("ROLLBACK")

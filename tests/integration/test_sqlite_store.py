@@ -481,6 +481,7 @@ async def test_queries_use_indexes(tmp_path: Path) -> None:
         "next kept event": sqlite_events._NEXT_KEPT,
         "next message": sqlite_events._NEXT_MESSAGE.format("?, ?"),
         "waiting on child": ops._WAITING_ON_CHILD,
+        "any child wait": ops._ANY_CHILD_WAIT,
         "run": ops.SELECT_RUN,
         "checkpoints": ops.SELECT_CHECKPOINTS,
     }
