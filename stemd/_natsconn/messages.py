@@ -13,6 +13,7 @@ from stemd._errors import TransportError
 
 __all__ = [
     "EXPECTED_LAST_SUBJECT_SEQ",
+    "EXPECTED_LAST_SUBJECT_SEQ_SUBJECT",
     "MSG_ID",
     "SCHEDULE",
     "SCHEDULE_TARGET",
@@ -28,6 +29,9 @@ __all__ = [
 # Header names of the JetStream protocol.
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+# The subject that EXPECTED_LAST_SUBJECT_SEQ is checked on, when not the one published to
+# (nats-server 2.11+): a write conditional on another key's revision.
+EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 SCHEDULE = "Nats-Schedule"
 SCHEDULE_TARGET = "Nats-Schedule-Target"
 
