@@ -21,7 +21,7 @@ import nats.errors
 
 from stemd._natsauth import redact_url
 from stemd._natsconn.boundary import PermissionDenied, boundary, suppressed
-from stemd._natsconn.messages import ConnectionEvent, NatsMsg, detach
+from stemd._natsconn.messages import ConnectionEvent, NatsMsg, detach, plain_headers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -255,20 +255,30 @@ class CoreConnection:
                 await self._subscribe_replies()
 
     async def _subscribe_replies(self) -> None:
+        cut = len(self._reply_prefix)
 
-        async def dispatch(msg: Any) -> None:
-            token = msg.subject[len(self._reply_prefix) :]
+        def take(subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+            token = subject[cut:]
             request = self._requests.get(token)
+            if request is None and token not in self._replies:
+                return
+            msg = NatsMsg(subject=subject, data=data, headers=plain_headers(headers))
             if request is not None:
                 if not request[1].done():
-                    request[1].set_result(detach(msg))
+                    request[1].set_result(msg)
                 return
-            send = self._replies.get(token)
-            if send is not None:
-                with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
-                    send.send_nowait(detach(msg))
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                self._replies[token].send_nowait(msg)
 
-        self._reply_sub = await self._nc.subscribe(self._reply_prefix + "*", cb=dispatch)
+        async def dispatch(msg: Any) -> None:
+            take(msg.subject, msg.data, msg.headers)
+
+        sub = await self._nc.subscribe(self._reply_prefix + "*", cb=dispatch)
+        # nats-py's client of open_connection hands replies over from its read loop.
+        take_directly = getattr(self._nc, "take_directly", None)
+        if take_directly is not None:
+            take_directly(sub, take)
+        self._reply_sub = sub
 
     @contextlib.asynccontextmanager
     async def _open_replies(

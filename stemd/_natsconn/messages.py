@@ -22,6 +22,7 @@ __all__ = [
     "PubAck",
     "StoredMsg",
     "detach",
+    "plain_headers",
     "split_url",
     "stored",
 ]
@@ -93,7 +94,8 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), query
 
 
-def _headers(raw: Any) -> dict[str, str] | None:
+def plain_headers(raw: Any) -> dict[str, str] | None:
+    """Headers as a plain dict of strings, or ``None`` when there are none."""
     if not raw:
         return None
     return {str(k): str(v) for k, v in raw.items()}
@@ -102,7 +104,10 @@ def _headers(raw: Any) -> dict[str, str] | None:
 def detach(msg: Any) -> NatsMsg:
     """A message of nats-py as a :class:`NatsMsg`."""
     return NatsMsg(
-        subject=msg.subject, data=msg.data, reply=msg.reply or "", headers=_headers(msg.headers)
+        subject=msg.subject,
+        data=msg.data,
+        reply=msg.reply or "",
+        headers=plain_headers(msg.headers),
     )
 
 
