@@ -196,6 +196,17 @@ class CoreConnection:
             NoResponders: nobody listens on ``subject``.
             TransportError: no reply in time, or the connection failed.
         """
+        return await self._request(subject, payload, headers, timeout)
+
+    async def _request(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> NatsMsg:
+        """:meth:`request` for the entry points of this adapter, which translate what it
+        raises themselves (one coroutine less per request)."""
         # The reply comes to the connection's shared inbox (as nats-py's own requests do),
         # settling a future that the server's refusal of the request or its timeout may
         # settle first: no cancel scope, task or timeout context per request.
