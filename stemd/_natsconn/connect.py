@@ -147,6 +147,7 @@ async def open_connection(
             return
         log.info("nats disconnected", url=shown)
         if conn is not None:
+            conn._connection_lost()
             conn._event("disconnected")
 
     async def reconnected_cb() -> None:

@@ -154,6 +154,16 @@ class CoreConnection:
                 )
         return True
 
+    def _connection_lost(self) -> None:
+        """The connection was lost: the replies of the requests in flight can no longer
+        come (the server answers on the connection a request came on), so they fail now,
+        as NATS being away, rather than at their timeout. Whether such a request was
+        carried out is unknown, as after a timeout; requests sent while reconnecting go
+        out once reconnected."""
+        for _, future in list(self._requests.values()):
+            if not future.done():
+                future.set_exception(nats.errors.UnexpectedEOF())
+
     async def close(self) -> None:
         """Flush what is pending and close (bounded in time)."""
         if self._closed:
