@@ -251,10 +251,11 @@ class JetStreamStore(JetStreamSchedules, JetStreamGroupsAndSessions):
         pauses = self._pauses
         workflow = record.workflow
         # Whether the workflow is paused, as known here: the write is fenced on the
-        # revision of its key (see groups.Pauses); a run without index entries to fence
-        # reads the key first.
-        fresh = not docs.wanted(record)
-        pause_rev, paused = await pauses.state(self._bucket, workflow, fresh=fresh)
+        # revision of its key (see groups.Pauses). A run without index entries to fence
+        # reads the key first, and so does every start on a replicated bucket: there the
+        # stream's leader refuses all but one of the writes fenced on one key at once.
+        fenced = self.replicas == 1 and bool(docs.wanted(record))
+        pause_rev, paused = await pauses.state(self._bucket, workflow, fresh=not fenced)
         for _ in range(MAX_TRIES):
             # Create-if-absent first (the common case); look only when it exists.
             rec = created_paused(record) if paused else record
@@ -263,7 +264,7 @@ class JetStreamStore(JetStreamSchedules, JetStreamGroupsAndSessions):
                 doc.cps[cp.name] = cp.value
                 doc.cpt[cp.name] = record.created_at
             try:
-                fence = (pauses.key(workflow), pause_rev)
+                fence = (pauses.key(workflow), pause_rev) if fenced else None
                 rev = await records.write(run_id, 0, None, doc, fence)
             except FenceMoved:
                 pause_rev, paused = await pauses.state(self._bucket, workflow, fresh=True)
