@@ -32,6 +32,7 @@ from stemd._natsconn.connection import Subscription
 from stemd._natsconn.jetstream import NatsConnection
 from stemd._natsconn.messages import (
     EXPECTED_LAST_SUBJECT_SEQ,
+    EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
     MSG_ID,
     SCHEDULE,
     SCHEDULE_TARGET,
@@ -44,6 +45,7 @@ from stemd._natsconn.messages import (
 
 __all__ = [
     "EXPECTED_LAST_SUBJECT_SEQ",
+    "EXPECTED_LAST_SUBJECT_SEQ_SUBJECT",
     "MSG_ID",
     "SCHEDULE",
     "SCHEDULE_TARGET",

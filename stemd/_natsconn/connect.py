@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import nats.aio.client
@@ -19,6 +19,9 @@ from stemd._natsauth import NatsAuth, redact_url, url_has_credentials
 from stemd._natsconn.boundary import FOREIGN, boundary, suppressed
 from stemd._natsconn.jetstream import NatsConnection
 from stemd._natsconn.messages import split_url
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["open_connection"]
 
@@ -35,6 +38,38 @@ class _Client(nats.aio.client.Client):
     is refused like any other bad input. (This overrides a private method of nats-py 2.x,
     hence the ``<3`` pin; tests/integration/test_nats_submit_events.py sends such subjects.)
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Subscriptions (by sid) whose messages the read loop hands at once to a function
+        # (subject, data, headers) instead of queueing them for the subscription's task.
+        self._direct: dict[int, Callable[[str, bytes, dict[str, str] | None], None]] = {}
+
+    def take_directly(
+        self, sub: Any, take: Callable[[str, bytes, dict[str, str] | None], None]
+    ) -> None:
+        """Hand each message of ``sub`` to ``take`` from the read loop (``take`` must only
+        settle a future or put into a buffer: it runs inside nats-py's read loop)."""
+        self._direct[sub._id] = take
+
+    async def _process_msg(
+        self,
+        sid: int,
+        subject: bytes,
+        reply: bytes,
+        data: bytes,
+        headers: bytes,  # (None when the message has none)
+    ) -> None:
+        take = self._direct.get(sid)
+        if take is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        # The replies of requests: no message object, queue or task hop for each.
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        hdr = await self._process_headers(headers) if headers else None
+        take(subject.decode(errors="replace"), data, hdr)
 
     def _build_message(
         self,
@@ -112,6 +147,7 @@ async def open_connection(
             return
         log.info("nats disconnected", url=shown)
         if conn is not None:
+            conn._connection_lost()
             conn._event("disconnected")
 
     async def reconnected_cb() -> None:

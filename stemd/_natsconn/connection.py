@@ -21,7 +21,7 @@ import nats.errors
 
 from stemd._natsauth import redact_url
 from stemd._natsconn.boundary import PermissionDenied, boundary, suppressed
-from stemd._natsconn.messages import ConnectionEvent, NatsMsg, detach
+from stemd._natsconn.messages import ConnectionEvent, NatsMsg, detach, plain_headers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -154,6 +154,16 @@ class CoreConnection:
                 )
         return True
 
+    def _connection_lost(self) -> None:
+        """The connection was lost: the replies of the requests in flight can no longer
+        come (the server answers on the connection a request came on), so they fail now,
+        as NATS being away, rather than at their timeout. Whether such a request was
+        carried out is unknown, as after a timeout; requests sent while reconnecting go
+        out once reconnected."""
+        for _, future in list(self._requests.values()):
+            if not future.done():
+                future.set_exception(nats.errors.UnexpectedEOF())
+
     async def close(self) -> None:
         """Flush what is pending and close (bounded in time)."""
         if self._closed:
@@ -196,6 +206,17 @@ class CoreConnection:
             NoResponders: nobody listens on ``subject``.
             TransportError: no reply in time, or the connection failed.
         """
+        return await self._request(subject, payload, headers, timeout)
+
+    async def _request(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> NatsMsg:
+        """:meth:`request` for the entry points of this adapter, which translate what it
+        raises themselves (one coroutine less per request)."""
         # The reply comes to the connection's shared inbox (as nats-py's own requests do),
         # settling a future that the server's refusal of the request or its timeout may
         # settle first: no cancel scope, task or timeout context per request.
@@ -255,20 +276,30 @@ class CoreConnection:
                 await self._subscribe_replies()
 
     async def _subscribe_replies(self) -> None:
+        cut = len(self._reply_prefix)
 
-        async def dispatch(msg: Any) -> None:
-            token = msg.subject[len(self._reply_prefix) :]
+        def take(subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+            token = subject[cut:]
             request = self._requests.get(token)
+            if request is None and token not in self._replies:
+                return
+            msg = NatsMsg(subject=subject, data=data, headers=plain_headers(headers))
             if request is not None:
                 if not request[1].done():
-                    request[1].set_result(detach(msg))
+                    request[1].set_result(msg)
                 return
-            send = self._replies.get(token)
-            if send is not None:
-                with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
-                    send.send_nowait(detach(msg))
+            with contextlib.suppress(anyio.WouldBlock, anyio.BrokenResourceError):
+                self._replies[token].send_nowait(msg)
 
-        self._reply_sub = await self._nc.subscribe(self._reply_prefix + "*", cb=dispatch)
+        async def dispatch(msg: Any) -> None:
+            take(msg.subject, msg.data, msg.headers)
+
+        sub = await self._nc.subscribe(self._reply_prefix + "*", cb=dispatch)
+        # nats-py's client of open_connection hands replies over from its read loop.
+        take_directly = getattr(self._nc, "take_directly", None)
+        if take_directly is not None:
+            take_directly(sub, take)
+        self._reply_sub = sub
 
     @contextlib.asynccontextmanager
     async def _open_replies(

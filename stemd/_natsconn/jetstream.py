@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import nats.errors
 
 from stemd._errors import DECODE_ERRORS, TransportError
 from stemd._natsconn.boundary import JetStreamApiError, NoResponders, api_error, boundary
@@ -84,8 +85,8 @@ class NatsConnection(CoreConnection):
             TransportError: no acknowledgement in time, or the connection failed.
         """
         try:
-            reply = await self.request(subject, payload, headers=headers, timeout=timeout)
-        except NoResponders as exc:
+            reply = await self._request(subject, payload, headers, timeout)
+        except nats.errors.NoRespondersError as exc:
             raise NoResponders(f"no stream stores {subject}") from exc
         try:
             ack = _pub_decoder.decode(reply.data)
@@ -102,7 +103,7 @@ class NatsConnection(CoreConnection):
             JetStreamApiError: the API answered with an error.
         """
         payload = b"" if body is None else _encoder.encode(body)
-        reply = await self.request(f"$JS.API.{path}", payload, timeout=timeout)
+        reply = await self._request(f"$JS.API.{path}", payload, None, timeout)
         try:
             error = _err_decoder.decode(reply.data).error
             decoded = _any_decoder.decode(reply.data)
@@ -143,7 +144,7 @@ class NatsConnection(CoreConnection):
     @boundary("direct get of {subject} from {stream}")
     async def direct_get(self, stream: str, subject: str) -> StoredMsg | None:
         """The last message on ``subject`` (a direct get), or ``None``."""
-        reply = await self.request(f"$JS.API.DIRECT.GET.{stream}.{subject}")
+        reply = await self._request(f"$JS.API.DIRECT.GET.{stream}.{subject}")
         return stored(reply)
 
     @boundary("message get from {stream}")
@@ -168,7 +169,7 @@ class NatsConnection(CoreConnection):
         acknowledged write); otherwise any replica may, by a direct get."""
         query = {"seq": max(1, seq), "next_by_subj": subject}
         if not leader:
-            reply = await self.request(f"$JS.API.DIRECT.GET.{stream}", _encoder.encode(query))
+            reply = await self._request(f"$JS.API.DIRECT.GET.{stream}", _encoder.encode(query))
             return stored(reply)
         return await self._leader_query(stream, query)
 
@@ -180,7 +181,7 @@ class NatsConnection(CoreConnection):
         ``leader``, as read by the stream's leader."""
         query = {"last_by_subj": subject}
         if not leader:
-            reply = await self.request(f"$JS.API.DIRECT.GET.{stream}", _encoder.encode(query))
+            reply = await self._request(f"$JS.API.DIRECT.GET.{stream}", _encoder.encode(query))
             return stored(reply)
         return await self._leader_query(stream, query)
 

@@ -13,6 +13,7 @@ from stemd._errors import TransportError
 
 __all__ = [
     "EXPECTED_LAST_SUBJECT_SEQ",
+    "EXPECTED_LAST_SUBJECT_SEQ_SUBJECT",
     "MSG_ID",
     "SCHEDULE",
     "SCHEDULE_TARGET",
@@ -21,6 +22,7 @@ __all__ = [
     "PubAck",
     "StoredMsg",
     "detach",
+    "plain_headers",
     "split_url",
     "stored",
 ]
@@ -28,6 +30,9 @@ __all__ = [
 # Header names of the JetStream protocol.
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+# The subject that EXPECTED_LAST_SUBJECT_SEQ is checked on, when not the one published to
+# (nats-server 2.11+): a write conditional on another key's revision.
+EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 SCHEDULE = "Nats-Schedule"
 SCHEDULE_TARGET = "Nats-Schedule-Target"
 
@@ -89,7 +94,8 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), query
 
 
-def _headers(raw: Any) -> dict[str, str] | None:
+def plain_headers(raw: Any) -> dict[str, str] | None:
+    """Headers as a plain dict of strings, or ``None`` when there are none."""
     if not raw:
         return None
     return {str(k): str(v) for k, v in raw.items()}
@@ -98,7 +104,10 @@ def _headers(raw: Any) -> dict[str, str] | None:
 def detach(msg: Any) -> NatsMsg:
     """A message of nats-py as a :class:`NatsMsg`."""
     return NatsMsg(
-        subject=msg.subject, data=msg.data, reply=msg.reply or "", headers=_headers(msg.headers)
+        subject=msg.subject,
+        data=msg.data,
+        reply=msg.reply or "",
+        headers=plain_headers(msg.headers),
     )
 
 

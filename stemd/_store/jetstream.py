@@ -84,7 +84,7 @@ from stemd._store.jetstream_doc import Doc
 from stemd._store.jetstream_events import Events, take_mail
 from stemd._store.jetstream_groupsessions import JetStreamGroupsAndSessions
 from stemd._store.jetstream_index import Index
-from stemd._store.jetstream_records import MAX_TRIES, Records
+from stemd._store.jetstream_records import MAX_TRIES, FenceMoved, Records
 from stemd._store.jetstream_schedules import JetStreamSchedules
 from stemd._store.jetstream_sessions import Sessions
 from stemd._store.jetstream_timers import Timers
@@ -169,6 +169,7 @@ class JetStreamStore(JetStreamSchedules, JetStreamGroupsAndSessions):
         self._timers = Timers(self._records, self._index, self._waits)
         self._events = Events(self._records, self._index)
         self._sessions = Sessions(self._index)
+        self._pauses = groups.Pauses()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> JetStreamStore:
@@ -247,16 +248,27 @@ class JetStreamStore(JetStreamSchedules, JetStreamGroupsAndSessions):
     ) -> tuple[RunRecord, bool]:
         records = self._records
         run_id = record.run_id
-        if await groups.workflow_paused(self._bucket, record.workflow):
-            record = created_paused(record)
+        pauses = self._pauses
+        workflow = record.workflow
+        # Whether the workflow is paused, as known here: the write is fenced on the
+        # revision of its key (see groups.Pauses). A run without index entries to fence
+        # reads the key first, and so does every start on a replicated bucket: there the
+        # stream's leader refuses all but one of the writes fenced on one key at once.
+        fenced = self.replicas == 1 and bool(docs.wanted(record))
+        pause_rev, paused = await pauses.state(self._bucket, workflow, fresh=not fenced)
         for _ in range(MAX_TRIES):
             # Create-if-absent first (the common case); look only when it exists.
-            doc = Doc(rec=copy.copy(record))
+            rec = created_paused(record) if paused else record
+            doc = Doc(rec=copy.copy(rec))
             for cp in checkpoints:
                 doc.cps[cp.name] = cp.value
                 doc.cpt[cp.name] = record.created_at
             try:
-                rev = await records.write(run_id, 0, None, doc)
+                fence = (pauses.key(workflow), pause_rev) if fenced else None
+                rev = await records.write(run_id, 0, None, doc, fence)
+            except FenceMoved:
+                pause_rev, paused = await pauses.state(self._bucket, workflow, fresh=True)
+                continue
             except WrongLastSequence:
                 existing = await records.read(run_id, leader=True)
                 if existing is not None:

@@ -13,6 +13,7 @@ import structlog
 from stemd._errors import StoreError, TransportError
 from stemd._natsconn import (
     EXPECTED_LAST_SUBJECT_SEQ,
+    EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
     JetStreamApiError,
     NatsConnection,
     StoredMsg,
@@ -153,23 +154,38 @@ class Bucket:
 
     # -- writes ---------------------------------------------------------------------------
 
-    async def put_entries(self, keys: list[str]) -> None:
+    async def put_entries(self, keys: list[str], fence: tuple[str, int] | None = None) -> None:
         """Store empty keys (index entries), all at once, and wait until the stream has
-        acknowledged each."""
-        errors: list[Exception] = []
+        acknowledged each. With ``fence`` (a key and its revision, 0: absent), the first
+        is stored only if that key is still at that revision.
 
-        async def put(key: str) -> None:
+        Raises:
+            WrongLastSequence: the fence's key has another revision.
+        """
+        errors: list[Exception] = []
+        conn = self.conn
+
+        async def publish(subject: str, headers: dict[str, str] | None) -> None:
+            await conn.js_publish(subject, b"", headers=headers)
+
+        async def put(key: str, headers: dict[str, str] | None) -> None:
             try:
-                await self.retry("put", self.conn.js_publish, self.prefix + key, b"")
+                await self.retry("put", publish, self.prefix + key, headers)
             except Exception as exc:
                 errors.append(exc)
 
+        first: dict[str, str] | None = None
+        if fence is not None:
+            first = {
+                EXPECTED_LAST_SUBJECT_SEQ: str(fence[1]),
+                EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: self.prefix + fence[0],
+            }
         if len(keys) == 1:
-            await put(keys[0])
+            await put(keys[0], first)
         elif keys:
             async with anyio.create_task_group() as tg:
-                for key in keys:
-                    tg.start_soon(put, key)
+                for i, key in enumerate(keys):
+                    tg.start_soon(put, key, first if i == 0 else None)
         if errors:
             raise errors[0]
 

@@ -25,12 +25,12 @@ if TYPE_CHECKING:
     from stemd._store.jetstream_waits import Waits
 
 __all__ = [
+    "Pauses",
     "pause",
     "pause_workflow",
     "paused_counts",
     "paused_workflows",
     "resume",
-    "workflow_paused",
 ]
 
 # A workflow whose new runs are created paused: ``wfp.`` and its name in unpadded base64url
@@ -49,18 +49,62 @@ async def paused_counts(records: Records) -> dict[str, int]:
     return dict(collections.Counter(doc.rec.workflow for _, doc in found if doc.rec.paused))
 
 
-async def workflow_paused(bucket: Bucket, workflow: str) -> bool:
-    """Whether new runs of ``workflow`` are created paused."""
-    msg = await bucket.get(_key(workflow), leader=True)
-    return msg is not None and bool(msg.data)
+class Pauses:
+    """Whether new runs of each workflow are created paused, with the revision of its
+    ``wfp.`` key, as this process last read or wrote it.
+
+    A start does not read the key: it creates its run as the revision it knows says, and
+    the run's first index entry (written before the run, see
+    :meth:`Records.write <stemd._store.jetstream_records.Records.write>`) is stored only
+    if the key is still at that revision. When it is not (another process paused or
+    resumed the workflow), nothing is written and the start reads the key and tries
+    again: a pause acknowledged before a start's write is honoured by every process,
+    without a read per start.
+
+    Only on a bucket of one replica: the leader of a replicated stream refuses every
+    write fenced on a key while another fenced on it is being replicated (measured on
+    nats-server 2.15.1: 49 of 50 at once refused), so there a start reads the key.
+    """
+
+    # Workflows remembered (more are forgotten all at once: a forgotten one is read again).
+    limit = 4096
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[int, bool]] = {}
+
+    @staticmethod
+    def key(workflow: str) -> str:
+        """The key saying whether ``workflow``'s new runs are created paused."""
+        return _key(workflow)
+
+    def note(self, workflow: str, rev: int, paused: bool) -> None:
+        """Remember the key's revision ``rev`` (0: absent) and what it says."""
+        if len(self._known) >= self.limit and workflow not in self._known:
+            self._known.clear()
+        self._known[workflow] = (rev, paused)
+
+    async def state(
+        self, bucket: Bucket, workflow: str, *, fresh: bool = False
+    ) -> tuple[int, bool]:
+        """The key's revision and whether new runs of ``workflow`` are created paused:
+        as remembered, or (``fresh``, or not remembered) as the stream's leader says."""
+        if not fresh:
+            known = self._known.get(workflow)
+            if known is not None:
+                return known
+        msg = await bucket.get(_key(workflow), leader=True)
+        rev, paused = (msg.seq, bool(msg.data)) if msg is not None else (0, False)
+        self.note(workflow, rev, paused)
+        return rev, paused
 
 
-async def pause_workflow(bucket: Bucket, workflow: str, paused: bool) -> bool:
+async def pause_workflow(bucket: Bucket, pauses: Pauses, workflow: str, paused: bool) -> bool:
     """Set whether new runs of ``workflow`` are created paused; whether it changed."""
-    if await workflow_paused(bucket, workflow) is paused:
+    if (await pauses.state(bucket, workflow, fresh=True))[1] is paused:
         return False
     subject = bucket.prefix + _key(workflow)
-    await bucket.retry("put", bucket.conn.js_publish, subject, b"1" if paused else b"")
+    ack = await bucket.retry("put", bucket.conn.js_publish, subject, b"1" if paused else b"")
+    pauses.note(workflow, ack.seq, paused)
     return True
 
 

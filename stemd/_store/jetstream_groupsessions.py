@@ -28,6 +28,7 @@ class JetStreamGroupsAndSessions:
     """Pause and resume, paused workflows, slots and sessions on the store's bucket."""
 
     _bucket: Bucket
+    _pauses: groups.Pauses
     _records: Records
     _events: Events
     _waits: Waits
@@ -40,7 +41,7 @@ class JetStreamGroupsAndSessions:
         return await groups.resume(self._records, self._events, self._waits, run_id, now)
 
     async def pause_workflow(self, workflow: str, paused: bool) -> bool:
-        return await groups.pause_workflow(self._bucket, workflow, paused)
+        return await groups.pause_workflow(self._bucket, self._pauses, workflow, paused)
 
     async def acquire_slot(
         self, scope: str, holder: str, limit: int, now: datetime, expires_at: datetime

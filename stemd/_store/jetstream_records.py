@@ -23,12 +23,17 @@ if TYPE_CHECKING:
 
     from stemd._store.jetstream_bucket import Bucket
 
-__all__ = ["MAX_TRIES", "Records"]
+__all__ = ["MAX_TRIES", "FenceMoved", "Records"]
 
 # Conflicting writes an operation meets before it gives up.
 MAX_TRIES = 50
 
 Found = tuple[int, Doc]
+
+
+class FenceMoved(StoreError):
+    """Raised when a write's fence (another key's revision) no longer holds: nothing of
+    it was stored."""
 
 
 class Records:
@@ -113,9 +118,18 @@ class Records:
         self._nonce += 1
         return f"{self._nonce_prefix}{self._nonce:x}"
 
-    async def write(self, run_id: str, rev: int, old: Doc | None, new: Doc) -> int:
+    async def write(
+        self,
+        run_id: str,
+        rev: int,
+        old: Doc | None,
+        new: Doc,
+        fence: tuple[str, int] | None = None,
+    ) -> int:
         """Compare-and-set ``new`` over revision ``rev`` (0: create), keeping its index
-        entries in step; the new revision.
+        entries in step; the new revision. With ``fence`` (a key and its revision) and
+        index entries to add, nothing is written unless that key is still at that
+        revision when the first entry is.
 
         An entry is written (and acknowledged) *before* the document that refers to it:
         one sent without waiting could be lost with the connection or the stream's leader
@@ -125,6 +139,7 @@ class Records:
 
         Raises:
             WrongLastSequence: someone else wrote first.
+            FenceMoved: the fence's key has another revision.
             PayloadError: the document does not fit in one NATS message.
         """
         bucket = self.bucket
@@ -146,9 +161,12 @@ class Records:
                 f"than a NATS message may hold ({self.max_doc}); keep step values small"
             )
         try:
-            await bucket.put_entries(added)
+            try:
+                await bucket.put_entries(added, fence)
+            except WrongLastSequence as exc:  # only a fence is a condition of entries
+                raise FenceMoved(f"run {run_id}: {fence} moved") from exc
             seq = await bucket.cas(f"run.{run_id}", rev, data)
-        except WrongLastSequence:
+        except (WrongLastSequence, FenceMoved):
             # Certainly not written: the new entries belong to nobody. (After a lost
             # connection or a cancellation the write may have happened: keep them;
             # if it did not, they are stale entries that readers ignore and remove.)

@@ -174,3 +174,44 @@ async def test_requests_in_flight_each_get_their_own_reply(conn: NatsConnection)
         assert got == [b"on time"]
     finally:
         await server.unsubscribe()
+
+
+async def test_a_request_in_flight_when_the_connection_is_lost_fails_at_once(
+    nats: NatsServer,
+) -> None:
+    """A request whose reply can no longer come (the server went away after taking it)
+    fails with TransportError as soon as the connection is lost, not after its timeout;
+    a request made after the server is back is answered."""
+    conn = await open_connection(nats.url, name="lost", timeout=30)
+    try:
+        listener = await conn.subscribe("hang.>")
+        async with anyio.create_task_group() as tg:
+            failed = anyio.Event()
+
+            async def ask() -> None:
+                with pytest.raises(TransportError):
+                    await conn.request("hang.1", b"?")
+                failed.set()
+
+            tg.start_soon(ask)
+            await listener.receive()  # the server has the request: then it goes away
+            nats.kill()
+            with anyio.fail_after(5):  # the request's own timeout is 30 s
+                await failed.wait()
+        await listener.unsubscribe()
+        await nats.start()
+        answer = await conn.subscribe("echo.>")
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def reply() -> None:
+                    msg = await answer.receive()
+                    await conn.publish(msg.reply, b"back")
+
+                tg.start_soon(reply)
+                with anyio.fail_after(10):
+                    assert (await conn.request("echo.1", b"", timeout=10)).data == b"back"
+        finally:
+            await answer.unsubscribe()
+    finally:
+        await conn.close()
