@@ -52,5 +52,6 @@ async def test_a_pause_made_by_another_app_is_honoured_by_a_start_here(store_url
         last = await b.start_workflow(waiter)
         state = await wait_status(b, last, RunStatus.SUSPENDED)
         assert not state.paused
+        await wait_status(b, paused.run_id, RunStatus.SUSPENDED)  # resumed, at its wait
         assert await b.emit("across.go", 1) == 3
         assert (await b.wait_for_completion(last, timeout=10)).value == 1
