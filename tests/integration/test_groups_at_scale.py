@@ -13,7 +13,7 @@ import pytest
 
 import stemd
 from stemd._model import RunStatus
-from tests.helpers import wait_until
+from stemd.observability import Observer, RunChanged
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -43,6 +43,25 @@ async def waiter(ctx: stemd.ScriptContext) -> Any:
 async def canary(ctx: stemd.ScriptContext) -> str:
     """Completes at once: proof that a daemon is taking runs."""
     return "sung"
+
+
+class _Reached(Observer):
+    """Set once every waiter has been seen reaching ``status`` (on any App it watches):
+    an event to await instead of listing 10,000 runs from the store over and over."""
+
+    def __init__(self, status: RunStatus) -> None:
+        self.status = status
+        self.runs: set[str] = set()
+        self.all = anyio.Event()
+
+    def watch(self, app: stemd.App) -> None:
+        app.engine.observers.subscribe(self)
+
+    def run_changed(self, event: RunChanged) -> None:
+        if event.workflow == "scale.waiter" and event.status is self.status:
+            self.runs.add(event.run_id)
+            if len(self.runs) == RUNS:
+                self.all.set()
 
 
 def _options(url: str, kind: str, **more: Any) -> dict[str, Any]:
@@ -78,7 +97,9 @@ async def test_ten_thousand_paused_waiters_hold_an_event_until_resumed(
     url = f"sqlite:///{tmp_path / 'scale.db'}" if kind == "sqlite" else nats.url
     ids = [f"scale-{i}" for i in range(RUNS)]
     # The runs get to their wait, then every daemon goes away.
+    waiting = _Reached(RunStatus.SUSPENDED)
     async with stemd.App(**_options(url, kind)) as app:
+        waiting.watch(app)
 
         async def start(part: list[str]) -> None:
             for run_id in part:
@@ -88,17 +109,19 @@ async def test_ten_thousand_paused_waiters_hold_an_event_until_resumed(
             for i in range(0, RUNS, 250):
                 tg.start_soon(start, ids[i : i + 250])
 
-        async def all_waiting() -> bool:
-            return await _count(app, RunStatus.SUSPENDED) == RUNS
-
-        await wait_until(all_waiting, timeout=600, what="every run to wait")
+        with anyio.fail_after(600):
+            await waiting.all.wait()
+        assert await _count(app, RunStatus.SUSPENDED) == RUNS
 
     # No daemon: straight on the store.
     async with stemd.App(store=url, workers=False) as client:
         assert await client.pause_runs(topic=TOPIC) == RUNS
         assert await client.emit(TOPIC, {"go": 1}) == 0
 
-        async with stemd.App(**_options(url, kind)) as one, stemd.App(**_options(url, kind)):
+        completed = _Reached(RunStatus.COMPLETED)
+        async with stemd.App(**_options(url, kind)) as one, stemd.App(**_options(url, kind)) as two:
+            completed.watch(one)
+            completed.watch(two)
             sung = await one.start_workflow(canary)
             assert (await client.wait_for_completion(sung, timeout=60)).value == "sung"
             assert await _count(client, RunStatus.SUSPENDED, paused=True) == RUNS
@@ -106,8 +129,8 @@ async def test_ten_thousand_paused_waiters_hold_an_event_until_resumed(
 
             assert await client.resume_runs(topic=TOPIC) == RUNS
             with anyio.fail_after(600):
-                while await _count(client, RunStatus.COMPLETED) < RUNS:  # noqa: ASYNC110
-                    await anyio.sleep(0.5)  # polled: thousands of runs end in any order
+                await completed.all.wait()
+            assert await _count(client, RunStatus.COMPLETED) == RUNS
             page = await client.page_runs(workflow="scale.waiter", limit=RUNS)
             assert {r.result == {"go": 1} for r in page.runs} == {True}
     assert len(TOOK) == RUNS
