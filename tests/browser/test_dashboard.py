@@ -285,6 +285,41 @@ def test_pages_are_keyboard_usable_and_fit_a_phone(site: Site) -> None:
     site.shot("workflows")
 
 
+# Holds each EventSource the page makes until ``window.__connect()``: the page is rendered,
+# and its stream connects only when the test says.
+HOLD_STREAMS = """
+(() => {
+  const Real = window.EventSource;
+  const held = [];
+  window.EventSource = function (url) {
+    const listeners = [];
+    held.push(() => {
+      const real = new Real(url);
+      for (const [type, fn] of listeners) real.addEventListener(type, fn);
+    });
+    return { addEventListener: (type, fn) => listeners.push([type, fn]), close() {} };
+  };
+  window.__connect = () => { for (const go of held.splice(0)) go(); };
+})();
+"""
+
+
+def test_a_run_page_shows_what_changed_before_its_stream_connected(site: Site) -> None:
+    """A run that moved after its page was rendered and before the page's event stream
+    connected is shown as it is once the stream connects."""
+    site.start("test.lifecycle", "gap", hold="b.gap")
+    site.until(lambda: site.stored("gap").status is RunStatus.SUSPENDED, "the run to wait")
+    site.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": HOLD_STREAMS})
+    site.open("/runs/gap")
+    assert site.status() == "suspended"
+    site.api("emit", {"topic": "b.gap", "payload": {"ok": True}})
+    site.until(lambda: site.stored("gap").status is RunStatus.COMPLETED, "the run to end")
+    assert site.status() == "suspended"  # nothing told the page yet
+    site.driver.execute_script("window.__connect()")
+    site.live()
+    assert site.status() == "completed"
+
+
 def test_pause_and_resume_a_waiting_run_from_its_page(site: Site) -> None:
     """Pause on a waiting run's page (confirmed) pauses it in the store and the page says
     so; an event emitted meanwhile does not move it; Resume lets it take the event and

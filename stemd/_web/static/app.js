@@ -32,7 +32,11 @@ async function api(path, body) {
 function follow(url, onChange) {
   if (!window.EventSource) return null;
   const source = new EventSource(url);
-  source.addEventListener("open", () => setLive("● live"));
+  // Connected (or connected again): what changed since the page was rendered, or while the
+  // stream was away, told no stream; fetch it once, then say live.
+  source.addEventListener("open", async () => {
+    try { await onChange(); } finally { setLive("● live"); }
+  });
   source.addEventListener("error", () => setLive("○ reconnecting"));
   source.addEventListener("changed", onChange);
   return source;
