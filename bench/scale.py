@@ -233,6 +233,52 @@ async def batch(
     return elapsed, [comp.done[r] - starts[r] for r in ids]
 
 
+class Tap:
+    """Counts every message through the server by the kind of its subject (``--tap``: it
+    costs the server a copy of each, so CPU figures of a tapped run are not comparable)."""
+
+    KINDS = (
+        ("$JS.API.CONSUMER.MSG.NEXT.", "pull request"),
+        ("$JS.API.DIRECT.GET.", "direct get"),
+        ("$JS.API.", "other JS API"),
+        ("$JS.ACK.", "ack/progress"),
+        ("$KV.", "KV write"),
+        ("stem.task.", "task publish"),
+        ("stem.events.", "run event"),
+        ("stem.api.", "API request"),
+        ("$JS.EVENT.", "advisory"),
+        ("_INBOX.", "reply/delivery"),
+        ("$SYS.", "system"),
+    )
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.stop = False
+
+    def kind(self, subject: str) -> str:
+        for prefix, kind in self.KINDS:
+            if subject.startswith(prefix):
+                if kind == "KV write":
+                    # $KV.<bucket>.<run|idx|...>
+                    return "KV write " + subject.split(".", 3)[2]
+                return kind
+        return subject.split(".", 1)[0]
+
+    async def follow(self, conn: NatsConnection, *, task_status: Any) -> None:
+        sub = await conn.subscribe(">", buffer=10_000_000)
+        await conn.flush()
+        task_status.started()
+        async for msg in sub.messages:
+            if self.stop:
+                break
+            kind = self.kind(msg.subject)
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def per_run(self, runs: int) -> dict[str, float]:
+        items = sorted(self.counts.items(), key=lambda kv: -kv[1])
+        return {k: round(v / runs, 2) for k, v in items}
+
+
 async def consumer_info(conn: NatsConnection) -> dict[str, Any]:
     """The work queue consumer's info (empty before it exists)."""
     try:
@@ -240,6 +286,13 @@ async def consumer_info(conn: NatsConnection) -> dict[str, Any]:
     except stemd.StemError:
         return {}
     return info
+
+
+async def sample_waiting(conn: NatsConnection, into: list[int]) -> None:
+    """Every 0.25 s, the number of pull requests waiting at the work queue's consumer."""
+    while True:
+        await anyio.sleep(0.25)
+        into.append(int((await consumer_info(conn)).get("num_waiting", 0)))
 
 
 # -- one measurement ------------------------------------------------------------------------
@@ -311,14 +364,29 @@ async def drive(
             procs = {f"daemon{i}": d.pid for i, d in enumerate(daemons)}
             procs.update({f"nats-{n.name}": n.pid or 0 for n in nodes})
             procs["client"] = os.getpid()
+            # What each process spends doing nothing (sessions, sweeps, pull requests).
+            idle0 = {k: cpu_seconds(pid) for k, pid in procs.items()}
+            await anyio.sleep(args.idle)
+            idle = {
+                k: round((cpu_seconds(pid) - idle0[k]) * 1000 / args.idle, 1)
+                for k, pid in procs.items()
+            }
             cpu0 = {k: cpu_seconds(pid) for k, pid in procs.items()}
             metrics0 = [await anyio.to_thread.run_sync(scrape, p) for p in ports]
             info0 = await consumer_info(conn)
             varz0 = [await n.http_json("/varz") for n in nodes]
+            tap = Tap()
+            if args.tap:
+                await tg.start(tap.follow, conn)
+            waiting: list[int] = []
             with profiled(args.profile, daemons):
-                elapsed, latencies = await batch(
-                    conn, comp, "run", args.runs, args.in_flight, args.timeout, args.rate
-                )
+                async with anyio.create_task_group() as sampler:
+                    sampler.start_soon(sample_waiting, conn, waiting)
+                    elapsed, latencies = await batch(
+                        conn, comp, "run", args.runs, args.in_flight, args.timeout, args.rate
+                    )
+                    sampler.cancel_scope.cancel()
+            tap.stop = True
             cpu1 = {k: cpu_seconds(pid) for k, pid in procs.items()}
             metrics1 = [await anyio.to_thread.run_sync(scrape, p) for p in ports]
             info1 = await consumer_info(conn)
@@ -347,11 +415,16 @@ async def drive(
         "slices_per_run": round(sum(d["slices"] for d in per_daemon) / runs, 3),
         "lease_losses": round(sum(d["lease_losses"] for d in per_daemon)),
         "swept": round(sum(d["swept"] for d in per_daemon)),
+        # Pull requests waiting at the consumer (the server keeps at most max_waiting).
+        "pull_waiting_max": max(waiting, default=0),
+        "pull_waiting_median": round(statistics.median(waiting)) if waiting else 0,
         "redelivered": info1.get("num_redelivered", 0) - info0.get("num_redelivered", 0),
         # Messages into and out of the servers per workflow (routes between nodes too).
         "nats_msgs_in_per_wf": round(_delta(varz0, varz1, "in_msgs") / runs, 2),
         "nats_msgs_out_per_wf": round(_delta(varz0, varz1, "out_msgs") / runs, 2),
         "ready_s": [round(r, 3) for r in ready],
+        "idle_cpu_ms_per_s": idle,
+        **({"messages_per_wf": tap.per_run(runs)} if args.tap else {}),
     }
 
 
@@ -393,9 +466,16 @@ def fmt(label: str, r: dict[str, Any]) -> str:
         f"{label:<22} {r['wf_per_s']:7.1f} wf/s  p50 {r['p50_ms']:7.1f} ms  "
         f"p99 {r['p99_ms']:7.1f} ms\n{'':22} CPU ms/wf: {cpu}\n{'':22} "
         f"started {r['started']} finished {r['finished']} slices/run {r['slices_per_run']} "
-        f"lease losses {r['lease_losses']} swept {r['swept']} redelivered {r['redelivered']}"
+        f"lease losses {r['lease_losses']} swept {r['swept']} redelivered {r['redelivered']} "
+        f"pull requests waiting: max {r['pull_waiting_max']} median {r['pull_waiting_median']}"
         f"\n{'':22} NATS messages per workflow: in {r['nats_msgs_in_per_wf']} "
-        f"out {r['nats_msgs_out_per_wf']}"
+        f"out {r['nats_msgs_out_per_wf']}\n{'':22} idle CPU ms/s: "
+        + "  ".join(f"{k} {v}" for k, v in r["idle_cpu_ms_per_s"].items())
+        + (
+            f"\n{'':22} messages per workflow: {r['messages_per_wf']}"
+            if "messages_per_wf" in r
+            else ""
+        )
     )
 
 
@@ -455,6 +535,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--event-loop", default="auto", choices=["auto", "asyncio", "uvloop"])
     p.add_argument("--sync", default=None, help="override sync_interval of the configs (e.g. 2m)")
     p.add_argument("--profile", type=Path, help="py-spy each daemon into this directory")
+    p.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
+    p.add_argument("--tap", action="store_true", help="count messages by subject (slows)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per batch")
     args = p.parse_args()
     for t in args.topology:
