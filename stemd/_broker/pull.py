@@ -16,7 +16,8 @@ sharing it. Receivers coming back one by one would each add a request for one me
 (as many requests as workers); instead, while requests are in flight, a new one is sent
 only once at least half the waiting receivers are uncovered, which keeps a few requests
 per daemon. A request the server refuses (409: waiting requests full, leadership change,
-...) is not sent again for ``refused_pause`` seconds rather than at once, in a loop.
+...; 503: no JetStream responder yet) is not sent again for ``refused_pause`` seconds
+rather than at once, in a loop.
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ class PullConsumer:
             return
         description = msg.header("Description") or ""
         log.info("pull request ended", consumer=self.name, status=status, reason=description)
-        if status == "409":
+        if status in ("409", "503"):
             self._paused_until = time.monotonic() + self.refused_pause
         if "Consumer Deleted" in description or "consumer not found" in description.lower():
             self._ensured = False

@@ -67,6 +67,7 @@ async def test_a_pull_request_refused_for_max_waiting_is_not_resent_at_once(
     pull = consumer(conn, 1)
     got: list[str] = []
     try:
+        await other.ensure()
         async with anyio.create_task_group() as tg:
             tg.start_soon(receive, other, got)  # takes the one waiting slot for 5 s
             with anyio.fail_after(5):
