@@ -13,11 +13,13 @@ watchdog forgets the requests in flight if nothing at all arrives for longer tha
 
 The server keeps at most ``max_waiting`` pull requests per consumer, over every daemon
 sharing it. Receivers coming back one by one would each add a request for one message
-(as many requests as workers); instead, while requests are in flight, a new one is sent
-only once at least half the waiting receivers are uncovered, which keeps a few requests
-per daemon. A request the server refuses (409: waiting requests full, leadership change,
-...; 503: no JetStream responder yet) is not sent again for ``refused_pause`` seconds
-rather than at once, in a loop.
+(as many requests as workers); instead, while requests are in flight and the consumer
+has nothing pending (a request would wait at the server), a new one is sent only once at
+least half the waiting receivers are uncovered, which keeps a few requests per daemon.
+With messages pending, requests are answered at once and never wait there: each
+receiver asks as soon as it comes back. A request the server refuses (409: waiting
+requests full, leadership change, ...; 503: no JetStream responder yet) is not sent
+again for ``refused_pause`` seconds rather than at once, in a loop.
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ class PullConsumer:
         self.expires = expires
         self.refused_pause = refused_pause
         self._paused_until = 0.0  # monotonic time before which no request is sent
+        self._backlog = 0  # messages still pending at the consumer, as of the last one
         self._sub: Subscription | None = None
         self._buffer: deque[NatsMsg] = deque()
         self._waiters: deque[_Waiter] = deque()
@@ -204,6 +207,7 @@ class PullConsumer:
         if status is None or _is_stored(msg):
             self._received += 1
             self._requested = max(0, self._requested - 1)
+            self._backlog = _pending(msg.reply)
             self._dispatch(msg)
             return
         if status == "100":  # idle heartbeat
@@ -273,7 +277,7 @@ class PullConsumer:
         need = waiting - self._requested
         if need <= 0 or now < self._paused_until:
             return
-        if self._requested and need < max(1, waiting // 2):
+        if self._requested and not self._backlog and need < max(1, waiting // 2):
             return  # the requests in flight serve these receivers too, one after another
         try:
             await self._request(need)
@@ -335,6 +339,18 @@ def _is_stored(msg: NatsMsg) -> bool:
     make it look like the server's status reply to a pull request (it would be dropped,
     and redelivered forever)."""
     return msg.reply.startswith("$JS.ACK.")
+
+
+def _pending(reply: str) -> int:
+    """The messages still pending at the consumer after this one, from its ack subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``, or the
+    v2 form with domain and account first); 0 if it cannot be read."""
+    tokens = reply.split(".")
+    tokens = tokens[2:] if len(tokens) == 9 else tokens[4:]
+    try:
+        return int(tokens[6])
+    except (IndexError, ValueError):
+        return 0
 
 
 def _drain(sub: Subscription) -> list[NatsMsg]:
