@@ -30,6 +30,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 from bench.daemons import cpu_seconds  # noqa: E402
 from bench.scale import CLUSTER, SINGLE, nats_nodes  # noqa: E402
+from stemd._errors import TransportError  # noqa: E402
 from stemd._natsconn import open_connection  # noqa: E402
 
 
@@ -83,7 +84,13 @@ async def measure(args: argparse.Namespace, topology: str, sync: str, streams: i
                         "num_replicas": len(nodes),
                         "max_msgs_per_subject": 1,
                     }
-                    await conn.ensure_stream(config)
+                    with anyio.fail_after(60):  # a new cluster may time out at first
+                        while True:
+                            try:
+                                await conn.ensure_stream(config)
+                                break
+                            except TransportError:
+                                await anyio.sleep(0.5)
             finally:
                 await conn.close()
             cpu0 = sum(cpu_seconds(n.pid or 0) for n in nodes)
