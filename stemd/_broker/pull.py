@@ -10,6 +10,16 @@ turns reading the inbox; a request asks for as many messages as receivers are wa
 and not yet covered by requests in flight, and expires after ``expires`` seconds. A
 watchdog forgets the requests in flight if nothing at all arrives for longer than that
 (a server restart drops them without a word).
+
+The server keeps at most ``max_waiting`` pull requests per consumer, over every daemon
+sharing it. Receivers coming back one by one would each add a request for one message
+(as many requests as workers); instead, while requests are in flight and the consumer
+has nothing pending (a request would wait at the server), a new one is sent only once at
+least half the waiting receivers are uncovered, which keeps a few requests per daemon.
+With messages pending, requests are answered at once and never wait there: each
+receiver asks as soon as it comes back. A request the server refuses (409: waiting
+requests full, leadership change, ...; 503: no JetStream responder yet) is not sent
+again for ``refused_pause`` seconds rather than at once, in a loop.
 """
 
 from __future__ import annotations
@@ -132,6 +142,7 @@ class PullConsumer:
         stream: the stream's name.
         config: the durable consumer's configuration (``durable_name`` required).
         expires: lifetime of one pull request, seconds.
+        refused_pause: seconds without a new request after the server refused one.
     """
 
     def __init__(
@@ -141,12 +152,16 @@ class PullConsumer:
         config: dict[str, Any],
         *,
         expires: float = 5.0,
+        refused_pause: float = 0.2,
     ) -> None:
         self.conn = conn
         self.stream = stream
         self.config = config
         self.name = str(config["durable_name"])
         self.expires = expires
+        self.refused_pause = refused_pause
+        self._paused_until = 0.0  # monotonic time before which no request is sent
+        self._backlog = 0  # messages still pending at the consumer, as of the last one
         self._sub: Subscription | None = None
         self._buffer: deque[NatsMsg] = deque()
         self._waiters: deque[_Waiter] = deque()
@@ -192,6 +207,7 @@ class PullConsumer:
         if status is None or _is_stored(msg):
             self._received += 1
             self._requested = max(0, self._requested - 1)
+            self._backlog = _pending(msg.reply)
             self._dispatch(msg)
             return
         if status == "100":  # idle heartbeat
@@ -204,6 +220,8 @@ class PullConsumer:
             return
         description = msg.header("Description") or ""
         log.info("pull request ended", consumer=self.name, status=status, reason=description)
+        if status in ("409", "503"):
+            self._paused_until = time.monotonic() + self.refused_pause
         if "Consumer Deleted" in description or "consumer not found" in description.lower():
             self._ensured = False
         if pending is None:
@@ -252,11 +270,15 @@ class PullConsumer:
             self._reconnects = self.conn.reconnects
             self._requested = 0
             self._ensured = False
-        if self._requested and time.monotonic() > self._deadline:
+        now = time.monotonic()
+        if self._requested and now > self._deadline:
             self._requested = 0  # every request should have answered by now: lost
-        need = len(self._waiters) - self._requested
-        if need <= 0:
+        waiting = len(self._waiters)
+        need = waiting - self._requested
+        if need <= 0 or now < self._paused_until:
             return
+        if self._requested and not self._backlog and need < max(1, waiting // 2):
+            return  # the requests in flight serve these receivers too, one after another
         try:
             await self._request(need)
         except TransportError as exc:
@@ -278,7 +300,9 @@ class PullConsumer:
         assert self._sub is not None
         self._reading = True
         try:
-            wait = max(0.05, self._deadline - time.monotonic())
+            # Until the requests in flight expire; with none (refused), until the pause ends.
+            until = self._deadline if self._requested else self._paused_until
+            wait = max(0.05, until - time.monotonic())
             with anyio.move_on_after(wait):
                 self._handle(await self._sub.receive())
                 # Take whatever else is already there without waiting.
@@ -315,6 +339,18 @@ def _is_stored(msg: NatsMsg) -> bool:
     make it look like the server's status reply to a pull request (it would be dropped,
     and redelivered forever)."""
     return msg.reply.startswith("$JS.ACK.")
+
+
+def _pending(reply: str) -> int:
+    """The messages still pending at the consumer after this one, from its ack subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``, or the
+    v2 form with domain and account first); 0 if it cannot be read."""
+    tokens = reply.split(".")
+    tokens = tokens[2:] if len(tokens) == 9 else tokens[4:]
+    try:
+        return int(tokens[6])
+    except (IndexError, ValueError):
+        return 0
 
 
 def _drain(sub: Subscription) -> list[NatsMsg]:
