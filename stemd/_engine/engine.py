@@ -127,7 +127,7 @@ class Engine(Orphans):
         # no peer takes them: :meth:`release_orphans` gives them back once it can.
         self.orphans: dict[str, int] = {}
         # Claims that failed with an outage and may have been written (given back likewise).
-        self.unsure: set[str] = set()
+        self.unsure: dict[str, int] = {}
         self.claiming: collections.Counter[str] = collections.Counter()
 
     def codec_for(self, workflow: str) -> Codec:

@@ -41,8 +41,9 @@ class Orphans:
     lease: float
     leases: LeaseRenewal
     orphans: dict[str, int]
-    # Runs whose claim failed with an outage and may have been written.
-    unsure: set[str]
+    # Runs whose claim failed with an outage and may have been written, and how many reads
+    # found them not held by this owner.
+    unsure: dict[str, int]
     # How many claims of each run are being made here now.
     claiming: collections.Counter[str]
 
@@ -54,14 +55,14 @@ class Orphans:
             claim = await self.store.claim(run_id, self.owner, self.clock.now(), self.lease)
         except Exception as exc:
             if outage_of(exc) is not None:
-                self.unsure.add(run_id)
+                self.unsure[run_id] = 0
             raise
         finally:
             self.claiming[run_id] -= 1
             if not self.claiming[run_id]:
                 del self.claiming[run_id]
         if claim is not None:
-            self.unsure.discard(run_id)  # it was not held by an unsure claim
+            self.unsure.pop(run_id, None)  # it was not held by an unsure claim
         return claim
 
     async def _after(self, result: CommitResult) -> None:
@@ -93,18 +94,23 @@ class Orphans:
     async def _settle_unsure(self, run_id: str) -> None:
         """Give back the run of an unsure claim if that claim was written (the run is
         RUNNING under this owner, and no slice of it runs or is being claimed here);
-        forget it once the store says either way. A store error keeps it for later."""
+        forget it once the store says either way: given back, or found not held by this
+        owner by two reads (one might come from a replica that lags behind the
+        claim). A store error keeps it for later."""
         try:
             rec = await self.store.get_run(run_id)
         except Exception as exc:
             log.warning("unsure claim not checked; retrying later", run_id=run_id, error=repr(exc))
             return
         if rec is None or rec.status is not RunStatus.RUNNING or rec.lease_owner != self.owner:
-            self.unsure.discard(run_id)  # not written, or moved on since
+            if run_id in self.unsure:
+                self.unsure[run_id] += 1
+                if self.unsure[run_id] >= 2:
+                    del self.unsure[run_id]  # not written, or moved on since
             return
         if run_id not in self.unsure or run_id in self.claiming or self.leases.holds(run_id):
             return  # a slice of it runs (or is being claimed) here: it is that slice's
         log.info("giving back a run claimed as the store went away", run_id=run_id)
-        self.unsure.discard(run_id)
+        del self.unsure[run_id]
         self.orphans[run_id] = rec.token
         await self._give_back(run_id, rec.token)
