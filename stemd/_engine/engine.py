@@ -5,6 +5,7 @@ It knows nothing of SQLite or NATS; the actors and the App drive it.
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +126,9 @@ class Engine(Orphans):
         # away): run id -> token. They stay RUNNING under this process's live session, so
         # no peer takes them: :meth:`release_orphans` gives them back once it can.
         self.orphans: dict[str, int] = {}
+        # Claims that failed with an outage and may have been written (given back likewise).
+        self.unsure: dict[str, int] = {}
+        self.claiming: collections.Counter[str] = collections.Counter()
 
     def codec_for(self, workflow: str) -> Codec:
         """The codec that encodes the values of ``workflow``'s runs."""
@@ -260,7 +264,7 @@ class Engine(Orphans):
         Returns the committed record, or ``None`` when the run was not claimable or the
         lease was lost (nothing is committed then).
         """
-        claim = await self.store.claim(run_id, self.owner, self.clock.now(), self.lease)
+        claim = await self._claim(run_id)
         if claim is None:
             return None
         rec = claim.record

@@ -12,6 +12,7 @@ Either way a refused renewal cancels the slice (its writes would be refused anyw
 
 from __future__ import annotations
 
+import collections
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
@@ -41,6 +42,10 @@ class LeaseRenewal(Protocol):
     async def keep(self, run_id: str, token: int, work: Callable[[], Awaitable[T]]) -> T | None:
         """Run ``work()`` while the lease of ``run_id`` (claimed with ``token``) is kept;
         return its result, or ``None`` when the lease was lost and ``work`` cancelled."""
+        ...
+
+    def holds(self, run_id: str) -> bool:
+        """Whether a slice of ``run_id`` runs here now."""
         ...
 
 
@@ -172,13 +177,24 @@ class SliceLeases:
         self.store = store
         self.clock = clock
         self.lease = lease
+        self._runs: collections.Counter[str] = collections.Counter()
+
+    def holds(self, run_id: str) -> bool:
+        """Whether a slice of ``run_id`` runs here now."""
+        return run_id in self._runs
 
     async def keep(self, run_id: str, token: int, work: Callable[[], Awaitable[T]]) -> T | None:
         result: T | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._renew, run_id, token, tg.cancel_scope, name="keep-lease")
-            result = await work()
-            tg.cancel_scope.cancel()
+        self._runs[run_id] += 1
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._renew, run_id, token, tg.cancel_scope, name="keep-lease")
+                result = await work()
+                tg.cancel_scope.cancel()
+        finally:
+            self._runs[run_id] -= 1
+            if not self._runs[run_id]:
+                del self._runs[run_id]
         return result
 
     async def _renew(self, run_id: str, token: int, scope: anyio.CancelScope) -> None:

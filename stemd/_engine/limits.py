@@ -25,6 +25,7 @@ no wrapper.
 from __future__ import annotations
 
 import collections
+import contextlib
 import secrets
 import time
 from datetime import timedelta
@@ -228,7 +229,14 @@ class LimitedStore:
             with anyio.move_on_after(min(self.patience - waited, 0.1)):
                 await self._freed.wait()
             now += timedelta(seconds=time.monotonic() - started - waited)
-        claim = await self.inner.claim(run_id, owner, now, lease)
+        try:
+            claim = await self.inner.claim(run_id, owner, now, lease)
+        except BaseException:
+            # The claim may have been written all the same (an answer lost): the engine
+            # gives such a run back, by a commit that frees no slot, so free them now.
+            with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
+                await self._release(holder, held)
+            raise
         if claim is None:
             await self._release(holder, held)  # not claimable: it keeps its place
             return None
