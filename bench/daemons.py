@@ -10,7 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+if TYPE_CHECKING:
+    from stemd._natsconn import NatsConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,3 +133,27 @@ def percentile(values: list[float], p: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+class Completions:
+    """Completion times of runs, from the run events."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, float] = {}
+        self.waiters: dict[str, anyio.Event] = {}
+
+    def event(self, run_id: str) -> anyio.Event:
+        ev = self.waiters.get(run_id)
+        if ev is None:
+            ev = self.waiters[run_id] = anyio.Event()
+        return ev
+
+    async def follow(self, conn: NatsConnection, *, task_status: Any) -> None:
+        sub = await conn.subscribe("stem.events.run.*", buffer=1_000_000)
+        await conn.flush()
+        task_status.started()
+        async for msg in sub.messages:
+            if b'"status":"completed"' in msg.data:
+                run_id = msg.subject.rpartition(".")[2]
+                self.done[run_id] = time.perf_counter()
+                self.event(run_id).set()

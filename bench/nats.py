@@ -47,6 +47,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import stemd  # noqa: E402
+from bench.daemons import Completions  # noqa: E402
 from bench.workflows import three_steps  # noqa: E402
 from stemd._natsconn import NatsConnection, open_connection  # noqa: E402
 from stemd.testing._nats import nats_server  # noqa: E402
@@ -72,30 +73,6 @@ async def serve(url: str, store: str, concurrency: int) -> None:
 
 
 # -- the client ----------------------------------------------------------------------------
-
-
-class Completions:
-    """Completion times of runs, from the run events."""
-
-    def __init__(self) -> None:
-        self.done: dict[str, float] = {}
-        self.waiters: dict[str, anyio.Event] = {}
-
-    def event(self, run_id: str) -> anyio.Event:
-        ev = self.waiters.get(run_id)
-        if ev is None:
-            ev = self.waiters[run_id] = anyio.Event()
-        return ev
-
-    async def follow(self, conn: NatsConnection, *, task_status: Any) -> None:
-        sub = await conn.subscribe("stem.events.run.*", buffer=1_000_000)
-        await conn.flush()
-        task_status.started()
-        async for msg in sub.messages:
-            if b'"status":"completed"' in msg.data:
-                run_id = msg.subject.rpartition(".")[2]
-                self.done[run_id] = time.perf_counter()
-                self.event(run_id).set()
 
 
 async def start(conn: NatsConnection, run_id: str) -> float:

@@ -57,7 +57,13 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import stemd  # noqa: E402
-from bench.daemons import Daemon, cpu_seconds, percentile, write_config  # noqa: E402
+from bench.daemons import (  # noqa: E402
+    Completions,
+    Daemon,
+    cpu_seconds,
+    percentile,
+    write_config,
+)
 from bench.workflows import three_steps  # noqa: E402
 from stemd._natsconn import NatsConnection, open_connection  # noqa: E402
 from tests.chaos.cluster import ClusterNode  # noqa: E402
@@ -168,30 +174,6 @@ METRICS = {
 
 
 # -- the client -----------------------------------------------------------------------------
-
-
-class Completions:
-    """Completion times of runs, from the run events."""
-
-    def __init__(self) -> None:
-        self.done: dict[str, float] = {}
-        self.waiters: dict[str, anyio.Event] = {}
-
-    def event(self, run_id: str) -> anyio.Event:
-        ev = self.waiters.get(run_id)
-        if ev is None:
-            ev = self.waiters[run_id] = anyio.Event()
-        return ev
-
-    async def follow(self, conn: NatsConnection, *, task_status: Any) -> None:
-        sub = await conn.subscribe("stem.events.run.*", buffer=1_000_000)
-        await conn.flush()
-        task_status.started()
-        async for msg in sub.messages:
-            if b'"status":"completed"' in msg.data:
-                run_id = msg.subject.rpartition(".")[2]
-                self.done[run_id] = time.perf_counter()
-                self.event(run_id).set()
 
 
 async def batch(
