@@ -20,6 +20,7 @@ import msgspec
 from stemd._errors import StemError
 from stemd._identifiers import validate_run_id, validate_topic
 from stemd._model import RunStatus, parse_status
+from stemd._runwindow import instant
 from stemd._store.base import topics_of
 from stemd._store.transitions import is_runnable
 
@@ -63,21 +64,6 @@ class GroupFilter(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-def _instant(value: object, name: str) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise StemError(f"{name} must be an ISO 8601 time, not {value!r}") from None
-    if not isinstance(value, datetime):
-        raise StemError(f"{name} must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None:
-        raise StemError(f"{name} must have a time zone (e.g. 2026-01-31T12:00:00+00:00)")
-    return value
-
-
 def _run_ids(value: object) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -108,8 +94,8 @@ def group_filter(
         topic=validate_topic(topic) if topic is not None else None,
         workflow=workflow,
         status=parse_status(status),
-        created_after=_instant(created_after, "created_after"),
-        created_before=_instant(created_before, "created_before"),
+        created_after=instant(created_after, "created_after"),
+        created_before=instant(created_before, "created_before"),
     )
     if selected == GroupFilter():
         raise StemError(
