@@ -39,7 +39,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,7 +65,7 @@ from bench.daemons import (  # noqa: E402
 )
 from bench.workflows import three_steps  # noqa: E402
 from stemd._natsconn import NatsConnection, open_connection  # noqa: E402
-from tests.chaos.cluster import ClusterNode  # noqa: E402
+from tests.chaos.cluster import ClusterNode, free_ports  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -85,23 +84,12 @@ QUEUE = "workflow"
 # -- the NATS side: the shipped configs on free loopback ports ----------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def adapt(configs: list[Path], tmp: Path, sync: str | None) -> list[ClusterNode]:
     """The nodes of ``configs`` (written into ``tmp``) with fresh loopback ports and store
     directories; ``sync`` replaces ``sync_interval`` unless ``None``."""
     texts = [path.read_text() for path in configs]
     ports = sorted({int(p) for text in texts for p in _ADDRESS.findall(text)})
-    mapping = dict(zip(ports, _free_ports(len(ports)), strict=True))
+    mapping = dict(zip(ports, free_ports(len(ports)), strict=True))
     nodes = []
     for path, text in zip(configs, texts, strict=True):
         name = re.search(r"^server_name:\s*(\S+)", text, re.MULTILINE)
@@ -313,7 +301,7 @@ async def measure(
         (tmp / "nats").mkdir()
         async with nats_nodes(configs, tmp / "nats", args.sync) as nodes:
             urls = [node.url for node in nodes]
-            ports = _free_ports(count)
+            ports = free_ports(count)
             daemons = []
             try:
                 ready = []

@@ -29,7 +29,7 @@ _ADDRESS = re.compile(r"127\.0\.0\.1:(\d+)")
 _STORE_DIR = re.compile(r"^(\s*store_dir:\s*)(\S+)$", re.MULTILINE)
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     try:
         for s in sockets:
@@ -48,7 +48,7 @@ def substitute(tmp: Path) -> list[tuple[str, Path, int, int]]:
         assert "sync_interval: always" in text, "the shipped cluster must fsync every write"
         assert "0.0.0.0" not in text
     ports = sorted({int(p) for text in texts for p in _ADDRESS.findall(text)})
-    mapping = dict(zip(ports, _free_ports(len(ports)), strict=True))
+    mapping = dict(zip(ports, free_ports(len(ports)), strict=True))
     nodes = []
     for path, text in zip(CONFIGS, texts, strict=True):
         name = re.search(r"^server_name:\s*(\S+)", text, re.MULTILINE)
