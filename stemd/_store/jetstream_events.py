@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 from datetime import timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import anyio
 
@@ -70,20 +70,22 @@ def take_mail(doc: Doc, now: datetime) -> Doc:
     return doc
 
 
+# The oldest kept event of a topic past a position, per (topic, position) looked up.
+Looked: TypeAlias = dict[tuple[str, int], tuple[int, bytes] | None]
+
+
 def _delivery(
-    event: Event,
-    now: datetime,
-    older: tuple[int, bytes] | None,
-    looked_after: int | None,
-    need: list[int],
+    event: Event, now: datetime, looked: Looked, need: list[tuple[str, int]]
 ) -> Callable[[Doc], Doc | None]:
     """The document change delivering ``event`` to a run waiting on its topic.
 
-    ``older`` is the topic's oldest kept event past position ``looked_after`` (looked up
-    for a run whose cursor was there). A run whose cursor is before the event preceding
-    ``event`` (``event.prev``) may have an older kept event to take first: unless it was
-    looked up for that very cursor, the change appends the cursor to ``need`` and changes
-    nothing, and the caller looks it up and tries again."""
+    ``looked`` holds the oldest kept event of a topic past a position, for the (topic,
+    position) pairs looked up so far. The run takes the oldest event there is for it: an
+    older kept event of ``event``'s topic (emitted concurrently, its own delivery not there
+    yet: a cursor before ``event.prev``) or of another topic it waits on (kept while it was
+    busy, its suspension's own look not done yet). A pair the change needs and ``looked``
+    lacks is appended to ``need``, the change changes nothing, and the caller looks them
+    up and tries again."""
     topic = event.topic
 
     def fn(doc: Doc) -> Doc | None:
@@ -93,17 +95,27 @@ def _delivery(
         cursor = cursor_of(rec, topic)
         if cursor >= event.seq:
             return None
-        if cursor < event.prev and cursor != looked_after:
-            need.append(cursor)
+        wanted = [(other, cursor_of(rec, other)) for other in topics_of(rec) if other != topic]
+        if cursor < event.prev:
+            wanted.append((topic, cursor))
+        missing = [pair for pair in wanted if pair not in looked]
+        if missing:
+            need.extend(missing)
             return None
-        chosen = choose_event(rec, event, older if cursor < event.prev else None)
+        older = looked[topic, cursor] if cursor < event.prev else None
+        chosen = choose_event(rec, event, older)
         if chosen is None:
             return None
+        took = topic
+        for other, after in wanted:
+            found = looked[other, after]
+            if other != topic and found is not None and found[0] < chosen[0]:
+                chosen, took = found, other
         if rec.paused:  # held: kept in its mailbox until it is resumed
-            held = docs.replace(doc, apply_hold(rec, now, topic, chosen[0]))
-            held.mail = [*doc.mail, Mail(topic, chosen[1])]
+            held = docs.replace(doc, apply_hold(rec, now, took, chosen[0]))
+            held.mail = [*doc.mail, Mail(took, chosen[1])]
             return held
-        return take(doc, topic, chosen[0], chosen[1], now)
+        return take(doc, took, chosen[0], chosen[1], now)
 
     return fn
 
@@ -235,19 +247,18 @@ class Events:
     ) -> Literal["resumed", "taken", "not_waiting"]:
         """One conditional delivery of ``event`` to ``run_id``: ``"resumed"``, or nothing
         done because the run has taken the event already or does not wait on its topic."""
-        older: tuple[int, bytes] | None = None
-        looked_after: int | None = None
+        looked: Looked = {}
         for _ in range(MAX_TRIES):
-            need: list[int] = []
-            fn = _delivery(event, now, older, looked_after, need)
+            need: list[tuple[str, int]] = []
+            fn = _delivery(event, now, looked, need)
             old, new = await self.records.mutate(run_id, fn)
             if new is not None:
                 return "taken" if new.rec.paused else "resumed"
             if not need:
                 waiting = old is not None and waits_on(old.rec, event.topic)
                 return "taken" if waiting else "not_waiting"
-            looked_after = need[-1]
-            older = await self.next_kept(event.topic, looked_after)
+            for topic, after in need:
+                looked[topic, after] = await self.next_kept(topic, after)
         raise StoreError(f"run {run_id}: gave up delivering after {MAX_TRIES} tries")
 
     # -- messages -------------------------------------------------------------------------

@@ -10,9 +10,11 @@ import pytest
 
 import stemd
 from stemd._natsconn import open_connection
+from stemd._store.base import Suspend
 from stemd._store.jetstream import JetStreamStore
 from stemd.testing import ManualClock
 from tests.helpers import wait_status, wait_until
+from tests.unit.store.test_contract import at, emit, enc, rewait, started
 
 if TYPE_CHECKING:
     from stemd.testing._nats import NatsServer
@@ -94,5 +96,39 @@ async def test_a_hand_made_key_among_a_topics_events_does_not_stop_emits(
         first = await store.append_event("t.x", b"1", START, 60)
         second = await store.append_event("t.x", b"2", START, 60)
         assert second.prev == first.seq > first.prev > 0
+    finally:
+        await store.close()
+
+
+async def test_a_delivery_to_a_run_waiting_on_several_topics_gives_the_oldest_event(
+    nats: NatsServer,
+) -> None:
+    """A run suspends on [a, b] with b1 kept from before its wait; a1's delivery reaches it
+    between its suspension and its own look at the kept events: it takes b1 (the older)
+    first, then a1 at its next wait."""
+    store = JetStreamStore(nats.url, bucket="anyorder")
+    await store.open()
+    try:
+        claim = await started(store, "r1")
+        await emit(store, "t.b", enc("b1"), at(1))
+        events = store._events
+        take_kept = events.take_kept
+        delivered: list[str] = []
+
+        async def emit_first(*args: object) -> object:
+            # The emit of a1 comes between the suspension's write and the run's look.
+            delivered.extend(await emit(store, "t.a", enc("a1"), at(2)))
+            return await take_kept(*args)  # type: ignore[arg-type]
+
+        events.take_kept = emit_first  # type: ignore[method-assign]
+        suspend = Suspend(wait_topic="t.a", wait_topics=("t.a", "t.b"), wait_key="w@any#0")
+        await store.commit("r1", claim.token, suspend, at(2))
+        events.take_kept = take_kept  # type: ignore[method-assign]
+        assert delivered == ["r1"]
+        [taken] = [c.value for c in await store.get_checkpoints("r1") if c.name == "w@any#0"]
+        assert taken == enc("b1")
+        await rewait(store, "r1", ("t.a", "t.b"), at(3), n=1)
+        [second] = [c.value for c in await store.get_checkpoints("r1") if c.name == "w@event#1"]
+        assert second == enc("a1")
     finally:
         await store.close()
