@@ -1,0 +1,361 @@
+"""Where the floor is: a 3-step workflow's writes made without the engine, layer by layer.
+
+    python bench/floor.py                      # SQLite (fsync on), then the KV store
+    python bench/floor.py --only sqlite --runs 10000 --latency-runs 1000
+    python bench/floor.py --only kv --runs 3000
+
+A 3-step workflow costs five store writes (create, claim, two checkpoints, the commit
+with the last step's result). Each layer below does that much, from ``--concurrency``
+tasks at once (throughput: workflows/s and the process's CPU per workflow) and one at a
+time (latency: p50 and p99 of the five writes in a row):
+
+SQLite (``synchronous=FULL``, WAL, a fresh file each):
+
+- ``engine``: the App running the 3-step flow (what bench/embedded.py measures);
+- ``store``: the five writes as ``SqliteStore`` calls (create_run, claim,
+  save_checkpoint twice, commit): the writer thread, its row codec and cache, the SQL;
+- ``hops``: five hand-offs to the writer thread of a function doing nothing (no
+  transaction): what handing work to the thread and back costs;
+- ``sql``: the store's own SQL functions called on the event loop's thread, one
+  transaction each, fsync included (no hand-off; what blocking the loop would cost).
+
+KV (one nats-server with JetStream on a free loopback port, a temp store dir; the figures
+are this process's CPU, nats-server's is printed beside it):
+
+- ``store``: the five writes as ``JetStreamStore`` calls (seven stream writes: the run's
+  document and its index entries);
+- ``publish``: seven acknowledged publishes to a stream through stemd's NATS connection;
+- ``nats-py``: seven acknowledged publishes through nats-py's JetStream context.
+
+Prints one line per layer and a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+# Keep bench/ itself off the path (bench/nats.py would shadow nats-py), the root on it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import stemd  # noqa: E402
+from bench.workflows import three_steps  # noqa: E402
+from stemd._model import RunStatus  # noqa: E402
+from stemd._store import sqlite_ops as ops  # noqa: E402
+from stemd._store.base import Checkpoint, Complete, RunRecord, Store, compute_timer_at  # noqa: E402
+from stemd._store.sqlite import SqliteStore  # noqa: E402
+
+Workflow = Callable[[int], Awaitable[None]]
+LEASE = 30.0
+VALUE = b'{"v":1}'
+
+
+def _record(run_id: str, now: datetime) -> RunRecord:
+    rec = RunRecord(
+        run_id=run_id,
+        workflow="bench.flow",
+        status=RunStatus.PENDING,
+        params=b"{}",
+        created_at=now,
+        updated_at=now,
+    )
+    rec.timer_at = compute_timer_at(rec)
+    return rec
+
+
+def store_workflow(store: Store, prefix: str) -> Workflow:
+    """The five writes of one 3-step workflow, as store calls."""
+
+    async def one(i: int) -> None:
+        run_id = f"{prefix}{i}"
+        now = datetime.now(UTC)
+        await store.create_run(_record(run_id, now))
+        claim = await store.claim(run_id, "floor", datetime.now(UTC), LEASE)
+        assert claim is not None
+        token = claim.token
+        for step in ("one", "two"):
+            cp = Checkpoint(name=step, value=VALUE)
+            await store.save_checkpoint(run_id, token, cp, datetime.now(UTC))
+        done = Complete(result=VALUE, checkpoints=(Checkpoint(name="three", value=VALUE),))
+        await store.commit(run_id, token, done, datetime.now(UTC))
+
+    return one
+
+
+async def measure(workflow: Workflow, runs: int, concurrency: int) -> dict[str, Any]:
+    """``runs`` workflows from ``concurrency`` tasks: workflows/s and CPU µs per workflow."""
+    todo = iter(range(runs))
+
+    async def worker() -> None:
+        for i in todo:
+            await workflow(i)
+
+    cpu = time.process_time()
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    return {
+        "workflows_per_s": round(runs / elapsed, 1),
+        "cpu_us_per_workflow": round(1e6 * cpu / runs, 1),
+    }
+
+
+async def latency(workflow: Workflow, runs: int, first: int) -> dict[str, Any]:
+    """``runs`` workflows one at a time: p50 and p99 in ms."""
+    samples = []
+    for i in range(first, first + runs):
+        t0 = time.perf_counter()
+        await workflow(i)
+        samples.append(time.perf_counter() - t0)
+    q = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"p50_ms": round(q[49] * 1000, 3), "p99_ms": round(q[98] * 1000, 3)}
+
+
+async def both(workflow: Workflow, args: argparse.Namespace) -> dict[str, Any]:
+    await measure(workflow, args.warmup, args.concurrency)  # warm up, ids below runs
+    row = await measure(workflow, args.runs, args.concurrency)
+    if args.latency_runs:
+        row.update(await latency(workflow, args.latency_runs, args.runs))
+    return row
+
+
+# -- SQLite -------------------------------------------------------------------------------
+
+
+async def sqlite_engine(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    url = f"sqlite:///{path}?synchronous=FULL"
+    async with stemd.App(store=url, workflows=[three_steps], concurrency=args.workers) as app:
+
+        async def one(i: int) -> None:
+            run_id = await app.start_workflow(three_steps)
+            await app.wait_for_completion(run_id, timeout=30)
+
+        return await both(one, args)
+
+
+async def sqlite_store(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    store = SqliteStore(path, synchronous="FULL")
+    await store.open()
+    try:
+        # Each measurement uses ids of its own: warm-up, throughput, latency.
+        warm = store_workflow(store, "w")
+        hot = store_workflow(store, "r")
+        await measure(warm, args.warmup, args.concurrency)
+        row = await measure(hot, args.runs, args.concurrency)
+        if args.latency_runs:
+            row.update(await latency(hot, args.latency_runs, args.runs))
+        return row
+    finally:
+        await store.close()
+
+
+def _nothing(db: sqlite3.Connection) -> None:
+    return None
+
+
+async def sqlite_hops(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    store = SqliteStore(path, synchronous="FULL")
+    await store.open()
+    try:
+        writer = store.writer
+
+        async def one(i: int) -> None:
+            for _ in range(5):
+                await writer.submit(_nothing, txn=False)
+
+        return await both(one, args)
+    finally:
+        await store.close()
+
+
+async def sqlite_inline(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The store's SQL functions on the loop's thread, one transaction each."""
+    store = SqliteStore(path, synchronous="FULL")
+    await store.open()  # the schema
+    await store.close()
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+
+    def txn(fn: Callable[..., Any], *a: Any) -> Any:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db, *a)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    def make(prefix: str) -> Workflow:
+        async def one(i: int) -> None:
+            run_id = f"{prefix}{i}"
+            txn(ops.create_run, _record(run_id, datetime.now(UTC)))
+            claim = txn(ops.claim, run_id, "floor", datetime.now(UTC), LEASE)
+            token = claim.token
+            for step in ("one", "two"):
+                cp = Checkpoint(name=step, value=VALUE)
+                txn(ops.save_checkpoint, run_id, token, cp, datetime.now(UTC))
+            done = Complete(result=VALUE, checkpoints=(Checkpoint(name="three", value=VALUE),))
+            txn(ops.commit, run_id, token, done, datetime.now(UTC))
+            await anyio.lowlevel.checkpoint()
+
+        return one
+
+    try:
+        await measure(make("w"), args.warmup, args.concurrency)
+        row = await measure(make("r"), args.runs, args.concurrency)
+        if args.latency_runs:
+            row.update(await latency(make("r"), args.latency_runs, args.runs))
+        return row
+    finally:
+        db.close()
+
+
+SQLITE = {
+    "engine": sqlite_engine,
+    "store": sqlite_store,
+    "hops": sqlite_hops,
+    "sql": sqlite_inline,
+}
+
+
+# -- KV -------------------------------------------------------------------------------
+
+
+def _server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def kv_store(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    from stemd._store.jetstream import JetStreamStore
+
+    store = JetStreamStore(url, bucket="floor")
+    await store.open()
+    try:
+        await measure(store_workflow(store, "w"), args.warmup, args.concurrency)
+        row = await measure(store_workflow(store, "r"), args.runs, args.concurrency)
+        if args.latency_runs:
+            row.update(await latency(store_workflow(store, "r"), args.latency_runs, args.runs))
+        return row
+    finally:
+        await store.close()
+
+
+async def kv_publish(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    from stemd._natsconn import open_connection
+
+    conn = await open_connection(url, name="floor")
+    try:
+        await conn.ensure_stream({"name": "FLOOR", "subjects": ["floor.>"], "storage": "file"})
+
+        async def one(i: int) -> None:
+            for n in range(7):
+                await conn.js_publish(f"floor.{i % 64}.{n}", VALUE)
+
+        return await both(one, args)
+    finally:
+        await conn.close()
+
+
+async def kv_natspy(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="FLOORPY", subjects=["floorpy.>"])
+
+        async def one(i: int) -> None:
+            for n in range(7):
+                await js.publish(f"floorpy.{i % 64}.{n}", VALUE)
+
+        return await both(one, args)
+    finally:
+        await nc.close()
+
+
+KV = {"store": kv_store, "publish": kv_publish, "nats-py": kv_natspy}
+
+
+def _line(kind: str, layer: str, row: dict[str, Any]) -> None:
+    text = f"{kind:<6} {layer:<8} {row['workflows_per_s']:>8,.0f} wf/s"
+    text += f"  CPU {row['cpu_us_per_workflow']:>6.1f} µs/wf"
+    if "server_cpu_us_per_workflow" in row:
+        text += f" (nats-server {row['server_cpu_us_per_workflow']:.1f})"
+    if "p50_ms" in row:
+        text += f"  one at a time p50 {row['p50_ms']:.3f} ms p99 {row['p99_ms']:.3f} ms"
+    print(text, flush=True)
+
+
+async def run_sqlite(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for layer, fn in SQLITE.items():
+        if args.layers and layer not in args.layers:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            row = await fn(Path(tmp) / "floor.db", args)
+        out[layer] = row
+        _line("sqlite", layer, row)
+    return out
+
+
+async def run_kv(args: argparse.Namespace) -> dict[str, Any]:
+    from stemd.testing._nats import nats_server
+
+    out: dict[str, Any] = {}
+    for layer, fn in KV.items():
+        if args.layers and layer not in args.layers:
+            continue
+        async with nats_server() as server:
+            pid = server.pid
+            assert pid is not None
+            before = _server_cpu(pid)
+            row = await fn(server.url, args)
+            spent = _server_cpu(pid) - before
+            runs = args.warmup + args.runs + args.latency_runs
+            row["server_cpu_us_per_workflow"] = round(1e6 * spent / runs, 1)
+        out[layer] = row
+        _line("kv", layer, row)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["sqlite", "kv"])
+    parser.add_argument("--layers", nargs="+", help="only these layers (default: all)")
+    parser.add_argument("--runs", type=int, default=5000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--latency-runs", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=64, help="tasks at once")
+    parser.add_argument("--workers", type=int, default=32, help="the App's workers (engine)")
+    args = parser.parse_args()
+    summary: dict[str, Any] = {"cpus": os.cpu_count(), "load": os.getloadavg()[0]}
+    if args.only in (None, "sqlite"):
+        summary["sqlite"] = anyio.run(run_sqlite, args)
+    if args.only in (None, "kv"):
+        summary["kv"] = anyio.run(run_kv, args)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
