@@ -113,16 +113,23 @@ async def wait_for_end(
     poll = 0.01
     rec = None
     with anyio.move_on_after(limit):
+        events = engine.events
+        read = True
         while True:
-            ended = engine.events.ended(run_id)
-            rec = await engine.store.get_run(run_id)
-            if rec is None:
-                raise RunNotFound(f"no run {run_id}")
-            if rec.status.is_terminal:
-                break
-            # Runs finished by another process are seen by polling, with backoff.
-            with anyio.move_on_after(poll):
-                await ended.wait()
+            # Waiting before the read: an end published after it is not missed.
+            ended = events.ended(run_id)
+            try:
+                if read:
+                    rec = await engine.store.get_run(run_id)
+                    if rec is None:
+                        raise RunNotFound(f"no run {run_id}")
+                    if rec.status.is_terminal:
+                        break
+                # Runs finished by another process are seen by polling, with backoff; a
+                # run in this process's hands publishes its end here (no read needed).
+                read = await events.within(ended, poll) or not engine.runs_here(run_id)
+            finally:
+                events.forget(run_id, ended)
             poll = min(poll * 2, 0.5)
     if rec is None:
         rec = await engine.store.get_run(run_id)

@@ -50,3 +50,8 @@ class Broker(Protocol):
     async def receive(self, queue: str) -> Delivery:
         """Wait for the next run id of ``queue``."""
         ...
+
+    def queued(self, run_id: str) -> bool:
+        """Whether ``run_id`` waits in a queue of this process, for its workers alone
+        (``False`` from a broker whose queues are shared)."""
+        ...

@@ -345,6 +345,9 @@ class JetStreamBroker:
             self._consumers[queue] = consumer
         return consumer
 
+    def queued(self, run_id: str) -> bool:
+        return False  # its queues are shared: another process's worker may take it
+
     async def receive(self, queue: str) -> JetStreamDelivery:
         consumer = self.consumer(queue)
         while True:

@@ -73,6 +73,10 @@ class LocalBroker:
     async def close(self) -> None:
         return None
 
+    def queued(self, run_id: str) -> bool:
+        """Whether ``run_id`` waits in one of the queues (a delayed one not counted)."""
+        return any(run_id in q.pending for q in self._queues.values())
+
     def depth(self, queue: str) -> int:
         """Run ids waiting in ``queue``."""
         return len(self._queue(queue).items)

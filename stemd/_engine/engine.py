@@ -258,6 +258,13 @@ class Engine(Orphans):
 
     # -- executing ------------------------------------------------------------------------
 
+    def runs_here(self, run_id: str) -> bool:
+        """Whether ``run_id`` is in this process's hands now: a slice of it runs here, or
+        it waits in the in-process broker's queue (its end is then published here)."""
+        if self.leases.holds(run_id):
+            return True
+        return self.broker is not None and self.broker.queued(run_id)
+
     async def advance(self, run_id: str) -> RunRecord | None:
         """Claim ``run_id`` and run it until it completes, suspends or fails.
 

@@ -98,6 +98,39 @@ async def test_wait_for_completion_times_out() -> None:
     assert done.run_id == run_id
 
 
+async def test_a_timed_out_wait_keeps_nothing_for_the_run() -> None:
+    """A wait_for_completion that times out leaves no waiter behind for its run: waits on
+    runs that never end in this process cost nothing once they return."""
+    flow = _waiting_flow("idle.flow")
+    async with open_app(flow) as app:
+        run_id = await app.start_workflow(flow)
+        await wait_status(app, run_id, RunStatus.SUSPENDED)
+        for _ in range(3):
+            assert (await app.wait_for_completion(run_id, timeout=0.05)).timed_out
+        assert app.engine.events._ended == {}
+
+
+async def test_a_wait_sees_the_end_of_a_run_another_process_finished(tmp_path: Any) -> None:
+    """A run that ended in another App on the same SQLite file (its end never published
+    here) is seen by wait_for_completion's reads."""
+    flow = _waiting_flow("elsewhere.flow")
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    async with open_app(flow, store=url) as here, open_app(flow, store=url) as there:
+        run_id = await here.start_workflow(flow)
+        await wait_status(here, run_id, RunStatus.SUSPENDED)
+        async with anyio.create_task_group() as tg:
+
+            async def emit_there() -> None:
+                await anyio.sleep(0.05)
+                assert await there.emit("elsewhere.flow.go", "there") == 1
+
+            tg.start_soon(emit_there)
+            with anyio.fail_after(10):
+                done = await here.wait_for_completion(run_id, timeout=10)
+    assert done.is_completed
+    assert done.value == "there"
+
+
 async def test_wait_for_completion_of_an_unknown_run_raises() -> None:
     """Waiting on a run that does not exist raises RunNotFound."""
     async with open_app() as app:
