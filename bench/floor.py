@@ -17,13 +17,18 @@ SQLite (``synchronous=FULL``, WAL, a fresh file each):
 - ``hops``: five hand-offs to the writer thread of a function doing nothing (no
   transaction): what handing work to the thread and back costs;
 - ``sql``: the store's own SQL functions called on the event loop's thread, one
-  transaction each, fsync included (no hand-off; what blocking the loop would cost).
+  transaction each, fsynced but the claim's, as the writer does (no hand-off, no group
+  commit: what writing on the loop's thread would cost, and the latency floor of five
+  writes with four fsyncs).
 
 KV (one nats-server with JetStream on a free loopback port, a temp store dir; the figures
 are this process's CPU, nats-server's is printed beside it):
 
 - ``store``: the five writes as ``JetStreamStore`` calls (seven stream writes: the run's
   document and its index entries);
+- ``broker``: the daemon's side of a workflow without the engine: the five writes, and
+  between the create and the claim the run's task through the JetStream broker
+  (published, pulled, acknowledged);
 - ``publish``: seven acknowledged publishes to a stream through stemd's NATS connection;
 - ``nats-py``: seven acknowledged publishes through nats-py's JetStream context.
 
@@ -193,7 +198,9 @@ async def sqlite_inline(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
 
-    def txn(fn: Callable[..., Any], *a: Any) -> Any:
+    def txn(fn: Callable[..., Any], *a: Any, durable: bool = True) -> Any:
+        if not durable:  # as the writer does: a claim is not fsynced on its own
+            db.execute("PRAGMA synchronous=NORMAL")
         db.execute("BEGIN IMMEDIATE")
         try:
             result = fn(db, *a)
@@ -201,13 +208,15 @@ async def sqlite_inline(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        if not durable:
+            db.execute("PRAGMA synchronous=FULL")
         return result
 
     def make(prefix: str) -> Workflow:
         async def one(i: int) -> None:
             run_id = f"{prefix}{i}"
             txn(ops.create_run, _record(run_id, datetime.now(UTC)))
-            claim = txn(ops.claim, run_id, "floor", datetime.now(UTC), LEASE)
+            claim = txn(ops.claim, run_id, "floor", datetime.now(UTC), LEASE, durable=False)
             token = claim.token
             for step in ("one", "two"):
                 cp = Checkpoint(name=step, value=VALUE)
@@ -261,6 +270,44 @@ async def kv_store(url: str, args: argparse.Namespace) -> dict[str, Any]:
         await store.close()
 
 
+async def kv_broker(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    from stemd._broker.jetstream import JetStreamBroker
+    from stemd._store.jetstream import JetStreamStore
+
+    store = JetStreamStore(url, bucket="floor")
+    broker = JetStreamBroker(url)
+    await store.open()
+    await broker.open()
+
+    def make(prefix: str) -> Workflow:
+        async def one(i: int) -> None:
+            run_id = f"{prefix}{i}"
+            await store.create_run(_record(run_id, datetime.now(UTC)))
+            await broker.enqueue(run_id, "default", key=f"{run_id}:0")
+            delivery = await broker.receive("default")
+            claim = await store.claim(delivery.run_id, "floor", datetime.now(UTC), LEASE)
+            assert claim is not None
+            token, run_id = claim.token, delivery.run_id
+            for step in ("one", "two"):
+                cp = Checkpoint(name=step, value=VALUE)
+                await store.save_checkpoint(run_id, token, cp, datetime.now(UTC))
+            done = Complete(result=VALUE, checkpoints=(Checkpoint(name="three", value=VALUE),))
+            await store.commit(run_id, token, done, datetime.now(UTC))
+            await delivery.ack()
+
+        return one
+
+    try:
+        await measure(make("w"), args.warmup, args.concurrency)
+        row = await measure(make("r"), args.runs, args.concurrency)
+        if args.latency_runs:
+            row.update(await latency(make("r"), args.latency_runs, args.runs))
+        return row
+    finally:
+        await broker.close()
+        await store.close()
+
+
 async def kv_publish(url: str, args: argparse.Namespace) -> dict[str, Any]:
     from stemd._natsconn import open_connection
 
@@ -294,7 +341,7 @@ async def kv_natspy(url: str, args: argparse.Namespace) -> dict[str, Any]:
         await nc.close()
 
 
-KV = {"store": kv_store, "publish": kv_publish, "nats-py": kv_natspy}
+KV = {"store": kv_store, "broker": kv_broker, "publish": kv_publish, "nats-py": kv_natspy}
 
 
 def _line(kind: str, layer: str, row: dict[str, Any]) -> None:

@@ -91,10 +91,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 class CpuMeter:
-    """CPU milliseconds per workflow of the daemon and of nats-server."""
+    """CPU milliseconds per workflow of the daemon, of nats-server, and of this process
+    (the client that starts the runs and follows their ends: on this machine, its CPU is
+    not the daemon's)."""
 
     def __init__(self, daemon: int, server: int) -> None:
-        self.pids = {"daemon": daemon, "server": server}
+        self.pids = {"daemon": daemon, "server": server, "client": os.getpid()}
 
     def start(self) -> dict[str, float]:
         return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
@@ -261,7 +263,8 @@ def fmt(r: dict[str, Any]) -> str:
     return (
         f"{r['wf_per_s']:8.1f} wf/s   p50 {r['p50_ms']:7.2f} ms   p90 {r['p90_ms']:7.2f} ms   "
         f"p99 {r['p99_ms']:7.2f} ms   cpu/wf daemon {r.get('daemon_cpu_ms_per_wf', 0):.3f} ms "
-        f"nats-server {r.get('server_cpu_ms_per_wf', 0):.3f} ms"
+        f"nats-server {r.get('server_cpu_ms_per_wf', 0):.3f} ms "
+        f"client {r.get('client_cpu_ms_per_wf', 0):.3f} ms"
     )
 
 

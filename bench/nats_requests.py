@@ -82,7 +82,7 @@ async def main(runs: int) -> None:
                 async def one(run_id: str) -> None:
                     ended = app.engine.events.ended(run_id)
                     await three_steps.start(app, run_id=run_id)
-                    await ended.wait()
+                    await ended
 
                 async with anyio.create_task_group() as tg:  # warm-up
                     for i in range(10):
