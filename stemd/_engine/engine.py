@@ -32,7 +32,7 @@ from stemd._engine.orphans import Orphans
 from stemd._engine.params import check_params
 from stemd._engine.versions import definition_for
 from stemd._engine.views import new_run_id, to_run_state, unknown_workflow
-from stemd._engine.waits import message, retention
+from stemd._engine.waits import message, retention, timed_out
 from stemd._errors import (
     LeaseLost,
     PayloadError,
@@ -118,7 +118,7 @@ class Engine(Orphans):
         self.default_queue = default_queue
         self.events = events if events is not None else RunEvents()
         self.accept_unknown = accept_unknown
-        self.timeout_value = codec.encode({"t": True})
+        self.timeout_value = timed_out(codec)
         self.observers = observers if observers is not None else Observers()
         self.leases = leases if leases is not None else SliceLeases(store, clock, lease)
         self.event_retention = seconds(event_retention, "event_retention") or 0.0

@@ -377,15 +377,14 @@ class Execution:
     ) -> Any:
         validate_topic(topic)
         key = self._key(scope, "event")
-        self.replay.take(scope, key, f"wait_for_event({topic!r})")
+        requested = f"wait_for_event({topic!r})"
+        self.replay.take(scope, key, requested)
         raw = self.checkpoints.get(key)
         if raw is not None:
-            envelope = taken(self.codec, raw, topic)
+            envelope = taken(self.codec, raw, (topic,), self.replay, requested)
             got = envelope.get("k")
             if isinstance(got, str) and got != topic:
-                raise self.replay.stop(
-                    f"wait_for_event({got!r}) (checkpoint {key!r})", f"wait_for_event({topic!r})"
-                )
+                raise self.replay.stop(f"wait_for_event({got!r}) (checkpoint {key!r})", requested)
             return convert(envelope.get("e"), type, what=f"{self._where(scope)}: event {topic!r}")
         at = (timeout, deadline)
         raise Interrupt(
@@ -406,7 +405,7 @@ class Execution:
         self.replay.take(scope, key, requested)
         raw = self.checkpoints.get(key)
         if raw is not None:
-            envelope = taken(self.codec, raw, ", ".join(wanted))
+            envelope = taken(self.codec, raw, wanted, self.replay, requested)
             topic = envelope.get("k")
             if not isinstance(topic, str):
                 topic = wanted[0]  # pragma: no cover - every envelope stemd writes has it

@@ -12,12 +12,16 @@ from stemd._codec import check_depth
 from stemd._errors import EventTimeout, StemError
 from stemd._identifiers import validate_run_id, validate_topic
 from stemd._model import seconds
-from stemd._store.base import Suspend
+from stemd._store.base import Suspend, topics_of
 
 if TYPE_CHECKING:
-    from stemd._codec import Codec
+    from collections.abc import Callable
 
-__all__ = ["any_topics", "message", "retention", "suspend_on", "taken"]
+    from stemd._codec import Codec
+    from stemd._engine.replay import Replay
+    from stemd._store.base import RunRecord
+
+__all__ = ["any_topics", "message", "retention", "suspend_on", "taken", "timed_out"]
 
 
 def _deadline(
@@ -68,17 +72,36 @@ def any_topics(topics: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(topics))
 
 
-def taken(codec: Codec, raw: bytes, label: str) -> dict[str, Any]:
-    """What a wait on ``label`` recorded when it ended: the envelope of the event or
-    message it took.
+def taken(
+    codec: Codec, raw: bytes, wanted: tuple[str, ...], replay: Replay, requested: str
+) -> dict[str, Any]:
+    """What a wait on ``wanted`` (``requested``, for people) recorded when it ended: the
+    envelope of the event or message it took.
 
     Raises:
         EventTimeout: the wait timed out.
+        Interrupt: it timed out waiting on other topics (the code changed since): the
+            run stops with a ``WorkflowChanged`` error.
     """
     envelope: dict[str, Any] = codec.decode(raw)
     if "t" in envelope:
-        raise EventTimeout(label)
+        waited = envelope.get("w")  # absent from timeouts recorded by older stemd
+        if isinstance(waited, list) and set(waited) != set(wanted):
+            raise replay.stop(f"a wait on {waited!r} that timed out", requested)
+        raise EventTimeout(", ".join(wanted))
     return envelope
+
+
+def timed_out(codec: Codec) -> Callable[[RunRecord], bytes]:
+    """What a wait of a run records when it times out: the topics it waited on, so that
+    a replay by code that waits on others stops (see :func:`taken`)."""
+    plain = codec.encode({"t": True})
+
+    def value(rec: RunRecord) -> bytes:
+        topics = topics_of(rec)
+        return codec.encode({"t": True, "w": list(topics)}) if topics else plain
+
+    return value
 
 
 def retention(default: float, retain: bool | float | timedelta | None) -> float | None:

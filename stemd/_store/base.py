@@ -4,21 +4,21 @@ A store keeps runs (one :class:`RunRecord` each) and their checkpoints (ordered
 ``(name, bytes)`` pairs). Values are opaque bytes, encoded by the engine's codec.
 Every write by a worker is conditional on the fencing token it got from :meth:`Store.claim`;
 a write with a stale token raises :class:`~stemd._errors.LeaseLost` and changes nothing.
-
-Time is always passed in (``now``): stores never read a clock of their own.
-"""
+Time is always passed in (``now``): stores never read a clock of their own."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
 from stemd._model import CancellationPolicy, ErrorInfo, RunStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+    TimeoutValue: TypeAlias = bytes | Callable[["RunRecord"], bytes]
 
 __all__ = [
     "Checkpoint",
@@ -406,10 +406,10 @@ class Store(Protocol):
         """Runs whose timer is at or before ``until``, earliest first."""
         ...
 
-    async def fire_timer(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:
+    async def fire_timer(self, run_id: str, now: datetime, timeout: TimeoutValue) -> FireResult:
         """Act on a due timer: delete an expired finished run, cancel a run past a policy
-        deadline, or wake a run whose ``resume_at`` passed (an event wait gets
-        ``timeout_value`` as its result). A timer not yet due does nothing."""
+        deadline, or wake a run whose ``resume_at`` passed (an event wait gets ``timeout``,
+        or what it makes of the waiting run, as its result). Not due: nothing."""
         ...
 
     async def cancel(self, run_id: str, reason: str, now: datetime) -> CommitResult | None:

@@ -16,11 +16,11 @@ Layout of the bucket (a KV bucket, so ``nats kv`` tools can inspect it):
   :mod:`~stemd._store.jetstream_events`); a run's mailbox is part of its document.
 
 An entry is written (and acknowledged) *before* the document that refers to it and
-deleted (by subject, so precisely that entry) *after* the document stopped referring to it; the
-nonce makes every entry a fresh subject, so two racing writers never overwrite each
-other's entries. The document is the truth: readers check every entry against it, so an
-entry left behind by a crash is harmless, and it is removed once old (after a no-op
-compare-and-set on the document, which fences out any writer still about to refer to it).
+deleted (by subject: that entry only) *after* the document stopped referring to it; the nonce
+makes every entry a fresh subject, so racing writers never overwrite each other's entries.
+The document is the truth: readers check every entry against it, so an entry left behind
+by a crash is harmless, and it is removed once old (after a no-op compare-and-set on the
+document, which fences out any writer still about to refer to it).
 
 On a replicated bucket (R3) any replica may answer a direct get, possibly from a state
 that lags behind the last acknowledged write. A read may therefore justify a change (the
@@ -28,9 +28,8 @@ compare-and-set proves it current) but not a refusal: "not runnable", "not owned
 run" and the listings that wake parents and deliver events are confirmed by the stream's
 leader. With one replica the server is the leader and nothing is read twice.
 
-Values live inside the document; the document must fit in one message (the server's
-``max_payload``, 1 MiB by default), otherwise the write fails with :class:`PayloadError`.
-The bucket keeps one revision per key (history 1): the store never reads old revisions.
+Values live inside the document, which must fit in one message (the server's
+``max_payload``, 1 MiB by default; else :class:`PayloadError`), one revision per key.
 
 URL: ``nats://HOST:PORT?bucket=stem_runs&replicas=1&storage=file&timeout=2``.
 
@@ -104,6 +103,7 @@ from stemd._store.transitions import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    from stemd._store.base import TimeoutValue
 
 __all__ = ["JetStreamStore"]
 
@@ -417,8 +417,8 @@ class JetStreamStore(JetStreamSchedules, JetStreamGroupsAndSessions):
     async def due_timers(self, until: datetime, limit: int) -> list[tuple[datetime, str]]:
         return await self._timers.due(until, limit)
 
-    async def fire_timer(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:
-        return await self._timers.fire(run_id, now, timeout_value)
+    async def fire_timer(self, run_id: str, now: datetime, timeout: TimeoutValue) -> FireResult:
+        return await self._timers.fire(run_id, now, timeout)
 
     async def append_event(
         self, topic: str, value: bytes, now: datetime, retain: float | None

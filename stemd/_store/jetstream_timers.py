@@ -13,11 +13,12 @@ from stemd._natsconn import WrongLastSequence
 from stemd._store import jetstream_doc as docs
 from stemd._store.base import FireResult, RunRecord
 from stemd._store.jetstream_records import MAX_TRIES, Found, Records
-from stemd._store.transitions import FireAction, apply_fire
+from stemd._store.transitions import FireAction, apply_fire, timeout_value_of
 
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from stemd._store.base import TimeoutValue
     from stemd._store.jetstream_doc import Doc
     from stemd._store.jetstream_index import Index
     from stemd._store.jetstream_waits import Waits
@@ -111,7 +112,7 @@ class Timers:
             return None
         return found[1].rec.timer_at
 
-    async def fire(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:
+    async def fire(self, run_id: str, now: datetime, timeout: TimeoutValue) -> FireResult:
         """Do what the run's due timer calls for (see
         :meth:`~stemd._store.base.Store.fire_timer`)."""
         records = self.records
@@ -134,7 +135,7 @@ class Timers:
                 if await records.delete(run_id, rev, doc):
                     return FireResult(action="deleted")
             else:
-                result = await self._write(run_id, rev, doc, action, new_rec, now, timeout_value)
+                result = await self._write(run_id, rev, doc, action, new_rec, now, timeout)
                 if result is not None:
                     return result
             found = None
@@ -148,11 +149,11 @@ class Timers:
         action: FireAction,
         new_rec: RunRecord,
         now: datetime,
-        timeout_value: bytes,
+        timeout: TimeoutValue,
     ) -> FireResult | None:
         """Write what a fired timer changed; ``None`` when someone else wrote first."""
         if action == "woken" and new_rec.resume_key is not None:
-            written = [(new_rec.resume_key, timeout_value)]
+            written = [(new_rec.resume_key, timeout_value_of(timeout, doc.rec))]
             new = docs.with_checkpoints(doc, new_rec, written, now)
         else:
             new = docs.replace(doc, new_rec)

@@ -53,6 +53,7 @@ from stemd._store.transitions import (
     created_paused,
     is_runnable,
     rewind_cut,
+    timeout_value_of,
     waits_for_events,
     waits_on,
 )
@@ -60,6 +61,7 @@ from stemd._store.transitions import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from stemd._store.base import TimeoutValue
     from stemd._store.sessions import SessionRecord
 
 __all__ = ["MemoryStore"]
@@ -357,7 +359,7 @@ class MemoryStore(MemorySchedules, MemorySlots, MemorySessions, MemoryPausedWork
             heapq.heappush(heap, entry)
         return out
 
-    async def fire_timer(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:
+    async def fire_timer(self, run_id: str, now: datetime, timeout: TimeoutValue) -> FireResult:
         rec = self._runs.get(run_id)
         if rec is None:
             return FireResult(action="none")
@@ -368,7 +370,8 @@ class MemoryStore(MemorySchedules, MemorySlots, MemorySessions, MemoryPausedWork
             self._delete(run_id)
             return FireResult(action="deleted")
         if action == "woken" and new.resume_key is not None:
-            self._checkpoints[run_id][new.resume_key] = (timeout_value, now)
+            value = timeout_value_of(timeout, rec)
+            self._checkpoints[run_id][new.resume_key] = (value, now)
         self._put(new)
         woken = self._wake_parents(run_id, now) if action == "cancelled" else ()
         return FireResult(action=action, record=copy.copy(new), woken=woken)

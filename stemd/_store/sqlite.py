@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         Outcome,
         RunRecord,
         SendResult,
+        TimeoutValue,
         WorkflowInfo,
     )
     from stemd._store.sessions import Released, SessionRecord
@@ -339,8 +340,8 @@ class SqliteStore(SqliteSchedules, slots.SqliteSlotHolders):
     async def prune_events(self, now: datetime) -> int:
         return await self.writer.submit(ops.prune_events, now)
 
-    async def fire_timer(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:
-        return await self.writer.submit(ops.fire_timer, run_id, now, timeout_value)
+    async def fire_timer(self, run_id: str, now: datetime, timeout: TimeoutValue) -> FireResult:
+        return await self.writer.submit(ops.fire_timer, run_id, now, timeout)
 
     async def cancel(self, run_id: str, reason: str, now: datetime) -> CommitResult | None:
         return await self.writer.submit(ops.cancel, run_id, reason, now)

@@ -62,12 +62,15 @@ from stemd._store.transitions import (
     created_paused,
     is_runnable,
     rewind_cut,
+    timeout_value_of,
     waits_for_events,
 )
 
 if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Sequence
+
+    from stemd._store.base import TimeoutValue
 
 __all__ = [
     "KEEPS_ROWS",
@@ -335,7 +338,7 @@ def _delete(db: sqlite3.Connection, run_id: str) -> None:
 
 
 def fire_timer(
-    db: sqlite3.Connection, run_id: str, now: datetime, timeout_value: bytes
+    db: sqlite3.Connection, run_id: str, now: datetime, timeout: TimeoutValue
 ) -> FireResult:
     row = row_of(db, run_id)
     if row is None:
@@ -348,7 +351,7 @@ def fire_timer(
         _delete(db, run_id)
         return FireResult(action="deleted")
     if action == "woken" and new.resume_key is not None:
-        put_checkpoint(db, run_id, new.resume_key, timeout_value, now)
+        put_checkpoint(db, run_id, new.resume_key, timeout_value_of(timeout, rec), now)
     update(db, row, new)
     woken = _wake_parents(db, run_id, now) if action == "cancelled" else ()
     return FireResult(action=action, record=new, woken=woken)

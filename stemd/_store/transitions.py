@@ -7,7 +7,7 @@ to a :class:`RunRecord`, so that every backend behaves identically.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
@@ -27,6 +27,9 @@ from stemd._store.base import (
     topics_of,
 )
 
+if TYPE_CHECKING:
+    from stemd._store.base import TimeoutValue
+
 __all__ = [
     "apply_cancel",
     "apply_claim",
@@ -45,6 +48,7 @@ __all__ = [
     "is_claimable",
     "is_runnable",
     "rewind_cut",
+    "timeout_value_of",
     "waits_for_events",
     "waits_on",
 ]
@@ -265,6 +269,11 @@ def created_paused(rec: RunRecord) -> RunRecord:
     new = msgspec.structs.replace(rec, paused=True)
     new.timer_at = compute_timer_at(new)
     return new
+
+
+def timeout_value_of(timeout: TimeoutValue, rec: RunRecord) -> bytes:
+    """What the timed-out wait of ``rec`` (the run as it waited) records."""
+    return timeout if isinstance(timeout, bytes) else timeout(rec)
 
 
 def apply_hold(rec: RunRecord, now: datetime, topic: str, seq: int) -> RunRecord:

@@ -87,6 +87,52 @@ async def test_a_wait_on_another_topic_never_gets_the_recorded_event(store: Stor
     assert result.value == {"amount": 5}
 
 
+def _reminder(topics: list[str]) -> stemd.Script:
+    @stemd.script("chg.reminder")
+    async def reminder(ctx: stemd.ScriptContext) -> Any:
+        try:
+            if len(topics) == 1:
+                got = await ctx.wait_for_event(topics[0], timeout=5)
+            else:
+                got = list(await ctx.wait_for_any(topics, timeout=5))
+        except stemd.EventTimeout:
+            got = "timed out"
+        await ctx.wait_for_event("chg.reminder.done")
+        return got
+
+    return reminder
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (["reminder.sms"], ["reminder.mail"]),
+        (["reminder.sms", "reminder.push"], ["reminder.sms", "reminder.mail"]),
+    ],
+    ids=["wait_for_event", "wait_for_any"],
+)
+async def test_a_wait_that_timed_out_on_other_topics_stops_the_run(
+    store: Store, old: list[str], new: list[str]
+) -> None:
+    """A wait that timed out is replayed as a timeout only by a wait on the same topics: one
+    whose topics changed stops the run with WorkflowChanged; the old code completes it."""
+    clock = ManualClock(START)
+    async with open_app(_reminder(old), store=store, clock=clock) as app:
+        run_id = await app.start_workflow("chg.reminder")
+        await wait_until(_waiting, app, old[0], run_id, what="the wait")
+        clock.advance(6)
+        await wait_until(_waiting, app, "chg.reminder.done", run_id, what="the second wait")
+    async with open_app(_reminder(new), store=store, clock=clock) as app:
+        assert await app.emit("chg.reminder.done", None) == 1
+        state = await _changed(app, run_id)
+        assert "reminder.sms" in state.error.message  # type: ignore[union-attr]
+        assert "reminder.mail" in state.error.message  # type: ignore[union-attr]
+    async with open_app(_reminder(list(reversed(old))), store=store, clock=clock) as app:
+        clock.advance(2)  # the same topics (in any order): the timeout is replayed
+        result = await app.wait_for_completion(run_id, timeout=5)
+    assert result.value == "timed out"
+
+
 def _parent(child: str) -> stemd.Script:
     @stemd.script("chg.parent")
     async def parent(ctx: stemd.ScriptContext) -> Any:

@@ -17,7 +17,7 @@ from tests.helpers import open_app, wait_status
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from stemd._store.base import FireResult
+    from stemd._store.base import FireResult, TimeoutValue
 
 pytestmark = pytest.mark.anyio
 
@@ -30,12 +30,12 @@ class SlowFiring(MemoryStore):
         self.running = 0
         self.peak = 0
 
-    async def fire_timer(self, run_id: str, now: datetime, timeout_value: bytes) -> FireResult:
+    async def fire_timer(self, run_id: str, now: datetime, timeout: TimeoutValue) -> FireResult:
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
             await anyio.sleep(0.01)
-            return await super().fire_timer(run_id, now, timeout_value)
+            return await super().fire_timer(run_id, now, timeout)
         finally:
             self.running -= 1
 

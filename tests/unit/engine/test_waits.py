@@ -10,6 +10,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import stemd
+from stemd._codec import JsonCodec
+from stemd._engine.interrupts import Interrupt
+from stemd._engine.replay import Replay
+from stemd._engine.waits import taken
+from stemd._store.base import RunRecord
 from stemd.testing import ManualClock
 from tests.helpers import open_app, wait_status, wait_until
 
@@ -190,3 +195,26 @@ async def test_wait_for_any_refuses_bad_topics(topics: Any) -> None:
         assert done.is_failed
         assert done.error is not None
         assert done.error.type == "StemError"
+
+
+def test_a_timeout_recorded_without_its_topics_is_replayed_as_a_timeout() -> None:
+    """A timeout recorded by an older stemd (no topics in it) replays as a timeout for any
+    wait; one with its topics, for a wait on the same topics in any order."""
+    codec = JsonCodec()
+    replay = Replay(
+        RunRecord(
+            run_id="r",
+            workflow="w",
+            status=stemd.RunStatus.RUNNING,
+            params=b"{}",
+            created_at=START,
+            updated_at=START,
+        ),
+        [],
+        lambda: START,
+    )
+    for recorded in ({"t": True}, {"t": True, "w": ["t.b", "t.a"]}):
+        with pytest.raises(stemd.EventTimeout):
+            taken(codec, codec.encode(recorded), ("t.a", "t.b"), replay, "wait_for_any")
+    with pytest.raises(Interrupt):
+        taken(codec, codec.encode({"t": True, "w": ["t.b"]}), ("t.a",), replay, "wait_for_event")
