@@ -93,6 +93,9 @@ class NatsServer:
         self.binary = binary or find_nats_server()
         self.store_dir = store_dir
         self.port = port or _free_port()
+        # A port chosen here may be taken by another process before the server binds it:
+        # chosen again then (the client port only before the first start: it is kept).
+        self._choose_port = not port
         self.monitor_port = _free_port()
         self.args = args
         self.config_file = None if config_file is None else os.fspath(config_file)
@@ -123,6 +126,21 @@ class NatsServer:
         """Start the process and wait until JetStream is ready."""
         if self.proc is not None and self.proc.poll() is None:
             return
+        for _ in range(4):
+            try:
+                await self._start()
+            except NatsServerError as exc:
+                if "address already in use" not in str(exc):
+                    raise
+                self.monitor_port = _free_port()
+                if self._choose_port:
+                    self.port = _free_port()
+                continue
+            self._choose_port = False
+            return
+        await self._start()
+
+    async def _start(self) -> None:
         config = ["-c", self.config_file] if self.config_file is not None else []
         cmd = [
             self.binary,

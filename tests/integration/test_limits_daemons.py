@@ -6,13 +6,15 @@ the two daemons too."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import anyio
 import pytest
@@ -45,7 +47,16 @@ def _spawn(url: str, effects: Path, name: str) -> subprocess.Popen[bytes]:
         if line.strip() == b"READY" or not line:
             break
     assert line.strip() == b"READY", log.read_text()
+    # Keep reading what it prints (its log): a full pipe would block the daemon's loop.
+    out = effects.with_name(f"{name}.out")
+    threading.Thread(target=_copy, args=(proc.stdout, out), daemon=True).start()
     return proc
+
+
+def _copy(stream: IO[bytes], path: Path) -> None:
+    with path.open("ab") as f, contextlib.suppress(ValueError, OSError):  # closed by _stop
+        for line in stream:
+            f.write(line)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
