@@ -30,7 +30,7 @@ from stemd._appkit import opened, registry, wait_for_end, workflow_info
 from stemd._appqueries import AppQueries
 from stemd._appschedules import AppSchedules, collect_schedules
 from stemd._broker import broker_from_url
-from stemd._broker.capabilities import HelperActors
+from stemd._broker.capabilities import HelperActors, LocalLanes
 from stemd._clock import Clock, SystemClock
 from stemd._codec import Codec, codec_for
 from stemd._engine.dedup import dedup_window, validate_dedup_key
@@ -263,6 +263,8 @@ class App(AppQueries, AppSchedules, GroupOperations):
         self.timer = Timer(engine)
         self.sweeper = Sweeper(engine, broker, sweep)
         self.pool = WorkerPool(engine, broker, self.queue, self.concurrency, health=self.health)
+        if isinstance(broker, LocalLanes):  # a few rounds of work, see stemd._broker.lane
+            broker.serve_locally(self.queue, 4 * self.concurrency)
         probe = HealthProbe(engine.store, [engine.store, broker], self.health)
         # The session first: a crashed predecessor's runs are taken before work starts.
         actors: list[Actor] = [*session_actors(engine, broker, timing.lease)]

@@ -63,11 +63,14 @@ class Sweeper:
     async def sweep(self) -> int:
         """One pass; returns how many runs were enqueued."""
         found = await self.engine.store.runnable(self.engine.clock.now(), self.batch)
-        for run_id, queue in found:
-            await self.broker.enqueue(run_id, queue)
+        broker = self.broker
+        # A run queued in this process's own lane is on its way to a worker here.
+        todo = [(run_id, queue) for run_id, queue in found if not broker.queued(run_id)]
+        for run_id, queue in todo:
+            await broker.enqueue(run_id, queue)
         self._sweeps += 1
-        self._requeued += len(found)
-        return len(found)
+        self._requeued += len(todo)
+        return len(todo)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         store = self.engine.store

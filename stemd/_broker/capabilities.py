@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     from stemd._natsconn import NatsConnection
 
-__all__ = ["EngineOps", "HelperActors", "QueueDepth", "WorkQueueStreams"]
+__all__ = ["EngineOps", "HelperActors", "LocalLanes", "QueueDepth", "WorkQueueStreams"]
 
 
 class EngineOps(Protocol):
@@ -44,6 +44,17 @@ class QueueDepth(Protocol):
 
     def depth(self, queue: str) -> int:
         """Run ids waiting in ``queue`` (not those being worked on)."""
+        ...
+
+
+@runtime_checkable
+class LocalLanes(Protocol):
+    """A broker whose queues are shared by processes that can hand this process's own
+    run ids to its own workers in memory (JetStream: :mod:`stemd._broker.lane`)."""
+
+    def serve_locally(self, queue: str, capacity: int) -> None:
+        """This process's workers serve ``queue``: keep up to ``capacity`` of the run ids
+        it enqueues there for them."""
         ...
 
 

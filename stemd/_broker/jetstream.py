@@ -23,11 +23,14 @@ URL options (query string or keyword arguments): ``stream``, ``prefix``, ``repli
 ``storage`` (file|memory), ``ack_wait``, ``max_deliver``, ``max_ack_pending``,
 ``duplicate_window``, ``expires``, ``timeout``, ``publish_retry``, ``dlq`` (0/1),
 ``dlq_cancel`` (0/1: also cancel the dead-lettered run), ``schedules`` (0/1: timers as
-JetStream scheduled messages too, in the stream ``STEM_TASKS_TIMERS``).
+JetStream scheduled messages too, in the stream ``STEM_TASKS_TIMERS``), ``local`` (0/1:
+run ids that this process enqueues for its own workers' queue skip the stream, see
+:mod:`stemd._broker.lane`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -38,6 +41,7 @@ import structlog
 from stemd._broker.capabilities import EngineOps
 from stemd._broker.jetstream_deadletter import DeadLetters
 from stemd._broker.jetstream_schedules import ScheduledTimers, WatchTimers
+from stemd._broker.lane import Lane, LaneDelivery
 from stemd._broker.pull import JsMsg, PullConsumer
 from stemd._engine.observer import OnTimer
 from stemd._errors import ConfigError, StemError, TransportError
@@ -131,6 +135,8 @@ class JetStreamBroker:
             that the sweeper does not hand the poison task out again.
         schedules: also hold every timer as a JetStream scheduled message (server 2.12+),
             see :mod:`stemd._broker.jetstream_schedules`.
+        local: hand the run ids this process enqueues for a queue its workers serve to
+            them directly (:meth:`serve_locally`, :mod:`stemd._broker.lane`).
         auth: credentials and TLS for the connection (``[nats_auth]``).
     """
 
@@ -152,6 +158,7 @@ class JetStreamBroker:
         dlq: bool = True,
         dlq_cancel: bool = True,
         schedules: bool = True,
+        local: bool = True,
         name: str = "stemd-broker",
         auth: NatsAuth | None = None,
     ) -> None:
@@ -182,12 +189,14 @@ class JetStreamBroker:
         self.dlq = dlq
         self.dlq_cancel = dlq_cancel
         self.schedules = schedules
+        self.local = local
         self.name = name
         self.auth = auth
         self.dlq_stream = f"{stream}_DLQ"
         self.advisory_stream = f"{stream}_DEAD"
         self._conn: NatsConnection | None = None
         self._consumers: dict[str, PullConsumer] = {}
+        self._lanes: dict[str, Lane] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> JetStreamBroker:
@@ -199,7 +208,7 @@ class JetStreamBroker:
             **dict.fromkeys(
                 ("ack_wait", "duplicate_window", "expires", "timeout", "publish_retry"), float
             ),
-            **dict.fromkeys(("dlq", "dlq_cancel", "schedules"), as_bool),
+            **dict.fromkeys(("dlq", "dlq_cancel", "schedules", "local"), as_bool),
             **dict.fromkeys(("stream", "prefix", "storage", "name"), str),
             "auth": keep,
         }
@@ -266,6 +275,15 @@ class JetStreamBroker:
         self._conn = conn
 
     async def close(self) -> None:
+        # What this process's workers did not take goes to the stream, for any daemon
+        # (lost only with NATS away: the runs are runnable in the store, for the sweepers).
+        lanes, self._lanes = self._lanes, {}
+        for queue, lane in lanes.items():
+            for run_id in lane.drain():
+                try:
+                    await self._publish(run_id, queue)
+                except TransportError as exc:
+                    log.warning("run left to the sweepers", run_id=run_id, error=str(exc))
         consumers, self._consumers = self._consumers, {}
         for consumer in consumers.values():
             await consumer.close()
@@ -310,8 +328,22 @@ class JetStreamBroker:
             raise StemError(f"invalid queue name {queue!r}: use 1-64 letters, digits, '-', '_'")
         return queue
 
+    def serve_locally(self, queue: str, capacity: int) -> None:
+        """Hand the run ids of ``queue`` that this process enqueues to its own workers,
+        up to ``capacity`` waiting at once, without the stream (see
+        :mod:`stemd._broker.lane`); nothing when the broker's ``local`` option is off."""
+        if self.local and capacity > 0:
+            self._lanes[self._check_queue(queue)] = Lane(capacity)
+
     async def enqueue(self, run_id: str, queue: str, *, key: str | None = None) -> None:
         validate_run_id(run_id)
+        lane = self._lanes.get(queue)
+        if key is not None and lane is not None and lane.offer(run_id):
+            return
+        await self._publish(run_id, queue, key)
+
+    async def _publish(self, run_id: str, queue: str, key: str | None = None) -> None:
+        """Put ``run_id``'s task into the stream (see :meth:`enqueue`)."""
         subject = self.subject(self._check_queue(queue), run_id)
         conn = self.conn
         delay = 0.05
@@ -346,12 +378,30 @@ class JetStreamBroker:
         return consumer
 
     def queued(self, run_id: str) -> bool:
-        return False  # its queues are shared: another process's worker may take it
+        # Those of the stream are shared: another process's worker may take them.
+        return any(run_id in lane.queued for lane in self._lanes.values())
 
-    async def receive(self, queue: str) -> JetStreamDelivery:
+    async def receive(self, queue: str) -> JetStreamDelivery | LaneDelivery:
         consumer = self.consumer(queue)
+        lane = self._lanes.get(queue)
         while True:
-            msg = await consumer.next()
+            if lane is None:
+                msg = await consumer.next()
+            else:
+                run_id = lane.take(consumer.ready())
+                if run_id is not None:
+                    return LaneDelivery(run_id, queue, self._publish)
+                with anyio.CancelScope() as woken:  # cancelled when a run id comes
+                    lane.receivers.append(woken)
+                    try:
+                        msg = await consumer.next()
+                    finally:
+                        with contextlib.suppress(ValueError):
+                            lane.receivers.remove(woken)
+                if woken.cancelled_caught:
+                    continue
+                if woken.cancel_called:
+                    lane.wake()  # woken as a message came: pass the wake-up on
             if msg.subject.startswith(f"{self.prefix}.task.{queue}."):
                 return JetStreamDelivery(msg, queue, self.ack_wait / 3)
             log.warning("dropping a task on an unexpected subject", subject=msg.subject)

@@ -227,6 +227,10 @@ class PullConsumer:
         if pending is None:
             self._requested = 0
 
+    def ready(self) -> bool:
+        """Whether a message fetched already waits (:meth:`next` returns it at once)."""
+        return bool(self._buffer)
+
     async def next(self) -> JsMsg:
         """The next message (waits as long as it takes).
 

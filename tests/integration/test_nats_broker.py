@@ -223,7 +223,9 @@ async def test_ack_only_after_the_outcome_is_committed(
         await release.wait()
         return "done"
 
-    async with stemd.App(store=nats.url, broker=f"{nats.url}?ack_wait=1", workflows=[flow]) as app:
+    async with stemd.App(
+        store=nats.url, broker=f"{nats.url}?ack_wait=1&local=0", workflows=[flow]
+    ) as app:
         run_id = await app.start_workflow(flow)
         with anyio.fail_after(5):
             await entered.wait()

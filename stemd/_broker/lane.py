@@ -1,0 +1,114 @@
+"""A local lane beside a shared work queue: run ids that this process enqueues for a queue
+its own workers serve go straight to them, without a trip through the stream.
+
+A run made runnable here (started, woken by an event emitted here, by a timer fired here)
+is committed to the store first, as always; its task is only a prompt. Handing that prompt
+to this process's workers in memory saves the stream three operations (the publish and
+its acknowledgement, the delivery to a pull request, the worker's ack): a third of what
+nats-server does per workflow, a fifth of the daemon's CPU. Nothing is lost with the
+process: a run whose prompt was in the lane is runnable in the store with no lease, and
+every daemon's sweeper enqueues such runs. What is kept from the other daemons is
+bounded: the lane takes a run id only while it holds fewer than ``capacity`` and its
+oldest has waited less than ``max_wait`` seconds (this process's workers keep up);
+otherwise the run id goes to the stream, where any daemon takes it. Workers alternate
+between the lane and the stream's messages already fetched when both have some, so
+neither waits behind the other.
+
+Only enqueues with a key (the engine's transitions) use the lane: the sweeper's enqueues
+(no key) are recovery, meant for whichever daemon is free, and go to the stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    import anyio
+
+__all__ = ["Lane", "LaneDelivery"]
+
+
+class Lane:
+    """The run ids of one queue waiting for this process's workers, oldest first, each at
+    most once (see the module docstring for ``capacity`` and ``max_wait``); and the
+    workers blocked on the stream, woken when one comes."""
+
+    __slots__ = ("capacity", "items", "max_wait", "queued", "receivers", "turn")
+
+    def __init__(self, capacity: int, max_wait: float = 1.0) -> None:
+        self.capacity = capacity
+        self.max_wait = max_wait
+        # (run id, monotonic time it came), oldest first.
+        self.items: deque[tuple[str, float]] = deque()
+        self.queued: set[str] = set()
+        # The cancel scopes of the workers waiting on the stream, oldest first.
+        self.receivers: deque[anyio.CancelScope] = deque()
+        # Whether the last run id taken came from the lane (the next comes from the
+        # stream's fetched messages if there are any).
+        self.turn = False
+
+    def offer(self, run_id: str) -> bool:
+        """Take ``run_id`` (``True``), unless the lane is full or its oldest run id has
+        waited ``max_wait`` already (``False``: to the stream with it)."""
+        if run_id in self.queued:
+            return True
+        now = time.monotonic()
+        items = self.items
+        if len(items) >= self.capacity or (items and now - items[0][1] >= self.max_wait):
+            return False
+        items.append((run_id, now))
+        self.queued.add(run_id)
+        self.wake()
+        return True
+
+    def wake(self) -> None:
+        """Wake one worker waiting on the stream, if a run id waits here."""
+        if self.items and self.receivers:
+            self.receivers.popleft().cancel()
+
+    def take(self, stream_ready: bool) -> str | None:
+        """The next run id of the lane, or ``None`` when it is empty or it is the turn of
+        the stream's fetched messages (``stream_ready``: there are some)."""
+        if not self.items or (self.turn and stream_ready):
+            self.turn = False
+            return None
+        self.turn = True
+        run_id = self.items.popleft()[0]
+        self.queued.discard(run_id)
+        return run_id
+
+    def drain(self) -> list[str]:
+        """Empty the lane; its run ids, oldest first."""
+        items = [run_id for run_id, _ in self.items]
+        self.items.clear()
+        self.queued.clear()
+        return items
+
+
+class LaneDelivery:
+    """A run id handed over through a :class:`Lane`: nothing to acknowledge; handed back
+    (:meth:`nak`), it goes to the stream for any daemon."""
+
+    __slots__ = ("_give_back", "queue", "run_id")
+
+    heartbeat: float | None = None
+
+    def __init__(
+        self, run_id: str, queue: str, give_back: Callable[[str, str], Awaitable[None]]
+    ) -> None:
+        self.run_id = run_id
+        self.queue = queue
+        self._give_back = give_back
+
+    async def ack(self) -> None:
+        return None
+
+    async def nak(self, delay: float | None = None) -> None:
+        await self._give_back(self.run_id, self.queue)
+
+    async def in_progress(self) -> None:
+        return None
