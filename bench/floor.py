@@ -132,11 +132,13 @@ async def latency(workflow: Workflow, runs: int, first: int) -> dict[str, Any]:
     return {"p50_ms": round(q[49] * 1000, 3), "p99_ms": round(q[98] * 1000, 3)}
 
 
-async def both(workflow: Workflow, args: argparse.Namespace) -> dict[str, Any]:
-    await measure(workflow, args.warmup, args.concurrency)  # warm up, ids below runs
-    row = await measure(workflow, args.runs, args.concurrency)
+async def both(make: Callable[[str], Workflow], args: argparse.Namespace) -> dict[str, Any]:
+    """Warm up, then throughput and latency; ``make(prefix)`` is the workflow, its run
+    ids starting with ``prefix`` (each measurement its own: warm-up, the rest)."""
+    await measure(make("w"), args.warmup, args.concurrency)
+    row = await measure(make("r"), args.runs, args.concurrency)
     if args.latency_runs:
-        row.update(await latency(workflow, args.latency_runs, args.runs))
+        row.update(await latency(make("r"), args.latency_runs, args.runs))
     return row
 
 
@@ -151,21 +153,14 @@ async def sqlite_engine(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             run_id = await app.start_workflow(three_steps)
             await app.wait_for_completion(run_id, timeout=30)
 
-        return await both(one, args)
+        return await both(lambda _: one, args)
 
 
 async def sqlite_store(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     store = SqliteStore(path, synchronous="FULL")
     await store.open()
     try:
-        # Each measurement uses ids of its own: warm-up, throughput, latency.
-        warm = store_workflow(store, "w")
-        hot = store_workflow(store, "r")
-        await measure(warm, args.warmup, args.concurrency)
-        row = await measure(hot, args.runs, args.concurrency)
-        if args.latency_runs:
-            row.update(await latency(hot, args.latency_runs, args.runs))
-        return row
+        return await both(lambda prefix: store_workflow(store, prefix), args)
     finally:
         await store.close()
 
@@ -184,7 +179,7 @@ async def sqlite_hops(path: Path, args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(5):
                 await writer.submit(_nothing, txn=False)
 
-        return await both(one, args)
+        return await both(lambda _: one, args)
     finally:
         await store.close()
 
@@ -228,11 +223,7 @@ async def sqlite_inline(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         return one
 
     try:
-        await measure(make("w"), args.warmup, args.concurrency)
-        row = await measure(make("r"), args.runs, args.concurrency)
-        if args.latency_runs:
-            row.update(await latency(make("r"), args.latency_runs, args.runs))
-        return row
+        return await both(make, args)
     finally:
         db.close()
 
@@ -261,11 +252,7 @@ async def kv_store(url: str, args: argparse.Namespace) -> dict[str, Any]:
     store = JetStreamStore(url, bucket="floor")
     await store.open()
     try:
-        await measure(store_workflow(store, "w"), args.warmup, args.concurrency)
-        row = await measure(store_workflow(store, "r"), args.runs, args.concurrency)
-        if args.latency_runs:
-            row.update(await latency(store_workflow(store, "r"), args.latency_runs, args.runs))
-        return row
+        return await both(lambda prefix: store_workflow(store, prefix), args)
     finally:
         await store.close()
 
@@ -298,11 +285,7 @@ async def kv_broker(url: str, args: argparse.Namespace) -> dict[str, Any]:
         return one
 
     try:
-        await measure(make("w"), args.warmup, args.concurrency)
-        row = await measure(make("r"), args.runs, args.concurrency)
-        if args.latency_runs:
-            row.update(await latency(make("r"), args.latency_runs, args.runs))
-        return row
+        return await both(make, args)
     finally:
         await broker.close()
         await store.close()
@@ -319,7 +302,7 @@ async def kv_publish(url: str, args: argparse.Namespace) -> dict[str, Any]:
             for n in range(7):
                 await conn.js_publish(f"floor.{i % 64}.{n}", VALUE)
 
-        return await both(one, args)
+        return await both(lambda _: one, args)
     finally:
         await conn.close()
 
@@ -336,7 +319,7 @@ async def kv_natspy(url: str, args: argparse.Namespace) -> dict[str, Any]:
             for n in range(7):
                 await js.publish(f"floorpy.{i % 64}.{n}", VALUE)
 
-        return await both(one, args)
+        return await both(lambda _: one, args)
     finally:
         await nc.close()
 
