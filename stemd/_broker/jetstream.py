@@ -30,7 +30,6 @@ run ids that this process enqueues for its own workers' queue skip the stream, s
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -333,7 +332,7 @@ class JetStreamBroker:
         up to ``capacity`` waiting at once, without the stream (see
         :mod:`stemd._broker.lane`); nothing when the broker's ``local`` option is off."""
         if self.local and capacity > 0:
-            self._lanes[self._check_queue(queue)] = Lane(capacity)
+            self._lanes[self._check_queue(queue)] = Lane(capacity, self.consumer(queue).poke)
 
     async def enqueue(self, run_id: str, queue: str, *, key: str | None = None) -> None:
         validate_run_id(run_id)
@@ -391,17 +390,12 @@ class JetStreamBroker:
                 run_id = lane.take(consumer.ready())
                 if run_id is not None:
                     return LaneDelivery(run_id, queue, self._publish)
-                with anyio.CancelScope() as woken:  # cancelled when a run id comes
-                    lane.receivers.append(woken)
-                    try:
-                        msg = await consumer.next()
-                    finally:
-                        with contextlib.suppress(ValueError):
-                            lane.receivers.remove(woken)
-                if woken.cancelled_caught:
-                    continue
-                if woken.cancel_called:
-                    lane.wake()  # woken as a message came: pass the wake-up on
+                found = await consumer.next_or_poked()
+                if found is None:
+                    continue  # poked: a run id came to the lane
+                msg = found
+                if lane.items:
+                    consumer.poke()  # a message came first: pass the wake-up on
             if msg.subject.startswith(f"{self.prefix}.task.{queue}."):
                 return JetStreamDelivery(msg, queue, self.ack_wait / 3)
             log.warning("dropping a task on an unexpected subject", subject=msg.subject)

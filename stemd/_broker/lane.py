@@ -27,26 +27,23 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    import anyio
-
 __all__ = ["Lane", "LaneDelivery"]
 
 
 class Lane:
     """The run ids of one queue waiting for this process's workers, oldest first, each at
-    most once (see the module docstring for ``capacity`` and ``max_wait``); and the
-    workers blocked on the stream, woken when one comes."""
+    most once (see the module docstring for ``capacity`` and ``max_wait``). ``wake``
+    wakes a worker waiting on the stream, if one is (``False``: none is)."""
 
-    __slots__ = ("capacity", "items", "max_wait", "queued", "receivers", "turn")
+    __slots__ = ("capacity", "items", "max_wait", "queued", "turn", "wake")
 
-    def __init__(self, capacity: int, max_wait: float = 1.0) -> None:
+    def __init__(self, capacity: int, wake: Callable[[], bool], max_wait: float = 1.0) -> None:
         self.capacity = capacity
+        self.wake = wake
         self.max_wait = max_wait
         # (run id, monotonic time it came), oldest first.
         self.items: deque[tuple[str, float]] = deque()
         self.queued: set[str] = set()
-        # The cancel scopes of the workers waiting on the stream, oldest first.
-        self.receivers: deque[anyio.CancelScope] = deque()
         # Whether the last run id taken came from the lane (the next comes from the
         # stream's fetched messages if there are any).
         self.turn = False
@@ -64,11 +61,6 @@ class Lane:
         self.queued.add(run_id)
         self.wake()
         return True
-
-    def wake(self) -> None:
-        """Wake one worker waiting on the stream, if a run id waits here."""
-        if self.items and self.receivers:
-            self.receivers.popleft().cancel()
 
     def take(self, stream_ready: bool) -> str | None:
         """The next run id of the lane, or ``None`` when it is empty or it is the turn of

@@ -119,10 +119,12 @@ class JsMsg:
 class _Waiter:
     """One receiver waiting in :meth:`PullConsumer.next`."""
 
-    __slots__ = ("_event", "msg")
+    __slots__ = ("_event", "msg", "pokeable", "poked")
 
-    def __init__(self) -> None:
+    def __init__(self, pokeable: bool) -> None:
         self.msg: NatsMsg | None = None
+        self.pokeable = pokeable
+        self.poked = False  # told to look elsewhere (see PullConsumer.poke)
         self._event = anyio.Event()
 
     def wake(self) -> None:
@@ -168,6 +170,8 @@ class PullConsumer:
         self._requested = 0  # messages asked for and neither delivered nor expired
         self._deadline = 0.0  # monotonic time by which every request in flight expires
         self._reading = False
+        self._reader: _Waiter | None = None  # the waiter reading the inbox
+        self._read_scope: anyio.CancelScope | None = None  # its wait for a message
         self._ensured = False
         self._received = 0
         self._requests = 0
@@ -231,21 +235,49 @@ class PullConsumer:
         """Whether a message fetched already waits (:meth:`next` returns it at once)."""
         return bool(self._buffer)
 
+    def poke(self) -> bool:
+        """Wake one receiver waiting in ``next(pokeable=True)``, which then returns
+        ``None`` (unless a message reached it first): there is work for it elsewhere.
+        ``False`` when none waits."""
+        for waiter in self._waiters:
+            idle = waiter.msg is None and waiter is not self._reader
+            if idle and waiter.pokeable and not waiter.poked:
+                waiter.poked = True
+                waiter.wake()
+                return True
+        reader, scope = self._reader, self._read_scope
+        if reader is not None and reader.pokeable and not reader.poked and scope is not None:
+            reader.poked = True
+            scope.cancel()  # its own timeout's scope: it stops reading, nothing is lost
+            return True
+        return False
+
     async def next(self) -> JsMsg:
         """The next message (waits as long as it takes).
 
         Raises:
             TransportError: the consumer is closed.
         """
+        msg = await self._next(False)
+        assert msg is not None  # only a pokeable receiver is poked
+        return msg
+
+    async def next_or_poked(self) -> JsMsg | None:
+        """As :meth:`next`, or ``None`` once woken by :meth:`poke`."""
+        return await self._next(True)
+
+    async def _next(self, pokeable: bool) -> JsMsg | None:
         if self._buffer:
             return JsMsg(self.conn, self._buffer.popleft())
-        waiter = _Waiter()
+        waiter = _Waiter(pokeable)
         self._waiters.append(waiter)
         try:
             while waiter.msg is None:
                 if self._buffer:
                     waiter.msg = self._buffer.popleft()
                     break
+                if waiter.poked:
+                    return None
                 if self._closed:
                     raise TransportError(f"consumer {self.name} is closed")
                 await self._top_up()
@@ -253,7 +285,11 @@ class PullConsumer:
                     # Woken with a message, or to take over reading the inbox.
                     await waiter.wait()
                 else:
-                    await self._read_inbox()
+                    self._reader = waiter
+                    try:
+                        await self._read_inbox()
+                    finally:
+                        self._reader = None
             return JsMsg(self.conn, waiter.msg)
         except BaseException:
             if waiter.msg is not None:  # handed a message, but cancelled: keep it
@@ -307,7 +343,7 @@ class PullConsumer:
             # Until the requests in flight expire; with none (refused), until the pause ends.
             until = self._deadline if self._requested else self._paused_until
             wait = max(0.05, until - time.monotonic())
-            with anyio.move_on_after(wait):
+            with anyio.move_on_after(wait) as self._read_scope:
                 self._handle(await self._sub.receive())
                 # Take whatever else is already there without waiting.
                 while True:
@@ -318,6 +354,7 @@ class PullConsumer:
                     self._handle(msg)
         finally:
             self._reading = False
+            self._read_scope = None
 
     async def close(self) -> None:
         """Stop: buffered messages are handed back (nak) for others to take."""
