@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import anyio
 import pytest
 
 import stemd
+from stemd._natsconn import open_connection
 from tests.helpers import wait_until
 
 if TYPE_CHECKING:
@@ -207,6 +209,36 @@ async def test_runs_of_a_killed_daemon_finish_on_the_other(
     lines = effects.read_text().splitlines()
     assert all(" victim " not in line for line in lines[killed_at:])
     assert any(" survivor " in line for line in lines[killed_at:])
+
+
+async def test_runs_in_a_killed_daemons_lane_finish_on_the_other(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    """Runs started through a daemon wait in its own lane, not in the work queue; killed
+    with runs there, their prompts die with it, and the other daemon finishes every run
+    (its sweeper finds them runnable in the store)."""
+    effects = tmp_path / "effects.txt"
+    ids = [f"lane-{i}" for i in range(6)]
+    async with (
+        daemons(nats.url, effects, "victim", concurrency="1") as [victim],
+        client(nats.url) as app,
+    ):
+        conn = await open_connection(nats.url, name="starter")
+        try:
+            for run_id in ids:  # through the victim's API: it is the only daemon
+                body = json.dumps({"workflow": "slow.flow", "run_id": run_id}).encode()
+                reply = await conn.request("stem.api.start", body, timeout=10)
+                assert b'"created":true' in reply.data, reply.data
+            info = await conn.js_api("STREAM.INFO.STEM_TASKS")
+        finally:
+            await conn.close()
+        assert info["state"]["last_seq"] < len(ids)  # the lane kept some from the stream
+        await wait_until(effect_lines, effects, " victim ", 1, timeout=20, what="victim steps")
+        victim.kill()
+        async with daemons(nats.url, effects, "survivor") as [survivor]:
+            await wait_completed(app, len(ids), timeout=60)
+            assert survivor.alive
+    assert sorted(dict(effects_by_run(effects))) == ids
 
 
 async def test_daemons_reconnect_after_nats_restarts_mid_load(
