@@ -57,6 +57,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import stemd  # noqa: E402
+from bench.daemons import cpu_seconds  # noqa: E402
 from bench.workflows import three_steps  # noqa: E402
 from stemd._model import RunStatus  # noqa: E402
 from stemd._store import sqlite_ops as ops  # noqa: E402
@@ -156,13 +157,17 @@ async def sqlite_engine(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         return await both(lambda _: one, args)
 
 
-async def sqlite_store(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    store = SqliteStore(path, synchronous="FULL")
+async def store_layer(store: Store, args: argparse.Namespace) -> dict[str, Any]:
+    """The five writes as calls of ``store`` (opened here, and closed)."""
     await store.open()
     try:
         return await both(lambda prefix: store_workflow(store, prefix), args)
     finally:
         await store.close()
+
+
+async def sqlite_store(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    return await store_layer(SqliteStore(path, synchronous="FULL"), args)
 
 
 def _nothing(db: sqlite3.Connection) -> None:
@@ -239,22 +244,10 @@ SQLITE = {
 # -- KV -------------------------------------------------------------------------------
 
 
-def _server_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def kv_store(url: str, args: argparse.Namespace) -> dict[str, Any]:
     from stemd._store.jetstream import JetStreamStore
 
-    store = JetStreamStore(url, bucket="floor")
-    await store.open()
-    try:
-        return await both(lambda prefix: store_workflow(store, prefix), args)
-    finally:
-        await store.close()
+    return await store_layer(JetStreamStore(url, bucket="floor"), args)
 
 
 async def kv_broker(url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -359,9 +352,9 @@ async def run_kv(args: argparse.Namespace) -> dict[str, Any]:
         async with nats_server() as server:
             pid = server.pid
             assert pid is not None
-            before = _server_cpu(pid)
+            before = cpu_seconds(pid)
             row = await fn(server.url, args)
-            spent = _server_cpu(pid) - before
+            spent = cpu_seconds(pid) - before
             runs = args.warmup + args.runs + args.latency_runs
             row["server_cpu_us_per_workflow"] = round(1e6 * spent / runs, 1)
         out[layer] = row

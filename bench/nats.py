@@ -47,7 +47,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import stemd  # noqa: E402
-from bench.daemons import Completions  # noqa: E402
+from bench.daemons import Completions, cpu_seconds  # noqa: E402
 from bench.workflows import three_steps  # noqa: E402
 from stemd._natsconn import NatsConnection, open_connection  # noqa: E402
 from stemd.testing._nats import nats_server  # noqa: E402
@@ -82,12 +82,6 @@ async def start(conn: NatsConnection, run_id: str) -> float:
     if b'"created":true' not in reply.data:
         raise RuntimeError(f"start failed: {reply.data!r}")
     return t0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
