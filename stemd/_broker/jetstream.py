@@ -30,6 +30,7 @@ run ids that this process enqueues for its own workers' queue skip the stream, s
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -341,6 +342,18 @@ class JetStreamBroker:
             return
         await self._publish(run_id, queue, key)
 
+    async def _give_back(self, run_id: str, queue: str) -> None:
+        """A lane's run id handed back by a worker: into the lane again, or, the broker
+        closed, to the stream if NATS takes it at once (else the sweepers find the run)."""
+        lane = self._lanes.get(queue)
+        if lane is not None:
+            lane.put_back(run_id)
+            return
+        subject = self.subject(queue, run_id)
+        if self._conn is not None:
+            with contextlib.suppress(TransportError):
+                await self._conn.js_publish(subject, b"")
+
     async def _publish(self, run_id: str, queue: str, key: str | None = None) -> None:
         """Put ``run_id``'s task into the stream (see :meth:`enqueue`)."""
         subject = self.subject(self._check_queue(queue), run_id)
@@ -389,7 +402,7 @@ class JetStreamBroker:
             else:
                 run_id = lane.take(consumer.ready())
                 if run_id is not None:
-                    return LaneDelivery(run_id, queue, self._publish)
+                    return LaneDelivery(run_id, queue, self._give_back)
                 found = await consumer.next_or_poked()
                 if found is None:
                     continue  # poked: a run id came to the lane

@@ -62,6 +62,14 @@ class Lane:
         self.wake()
         return True
 
+    def put_back(self, run_id: str) -> None:
+        """Queue ``run_id`` again, first, whatever the lane holds (handed back by a
+        worker that took it: the lane had room for it then)."""
+        if run_id not in self.queued:
+            self.items.appendleft((run_id, time.monotonic()))
+            self.queued.add(run_id)
+            self.wake()
+
     def take(self, stream_ready: bool) -> str | None:
         """The next run id of the lane, or ``None`` when it is empty or it is the turn of
         the stream's fetched messages (``stream_ready``: there are some)."""
@@ -83,7 +91,7 @@ class Lane:
 
 class LaneDelivery:
     """A run id handed over through a :class:`Lane`: nothing to acknowledge; handed back
-    (:meth:`nak`), it goes to the stream for any daemon."""
+    (:meth:`nak`), it goes back to the lane (to the stream once the broker closed)."""
 
     __slots__ = ("_give_back", "queue", "run_id")
 

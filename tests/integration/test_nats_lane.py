@@ -109,3 +109,27 @@ async def test_runs_left_in_the_lane_go_to_the_stream_when_the_daemon_stops(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_run_handed_back_goes_back_to_the_lane(
+    nats: NatsServer, conn: NatsConnection
+) -> None:
+    """A worker that hands a lane's run id back (nak: draining, an outage) puts it back
+    in the lane, first, for the next worker: no trip through the stream, no wait for
+    NATS while it is away."""
+    broker = JetStreamBroker(nats.url)
+    await broker.open()
+    try:
+        broker.serve_locally("q", 4)
+        await broker.enqueue("r1", "q", key="r1:1")
+        await broker.enqueue("r2", "q", key="r2:1")
+        first = await broker.receive("q")
+        assert first.run_id == "r1"
+        assert not broker.queued("r1")
+        await first.nak(1.0)
+        assert broker.queued("r1")
+        with anyio.fail_after(5):
+            assert [(await broker.receive("q")).run_id for _ in range(2)] == ["r1", "r2"]
+        assert await tasks_published(conn) == 0
+    finally:
+        await broker.close()
