@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -65,7 +64,7 @@ from bench.daemons import (  # noqa: E402
 )
 from bench.workflows import three_steps  # noqa: E402
 from stemd._natsconn import NatsConnection, open_connection  # noqa: E402
-from tests.chaos.cluster import ClusterNode, free_ports  # noqa: E402
+from tests.chaos.cluster import ClusterNode, adapt_configs, free_ports  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -73,9 +72,6 @@ if TYPE_CHECKING:
 ROOT = _HERE.parent
 SINGLE = [ROOT / "deploy" / "nats" / "single.conf"]
 CLUSTER = [ROOT / "deploy" / "nats" / "cluster" / f"n{i}.conf" for i in (1, 2, 3)]
-_ADDRESS = re.compile(r"127\.0\.0\.1:(\d+)")
-_STORE_DIR = re.compile(r"^(\s*store_dir:\s*)(\S+)$", re.MULTILINE)
-_SYNC = re.compile(r"^(\s*sync_interval:\s*)(\S+)$", re.MULTILINE)
 FLOW = three_steps.name
 STREAM = "STEM_TASKS"
 QUEUE = "workflow"
@@ -87,26 +83,10 @@ QUEUE = "workflow"
 def adapt(configs: list[Path], tmp: Path, sync: str | None) -> list[ClusterNode]:
     """The nodes of ``configs`` (written into ``tmp``) with fresh loopback ports and store
     directories; ``sync`` replaces ``sync_interval`` unless ``None``."""
-    texts = [path.read_text() for path in configs]
-    ports = sorted({int(p) for text in texts for p in _ADDRESS.findall(text)})
-    mapping = dict(zip(ports, free_ports(len(ports)), strict=True))
-    nodes = []
-    for path, text in zip(configs, texts, strict=True):
-        name = re.search(r"^server_name:\s*(\S+)", text, re.MULTILINE)
-        client = re.search(r"^listen:\s*127\.0\.0\.1:(\d+)", text, re.MULTILINE)
-        http = re.search(r"^http:\s*127\.0\.0\.1:(\d+)", text, re.MULTILINE)
-        if not (name and client and http):
-            raise SystemExit(f"{path}: no server_name, listen or http")
-        store = tmp / name[1]
-        store.mkdir()
-        text = _ADDRESS.sub(lambda m: f"127.0.0.1:{mapping[int(m[1])]}", text)
-        text = _STORE_DIR.sub(lambda m, store=store: f"{m[1]}{store}", text)
-        if sync is not None:
-            text = _SYNC.sub(lambda m: f"{m[1]}{sync}", text)
-        out = tmp / path.name
-        out.write_text(text)
-        nodes.append(ClusterNode(name[1], out, mapping[int(client[1])], mapping[int(http[1])]))
-    return nodes
+    try:
+        return [ClusterNode(*spec) for spec in adapt_configs(configs, tmp, sync)]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 @contextlib.asynccontextmanager

@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 
     from stemd._natsconn import NatsConnection
 
-__all__ = ["ClusterNode", "nats_cluster", "stream_cluster"]
+__all__ = ["ClusterNode", "adapt_configs", "free_ports", "nats_cluster", "stream_cluster"]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = [ROOT / "deploy" / "nats" / "cluster" / f"n{i}.conf" for i in (1, 2, 3)]
 _ADDRESS = re.compile(r"127\.0\.0\.1:(\d+)")
 _STORE_DIR = re.compile(r"^(\s*store_dir:\s*)(\S+)$", re.MULTILINE)
+_SYNC = re.compile(r"^(\s*sync_interval:\s*)(\S+)$", re.MULTILINE)
 
 
 def free_ports(count: int) -> list[int]:
@@ -41,27 +42,44 @@ def free_ports(count: int) -> list[int]:
 
 
 def substitute(tmp: Path) -> list[tuple[str, Path, int, int]]:
-    """Write the three configs into ``tmp`` with fresh loopback ports and store dirs;
-    return (server name, config path, client port, monitoring port) per node."""
-    texts = [path.read_text() for path in CONFIGS]
-    for text in texts:
+    """Write the three shipped configs into ``tmp`` with fresh loopback ports and store
+    dirs; return (server name, config path, client port, monitoring port) per node."""
+    for path in CONFIGS:
+        text = path.read_text()
         assert "sync_interval: always" in text, "the shipped cluster must fsync every write"
         assert "0.0.0.0" not in text
+    return adapt_configs(CONFIGS, tmp)
+
+
+def adapt_configs(
+    configs: list[Path], tmp: Path, sync: str | None = None
+) -> list[tuple[str, Path, int, int]]:
+    """Write ``configs`` into ``tmp`` with fresh loopback ports (the same for every
+    mention of a port across them) and a store dir each; ``sync`` replaces
+    ``sync_interval`` unless ``None``. (server name, config path, client port,
+    monitoring port) per node.
+
+    Raises:
+        ValueError: a config without server_name, listen, http or store_dir.
+    """
+    texts = [path.read_text() for path in configs]
     ports = sorted({int(p) for text in texts for p in _ADDRESS.findall(text)})
     mapping = dict(zip(ports, free_ports(len(ports)), strict=True))
     nodes = []
-    for path, text in zip(CONFIGS, texts, strict=True):
+    for path, text in zip(configs, texts, strict=True):
         name = re.search(r"^server_name:\s*(\S+)", text, re.MULTILINE)
         client = re.search(r"^listen:\s*127\.0\.0\.1:(\d+)", text, re.MULTILINE)
         http = re.search(r"^http:\s*127\.0\.0\.1:(\d+)", text, re.MULTILINE)
-        assert name, f"{path}: no server_name"
-        assert client, f"{path}: no listen"
-        assert http, f"{path}: no http"
+        if not (name and client and http):
+            raise ValueError(f"{path}: no server_name, listen or http")
         store = tmp / name[1]
         store.mkdir()
         text = _ADDRESS.sub(lambda m: f"127.0.0.1:{mapping[int(m[1])]}", text)
         text, n = _STORE_DIR.subn(lambda m, store=store: f"{m[1]}{store}", text)
-        assert n == 1, f"{path}: no store_dir"
+        if n != 1:
+            raise ValueError(f"{path}: no store_dir")
+        if sync is not None:
+            text = _SYNC.sub(lambda m: f"{m[1]}{sync}", text)
         out = tmp / path.name
         out.write_text(text)
         nodes.append((name[1], out, mapping[int(client[1])], mapping[int(http[1])]))
