@@ -5,7 +5,7 @@ A run made runnable here (started, woken by an event emitted here, by a timer fi
 is committed to the store first, as always; its task is only a prompt. Handing that prompt
 to this process's workers in memory saves the stream three operations (the publish and
 its acknowledgement, the delivery to a pull request, the worker's ack): a third of what
-nats-server does per workflow, a fifth of the daemon's CPU. Nothing is lost with the
+nats-server does per workflow, about a sixth of the daemon's CPU. Nothing is lost with the
 process: a run whose prompt was in the lane is runnable in the store with no lease, and
 every daemon's sweeper enqueues such runs. What is kept from the other daemons is
 bounded: the lane takes a run id only while it holds fewer than ``capacity`` and its
