@@ -31,6 +31,7 @@ _SYNC = re.compile(r"^(\s*sync_interval:\s*)(\S+)$", re.MULTILINE)
 
 
 def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free now."""
     sockets = [socket.socket() for _ in range(count)]
     try:
         for s in sockets:
