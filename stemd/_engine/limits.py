@@ -240,10 +240,15 @@ class LimitedStore:
         if claim is None:
             await self._release(holder, held)  # not claimable: it keeps its place
             return None
-        if queued:
-            await leave(self.slots, place, held)
         self._held[(run_id, claim.token)] = (holder, held)
         self.slots_taken[rec.workflow] += 1
+        if queued:
+            # The claim is written: nothing may undo it now. A place not given up lapses
+            # by itself (LINE_HOLD), holding back no one for long.
+            try:
+                await leave(self.slots, place, held)
+            except Exception as exc:
+                log.warning("place in line not given up", run_id=run_id, error=repr(exc))
         return claim
 
     async def renew_lease(self, run_id: str, token: int, now: datetime, lease: float) -> None:
@@ -285,11 +290,17 @@ class LimitedStore:
         expires = now + timedelta(seconds=self._ttl(lease))
         held: list[tuple[str, int]] = []
         # A rate's slots are held for their window; a concurrency slot for the lease.
-        for scope, limit in scopes:
-            if not await self.slots.acquire_slot(scope, holder, limit, now, expires):
+        try:
+            for scope, limit in scopes:
+                if not await self.slots.acquire_slot(scope, holder, limit, now, expires):
+                    await self._release(holder, held)
+                    return scope, limit
+                held.append((scope, limit))
+        except BaseException:
+            # Those taken would keep others out until they expired.
+            with anyio.move_on_after(5, shield=True), contextlib.suppress(Exception):
                 await self._release(holder, held)
-                return scope, limit
-            held.append((scope, limit))
+            raise
         return None
 
     async def _release(self, holder: str, held: list[tuple[str, int]]) -> None:

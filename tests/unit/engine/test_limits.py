@@ -21,8 +21,10 @@ from stemd._engine.limits import (
     LimitedStore,
     effective_limits,
 )
+from stemd._errors import StoreError
 from stemd._observe import install_metrics, refresh_metrics
 from stemd._options import LimitSettings
+from stemd._store.base import Complete
 from stemd._store.memory import MemoryStore
 from tests.helpers import open_app, wait_until
 from tests.unit.store.test_contract import LEASE, T0, record
@@ -232,3 +234,60 @@ async def test_a_stale_read_never_lets_a_claim_skip_its_slot() -> None:
     assert held is not None
     assert held.error is not None
     assert held.error.code == WAITING_FOR_SLOT_CODE
+
+
+class _LineStuck(MemoryStore):
+    """A memory store where leaving a limit's line fails (its key's writes conflicting
+    beyond the store's patience, as on a hot JetStream key)."""
+
+    async def release_slot(self, scope: str, holder: str) -> None:
+        if scope.startswith("line:"):
+            raise StoreError(f"slots of {scope}: gave up after 50 conflicts")
+        await super().release_slot(scope, holder)
+
+
+async def test_a_claim_stands_when_its_place_in_line_cannot_be_given_up() -> None:
+    """A run held back for a slot, then claimed, keeps its claim and its slot when leaving
+    the line fails (the place lapses by itself): the claim is not lost to an error raised
+    after it was written, which left the run claimed under a live owner with nobody's
+    slice running it (until the claim's lease ran out)."""
+    inner = _LineStuck()
+    limited = LimitedStore(
+        inner, {"limits.line": stemd.Limits(concurrency=1)}, {}, codec_for("json"), patience=0
+    )
+    for run_id in ("x", "y"):
+        await inner.create_run(record(run_id, workflow="limits.line"))
+    x = await limited.claim("x", "w1", T0, LEASE)
+    assert x is not None
+    assert await limited.claim("y", "w1", T0, LEASE) is None  # held back: in line
+    await limited.commit("x", x.token, Complete(result=b"1"), T0)
+    later = T0 + timedelta(seconds=5)
+    assert (await inner.fire_timer("y", later, b"null")).action == "woken"
+    y = await limited.claim("y", "w1", later, LEASE)
+    assert y is not None
+    assert await inner.slot_holders("wf:limits.line", later) != []
+    await limited.commit("y", y.token, Complete(result=b"2"), later)
+    assert await inner.slot_holders("wf:limits.line", later) == []  # freed by its commit
+
+
+class _KeySlotsFail(MemoryStore):
+    """A memory store whose key scopes' slots cannot be taken (their writes failing)."""
+
+    async def acquire_slot(
+        self, scope: str, holder: str, limit: int, now: Any, expires_at: Any
+    ) -> bool:
+        if scope.startswith("key:"):
+            raise StoreError(f"slots of {scope}: gave up after 50 conflicts")
+        return await super().acquire_slot(scope, holder, limit, now, expires_at)
+
+
+async def test_a_claim_that_fails_between_two_slots_keeps_neither() -> None:
+    """A claim that took the workflow's slot and then failed on its key's gives the first
+    back: it would keep every other run out until it expired."""
+    inner = _KeySlotsFail()
+    limits = stemd.Limits(concurrency=1, key=lambda p: p["n"], key_concurrency=1)
+    limited = LimitedStore(inner, {"limits.two": limits}, {}, codec_for("json"), patience=0)
+    await inner.create_run(record("x", workflow="limits.two"))
+    with pytest.raises(StoreError):
+        await limited.claim("x", "w1", T0, LEASE)
+    assert await inner.slot_holders("wf:limits.two", T0) == []
