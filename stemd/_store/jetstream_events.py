@@ -28,7 +28,7 @@ from stemd._natsconn import EXPECTED_LAST_SUBJECT_SEQ, WrongLastSequence
 from stemd._store import jetstream_doc as docs
 from stemd._store.base import Delivery, Event, Page, SendResult, cursor_of, topics_of
 from stemd._store.jetstream_doc import Mail
-from stemd._store.jetstream_records import MAX_TRIES
+from stemd._store.jetstream_records import MAX_TRIES, after_conflict
 from stemd._store.transitions import apply_delivery, apply_hold, choose_event, waits_on
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class Events:
             prev = last.seq if last is not None else 0
             return Event(topic=topic, seq=ack.seq, value=value, at=now, prev=prev)
         ttl = {"Nats-TTL": f"{max(1, math.ceil(retain))}s"}
-        for _ in range(MAX_TRIES):
+        for tries in range(MAX_TRIES):
             last = await bucket.retry("get", self._get_last, topic)
             number = 1
             prev = 0
@@ -210,7 +210,9 @@ class Events:
                     headers={**_EXPECTED_NEW, **ttl},
                 )
             except WrongLastSequence:
-                continue  # another emit took that number: read the last one again
+                # Another emit took that number: read the last one again.
+                await after_conflict(tries + 1)
+                continue
             expires = now + timedelta(seconds=retain)
             return Event(
                 topic=topic, seq=ack.seq, value=value, at=now, prev=prev, expires_at=expires

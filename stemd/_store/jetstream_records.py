@@ -9,9 +9,12 @@ read). The run's token is checked inside the document by the change itself.
 
 from __future__ import annotations
 
+import random
 import secrets
 from collections import OrderedDict
 from typing import TYPE_CHECKING
+
+import anyio
 
 from stemd._errors import LeaseLost, PayloadError, StoreError
 from stemd._natsconn import StoredMsg, WrongLastSequence
@@ -23,10 +26,23 @@ if TYPE_CHECKING:
 
     from stemd._store.jetstream_bucket import Bucket
 
-__all__ = ["MAX_TRIES", "FenceMoved", "Records"]
+__all__ = ["MAX_TRIES", "FenceMoved", "Records", "after_conflict"]
 
 # Conflicting writes an operation meets before it gives up.
 MAX_TRIES = 50
+# The longest pause between two tries of a compare-and-set that keeps conflicting.
+_MOST_PAUSE = 0.1
+
+
+async def after_conflict(conflicts: int) -> None:
+    """Pause before trying a compare-and-set again after its ``conflicts``-th conflict in
+    a row: at once after the first, then for a random share of a bound doubling from
+    1 ms up to 0.1 s. Writers of one hot key (a limit's slots and line, a topic) so take
+    turns instead of all trying again together, where the last of a hundred would meet
+    a hundred conflicts."""
+    if conflicts > 1:
+        await anyio.sleep(random.uniform(0, min(_MOST_PAUSE, 0.0005 * 2**conflicts)))
+
 
 Found = tuple[int, Doc]
 
@@ -192,7 +208,7 @@ class Records:
         cached = self.cached(run_id)
         trusted = False
         leader = False
-        for _ in range(MAX_TRIES):
+        for tries in range(MAX_TRIES):
             if cached is None:
                 cached = await self.read(run_id, leader=leader)
                 trusted = leader or self.bucket.replicas == 1
@@ -219,6 +235,7 @@ class Records:
             except WrongLastSequence:
                 self.forget(run_id)
                 cached = None
+                await after_conflict(tries + 1)
                 continue
             self.remember(run_id, new_rev, new)
             return doc, new

@@ -14,7 +14,7 @@ import msgspec
 from stemd._errors import StoreError
 from stemd._natsconn import WrongLastSequence
 from stemd._store.jetstream_doc import ms
-from stemd._store.jetstream_records import MAX_TRIES
+from stemd._store.jetstream_records import MAX_TRIES, after_conflict
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,7 +42,7 @@ async def _change(bucket: Bucket, scope: str, fn: Callable[[dict[str, int]], boo
     """Apply ``fn`` to the holders of ``scope`` (it changes them in place and says whether
     to write them) in a compare-and-set loop; what ``fn`` said last."""
     key = _key(scope)
-    for _ in range(MAX_TRIES):
+    for tries in range(MAX_TRIES):
         msg = await bucket.get(key, leader=True)
         held = _decoder.decode(msg.data).holders if msg is not None and msg.data else {}
         if not fn(held):
@@ -51,6 +51,7 @@ async def _change(bucket: Bucket, scope: str, fn: Callable[[dict[str, int]], boo
         try:
             await bucket.cas(key, msg.seq if msg is not None else 0, data)
         except WrongLastSequence:
+            await after_conflict(tries + 1)
             continue
         return True
     raise StoreError(f"slots of {scope}: gave up after {MAX_TRIES} conflicts")

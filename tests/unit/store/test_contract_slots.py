@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 
 from stemd._store.capabilities import Slots
@@ -38,3 +39,25 @@ async def test_an_expired_hold_frees_its_slot(store: Store) -> None:
     assert await store.acquire_slot("key:a:k", "dead", 1, T0, at(10))
     assert not await store.acquire_slot("key:a:k", "next", 1, at(9), at(19))
     assert await store.acquire_slot("key:a:k", "next", 1, at(10), at(20))
+
+
+async def test_many_holders_at_once_all_get_a_slot_of_one_scope(store: Store) -> None:
+    """A hundred holders taking (then giving up) a slot of one scope at once, as the runs
+    waiting in a limit's line do: every one gets its slot and gives it up (writers of one
+    hot key take turns, none fails)."""
+    assert isinstance(store, Slots)
+    holders = [f"h{i}" for i in range(100)]
+    got: list[bool] = []
+
+    async def take(holder: str) -> None:
+        got.append(await store.acquire_slot("line:wf:hot", holder, 2**31, T0, at(60)))
+
+    async with anyio.create_task_group() as tg:
+        for holder in holders:
+            tg.start_soon(take, holder)
+    assert got == [True] * len(holders)
+    assert await store.slot_holders("line:wf:hot", T0) == sorted(holders)
+    async with anyio.create_task_group() as tg:
+        for holder in holders:
+            tg.start_soon(store.release_slot, "line:wf:hot", holder)
+    assert await store.slot_holders("line:wf:hot", T0) == []
