@@ -342,12 +342,13 @@ class JetStreamBroker:
             return
         await self._publish(run_id, queue, key)
 
-    async def _give_back(self, run_id: str, queue: str) -> None:
-        """A lane's run id handed back by a worker: into the lane again, or, the broker
-        closed, to the stream if NATS takes it at once (else the sweepers find the run)."""
+    async def _give_back(self, run_id: str, queue: str, delay: float | None) -> None:
+        """A lane's run id handed back by a worker: into the lane again after ``delay``,
+        or, the broker closed, to the stream if NATS takes it at once (else the sweepers
+        find the run)."""
         lane = self._lanes.get(queue)
         if lane is not None:
-            lane.put_back(run_id)
+            lane.put_back(run_id, delay)
             return
         subject = self.subject(queue, run_id)
         if self._conn is not None:

@@ -20,6 +20,7 @@ Only enqueues with a key (the engine's transitions) use the lane: the sweeper's 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -35,7 +36,7 @@ class Lane:
     most once (see the module docstring for ``capacity`` and ``max_wait``). ``wake``
     wakes a worker waiting on the stream, if one is (``False``: none is)."""
 
-    __slots__ = ("capacity", "items", "max_wait", "queued", "turn", "wake")
+    __slots__ = ("capacity", "items", "later", "max_wait", "queued", "turn", "wake")
 
     def __init__(self, capacity: int, wake: Callable[[], bool], max_wait: float = 1.0) -> None:
         self.capacity = capacity
@@ -43,7 +44,9 @@ class Lane:
         self.max_wait = max_wait
         # (run id, monotonic time it came), oldest first.
         self.items: deque[tuple[str, float]] = deque()
+        # Every run id waiting here: in ``items``, or handed back to come again ``later``.
         self.queued: set[str] = set()
+        self.later: dict[str, asyncio.TimerHandle] = {}
         # Whether the last run id taken came from the lane (the next comes from the
         # stream's fetched messages if there are any).
         self.turn = False
@@ -62,13 +65,25 @@ class Lane:
         self.wake()
         return True
 
-    def put_back(self, run_id: str) -> None:
+    def put_back(self, run_id: str, delay: float | None = None) -> None:
         """Queue ``run_id`` again, first, whatever the lane holds (handed back by a
-        worker that took it: the lane had room for it then)."""
-        if run_id not in self.queued:
-            self.items.appendleft((run_id, time.monotonic()))
-            self.queued.add(run_id)
-            self.wake()
+        worker that took it: the lane had room for it then); after ``delay`` seconds if
+        given (a slice that failed is not tried again at once)."""
+        if run_id in self.queued:
+            return
+        self.queued.add(run_id)
+        if delay:
+            self.later[run_id] = asyncio.get_running_loop().call_later(delay, self._due, run_id)
+        else:
+            self._first(run_id)
+
+    def _due(self, run_id: str) -> None:
+        if self.later.pop(run_id, None) is not None:
+            self._first(run_id)
+
+    def _first(self, run_id: str) -> None:
+        self.items.appendleft((run_id, time.monotonic()))
+        self.wake()
 
     def take(self, stream_ready: bool) -> str | None:
         """The next run id of the lane, or ``None`` when it is empty or it is the turn of
@@ -82,23 +97,32 @@ class Lane:
         return run_id
 
     def drain(self) -> list[str]:
-        """Empty the lane; its run ids, oldest first."""
+        """Empty the lane; its run ids, oldest first, then those handed back to come
+        again later."""
         items = [run_id for run_id, _ in self.items]
+        for run_id, handle in self.later.items():
+            handle.cancel()
+            items.append(run_id)
         self.items.clear()
+        self.later.clear()
         self.queued.clear()
         return items
 
 
 class LaneDelivery:
     """A run id handed over through a :class:`Lane`: nothing to acknowledge; handed back
-    (:meth:`nak`), it goes back to the lane (to the stream once the broker closed)."""
+    (:meth:`nak`), it goes back to the lane after the delay (to the stream once the broker
+    closed)."""
 
     __slots__ = ("_give_back", "queue", "run_id")
 
     heartbeat: float | None = None
 
     def __init__(
-        self, run_id: str, queue: str, give_back: Callable[[str, str], Awaitable[None]]
+        self,
+        run_id: str,
+        queue: str,
+        give_back: Callable[[str, str, float | None], Awaitable[None]],
     ) -> None:
         self.run_id = run_id
         self.queue = queue
@@ -108,7 +132,7 @@ class LaneDelivery:
         return None
 
     async def nak(self, delay: float | None = None) -> None:
-        await self._give_back(self.run_id, self.queue)
+        await self._give_back(self.run_id, self.queue, delay)
 
     async def in_progress(self) -> None:
         return None

@@ -4,6 +4,7 @@ goes to the stream, and what is left in the lane when it stops goes there too.""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -114,22 +115,35 @@ async def _true(value: bool) -> bool:
 async def test_a_run_handed_back_goes_back_to_the_lane(
     nats: NatsServer, conn: NatsConnection
 ) -> None:
-    """A worker that hands a lane's run id back (nak: draining, an outage) puts it back
-    in the lane, first, for the next worker: no trip through the stream, no wait for
-    NATS while it is away."""
+    """A worker that hands a lane's run id back (nak: draining, an outage, a slice that
+    failed) puts it back in the lane, after the delay it asks (not at once: a failing
+    slice is not retried in a tight loop), then first; no trip through the stream, no wait
+    for NATS while it is away. One handed back with a delay still waiting at close goes to
+    the stream."""
     broker = JetStreamBroker(nats.url)
     await broker.open()
     try:
         broker.serve_locally("q", 4)
-        await broker.enqueue("r1", "q", key="r1:1")
-        await broker.enqueue("r2", "q", key="r2:1")
+        for run_id in ("r1", "r2", "r3"):
+            await broker.enqueue(run_id, "q", key=f"{run_id}:1")
         first = await broker.receive("q")
         assert first.run_id == "r1"
         assert not broker.queued("r1")
-        await first.nak(1.0)
+        await first.nak(None)
         assert broker.queued("r1")
         with anyio.fail_after(5):
-            assert [(await broker.receive("q")).run_id for _ in range(2)] == ["r1", "r2"]
+            assert (await broker.receive("q")).run_id == "r1"  # first again
+            again = await broker.receive("q")
+            assert again.run_id == "r2"
+            handed = time.monotonic()
+            await again.nak(0.5)
+            assert broker.queued("r2")
+            assert (await broker.receive("q")).run_id == "r3"
+            last = await broker.receive("q")
+            assert last.run_id == "r2"
+            assert time.monotonic() - handed >= 0.45
         assert await tasks_published(conn) == 0
+        await last.nak(60)
     finally:
         await broker.close()
+    assert await tasks_published(conn) == 1  # the one still waiting to come back
