@@ -18,7 +18,10 @@ A dead session is ended: its runs are given back (runnable, new fencing token) a
 enqueued at once, under a new deduplication key (a NATS broker's old, unacknowledged task
 of the run does not hold them back until its ``ack_wait``); one still unclaimed ``lease``
 seconds later is enqueued once more (its task may have gone to a process that hangs with
-its connection up).
+its connection up). The runs the dead process had received but not claimed yet (a NATS
+broker's tasks delivered to it, unacknowledged) are not in its session: the runnable runs
+whose task was delivered and never acknowledged get their task sent again, then and
+``lease`` seconds later (:class:`~stemd._broker.capabilities.InFlightTasks`).
 
 A session that finds its own record ended (it was silent for longer than ``lease``: a
 pause, a partition) cancels its slices in flight (their runs belong to others now) and
@@ -46,6 +49,7 @@ import anyio
 import msgspec
 import structlog
 
+from stemd._broker.capabilities import InFlightTasks
 from stemd._engine.leases import LeaseKeeper
 from stemd._engine.limits import LimitedStore
 from stemd._store.memory import MemoryStore
@@ -81,6 +85,8 @@ SKEW_BOUND = 2.0
 #: Seconds a run claimed under a session is held by the claim itself (a backstop for a
 #: claim whose session record is gone); the session, not this, decides takeover.
 CLAIM_HOLD = 3600.0
+#: The most runnable runs looked at for tasks in flight to a dead session, at a time.
+REDELIVER_BATCH = 1000
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -352,6 +358,22 @@ class SessionActor:
                 if rec is not None and rec.token == run.token and rec.lease_owner is None:
                     key = f"{run.run_id}:{run.token}:again"
                     await self.broker.enqueue(run.run_id, run.queue, key=key)
+        if due:
+            # Tasks the dead process's last pull requests caught after the first look.
+            await self._redeliver([run for runs in due for run in runs])
+
+    async def _redeliver(self, released: list[Released]) -> None:
+        """Send again the tasks of runnable runs delivered and never acknowledged (those
+        a dead process received and had not claimed), but those of ``released`` (enqueued
+        anew already), where the broker can tell which were delivered."""
+        broker = self.broker
+        if not isinstance(broker, InFlightTasks):
+            return
+        skip = {run.run_id for run in released}
+        found = await self.engine.store.runnable(self.engine.clock.now(), REDELIVER_BATCH)
+        sent = await broker.redeliver_in_flight([f for f in found if f[0] not in skip])
+        if sent:
+            log.info("tasks in flight to a dead session sent again", tasks=sent)
 
     async def _end_peer(self, session: SessionRecord, why: str) -> None:
         released = await self.store.end_session(session.session_id, self.engine.clock.now())
@@ -366,8 +388,8 @@ class SessionActor:
             runs=len(released),
         )
         await self._enqueue(released)
-        if released:
-            self._follow.append((time.monotonic() + self.lease, released))
+        self._follow.append((time.monotonic() + self.lease, released))
+        await self._redeliver(released)
 
     async def _enqueue(self, released: list[Released]) -> None:
         for run in released:

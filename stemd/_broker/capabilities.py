@@ -10,13 +10,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from stemd._actor import Actor
     from stemd._engine.observer import Observers
 
 if TYPE_CHECKING:
     from stemd._natsconn import NatsConnection
 
-__all__ = ["EngineOps", "HelperActors", "LocalLanes", "QueueDepth", "WorkQueueStreams"]
+__all__ = [
+    "EngineOps",
+    "HelperActors",
+    "InFlightTasks",
+    "LocalLanes",
+    "QueueDepth",
+    "WorkQueueStreams",
+]
 
 
 class EngineOps(Protocol):
@@ -55,6 +64,18 @@ class LocalLanes(Protocol):
     def serve_locally(self, queue: str, capacity: int) -> None:
         """This process's workers serve ``queue``: keep up to ``capacity`` of the run ids
         it enqueues there for them."""
+        ...
+
+
+@runtime_checkable
+class InFlightTasks(Protocol):
+    """A broker whose tasks, once delivered, stay with their receiver until acknowledged
+    or its acknowledgement wait runs out (JetStream: ``ack_wait``), so that those a dead
+    process fetched are held back that long unless sent again."""
+
+    async def redeliver_in_flight(self, found: Sequence[tuple[str, str]]) -> int:
+        """Send again the task of each ``(run_id, queue)`` (runnable runs nobody holds)
+        that was delivered and never acknowledged; how many were sent."""
         ...
 
 

@@ -47,11 +47,17 @@ from stemd._engine.observer import OnTimer
 from stemd._errors import ConfigError, StemError, TransportError
 from stemd._model import validate_run_id
 from stemd._natsauth import NatsAuth, redact_url
-from stemd._natsconn import MSG_ID, NatsConnection, open_connection, split_url
+from stemd._natsconn import (
+    MSG_ID,
+    JetStreamApiError,
+    NatsConnection,
+    open_connection,
+    split_url,
+)
 from stemd._options import as_bool, convert_options, keep
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from datetime import datetime
 
 __all__ = ["EngineOps", "JetStreamBroker", "JetStreamDelivery", "stream_name"]
@@ -380,6 +386,32 @@ class JetStreamBroker:
                 log.warning("enqueue failed; retrying", run_id=run_id, error=str(exc))
                 await anyio.sleep(delay)
                 delay = min(1.0, delay * 2)
+
+    async def redeliver_in_flight(self, found: Sequence[tuple[str, str]]) -> int:
+        """Publish again the task of each ``(run_id, queue)`` of ``found`` (runnable runs
+        nobody holds) that its consumer delivered and nobody acknowledged: it may be in
+        the hands of a dead process (fetched, not yet claimed), which would keep it from
+        every worker for ``ack_wait``. The copy's message id names the old task, so that
+        daemons doing this at once publish one; a copy of a task a live worker holds is
+        harmless (the claims are fenced: one of the two finds the run taken)."""
+        conn = self.conn
+        delivered: dict[str, int] = {}
+        sent = 0
+        for run_id, queue in found:
+            if queue not in delivered:
+                try:
+                    info = await conn.js_api(f"CONSUMER.INFO.{self.stream}.{queue}")
+                    delivered[queue] = int(info["delivered"]["stream_seq"])
+                except JetStreamApiError:
+                    delivered[queue] = 0  # no consumer yet: nothing was delivered
+            subject = self.subject(self._check_queue(queue), run_id)
+            task = await conn.direct_get(self.stream, subject)
+            if task is None or task.seq > delivered[queue]:
+                continue  # none, or not delivered yet: a worker will get it
+            key = f"{run_id}:in-flight:{task.seq}"
+            await conn.js_publish(subject, b"", headers={MSG_ID: key})
+            sent += 1
+        return sent
 
     def consumer(self, queue: str) -> PullConsumer:
         """The pull consumer of ``queue`` (created on first use)."""
