@@ -205,6 +205,7 @@ class App(AppQueries, AppSchedules, GroupOperations):
             # Workers keep their slices' leases from one task (WorkerPool), under a session.
             leases=lease_keeper(store, self.clock, self.workers, self.options.timing.lease),
             event_retention=self.options.event_retention,
+            health=self.health,
         )
         stack.callback(self._closed)
         if self.options.tracing:

@@ -208,7 +208,10 @@ class WorkerPool:
             return
         self._busy += 1
         try:
-            await self.engine.advance(delivery.run_id)
+            # A claim made for the worker is spent by this slice, whatever comes of it: a
+            # delivery handed back after it goes out without it.
+            claim, delivery.claim = delivery.claim, None
+            await self.engine.advance(delivery.run_id, claim)
             self._slices += 1
         except Exception as exc:
             # A store or broker failure: the run stays in the store and the sweeper

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from stemd._store.base import Claim
 
 __all__ = ["Broker", "Delivery"]
 
@@ -11,6 +14,10 @@ class Delivery(Protocol):
     """One run id handed to a worker. Acknowledge it only after the outcome is committed."""
 
     run_id: str
+    #: The run's claim when it was made for the worker already (a run created claimed
+    #: where a worker of this process waited: :class:`~stemd._broker.capabilities.HandOff`);
+    #: the worker advances it without claiming.
+    claim: Claim | None
 
     @property
     def heartbeat(self) -> float | None:

@@ -60,6 +60,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from datetime import datetime
 
+    from stemd._store.base import Claim
+
 __all__ = ["EngineOps", "JetStreamBroker", "JetStreamDelivery", "stream_name"]
 
 log = structlog.get_logger("stemd.broker.jetstream")
@@ -87,9 +89,10 @@ def stream_name(prefix: str, role: str) -> str:
 class JetStreamDelivery:
     """A run id taken from the work queue."""
 
-    __slots__ = ("heartbeat", "msg", "queue", "run_id")
+    __slots__ = ("claim", "heartbeat", "msg", "queue", "run_id")
 
     def __init__(self, msg: JsMsg, queue: str, heartbeat: float) -> None:
+        self.claim: Claim | None = None  # the worker claims the run itself
         self.msg = msg
         self.queue = queue
         self.run_id = msg.subject.rpartition(".")[2]
@@ -341,6 +344,18 @@ class JetStreamBroker:
         if self.local and capacity > 0:
             self._lanes[self._check_queue(queue)] = Lane(capacity, self.consumer(queue).poke)
 
+    def idle(self, queue: str) -> int:
+        """How many more runs of ``queue`` the lane takes now (see :meth:`Lane.room`)."""
+        lane = self._lanes.get(queue)
+        return 0 if lane is None else lane.room()
+
+    def hand_off(self, claim: Claim) -> None:
+        """Give ``claim``'s run to this process's workers through the lane (with no lane,
+        the run stays claimed here until its session ends or the claim expires)."""
+        lane = self._lanes.get(claim.record.queue)
+        if lane is not None:
+            lane.hand(claim)
+
     async def enqueue(self, run_id: str, queue: str, *, key: str | None = None) -> None:
         validate_run_id(run_id)
         lane = self._lanes.get(queue)
@@ -348,12 +363,15 @@ class JetStreamBroker:
             return
         await self._publish(run_id, queue, key)
 
-    async def _give_back(self, run_id: str, queue: str, delay: float | None) -> None:
-        """A lane's run id handed back by a worker: into the lane again after ``delay``,
-        or, the broker closed, to the stream if NATS takes it at once (else the sweepers
-        find the run)."""
+    async def _give_back(self, delivery: LaneDelivery, delay: float | None) -> None:
+        """A lane's run id handed back by a worker: into the lane again after ``delay``
+        (with its claim, if one was made), or, the broker closed, to the stream if NATS
+        takes it at once (else the sweepers find the run)."""
+        run_id, queue = delivery.run_id, delivery.queue
         lane = self._lanes.get(queue)
         if lane is not None:
+            if delivery.claim is not None:
+                lane.claims[run_id] = delivery.claim
             lane.put_back(run_id, delay)
             return
         subject = self.subject(queue, run_id)
@@ -435,7 +453,8 @@ class JetStreamBroker:
             else:
                 run_id = lane.take(consumer.ready())
                 if run_id is not None:
-                    return LaneDelivery(run_id, queue, self._give_back)
+                    claim = lane.claims.pop(run_id, None) if lane.claims else None
+                    return LaneDelivery(run_id, queue, self._give_back, claim)
                 found = await consumer.next_or_poked()
                 if found is None:
                     continue  # poked: a run id came to the lane

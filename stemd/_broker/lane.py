@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from stemd._store.base import Claim
+
 __all__ = ["Lane", "LaneDelivery"]
 
 
@@ -36,7 +38,7 @@ class Lane:
     most once (see the module docstring for ``capacity`` and ``max_wait``). ``wake``
     wakes a worker waiting on the stream, if one is (``False``: none is)."""
 
-    __slots__ = ("capacity", "items", "later", "max_wait", "queued", "turn", "wake")
+    __slots__ = ("capacity", "claims", "items", "later", "max_wait", "queued", "turn", "wake")
 
     def __init__(self, capacity: int, wake: Callable[[], bool], max_wait: float = 1.0) -> None:
         self.capacity = capacity
@@ -47,6 +49,8 @@ class Lane:
         # Every run id waiting here: in ``items``, or handed back to come again ``later``.
         self.queued: set[str] = set()
         self.later: dict[str, asyncio.TimerHandle] = {}
+        # The claims made for the workers already, by run id (see hand).
+        self.claims: dict[str, Claim] = {}
         # Whether the last run id taken came from the lane (the next comes from the
         # stream's fetched messages if there are any).
         self.turn = False
@@ -64,6 +68,23 @@ class Lane:
         self.queued.add(run_id)
         self.wake()
         return True
+
+    def room(self) -> int:
+        """How many more run ids the lane takes now (0: full, or its oldest has waited
+        ``max_wait``: the workers are behind)."""
+        items = self.items
+        if items and time.monotonic() - items[0][1] >= self.max_wait:
+            return 0
+        return max(0, self.capacity - len(items))
+
+    def hand(self, claim: Claim) -> None:
+        """Queue ``claim``'s run, first, with the claim made for the workers (whatever
+        the lane holds: a worker waits for it)."""
+        run_id = claim.record.run_id
+        self.claims[run_id] = claim
+        if run_id not in self.queued:
+            self.queued.add(run_id)
+            self._first(run_id)
 
     def put_back(self, run_id: str, delay: float | None = None) -> None:
         """Queue ``run_id`` again, first, whatever the lane holds (handed back by a
@@ -87,7 +108,8 @@ class Lane:
 
     def take(self, stream_ready: bool) -> str | None:
         """The next run id of the lane, or ``None`` when it is empty or it is the turn of
-        the stream's fetched messages (``stream_ready``: there are some)."""
+        the stream's fetched messages (``stream_ready``: there are some). Its claim, if
+        one was made, is in ``claims``."""
         if not self.items or (self.turn and stream_ready):
             self.turn = False
             return None
@@ -106,15 +128,17 @@ class Lane:
         self.items.clear()
         self.later.clear()
         self.queued.clear()
+        # Runs claimed here: given back when the session ends (or their claims expire).
+        self.claims.clear()
         return items
 
 
 class LaneDelivery:
-    """A run id handed over through a :class:`Lane`: nothing to acknowledge; handed back
-    (:meth:`nak`), it goes back to the lane after the delay (to the stream once the broker
-    closed)."""
+    """A run id handed over through a :class:`Lane` (with its ``claim`` if one was made
+    for the worker): nothing to acknowledge; handed back (:meth:`nak`), it goes back to
+    the lane after the delay, claim and all (to the stream once the broker closed)."""
 
-    __slots__ = ("_give_back", "queue", "run_id")
+    __slots__ = ("_give_back", "claim", "queue", "run_id")
 
     heartbeat: float | None = None
 
@@ -122,17 +146,19 @@ class LaneDelivery:
         self,
         run_id: str,
         queue: str,
-        give_back: Callable[[str, str, float | None], Awaitable[None]],
+        give_back: Callable[[LaneDelivery, float | None], Awaitable[None]],
+        claim: Claim | None = None,
     ) -> None:
         self.run_id = run_id
         self.queue = queue
         self._give_back = give_back
+        self.claim = claim
 
     async def ack(self) -> None:
         return None
 
     async def nak(self, delay: float | None = None) -> None:
-        await self._give_back(self.run_id, self.queue, delay)
+        await self._give_back(self, delay)
 
     async def in_progress(self) -> None:
         return None

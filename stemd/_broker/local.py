@@ -9,35 +9,42 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import anyio
+
+if TYPE_CHECKING:
+    from stemd._store.base import Claim
 
 __all__ = ["LocalBroker"]
 
 
 class _LocalDelivery:
-    __slots__ = ("_broker", "_queue", "run_id")
+    __slots__ = ("_broker", "_queue", "claim", "run_id")
 
     # Nothing redelivers a run id of this process: no heartbeats needed.
     heartbeat: float | None = None
 
-    def __init__(self, broker: LocalBroker, queue: str, run_id: str) -> None:
+    def __init__(
+        self, broker: LocalBroker, queue: str, run_id: str, claim: Claim | None = None
+    ) -> None:
         self._broker = broker
         self._queue = queue
         self.run_id = run_id
+        self.claim = claim
 
     async def ack(self) -> None:
         return None
 
     async def nak(self, delay: float | None = None) -> None:
-        self._broker.requeue_later(self.run_id, self._queue, delay or 0.0)
+        self._broker.requeue_later(self.run_id, self._queue, delay or 0.0, self.claim)
 
     async def in_progress(self) -> None:
         return None
 
 
 class _Queue:
-    __slots__ = ("delayed", "items", "pending", "waiters")
+    __slots__ = ("claims", "delayed", "items", "pending", "waiters")
 
     def __init__(self) -> None:
         self.items: deque[str] = deque()
@@ -47,6 +54,8 @@ class _Queue:
         self.waiters: deque[anyio.Event] = deque()
         # (monotonic due time, run id) of naked deliveries waiting out their delay.
         self.delayed: list[tuple[float, str]] = []
+        # The claims made for the workers already, by run id (see hand_off).
+        self.claims: dict[str, Claim] = {}
 
 
 def _wake_one(q: _Queue) -> None:
@@ -81,6 +90,21 @@ class LocalBroker:
         """Run ids waiting in ``queue``."""
         return len(self._queue(queue).items)
 
+    def idle(self, queue: str) -> int:
+        """How many workers wait for a run of ``queue``, none queued before them."""
+        q = self._queue(queue)
+        return 0 if q.items else len(q.waiters)
+
+    def hand_off(self, claim: Claim) -> None:
+        """Queue ``claim``'s run for the workers, with the claim made for them."""
+        rec = claim.record
+        q = self._queue(rec.queue)
+        q.claims[rec.run_id] = claim
+        if rec.run_id not in q.pending:
+            q.pending.add(rec.run_id)
+            q.items.appendleft(rec.run_id)
+            _wake_one(q)
+
     async def enqueue(self, run_id: str, queue: str, *, key: str | None = None) -> None:
         q = self._queue(queue)
         if run_id in q.pending:
@@ -89,9 +113,14 @@ class LocalBroker:
         q.items.append(run_id)
         _wake_one(q)
 
-    def requeue_later(self, run_id: str, queue: str, delay: float) -> None:
-        """Enqueue ``run_id`` again once ``delay`` seconds have passed (without blocking)."""
+    def requeue_later(
+        self, run_id: str, queue: str, delay: float, claim: Claim | None = None
+    ) -> None:
+        """Enqueue ``run_id`` again once ``delay`` seconds have passed (without blocking),
+        with its ``claim`` if one was made for the workers."""
         q = self._queue(queue)
+        if claim is not None:
+            q.claims[run_id] = claim
         heapq.heappush(q.delayed, (time.monotonic() + max(0.0, delay), run_id))
         # A receiver recomputes how long it may sleep.
         _wake_one(q)
@@ -128,4 +157,5 @@ class LocalBroker:
         q.pending.discard(run_id)
         if q.items:
             _wake_one(q)
-        return _LocalDelivery(self, queue, run_id)
+        claim = q.claims.pop(run_id, None) if q.claims else None
+        return _LocalDelivery(self, queue, run_id, claim)

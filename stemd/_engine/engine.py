@@ -19,6 +19,7 @@ from stemd._engine.dedup import create_once
 from stemd._engine.enqueue import enqueue_or_defer
 from stemd._engine.events import RunEvents
 from stemd._engine.execution import Aborted, Execution, Fenced, Interrupt, validate_topic
+from stemd._engine.handoff import HandOffs
 from stemd._engine.leases import LeaseRenewal, SliceLeases
 from stemd._engine.observer import (
     LostLease,
@@ -28,7 +29,6 @@ from stemd._engine.observer import (
     SliceFinished,
     SliceStarted,
 )
-from stemd._engine.orphans import Orphans
 from stemd._engine.params import check_params
 from stemd._engine.versions import definition_for
 from stemd._engine.views import new_run_id, to_run_state, unknown_workflow
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
     from stemd._broker.base import Broker
     from stemd._clock import Clock
+    from stemd._health import Health
 
 __all__ = ["Engine", "Workflow", "new_run_id", "to_run_state"]
 _DELIVERY_PAGE = 1000  # most runs one store call resumes for an emit
@@ -75,7 +76,7 @@ Workflow = Flow[Any, Any] | Script[Any, Any]
 log = structlog.get_logger("stemd.engine")
 
 
-class Engine(Orphans):
+class Engine(HandOffs):
     """Advances runs one slice at a time; every state change goes through the Store.
 
     Everything it uses is given at construction. Besides the store, broker, codecs and
@@ -85,7 +86,8 @@ class Engine(Orphans):
     the lease of a running slice is kept (default: a renewal task per slice; a worker pool
     gives its :class:`~stemd._engine.leases.LeaseKeeper`); ``event_retention``, how many
     seconds an emitted event is kept for the runs that come to wait on its topic later
-    (0: events reach only the runs waiting when they are emitted).
+    (0: events reach only the runs waiting when they are emitted); ``health``, whether the
+    process is degraded (a run it starts then is not handed to its workers claimed).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class Engine(Orphans):
         observers: Observers | None = None,
         leases: LeaseRenewal | None = None,
         event_retention: float = DEFAULT_EVENT_RETENTION,
+        health: Health | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -122,6 +125,7 @@ class Engine(Orphans):
         self.observers = observers if observers is not None else Observers()
         self.leases = leases if leases is not None else SliceLeases(store, clock, lease)
         self.event_retention = seconds(event_retention, "event_retention") or 0.0
+        self.health = health
         # Runs this process claimed and could neither commit nor give back (the store was
         # away): run id -> token. They stay RUNNING under this process's live session, so
         # no peer takes them: :meth:`release_orphans` gives them back once it can.
@@ -129,6 +133,7 @@ class Engine(Orphans):
         # Claims that failed with an outage and may have been written (given back likewise).
         self.unsure: dict[str, int] = {}
         self.claiming: collections.Counter[str] = collections.Counter()
+        self.handing: collections.Counter[str] = collections.Counter()
 
     def codec_for(self, workflow: str) -> Codec:
         """The codec that encodes the values of ``workflow``'s runs."""
@@ -243,37 +248,34 @@ class Engine(Orphans):
         )
         record.timer_at = compute_timer_at(record)
         if dedup is None:
-            stored, created = await self.store.create_run(record)
+            stored, created, handed = await self._create(record)
         else:
             stored, created = await create_once(self.store, record, *dedup, now)
-            run_id = stored.run_id
+            run_id, handed = stored.run_id, False
         if created:
             if self.observers.run_started:
                 started = RunStarted(run_id=run_id, workflow=name)
                 for hook in self.observers.run_started:
                     hook(started)
-            self._changed(stored)
-            await self._enqueue(run_id, queue, stored.token)
+            if handed:  # its slice tells it runs; its start is told first, as any
+                self.events.publish(run_id, name, RunStatus.PENDING)
+            else:
+                self._changed(stored)
+                await self._enqueue(run_id, queue, stored.token)
         return run_id, created
 
     # -- executing ------------------------------------------------------------------------
 
-    def runs_here(self, run_id: str) -> bool:
-        """Whether ``run_id`` is in this process's hands now: a slice of it runs here, or
-        it waits in the in-process broker's queue (its end is then published here)."""
-        if self.leases.holds(run_id):
-            return True
-        return self.broker is not None and self.broker.queued(run_id)
-
-    async def advance(self, run_id: str) -> RunRecord | None:
-        """Claim ``run_id`` and run it until it completes, suspends or fails.
+    async def advance(self, run_id: str, claim: Claim | None = None) -> RunRecord | None:
+        """Claim ``run_id`` (unless given its ``claim``) and run it to its next commit.
 
         Returns the committed record, or ``None`` when the run was not claimable or the
         lease was lost (nothing is committed then).
         """
-        claim = await self._claim(run_id)
         if claim is None:
-            return None
+            claim = await self._claim(run_id)
+            if claim is None:
+                return None
         rec = claim.record
         self._changed(rec)
         # Bound only when a slice has something to report: binding costs on every slice.

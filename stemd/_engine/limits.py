@@ -57,6 +57,7 @@ __all__ = [
     "WAITING_FOR_SLOT_CODE",
     "LimitedStore",
     "effective_limits",
+    "is_limited",
     "observers_of",
     "rate_wait",
     "validate_priority",
@@ -102,6 +103,11 @@ def effective_limits(
         if merged.limited:
             out[name] = merged
     return out
+
+
+def is_limited(store: Store, workflow: str) -> bool:
+    """Whether the runs of ``workflow`` on ``store`` are held to limits."""
+    return isinstance(store, LimitedStore) and workflow in store.limits
 
 
 def observers_of(store: Store) -> Observers:

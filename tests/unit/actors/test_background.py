@@ -222,9 +222,21 @@ class FlakyStore(MemoryStore):
 
 
 async def test_worker_survives_a_failing_store_call() -> None:
-    """A store error in one slice does not kill the worker: the run is retried and done."""
+    """A store error in one slice does not kill the worker: the run is retried and done
+    (the run naps first: started where a worker waits, it is created claimed, and the
+    claim that fails is the one after its nap)."""
     calls = Counter[str]()
-    flow = _flow("flaky-store.flow", calls)
+    flow = stemd.Flow("flaky-store.flow")
+
+    @flow.step("nap")
+    async def nap(ctx: stemd.FlowContext) -> None:
+        await ctx.sleep(0.01)
+
+    @flow.step("only")
+    async def only(ctx: stemd.FlowContext) -> str:
+        calls[ctx.run_id] += 1
+        return "done"
+
     store = FlakyStore(failures=1)
     async with open_app(flow, store=store, concurrency=1) as app:
         run_id = await app.start_workflow(flow)

@@ -13,7 +13,7 @@ import stemd
 from stemd._actors.sessions import SKEW_BOUND, SessionActor
 from stemd._store.sessions import SessionRecord, SessionStore
 from stemd.testing import ManualClock
-from tests.helpers import open_app, wait_status, wait_until
+from tests.helpers import open_app, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -102,7 +102,11 @@ async def test_an_own_session_ended_by_a_peer_gives_up_its_slices() -> None:
         store = app.store
         assert isinstance(store, SessionStore)
         run_id = await app.start_workflow(gated)
-        await wait_status(app, run_id, stemd.RunStatus.RUNNING)
+
+        async def in_step() -> bool:
+            return gate.starts == 1
+
+        await wait_until(in_step, what="the step to start")
         released = await store.end_session(app.owner, clock.now())
         assert [r.run_id for r in released] == [run_id]
         actor = actor_of(app)

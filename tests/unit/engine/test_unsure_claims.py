@@ -33,6 +33,9 @@ START = datetime(2030, 1, 1, tzinfo=UTC)
 
 unsure = stemd.Flow("unsure.claim")
 limited = stemd.Flow("unsure.limited", limits=stemd.Limits(concurrency=1))
+# Started where a worker waits, a run is created claimed (no claim call): this one is
+# claimed after its sleep.
+resumed = stemd.Flow("unsure.resumed")
 
 
 @unsure.step("only")
@@ -44,6 +47,13 @@ async def only(ctx: stemd.FlowContext) -> str:
 @limited.step("only")
 async def limited_only(ctx: stemd.FlowContext) -> str:
     """Returns ``"ran"``."""
+    return "ran"
+
+
+@resumed.step("nap")
+async def nap(ctx: stemd.FlowContext) -> str:
+    """Sleeps a moment (durably), then returns ``"ran"``."""
+    await ctx.sleep(0.05)
     return "ran"
 
 
@@ -173,14 +183,14 @@ async def _unopened(kind: str, tmp: Path) -> AsyncIterator[Store]:
 async def test_an_app_with_sessions_gives_back_a_lost_claim_in_seconds(
     kind: str, tmp_path: Path
 ) -> None:
-    """In an App with workers and sessions (claims held an hour), runs whose claims were
-    written but answered by an outage error complete within seconds."""
+    """In an App with workers and sessions (claims held an hour), runs whose claims (after
+    a sleep) were written but answered by an outage error complete within seconds."""
     async with _unopened(kind, tmp_path) as store:
         ids = {f"lost-app-{n}" for n in range(3)}
         lost = lose_replies(store, set(ids))
-        async with stemd.App(store=store, workflows=[unsure]) as app:
+        async with stemd.App(store=store, workflows=[resumed]) as app:
             for run_id in sorted(ids):
-                await app.start_workflow(unsure.name, run_id=run_id)
+                await app.start_workflow(resumed.name, run_id=run_id)
             for run_id in sorted(ids):
                 result = await app.wait_for_completion(run_id, timeout=15)
                 assert result.status is RunStatus.COMPLETED
