@@ -235,19 +235,6 @@ class PullConsumer:
         """Whether a message fetched already waits (:meth:`next` returns it at once)."""
         return bool(self._buffer)
 
-    def idle(self) -> int:
-        """How many receivers wait in ``next_or_poked`` with nothing for them yet: those
-        :meth:`poke` would wake."""
-        reader = self._reader
-        count = sum(
-            1
-            for waiter in self._waiters
-            if waiter.msg is None and waiter is not reader and waiter.pokeable and not waiter.poked
-        )
-        if reader is not None and reader.pokeable and not reader.poked and self._read_scope:
-            count += 1
-        return count
-
     def poke(self) -> bool:
         """Wake one receiver waiting in ``next(pokeable=True)``, which then returns
         ``None`` (unless a message reached it first): there is work for it elsewhere.
