@@ -45,6 +45,10 @@ class HandOffs(Orphans):
     health: Health | None
     # Starts being handed to this process's workers now, by queue.
     handing: collections.Counter[str]
+    # The broker as a HandOff (None: it cannot), once looked at: a runtime protocol's
+    # isinstance() reads every member, too dear for each start.
+    _hand_to: HandOff | None
+    _looked = False
 
     def runs_here(self, run_id: str) -> bool:
         """Whether ``run_id`` is in this process's hands now: a slice of it runs here, or
@@ -56,11 +60,14 @@ class HandOffs(Orphans):
     async def _create(self, record: RunRecord) -> tuple[RunRecord, bool, bool]:
         """Create ``record``'s run: the run as stored, whether it was created, and
         whether it was handed to a worker claimed (nothing more to enqueue then)."""
-        broker = self.broker
+        if not self._looked:
+            self._hand_to = self.broker if isinstance(self.broker, HandOff) else None
+            self._looked = True
+        broker = self._hand_to
         queue = record.queue
         health = self.health
         if (
-            not isinstance(broker, HandOff)
+            broker is None
             or (health is not None and not health.ready)
             or broker.idle(queue) <= self.handing[queue]
             or is_limited(self.store, record.workflow)
