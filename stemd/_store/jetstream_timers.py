@@ -133,13 +133,22 @@ class Timers:
                 return FireResult(action="none", record=copy.copy(doc.rec))
             if action == "deleted" or new_rec is None:
                 if await records.delete(run_id, rev, doc):
+                    self._fired(doc)
                     return FireResult(action="deleted")
             else:
                 result = await self._write(run_id, rev, doc, action, new_rec, now, timeout)
                 if result is not None:
+                    self._fired(doc)
                     return result
             found = None
         raise StoreError(f"run {run_id}: gave up after {MAX_TRIES} conflicting writes")
+
+    def _fired(self, doc: Doc) -> None:
+        """Forget the check of the timer entry ``doc`` had: the entry is being deleted
+        (without waiting), and a listing made meanwhile may still show it."""
+        key = doc.idx.get("timer")
+        if key is not None:
+            self._checked.pop(key, None)
 
     async def _write(
         self,

@@ -294,3 +294,26 @@ async def test_parents_wait_for_their_children_on_kv(nats: NatsServer) -> None:
         for run_id in parents:
             result = await app.wait_for_completion(run_id, timeout=20)
             assert result.value == [0, 2, 4, 6, 8, 10], result
+
+
+async def test_a_deleted_runs_timer_is_not_due_while_its_entry_is_still_listed(
+    nats: NatsServer,
+) -> None:
+    """A run deleted by its retention timer is not due again even while the deletion of
+    its timer entry (sent without waiting) has not been done yet: the check of that entry
+    remembered from an earlier look is forgotten with the run."""
+    async with open_store(nats.url) as store:
+
+        async def late(key: str) -> None:  # the purge of the entry not done yet
+            return None
+
+        await store.create_run(record("r1", ttl=60.0))
+        claim = await store.claim("r1", "w1", T0, 30.0)
+        assert claim is not None
+        ended = T0 + timedelta(seconds=10)
+        await store.commit("r1", claim.token, Complete(result=b"1"), ended)
+        later = T0 + timedelta(seconds=100)
+        assert [rid for _, rid in await store.due_timers(later, 10)] == ["r1"]
+        store._timers.index.bucket.forget = late  # type: ignore[method-assign]
+        assert (await store.fire_timer("r1", later, b"null")).action == "deleted"
+        assert await store.due_timers(later, 10) == []
