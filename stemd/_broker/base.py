@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from stemd._store.base import Claim
 
-__all__ = ["Broker", "Delivery"]
+__all__ = ["Broker", "Delivery", "HandOff"]
 
 
 class Delivery(Protocol):
@@ -15,7 +15,7 @@ class Delivery(Protocol):
 
     run_id: str
     #: The run's claim when it was made for the worker already (a run created claimed
-    #: where a worker of this process waited: :class:`~stemd._broker.capabilities.HandOff`);
+    #: where a worker of this process waited: :class:`HandOff`);
     #: the worker advances it without claiming.
     claim: Claim | None
 
@@ -61,4 +61,22 @@ class Broker(Protocol):
     def queued(self, run_id: str) -> bool:
         """Whether ``run_id`` waits in a queue of this process, for its workers alone
         (``False`` from a broker whose queues are shared)."""
+        ...
+
+
+@runtime_checkable
+class HandOff(Protocol):
+    """A broker that can hand a run already claimed to a worker of this process waiting
+    for one: the engine then creates a run it starts claimed, in one write instead of a
+    create and a claim (:mod:`stemd._engine.handoff`). A port of the engine, beside
+    :class:`Broker` (the other capabilities, :mod:`stemd._broker.capabilities`, are the
+    App's and the actors')."""
+
+    def idle(self, queue: str) -> int:
+        """How many workers of this process wait for a run of ``queue`` now, with none
+        queued here before them."""
+        ...
+
+    def hand_off(self, claim: Claim) -> None:
+        """Give ``claim`` (its run's queue) to this process's workers, next."""
         ...

@@ -14,14 +14,12 @@ if TYPE_CHECKING:
 
     from stemd._actor import Actor
     from stemd._engine.observer import Observers
-    from stemd._store.base import Claim
 
 if TYPE_CHECKING:
     from stemd._natsconn import NatsConnection
 
 __all__ = [
     "EngineOps",
-    "HandOff",
     "HelperActors",
     "InFlightTasks",
     "LocalLanes",
@@ -66,22 +64,6 @@ class LocalLanes(Protocol):
     def serve_locally(self, queue: str, capacity: int) -> None:
         """This process's workers serve ``queue``: keep up to ``capacity`` of the run ids
         it enqueues there for them."""
-        ...
-
-
-@runtime_checkable
-class HandOff(Protocol):
-    """A broker that can hand a run already claimed to a worker of this process waiting
-    for one: the engine then creates a run it starts claimed, in one write instead of a
-    create and a claim (:mod:`stemd._engine.handoff`)."""
-
-    def idle(self, queue: str) -> int:
-        """How many workers of this process wait for a run of ``queue`` now, with none
-        queued here before them."""
-        ...
-
-    def hand_off(self, claim: Claim) -> None:
-        """Give ``claim`` (its run's queue) to this process's workers, next."""
         ...
 
 

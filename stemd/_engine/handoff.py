@@ -4,7 +4,7 @@ process and handed to that worker with its claim, in one write instead of a crea
 claim, and with no trip through the queue.
 
 It is done only when the broker can hand a claim over
-(:class:`~stemd._broker.capabilities.HandOff`) and has more workers waiting on the run's
+(:class:`~stemd._broker.base.HandOff`) and has more workers waiting on the run's
 queue than starts being handed to them, for a workflow without limits (a limited run
 takes its slots as it is claimed) started without a deduplication key, and the process is
 not degraded (its workers take nothing then).
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stemd._broker.capabilities import HandOff
+from stemd._broker.base import HandOff
 from stemd._engine.limits import is_limited
 from stemd._engine.orphans import Orphans
 from stemd._health import outage_of
