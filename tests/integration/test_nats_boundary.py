@@ -73,6 +73,31 @@ async def test_a_batched_direct_get_nobody_answers_is_a_transport_error(
         await silent.unsubscribe()
 
 
+async def test_requests_in_flight_each_time_out_at_their_own_time(
+    conn: NatsConnection,
+) -> None:
+    """Requests nobody answers, with different timeouts, in flight at once: each fails
+    with TransportError no sooner than its own timeout, the short ones while the long one
+    still waits (one timer of the connection looks at them all)."""
+    silent = await conn.subscribe("silent.home")
+    ended: dict[float, float] = {}
+    start = anyio.current_time()
+
+    async def ask(timeout: float) -> None:
+        with pytest.raises(TransportError):
+            await conn.request("silent.home", b"", timeout=timeout)
+        ended[timeout] = anyio.current_time() - start
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for timeout in (1.0, 0.1, 0.3):
+                tg.start_soon(ask, timeout)
+    finally:
+        await silent.unsubscribe()
+    assert sorted(ended, key=ended.__getitem__) == [0.1, 0.3, 1.0]
+    assert all(ended[timeout] >= timeout for timeout in ended)
+
+
 Call = Callable[[NatsConnection], Awaitable[Any]]
 
 ENTRY_POINTS: dict[str, Call] = {
