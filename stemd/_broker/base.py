@@ -72,9 +72,10 @@ class HandOff(Protocol):
     :class:`Broker` (the other capabilities, :mod:`stemd._broker.capabilities`, are the
     App's and the actors')."""
 
-    def idle(self, queue: str) -> int:
-        """How many workers of this process wait for a run of ``queue`` now, with none
-        queued here before them."""
+    def room(self, queue: str) -> int:
+        """How many more runs of ``queue`` this process's workers would take now, at
+        once or nearly (the in-process broker: its idle workers; the JetStream broker:
+        the room left in its lane)."""
         ...
 
     def hand_off(self, claim: Claim) -> None:

@@ -344,7 +344,7 @@ class JetStreamBroker:
         if self.local and capacity > 0:
             self._lanes[self._check_queue(queue)] = Lane(capacity, self.consumer(queue).poke)
 
-    def idle(self, queue: str) -> int:
+    def room(self, queue: str) -> int:
         """How many more runs of ``queue`` the lane takes now (see :meth:`Lane.room`)."""
         lane = self._lanes.get(queue)
         return 0 if lane is None else lane.room()

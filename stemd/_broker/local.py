@@ -90,7 +90,7 @@ class LocalBroker:
         """Run ids waiting in ``queue``."""
         return len(self._queue(queue).items)
 
-    def idle(self, queue: str) -> int:
+    def room(self, queue: str) -> int:
         """How many workers wait for a run of ``queue``, none queued before them."""
         q = self._queue(queue)
         return 0 if q.items else len(q.waiters)

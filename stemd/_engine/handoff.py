@@ -4,8 +4,8 @@ process and handed to that worker with its claim, in one write instead of a crea
 claim, and with no trip through the queue.
 
 It is done only when the broker can hand a claim over
-(:class:`~stemd._broker.base.HandOff`) and has more workers waiting on the run's
-queue than starts being handed to them, for a workflow without limits (a limited run
+(:class:`~stemd._broker.base.HandOff`) and its workers would take more runs of the
+run's queue now than starts are being handed to them, for a workflow without limits (a limited run
 takes its slots as it is claimed) started without a deduplication key, and the process is
 not degraded (its workers take nothing then).
 
@@ -69,7 +69,7 @@ class HandOffs(Orphans):
         if (
             broker is None
             or (health is not None and not health.ready)
-            or broker.idle(queue) <= self.handing[queue]
+            or broker.room(queue) <= self.handing[queue]
             or is_limited(self.store, record.workflow)
         ):
             stored, created = await self.store.create_run(record)

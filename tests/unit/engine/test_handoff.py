@@ -60,7 +60,7 @@ async def workers_wait(app: stemd.App, count: int = 1) -> None:
     assert isinstance(broker, LocalBroker)
 
     async def waiting() -> bool:
-        return broker.idle(app.queue) >= count
+        return broker.room(app.queue) >= count
 
     await wait_until(waiting, what="the workers to wait")
 
