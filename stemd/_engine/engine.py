@@ -14,6 +14,7 @@ import structlog
 
 from stemd._authoring.classes import definition_of
 from stemd._authoring.definitions import Flow, Script
+from stemd._broker.base import HandOff
 from stemd._codec import Codec, check_depth
 from stemd._engine.dedup import create_once
 from stemd._engine.enqueue import enqueue_or_defer
@@ -126,14 +127,14 @@ class Engine(HandOffs):
         self.leases = leases if leases is not None else SliceLeases(store, clock, lease)
         self.event_retention = seconds(event_retention, "event_retention") or 0.0
         self.health = health
-        # Runs this process claimed and could neither commit nor give back (the store was
-        # away): run id -> token. They stay RUNNING under this process's live session, so
-        # no peer takes them: :meth:`release_orphans` gives them back once it can.
+        # Runs claimed here and neither committed nor given back (the store was away): run id
+        # -> token. RUNNING under the live session, no peer takes them: release_orphans does.
         self.orphans: dict[str, int] = {}
         # Claims that failed with an outage and may have been written (given back likewise).
         self.unsure: dict[str, int] = {}
         self.claiming: collections.Counter[str] = collections.Counter()
         self.handing: collections.Counter[str] = collections.Counter()
+        self.hand_to = broker if isinstance(broker, HandOff) else None
 
     def codec_for(self, workflow: str) -> Codec:
         """The codec that encodes the values of ``workflow``'s runs."""

@@ -4,10 +4,10 @@ process and handed to that worker with its claim, in one write instead of a crea
 claim, and with no trip through the queue.
 
 It is done only when the broker can hand a claim over
-(:class:`~stemd._broker.base.HandOff`) and its workers would take more runs of the
-run's queue now than starts are being handed to them, for a workflow without limits (a limited run
-takes its slots as it is claimed) started without a deduplication key, and the process is
-not degraded (its workers take nothing then).
+(:class:`~stemd._broker.base.HandOff`) and its workers would take more runs of the run's
+queue now than starts are being handed to them, for a workflow without limits (a limited
+run takes its slots as it is claimed) started without a deduplication key, and the
+process is not degraded (its workers take nothing then).
 
 Nothing is less durable: the run is written, RUNNING under this process's session (its
 lease owner), before any step runs. If the process dies before its worker commits, the
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stemd._broker.base import HandOff
 from stemd._engine.limits import is_limited
 from stemd._engine.orphans import Orphans
 from stemd._health import outage_of
@@ -31,7 +30,7 @@ from stemd._store.transitions import apply_claim
 if TYPE_CHECKING:
     import collections
 
-    from stemd._broker.base import Broker
+    from stemd._broker.base import Broker, HandOff
     from stemd._health import Health
     from stemd._store.base import RunRecord
 
@@ -45,10 +44,9 @@ class HandOffs(Orphans):
     health: Health | None
     # Starts being handed to this process's workers now, by queue.
     handing: collections.Counter[str]
-    # The broker as a HandOff (None: it cannot), once looked at: a runtime protocol's
-    # isinstance() reads every member, too dear for each start.
-    _hand_to: HandOff | None
-    _looked = False
+    # The broker as a HandOff (None: it cannot), looked at once by the engine: a runtime
+    # protocol's isinstance() reads every member, too dear for each start.
+    hand_to: HandOff | None
 
     def runs_here(self, run_id: str) -> bool:
         """Whether ``run_id`` is in this process's hands now: a slice of it runs here, or
@@ -60,10 +58,7 @@ class HandOffs(Orphans):
     async def _create(self, record: RunRecord) -> tuple[RunRecord, bool, bool]:
         """Create ``record``'s run: the run as stored, whether it was created, and
         whether it was handed to a worker claimed (nothing more to enqueue then)."""
-        if not self._looked:
-            self._hand_to = self.broker if isinstance(self.broker, HandOff) else None
-            self._looked = True
-        broker = self._hand_to
+        broker = self.hand_to
         queue = record.queue
         health = self.health
         if (
