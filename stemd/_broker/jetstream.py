@@ -370,9 +370,7 @@ class JetStreamBroker:
         run_id, queue = delivery.run_id, delivery.queue
         lane = self._lanes.get(queue)
         if lane is not None:
-            if delivery.claim is not None:
-                lane.claims[run_id] = delivery.claim
-            lane.put_back(run_id, delay)
+            lane.put_back(run_id, delay, delivery.claim)
             return
         subject = self.subject(queue, run_id)
         if self._conn is not None:
@@ -416,13 +414,13 @@ class JetStreamBroker:
         delivered: dict[str, int] = {}
         sent = 0
         for run_id, queue in found:
+            subject = self.subject(self._check_queue(queue), run_id)
             if queue not in delivered:
                 try:
                     info = await conn.js_api(f"CONSUMER.INFO.{self.stream}.{queue}")
                     delivered[queue] = int(info["delivered"]["stream_seq"])
                 except JetStreamApiError:
                     delivered[queue] = 0  # no consumer yet: nothing was delivered
-            subject = self.subject(self._check_queue(queue), run_id)
             task = await conn.direct_get(self.stream, subject)
             if task is None or task.seq > delivered[queue]:
                 continue  # none, or not delivered yet: a worker will get it

@@ -86,10 +86,13 @@ class Lane:
             self.queued.add(run_id)
             self._first(run_id)
 
-    def put_back(self, run_id: str, delay: float | None = None) -> None:
+    def put_back(self, run_id: str, delay: float | None = None, claim: Claim | None = None) -> None:
         """Queue ``run_id`` again, first, whatever the lane holds (handed back by a
-        worker that took it: the lane had room for it then); after ``delay`` seconds if
-        given (a slice that failed is not tried again at once)."""
+        worker that took it: the lane had room for it then), with its ``claim`` if one
+        was made for the workers; after ``delay`` seconds if given (a slice that failed
+        is not tried again at once)."""
+        if claim is not None:
+            self.claims[run_id] = claim
         if run_id in self.queued:
             return
         self.queued.add(run_id)
