@@ -34,14 +34,14 @@ MAX_TRIES = 50
 _MOST_PAUSE = 0.1
 
 
-async def after_conflict(conflicts: int) -> None:
-    """Pause before trying a compare-and-set again after its ``conflicts``-th conflict in
-    a row: at once after the first, then for a random share of a bound doubling from
-    1 ms up to 0.1 s. Writers of one hot key (a limit's slots and line, a topic) so take
-    turns instead of all trying again together, where the last of a hundred would meet
-    a hundred conflicts."""
-    if conflicts > 1:
-        await anyio.sleep(random.uniform(0, min(_MOST_PAUSE, 0.0005 * 2**conflicts)))
+async def after_conflict(tries: int) -> None:
+    """Pause before trying a compare-and-set again, its ``tries``-th try (counted from 1)
+    having conflicted: at once after the first, then for a random share of a bound
+    doubling from 1 ms up to 0.1 s. Writers of one hot key (a limit's slots and line, a
+    topic) so take turns instead of all trying again together, where the last of a
+    hundred would meet a hundred conflicts."""
+    if tries > 1:
+        await anyio.sleep(random.uniform(0, min(_MOST_PAUSE, 0.0005 * 2**tries)))
 
 
 Found = tuple[int, Doc]
