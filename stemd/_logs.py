@@ -87,7 +87,9 @@ def configure_logging(
     structlog.configure(
         processors=[*_shared(), structlog.processors.StackInfoRenderer(), *exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # One write per line (line and newline), as the stdlib handler's: print() writes
+        # them apart, and a driver's line from another thread could come in between.
+        logger_factory=structlog.WriteLoggerFactory(out),
         # Not cached: SIGHUP changes the level of loggers that already exist.
         cache_logger_on_first_use=False,
     )

@@ -4,7 +4,11 @@ their own level, ``warning`` unless asked for."""
 from __future__ import annotations
 
 import io
+import json
 import logging
+import sys
+import tempfile
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -73,3 +77,34 @@ def test_set_level_changes_both_now() -> None:
     assert logging.getLogger("stemd.anything").getEffectiveLevel() == logging.DEBUG
     set_level("info")
     assert logging.getLogger("aiosqlite").getEffectiveLevel() == logging.WARNING
+
+
+def test_lines_from_two_threads_never_run_into_each_other() -> None:
+    """The lines of stemd (structlog, the loop's thread) and of a driver (the stdlib, its
+    own thread: aiosqlite's) written at once into one stream: every line is one whole JSON
+    record (a line was written without its newline before, and the other thread's came
+    in between: seen in a daemon's output at shutdown). Thread switches are made as
+    frequent as they go, so that the two writes meet."""
+    with tempfile.TemporaryFile("w+") as out:
+        configure_logging("debug", "json", out, drivers="debug")
+        driver = logging.getLogger("aiosqlite")
+        count = 20_000
+
+        def write_from_a_thread() -> None:
+            for i in range(count):
+                driver.debug("from a thread %d", i)
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            thread = threading.Thread(target=write_from_a_thread)
+            thread.start()
+            log = structlog.get_logger("stemd.test")
+            for i in range(count):
+                log.info("from the loop", i=i)
+            thread.join()
+        finally:
+            sys.setswitchinterval(interval)
+        out.seek(0)
+        records = [json.loads(line) for line in out.read().splitlines()]
+    assert len(records) == 2 * count
