@@ -157,18 +157,23 @@ def site(tmp_path: Path, notify: NotifyListener) -> Iterator[Site]:
         options.add_argument(arg)
     options.add_argument("--window-size=1280,900")
     service = Service(executable_path=_first(DRIVER, "chromium-driver (chromedriver)"))
-    port = _free_port()
-    config = daemon_config(tmp_path, http_address=f"127.0.0.1:{port}")
-    with config.open("a") as toml:  # a schedule whose ticks never come during a test
-        toml.write(SCHEDULE)
-    daemon = DaemonProcess(tmp_path, config, notify)
+    # The browser first: chromedriver picks a free port of its own as it starts, and took
+    # the daemon's once, chosen a moment before (the daemon then failed with "address
+    # already in use").
     driver = webdriver.Chrome(options=options, service=service)
     try:
-        notify.wait_for("READY=1")
-        yield Site(f"http://127.0.0.1:{port}", tmp_path / "stemd.db", driver, tmp_path)
+        port = _free_port()
+        config = daemon_config(tmp_path, http_address=f"127.0.0.1:{port}")
+        with config.open("a") as toml:  # a schedule whose ticks never come during a test
+            toml.write(SCHEDULE)
+        daemon = DaemonProcess(tmp_path, config, notify)
+        try:
+            notify.wait_for("READY=1")
+            yield Site(f"http://127.0.0.1:{port}", tmp_path / "stemd.db", driver, tmp_path)
+        finally:
+            daemon.kill()
     finally:
         driver.quit()
-        daemon.kill()
 
 
 def test_runs_list_updates_live_and_a_run_page_follows_its_run(site: Site) -> None:
