@@ -26,7 +26,6 @@ from stemd._errors import (
 )
 from stemd._model import CancellationPolicy, RunPage, RunState, parse_status
 from stemd._natsauth import NatsAuth, redact_url
-from stemd._natsconn import open_connection
 from stemd._options import DEFAULT_EVENT_RETENTION, AppOptions
 from stemd._reachability import check_nats, check_sqlite
 from stemd._store import store_from_url
@@ -283,6 +282,10 @@ async def open_client(
     if nats_url is not None:
         # TCP first, for the plain "cannot reach" message; the handshake is the real open.
         await check_nats("--nats", nats_url, timeout=timeout, handshake=False)
+        # Here, not at the top: the NATS client (nats-py) takes ~0.1 s to import, which
+        # `stemd run` on SQLite, importing this module with the CLI, does not need.
+        from stemd._natsconn import open_connection
+
         try:
             conn = await open_connection(
                 nats_url,

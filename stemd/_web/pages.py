@@ -24,7 +24,6 @@ from urllib.parse import parse_qs, urlencode
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 
 from stemd import _wire as wire
 from stemd._errors import StemError
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from starlette.requests import Request
+    from starlette.templating import Jinja2Templates
 
     from stemd._model import RunPage, RunState
     from stemd._operations import Operations
@@ -71,10 +71,21 @@ class Dashboard:
         self.hub = hub
         self.ended = ended
         self.guard = guard
-        self.templates = Jinja2Templates(directory=str(_HERE / "templates"))
-        self.templates.env.filters["json"] = raw_json
-        self.templates.env.globals["statuses"] = _STATUSES
-        self.templates.env.globals["held_back"] = held_back
+        self._templates: Jinja2Templates | None = None
+
+    @property
+    def templates(self) -> Jinja2Templates:
+        """The pages' templates, loaded with the first page served: jinja2 takes a good
+        part of a tenth of a second to import, which the daemon's start does not wait for."""
+        if self._templates is None:
+            from starlette.templating import Jinja2Templates
+
+            templates = Jinja2Templates(directory=str(_HERE / "templates"))
+            templates.env.filters["json"] = raw_json
+            templates.env.globals["statuses"] = _STATUSES
+            templates.env.globals["held_back"] = held_back
+            self._templates = templates
+        return self._templates
 
     def routes(self) -> list[Route | Mount]:
         """The dashboard's routes."""
