@@ -388,3 +388,26 @@ async def test_deployments_with_their_own_prefix_share_one_nats(
         assert {"ALPHA_TASKS", "BETA_TASKS", "ALPHA_SUBMIT", "BETA_SUBMIT"} <= set(
             streams["streams"]
         )
+
+
+async def test_a_burst_of_more_requests_than_the_responder_buffers_is_each_answered(
+    app: stemd.App, conn: NatsConnection
+) -> None:
+    """More requests at once than the responder's buffer holds (64 per handler) wait in
+    the subscription's queue: 2,000 at once all get their answer, each its own."""
+    del app
+    answers: dict[int, Any] = {}
+
+    async def ask(i: int) -> None:
+        reply = await conn.request(
+            "stem.api.get", json.dumps({"run_id": f"burst-{i}"}).encode(), timeout=60
+        )
+        answers[i] = json.loads(reply.data)
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            for i in range(2_000):
+                tg.start_soon(ask, i)
+    assert len(answers) == 2_000
+    assert all(a["error"]["code"] == "not_found" for a in answers.values())
+    assert all(f"burst-{i}" in a["error"]["message"] for i, a in answers.items())
