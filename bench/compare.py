@@ -14,8 +14,9 @@ metric, named by its path (``medians.0.workflows_per_s``). For each metric the s
 prints the median of each side, the ratio B/A, and the spread (min..max) of each side:
 a ratio inside the spreads is noise.
 
-Revisions are anything ``git rev-parse`` takes; ``WORKTREE`` compares the working tree
-as it is (uncommitted changes included).
+A revision that has no copy of the benchmark runs this checkout's (``bench/startup.py``
+on revisions older than it). Revisions are anything ``git rev-parse`` takes;
+``WORKTREE`` compares the working tree as it is (uncommitted changes included).
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ def run_once(tree: Path, script: str, args: list[str], timeout: float) -> dict[s
     """Run the benchmark in ``tree``; the metrics of its last line."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # A revision older than the benchmark runs this checkout's copy (on its own stemd).
+    path = tree / script if (tree / script).exists() else ROOT / script
     done = subprocess.run(
-        [sys.executable, script, *args],
+        [sys.executable, str(path), *args],
         cwd=tree,
         env=env,
         capture_output=True,

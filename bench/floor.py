@@ -29,8 +29,16 @@ are this process's CPU, nats-server's is printed beside it):
 - ``broker``: the daemon's side of a workflow without the engine: the five writes, and
   between the create and the claim the run's task through the JetStream broker
   (published, pulled, acknowledged);
+- ``claimed``: the writes of a run the daemon creates already claimed and hands to a
+  waiting worker (the hand-off, what a daemon with idle workers does): four
+  ``JetStreamStore`` calls, five stream writes (the create's index entry and document,
+  two checkpoints, the commit);
 - ``publish``: seven acknowledged publishes to a stream through stemd's NATS connection;
-- ``nats-py``: seven acknowledged publishes through nats-py's JetStream context.
+- ``nats-py``: seven acknowledged publishes through nats-py's JetStream context;
+- ``pair`` and ``atomic``: a create's two writes (an index entry fenced on another key,
+  then the document if absent), as two acknowledged publishes in a row (``pair``) or as
+  one JetStream atomic batch, one acknowledgement for both (``atomic``; nats-server
+  2.12+, ``allow_atomic`` on the stream).
 
 Prints one line per layer and a JSON summary.
 """
@@ -63,6 +71,7 @@ from stemd._model import RunStatus  # noqa: E402
 from stemd._store import sqlite_ops as ops  # noqa: E402
 from stemd._store.base import Checkpoint, Complete, RunRecord, Store, compute_timer_at  # noqa: E402
 from stemd._store.sqlite import SqliteStore  # noqa: E402
+from stemd._store.transitions import apply_claim  # noqa: E402
 
 Workflow = Callable[[int], Awaitable[None]]
 LEASE = 30.0
@@ -284,6 +293,80 @@ async def kv_broker(url: str, args: argparse.Namespace) -> dict[str, Any]:
         await store.close()
 
 
+def claimed_workflow(store: Store, prefix: str) -> Workflow:
+    """The writes of a run created claimed (the hand-off), as store calls."""
+
+    async def one(i: int) -> None:
+        run_id = f"{prefix}{i}"
+        now = datetime.now(UTC)
+        record = apply_claim(_record(run_id, now), "floor", now, LEASE)
+        stored, created = await store.create_run(record)
+        assert created
+        token = stored.token
+        for step in ("one", "two"):
+            cp = Checkpoint(name=step, value=VALUE)
+            await store.save_checkpoint(run_id, token, cp, datetime.now(UTC))
+        done = Complete(result=VALUE, checkpoints=(Checkpoint(name="three", value=VALUE),))
+        await store.commit(run_id, token, done, datetime.now(UTC))
+
+    return one
+
+
+async def kv_claimed(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    from stemd._store.jetstream import JetStreamStore
+
+    store = JetStreamStore(url, bucket="floor")
+    await store.open()
+    try:
+        return await both(lambda prefix: claimed_workflow(store, prefix), args)
+    finally:
+        await store.close()
+
+
+_FENCE = {
+    "Nats-Expected-Last-Subject-Sequence": "0",
+    "Nats-Expected-Last-Subject-Sequence-Subject": "pair.pause.flow",
+}
+_ABSENT = {"Nats-Expected-Last-Subject-Sequence": "0"}
+
+
+async def _pairs(url: str, args: argparse.Namespace, atomic: bool) -> dict[str, Any]:
+    from stemd._natsconn import open_connection
+
+    conn = await open_connection(url, name="floor")
+    config = {"name": "PAIR", "subjects": ["pair.>"], "storage": "file"}
+    try:
+        await conn.ensure_stream({**config, "max_msgs_per_subject": 1, "allow_atomic": True})
+
+        def make(prefix: str) -> Workflow:
+            async def one(i: int) -> None:
+                entry, doc = f"pair.idx.{prefix}{i}", f"pair.run.{prefix}{i}"
+                if not atomic:
+                    await conn.js_publish(entry, b"", headers=_FENCE)
+                    await conn.js_publish(doc, VALUE, headers=_ABSENT)
+                    return
+                batch = {"Nats-Batch-Id": f"{prefix}{i}"}
+                await conn.publish(
+                    entry, b"", headers={**batch, "Nats-Batch-Sequence": "1", **_FENCE}
+                )
+                last = {**batch, "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"}
+                await conn.js_publish(doc, VALUE, headers={**last, **_ABSENT})
+
+            return one
+
+        return await both(make, args)
+    finally:
+        await conn.close()
+
+
+async def kv_pair(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    return await _pairs(url, args, atomic=False)
+
+
+async def kv_atomic(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    return await _pairs(url, args, atomic=True)
+
+
 async def kv_publish(url: str, args: argparse.Namespace) -> dict[str, Any]:
     from stemd._natsconn import open_connection
 
@@ -317,7 +400,15 @@ async def kv_natspy(url: str, args: argparse.Namespace) -> dict[str, Any]:
         await nc.close()
 
 
-KV = {"store": kv_store, "broker": kv_broker, "publish": kv_publish, "nats-py": kv_natspy}
+KV = {
+    "store": kv_store,
+    "broker": kv_broker,
+    "claimed": kv_claimed,
+    "publish": kv_publish,
+    "nats-py": kv_natspy,
+    "pair": kv_pair,
+    "atomic": kv_atomic,
+}
 
 
 def _line(kind: str, layer: str, row: dict[str, Any]) -> None:
