@@ -32,6 +32,7 @@ def _imported_after(modules: tuple[str, ...], wanted: tuple[str, ...]) -> list[s
 
 
 def test_the_embedded_daemons_modules_import_neither_nats_nor_jinja2() -> None:
+    """The modules the embedded daemon imports before READY=1, each imported."""
     assert _imported_after(MODULES, ("nats", "jinja2")) == []
 
 
