@@ -91,6 +91,15 @@ def _record(run_id: str, now: datetime) -> RunRecord:
     return rec
 
 
+async def _steps(store: Store, run_id: str, token: int) -> None:
+    """The writes of a claimed run's three steps: two checkpoints, the commit."""
+    for step in ("one", "two"):
+        cp = Checkpoint(name=step, value=VALUE)
+        await store.save_checkpoint(run_id, token, cp, datetime.now(UTC))
+    done = Complete(result=VALUE, checkpoints=(Checkpoint(name="three", value=VALUE),))
+    await store.commit(run_id, token, done, datetime.now(UTC))
+
+
 def store_workflow(store: Store, prefix: str) -> Workflow:
     """The five writes of one 3-step workflow, as store calls."""
 
@@ -101,11 +110,7 @@ def store_workflow(store: Store, prefix: str) -> Workflow:
         claim = await store.claim(run_id, "floor", datetime.now(UTC), LEASE)
         assert claim is not None
         token = claim.token
-        for step in ("one", "two"):
-            cp = Checkpoint(name=step, value=VALUE)
-            await store.save_checkpoint(run_id, token, cp, datetime.now(UTC))
-        done = Complete(result=VALUE, checkpoints=(Checkpoint(name="three", value=VALUE),))
-        await store.commit(run_id, token, done, datetime.now(UTC))
+        await _steps(store, run_id, token)
 
     return one
 
@@ -277,11 +282,7 @@ async def kv_broker(url: str, args: argparse.Namespace) -> dict[str, Any]:
             claim = await store.claim(delivery.run_id, "floor", datetime.now(UTC), LEASE)
             assert claim is not None
             token, run_id = claim.token, delivery.run_id
-            for step in ("one", "two"):
-                cp = Checkpoint(name=step, value=VALUE)
-                await store.save_checkpoint(run_id, token, cp, datetime.now(UTC))
-            done = Complete(result=VALUE, checkpoints=(Checkpoint(name="three", value=VALUE),))
-            await store.commit(run_id, token, done, datetime.now(UTC))
+            await _steps(store, run_id, token)
             await delivery.ack()
 
         return one
@@ -303,11 +304,7 @@ def claimed_workflow(store: Store, prefix: str) -> Workflow:
         stored, created = await store.create_run(record)
         assert created
         token = stored.token
-        for step in ("one", "two"):
-            cp = Checkpoint(name=step, value=VALUE)
-            await store.save_checkpoint(run_id, token, cp, datetime.now(UTC))
-        done = Complete(result=VALUE, checkpoints=(Checkpoint(name="three", value=VALUE),))
-        await store.commit(run_id, token, done, datetime.now(UTC))
+        await _steps(store, run_id, token)
 
     return one
 
