@@ -37,6 +37,9 @@ class Index:
     def __init__(self, records: Records) -> None:
         self.records = records
         self.bucket: Bucket = records.bucket
+        # When the last listing of every run read them (monotonic seconds), and what it
+        # read, newest first (see jetstream_listing.page_runs).
+        self.last_listing: tuple[float, list[Doc]] | None = None
 
     async def listed(self, pattern: str) -> dict[str, list[str]]:
         """The run ids of the entries matching ``pattern``, with their keys, not checked

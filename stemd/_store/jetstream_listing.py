@@ -3,6 +3,7 @@ and the runs ready to advance."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from stemd._store.base import Page
@@ -17,6 +18,12 @@ if TYPE_CHECKING:
     from stemd._store.jetstream_index import Index
 
 __all__ = ["page_runs", "runnable"]
+
+# A page after the first (``after`` given) is cut from the documents the last listing read
+# when that reading is at most this old, rather than from a new reading of every document:
+# walking N runs page by page (a group operation, a client paging) reads them once, not
+# once per page. Pages are no snapshot of one moment either way.
+SNAPSHOT_FOR = 10.0
 
 
 async def page_runs(
@@ -34,10 +41,9 @@ async def page_runs(
     index; any other listing reads every document."""
     if parent_run_id is not None:
         found = await index.indexed(f"idx.parent.{parent_run_id}.*.*", "parent")
-        docs = [doc for _, _, doc in found]
+        docs = sorted((doc for _, _, doc in found), key=_order, reverse=True)
     else:
-        docs = [doc for _, doc in (await index.records.read_all()).values()]
-    docs.sort(key=lambda d: d.order, reverse=True)
+        docs = await _every_doc(index, fresh=after is None)
     out: list[RunRecord] = []
     last = 0
     for doc in docs:
@@ -49,6 +55,23 @@ async def page_runs(
             out.append(doc.rec)
             last = doc.order
     return Page(records=out)
+
+
+async def _every_doc(index: Index, *, fresh: bool) -> list[Doc]:
+    """Every run document, newest first: read now, or (not ``fresh``) as the last listing
+    read them if that was at most :data:`SNAPSHOT_FOR` seconds ago."""
+    last = index.last_listing
+    now = time.monotonic()
+    if not fresh and last is not None and now - last[0] <= SNAPSHOT_FOR:
+        return last[1]
+    found = (await index.records.read_all()).values()
+    docs = sorted((doc for _, doc in found), key=_order, reverse=True)
+    index.last_listing = (now, docs)
+    return docs
+
+
+def _order(doc: Doc) -> int:
+    return doc.order
 
 
 def _matches(

@@ -17,6 +17,7 @@ from stemd._errors import PayloadError, TransportError
 from stemd._model import RunStatus
 from stemd._natsconn import NatsConnection, PubAck
 from stemd._store import jetstream_index
+from stemd._store import jetstream_listing as listing
 from stemd._store.base import Checkpoint, Complete, RunRecord, Suspend, compute_timer_at
 from stemd._store.jetstream import JetStreamStore
 
@@ -317,3 +318,62 @@ async def test_a_deleted_runs_timer_is_not_due_while_its_entry_is_still_listed(
         store._timers.index.bucket.forget = late  # type: ignore[method-assign]
         assert (await store.fire_timer("r1", later, b"null")).action == "deleted"
         assert await store.due_timers(later, 10) == []
+
+
+async def _create_many(store: JetStreamStore, count: int) -> None:
+    limit = anyio.Semaphore(64)
+
+    async def create(i: int) -> None:
+        async with limit:
+            await store.create_run(record(f"p{i:04d}"))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(count):
+            tg.start_soon(create, i)
+
+
+async def _walk(store: JetStreamStore, **filters: Any) -> list[str]:
+    """Every run of a listing, page by page (100 a page)."""
+    ids: list[str] = []
+    after = None
+    while True:
+        page = await store.page_runs(limit=100, after=after, **filters)
+        ids += [r.run_id for r in page.records]
+        if page.next is None:
+            return ids
+        after = page.next
+
+
+async def test_walking_a_listing_page_by_page_reads_the_documents_once(
+    nats: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pages after the first are cut from the first page's reading of every document
+    (a group operation over N runs read them N / page times before); each run comes once,
+    newest first. A walk begun longer ago than the window reads them again."""
+    async with open_store(nats.url) as store:
+        await _create_many(store, 350)
+        reads = 0
+        read_all = store._records.read_all
+
+        async def counted() -> Any:
+            nonlocal reads
+            reads += 1
+            return await read_all()
+
+        monkeypatch.setattr(store._records, "read_all", counted)
+        ids = await _walk(store)
+        assert reads == 1
+        assert len(ids) == len(set(ids)) == 350
+        assert ids == [r.run_id for r in await store.list_runs(limit=1000)]
+        assert reads == 2  # a first page always reads afresh
+        # Runs changed between pages are listed as the walk's reading found them, once.
+        first = await store.page_runs(limit=100, status=RunStatus.PENDING)
+        for run_id in ids[100:200]:
+            assert await store.claim(run_id, "w", T0, 30) is not None
+        rest = await store.page_runs(limit=1000, after=first.next, status=RunStatus.PENDING)
+        assert reads == 3
+        assert [r.run_id for r in first.records + rest.records] == ids
+        monkeypatch.setattr(listing, "SNAPSHOT_FOR", 0.0)
+        fresh = await store.page_runs(limit=1000, after=first.next, status=RunStatus.PENDING)
+        assert reads == 4
+        assert [r.run_id for r in fresh.records] == ids[200:]
