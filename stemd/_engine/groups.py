@@ -25,7 +25,7 @@ from stemd._store.base import topics_of
 from stemd._store.transitions import is_runnable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Iterable, Iterator
 
     from stemd._engine.engine import Engine
     from stemd._store.base import RunRecord
@@ -180,19 +180,20 @@ class Groups:
             assert selected.workflow is not None
             await self.engine.store.pause_workflow(selected.workflow, op == "pause")
         changed = 0
-        limiter = anyio.CapacityLimiter(AT_ONCE)
 
-        async def one(run_id: str) -> None:
+        async def work(todo: Iterator[str]) -> None:
             nonlocal changed
-            async with limiter:
+            for run_id in todo:  # shared by the page's workers: each run taken once
                 if await self._one(op, run_id, reason):
                     changed += 1
 
         async for page in self.pages(selected):
+            ids = [rec.run_id for rec in page if _concerned(op, rec)]
+            todo = iter(ids)
+            # AT_ONCE workers a page, not a task per run waiting for its turn.
             async with anyio.create_task_group() as tg:
-                for rec in page:
-                    if _concerned(op, rec):
-                        tg.start_soon(one, rec.run_id)
+                for _ in range(min(AT_ONCE, len(ids))):
+                    tg.start_soon(work, todo)
         return changed
 
     async def _one(self, op: GroupOp, run_id: str, reason: str) -> bool:
