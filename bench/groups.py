@@ -24,11 +24,15 @@ from typing import Any
 
 import anyio
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))
+# Keep bench/ itself off the path (bench/nats.py would shadow nats-py); the root last, so
+# that bench/compare.py's PYTHONPATH (an older revision's checkout) comes first.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.append(str(_HERE.parent))
 
-import stemd
-from stemd._engine.groups import GroupFilter, Groups
-from stemd.testing._nats import nats_server
+import stemd  # noqa: E402
+from stemd._engine.groups import GroupFilter, Groups  # noqa: E402
+from stemd.testing._nats import nats_server  # noqa: E402
 
 
 @stemd.script("bench.group_waiter")
