@@ -3,6 +3,7 @@ and the runs ready to advance."""
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import TYPE_CHECKING
 
@@ -52,7 +53,7 @@ async def page_runs(
         if _matches(doc, workflow, status, parent_run_id):
             if len(out) >= limit:
                 return Page(records=out, next=last)
-            out.append(doc.rec)
+            out.append(copy.copy(doc.rec))  # (the reading may serve the next pages too)
             last = doc.order
     return Page(records=out)
 

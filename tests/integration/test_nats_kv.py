@@ -377,3 +377,18 @@ async def test_walking_a_listing_page_by_page_reads_the_documents_once(
         fresh = await store.page_runs(limit=1000, after=first.next, status=RunStatus.PENDING)
         assert reads == 4
         assert [r.run_id for r in fresh.records] == ids[200:]
+
+
+async def test_a_listed_record_changed_by_its_caller_leaves_the_next_pages_alone(
+    nats: NatsServer,
+) -> None:
+    """Pages of one walk share a reading: each page hands out records of its own."""
+    async with open_store(nats.url) as store:
+        await _create_many(store, 30)
+        first = await store.page_runs(limit=10)
+        rest = await store.page_runs(limit=30, after=first.next)
+        for rec in rest.records:
+            rec.workflow = "changed by the caller"
+        again = await store.page_runs(limit=30, after=first.next)
+        assert len(again.records) == 20
+        assert {r.workflow for r in again.records} == {"wf"}
