@@ -3,6 +3,7 @@ and the runs ready to advance."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
 from typing import TYPE_CHECKING
@@ -67,8 +68,15 @@ async def _every_doc(index: Index, *, fresh: bool) -> list[Doc]:
         return last[1]
     found = (await index.records.read_all()).values()
     docs = sorted((doc for _, doc in found), key=_order, reverse=True)
-    index.last_listing = (now, docs)
+    reading = index.last_listing = (now, docs)
+    # Not kept past its use: a store of many runs would hold them all until its next listing.
+    asyncio.get_running_loop().call_later(SNAPSHOT_FOR, _let_go, index, reading)
     return docs
+
+
+def _let_go(index: Index, reading: tuple[float, list[Doc]]) -> None:
+    if index.last_listing is reading:
+        index.last_listing = None
 
 
 def _order(doc: Doc) -> int:

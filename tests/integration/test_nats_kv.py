@@ -377,6 +377,12 @@ async def test_walking_a_listing_page_by_page_reads_the_documents_once(
         fresh = await store.page_runs(limit=1000, after=first.next, status=RunStatus.PENDING)
         assert reads == 4
         assert [r.run_id for r in fresh.records] == ids[200:]
+        # A reading is let go once too old to serve a page.
+        monkeypatch.setattr(listing, "SNAPSHOT_FOR", 0.05)
+        await store.page_runs(limit=10)
+        assert store._index.last_listing is not None
+        await anyio.sleep(0.2)
+        assert store._index.last_listing is None
 
 
 async def test_a_listed_record_changed_by_its_caller_leaves_the_next_pages_alone(
