@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from stemd._actor import Actor
+    from stemd._clock import Clock
     from stemd._engine.observer import Observers
 
 if TYPE_CHECKING:
@@ -31,11 +32,17 @@ __all__ = [
 class EngineOps(Protocol):
     """What the broker's helper actors need of the engine (an
     :class:`~stemd._engine.engine.Engine` has it): cancelling a dead-lettered run, the
-    observers to be told of every timer set through, and firing a run's timer."""
+    observers to be told of every timer set through, its clock, and firing a run's
+    timer."""
 
     @property
     def observers(self) -> Observers:
         """The engine's observers."""
+        ...
+
+    @property
+    def clock(self) -> Clock:
+        """The engine's clock: what "due" means."""
         ...
 
     async def cancel(self, run_id: str, reason: str) -> bool:

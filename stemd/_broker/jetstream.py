@@ -308,7 +308,9 @@ class JetStreamBroker:
             cancel = engine.cancel if engine is not None and self.dlq_cancel else None
             out.append(DeadLetters(self, cancel))
         if self.schedules and engine is not None:
-            out.append(ScheduledTimers(self, engine.fire_timer, _timer_watch(engine)))
+            out.append(
+                ScheduledTimers(self, engine.fire_timer, _timer_watch(engine), now=engine.clock.now)
+            )
         return out
 
     # -- the protocol ---------------------------------------------------------------------

@@ -7,7 +7,10 @@ policy deadline, a retention expiry) is also published as a scheduled message on
 its older one. At that time the server puts a message on the target subject of the
 work-queue stream ``STEM_TIMERS``, and this actor, on whichever daemon takes it, fires
 the run's timer through the engine (a compare-and-set in the store, so a timer fired
-twice, or found not yet due, does nothing).
+twice does nothing). The message carries its exact due time: one that comes before it
+by this daemon's clock (a server's clock ahead of the daemon's, in a cluster) is put back
+until then, not taken as fired; otherwise the wake would be left to the in-process
+timer's polling of the store.
 
 The in-process timer actor (:mod:`stemd._actors.timer`) keeps running beside it: it fires the
 timers of this daemon to the millisecond (the server's scheduler fires up to ~250 ms
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -60,6 +63,9 @@ log = structlog.get_logger("stemd.schedules")
 
 _NS = 1_000_000_000
 
+#: Added to the wait of a message that came early, so it comes back just after its time.
+_LATE = 0.002
+
 
 class ScheduleStats(msgspec.Struct, frozen=True, kw_only=True):
     """Schedules published and fired so far."""
@@ -67,10 +73,29 @@ class ScheduleStats(msgspec.Struct, frozen=True, kw_only=True):
     published: int
     fired: int
     dropped: int
+    early: int = 0
+    """Fired messages that came before their due time by the engine's clock, put back."""
 
 
 def _stamp(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``at`` for the schedule header, in milliseconds, rounded up (never before ``at``)."""
+    at = at.astimezone(UTC)
+    if at.microsecond % 1000:
+        at += timedelta(microseconds=1000 - at.microsecond % 1000)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _due(at: datetime) -> bytes:
+    """``at`` to the microsecond, the body of the schedule (and of the message it fires)."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds").encode()
+
+
+def _due_of(data: bytes) -> datetime | None:
+    """The due time a fired message carries; ``None`` for one without (or unreadable)."""
+    try:
+        return datetime.fromisoformat(data.decode()) if data else None
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 class ScheduledTimers:
@@ -80,6 +105,7 @@ class ScheduledTimers:
         broker: the JetStream broker (its connection, prefix, replicas and storage).
         fire_timer: fires a run's timer (the engine's).
         watch_timers: installs the hook told of the engine's timers while the actor runs.
+        now: the engine's clock (what "due" means); the system's by default.
         concurrency: fired timers handled at once.
     """
 
@@ -91,22 +117,30 @@ class ScheduledTimers:
         fire_timer: FireTimer,
         watch_timers: WatchTimers,
         *,
+        now: Callable[[], datetime] | None = None,
         concurrency: int = 8,
     ) -> None:
         self.broker = broker
         self.fire_timer = fire_timer
         self.watch_timers = watch_timers
+        self.now = now or (lambda: datetime.now(UTC))
         self.concurrency = concurrency
         self.stream = f"{broker.stream}_TIMERS"
         self._published = 0
         self._fired = 0
         self._dropped = 0
+        self._early = 0
         # The last time scheduled per run: the engine reports a run's timer on every
         # change, most of them leave it where it was.
         self._sent: OrderedDict[str, datetime] = OrderedDict()
 
     def statistics(self) -> ScheduleStats:
-        return ScheduleStats(published=self._published, fired=self._fired, dropped=self._dropped)
+        return ScheduleStats(
+            published=self._published,
+            fired=self._fired,
+            dropped=self._dropped,
+            early=self._early,
+        )
 
     def stream_config(self) -> dict[str, Any]:
         prefix = self.broker.prefix
@@ -179,7 +213,7 @@ class ScheduledTimers:
                     SCHEDULE_TARGET: f"{prefix}.timer.{run_id}",
                 }
                 try:
-                    await conn.js_publish(f"{prefix}.sched.{run_id}", b"", headers=headers)
+                    await conn.js_publish(f"{prefix}.sched.{run_id}", _due(at), headers=headers)
                 except StemError as exc:
                     self._dropped += 1
                     # NATS away: reported once as degraded; the in-process timer fires it.
@@ -199,6 +233,13 @@ class ScheduledTimers:
 
     async def _fire(self, msg: JsMsg) -> None:
         run_id = msg.subject.rpartition(".")[2]
+        due = _due_of(msg.data)
+        if due is not None:
+            early = (due - self.now()).total_seconds()
+            if early > 0:
+                self._early += 1
+                await msg.nak(early + _LATE)
+                return
         try:
             await self.fire_timer(run_id)
         except StemError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import anyio
@@ -10,7 +10,7 @@ import pytest
 
 import stemd
 from stemd._broker.jetstream import JetStreamBroker
-from stemd._broker.jetstream_schedules import ScheduledTimers
+from stemd._broker.jetstream_schedules import ScheduledTimers, ScheduleStats
 from stemd._clock import SystemClock
 from stemd._codec import codec_for
 from stemd._engine.engine import Engine
@@ -38,13 +38,26 @@ async def fired(schedules: ScheduledTimers) -> bool:
     return schedules.statistics().fired >= 1
 
 
-async def test_a_scheduled_message_wakes_a_sleeping_run(nats: NatsServer) -> None:
-    """With no in-process timer at all, the server's schedule fires the run's wake-up."""
+class BehindClock(SystemClock):
+    """The system's clock read ``behind`` seconds late: a daemon whose clock is behind the
+    NATS server's (another machine of a cluster)."""
+
+    def __init__(self, behind: float) -> None:
+        self.behind = timedelta(seconds=behind)
+
+    def now(self) -> datetime:
+        return super().now() - self.behind
+
+
+async def sleep_and_wait_for_the_schedule(
+    nats: NatsServer, clock: SystemClock, sleep: float = 0.5
+) -> ScheduleStats:
+    """Suspend a run ``sleep`` seconds by ``clock`` with no in-process timer at all, tell
+    the server's schedules of it, and see the run woken by them; their statistics."""
     store = JetStreamStore.from_url(nats.url)
     broker = JetStreamBroker.from_url(nats.url)
     await store.open()
     await broker.open()
-    clock = SystemClock()
     engine = Engine(
         store=store,
         broker=broker,
@@ -71,7 +84,9 @@ async def test_a_scheduled_message_wakes_a_sleeping_run(nats: NatsServer) -> Non
             )
             claim = await store.claim("r1", "test", now, 30.0)
             assert claim is not None
-            wake = now + timedelta(seconds=0.5)
+            # A due time between two milliseconds: the schedule's header has milliseconds.
+            wake = now + timedelta(seconds=sleep)
+            wake = wake.replace(microsecond=wake.microsecond // 1000 * 1000 + 999)
             result = await store.commit("r1", claim.token, Suspend(resume_at=wake), now)
             assert result.record.timer_at == wake
             # What the engine does after every change: tell its observers.
@@ -84,11 +99,30 @@ async def test_a_scheduled_message_wakes_a_sleeping_run(nats: NatsServer) -> Non
             await wait_until(fired, schedules, what="the schedule to fire")
             assert await has_status(store, "r1", RunStatus.PENDING)
             assert clock.now() >= wake
-            assert schedules.statistics().published == 1
+            stats = schedules.statistics()
+            assert stats.published == 1
             tg.cancel_scope.cancel()
+            return stats
     finally:
         await broker.close()
         await store.close()
+
+
+async def test_a_scheduled_message_wakes_a_sleeping_run(nats: NatsServer) -> None:
+    """With no in-process timer at all, the server's schedule fires the run's wake-up."""
+    await sleep_and_wait_for_the_schedule(nats, SystemClock())
+
+
+async def test_a_schedule_firing_before_the_daemons_clock_says_due_comes_back(
+    nats: NatsServer,
+) -> None:
+    """The server fires by its own clock; a daemon whose clock is 1 s behind gets the
+    message ~0.8 s before the run is due by its clock (the server fires up to ~250 ms
+    late). The message is put back until then, not taken and lost (the run would stay
+    asleep until the in-process timer's polling)."""
+    stats = await sleep_and_wait_for_the_schedule(nats, BehindClock(1.0), sleep=1.2)
+    assert stats.early >= 1
+    assert stats.fired == 1
 
 
 sleepy = stemd.Flow("sleepy.flow")
