@@ -31,6 +31,7 @@ import structlog
 
 from stemd._broker.capabilities import WorkQueueStreams
 from stemd._broker.pull import JsMsg, PullConsumer
+from stemd._clock import utcnow
 from stemd._errors import StemError, TransportError
 from stemd._natsconn import SCHEDULE, SCHEDULE_TARGET, JetStreamApiError
 
@@ -123,7 +124,7 @@ class ScheduledTimers:
         self.broker = broker
         self.fire_timer = fire_timer
         self.watch_timers = watch_timers
-        self.now = now or (lambda: datetime.now(UTC))
+        self.now = now or utcnow
         self.concurrency = concurrency
         self.stream = f"{broker.stream}_TIMERS"
         self._published = 0
