@@ -92,11 +92,13 @@ def _due(at: datetime) -> bytes:
 
 
 def _due_of(data: bytes) -> datetime | None:
-    """The due time a fired message carries; ``None`` for one without (or unreadable)."""
+    """The due time a fired message carries; ``None`` for one without, unreadable, or
+    without a zone (it could not be compared with the clock)."""
     try:
-        return datetime.fromisoformat(data.decode()) if data else None
+        due = datetime.fromisoformat(data.decode()) if data else None
     except (UnicodeDecodeError, ValueError):
         return None
+    return due if due is not None and due.tzinfo is not None else None
 
 
 class ScheduledTimers:

@@ -39,3 +39,5 @@ def test_a_message_without_a_readable_due_time_is_fired_as_it_comes() -> None:
     assert _due_of(b"") is None
     assert _due_of(b"not a time") is None
     assert _due_of(b"\xff\xfe") is None
+    # A time without a zone cannot be compared with the clock's: none either.
+    assert _due_of(b"2026-12-04T03:06:07.123456") is None
